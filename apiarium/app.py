@@ -1,0 +1,168 @@
+"""Wiring: build the services, the Tornado application and the HTTP server; run and stop.
+
+The only module that knows every other one.  ``Gateway`` owns the lifecycle:
+``start`` (config, key store, one aiohttp session, listening sockets, background tasks),
+``reload`` (SIGHUP: both YAML files; a bad edit keeps the old configuration), and
+``stop`` (stop accepting, let in-flight requests finish within the grace, close).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+
+from . import __version__
+from .config import Config, ConfigError, load_config
+from .handlers.base import BaseHandler
+from .handlers.chat import ChatHandler, CompletionsHandler
+from .handlers.info import (HealthHandler, KeysMeHandler, ModelHandler, ModelsHandler,
+                            NotFoundHandler)
+from .keys import KeyStore
+from .netguard import Blocklist, NetGuard
+from .providers import build as build_providers
+from .services import Live, Services
+
+log = logging.getLogger("apiarium")
+access = logging.getLogger("apiarium.access")
+
+KEY_REFRESH_S = 2.0      # how often the admin CLI's writes are picked up
+HEADER_TIMEOUT_S = 30.0  # slow clients: whole header (and idle keep-alive) limit
+BODY_TIMEOUT_S = 120.0
+
+
+def routes() -> list:
+    return [
+        (r"/health", HealthHandler),
+        (r"/v1/models", ModelsHandler),
+        (r"/v1/models/(.+)", ModelHandler),
+        (r"/v1/keys/me", KeysMeHandler),
+        (r"/v1/chat/completions", ChatHandler),
+        (r"/v1/completions", CompletionsHandler),
+    ]
+
+
+def log_request(handler: BaseHandler) -> None:
+    if not access.isEnabledFor(logging.INFO):
+        return
+    req = handler.request
+    rec = getattr(handler, "key_record", None)
+    access.info("%s %s %s %d %.1fms ip=%s key=%s model=%s", handler.request_id, req.method,
+                req.path, handler.get_status(), 1000.0 * req.request_time(),
+                getattr(handler, "client_ip", "") or req.remote_ip,
+                rec.key_prefix if rec else "-", getattr(handler, "model_alias", "") or "-")
+
+
+def make_app(services: Services) -> tornado.web.Application:
+    return tornado.web.Application(routes(), services=services,
+                                   default_handler_class=NotFoundHandler,
+                                   log_function=log_request, xsrf_cookies=False)
+
+
+def make_session() -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300,
+                                     keepalive_timeout=30)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None),
+                                 headers={"User-Agent": f"apiarium/{__version__}"},
+                                 trust_env=False)
+
+
+def make_live(config: Config, session: aiohttp.ClientSession) -> Live:
+    s = config.settings
+    blocklist = Blocklist.from_files(s.blocklists)
+    guard = NetGuard(s.trusted_proxies, s.block_proxy_headers, blocklist)
+    return Live.make(config, guard, build_providers(config.catalog, session))
+
+
+class Gateway:
+    def __init__(self, config_path: str | Path):
+        self.config_path = Path(config_path)
+        self.services: Services | None = None
+        self.server: tornado.httpserver.HTTPServer | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.port = 0
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self, host: str | None = None, port: int | None = None) -> None:
+        config = load_config(self.config_path)        # raises ConfigError: nothing started
+        s = config.settings
+        keys = await KeyStore(s.database).open()
+        self.session = make_session()
+        self.services = Services(live=make_live(config, self.session), keys=keys)
+        app = make_app(self.services)
+        self.server = tornado.httpserver.HTTPServer(
+            app, max_body_size=s.max_body_bytes + 1, idle_connection_timeout=HEADER_TIMEOUT_S,
+            body_timeout=BODY_TIMEOUT_S, max_header_size=64 * 1024)
+        host = host or s.host
+        sockets = tornado.netutil.bind_sockets(s.port if port is None else port, host)
+        self.server.add_sockets(sockets)
+        self.port = sockets[0].getsockname()[1]
+        self._tasks.append(asyncio.ensure_future(self._housekeeping()))
+        shown = f"[{host}]" if ":" in host else host
+        log.info("apiarium listening on http://%s:%d", shown, self.port)
+
+    async def _housekeeping(self) -> None:
+        last_prune = time.monotonic()
+        svc = self.services
+        while True:
+            await asyncio.sleep(KEY_REFRESH_S)
+            try:
+                if await svc.keys.refresh():
+                    log.info("key store changed on disk: %d active keys", len(svc.keys))
+                if time.monotonic() - last_prune > 60:
+                    last_prune = time.monotonic()
+                    default = svc.settings.rpm
+                    svc.buckets.prune(lambda _k: default)
+            except Exception:
+                log.exception("housekeeping failed; will retry")
+
+    def reload(self) -> bool:
+        """Re-read both YAML files.  On any error the running configuration stays."""
+        svc = self.services
+        try:
+            config = load_config(self.config_path)
+            live = make_live(config, self.session)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload rejected: %s", problem)
+            return False
+        except OSError as exc:
+            log.error("reload rejected: %s", exc)
+            return False
+        svc.live = live
+        log.info("configuration reloaded: %d models", len(config.catalog))
+        return True
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        svc = self.services
+        grace = svc.settings.shutdown_grace_s if grace_s is None else grace_s
+        if self.server is not None:
+            self.server.stop()
+            deadline = time.monotonic() + grace
+            while svc.inflight and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await self.server.close_all_connections()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.session is not None:
+            await self.session.close()
+        await svc.keys.close()
+
+    async def run_until_signalled(self) -> None:
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        await stopping.wait()
+        log.info("shutting down: waiting up to %gs for requests in flight",
+                 self.services.settings.shutdown_grace_s)
+        await self.stop()
+        log.info("stopped")

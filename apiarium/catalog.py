@@ -1,0 +1,82 @@
+"""The model catalog: which alias is served by which provider, under which upstream id.
+
+Immutable once built (a reload builds a new one), so handlers can hold a reference
+for the length of a request while a SIGHUP swaps in the next.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+from .errors import InvalidRequest, NotFound
+
+PROVIDER_KINDS = ("openai", "anthropic", "gemini", "rag")
+MODEL_TYPES = ("chat", "image", "video")
+
+# What `owned_by` says for each kind in /v1/models.
+OWNER = {"openai": "openai", "anthropic": "anthropic", "gemini": "google", "rag": "google"}
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    name: str
+    kind: str
+    base_url: str
+    api_key: str
+    timeout_s: float = 600.0
+    connect_timeout_s: float = 10.0
+    headers: Mapping[str, str] = field(default_factory=dict)
+    poll_interval_s: float = 10.0
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.api_key and self.base_url)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    alias: str
+    provider: ProviderSpec
+    upstream: str
+    type: str = "chat"
+    created: int = 0
+
+    @property
+    def owned_by(self) -> str:
+        return OWNER.get(self.provider.kind, self.provider.name)
+
+
+class Catalog:
+    def __init__(self, providers: Mapping[str, ProviderSpec], models: Mapping[str, ModelSpec]):
+        self.providers = MappingProxyType(dict(providers))
+        self.models = MappingProxyType(dict(models))
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    def resolve(self, alias: object) -> ModelSpec:
+        if not isinstance(alias, str) or not alias:
+            raise InvalidRequest("`model` must be a non-empty string naming a model; "
+                                 "GET /v1/models lists them.", param="model", code="invalid_model")
+        spec = self.models.get(alias)
+        if spec is None:
+            raise NotFound(f"The model `{alias}` does not exist. GET /v1/models lists the "
+                           f"{len(self.models)} models this gateway serves.",
+                           param="model", code="model_not_found")
+        return spec
+
+    def resolve_typed(self, alias: object, allowed: tuple[str, ...], endpoint: str) -> ModelSpec:
+        """Resolve, and refuse a model of a type the endpoint does not serve."""
+        spec = self.resolve(alias)
+        if spec.type not in allowed:
+            hint = {"chat": "/v1/chat/completions", "image": "/v1/images/generations",
+                    "video": "/v1/videos/generations"}[spec.type]
+            raise InvalidRequest(f"`{spec.alias}` is a {spec.type} model and cannot be used with "
+                                 f"{endpoint}; use {hint} instead.",
+                                 param="model", code="model_type_mismatch")
+        return spec
+
+    def listing(self) -> list[dict]:
+        return [{"id": m.alias, "object": "model", "created": m.created,
+                 "owned_by": m.owned_by, "type": m.type} for m in self.models.values()]

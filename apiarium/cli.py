@@ -1,0 +1,193 @@
+"""The command line: ``apiarium serve | check-config | keys …`` (also ``python -m apiarium``)."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import logging
+import sys
+
+import orjson
+
+from .config import ConfigError, config_path, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                        help="apiarium.yaml (default: $APIARIUM_CONFIG, then config/apiarium.yaml)")
+    p = argparse.ArgumentParser(prog="apiarium", parents=[common],
+                                description="A self-hosted, OpenAI-compatible AI gateway.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", parents=[common], help="run the gateway in the foreground")
+    serve.add_argument("--host", help="listen address (default: server.host)")
+    serve.add_argument("--port", type=int, help="listen port (default: server.port; 0 = any)")
+
+    sub.add_parser("check-config", parents=[common], help="validate both YAML files")
+
+    keys = sub.add_parser("keys", parents=[common], help="administer API keys")
+    ks = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ls = ks.add_parser("list", parents=[common], help="every key: prefix, IP, created, rpm, status")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    ls.add_argument("--all", action="store_true", help="include revoked keys")
+    show = ks.add_parser("show", parents=[common], help="the keys of an IP, a key or a key prefix")
+    show.add_argument("target", metavar="IP|KEY")
+    revoke = ks.add_parser("revoke", parents=[common], help="revoke a key (its IP gets a new one)")
+    revoke.add_argument("key", metavar="KEY|PREFIX")
+    rotate = ks.add_parser("rotate", parents=[common], help="give an IP a new key now")
+    rotate.add_argument("ip", metavar="IP")
+    rpm = ks.add_parser("set-rpm", parents=[common], help="a key's own requests per minute")
+    rpm.add_argument("key", metavar="KEY|PREFIX")
+    rpm.add_argument("rpm", metavar="N|default", help="a number, or 'default' for the config's")
+    return p
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tornado.access").setLevel(logging.WARNING)
+
+
+def _run(coro):
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def _serve(args) -> int:
+    from .app import Gateway
+    _setup_logging()
+    gateway = Gateway(config_path(getattr(args, "config", None)))
+
+    async def main() -> int:
+        try:
+            await gateway.start(args.host, args.port)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            return 1
+        except OSError as exc:
+            print(f"apiarium: cannot listen: {exc}", file=sys.stderr)
+            return 1
+        await gateway.run_until_signalled()
+        return 0
+    return _run(main())
+
+
+def _check(args) -> int:
+    path = config_path(getattr(args, "config", None))
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem)
+        return 1
+    print(f"{path}: ok ({len(config.catalog)} models, "
+          f"{len(config.catalog.providers)} providers)")
+    return 0
+
+
+def _when(ts: int | None) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"
+
+
+def _keys(args) -> int:
+    from .keys import KeyStore
+    try:
+        settings = load_config(config_path(getattr(args, "config", None))).settings
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+
+    async def main() -> int:
+        store = await KeyStore(settings.database).open()
+        try:
+            return await _key_action(store, args, settings.rpm)
+        finally:
+            await store.close()
+    return asyncio.run(main())
+
+
+def _row(rec, default_rpm: int) -> dict:
+    return {"key_prefix": rec.key_prefix, "ip": rec.ip, "created": rec.created,
+            "rpm": rec.rpm or default_rpm, "rpm_is_default": rec.rpm is None,
+            "status": rec.status}
+
+
+def _print_rows(recs, default_rpm: int, as_json: bool = False) -> None:
+    if as_json:
+        for rec in recs:
+            print(orjson.dumps(_row(rec, default_rpm)).decode())
+        return
+    print(f"{'KEY':<12} {'IP':<40} {'CREATED':<16} {'RPM':>6}  STATUS")
+    for rec in recs:
+        rpm = f"{rec.rpm}" if rec.rpm else f"{default_rpm}*"
+        print(f"{rec.key_prefix + '…':<12} {rec.ip:<40} {_when(rec.created):<16} {rpm:>6}  "
+              f"{rec.status}")
+
+
+async def _one_active(store, target: str):
+    recs = [r for r in await store.find(target) if r.status == "active"]
+    if not recs:
+        print(f"apiarium: no active key matches {target!r}", file=sys.stderr)
+        return None
+    if len(recs) > 1:
+        print(f"apiarium: {len(recs)} active keys match {target!r}; give the whole key",
+              file=sys.stderr)
+        return None
+    return recs[0]
+
+
+async def _key_action(store, args, default_rpm: int) -> int:
+    if args.action == "list":
+        recs = await store.all_records() if args.all else \
+            await store.all_records("status = 'active'")
+        _print_rows(recs, default_rpm, args.json)
+        return 0
+    if args.action == "show":
+        recs = await store.find(args.target)
+        if not recs:
+            print(f"apiarium: no key matches {args.target!r}", file=sys.stderr)
+            return 1
+        _print_rows(recs, default_rpm)
+        return 0
+    if args.action == "rotate":
+        key, rec = await store.rotate(args.ip)
+        print(f"{rec.ip}: new key {key}")
+        return 0
+    rec = await _one_active(store, args.key)
+    if rec is None:
+        return 1
+    if args.action == "revoke":
+        await store.revoke(rec)
+        print(f"revoked {rec.key_prefix}… ({rec.ip}); the running server drops it within "
+              f"a few seconds")
+        return 0
+    if args.action == "set-rpm":
+        value = None if args.rpm == "default" else int(args.rpm) if args.rpm.isdigit() else -1
+        if value is not None and value < 1:
+            print("apiarium: N must be a whole number of at least 1, or 'default'",
+                  file=sys.stderr)
+            return 2
+        await store.set_rpm(rec, value)
+        print(f"{rec.key_prefix}…: {value or f'default ({default_rpm})'} requests per minute")
+        return 0
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "check-config":
+        return _check(args)
+    return _keys(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,394 @@
+"""Load and validate ``apiarium.yaml`` and ``models.yaml``.
+
+Every string value may use ``${VAR}`` or ``${VAR:-default}``.  Relative paths are relative to
+the folder of the file that names them.  Every problem (YAML syntax, unknown key, wrong type,
+a model naming a missing provider) is reported as ``FILE:LINE: message``, all at once.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from .catalog import MODEL_TYPES, PROVIDER_KINDS, Catalog, ModelSpec, ProviderSpec
+
+DEFAULT_CONFIG = "config/apiarium.yaml"
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(map(str, problems)))
+
+
+# --------------------------------------------------------------------------- field checkers
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_constructor = yaml.constructor.SafeConstructor()
+_KIND = {MappingNode: "a mapping", SequenceNode: "a list", ScalarNode: "a value"}
+
+
+class _Ctx:
+    def __init__(self, file: Path, env: Mapping[str, str]):
+        self.file, self.env, self.problems = file, env, []
+        self.lines: dict[tuple, int] = {}
+
+    def err(self, node: Node, message: str) -> None:
+        self.problems.append(Problem(str(self.file), node.start_mark.line + 1, message))
+
+    def interpolate(self, node: Node, text: str) -> str:
+        def sub(m: re.Match) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in self.env:
+                return self.env[name]
+            if default is None:
+                self.err(node, f"environment variable {name} is not set "
+                               f"(write ${{{name}:-}} to allow it to be empty)")
+                return ""
+            return default
+        return _VAR.sub(sub, text)
+
+
+def _dotted(path: tuple) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+class Field:
+    want = "a value"
+
+    def __init__(self, default: Any = None):
+        self.default = default
+
+    def check(self, node: Node, ctx: _Ctx, path: tuple) -> Any:
+        ctx.lines[path] = node.start_mark.line + 1
+        if not isinstance(node, ScalarNode):
+            ctx.err(node, f"{_dotted(path)}: expected {self.want}, got {_KIND[type(node)]}")
+            return self.default
+        value = _constructor.construct_object(node)
+        if isinstance(value, str) and "${" in value:
+            value = ctx.interpolate(node, value)
+            if not isinstance(self, Str):  # `port: ${PORT:-8080}` is a number once filled in
+                value = yaml.safe_load(value) if value.strip() else None
+        return self.convert(value, node, ctx, path)
+
+    def convert(self, value, node, ctx, path):
+        return value
+
+
+class Str(Field):
+    want = "a string"
+
+    def convert(self, value, node, ctx, path):
+        if value is None:
+            return ""
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            ctx.err(node, f"{_dotted(path)}: expected a string, got {value!r}")
+            return self.default
+        return str(value)
+
+
+class Num(Field):
+    want = "a number"
+
+    def __init__(self, default=None, lo: float = 0, hi: float = float("inf"), integer=False):
+        super().__init__(default)
+        self.lo, self.hi, self.integer = lo, hi, integer
+
+    def convert(self, value, node, ctx, path):
+        kind = "a whole number" if self.integer else "a number"
+        ok_type = int if self.integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, ok_type):
+            ctx.err(node, f"{_dotted(path)}: expected {kind}, got {value!r}")
+            return self.default
+        if not self.lo <= value <= self.hi:
+            ctx.err(node, f"{_dotted(path)}: {value} is out of range ({self.lo} to {self.hi})")
+            return self.default
+        return value
+
+
+class Bool(Field):
+    want = "true or false"
+
+    def convert(self, value, node, ctx, path):
+        if not isinstance(value, bool):
+            ctx.err(node, f"{_dotted(path)}: expected true or false, got {value!r}")
+            return self.default
+        return value
+
+
+class Enum(Str):
+    def __init__(self, values: tuple[str, ...], default=None):
+        super().__init__(default)
+        self.values = values
+
+    def convert(self, value, node, ctx, path):
+        value = super().convert(value, node, ctx, path)
+        if value not in self.values:
+            ctx.err(node, f"{_dotted(path)}: {value!r} is not one of {', '.join(self.values)}")
+            return self.default
+        return value
+
+
+class ListOf(Field):
+    def __init__(self, item: Field, default=()):
+        super().__init__(default)
+        self.item = item
+
+    def check(self, node, ctx, path):
+        ctx.lines[path] = node.start_mark.line + 1
+        if isinstance(node, ScalarNode) and node.tag.endswith(":null"):
+            return tuple(self.default)
+        if not isinstance(node, SequenceNode):
+            ctx.err(node, f"{_dotted(path)}: expected a list, got {_KIND[type(node)]}")
+            return tuple(self.default)
+        return tuple(self.item.check(n, ctx, path + (i,)) for i, n in enumerate(node.value))
+
+
+class Section(Field):
+    """A mapping with a fixed set of keys; unknown keys are errors."""
+
+    def __init__(self, fields: dict[str, Field], required: tuple[str, ...] = ()):
+        super().__init__(None)
+        self.fields, self.required = fields, required
+
+    def defaults(self) -> dict:
+        return {k: (f.defaults() if isinstance(f, Section) else f.default)
+                for k, f in self.fields.items()}
+
+    def check(self, node, ctx, path):
+        ctx.lines[path] = node.start_mark.line + 1
+        out = self.defaults()
+        if isinstance(node, ScalarNode) and node.tag.endswith(":null"):
+            node = MappingNode("tag:yaml.org,2002:map", [], node.start_mark, node.end_mark)
+        if not isinstance(node, MappingNode):
+            ctx.err(node, f"{_dotted(path)}: expected a mapping, got {_KIND[type(node)]}")
+            return out
+        seen = set()
+        for knode, vnode in node.value:
+            key = knode.value
+            field = self.fields.get(key)
+            if field is None:
+                ctx.err(knode, f"unknown key {_dotted(path + (key,))!r} "
+                               f"(known keys: {', '.join(self.fields)})")
+                continue
+            seen.add(key)
+            out[key] = field.check(vnode, ctx, path + (key,))
+        for key in self.required:
+            if key not in seen:
+                ctx.err(node, f"{_dotted(path)}: missing required key {key!r}")
+        return out
+
+
+class MapOf(Field):
+    """A mapping from free-form names (providers, model aliases) to one kind of value."""
+
+    def __init__(self, item: Field):
+        super().__init__({})
+        self.item = item
+
+    def check(self, node, ctx, path):
+        ctx.lines[path] = node.start_mark.line + 1
+        if isinstance(node, ScalarNode) and node.tag.endswith(":null"):
+            return {}
+        if not isinstance(node, MappingNode):
+            ctx.err(node, f"{_dotted(path)}: expected a mapping, got {_KIND[type(node)]}")
+            return {}
+        out = {}
+        for knode, vnode in node.value:
+            name = str(knode.value)
+            if name in out:
+                ctx.err(knode, f"{_dotted(path + (name,))}: defined twice")
+            ctx.lines[path + (name, "")] = knode.start_mark.line + 1
+            out[name] = self.item.check(vnode, ctx, path + (name,))
+        return out
+
+
+# --------------------------------------------------------------------------- the two schemas
+
+SETTINGS_SCHEMA = Section({
+    "server": Section({
+        "host": Str("127.0.0.1"),
+        "port": Num(8080, 0, 65535, integer=True),
+        "public_url": Str(""),
+        "trusted_proxies": ListOf(Str()),
+        "max_body_mb": Num(25, 0.001, 4096),
+        "shutdown_grace_s": Num(30, 0, 86400),
+    }),
+    "database": Str("../data/apiarium.sqlite3"),
+    "catalog": Str("models.yaml"),
+    "master_key": Str(""),
+    "rate_limit": Section({"rpm": Num(4, 1, 1_000_000, integer=True)}),
+    "media": Section({"dir": Str("../data/media"), "ttl_hours": Num(24, 0.001, 100_000)}),
+    "security": Section({"block_proxy_headers": Bool(True), "blocklists": ListOf(Str())}),
+})
+
+CATALOG_SCHEMA = Section({
+    "providers": MapOf(Section({
+        "kind": Enum(PROVIDER_KINDS),
+        "base_url": Str(""),
+        "api_key": Str(""),
+        "timeout_s": Num(600, 0.001, 86400),
+        "connect_timeout_s": Num(10, 0.001, 3600),
+        "headers": MapOf(Str()),
+        "poll_interval_s": Num(10, 0.001, 3600),
+    }, required=("kind",))),
+    "models": MapOf(Section({
+        "provider": Str(),
+        "upstream": Str(""),
+        "type": Enum(MODEL_TYPES, "chat"),
+    }, required=("provider",))),
+})
+
+
+@dataclass(frozen=True)
+class Settings:
+    path: Path
+    host: str
+    port: int
+    public_url: str
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    max_body_bytes: int
+    shutdown_grace_s: float
+    database: Path
+    catalog_path: Path
+    master_key: str
+    rpm: int
+    media_dir: Path
+    media_ttl_hours: float
+    block_proxy_headers: bool
+    blocklists: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    settings: Settings
+    catalog: Catalog
+
+
+# --------------------------------------------------------------------------- loading
+
+def _parse(path: Path, schema: Section, env: Mapping[str, str], problems: list[Problem]):
+    ctx = _Ctx(path, env)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        problems.append(Problem(str(path), 0, f"cannot read the file: {exc.strerror or exc}"))
+        return None, ctx
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 0
+        problems.append(Problem(str(path), line, f"invalid YAML: {exc.problem or exc}"))
+        return None, ctx
+    if node is None:  # an empty file: every default
+        node = MappingNode("tag:yaml.org,2002:map", [], yaml.Mark(str(path), 0, 0, 0, None, None),
+                           None)
+    data = schema.check(node, ctx, ())
+    problems.extend(ctx.problems)
+    return data, ctx
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def _networks(values, ctx: _Ctx, problems: list[Problem]):
+    nets = []
+    for i, v in enumerate(values):
+        try:
+            nets.append(ipaddress.ip_network(v.strip(), strict=False))
+        except ValueError:
+            problems.append(Problem(str(ctx.file), ctx.lines.get(("server", "trusted_proxies", i), 0),
+                                    f"server.trusted_proxies: {v!r} is not an IP address or CIDR"))
+    return tuple(nets)
+
+
+def _build_settings(path: Path, d: dict, ctx: _Ctx, problems: list[Problem]) -> Settings:
+    base = path.parent
+    s, sec = d["server"], d["security"]
+    public = s["public_url"].rstrip("/")
+    if public and not re.match(r"^https?://[^/\s]+", public):
+        problems.append(Problem(str(path), ctx.lines.get(("server", "public_url"), 0),
+                                f"server.public_url: {public!r} must start with http:// or https://"))
+    return Settings(
+        path=path, host=s["host"], port=s["port"], public_url=public,
+        trusted_proxies=_networks(s["trusted_proxies"], ctx, problems),
+        max_body_bytes=int(s["max_body_mb"] * 1024 * 1024),
+        shutdown_grace_s=float(s["shutdown_grace_s"]),
+        database=_resolve(base, d["database"]), catalog_path=_resolve(base, d["catalog"]),
+        master_key=d["master_key"], rpm=d["rate_limit"]["rpm"],
+        media_dir=_resolve(base, d["media"]["dir"]), media_ttl_hours=float(d["media"]["ttl_hours"]),
+        block_proxy_headers=sec["block_proxy_headers"],
+        blocklists=tuple(_resolve(base, b) for b in sec["blocklists"]),
+    )
+
+
+def _build_catalog(path: Path, d: dict, ctx: _Ctx, problems: list[Problem]) -> Catalog:
+    providers = {}
+    for name, p in d["providers"].items():
+        url = p["base_url"].rstrip("/")
+        if url and not re.match(r"^https?://[^/\s]+", url):
+            problems.append(Problem(str(path), ctx.lines.get(("providers", name, "base_url"), 0),
+                                    f"providers.{name}.base_url: {url!r} must start with "
+                                    f"http:// or https://"))
+        providers[name] = ProviderSpec(
+            name=name, kind=p["kind"], base_url=url, api_key=p["api_key"],
+            timeout_s=float(p["timeout_s"]), connect_timeout_s=float(p["connect_timeout_s"]),
+            headers=dict(p["headers"]), poll_interval_s=float(p["poll_interval_s"]))
+    try:
+        created = int(path.stat().st_mtime)
+    except OSError:
+        created = 0
+    models = {}
+    for alias, m in d["models"].items():
+        provider = providers.get(m["provider"])
+        if provider is None:
+            if m["provider"]:
+                known = ", ".join(providers) or "none"
+                problems.append(Problem(str(path), ctx.lines.get(("models", alias, "provider"), 0),
+                                        f"models.{alias}.provider: no provider named "
+                                        f"{m['provider']!r} (defined: {known})"))
+            continue
+        models[alias] = ModelSpec(alias=alias, provider=provider, upstream=m["upstream"] or alias,
+                                  type=m["type"], created=created)
+    return Catalog(providers, models)
+
+
+def config_path(explicit: str | None, env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(explicit or env.get("APIARIUM_CONFIG") or DEFAULT_CONFIG)
+
+
+def load_config(path: str | os.PathLike, env: Mapping[str, str] | None = None) -> Config:
+    """Load both files; raise ConfigError listing every problem found in either."""
+    env = os.environ if env is None else env
+    path = Path(path)
+    problems: list[Problem] = []
+    raw, ctx = _parse(path, SETTINGS_SCHEMA, env, problems)
+    if raw is None:
+        raise ConfigError(problems)
+    settings = _build_settings(path, raw, ctx, problems)
+    raw_cat, cctx = _parse(settings.catalog_path, CATALOG_SCHEMA, env, problems)
+    catalog = _build_catalog(settings.catalog_path, raw_cat, cctx, problems) if raw_cat else None
+    if problems:
+        raise ConfigError(problems)
+    return Config(settings, catalog)
+

@@ -1,0 +1,134 @@
+"""Every error the gateway can answer with, as one tree.
+
+Each class fixes the HTTP status and the OpenAI ``type``; ``code`` and ``param`` vary per
+raise.  ``ApiError.envelope()`` is the body every client sees:
+``{"error": {"message", "type", "param", "code"}}``.
+
+    ApiError                          500 server_error          internal_error
+    ├── InvalidRequest                400 invalid_request_error invalid_request, <field>_invalid, …
+    ├── AuthError                     401 authentication_error  missing_api_key, invalid_api_key, ip_mismatch
+    ├── Forbidden                     403 permission_error      vpn_detected
+    ├── NotFound                      404 invalid_request_error model_not_found, not_found
+    ├── MethodNotAllowed              405 invalid_request_error method_not_allowed
+    ├── BodyTooLarge                  413 invalid_request_error body_too_large
+    ├── RateLimited                   429 rate_limit_error      rate_limit_exceeded, upstream_rate_limited
+    │   └── QuotaExceeded             429 insufficient_quota    insufficient_quota
+    └── UpstreamFailure               (the upstream did not give a usable answer)
+        ├── UpstreamError             502 upstream_error        upstream_unreachable, upstream_error
+        ├── UpstreamPassthrough       4xx as the upstream said  (its own message, about the request)
+        ├── ServiceUnavailable        503 server_error          upstream_overloaded, provider_not_configured
+        └── UpstreamTimeout           504 server_error          upstream_timeout
+
+Domain code raises these; only ``handlers/`` turns them into HTTP responses.
+"""
+from __future__ import annotations
+
+import math
+
+
+class ApiError(Exception):
+    status = 500
+    type = "server_error"
+    default_code: str | None = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None,
+                 status: int | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code if code is not None else self.default_code
+        self.param = param
+        if status is not None:
+            self.status = status
+        self.headers = dict(headers or {})
+
+    def envelope(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type,
+                          "param": self.param, "code": self.code}}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.status}, {self.code!r}, {self.message!r})"
+
+
+class InvalidRequest(ApiError):
+    status = 400
+    type = "invalid_request_error"
+    default_code = "invalid_request"
+
+
+class AuthError(ApiError):
+    status = 401
+    type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class Forbidden(ApiError):
+    status = 403
+    type = "permission_error"
+    default_code = "vpn_detected"
+
+
+class NotFound(ApiError):
+    status = 404
+    type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class MethodNotAllowed(ApiError):
+    status = 405
+    type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+
+class BodyTooLarge(ApiError):
+    status = 413
+    type = "invalid_request_error"
+    default_code = "body_too_large"
+
+
+class RateLimited(ApiError):
+    status = 429
+    type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw):
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+        if retry_after is not None:
+            self.headers.setdefault("Retry-After", str(max(1, math.ceil(retry_after))))
+
+
+class QuotaExceeded(RateLimited):
+    type = "insufficient_quota"
+    default_code = "insufficient_quota"
+
+    def __init__(self, message: str, **kw):
+        super().__init__(message, **kw)
+        self.headers.setdefault("x-should-retry", "false")
+
+
+class UpstreamFailure(ApiError):
+    """The upstream did not give a usable answer (base of the 5xx/passthrough family)."""
+
+
+class UpstreamError(UpstreamFailure):
+    status = 502
+    type = "server_error"
+    default_code = "upstream_error"
+
+
+class UpstreamPassthrough(UpstreamFailure):
+    """An upstream 4xx about the request itself: its status and message reach the client."""
+    type = "invalid_request_error"
+    default_code = None
+
+
+class ServiceUnavailable(UpstreamFailure):
+    status = 503
+    type = "server_error"
+    default_code = "upstream_overloaded"
+
+
+class UpstreamTimeout(UpstreamFailure):
+    status = 504
+    type = "server_error"
+    default_code = "upstream_timeout"

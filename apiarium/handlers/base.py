@@ -1,0 +1,247 @@
+"""What every handler shares: request ids, JSON errors, client IP, auth, limits, SSE relay.
+
+``BaseHandler`` answers every error as the OpenAI envelope (no traceback ever leaves).
+``ApiHandler`` adds, in ``prepare``: client IP and VPN/proxy checks, bearer auth, the body
+size limit (checked before the body is read) and, for POST endpoints, the token bucket.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import logging
+import secrets
+from typing import AsyncIterator
+
+import orjson
+import tornado.iostream
+import tornado.web
+
+from .. import sse
+from ..errors import (ApiError, AuthError, BodyTooLarge, InvalidRequest, MethodNotAllowed,
+                      NotFound, RateLimited)
+from ..keys import KeyRecord
+from ..services import Services
+
+log = logging.getLogger("apiarium")
+
+_RID_PREFIX = "req_" + secrets.token_hex(5)
+_rid_counter = itertools.count(1)
+_JSON = "application/json"
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    request_id: str = ""
+    client_ip: str = ""
+    key_record: KeyRecord | None = None
+    model_alias: str = ""
+    _limit_headers: dict = {}
+
+    @property
+    def svc(self) -> Services:
+        return self.application.settings["services"]
+
+    def initialize(self) -> None:
+        self.svc.inflight.add(self)
+
+    def on_finish(self) -> None:
+        self.svc.inflight.discard(self)
+
+    def on_connection_close(self) -> None:
+        self.svc.inflight.discard(self)
+
+    def set_default_headers(self) -> None:
+        if not self.request_id:
+            self.request_id = f"{_RID_PREFIX}{next(_rid_counter):07x}"
+        self._headers["x-request-id"] = self.request_id
+        self.clear_header("Server")
+
+    def write_json(self, obj, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", _JSON)
+        self.finish(orjson.dumps(obj))
+
+    # ------------------------------------------------------------------ errors
+    def write_error(self, status_code: int, **kwargs) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        err = as_api_error(exc, status_code, self.request)
+        if err.status == 500 and not isinstance(exc, ApiError):
+            err.message += f" (request id {self.request_id})"
+        self.set_status(err.status)
+        for name, value in {**self._limit_headers, **err.headers}.items():
+            self.set_header(name, value)
+        self.set_header("Content-Type", _JSON)
+        self.finish(orjson.dumps(err.envelope()))
+
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, ApiError):
+            log.info("%s %s -> %d %s: %s", self.request_id, self.request.path, value.status,
+                     value.code, value.message)
+        elif isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
+            log.info("%s %s -> %d", self.request_id, self.request.path, value.status_code)
+        else:
+            log.error("%s unexpected error on %s %s", self.request_id, self.request.method,
+                      self.request.path, exc_info=(typ, value, tb))
+
+    # ------------------------------------------------------------------ who is asking
+    def resolve_visitor(self, check: bool = True, bypass: bool = False) -> None:
+        guard = self.svc.live.guard
+        visitor = guard.visitor(self.request.remote_ip or "", self.request.headers)
+        self.client_ip = visitor.ip
+        if check and not bypass:
+            guard.check(visitor, self.request.headers)
+
+    def bearer(self) -> str | None:
+        auth = self.request.headers.get("Authorization")
+        if not auth:
+            return None
+        scheme, _, token = auth.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
+
+    def is_master(self, token: str | None) -> bool:
+        master = self.svc.settings.master_key
+        return bool(token and master and hmac.compare_digest(token.encode(), master.encode()))
+
+
+def as_api_error(exc: BaseException | None, status: int, request) -> ApiError:
+    if isinstance(exc, ApiError):
+        return exc
+    if status == 404:
+        return NotFound(f"Unknown path {request.method} {request.path}. The API lives under "
+                        f"/v1 (see GET /openapi.json).")
+    if status == 405:
+        return MethodNotAllowed(f"{request.method} is not allowed on {request.path}.")
+    if status == 413:
+        return BodyTooLarge("The request body is too large.")
+    if 400 <= status < 500:
+        reason = getattr(exc, "log_message", None) or tornado.httputil.responses.get(status, "")
+        return InvalidRequest(f"Bad request: {reason}.", status=status)
+    return ApiError("The gateway hit an internal error; the operator can find it in the log")
+
+
+@tornado.web.stream_request_body
+class ApiHandler(BaseHandler):
+    """An authenticated /v1 endpoint.  Subclasses set ``limited`` for rate-limited POSTs."""
+    limited = False
+    _relay: asyncio.Future | None = None
+
+    async def prepare(self) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._too_large = False
+        token = self.bearer()
+        master = self.is_master(token)
+        self.resolve_visitor(bypass=master)
+        limit = self.svc.settings.max_body_bytes
+        length = self.request.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > limit:
+            raise BodyTooLarge(f"The request body is {int(length) / 1048576:.1f} MB; this "
+                               f"gateway accepts at most {limit / 1048576:g} MB.")
+        if self.request.method in ("POST", "PUT", "PATCH"):
+            self.request.connection.set_max_body_size(limit + 1)
+        if not master:
+            self.key_record = self.authenticate(token)
+            if self.limited:
+                self.take_token(self.key_record)
+
+    def authenticate(self, token: str | None) -> KeyRecord:
+        if not token:
+            raise AuthError("Missing API key. Send it as `Authorization: Bearer <key>`; "
+                            "GET /v1/keys/me gives you one.", code="missing_api_key")
+        rec = self.svc.keys.verify(token)
+        if rec is None:
+            shown = token[:8] + "…" if len(token) > 8 else token
+            raise AuthError(f"Invalid API key `{shown}` (unknown or revoked). GET /v1/keys/me "
+                            f"gives you your current key.", code="invalid_api_key")
+        if rec.ip != self.client_ip:
+            raise AuthError(f"This API key belongs to another IP address; keys work only from "
+                            f"the IP that created them. GET /v1/keys/me from {self.client_ip} "
+                            f"gives you this address's own key.", code="ip_mismatch")
+        return rec
+
+    def take_token(self, rec: KeyRecord) -> None:
+        decision = self.svc.buckets.take(rec.key_hash, rec.rpm or self.svc.settings.rpm)
+        headers = decision.headers()
+        if not decision.allowed:
+            wait = headers["Retry-After"]
+            raise RateLimited(f"Rate limit reached: {decision.limit} requests per minute for "
+                              f"this key. Wait {wait} s before the next request.",
+                              retry_after=decision.retry_after, headers=headers)
+        self._limit_headers = headers
+        for name, value in headers.items():
+            self.set_header(name, value)
+
+    # ------------------------------------------------------------------ the body
+    def data_received(self, chunk: bytes) -> None:
+        if self._too_large:
+            return
+        self._size += len(chunk)
+        if self._size > self.svc.settings.max_body_bytes:
+            self._too_large = True
+            self._chunks.clear()
+        else:
+            self._chunks.append(chunk)
+
+    def raw_body(self) -> bytes:
+        if self._too_large:
+            raise BodyTooLarge(f"The request body is over this gateway's limit of "
+                               f"{self.svc.settings.max_body_bytes / 1048576:g} MB.")
+        return self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+
+    def json_body(self) -> tuple[dict, bytes]:
+        raw = self.raw_body()
+        if not raw:
+            raise InvalidRequest("The request body is empty; send a JSON object.",
+                                 code="invalid_json")
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequest(f"The request body is not valid JSON ({exc.msg} at byte "
+                                 f"{exc.pos}).", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+        return body, raw
+
+    # ------------------------------------------------------------------ streaming
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        if self._relay is not None and not self._relay.done():
+            self._relay.cancel()
+
+    async def relay(self, events: AsyncIterator[bytes]) -> None:
+        """Send SSE frames as they come, with backpressure; an error before the first frame
+        is an ordinary JSON error, one after it is a final ``data: {"error": …}`` frame."""
+        self._relay = asyncio.ensure_future(self._pump(events))
+        try:
+            await self._relay
+        except asyncio.CancelledError:
+            if self.request.connection.stream is None or self._finished or \
+                    self.request.connection.stream.closed():
+                return          # the client left: the upstream request is closed already
+            raise
+
+    async def _pump(self, events: AsyncIterator[bytes]) -> None:
+        try:
+            first = await anext(events, None)
+            self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.set_header("Cache-Control", "no-cache")
+            self.set_header("X-Accel-Buffering", "no")
+            if first is not None:
+                self.write(first)
+            await self.flush()
+            try:
+                async for frame in events:
+                    self.write(frame)
+                    await self.flush()
+            except ApiError as err:
+                log.info("%s stream ended by upstream error: %s", self.request_id, err.message)
+                self.write(sse.encode(err.envelope()))
+            except Exception:
+                log.exception("%s unexpected error inside a stream", self.request_id)
+                self.write(sse.encode(ApiError(f"The gateway hit an internal error "
+                                               f"(request id {self.request_id}).").envelope()))
+            self.finish()
+        except tornado.iostream.StreamClosedError:
+            pass
+        finally:
+            await events.aclose()

@@ -1,0 +1,197 @@
+"""The Provider interface, and what every provider shares: timeouts, error mapping, streams.
+
+A provider turns an OpenAI-shaped request into its upstream's wire format and back:
+
+    chat(model, body, raw)         -> dict                OpenAI ``chat.completion``
+    chat_stream(model, body, raw)  -> AsyncIterator[bytes] SSE frames of ``chat.completion.chunk``,
+                                                          ending with ``data: [DONE]``
+    image(model, request)          -> list[Image]         (image models)
+    video(model, request)          -> Video               (video models)
+
+``body`` is the parsed client JSON, ``raw`` its bytes (a passthrough may forward them as they
+are).  Failures are raised as ``errors.ApiError``; inside a stream, an error raised after the
+first frame becomes an SSE error event (the handler does that).
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import aiohttp
+import orjson
+
+from ..catalog import ModelSpec, ProviderSpec
+from ..errors import (ApiError, InvalidRequest, RateLimited, ServiceUnavailable, UpstreamError,
+                      UpstreamPassthrough, UpstreamTimeout)
+
+MAX_ERROR_BODY = 64 * 1024
+
+
+class Provider:
+    kind = ""
+
+    def __init__(self, spec: ProviderSpec, session: aiohttp.ClientSession):
+        self.spec = spec
+        self.session = session
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=spec.connect_timeout_s,
+                                             sock_read=spec.timeout_s)
+
+    # ------------------------------------------------------------------ the interface
+    async def chat(self, model: ModelSpec, body: dict, raw: bytes | None) -> dict:
+        raise InvalidRequest(f"`{model.alias}` cannot answer chat requests.", param="model")
+
+    def chat_stream(self, model: ModelSpec, body: dict, raw: bytes | None) -> AsyncIterator[bytes]:
+        raise InvalidRequest(f"`{model.alias}` cannot stream chat.", param="model")
+
+    # ------------------------------------------------------------------ shared plumbing
+    def require_configured(self) -> None:
+        if not self.spec.base_url:
+            raise ServiceUnavailable(
+                f"The provider `{self.spec.name}` has no base_url configured on this gateway; "
+                f"the operator must set providers.{self.spec.name}.base_url in models.yaml.",
+                code="provider_not_configured")
+        if not self.spec.api_key:
+            raise ServiceUnavailable(
+                f"The provider `{self.spec.name}` has no API key configured on this gateway; "
+                f"the operator must set providers.{self.spec.name}.api_key in models.yaml "
+                f"(usually through an environment variable) and reload.",
+                code="provider_not_configured")
+
+    @asynccontextmanager
+    async def request(self, method: str, url: str, *, data: bytes | None = None,
+                      headers: dict | None = None, timeout: aiohttp.ClientTimeout | None = None,
+                      **kw):
+        """An upstream call with transport failures mapped to 502/504, error statuses mapped."""
+        try:
+            async with self.session.request(method, url, data=data, headers=headers,
+                                            timeout=timeout or self.timeout, **kw) as resp:
+                if resp.status >= 400:
+                    await self.raise_for_status(resp)
+                yield resp
+        except ApiError:
+            raise
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"The upstream provider `{self.spec.name}` did not answer within "
+                f"{self.spec.timeout_s:g} s. Try again later.") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamError(
+                f"Cannot connect to the upstream provider `{self.spec.name}` "
+                f"({exc.os_error.strerror or exc.os_error if exc.os_error else exc}). "
+                f"Try again later.", code="upstream_unreachable") from None
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise UpstreamError(
+                f"The connection to the upstream provider `{self.spec.name}` failed "
+                f"({type(exc).__name__}). Try again later.") from None
+
+    async def read_json(self, resp: aiohttp.ClientResponse) -> dict:
+        body = await resp.read()
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):
+            ctype = resp.headers.get("Content-Type", "no content type")
+            raise UpstreamError(f"The upstream provider `{self.spec.name}` answered with something "
+                                f"that is not a JSON object ({ctype}, {len(body)} bytes).")
+        return data
+
+    # ------------------------------------------------------------------ error mapping
+    def error_message(self, data) -> str:
+        """The human message inside an upstream error body (override per wire format)."""
+        if isinstance(data, dict):
+            err = data.get("error", data)
+            if isinstance(err, dict):
+                return str(err.get("message") or err.get("type") or "")[:2000]
+            if isinstance(err, str):
+                return err[:2000]
+        return ""
+
+    def retry_hint(self, resp: aiohttp.ClientResponse, data) -> float | None:
+        """Seconds the upstream asked us to wait (headers; providers add body hints)."""
+        ms = resp.headers.get("retry-after-ms")
+        if ms:
+            try:
+                return float(ms) / 1000
+            except ValueError:
+                pass
+        return parse_retry_after(resp.headers.get("Retry-After"))
+
+    def is_quota(self, status: int, data) -> bool:
+        """Whether a 429 means 'out of quota' rather than 'slow down'."""
+        return False
+
+    async def raise_for_status(self, resp: aiohttp.ClientResponse) -> None:
+        body = await resp.content.read(MAX_ERROR_BODY)
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            data = None
+        raise self.map_error(resp.status, data, self.retry_hint(resp, data))
+
+    def map_error(self, status: int, data, retry_after: float | None) -> ApiError:
+        name = self.spec.name
+        said = self.error_message(data)
+        detail = f": {said}" if said else ""
+        if status in (401, 403):
+            return UpstreamError(f"The upstream provider `{name}` refused this gateway's "
+                                 f"credentials (HTTP {status}){detail}. The operator must check "
+                                 f"providers.{name}.api_key.")
+        if status == 429:
+            quota = self.is_quota(status, data)
+            err = RateLimited(f"The upstream provider `{name}` is rate limiting this gateway"
+                              f"{detail}." + (f" Retry in {math.ceil(retry_after)} s."
+                                              if retry_after else ""),
+                              code="upstream_rate_limited", retry_after=retry_after)
+            if quota:
+                err.headers["x-should-retry"] = "false"
+            return err
+        if status in (503, 529):
+            h = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after else {}
+            return ServiceUnavailable(f"The upstream provider `{name}` is overloaded{detail}. "
+                                      f"Retry in a few seconds.", headers=h)
+        if status == 504:
+            return UpstreamTimeout(f"The upstream provider `{name}` timed out{detail}.")
+        if status >= 500:
+            return UpstreamError(f"The upstream provider `{name}` failed with HTTP {status}"
+                                 f"{detail}. Try again later.")
+        code = None
+        if status == 404:
+            code = "model_not_found"
+        return UpstreamPassthrough(f"The upstream provider `{name}` rejected the request"
+                                   f"{detail or f' (HTTP {status})'}.", status=status, code=code)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+_DURATION = re.compile(r"^\s*([0-9.]+)s\s*$")
+
+
+def parse_duration(value) -> float | None:
+    """Google's ``"37s"`` / ``"1.2s"`` durations."""
+    m = _DURATION.match(str(value or ""))
+    return float(m.group(1)) if m else None
+
+
+async def cancel_quietly(task: asyncio.Task) -> None:
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):
+        pass

@@ -1,0 +1,53 @@
+"""The services one running gateway holds, handed to every handler.
+
+Built by ``app.py``; a configuration reload replaces ``config``, ``guard`` and ``providers``
+together by swapping in a new ``Live`` (one attribute write, so a request sees either the
+old world or the new one, never half of each).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import orjson
+
+from .catalog import Catalog, ModelSpec
+from .config import Config, Settings
+from .keys import KeyStore
+from .netguard import NetGuard
+from .providers.base import Provider
+from .ratelimit import TokenBuckets
+
+
+@dataclass(frozen=True)
+class Live:
+    """Everything that a reload replaces at once."""
+    config: Config
+    guard: NetGuard
+    providers: dict[str, Provider]
+    models_body: bytes
+
+    @classmethod
+    def make(cls, config: Config, guard: NetGuard, providers: dict[str, Provider]) -> "Live":
+        body = orjson.dumps({"object": "list", "data": config.catalog.listing()})
+        return cls(config, guard, providers, body)
+
+
+@dataclass
+class Services:
+    live: Live
+    keys: KeyStore
+    buckets: TokenBuckets = field(default_factory=TokenBuckets)
+    started: float = field(default_factory=time.time)
+    inflight: set = field(default_factory=set)      # handlers not yet finished
+
+    @property
+    def settings(self) -> Settings:
+        return self.live.config.settings
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.live.config.catalog
+
+    def provider(self, model: ModelSpec) -> Provider:
+        return self.live.providers[model.provider.name]

@@ -1,0 +1,159 @@
+"""FakeAnthropic: the Messages API (POST /v1/messages), stream and not."""
+from __future__ import annotations
+
+import secrets
+
+import orjson
+from aiohttp import web
+
+from .base import JSON, FakeUpstream, split_pieces, sse_event, words
+
+TOOL_PREAMBLE = "Let me check."
+
+
+def anthropic_error(type_: str, message: str) -> dict:
+    """Anthropic's error body (wire-formats 4.5)."""
+    return {"type": "error", "error": {"type": type_, "message": message},
+            "request_id": "req_fake" + secrets.token_hex(8)}
+
+
+def _block_text(content) -> str:
+    """Text of a string or a list of blocks (text blocks and tool_result contents)."""
+    if isinstance(content, str):
+        return content
+    out = []
+    for b in content if isinstance(content, list) else []:
+        if not isinstance(b, dict):
+            continue
+        if b.get("type") == "text":
+            out.append(b.get("text") or "")
+        elif b.get("type") == "tool_result":
+            out.append(_block_text(b.get("content")))
+    return " ".join(t for t in out if t)
+
+
+def _user_text(content) -> str:
+    """Text blocks of a user turn; its tool_result contents if it has no text block."""
+    if isinstance(content, list):
+        texts = [b.get("text") or "" for b in content
+                 if isinstance(b, dict) and b.get("type") == "text"]
+        if texts:
+            return " ".join(texts)
+    return _block_text(content)
+
+
+class FakeAnthropic(FakeUpstream):
+    default_api_key = "sk-ant-fake"
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/messages", self._messages)
+
+    # ---- scripting helpers -------------------------------------------------
+    def overloaded_next(self, path_contains: str | None = None) -> None:
+        self.fail_next(529, anthropic_error("overloaded_error", "Overloaded"),
+                       path_contains=path_contains)
+
+    def rate_limited_next(self, retry_after: int = 7, path_contains: str | None = None) -> None:
+        self.fail_next(429, anthropic_error("rate_limit_error", "Number of request tokens has "
+                                            "exceeded your per-minute rate limit"),
+                       headers={"retry-after": str(retry_after)}, path_contains=path_contains)
+
+    def error_mid_stream_next(self, after_events: int, path_contains: str | None = None) -> None:
+        """Next stream: ``after_events`` frames, then an ``event: error`` frame, then a clean end.
+        A non-streaming request that takes it gets a 529 overloaded_error."""
+        frame = sse_event("error", {"type": "error", "error": {"type": "overloaded_error",
+                                                              "message": "Overloaded"}})
+        self._push(path_contains, kind="error", after=after_events, frame=frame)
+
+    def mid_stream_fallback(self, b: dict):
+        return self._error(529, "overloaded_error", "Overloaded")
+
+    # ---- handler -----------------------------------------------------------
+    def _error(self, status: int, type_: str, message: str) -> web.Response:
+        body = anthropic_error(type_, message)
+        return self.json_response(body, status, headers={"request-id": body["request_id"]})
+
+    def _validate(self, request: web.Request):
+        if (request.headers.get("x-api-key") != self.api_key
+                or not request.headers.get("anthropic-version")):
+            return self._error(401, "authentication_error", "invalid x-api-key")
+        body = request[JSON]
+        if not isinstance(body, dict):
+            return self._error(400, "invalid_request_error", "Request body is not valid JSON")
+        for field in ("model", "max_tokens", "messages"):
+            if body.get(field) in (None, ""):
+                return self._error(400, "invalid_request_error", f"{field}: Field required")
+        if not isinstance(body["max_tokens"], int) or body["max_tokens"] < 1:
+            return self._error(400, "invalid_request_error",
+                               "max_tokens: Input should be a valid integer >= 1")
+        msgs = body["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            return self._error(400, "invalid_request_error",
+                               "messages: at least one message is required")
+        for i, m in enumerate(msgs):
+            role = m.get("role") if isinstance(m, dict) else None
+            if role not in ("user", "assistant"):
+                return self._error(400, "invalid_request_error",
+                                   f"messages.{i}.role: Unexpected role {role!r}. The Messages "
+                                   "API accepts a top-level `system` parameter, not \"system\" "
+                                   "as an input message role.")
+            expected = "user" if i % 2 == 0 else "assistant"
+            if role != expected:
+                return self._error(400, "invalid_request_error",
+                                   f"messages.{i}: roles must alternate between \"user\" and "
+                                   "\"assistant\", starting with \"user\"")
+        return None
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        err = self._validate(request)
+        if err:
+            return err
+        body = request[JSON]
+        msgs = body["messages"]
+        prompt = words(_block_text(body.get("system"))) + sum(
+            words(_block_text(m.get("content"))) for m in msgs)
+        last_user = next(_user_text(m.get("content")) for m in reversed(msgs)
+                         if m["role"] == "user")
+        tool = self.reply_tool_call if body.get("tools") and self.reply_tool_call else None
+        text = TOOL_PREAMBLE if tool else self.answer_for(last_user)
+        completion = words(text) + (words(tool["arguments"]) if tool else 0)
+        stop_reason = "tool_use" if tool else "end_turn"
+        mid, model = "msg_fake" + secrets.token_hex(8), body["model"]
+        headers = {"request-id": "req_fake" + secrets.token_hex(8)}
+        if not body.get("stream"):
+            content = [{"type": "text", "text": text}]
+            if tool:
+                content.append({"type": "tool_use", "id": "toolu_fake01", "name": tool["name"],
+                                "input": orjson.loads(tool["arguments"] or "{}")})
+            return self.json_response({
+                "id": mid, "type": "message", "role": "assistant", "model": model,
+                "content": content, "stop_reason": stop_reason, "stop_sequence": None,
+                "usage": {"input_tokens": prompt, "output_tokens": completion,
+                          "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}},
+                headers=headers)
+
+        def ev(name, **data):
+            return sse_event(name, {"type": name, **data})
+
+        pieces = [text] if tool else split_pieces(text, self.stream_events)
+        deltas = [ev("content_block_delta", index=0, delta={"type": "text_delta", "text": p})
+                  for p in pieces]
+        deltas.insert(max(1, len(deltas) // 2), ev("ping"))
+        frames = [ev("message_start", message={
+            "id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": None, "stop_sequence": None,
+            "usage": {"input_tokens": prompt, "output_tokens": 1,
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}),
+            ev("content_block_start", index=0, content_block={"type": "text", "text": ""}),
+            *deltas, ev("content_block_stop", index=0)]
+        if tool:
+            frames.append(ev("content_block_start", index=1, content_block={
+                "type": "tool_use", "id": "toolu_fake01", "name": tool["name"], "input": {}}))
+            frames += [ev("content_block_delta", index=1,
+                          delta={"type": "input_json_delta", "partial_json": part})
+                       for part in split_pieces(tool["arguments"], 3)]
+            frames.append(ev("content_block_stop", index=1))
+        frames.append(ev("message_delta", delta={"stop_reason": stop_reason, "stop_sequence": None},
+                         usage={"output_tokens": completion}))
+        frames.append(ev("message_stop"))
+        return await self.stream(request, frames, headers=headers)

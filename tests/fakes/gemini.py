@@ -1,0 +1,235 @@
+"""FakeGemini: generateContent, streamGenerateContent (SSE), image output, Veo long-running ops."""
+from __future__ import annotations
+
+import base64
+import secrets
+import struct
+
+import orjson
+from aiohttp import web
+
+from .base import BEHAVIOUR, JSON, FakeUpstream, split_pieces, sse_data, words
+from .openai import make_png
+
+IMAGE_TOKENS = 1290
+VEO_FILTER_REASON = ("Unfortunately, we can't create videos from this prompt: it may violate "
+                     "our policies (fake safety filter).")
+
+
+def google_error(code: int, status: str, message: str, details: list | None = None) -> dict:
+    """A google.rpc.Status error body (wire-formats 5.8)."""
+    err = {"code": code, "message": message, "status": status}
+    if details is not None:
+        err["details"] = details
+    return {"error": err}
+
+
+def make_mp4(payload_size: int = 8192) -> bytes:
+    """A minimal valid ISO-BMFF file: ftyp + moov(mvhd) + mdat (patterned payload)."""
+    def box(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", 8 + len(data)) + tag + data
+
+    ftyp = box(b"ftyp", b"isom" + struct.pack(">I", 512) + b"isomiso2mp41")
+    matrix = struct.pack(">9I", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
+    mvhd = box(b"mvhd", struct.pack(">B3xIIII", 0, 0, 0, 1000, 8000)
+               + struct.pack(">IH10x", 0x10000, 0x100) + matrix + bytes(24)
+               + struct.pack(">I", 2))
+    mdat = box(b"mdat", bytes((i * 7 + 3) % 256 for i in range(payload_size)))
+    return ftyp + box(b"moov", mvhd) + mdat
+
+
+def _parts_text(content) -> str:
+    parts = content.get("parts") if isinstance(content, dict) else None
+    return " ".join(p["text"] for p in parts or [] if isinstance(p, dict) and p.get("text"))
+
+
+class FakeGemini(FakeUpstream):
+    default_api_key = "gm-fake"
+
+    def __init__(self, api_key: str | None = None):
+        super().__init__(api_key)
+        self.image_bytes = make_png()
+        self.video_bytes = make_mp4()
+        self.veo_polls_until_done = 2
+        self.veo_polls: dict[str, int] = {}
+        self._ops: dict[str, dict] = {}
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1beta/models/{tail:.+}", self._post_model)
+        app.router.add_get("/v1beta/models/{model}/operations/{op}", self._poll)
+        app.router.add_get("/v1beta/files/{tail}", self._download)
+        app.router.add_get("/blob/{name}", self._blob)
+
+    # ---- scripting helpers -------------------------------------------------
+    def overloaded_next(self, path_contains: str | None = None) -> None:
+        self.fail_next(503, google_error(503, "UNAVAILABLE", "The model is overloaded. "
+                                         "Please try again later."), path_contains=path_contains)
+
+    def rate_limited_next(self, retry_delay: str = "37s", per_day: bool = False,
+                          path_contains: str | None = None) -> None:
+        period = "PerDay" if per_day else "PerMinute"
+        details = [
+            {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
+                "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                "quotaId": f"GenerateRequests{period}PerProjectPerModel-FreeTier",
+                "quotaDimensions": {"location": "global", "model": "fake-model"},
+                "quotaValue": "250" if per_day else "10"}]},
+            {"@type": "type.googleapis.com/google.rpc.Help", "links": [{
+                "description": "Learn more about Gemini API quotas",
+                "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]},
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay}]
+        self.fail_next(429, google_error(429, "RESOURCE_EXHAUSTED", "You exceeded your current "
+                                         "quota, please check your plan and billing details.",
+                                         details), path_contains=path_contains)
+
+    def error_mid_stream_next(self, after_events: int, path_contains: str | None = None) -> None:
+        """Next stream: ``after_events`` events, then a ``data: {"error": ...}`` event, then close.
+        A non-streaming request that takes it gets a 503 UNAVAILABLE."""
+        frame = sse_data(google_error(503, "UNAVAILABLE", "The model is overloaded."))
+        self._push(path_contains, kind="error", after=after_events, frame=frame)
+
+    def mid_stream_fallback(self, b: dict):
+        return self.json_response(google_error(503, "UNAVAILABLE", "The model is overloaded."), 503)
+
+    def veo_filtered_next(self) -> None:
+        """The next Veo operation ends done, safety-filtered, with no samples."""
+        self._push(":predictLongRunning", kind="veo", outcome="filtered")
+
+    def veo_error_next(self, code: int = 13, message: str = "Video generation failed.") -> None:
+        """The next Veo operation ends done with ``error: {code, message}``."""
+        self._push(":predictLongRunning", kind="veo", outcome="error", code=code, message=message)
+
+    # ---- helpers -----------------------------------------------------------
+    def _auth_error(self, request: web.Request):
+        if request.headers.get("x-goog-api-key") == self.api_key:
+            return None
+        return self.json_response(google_error(
+            400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.",
+            [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
+              "domain": "googleapis.com",
+              "metadata": {"service": "generativelanguage.googleapis.com"}}]), 400)
+
+    def _bad(self, message: str, code: int = 400, status: str = "INVALID_ARGUMENT"):
+        return self.json_response(google_error(code, status, message), code)
+
+    # ---- generateContent -----------------------------------------------------
+    async def _post_model(self, request: web.Request) -> web.StreamResponse:
+        err = self._auth_error(request)
+        if err:
+            return err
+        model, _, action = request.match_info["tail"].rpartition(":")
+        body = request[JSON]
+        if not model or not isinstance(body, dict):
+            return self._bad("Invalid JSON payload received.")
+        if action == "predictLongRunning":
+            return self._start_veo(request, model, body)
+        if action not in ("generateContent", "streamGenerateContent"):
+            return self._bad(f"Method {action!r} not found for models/{model}.", 404, "NOT_FOUND")
+        contents = body.get("contents")
+        if not isinstance(contents, list) or not contents:
+            return self._bad("* GenerateContentRequest.contents: contents is not specified")
+        prompt = words(_parts_text(body.get("systemInstruction"))) + sum(
+            words(_parts_text(c)) for c in contents)
+        last_user = next((_parts_text(c) for c in reversed(contents)
+                          if isinstance(c, dict) and c.get("role", "user") == "user"), "")
+        text = self.answer_for(last_user)
+        gen = body.get("generationConfig") or {}
+        image = "IMAGE" in (gen.get("responseModalities") or [])
+        tool = self.reply_tool_call if body.get("tools") and self.reply_tool_call else None
+        rid = secrets.token_urlsafe(12)
+
+        def resp(parts, final=True, out_tokens=0, extra_usage=None):
+            cand = {"content": {"role": "model", "parts": parts}, "index": 0}
+            usage = {"promptTokenCount": prompt, "totalTokenCount": prompt}
+            if final:
+                cand["finishReason"] = "STOP"
+                usage.update(candidatesTokenCount=out_tokens, totalTokenCount=prompt + out_tokens,
+                             **(extra_usage or {}))
+            return {"candidates": [cand], "usageMetadata": usage, "modelVersion": model,
+                    "responseId": rid}
+
+        if tool:
+            args = orjson.loads(tool["arguments"] or "{}")
+            chunks = [resp([{"functionCall": {"name": tool["name"], "args": args}}],
+                           out_tokens=words(tool["arguments"]))]
+        elif image:
+            n = words(text)
+            parts = [{"text": text}, {"inlineData": {
+                "mimeType": "image/png", "data": base64.b64encode(self.image_bytes).decode()}}]
+            chunks = [resp(parts, out_tokens=n + IMAGE_TOKENS, extra_usage={
+                "candidatesTokensDetails": [{"modality": "TEXT", "tokenCount": n},
+                                            {"modality": "IMAGE", "tokenCount": IMAGE_TOKENS}]})]
+        elif action == "generateContent":
+            chunks = [resp([{"text": text}], out_tokens=words(text))]
+        else:
+            pieces = split_pieces(text, self.stream_events)
+            chunks = [resp([{"text": p}], final=False) for p in pieces[:-1]]
+            chunks.append(resp([{"text": pieces[-1]}], out_tokens=words(text)))
+        if action == "generateContent":
+            return self.json_response(chunks[0])
+        return await self.stream(request, [sse_data(c) for c in chunks])
+
+    # ---- Veo -------------------------------------------------------------
+    def _start_veo(self, request: web.Request, model: str, body: dict) -> web.Response:
+        inst = body.get("instances")
+        first = inst[0] if isinstance(inst, list) and inst and isinstance(inst[0], dict) else None
+        if not first or not (first.get("prompt") or first.get("image")):
+            return self._bad("* instances[0]: prompt or image is required")
+        if isinstance(first.get("image"), dict) and "inlineData" in first["image"]:
+            return self._bad("`inlineData` isn't supported by this model.")
+        op = secrets.token_hex(8)
+        b = request.get(BEHAVIOUR)
+        self._ops[op] = {"model": model, "outcome": b if b and b["kind"] == "veo" else None}
+        self.veo_polls[op] = 0
+        return self.json_response({"name": f"models/{model}/operations/{op}"})
+
+    async def _poll(self, request: web.Request) -> web.Response:
+        err = self._auth_error(request)
+        if err:
+            return err
+        model, op = request.match_info["model"], request.match_info["op"]
+        if op not in self._ops:
+            return self._bad(f"Operation {op} not found.", 404, "NOT_FOUND")
+        self.veo_polls[op] = self.veo_polls.get(op, 0) + 1
+        name = f"models/{model}/operations/{op}"
+        if self.veo_polls[op] <= self.veo_polls_until_done:
+            return self.json_response({"name": name})
+        outcome = self._ops[op]["outcome"] or {"outcome": "ok"}
+        done = {"name": name, "done": True}
+        if outcome["outcome"] == "error":
+            done["error"] = {"code": outcome["code"], "message": outcome["message"]}
+            return self.json_response(done)
+        video = {"generatedSamples": [{"video": {
+            "uri": f"{self.root}/v1beta/files/{op}:download?alt=media"}}]}
+        if outcome["outcome"] == "filtered":
+            video = {"raiMediaFilteredCount": 1, "raiMediaFilteredReasons": [VEO_FILTER_REASON]}
+        done["response"] = {
+            "@type": "type.googleapis.com/google.ai.generativelanguage.v1beta."
+                     "PredictLongRunningResponse", "generateVideoResponse": video}
+        return self.json_response(done)
+
+    async def _download(self, request: web.Request) -> web.Response:
+        err = self._auth_error(request)
+        if err:
+            return err
+        file_id, _, action = request.match_info["tail"].partition(":")
+        if action != "download" or request.query.get("alt") != "media":
+            return self._bad("Download requires ':download?alt=media'.")
+        if file_id not in self._ops:
+            return self._bad(f"File {file_id} not found.", 404, "NOT_FOUND")
+        return web.Response(status=302, headers={"Location": f"{self.root}/blob/{file_id}.mp4"})
+
+    async def _blob(self, request: web.Request) -> web.Response:
+        data = self.video_bytes
+        if request.match_info["name"].removesuffix(".mp4") not in self._ops:
+            return web.Response(status=404, text="not found")
+        headers = {"Accept-Ranges": "bytes"}
+        rng = request.http_range
+        if rng.start is not None or rng.stop is not None:
+            start, stop, _ = rng.indices(len(data))
+            if start >= stop:
+                return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
+            headers["Content-Range"] = f"bytes {start}-{stop - 1}/{len(data)}"
+            return web.Response(status=206, body=data[start:stop], headers=headers,
+                                content_type="video/mp4")
+        return web.Response(body=data, headers=headers, content_type="video/mp4")
