@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import itertools
 import logging
+import re
 import secrets
 from typing import AsyncIterator
 
@@ -28,11 +29,13 @@ log = logging.getLogger("apiarium")
 _RID_PREFIX = "req_" + secrets.token_hex(5)
 _rid_counter = itertools.count(1)
 _JSON = "application/json"
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
 
 
 class BaseHandler(tornado.web.RequestHandler):
     request_id: str = ""
     client_ip: str = ""
+    peer_trusted: bool = False
     key_record: KeyRecord | None = None
     model_alias: str = ""
     _limit_headers: dict = {}
@@ -88,8 +91,31 @@ class BaseHandler(tornado.web.RequestHandler):
         guard = self.svc.live.guard
         visitor = guard.visitor(self.request.remote_ip or "", self.request.headers)
         self.client_ip = visitor.ip
+        self.peer_trusted = visitor.peer_trusted
         if check and not bypass:
             guard.check(visitor, self.request.headers)
+
+    def public_base(self) -> str:
+        """``scheme://host[:port]`` as the client reached the gateway: ``server.public_url``
+        if set, else the request's Host (X-Forwarded-Proto/-Host only from trusted proxies)."""
+        public = self.svc.settings.public_url
+        if public:
+            return public
+        proto, host = self.request.protocol, self.request.host
+        if self.peer_trusted:
+            fwd_proto = self.request.headers.get("X-Forwarded-Proto", "")
+            fwd_host = self.request.headers.get("X-Forwarded-Host", "")
+            if fwd_proto:
+                proto = fwd_proto.split(",")[0].strip().lower()
+            if fwd_host:
+                host = fwd_host.split(",")[0].strip()
+        if proto not in ("http", "https"):
+            proto = "http"
+        if not _HOST.match(host or ""):
+            sock = self.request.connection.stream.socket if self.request.connection else None
+            name = sock.getsockname() if sock else ("127.0.0.1", 80)
+            host = f"[{name[0]}]:{name[1]}" if ":" in name[0] else f"{name[0]}:{name[1]}"
+        return f"{proto}://{host}"
 
     def bearer(self) -> str | None:
         auth = self.request.headers.get("Authorization")

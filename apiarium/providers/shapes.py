@@ -1,0 +1,130 @@
+"""OpenAI shapes that every translating provider builds: responses, stream chunks, usage,
+and the pieces of an OpenAI request they all read (message text, data: URLs)."""
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import secrets
+import time
+
+import orjson
+
+from .. import sse
+from ..errors import InvalidRequest
+
+
+def new_id(prefix: str = "chatcmpl") -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def usage(prompt: int, completion: int, cached: int | None = None,
+          reasoning: int | None = None) -> dict:
+    out = {"prompt_tokens": prompt, "completion_tokens": completion,
+           "total_tokens": prompt + completion}
+    if cached is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": cached}
+    if reasoning is not None:
+        out["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return out
+
+
+def completion(alias: str, content: str | None, finish_reason: str,
+               tool_calls: list[dict] | None = None, usage_: dict | None = None,
+               id_: str | None = None) -> dict:
+    """A non-streaming ``chat.completion``.  ``tool_calls`` items are OpenAI-shaped."""
+    message = {"role": "assistant", "content": content, "refusal": None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    out = {"id": id_ or new_id(), "object": "chat.completion", "created": int(time.time()),
+           "model": alias, "choices": [{"index": 0, "message": message, "logprobs": None,
+                                        "finish_reason": finish_reason}]}
+    if usage_ is not None:
+        out["usage"] = usage_
+    return out
+
+
+def tool_call(id_: str, name: str, arguments: str) -> dict:
+    return {"id": id_, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+class Chunks:
+    """Encodes the ``chat.completion.chunk`` frames of one translated stream."""
+    __slots__ = ("_head", "include_usage")
+
+    def __init__(self, alias: str, include_usage: bool = False, id_: str | None = None):
+        # every chunk repeats id, object, created and model: encode that prefix once
+        head = sse.encode({"id": id_ or new_id(), "object": "chat.completion.chunk",
+                           "created": int(time.time()), "model": alias})
+        self._head = head[:-3] + b","          # strip the closing brace and "\n\n"
+        self.include_usage = include_usage
+
+    def _frame(self, body: bytes) -> bytes:
+        return self._head + body + b"}\n\n"
+
+    def delta(self, delta: dict, finish_reason: str | None = None) -> bytes:
+        return self._frame(b'"choices":' + orjson.dumps(
+            [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]))
+
+    def role(self) -> bytes:
+        return self.delta({"role": "assistant", "content": ""})
+
+    def content(self, text: str) -> bytes:
+        return self.delta({"content": text})
+
+    def tool_start(self, index: int, id_: str, name: str, arguments: str = "") -> bytes:
+        return self.delta({"tool_calls": [{"index": index, "id": id_, "type": "function",
+                                           "function": {"name": name, "arguments": arguments}}]})
+
+    def tool_args(self, index: int, fragment: str) -> bytes:
+        return self.delta({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
+
+    def finish(self, reason: str) -> bytes:
+        return self.delta({}, reason)
+
+    def usage(self, usage_: dict) -> bytes | None:
+        """The final usage chunk, or None when the client did not ask for it."""
+        if not self.include_usage:
+            return None
+        return self._frame(b'"choices":[],"usage":' + orjson.dumps(usage_))
+
+
+def wants_usage(body: dict) -> bool:
+    opts = body.get("stream_options")
+    return isinstance(opts, dict) and bool(opts.get("include_usage"))
+
+
+def text_of(content) -> str:
+    """The text of an OpenAI message ``content`` (a string, or a list of parts)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content
+                       if isinstance(p, dict) and p.get("type") in ("text", "input_text"))
+    return str(content)
+
+
+def flatten_prompt(messages: list[dict]) -> str:
+    """Every user/system/developer turn's text, in order, one paragraph each."""
+    return "\n\n".join(t for t in (text_of(m.get("content")) for m in messages
+                                   if m.get("role") in ("user", "system", "developer")) if t)
+
+
+_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,"
+                       r"(?P<data>.*)$", re.S)
+
+
+def parse_data_url(url: str, param: str) -> tuple[str, str]:
+    """``data:image/png;base64,...`` → (mime type, base64 text), validated."""
+    m = _DATA_URL.match(url or "")
+    if not m:
+        raise InvalidRequest(f"`{param}` must be a base64 data: URL "
+                             f"(data:image/png;base64,...).", param=param)
+    data = m.group("data").strip()
+    try:
+        base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(f"`{param}` holds invalid base64 data.", param=param) from None
+    return (m.group("mime") or "application/octet-stream"), data
