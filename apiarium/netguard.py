@@ -17,10 +17,10 @@ from typing import Iterable, Mapping
 from .errors import Forbidden
 
 # Headers that forwarding proxies, VPN gateways and anonymisers add.
-PROXY_HEADERS = ("via", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip",
+PROXY_HEADERS = frozenset(("via", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip",
                  "proxy-connection", "x-proxy-id", "client-ip", "x-client-ip",
                  "true-client-ip", "x-originating-ip", "x-remote-ip", "x-remote-addr",
-                 "x-proxyuser-ip", "x-bluecoat-via", "x-forwarded-server")
+                 "x-proxyuser-ip", "x-bluecoat-via", "x-forwarded-server"))
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -135,8 +135,8 @@ class NetGuard:
     def check(self, visitor: Visitor, headers: Mapping[str, str]) -> None:
         """Raise Forbidden for proxies, VPNs and blocklisted networks."""
         if self.block_proxy_headers and not visitor.peer_trusted:
-            for name in PROXY_HEADERS:
-                if name in headers:
+            for name in headers:
+                if name.lower() in PROXY_HEADERS:
                     raise Forbidden(
                         f"Requests through a proxy or VPN are not accepted (the request carried "
                         f"a {name!r} header). Connect directly, without a proxy or VPN, and try "
