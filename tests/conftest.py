@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fakes import FakeAnthropic, FakeGemini, FakeOpenAI, FakeRag
+from tests.fakes import FakeOpenAI
 from tests.support import Gateway
 
 

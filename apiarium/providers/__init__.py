@@ -4,11 +4,17 @@ from __future__ import annotations
 import aiohttp
 
 from ..catalog import Catalog
+from .anthropic import AnthropicProvider
 from .base import Provider
+from .gemini import GeminiProvider
 from .openai import OpenAIProvider
+from .rag import RagProvider
 
 KINDS: dict[str, type[Provider]] = {
     "openai": OpenAIProvider,
+    "anthropic": AnthropicProvider,
+    "gemini": GeminiProvider,
+    "rag": RagProvider,
 }
 
 

@@ -5,8 +5,8 @@ A provider turns an OpenAI-shaped request into its upstream's wire format and ba
     chat(model, body, raw)         -> dict                OpenAI ``chat.completion``
     chat_stream(model, body, raw)  -> AsyncIterator[bytes] SSE frames of ``chat.completion.chunk``,
                                                           ending with ``data: [DONE]``
-    image(model, request)          -> list[Image]         (image models)
-    video(model, request)          -> Video               (video models)
+    image(model, ImageRequest)     -> list[Media]         (image models)
+    video(model, VideoRequest)     -> Media               (video models)
 
 ``body`` is the parsed client JSON, ``raw`` its bytes (a passthrough may forward them as they
 are).  Failures are raised as ``errors.ApiError``; inside a stream, an error raised after the
@@ -25,6 +25,7 @@ import aiohttp
 import orjson
 
 from ..catalog import ModelSpec, ProviderSpec
+from ..generation import ImageRequest, Media, VideoRequest
 from ..errors import (ApiError, InvalidRequest, RateLimited, ServiceUnavailable, UpstreamError,
                       UpstreamPassthrough, UpstreamTimeout)
 
@@ -46,6 +47,14 @@ class Provider:
 
     def chat_stream(self, model: ModelSpec, body: dict, raw: bytes | None) -> AsyncIterator[bytes]:
         raise InvalidRequest(f"`{model.alias}` cannot stream chat.", param="model")
+
+    async def image(self, model: ModelSpec, req: ImageRequest) -> list[Media]:
+        raise InvalidRequest(f"`{model.alias}` is served by a `{self.kind}` provider, which "
+                             f"cannot make images.", param="model")
+
+    async def video(self, model: ModelSpec, req: VideoRequest) -> Media:
+        raise InvalidRequest(f"`{model.alias}` is served by a `{self.kind}` provider, which "
+                             f"cannot make videos.", param="model")
 
     # ------------------------------------------------------------------ shared plumbing
     def require_configured(self) -> None:
@@ -122,7 +131,7 @@ class Provider:
         return parse_retry_after(resp.headers.get("Retry-After"))
 
     def is_quota(self, status: int, data) -> bool:
-        """Whether a 429 means 'out of quota' rather than 'slow down'."""
+        """Whether the upstream means 'out of quota or credit' rather than 'slow down'."""
         return False
 
     async def raise_for_status(self, resp: aiohttp.ClientResponse) -> None:
@@ -136,20 +145,25 @@ class Provider:
     def map_error(self, status: int, data, retry_after: float | None) -> ApiError:
         name = self.spec.name
         said = self.error_message(data)
+        key = self.spec.api_key
+        if key and len(key) >= 4:                    # an upstream may echo the key back
+            said = said.replace(key, "[redacted]")
         detail = f": {said}" if said else ""
         if status in (401, 403):
             return UpstreamError(f"The upstream provider `{name}` refused this gateway's "
                                  f"credentials (HTTP {status}){detail}. The operator must check "
                                  f"providers.{name}.api_key.")
+        if self.is_quota(status, data):
+            return RateLimited(f"The upstream provider `{name}` refused the request: this "
+                               f"gateway's account is out of quota or credit (HTTP {status}"
+                               f"{detail}). Retrying will not help until the operator tops it "
+                               f"up.", code="upstream_rate_limited", retry_after=retry_after,
+                               headers={"x-should-retry": "false"})
         if status == 429:
-            quota = self.is_quota(status, data)
-            err = RateLimited(f"The upstream provider `{name}` is rate limiting this gateway"
-                              f"{detail}." + (f" Retry in {math.ceil(retry_after)} s."
-                                              if retry_after else ""),
-                              code="upstream_rate_limited", retry_after=retry_after)
-            if quota:
-                err.headers["x-should-retry"] = "false"
-            return err
+            return RateLimited(f"The upstream provider `{name}` is rate limiting this gateway"
+                               f"{detail}." + (f" Retry in {math.ceil(retry_after)} s."
+                                               if retry_after else ""),
+                               code="upstream_rate_limited", retry_after=retry_after)
         if status in (503, 529):
             h = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after else {}
             return ServiceUnavailable(f"The upstream provider `{name}` is overloaded{detail}. "
@@ -159,9 +173,7 @@ class Provider:
         if status >= 500:
             return UpstreamError(f"The upstream provider `{name}` failed with HTTP {status}"
                                  f"{detail}. Try again later.")
-        code = None
-        if status == 404:
-            code = "model_not_found"
+        code = {404: "model_not_found", 413: "request_too_large"}.get(status)
         return UpstreamPassthrough(f"The upstream provider `{name}` rejected the request"
                                    f"{detail or f' (HTTP {status})'}.", status=status, code=code)
 

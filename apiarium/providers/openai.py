@@ -10,10 +10,16 @@ from typing import AsyncIterator
 
 import orjson
 
+import base64
+
 from ..catalog import ModelSpec
 from ..errors import UpstreamError
+from ..generation import ImageRequest, Media, nearest
 from .. import sse
 from .base import Provider
+
+# Sizes the GPT image models accept, as width / height.
+IMAGE_SIZES = {"1024x1024": 1.0, "1536x1024": 1.5, "1024x1536": 2 / 3}
 
 
 class OpenAIProvider(Provider):
@@ -73,6 +79,32 @@ class OpenAIProvider(Provider):
         if not done:
             raise UpstreamError(f"The upstream provider `{self.spec.name}` ended the stream "
                                 f"before it was complete.")
+
+
+    async def image(self, model: ModelSpec, req: ImageRequest) -> list[Media]:
+        """``images/generations``; GPT image models answer ``b64_json`` (a ``url`` answer,
+        as dall-e gives, is downloaded), so the gateway can re-host or inline the bytes."""
+        self.require_configured()
+        size = req.size if req.size in IMAGE_SIZES else nearest(req.ratio, IMAGE_SIZES, "auto")
+        body = {"model": model.upstream, "prompt": req.prompt, "n": req.n, "size": size}
+        if req.high_quality:
+            body["quality"] = "high"
+        async with self.request("POST", f"{self.spec.base_url}/images/generations",
+                                data=orjson.dumps(body), headers=self._headers()) as resp:
+            data = await self.read_json(resp)
+        out = []
+        for item in data.get("data") or []:
+            revised = item.get("revised_prompt") or req.prompt
+            mime = f"image/{data.get('output_format') or 'png'}".replace("jpg", "jpeg")
+            if item.get("b64_json"):
+                out.append(Media(base64.b64decode(item["b64_json"]), mime, revised))
+            elif item.get("url"):
+                async with self.request("GET", item["url"]) as img:
+                    ctype = img.headers.get("Content-Type", mime).split(";")[0]
+                    out.append(Media(await img.read(), ctype, revised))
+        if not out:
+            raise UpstreamError(f"The upstream provider `{self.spec.name}` returned no image.")
+        return out
 
 
 def _rename(event: bytes, old: bytes, new: bytes, alias: str) -> bytes:

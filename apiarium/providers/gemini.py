@@ -1,0 +1,413 @@
+"""`kind: gemini`: Google's generativelanguage API (``v1beta``), chat for now.
+
+Calls ``POST {base_url}/v1beta/models/{upstream}:generateContent`` (or
+``:streamGenerateContent?alt=sse``) with the ``x-goog-api-key`` header.
+
+Request, OpenAI → Gemini (wire-formats 5.2):
+
+    system / developer           systemInstruction.parts (alone, with no other turn: a user turn)
+    user / assistant             contents[] role user / model; consecutive same-role turns merged
+    image_url, a data: URL       {"inlineData"}; http(s) image URLs get a 400 asking for a data:
+                                 URL (fetching arbitrary URLs from the gateway would be an SSRF)
+    assistant tool_calls         model {"functionCall": {name, args (parsed)}}
+    tool message                 user {"functionResponse": {name, response}}: name recovered by
+                                 tool_call_id; a non-object result wrapped as {"result": ...}
+    tools                        tools[0].functionDeclarations (parameters → parametersJsonSchema)
+    tool_choice                  functionCallingConfig.mode: none→NONE, auto→AUTO, required→ANY,
+                                 a named function → ANY + allowedFunctionNames
+    generationConfig             temperature, top_p→topP, max_(completion_)tokens→maxOutputTokens,
+                                 stop→stopSequences, n→candidateCount, seed, presence/frequency
+                                 penalties; response_format json_* → responseMimeType (+Schema)
+
+Response (5.3-5.5): text parts joined (``thought`` parts skipped); functionCall parts →
+tool_calls with ``call_…`` ids minted here; finishReason by ``_finish`` (STOP with a call →
+tool_calls); a blocked prompt → content_filter, empty content.  Usage: prompt = prompt +
+toolUsePrompt tokens, completion = candidates + thoughts (= reasoning_tokens), cached =
+cachedContentTokenCount.  Streams are translated event by event, never buffered; Gemini sends
+no [DONE]: finish (last finishReason), usage and [DONE] follow the upstream's EOF.
+Errors (5.8): ``{"error": {code, message, status, details}}``; RetryInfo.retryDelay →
+Retry-After; per-day QuotaFailure = quota; API_KEY_INVALID = the gateway's own key: 502.
+"""
+from __future__ import annotations
+
+import secrets
+from typing import AsyncIterator
+
+import orjson
+
+from .. import sse
+from ..catalog import ModelSpec
+from ..errors import ApiError, InvalidRequest, UpstreamError
+from ..generation import ImageRequest, Media, VideoRequest
+from . import gemini_media
+from .base import Provider, parse_duration
+from .shapes import (Chunks, completion, parse_data_url, text_of, tool_call, usage,
+                     wants_usage)
+
+_FILTERED = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
+             "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION"}
+_STATUS_CODES = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "NOT_FOUND": 404,
+                 "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
+_MODES = {"none": "NONE", "auto": "AUTO", "required": "ANY"}
+
+
+def _call_id() -> str:
+    return f"call_{secrets.token_hex(12)}"
+
+
+def _call(fc: dict) -> tuple[str, str, str]:
+    """(minted id, name, JSON arguments) of a functionCall part."""
+    return _call_id(), str(fc.get("name", "")), orjson.dumps(fc.get("args") or {}).decode()
+
+
+def _finish(reason: str | None, has_calls: bool) -> str:
+    if reason == "MAX_TOKENS":
+        return "length"
+    if reason in _FILTERED:
+        return "content_filter"
+    return "tool_calls" if has_calls else "stop"
+
+
+def _usage(meta) -> dict:
+    meta = meta if isinstance(meta, dict) else {}
+    thoughts = meta.get("thoughtsTokenCount") or 0
+    return usage((meta.get("promptTokenCount") or 0) + (meta.get("toolUsePromptTokenCount") or 0),
+                 (meta.get("candidatesTokenCount") or 0) + thoughts,
+                 cached=meta.get("cachedContentTokenCount") or 0, reasoning=thoughts)
+
+
+def _details(data, type_suffix: str) -> list[dict]:
+    err = data.get("error") if isinstance(data, dict) else None
+    details = err.get("details") if isinstance(err, dict) else None
+    return [d for d in details or [] if isinstance(d, dict)
+            and str(d.get("@type", "")).endswith(type_suffix)]
+
+
+# ---------------------------------------------------------------------- OpenAI → Gemini
+def _user_parts(content, where: str) -> list[dict]:
+    if not content:
+        return []
+    if isinstance(content, str):
+        return [{"text": content}]
+    if not isinstance(content, list):
+        raise InvalidRequest(f"`{where}.content` must be a string or a list of parts.",
+                             param=f"{where}.content")
+    parts = []
+    for j, p in enumerate(content):
+        at = f"{where}.content[{j}]"
+        kind = p.get("type") if isinstance(p, dict) else None
+        if kind in ("text", "input_text"):
+            if p.get("text"):
+                parts.append({"text": str(p["text"])})
+        elif kind == "image_url":
+            url = p.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            if isinstance(url, str) and url.startswith(("http://", "https://")):
+                raise InvalidRequest(f"`{at}.image_url.url`: Gemini models on this gateway take "
+                                     f"images inline only; send the image as a base64 data: URL "
+                                     f"(data:image/png;base64,...) instead of a web link.",
+                                     param=f"{at}.image_url.url")
+            mime, data = parse_data_url(url, f"{at}.image_url.url")
+            parts.append({"inlineData": {"mimeType": mime, "data": data}})
+        else:
+            raise InvalidRequest(f"`{at}` has a content part type ({kind!r}) that Gemini models "
+                                 f"on this gateway do not take; use text or image_url "
+                                 f"(a data: URL).", param=at)
+    return parts
+
+
+def _tool_response(m: dict, names: dict, where: str) -> dict:
+    call_id = m.get("tool_call_id")
+    name = names.get(call_id) or m.get("name")
+    if not name:
+        raise InvalidRequest(f"`{where}.tool_call_id` ({call_id!r}) matches no tool call of an "
+                             f"earlier assistant message; Gemini needs the function's name.",
+                             param=f"{where}.tool_call_id")
+    text = text_of(m.get("content"))
+    try:
+        result = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        result = text
+    return {"functionResponse": {"name": name, "response": result if isinstance(result, dict)
+                                 else {"result": result}}}
+
+
+def _assistant_parts(m: dict, names: dict, where: str) -> list[dict]:
+    text = text_of(m.get("content"))
+    parts = [{"text": text}] if text else []
+    for k, tc in enumerate(m.get("tool_calls") or []):
+        fn = tc.get("function") if isinstance(tc, dict) else None
+        if not isinstance(fn, dict) or not fn.get("name"):
+            raise InvalidRequest(f"`{where}.tool_calls[{k}]` needs function.name.",
+                                 param=f"{where}.tool_calls[{k}]")
+        try:
+            args = orjson.loads(fn.get("arguments") or "{}")
+        except (orjson.JSONDecodeError, TypeError):
+            raise InvalidRequest(f"`{where}.tool_calls[{k}].function.arguments` is not valid "
+                                 f"JSON.", param=f"{where}.tool_calls[{k}].function.arguments"
+                                 ) from None
+        names[tc.get("id")] = fn["name"]
+        parts.append({"functionCall": {"name": fn["name"], "args": args}})
+    return parts
+
+
+def _contents(messages: list[dict]) -> tuple[list[dict], list[dict]]:
+    system, contents, names = [], [], {}
+    for i, m in enumerate(messages):
+        role, where = m.get("role"), f"messages[{i}]"
+        if role in ("system", "developer"):
+            text = text_of(m.get("content"))
+            if text:
+                system.append({"text": text})
+            continue
+        if role == "user":
+            turn, parts = "user", _user_parts(m.get("content"), where)
+        elif role == "assistant":
+            turn, parts = "model", _assistant_parts(m, names, where)
+        elif role in ("tool", "function"):
+            turn, parts = "user", [_tool_response(m, names, where)]
+        else:
+            raise InvalidRequest(f"`{where}.role` {role!r} is not one of system, developer, "
+                                 f"user, assistant, tool.", param=f"{where}.role")
+        if not parts:
+            continue
+        if contents and contents[-1]["role"] == turn:
+            contents[-1]["parts"].extend(parts)
+        else:
+            contents.append({"role": turn, "parts": parts})
+    return system, contents
+
+
+def _tools(body: dict) -> dict:
+    out, decls = {}, []
+    for k, t in enumerate(body.get("tools") or []):
+        fn = t.get("function") if isinstance(t, dict) and t.get("type") == "function" else None
+        if not isinstance(fn, dict) or not fn.get("name"):
+            raise InvalidRequest(f"`tools[{k}]` must be {{\"type\": \"function\", \"function\": "
+                                 f"{{\"name\": ...}}}}; Gemini models here take function tools "
+                                 f"only.", param=f"tools[{k}]")
+        decls.append({"name": fn["name"], **{theirs: fn[ours] for ours, theirs in (
+            ("description", "description"), ("parameters", "parametersJsonSchema"))
+            if fn.get(ours)}})
+    if decls:
+        out["tools"] = [{"functionDeclarations": decls}]
+    choice, config = body.get("tool_choice"), None
+    if isinstance(choice, str) and choice in _MODES:
+        config = {"mode": _MODES[choice]}
+    elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        config = {"mode": "ANY", "allowedFunctionNames": [choice["function"].get("name")]}
+    elif choice is not None:
+        raise InvalidRequest("`tool_choice` must be none, auto, required or a named function.",
+                             param="tool_choice")
+    if config:
+        out["toolConfig"] = {"functionCallingConfig": config}
+    return out
+
+
+def _generation_config(body: dict) -> dict:
+    gen = {}
+    for ours, theirs in (("temperature", "temperature"), ("top_p", "topP"), ("top_k", "topK"),
+                         ("n", "candidateCount"), ("seed", "seed"),
+                         ("presence_penalty", "presencePenalty"),
+                         ("frequency_penalty", "frequencyPenalty")):
+        if body.get(ours) is not None:
+            gen[theirs] = body[ours]
+    for limit in ("max_completion_tokens", "max_tokens"):
+        if body.get(limit) is not None:
+            gen.setdefault("maxOutputTokens", body[limit])
+    stop = body.get("stop")
+    if stop:
+        gen["stopSequences"] = [stop] if isinstance(stop, str) else stop
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+        gen["responseMimeType"] = "application/json"
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if fmt["type"] == "json_schema" and schema:
+            gen["responseJsonSchema"] = schema
+    return gen
+
+
+def to_gemini(body: dict) -> dict:
+    system, contents = _contents(body.get("messages") or [])
+    if not contents and system:            # a system-only conversation: ask it as the user
+        contents, system = [{"role": "user", "parts": system}], []
+    if not contents:
+        raise InvalidRequest("`messages` holds no text to send: add a user message.",
+                             param="messages")
+    payload = {"contents": contents}
+    if system:
+        payload["systemInstruction"] = {"parts": system}
+    payload.update(_tools(body))
+    gen = _generation_config(body)
+    if gen:
+        payload["generationConfig"] = gen
+    return payload
+
+
+# ---------------------------------------------------------------------- the provider
+class GeminiProvider(Provider):
+    kind = "gemini"
+
+    def headers(self) -> dict:
+        return {"x-goog-api-key": self.spec.api_key, "Content-Type": "application/json",
+                **self.spec.headers}
+
+    def _post(self, upstream: str, method: str, payload: dict, query: str = ""):
+        """``POST {base_url}/v1beta/models/{upstream}:{method}`` (an async context manager
+        yielding the aiohttp response; error statuses are already mapped)."""
+        return self.request("POST", f"{self.spec.base_url}/v1beta/models/{upstream}:{method}"
+                            f"{query}", data=orjson.dumps(payload), headers=self.headers())
+
+    # ------------------------------------------------------------------ media (gemini_media)
+    async def image(self, model: ModelSpec, req: ImageRequest) -> list[Media]:
+        return await gemini_media.generate_image(self, model, req)
+
+    async def video(self, model: ModelSpec, req: VideoRequest) -> Media:
+        return await gemini_media.generate_video(self, model, req)
+
+    # ------------------------------------------------------------------ errors (5.8)
+    def error_message(self, data) -> str:
+        msg = super().error_message(data).rstrip(". ")    # base.map_error adds its own "."
+        key = self.spec.api_key
+        return msg.replace(key, "***") if key and key in msg else msg
+
+    def retry_hint(self, resp, data) -> float | None:
+        for info in _details(data, "google.rpc.RetryInfo"):
+            delay = parse_duration(info.get("retryDelay"))
+            if delay is not None:
+                return delay
+        return super().retry_hint(resp, data)
+
+    def is_quota(self, status, data) -> bool:
+        return any("PerDay" in str(v.get("quotaId", ""))
+                   for f in _details(data, "google.rpc.QuotaFailure")
+                   for v in f.get("violations") or [] if isinstance(v, dict))
+
+    def map_error(self, status: int, data, retry_after: float | None) -> ApiError:
+        if status in (400, 401, 403) and any(
+                d.get("reason") == "API_KEY_INVALID"
+                for d in _details(data, "google.rpc.ErrorInfo")):
+            return UpstreamError(f"The upstream provider `{self.spec.name}` rejected this "
+                                 f"gateway's API key as invalid. The operator must check "
+                                 f"providers.{self.spec.name}.api_key.")
+        return super().map_error(status, data, retry_after)
+
+    # ------------------------------------------------------------------ chat
+    async def chat(self, model: ModelSpec, body: dict, raw: bytes | None) -> dict:
+        self.require_configured()
+        payload = to_gemini(body)
+        async with self._post(model.upstream, "generateContent", payload) as resp:
+            data = await self.read_json(resp)
+        cands = data.get("candidates")
+        meta = _usage(data.get("usageMetadata"))
+        if not isinstance(cands, list) or not cands:
+            if (data.get("promptFeedback") or {}).get("blockReason"):
+                return completion(model.alias, "", "content_filter", usage_=meta)
+            raise UpstreamError(f"The upstream provider `{self.spec.name}` answered without "
+                                f"candidates.")
+        out = None
+        for i, cand in enumerate(cands):
+            parts = _parts(cand)
+            text = "".join(p["text"] for p in parts if isinstance(p.get("text"), str))
+            calls = [tool_call(*_call(p["functionCall"])) for p in parts
+                     if isinstance(p.get("functionCall"), dict)]
+            one = completion(model.alias, None if calls and not text else text,
+                             _finish(cand.get("finishReason"), bool(calls)), calls, meta)
+            if out is None:
+                out = one
+            else:                       # n > 1: candidateCount candidates, one choice each
+                out["choices"].append({**one["choices"][0], "index": i})
+        return out
+
+    async def chat_stream(self, model: ModelSpec, body: dict,
+                          raw: bytes | None) -> AsyncIterator[bytes]:
+        self.require_configured()
+        payload = to_gemini(body)
+        if (body.get("n") or 1) != 1:
+            raise InvalidRequest("Gemini models on this gateway stream one choice only; send "
+                                 "n=1 or stream=false.", param="n")
+        state = _StreamState(Chunks(model.alias, wants_usage(body)))
+        async with self._post(model.upstream, "streamGenerateContent", payload,
+                              "?alt=sse") as resp:
+            ctype = resp.headers.get("Content-Type", "")
+            if not ctype.startswith("text/event-stream"):
+                raise UpstreamError(f"The upstream provider `{self.spec.name}` did not answer "
+                                    f"the stream request with an event stream "
+                                    f"({ctype or 'no content type'}).")
+            decoder = sse.SSEDecoder()
+            async for piece in resp.content.iter_any():
+                for event in decoder.feed(piece):
+                    for frame in state.feed(self._event(resp, event)):
+                        yield frame
+            for event in decoder.close():
+                for frame in state.feed(self._event(resp, event)):
+                    yield frame
+        if state.finish is None:
+            raise UpstreamError(f"The upstream provider `{self.spec.name}` ended the stream "
+                                f"before it was complete.")
+        for frame in state.end():
+            yield frame
+
+    def _event(self, resp, event: bytes) -> dict:
+        """One upstream SSE event as a response object; an error event raises."""
+        _, data = sse.parse(event)
+        try:
+            obj = orjson.loads(data) if data else None
+        except orjson.JSONDecodeError:
+            obj = None
+        if not isinstance(obj, dict):
+            raise UpstreamError(f"The upstream provider `{self.spec.name}` sent a stream event "
+                                f"that is not a JSON object.")
+        err = obj.get("error")
+        if err is not None:     # {"error": {code, message, status}} mid-stream
+            err = err if isinstance(err, dict) else {}
+            code = err.get("code") if isinstance(err.get("code"), int) else 0
+            code = code if code >= 400 else _STATUS_CODES.get(err.get("status"), 502)
+            raise self.map_error(code, obj, self.retry_hint(resp, obj))
+        return obj
+
+
+def _parts(cand) -> list[dict]:
+    """A candidate's parts, without thoughts."""
+    content = cand.get("content") if isinstance(cand, dict) else None
+    parts = content.get("parts") if isinstance(content, dict) else None
+    return [p for p in parts or [] if isinstance(p, dict) and not p.get("thought")]
+
+
+class _StreamState:
+    """Turns each upstream stream event into OpenAI chunk frames, remembering what the
+    end of the stream needs (the last finishReason, the last usageMetadata)."""
+
+    def __init__(self, chunks: Chunks):
+        self.chunks, self.started, self.finish, self.meta, self.tools = chunks, False, None, None, 0
+
+    def feed(self, obj: dict) -> list[bytes]:
+        frames = []
+        if not self.started:
+            self.started = True
+            frames.append(self.chunks.role())
+        self.meta = obj.get("usageMetadata") or self.meta
+        if (obj.get("promptFeedback") or {}).get("blockReason") and not obj.get("candidates"):
+            self.finish = "content_filter"
+        for cand in obj.get("candidates") or []:
+            if not isinstance(cand, dict) or cand.get("index", 0) != 0:
+                continue
+            for p in _parts(cand):
+                if isinstance(p.get("text"), str) and p["text"]:
+                    frames.append(self.chunks.content(p["text"]))
+                fc = p.get("functionCall")
+                if isinstance(fc, dict):
+                    frames.append(self.chunks.tool_start(self.tools, *_call(fc)))
+                    self.tools += 1
+            if cand.get("finishReason"):
+                self.finish = _finish(cand["finishReason"], self.tools > 0)
+        return frames
+
+    def end(self) -> list[bytes]:
+        frames = [] if self.started else [self.chunks.role()]
+        frames.append(self.chunks.finish(self.finish))
+        tail = self.chunks.usage(_usage(self.meta))
+        if tail is not None:
+            frames.append(tail)
+        frames.append(sse.DONE)
+        return frames

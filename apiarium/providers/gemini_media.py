@@ -1,0 +1,146 @@
+"""Gemini's media output: images from ``generateContent`` and Veo video operations.
+
+Video (reference §6): ``:predictLongRunning`` starts an operation; it is polled every
+``poll_interval_s`` until ``done`` (or ``timeout_s`` has passed); the finished video is
+downloaded with the provider key (following redirects) and handed back as bytes, so no
+upstream URL or key ever reaches a client.  Cancelling the awaiting task stops the polling.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import time
+
+import aiohttp
+import orjson
+
+from ..catalog import ModelSpec
+from ..errors import InvalidRequest, UpstreamError, UpstreamTimeout
+from ..generation import ImageRequest, Media, VideoRequest, nearest
+from .base import Provider
+from .shapes import parse_data_url
+
+# Aspect ratios the Gemini image models accept, as width / height.
+IMAGE_RATIOS = {"1:1": 1.0, "2:3": 2 / 3, "3:2": 1.5, "3:4": 0.75, "4:3": 4 / 3,
+                "9:16": 9 / 16, "16:9": 16 / 9, "21:9": 21 / 9}
+MAX_FRAME_BYTES = 20 * 1024 * 1024
+_POLICY = re.compile(r"safety|polic|guideline|blocked|filtered|prohibited|responsible ai",
+                     re.I)
+
+
+async def _call(provider: Provider, method: str, path: str, body: dict | None = None) -> dict:
+    async with provider.request(method, f"{provider.spec.base_url}/v1beta/{path}",
+                                data=orjson.dumps(body) if body is not None else None,
+                                headers=provider.headers()) as resp:
+        return await provider.read_json(resp)
+
+
+# ---------------------------------------------------------------------------- images
+
+async def generate_image(provider: Provider, model: ModelSpec, req: ImageRequest) -> list[Media]:
+    """One upstream call; the contract repeats its image ``n`` times."""
+    provider.require_configured()
+    config = {"aspectRatio": nearest(req.ratio, IMAGE_RATIOS, "1:1")}
+    if req.high_quality:
+        config["imageSize"] = "2K"
+    data = await _call(provider, "POST", f"models/{model.upstream}:generateContent", {
+        "contents": [{"role": "user", "parts": [{"text": req.prompt}]}],
+        "generationConfig": {"responseModalities": ["TEXT", "IMAGE"], "imageConfig": config}})
+    block = (data.get("promptFeedback") or {}).get("blockReason")
+    for cand in data.get("candidates") or []:
+        for part in (cand.get("content") or {}).get("parts") or []:
+            inline = part.get("inlineData") or part.get("inline_data")
+            if isinstance(inline, dict) and inline.get("data"):
+                raw = base64.b64decode(inline["data"])
+                return [Media(raw, inline.get("mimeType") or "image/png", req.prompt)]
+        block = block or cand.get("finishReason")
+    if block and block not in ("STOP", "NO_IMAGE"):
+        raise InvalidRequest(f"The image was refused by the provider's safety filter "
+                             f"({block}). Rephrase the prompt.", code="content_policy_violation",
+                             param="prompt")
+    raise UpstreamError(f"The upstream provider `{provider.spec.name}` returned no image "
+                        f"for this prompt. Try again or rephrase it.")
+
+
+# ---------------------------------------------------------------------------- video
+
+async def _first_frame(provider: Provider, url: str) -> dict:
+    if url.startswith("data:"):
+        mime, data = parse_data_url(url, "image_url")
+        return {"bytesBase64Encoded": data, "mimeType": mime}
+    try:
+        async with provider.session.get(url, timeout=aiohttp.ClientTimeout(total=30)) as resp:
+            ctype = resp.headers.get("Content-Type", "").split(";")[0].strip()
+            if resp.status != 200 or not ctype.startswith("image/"):
+                raise InvalidRequest(f"`image_url` could not be used: the server answered HTTP "
+                                     f"{resp.status} with {ctype or 'no content type'} (an image "
+                                     f"is needed).", param="image_url")
+            if int(resp.headers.get("Content-Length") or 0) > MAX_FRAME_BYTES:
+                raise InvalidRequest("`image_url` is larger than 20 MB.", param="image_url")
+            raw = await resp.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise InvalidRequest(f"`image_url` could not be downloaded ({type(exc).__name__}).",
+                             param="image_url") from None
+    if len(raw) > MAX_FRAME_BYTES:
+        raise InvalidRequest("`image_url` is larger than 20 MB.", param="image_url")
+    return {"bytesBase64Encoded": base64.b64encode(raw).decode(), "mimeType": ctype}
+
+
+async def generate_video(provider: Provider, model: ModelSpec, req: VideoRequest) -> Media:
+    provider.require_configured()
+    instance: dict = {"prompt": req.prompt}
+    if req.image_url:
+        instance["image"] = await _first_frame(provider, req.image_url)
+    op = await _call(provider, "POST", f"models/{model.upstream}:predictLongRunning", {
+        "instances": [instance],
+        "parameters": {"aspectRatio": req.aspect_ratio, "resolution": req.resolution,
+                       "durationSeconds": req.duration_seconds, "sampleCount": 1}})
+    name = op.get("name")
+    if not isinstance(name, str) or not name:
+        raise UpstreamError(f"The upstream provider `{provider.spec.name}` did not start a "
+                            f"video operation (no operation name in its answer).")
+    deadline = time.monotonic() + provider.spec.timeout_s
+    while not op.get("done"):
+        if time.monotonic() >= deadline:
+            raise UpstreamTimeout(f"The video was not ready within {provider.spec.timeout_s:g} s "
+                                  f"(provider `{provider.spec.name}`). Try again later.")
+        await asyncio.sleep(provider.spec.poll_interval_s)
+        op = await _call(provider, "GET", name.lstrip("/"))
+    return await _finished(provider, op, req)
+
+
+async def _finished(provider: Provider, op: dict, req: VideoRequest) -> Media:
+    name = provider.spec.name
+    error = op.get("error")
+    if isinstance(error, dict):
+        message = str(error.get("message") or "no reason given")
+        if _POLICY.search(message):
+            raise InvalidRequest(f"The video was refused by the provider's safety filter: "
+                                 f"{message}", code="content_policy_violation", param="prompt")
+        raise UpstreamError(f"The video generation failed at the upstream provider `{name}`: "
+                            f"{message}")
+    result = (op.get("response") or {}).get("generateVideoResponse") or {}
+    samples = result.get("generatedSamples") or []
+    if result.get("raiMediaFilteredCount") or not samples:
+        reasons = "; ".join(map(str, result.get("raiMediaFilteredReasons") or []))
+        if result.get("raiMediaFilteredCount"):
+            raise InvalidRequest(f"The video was refused by the provider's safety filter"
+                                 f"{': ' + reasons if reasons else ''}. Rephrase the prompt.",
+                                 code="content_policy_violation", param="prompt")
+        raise UpstreamError(f"The upstream provider `{name}` finished the video operation "
+                            f"without a video.")
+    video = samples[0].get("video") or {}
+    if video.get("encodedVideo"):
+        return Media(base64.b64decode(video["encodedVideo"]), video.get("encoding") or
+                     "video/mp4", req.prompt)
+    uri = video.get("uri")
+    if not uri:
+        raise UpstreamError(f"The upstream provider `{name}` gave no video to download.")
+    async with provider.request("GET", uri, headers={"x-goog-api-key": provider.spec.api_key},
+                                allow_redirects=True) as resp:
+        data = await resp.read()
+        mime = resp.headers.get("Content-Type", "video/mp4").split(";")[0].strip()
+    if not data:
+        raise UpstreamError(f"The upstream provider `{name}` served an empty video file.")
+    return Media(data, mime if mime.startswith("video/") else "video/mp4", req.prompt)
