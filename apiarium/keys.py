@@ -146,6 +146,10 @@ class KeyStore:
     def __len__(self) -> int:
         return len(self._by_hash)
 
+    def rpm_of(self, key_hash: str, default: int) -> int:
+        rec = self._by_hash.get(key_hash)
+        return rec.rpm if rec is not None and rec.rpm else default
+
     # ------------------------------------------------------------------ writes
     async def key_for_ip(self, ip: str) -> tuple[str, KeyRecord]:
         """The IP's active key, issuing one (committed before it is returned) if it has none."""

@@ -14,6 +14,7 @@ import orjson
 from .catalog import Catalog, ModelSpec
 from .config import Config, Settings
 from .keys import KeyStore
+from .media import MediaStore
 from .netguard import NetGuard
 from .providers.base import Provider
 from .ratelimit import TokenBuckets
@@ -25,12 +26,14 @@ class Live:
     config: Config
     guard: NetGuard
     providers: dict[str, Provider]
+    media: MediaStore
     models_body: bytes
 
     @classmethod
     def make(cls, config: Config, guard: NetGuard, providers: dict[str, Provider]) -> "Live":
         body = orjson.dumps({"object": "list", "data": config.catalog.listing()})
-        return cls(config, guard, providers, body)
+        s = config.settings
+        return cls(config, guard, providers, MediaStore(s.media_dir, s.media_ttl_hours), body)
 
 
 @dataclass

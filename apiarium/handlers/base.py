@@ -12,7 +12,7 @@ import itertools
 import logging
 import re
 import secrets
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, TypeVar
 
 import orjson
 import tornado.iostream
@@ -29,6 +29,7 @@ log = logging.getLogger("apiarium")
 _RID_PREFIX = "req_" + secrets.token_hex(5)
 _rid_counter = itertools.count(1)
 _JSON = "application/json"
+T = TypeVar("T")
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
 
 
@@ -149,7 +150,8 @@ def as_api_error(exc: BaseException | None, status: int, request) -> ApiError:
 class ApiHandler(BaseHandler):
     """An authenticated /v1 endpoint.  Subclasses set ``limited`` for rate-limited POSTs."""
     limited = False
-    _relay: asyncio.Future | None = None
+    client_gone = False
+    _work: asyncio.Future | None = None
 
     async def prepare(self) -> None:
         self._chunks: list[bytes] = []
@@ -228,23 +230,28 @@ class ApiHandler(BaseHandler):
             raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
         return body, raw
 
-    # ------------------------------------------------------------------ streaming
+    # ------------------------------------------------------------------ upstream work
     def on_connection_close(self) -> None:
         super().on_connection_close()
-        if self._relay is not None and not self._relay.done():
-            self._relay.cancel()
+        self.client_gone = True
+        if self._work is not None and not self._work.done():
+            self._work.cancel()
+
+    async def guarded(self, work: Awaitable[T]) -> T | None:
+        """Await upstream work, cancelling it the moment the client disconnects (so an
+        upstream request is closed, a video is no longer polled).  None if the client left."""
+        self._work = asyncio.ensure_future(work)
+        try:
+            return await self._work
+        except asyncio.CancelledError:
+            if self.client_gone:
+                return None
+            raise
 
     async def relay(self, events: AsyncIterator[bytes]) -> None:
         """Send SSE frames as they come, with backpressure; an error before the first frame
         is an ordinary JSON error, one after it is a final ``data: {"error": …}`` frame."""
-        self._relay = asyncio.ensure_future(self._pump(events))
-        try:
-            await self._relay
-        except asyncio.CancelledError:
-            if self.request.connection.stream is None or self._finished or \
-                    self.request.connection.stream.closed():
-                return          # the client left: the upstream request is closed already
-            raise
+        await self.guarded(self._pump(events))
 
     async def _pump(self, events: AsyncIterator[bytes]) -> None:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from .. import legacy
 from ..errors import InvalidRequest
 from .base import ApiHandler
+from .media import MediaMixin, chat_with_media
 
 
 def _check_stream(body: dict) -> bool:
@@ -15,14 +16,13 @@ def _check_stream(body: dict) -> bool:
     return stream
 
 
-class ChatHandler(ApiHandler):
+class ChatHandler(MediaMixin, ApiHandler):
     limited = True
 
     async def post(self) -> None:
         body, raw = self.json_body()
         self.model_alias = str(body.get("model", ""))[:100]
-        model = self.svc.catalog.resolve_typed(body.get("model"), ("chat",),
-                                               "/v1/chat/completions")
+        model = self.svc.catalog.resolve(body.get("model"))
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise InvalidRequest("`messages` is required: a non-empty list of "
@@ -32,11 +32,16 @@ class ChatHandler(ApiHandler):
             if not isinstance(m, dict) or not isinstance(m.get("role"), str):
                 raise InvalidRequest(f"messages[{i}] must be an object with a `role`.",
                                      param=f"messages[{i}]", code="invalid_messages")
+        if model.type != "chat":
+            await chat_with_media(self, model, body, _check_stream(body))
+            return
         provider = self.svc.provider(model)
         if _check_stream(body):
             await self.relay(provider.chat_stream(model, body, raw))
         else:
-            self.write_json(await provider.chat(model, body, raw))
+            answer = await self.guarded(provider.chat(model, body, raw))
+            if answer is not None:
+                self.write_json(answer)
 
 
 class CompletionsHandler(ApiHandler):
@@ -51,4 +56,6 @@ class CompletionsHandler(ApiHandler):
         if _check_stream(body):
             await self.relay(legacy.stream_from_chat(provider.chat_stream(model, chat, None), body))
         else:
-            self.write_json(legacy.from_chat(await provider.chat(model, chat, None), body))
+            answer = await self.guarded(provider.chat(model, chat, None))
+            if answer is not None:
+                self.write_json(legacy.from_chat(answer, body))
