@@ -20,8 +20,10 @@ import tornado.web
 
 from . import __version__
 from .config import Config, ConfigError, load_config
+from .handlers import pages
 from .handlers.base import BaseHandler
 from .handlers.chat import ChatHandler, CompletionsHandler
+from .handlers.media import ImagesHandler, MediaFileHandler, VideosHandler
 from .handlers.info import (HealthHandler, KeysMeHandler, ModelHandler, ModelsHandler,
                             NotFoundHandler)
 from .keys import KeyStore
@@ -39,12 +41,16 @@ BODY_TIMEOUT_S = 120.0
 
 def routes() -> list:
     return [
+        *pages.routes(),
         (r"/health", HealthHandler),
         (r"/v1/models", ModelsHandler),
         (r"/v1/models/(.+)", ModelHandler),
         (r"/v1/keys/me", KeysMeHandler),
         (r"/v1/chat/completions", ChatHandler),
         (r"/v1/completions", CompletionsHandler),
+        (r"/v1/images/generations", ImagesHandler),
+        (r"/v1/videos/generations", VideosHandler),
+        (r"/media/([^/]+)", MediaFileHandler),
     ]
 
 
@@ -118,7 +124,10 @@ class Gateway:
                 if time.monotonic() - last_prune > 60:
                     last_prune = time.monotonic()
                     default = svc.settings.rpm
-                    svc.buckets.prune(lambda _k: default)
+                    svc.buckets.prune(lambda h: svc.keys.rpm_of(h, default))
+                    removed = await svc.live.media.sweep()
+                    if removed:
+                        log.info("media sweep: %d expired files removed", removed)
             except Exception:
                 log.exception("housekeeping failed; will retry")
 

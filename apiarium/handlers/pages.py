@@ -1,0 +1,235 @@
+"""The homepage (GET /) and its static files (GET /static/NAME).
+
+The page is rendered on the server from ``web/*.html`` (Tornado templates, every value
+autoescaped), so it works with JavaScript off: the visitor's key, the base URL as they
+reached us, runnable examples and the catalog grouped by type.  ``web/app.js`` only adds
+the copy buttons and the live catalog refresh (GET /v1/models with the key in a header,
+never in a URL).
+
+Static files are read once at start-up, gzipped once, and served with a content hash:
+``/static/style.css?v=<hash>`` is cacheable for a year, any other URL revalidates by ETag.
+The page itself holds a key, so it is ``no-store``.  Errors on these paths (a VPN visitor's
+403 above all) are answered as HTML pages, not JSON.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import tornado.template
+
+from .. import __version__
+from ..catalog import MODEL_TYPES
+from ..errors import ApiError, Forbidden, NotFound
+from .base import BaseHandler, as_api_error
+
+log = logging.getLogger("apiarium")
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+CONTENT_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                 ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon",
+                 ".webp": "image/webp"}
+IMMUTABLE = "public, max-age=31536000, immutable"
+GZIP_MIN_BYTES = 512
+TYPE_LABELS = {"chat": ("Chat", "POST /v1/chat/completions and /v1/completions"),
+               "image": ("Image", "POST /v1/images/generations"),
+               "video": ("Video", "POST /v1/videos/generations")}
+PROMPT = "Say hello in one sentence."
+
+
+@dataclass(frozen=True)
+class Asset:
+    body: bytes
+    gzipped: bytes | None      # None: compression does not pay for this file
+    digest: str
+    content_type: str
+
+
+class Assets:
+    """The files of ``web/``: static ones read and compressed once, templates compiled once."""
+
+    def __init__(self, root: Path = WEB_DIR):
+        self.loader = tornado.template.Loader(str(root), whitespace="single")
+        self.files: dict[str, Asset] = {}
+        for path in sorted(root.iterdir()):
+            ctype = CONTENT_TYPES.get(path.suffix)
+            if ctype is None or not path.is_file():
+                continue
+            body = path.read_bytes()
+            packed = gzip.compress(body, 9, mtime=0)
+            worth = len(body) >= GZIP_MIN_BYTES and len(packed) < 0.9 * len(body)
+            self.files[path.name] = Asset(body, packed if worth else None,
+                                          hashlib.sha256(body).hexdigest()[:16], ctype)
+
+    def url(self, name: str) -> str:
+        return f"/static/{name}?v={self.files[name].digest}"
+
+    def render(self, name: str, **values) -> bytes:
+        return self.loader.load(name).generate(asset=self.url, version=__version__, **values)
+
+
+def routes(assets: Assets | None = None) -> list:
+    """The homepage routes, sharing one ``Assets`` (built here, once per application)."""
+    assets = assets or Assets()
+    return [(r"/", HomeHandler, {"assets": assets}),
+            (r"/static/([A-Za-z0-9][A-Za-z0-9._-]*)", StaticHandler, {"assets": assets})]
+
+
+def accepts_gzip(header: str) -> bool:
+    for part in header.split(","):
+        name, _, params = part.strip().partition(";")
+        if name.strip().lower() in ("gzip", "*"):
+            q = params.strip().lower()
+            return not (q.startswith("q=") and q[2:].strip() in ("0", "0.0", "0.00", "0.000"))
+    return False
+
+
+def pick_example_model(models: list[dict]) -> str:
+    chat = [m["id"] for m in models if m["type"] == "chat"]
+    if "gpt-5" in chat:
+        return "gpt-5"
+    return (chat or [m["id"] for m in models] or ["gpt-5"])[0]
+
+
+def examples(base: str, key: str, model: str) -> list[dict]:
+    """Copy-paste examples, runnable as printed (values quoted for their language)."""
+    api = f"{base}/v1"
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": PROMPT}]})
+    curl = (f"curl {shlex.quote(api + '/chat/completions')} \\\n"
+            f"  -H \"Authorization: Bearer {key}\" \\\n"
+            f"  -H \"Content-Type: application/json\" \\\n"
+            f"  -d {shlex.quote(body)}")
+    python = (f"from openai import OpenAI\n\n"
+              f"client = OpenAI(base_url={json.dumps(api)}, api_key={json.dumps(key)})\n\n"
+              f"response = client.chat.completions.create(\n"
+              f"    model={json.dumps(model)},\n"
+              f"    messages=[{{\"role\": \"user\", \"content\": {json.dumps(PROMPT)}}}],\n"
+              f")\n"
+              f"print(response.choices[0].message.content)")
+    javascript = (f"import OpenAI from \"openai\";\n\n"
+                  f"const client = new OpenAI({{\n"
+                  f"  baseURL: {json.dumps(api)},\n"
+                  f"  apiKey: {json.dumps(key)},\n"
+                  f"}});\n\n"
+                  f"const response = await client.chat.completions.create({{\n"
+                  f"  model: {json.dumps(model)},\n"
+                  f"  messages: [{{ role: \"user\", content: {json.dumps(PROMPT)} }}],\n"
+                  f"}});\n"
+                  f"console.log(response.choices[0].message.content);")
+    return [
+        {"id": "curl", "label": "curl", "code": curl,
+         "note": "Any shell with curl. The answer is JSON; the text is in choices[0].message."},
+        {"id": "python", "label": "Python", "code": python,
+         "note": "pip install openai  (then run the file with python)"},
+        {"id": "js", "label": "JavaScript", "code": javascript,
+         "note": "npm install openai  (Node 18+; save as hello.mjs, run node hello.mjs)"},
+    ]
+
+
+class PageHandler(BaseHandler):
+    """An HTML page or asset: security headers on every answer, errors as HTML."""
+
+    def initialize(self, assets: Assets) -> None:      # type: ignore[override]
+        super().initialize()
+        self.assets = assets
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        for name, value in SECURITY_HEADERS.items():
+            self._headers[name] = value
+
+    def compute_etag(self) -> None:
+        return None
+
+    def send_html(self, html: bytes, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Vary", "Accept-Encoding")
+        if len(html) >= GZIP_MIN_BYTES and accepts_gzip(
+                self.request.headers.get("Accept-Encoding", "")):
+            html = gzip.compress(html, 6)
+            self.set_header("Content-Encoding", "gzip")
+        self.finish(html)
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        err = as_api_error(exc, status_code, self.request)
+        for name, value in err.headers.items():
+            self.set_header(name, value)
+        if self.request.path.startswith("/static/"):
+            super().write_error(status_code, **kwargs)
+            return
+        internal = err.status >= 500 and not isinstance(exc, ApiError)
+        try:
+            html = self.assets.render(
+                "error.html", status=err.status, code=err.code or "", message=err.message,
+                vpn=isinstance(err, Forbidden), request_id=self.request_id,
+                internal=internal, title=f"{err.status} · Apiarium")
+        except Exception:                   # the error page must never fail in turn
+            log.exception("%s could not render the error page", self.request_id)
+            super().write_error(status_code, **kwargs)
+            return
+        self.send_html(html, err.status)
+
+
+class HomeHandler(PageHandler):
+    async def get(self) -> None:
+        self.resolve_visitor()                  # Forbidden -> write_error -> HTML 403 page
+        svc = self.svc
+        key, rec = await svc.keys.key_for_ip(self.client_ip)
+        base = self.public_base()
+        models = svc.catalog.listing()
+        groups = [{"type": t, "label": TYPE_LABELS[t][0], "endpoint": TYPE_LABELS[t][1],
+                   "models": [m for m in models if m["type"] == t]} for t in MODEL_TYPES]
+        model = pick_example_model(models)
+        html = self.assets.render(
+            "index.html", title="Apiarium · OpenAI-compatible API", key=key, ip=rec.ip,
+            rpm=rec.rpm or svc.settings.rpm, base=base, api=f"{base}/v1", groups=groups,
+            model_count=len(models), example_model=model, examples=examples(base, key, model),
+            max_mb=f"{svc.settings.max_body_bytes / 1048576:g}")
+        self.send_html(html)
+
+
+class StaticHandler(PageHandler):
+    def get(self, name: str) -> None:
+        self.serve(name, include_body=True)
+
+    def head(self, name: str) -> None:
+        self.serve(name, include_body=False)
+
+    def serve(self, name: str, include_body: bool) -> None:
+        asset = self.assets.files.get(name)
+        if asset is None:
+            raise NotFound(f"No static file named `{name}`.")
+        packed = asset.gzipped is not None and accepts_gzip(
+            self.request.headers.get("Accept-Encoding", ""))
+        self.set_header("Content-Type", asset.content_type)
+        self.set_header("Vary", "Accept-Encoding")
+        self.set_header("Etag", f'"{asset.digest}{"-gz" if packed else ""}"')
+        versioned = self.get_query_argument("v", "") == asset.digest
+        self.set_header("Cache-Control", IMMUTABLE if versioned else "no-cache")
+        if asset.digest in self.request.headers.get("If-None-Match", ""):
+            self.set_status(304)
+            self.finish()
+            return
+        data = asset.gzipped if packed else asset.body
+        if packed:
+            self.set_header("Content-Encoding", "gzip")
+        self.set_header("Content-Length", len(data))
+        self.finish(data if include_body else None)
