@@ -8,6 +8,7 @@ A provider turns an OpenAI-shaped request into its upstream's wire format and ba
     image(model, ImageRequest)     -> list[Media]         (image models)
     video(model, VideoRequest)     -> Media               (video models)
 
+Each item a stream yields is exactly one SSE event (``legacy`` and the relay rely on it).
 ``body`` is the parsed client JSON, ``raw`` its bytes (a passthrough may forward them as they
 are).  Failures are raised as ``errors.ApiError``; inside a stream, an error raised after the
 first frame becomes an SSE error event (the handler does that).
@@ -144,7 +145,7 @@ class Provider:
 
     def map_error(self, status: int, data, retry_after: float | None) -> ApiError:
         name = self.spec.name
-        said = self.error_message(data)
+        said = self.error_message(data).strip().rstrip(".")
         key = self.spec.api_key
         if key and len(key) >= 4:                    # an upstream may echo the key back
             said = said.replace(key, "[redacted]")
