@@ -24,17 +24,21 @@ from .handlers import pages
 from .handlers.base import BaseHandler
 from .handlers.chat import ChatHandler, CompletionsHandler
 from .handlers.media import ImagesHandler, MediaFileHandler, VideosHandler
+from .handlers.ops import MetricsHandler
 from .handlers.info import (HealthHandler, KeysMeHandler, ModelHandler, ModelsHandler,
                             NotFoundHandler)
 from .keys import KeyStore
+from .metrics import Metrics
 from .netguard import Blocklist, NetGuard
 from .providers import build as build_providers
 from .services import Live, Services
+from .usage import UsageLedger
 
 log = logging.getLogger("apiarium")
 access = logging.getLogger("apiarium.access")
 
 KEY_REFRESH_S = 2.0      # how often the admin CLI's writes are picked up
+USAGE_FLUSH_S = 2.0      # how often usage counted in memory is written
 HEADER_TIMEOUT_S = 30.0  # slow clients: whole header (and idle keep-alive) limit
 BODY_TIMEOUT_S = 120.0
 
@@ -51,18 +55,28 @@ def routes() -> list:
         (r"/v1/images/generations", ImagesHandler),
         (r"/v1/videos/generations", VideosHandler),
         (r"/media/([^/]+)", MediaFileHandler),
+        (r"/metrics", MetricsHandler),
     ]
 
 
 def log_request(handler: BaseHandler) -> None:
+    """Tornado's per-request hook: metrics, then one access-log line."""
+    metrics = handler.application.settings["services"].metrics
+    endpoint = getattr(handler, "endpoint", "other")
+    status = handler.get_status()
+    model = getattr(handler, "model_alias", "") if status != 404 else ""
+    metrics.requests.labels(endpoint, model or "-", str(status)).inc()
+    metrics.duration.labels(endpoint).observe(handler.request.request_time())
     if not access.isEnabledFor(logging.INFO):
         return
     req = handler.request
     rec = getattr(handler, "key_record", None)
-    access.info("%s %s %s %d %.1fms ip=%s key=%s model=%s", handler.request_id, req.method,
-                req.path, handler.get_status(), 1000.0 * req.request_time(),
-                getattr(handler, "client_ip", "") or req.remote_ip,
-                rec.key_prefix if rec else "-", getattr(handler, "model_alias", "") or "-")
+    upstream = getattr(handler, "upstream_ms", None)
+    access.info("%s %s %s %d %.1fms ip=%s key=%s model=%s bytes=%d upstream_ms=%s",
+                handler.request_id, req.method, req.path, handler.get_status(),
+                1000.0 * req.request_time(), getattr(handler, "client_ip", "") or req.remote_ip,
+                rec.key_prefix if rec else "-", getattr(handler, "model_alias", "") or "-",
+                getattr(handler, "bytes_out", 0), "-" if upstream is None else f"{upstream:.1f}")
 
 
 def make_app(services: Services) -> tornado.web.Application:
@@ -79,11 +93,12 @@ def make_session() -> aiohttp.ClientSession:
                                  trust_env=False)
 
 
-def make_live(config: Config, session: aiohttp.ClientSession) -> Live:
+def make_live(config: Config, session: aiohttp.ClientSession,
+              metrics: Metrics | None = None) -> Live:
     s = config.settings
     blocklist = Blocklist.from_files(s.blocklists)
     guard = NetGuard(s.trusted_proxies, s.block_proxy_headers, blocklist)
-    return Live.make(config, guard, build_providers(config.catalog, session))
+    return Live.make(config, guard, build_providers(config.catalog, session, metrics))
 
 
 class Gateway:
@@ -99,8 +114,11 @@ class Gateway:
         config = load_config(self.config_path)        # raises ConfigError: nothing started
         s = config.settings
         keys = await KeyStore(s.database).open()
+        usage = await UsageLedger(s.database).open()
+        metrics = Metrics(key_count=lambda: len(keys))
         self.session = make_session()
-        self.services = Services(live=make_live(config, self.session), keys=keys)
+        self.services = Services(live=make_live(config, self.session, metrics), keys=keys,
+                                 usage=usage, metrics=metrics)
         app = make_app(self.services)
         self.server = tornado.httpserver.HTTPServer(
             app, max_body_size=s.max_body_bytes + 1, idle_connection_timeout=HEADER_TIMEOUT_S,
@@ -110,6 +128,7 @@ class Gateway:
         self.server.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
         self._tasks.append(asyncio.ensure_future(self._housekeeping()))
+        self._tasks.append(asyncio.ensure_future(self._flush_usage()))
         shown = f"[{host}]" if ":" in host else host
         log.info("apiarium listening on http://%s:%d", shown, self.port)
 
@@ -131,12 +150,20 @@ class Gateway:
             except Exception:
                 log.exception("housekeeping failed; will retry")
 
+    async def _flush_usage(self) -> None:
+        while True:
+            await asyncio.sleep(USAGE_FLUSH_S)
+            try:
+                await self.services.usage.flush()
+            except Exception:
+                log.exception("writing usage failed; will retry")
+
     def reload(self) -> bool:
         """Re-read both YAML files.  On any error the running configuration stays."""
         svc = self.services
         try:
             config = load_config(self.config_path)
-            live = make_live(config, self.session)
+            live = make_live(config, self.session, svc.metrics)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload rejected: %s", problem)
@@ -149,19 +176,31 @@ class Gateway:
         return True
 
     async def stop(self, grace_s: float | None = None) -> None:
+        """Stop accepting; let requests in flight finish within the grace; then end the
+        rest cleanly (a 503, or an SSE error event on a stream); write usage; close."""
         svc = self.services
         grace = svc.settings.shutdown_grace_s if grace_s is None else grace_s
+        svc.stopping = True
         if self.server is not None:
             self.server.stop()
             deadline = time.monotonic() + grace
             while svc.inflight and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
+            if svc.inflight:
+                log.warning("grace over: ending %d requests still in flight", len(svc.inflight))
+                for handler in list(svc.inflight):
+                    if hasattr(handler, "interrupt"):
+                        handler.interrupt()
+                deadline = time.monotonic() + 2
+                while svc.inflight and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
             await self.server.close_all_connections()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.session is not None:
             await self.session.close()
+        await svc.usage.close()
         await svc.keys.close()
 
     async def run_until_signalled(self) -> None:

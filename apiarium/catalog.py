@@ -35,12 +35,35 @@ class ProviderSpec:
 
 
 @dataclass(frozen=True)
+class Credits:
+    """What one request costs; the defaults depend on the model's type (``for_model``)."""
+    request: float = 0.0
+    per_1k_tokens: float = 0.0
+    image: float = 0.0
+    video_second: float = 0.0
+    resolution: Mapping[str, float] = field(default_factory=dict)   # video multipliers
+
+    @classmethod
+    def for_model(cls, alias: str, type_: str, given: Mapping | None = None) -> "Credits":
+        """Type defaults (an alias ending in -pro costs double), overridden by ``given``."""
+        factor = 2.0 if alias.endswith("-pro") else 1.0
+        base = {"chat": {"per_1k_tokens": 1.0},
+                "image": {"image": 10.0},
+                "video": {"video_second": 10.0,
+                          "resolution": {"720p": 1.0, "1080p": 2.0}}}[type_]
+        values = {k: (v * factor if isinstance(v, float) else v) for k, v in base.items()}
+        values.update({k: v for k, v in (given or {}).items() if v is not None and v != {}})
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     alias: str
     provider: ProviderSpec
     upstream: str
     type: str = "chat"
     created: int = 0
+    credits: Credits = field(default_factory=Credits)
 
     @property
     def owned_by(self) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from .catalog import MODEL_TYPES, PROVIDER_KINDS, Catalog, ModelSpec, ProviderSpec
+from .catalog import MODEL_TYPES, PROVIDER_KINDS, Catalog, Credits, ModelSpec, ProviderSpec
 
 DEFAULT_CONFIG = "config/apiarium.yaml"
 
@@ -233,7 +233,8 @@ SETTINGS_SCHEMA = Section({
     "database": Str("../data/apiarium.sqlite3"),
     "catalog": Str("models.yaml"),
     "master_key": Str(""),
-    "rate_limit": Section({"rpm": Num(4, 1, 1_000_000, integer=True)}),
+    "rate_limit": Section({"rpm": Num(4, 1, 1_000_000, integer=True),
+                           "daily_credits": Num(0, 0, 1e12)}),
     "media": Section({"dir": Str("../data/media"), "ttl_hours": Num(24, 0.001, 100_000)}),
     "security": Section({"block_proxy_headers": Bool(True), "blocklists": ListOf(Str())}),
 })
@@ -252,6 +253,13 @@ CATALOG_SCHEMA = Section({
         "provider": Str(),
         "upstream": Str(""),
         "type": Enum(MODEL_TYPES, "chat"),
+        "credits": Section({
+            "request": Num(None, 0, 1e9),
+            "per_1k_tokens": Num(None, 0, 1e9),
+            "image": Num(None, 0, 1e9),
+            "video_second": Num(None, 0, 1e9),
+            "resolution": MapOf(Num(None, 0, 1e6)),
+        }),
     }, required=("provider",))),
 })
 
@@ -269,6 +277,7 @@ class Settings:
     catalog_path: Path
     master_key: str
     rpm: int
+    daily_credits: float          # 0: unlimited
     media_dir: Path
     media_ttl_hours: float
     block_proxy_headers: bool
@@ -335,6 +344,7 @@ def _build_settings(path: Path, d: dict, ctx: _Ctx, problems: list[Problem]) -> 
         shutdown_grace_s=float(s["shutdown_grace_s"]),
         database=_resolve(base, d["database"]), catalog_path=_resolve(base, d["catalog"]),
         master_key=d["master_key"], rpm=d["rate_limit"]["rpm"],
+        daily_credits=float(d["rate_limit"]["daily_credits"]),
         media_dir=_resolve(base, d["media"]["dir"]), media_ttl_hours=float(d["media"]["ttl_hours"]),
         block_proxy_headers=sec["block_proxy_headers"],
         blocklists=tuple(_resolve(base, b) for b in sec["blocklists"]),
@@ -368,7 +378,8 @@ def _build_catalog(path: Path, d: dict, ctx: _Ctx, problems: list[Problem]) -> C
                                         f"{m['provider']!r} (defined: {known})"))
             continue
         models[alias] = ModelSpec(alias=alias, provider=provider, upstream=m["upstream"] or alias,
-                                  type=m["type"], created=created)
+                                  type=m["type"], created=created,
+                                  credits=Credits.for_model(alias, m["type"], m["credits"]))
     return Catalog(providers, models)
 
 

@@ -15,9 +15,11 @@ from .catalog import Catalog, ModelSpec
 from .config import Config, Settings
 from .keys import KeyStore
 from .media import MediaStore
+from .metrics import Metrics
 from .netguard import NetGuard
 from .providers.base import Provider
 from .ratelimit import TokenBuckets
+from .usage import UsageLedger
 
 
 @dataclass(frozen=True)
@@ -40,9 +42,12 @@ class Live:
 class Services:
     live: Live
     keys: KeyStore
+    usage: UsageLedger
+    metrics: Metrics
     buckets: TokenBuckets = field(default_factory=TokenBuckets)
     started: float = field(default_factory=time.time)
     inflight: set = field(default_factory=set)      # handlers not yet finished
+    stopping: bool = False                          # SIGTERM: finishing what is in flight
 
     @property
     def settings(self) -> Settings:

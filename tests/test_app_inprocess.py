@@ -10,7 +10,9 @@ import yaml
 from apiarium.app import make_app, make_live, make_session
 from apiarium.config import load_config
 from apiarium.keys import KeyStore
+from apiarium.metrics import Metrics
 from apiarium.services import Services
+from apiarium.usage import UsageLedger
 
 
 @pytest.fixture
@@ -25,12 +27,15 @@ def app(io_loop, tmp_path):
 
     async def build():
         keys = await KeyStore(config.settings.database).open()
+        usage = await UsageLedger(config.settings.database).open()
         session = make_session()
-        return Services(live=make_live(config, session), keys=keys), session
+        return Services(live=make_live(config, session), keys=keys, usage=usage,
+                        metrics=Metrics()), session
     services, session = io_loop.run_sync(build)
     yield make_app(services)
 
     async def close():
+        await services.usage.close()
         await services.keys.close()
         await session.close()
     io_loop.run_sync(close)

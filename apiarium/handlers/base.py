@@ -12,6 +12,7 @@ import itertools
 import logging
 import re
 import secrets
+import time
 from typing import AsyncIterator, Awaitable, TypeVar
 
 import orjson
@@ -19,10 +20,12 @@ import tornado.iostream
 import tornado.web
 
 from .. import sse
+from ..catalog import ModelSpec
 from ..errors import (ApiError, AuthError, BodyTooLarge, InvalidRequest, MethodNotAllowed,
-                      NotFound, RateLimited)
+                      NotFound, QuotaExceeded, RateLimited, ServiceUnavailable)
 from ..keys import KeyRecord
 from ..services import Services
+from ..usage import Tally
 
 log = logging.getLogger("apiarium")
 
@@ -34,11 +37,15 @@ _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
 
 
 class BaseHandler(tornado.web.RequestHandler):
+    endpoint = "other"            # the metrics label for this handler's requests
     request_id: str = ""
     client_ip: str = ""
     peer_trusted: bool = False
     key_record: KeyRecord | None = None
     model_alias: str = ""
+    provider_name: str = ""
+    upstream_ms: float | None = None
+    bytes_out: int = 0
     _limit_headers: dict = {}
 
     @property
@@ -59,6 +66,11 @@ class BaseHandler(tornado.web.RequestHandler):
             self.request_id = f"{_RID_PREFIX}{next(_rid_counter):07x}"
         self._headers["x-request-id"] = self.request_id
         self.clear_header("Server")
+
+    def write(self, chunk) -> None:
+        if isinstance(chunk, (bytes, str)):
+            self.bytes_out += len(chunk)
+        super().write(chunk)
 
     def write_json(self, obj, status: int = 200) -> None:
         self.set_status(status)
@@ -171,6 +183,7 @@ class ApiHandler(BaseHandler):
             self.key_record = self.authenticate(token)
             if self.limited:
                 self.take_token(self.key_record)
+                self.check_quota(self.key_record)
 
     def authenticate(self, token: str | None) -> KeyRecord:
         if not token:
@@ -191,6 +204,7 @@ class ApiHandler(BaseHandler):
         decision = self.svc.buckets.take(rec.key_hash, rec.rpm or self.svc.settings.rpm)
         headers = decision.headers()
         if not decision.allowed:
+            self.svc.metrics.rate_limited.labels("rpm").inc()
             wait = headers["Retry-After"]
             raise RateLimited(f"Rate limit reached: {decision.limit} requests per minute for "
                               f"this key. Wait {wait} s before the next request.",
@@ -198,6 +212,19 @@ class ApiHandler(BaseHandler):
         self._limit_headers = headers
         for name, value in headers.items():
             self.set_header(name, value)
+
+    def check_quota(self, rec: KeyRecord) -> None:
+        limit = self.svc.settings.daily_credits
+        if limit and self.svc.usage.spent_today(rec.key_hash).credits >= limit:
+            self.svc.metrics.rate_limited.labels("daily_credits").inc()
+            raise QuotaExceeded(f"This key has used its {limit:g} credits for today (UTC). "
+                                f"The allowance resets at midnight UTC; GET /v1/keys/me shows "
+                                f"today's usage.")
+
+    def account(self, model: ModelSpec, tally: Tally, resolution: str | None = None) -> None:
+        """Count a served request against its key (in memory; written in batches)."""
+        rec = self.key_record
+        self.svc.usage.record(rec.key_hash if rec else None, model, tally, resolution)
 
     # ------------------------------------------------------------------ the body
     def data_received(self, chunk: bytes) -> None:
@@ -239,14 +266,44 @@ class ApiHandler(BaseHandler):
 
     async def guarded(self, work: Awaitable[T]) -> T | None:
         """Await upstream work, cancelling it the moment the client disconnects (so an
-        upstream request is closed, a video is no longer polled).  None if the client left."""
+        upstream request is closed, a video is no longer polled).  None if the client left,
+        or if shutdown cut it short (the client then got a 503 or an SSE error event)."""
         self._work = asyncio.ensure_future(work)
+        self._started = time.perf_counter()
         try:
-            return await self._work
+            result = await self._work
         except asyncio.CancelledError:
             if self.client_gone:
                 return None
+            if self.svc.stopping:
+                self._cut_short()
+                return None
             raise
+        if self.upstream_ms is None:
+            self.upstream_ms = self._observe_ttfb()
+        return result
+
+    def _observe_ttfb(self) -> float:
+        elapsed = time.perf_counter() - self._started
+        if self.provider_name:
+            self.svc.metrics.upstream_ttfb.labels(self.provider_name).observe(elapsed)
+        return elapsed * 1000
+
+    def interrupt(self) -> None:
+        """Shutdown's grace is over: end this request now (see ``guarded``)."""
+        if self._work is not None and not self._work.done():
+            self._work.cancel()
+
+    def _cut_short(self) -> None:
+        err = ServiceUnavailable("The gateway is shutting down; retry in a few seconds.",
+                                 code="server_shutting_down")
+        if self._finished:
+            return
+        if self._headers_written:
+            self.write(sse.encode(err.envelope()))
+            self.finish()
+        else:
+            self.send_error(503, exc_info=(type(err), err, None))
 
     async def relay(self, events: AsyncIterator[bytes]) -> None:
         """Send SSE frames as they come, with backpressure; an error before the first frame
@@ -254,8 +311,11 @@ class ApiHandler(BaseHandler):
         await self.guarded(self._pump(events))
 
     async def _pump(self, events: AsyncIterator[bytes]) -> None:
+        gauge = self.svc.metrics.active_streams
+        gauge.inc()
         try:
             first = await anext(events, None)
+            self.upstream_ms = self._observe_ttfb()
             self.set_header("Content-Type", "text/event-stream; charset=utf-8")
             self.set_header("Cache-Control", "no-cache")
             self.set_header("X-Accel-Buffering", "no")
@@ -277,4 +337,5 @@ class ApiHandler(BaseHandler):
         except tornado.iostream.StreamClosedError:
             pass
         finally:
+            gauge.dec()
             await events.aclose()

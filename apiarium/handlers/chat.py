@@ -1,8 +1,15 @@
 """POST /v1/chat/completions and POST /v1/completions."""
 from __future__ import annotations
 
-from .. import legacy
+from typing import AsyncIterator
+
+import orjson
+
+from .. import legacy, sse
+from ..catalog import ModelSpec
 from ..errors import InvalidRequest
+from ..providers.shapes import wants_usage
+from ..usage import Tally
 from .base import ApiHandler
 from .media import MediaMixin, chat_with_media
 
@@ -16,8 +23,50 @@ def _check_stream(body: dict) -> bool:
     return stream
 
 
-class ChatHandler(MediaMixin, ApiHandler):
+def _tally(usage: dict | None) -> Tally:
+    usage = usage if isinstance(usage, dict) else {}
+    return Tally(requests=1, prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                 completion_tokens=int(usage.get("completion_tokens") or 0))
+
+
+class _ChatFlow(MediaMixin, ApiHandler):
+    """Runs a chat request on a provider, metering its usage."""
     limited = True
+
+    async def run_chat(self, model: ModelSpec, body: dict, raw: bytes | None, stream: bool,
+                       adapt_stream=None, adapt_answer=None) -> None:
+        provider = self.svc.provider(model)
+        self.provider_name = provider.spec.name
+        if stream:
+            wanted = wants_usage(body)
+            if not wanted:   # ask for usage anyway, to meter it; the client won't see it
+                body = {**body, "stream_options": {**(body.get("stream_options") or {}),
+                                                   "include_usage": True}}
+                raw = None
+            events = self.metered(model, provider.chat_stream(model, body, raw), wanted)
+            await self.relay(adapt_stream(events) if adapt_stream else events)
+            return
+        answer = await self.guarded(provider.chat(model, body, raw))
+        if answer is not None:
+            self.account(model, _tally(answer.get("usage")))
+            self.write_json(adapt_answer(answer) if adapt_answer else answer)
+
+    async def metered(self, model: ModelSpec, events: AsyncIterator[bytes],
+                      client_wants_usage: bool) -> AsyncIterator[bytes]:
+        """Pass frames through; read the usage frame (and drop it if nobody asked for it)."""
+        tally = None
+        async for frame in events:
+            if b'"usage":{' in frame or b'"usage": {' in frame:
+                chunk = orjson.loads(sse.parse(frame)[1] or b"{}")
+                tally = _tally(chunk.get("usage"))
+                if not client_wants_usage and not chunk.get("choices"):
+                    continue
+            yield frame
+        self.account(model, tally or _tally(None))
+
+
+class ChatHandler(_ChatFlow):
+    endpoint = "chat"
 
     async def post(self) -> None:
         body, raw = self.json_body()
@@ -35,27 +84,16 @@ class ChatHandler(MediaMixin, ApiHandler):
         if model.type != "chat":
             await chat_with_media(self, model, body, _check_stream(body))
             return
-        provider = self.svc.provider(model)
-        if _check_stream(body):
-            await self.relay(provider.chat_stream(model, body, raw))
-        else:
-            answer = await self.guarded(provider.chat(model, body, raw))
-            if answer is not None:
-                self.write_json(answer)
+        await self.run_chat(model, body, raw, _check_stream(body))
 
 
-class CompletionsHandler(ApiHandler):
-    limited = True
+class CompletionsHandler(_ChatFlow):
+    endpoint = "completions"
 
     async def post(self) -> None:
         body, _ = self.json_body()
         self.model_alias = str(body.get("model", ""))[:100]
         model = self.svc.catalog.resolve_typed(body.get("model"), ("chat",), "/v1/completions")
-        chat = legacy.to_chat(body)
-        provider = self.svc.provider(model)
-        if _check_stream(body):
-            await self.relay(legacy.stream_from_chat(provider.chat_stream(model, chat, None), body))
-        else:
-            answer = await self.guarded(provider.chat(model, chat, None))
-            if answer is not None:
-                self.write_json(legacy.from_chat(answer, body))
+        await self.run_chat(model, legacy.to_chat(body), None, _check_stream(body),
+                            adapt_stream=lambda events: legacy.stream_from_chat(events, body),
+                            adapt_answer=lambda answer: legacy.from_chat(answer, body))

@@ -14,6 +14,7 @@ from ..catalog import ModelSpec
 from ..errors import NotFound
 from ..generation import Media, image_request, video_request
 from ..providers.shapes import Chunks, completion, flatten_prompt, usage, wants_usage
+from ..usage import Tally
 from .base import ApiHandler, BaseHandler
 
 KEEPALIVE_S = 10.0        # a rendering stream sends an SSE comment at least this often
@@ -21,12 +22,16 @@ EARLY_ERROR_S = 2.0       # failures this early are plain HTTP errors, not SSE e
 
 
 class MediaMixin:
+    """Generation and hosting, shared by the media endpoints and chat with a media model."""
+
     async def host(self: ApiHandler, media: Media) -> str:
         name = await self.svc.live.media.save(media.data, media.mime)
         return f"{self.public_base()}/media/{name}"
 
     async def images(self: ApiHandler, model: ModelSpec, req) -> list[dict]:
+        self.provider_name = model.provider.name
         made = await self.svc.provider(model).image(model, req)
+        self.account(model, Tally(requests=1, images=req.n))
         items = (made * req.n)[:req.n]    # a Gemini model makes one image: repeated n times
         if req.response_format == "b64_json":
             encoded = {id(m): base64.b64encode(m.data).decode() for m in made}
@@ -36,11 +41,15 @@ class MediaMixin:
         return [{"url": urls[id(m)], "revised_prompt": m.revised_prompt} for m in items]
 
     async def video(self: ApiHandler, model: ModelSpec, req) -> dict:
+        self.provider_name = model.provider.name
         media = await self.svc.provider(model).video(model, req)
+        self.account(model, Tally(requests=1, video_seconds=req.duration_seconds),
+                      req.resolution)
         return {"url": await self.host(media), "revised_prompt": media.revised_prompt}
 
 
 class ImagesHandler(MediaMixin, ApiHandler):
+    endpoint = "images"
     limited = True
 
     async def post(self) -> None:
@@ -55,6 +64,7 @@ class ImagesHandler(MediaMixin, ApiHandler):
 
 
 class VideosHandler(MediaMixin, ApiHandler):
+    endpoint = "videos"
     limited = True
 
     async def post(self) -> None:
@@ -124,6 +134,7 @@ async def rendering_stream(work: Awaitable[str], chunks: Chunks, tokens: dict,
 class MediaFileHandler(BaseHandler, tornado.web.StaticFileHandler):
     """Generated files: Content-Type, Content-Length and Range from StaticFileHandler;
     unknown and expired names are a JSON 404 (an expired file is deleted on the way)."""
+    endpoint = "media"
 
     def initialize(self) -> None:
         BaseHandler.initialize(self)

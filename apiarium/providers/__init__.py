@@ -4,6 +4,7 @@ from __future__ import annotations
 import aiohttp
 
 from ..catalog import Catalog
+from ..metrics import Metrics
 from .anthropic import AnthropicProvider
 from .base import Provider
 from .gemini import GeminiProvider
@@ -18,6 +19,7 @@ KINDS: dict[str, type[Provider]] = {
 }
 
 
-def build(catalog: Catalog, session: aiohttp.ClientSession) -> dict[str, Provider]:
-    return {name: KINDS.get(spec.kind, Provider)(spec, session)
+def build(catalog: Catalog, session: aiohttp.ClientSession,
+          metrics: Metrics | None = None) -> dict[str, Provider]:
+    return {name: KINDS.get(spec.kind, Provider)(spec, session, metrics)
             for name, spec in catalog.providers.items()}

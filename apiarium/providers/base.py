@@ -15,7 +15,6 @@ first frame becomes an SSE error event (the handler does that).
 """
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 import time
@@ -27,6 +26,7 @@ import orjson
 
 from ..catalog import ModelSpec, ProviderSpec
 from ..generation import ImageRequest, Media, VideoRequest
+from ..metrics import Metrics
 from ..errors import (ApiError, InvalidRequest, RateLimited, ServiceUnavailable, UpstreamError,
                       UpstreamPassthrough, UpstreamTimeout)
 
@@ -36,11 +36,13 @@ MAX_ERROR_BODY = 64 * 1024
 class Provider:
     kind = ""
 
-    def __init__(self, spec: ProviderSpec, session: aiohttp.ClientSession):
+    def __init__(self, spec: ProviderSpec, session: aiohttp.ClientSession,
+                 metrics: Metrics | None = None):
         self.spec = spec
         self.session = session
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=spec.connect_timeout_s,
                                              sock_read=spec.timeout_s)
+        self._latency = metrics.upstream_latency.labels(spec.name) if metrics else None
 
     # ------------------------------------------------------------------ the interface
     async def chat(self, model: ModelSpec, body: dict, raw: bytes | None) -> dict:
@@ -76,9 +78,12 @@ class Provider:
                       headers: dict | None = None, timeout: aiohttp.ClientTimeout | None = None,
                       **kw):
         """An upstream call with transport failures mapped to 502/504, error statuses mapped."""
+        started = time.perf_counter()
         try:
             async with self.session.request(method, url, data=data, headers=headers,
                                             timeout=timeout or self.timeout, **kw) as resp:
+                if self._latency is not None:
+                    self._latency.observe(time.perf_counter() - started)
                 if resp.status >= 400:
                     await self.raise_for_status(resp)
                 yield resp
@@ -200,11 +205,3 @@ def parse_duration(value) -> float | None:
     """Google's ``"37s"`` / ``"1.2s"`` durations."""
     m = _DURATION.match(str(value or ""))
     return float(m.group(1)) if m else None
-
-
-async def cancel_quietly(task: asyncio.Task) -> None:
-    task.cancel()
-    try:
-        await task
-    except (asyncio.CancelledError, Exception):
-        pass

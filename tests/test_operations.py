@@ -1,0 +1,168 @@
+"""Running it: graceful SIGTERM under load, SIGHUP reloads, /metrics, usage and credits."""
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import sqlite3
+import time
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import openai_models
+from tests.support import MASTER_KEY, request, wait_for
+
+MSG = [{"role": "user", "content": "hi"}]
+LONG = " ".join(f"word{i}" for i in range(100))
+
+
+async def read_stream(url: str, key: str = MASTER_KEY, **body) -> list[bytes]:
+    """One streamed chat: the list of `data:` payloads received, in order."""
+    payload = {"model": "gpt-5", "messages": MSG, "stream": True, **body}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url + "/v1/chat/completions", json=payload,
+                             headers={"Authorization": f"Bearer {key}"}) as resp:
+            assert resp.status == 200, await resp.text()
+            frames = []
+            async for line in resp.content:
+                if line.startswith(b"data: "):
+                    frames.append(line[6:].strip())
+            return frames
+
+
+def usage_rows(gateway) -> dict:
+    db = sqlite3.connect(gateway.dir.parent / "data" / "apiarium.sqlite3")
+    db.row_factory = sqlite3.Row
+    return {r["key_hash"]: dict(r) for r in db.execute("SELECT * FROM usage")}
+
+
+def test_sigterm_lets_50_streams_finish_then_exits_0(gateway, fake_openai):
+    fake_openai.stream_events, fake_openai.stream_delay = 20, 0.1      # 2 s per stream
+    fake_openai.reply_text = LONG
+
+    async def main():
+        streams = [asyncio.ensure_future(read_stream(gateway.url)) for _ in range(50)]
+        while len(fake_openai.requests) < 50:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        gateway.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        with pytest.raises(OSError):                      # no longer accepting
+            socket.create_connection(("127.0.0.1", gateway.port), timeout=1).close()
+        return await asyncio.gather(*streams)
+
+    results = asyncio.run(main())
+    assert gateway.proc.wait(15) == 0
+    for frames in results:
+        assert frames[-1] == b"[DONE]"
+        assert len(frames) == 20 + 3                          # role, 20 pieces, finish, DONE
+    rows = usage_rows(gateway)
+    assert rows["master"]["requests"] == 50
+    assert rows["master"]["prompt_tokens"] == 50              # 1 word each, metered
+    assert any("shutting down" in line for line in gateway.log)
+
+
+def test_streams_longer_than_the_grace_end_with_an_error_event(make_gateway, fake_openai):
+    gw = make_gateway(openai_models(fake_openai), server={"shutdown_grace_s": 1})
+    fake_openai.stream_events, fake_openai.stream_delay = 50, 0.1      # 5 s: longer than 1 s
+    fake_openai.reply_text = LONG
+
+    async def main():
+        task = asyncio.ensure_future(read_stream(gw.url))
+        while not fake_openai.requests:
+            await asyncio.sleep(0.02)
+        gw.proc.send_signal(signal.SIGTERM)
+        return await task
+    frames = asyncio.run(main())
+    assert gw.proc.wait(15) == 0
+    last = json.loads(frames[-1])
+    assert last["error"]["code"] == "server_shutting_down" and 3 < len(frames) < 50
+
+
+def test_sighup_adds_a_model_without_disturbing_a_stream(gateway, fake_openai):
+    fake_openai.stream_events, fake_openai.stream_delay = 20, 0.1
+    fake_openai.reply_text = LONG
+    models = openai_models(fake_openai)
+
+    async def main():
+        task = asyncio.ensure_future(read_stream(gateway.url))
+        while not fake_openai.requests:
+            await asyncio.sleep(0.02)
+        models["models"]["gpt-new"] = {"provider": "up", "upstream": "gpt-5"}
+        gateway.write_models(models)
+        gateway.proc.send_signal(signal.SIGHUP)
+        started = time.monotonic()
+        while True:
+            status, _, body = request(gateway.url + "/v1/models/gpt-new",
+                                      headers={"Authorization": f"Bearer {MASTER_KEY}"})
+            if status == 200:
+                break
+            assert time.monotonic() - started < 1.0, body
+            await asyncio.sleep(0.05)
+        assert len(fake_openai.requests) == 1             # the stream is still going
+        return await task
+    frames = asyncio.run(main())
+    assert frames[-1] == b"[DONE]" and len(frames) == 23
+    assert gateway.sdk(MASTER_KEY).chat.completions.create(model="gpt-new", messages=MSG)
+
+    # a broken edit: rejected, logged with its line, the old catalog stays
+    gateway.models_path.write_text(gateway.models_path.read_text()
+                                   + "  broken: {provider: nowhere}\n")
+    gateway.proc.send_signal(signal.SIGHUP)
+    line = wait_for(lambda: [ln for ln in gateway.log if "reload rejected" in ln], timeout=3)
+    assert line and f"{gateway.models_path}:" in line[0] and "nowhere" in line[0]
+    lineno = len(gateway.models_path.read_text().splitlines())
+    assert f"models.yaml:{lineno}:" in line[0]
+    assert gateway.sdk(MASTER_KEY).chat.completions.create(model="gpt-new", messages=MSG)
+    assert gateway.get("/v1/models/broken", key=MASTER_KEY)[0] == 404
+
+
+def metrics(gateway) -> dict:
+    status, headers, body = request(gateway.url + "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    return {f.name: f for f in text_string_to_metric_families(body.decode())}
+
+
+def sample(families, name, **labels) -> float:
+    family = families[name]
+    return sum(s.value for s in family.samples
+               if s.name == name + "_total" or s.name == name
+               if all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_metrics_count_what_was_sent(gateway, fake_openai):
+    key = gateway.key_for("127.0.0.20")
+    client = gateway.sdk(key, ip="127.0.0.20")
+    for _ in range(3):
+        client.chat.completions.create(model="gpt-5", messages=MSG)
+    list(client.chat.completions.create(model="gpt-5", messages=MSG, stream=True))
+    for _ in range(2):                                     # 4 used: the 5th and 6th are 429
+        gateway.post("/v1/chat/completions", {"model": "gpt-5", "messages": MSG}, key=key,
+                     ip="127.0.0.20")
+    gateway.post("/v1/chat/completions", {"model": "nope", "messages": MSG}, key=MASTER_KEY)
+    fams = metrics(gateway)
+    assert sample(fams, "apiarium_requests", endpoint="chat", model="gpt-5", status="200") == 4
+    # refused before the body is read: the model is not known yet
+    assert sample(fams, "apiarium_requests", endpoint="chat", model="-", status="429") == 2
+    assert sample(fams, "apiarium_requests", endpoint="chat", status="404") == 1
+    assert sample(fams, "apiarium_rate_limited", reason="rpm") == 2
+    assert sample(fams, "apiarium_keys") == 1
+    assert sample(fams, "apiarium_active_streams") == 0
+    hist = [s for s in fams["apiarium_upstream_latency_seconds"].samples
+            if s.name.endswith("_count") and s.labels["provider"] == "up"]
+    assert hist and hist[0].value == 4                   # the four that reached the upstream
+    ttfb = [s for s in fams["apiarium_upstream_ttfb_seconds"].samples
+            if s.name.endswith("_count") and s.labels["provider"] == "up"]
+    assert ttfb and ttfb[0].value == 4
+
+
+def test_access_log_has_one_structured_line_per_request(gateway):
+    gateway.post("/v1/chat/completions", {"model": "gpt-5", "messages": MSG}, key=MASTER_KEY)
+    line = wait_for(lambda: [ln for ln in gateway.log
+                             if "POST /v1/chat/completions 200" in ln], timeout=3)[0]
+    for field in ("req_", "ip=127.0.0.1", "model=gpt-5", "bytes=", "upstream_ms="):
+        assert field in line, line
+    assert MASTER_KEY not in "\n".join(gateway.log)
