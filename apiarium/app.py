@@ -25,6 +25,7 @@ from .handlers.base import BaseHandler
 from .handlers.chat import ChatHandler, CompletionsHandler
 from .handlers.media import ImagesHandler, MediaFileHandler, VideosHandler
 from .handlers.ops import MetricsHandler
+from .handlers.openapi import OpenApiHandler
 from .handlers.info import (HealthHandler, KeysMeHandler, ModelHandler, ModelsHandler,
                             NotFoundHandler)
 from .keys import KeyStore
@@ -39,8 +40,6 @@ access = logging.getLogger("apiarium.access")
 
 KEY_REFRESH_S = 2.0      # how often the admin CLI's writes are picked up
 USAGE_FLUSH_S = 2.0      # how often usage counted in memory is written
-HEADER_TIMEOUT_S = 30.0  # slow clients: whole header (and idle keep-alive) limit
-BODY_TIMEOUT_S = 120.0
 
 
 def routes() -> list:
@@ -56,6 +55,7 @@ def routes() -> list:
         (r"/v1/videos/generations", VideosHandler),
         (r"/media/([^/]+)", MediaFileHandler),
         (r"/metrics", MetricsHandler),
+        (r"/openapi\.json", OpenApiHandler),
     ]
 
 
@@ -96,7 +96,20 @@ def make_session() -> aiohttp.ClientSession:
 def make_live(config: Config, session: aiohttp.ClientSession,
               metrics: Metrics | None = None) -> Live:
     s = config.settings
-    blocklist = Blocklist.from_files(s.blocklists)
+    started = time.perf_counter()
+    try:
+        blocklist = Blocklist.from_files(s.blocklists)
+    except OSError as exc:         # checked by load_config; this is a file that just went
+        from .config import Problem
+        raise ConfigError([Problem(str(s.path), 0, f"security.blocklists: cannot read "
+                                   f"{exc.filename}: {exc.strerror or exc}")]) from None
+    for problem in blocklist.problems:
+        log.warning("blocklist: %s", problem)
+    if blocklist.bad_lines > len(blocklist.problems):
+        log.warning("blocklists: %d unreadable lines skipped in all", blocklist.bad_lines)
+    if s.blocklists:
+        log.info("blocklists: %d ranges from %d files loaded in %.2f s", blocklist.entries,
+                 len(s.blocklists), time.perf_counter() - started)
     guard = NetGuard(s.trusted_proxies, s.block_proxy_headers, blocklist)
     return Live.make(config, guard, build_providers(config.catalog, session, metrics))
 
@@ -121,8 +134,11 @@ class Gateway:
                                  usage=usage, metrics=metrics)
         app = make_app(self.services)
         self.server = tornado.httpserver.HTTPServer(
-            app, max_body_size=s.max_body_bytes + 1, idle_connection_timeout=HEADER_TIMEOUT_S,
-            body_timeout=BODY_TIMEOUT_S, max_header_size=64 * 1024)
+            # 64 KB for every path that takes no body; ApiHandler.prepare raises it to
+            # max_body_mb for its POSTs, whose bodies it streams and counts
+            app, max_body_size=64 * 1024, max_header_size=64 * 1024,
+            idle_connection_timeout=s.header_timeout_s,   # also Tornado's whole-head limit
+            body_timeout=s.body_timeout_s)
         host = host or s.host
         sockets = tornado.netutil.bind_sockets(s.port if port is None else port, host)
         self.server.add_sockets(sockets)
@@ -138,12 +154,15 @@ class Gateway:
         while True:
             await asyncio.sleep(KEY_REFRESH_S)
             try:
+                await svc.keys.flush()                 # when each key was last used
                 if await svc.keys.refresh():
                     log.info("key store changed on disk: %d active keys", len(svc.keys))
                 if time.monotonic() - last_prune > 60:
                     last_prune = time.monotonic()
                     default = svc.settings.rpm
                     svc.buckets.prune(lambda h: svc.keys.rpm_of(h, default))
+                    visits = svc.settings.key_requests_per_minute or 1
+                    svc.keys.visits.prune(lambda _: visits)
                     removed = await svc.live.media.sweep()
                     if removed:
                         log.info("media sweep: %d expired files removed", removed)

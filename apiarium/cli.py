@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", parents=[common], help="administer API keys")
     ks = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
-    ls = ks.add_parser("list", parents=[common], help="every key: prefix, IP, created, rpm, status")
+    ls = ks.add_parser("list", parents=[common],
+                       help="every key: prefix, IP, created, last used, rpm, status")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     ls.add_argument("--all", action="store_true", help="include revoked keys")
     show = ks.add_parser("show", parents=[common], help="the keys of an IP, a key or a key prefix")
@@ -40,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     rpm = ks.add_parser("set-rpm", parents=[common], help="a key's own requests per minute")
     rpm.add_argument("key", metavar="KEY|PREFIX")
     rpm.add_argument("rpm", metavar="N|default", help="a number, or 'default' for the config's")
+    block = ks.add_parser("block", parents=[common],
+                          help="refuse an IP or CIDR (403); without one, list the blocks")
+    block.add_argument("target", metavar="IP|CIDR", nargs="?")
+    block.add_argument("--note", default="", help="why (shown by `keys block`)")
+    unblock = ks.add_parser("unblock", parents=[common], help="lift a block")
+    unblock.add_argument("target", metavar="IP|CIDR")
     return p
 
 
@@ -60,6 +67,7 @@ def _run(coro):
 
 def _serve(args) -> int:
     from .app import Gateway
+    from .keys import KeyStoreError
     _setup_logging()
     gateway = Gateway(config_path(getattr(args, "config", None)))
 
@@ -69,6 +77,9 @@ def _serve(args) -> int:
         except ConfigError as exc:
             for problem in exc.problems:
                 print(problem, file=sys.stderr)
+            return 1
+        except KeyStoreError as exc:
+            print(f"apiarium: {exc}", file=sys.stderr)
             return 1
         except OSError as exc:
             print(f"apiarium: cannot listen: {exc}", file=sys.stderr)
@@ -96,7 +107,7 @@ def _when(ts: int | None) -> str:
 
 
 def _keys(args) -> int:
-    from .keys import KeyStore
+    from .keys import KeyStore, KeyStoreError
     try:
         settings = load_config(config_path(getattr(args, "config", None))).settings
     except ConfigError as exc:
@@ -105,7 +116,11 @@ def _keys(args) -> int:
         return 1
 
     async def main() -> int:
-        store = await KeyStore(settings.database).open()
+        try:
+            store = await KeyStore(settings.database).open()
+        except KeyStoreError as exc:
+            print(f"apiarium: {exc}", file=sys.stderr)
+            return 1
         try:
             return await _key_action(store, args, settings.rpm)
         finally:
@@ -115,8 +130,8 @@ def _keys(args) -> int:
 
 def _row(rec, default_rpm: int) -> dict:
     return {"key_prefix": rec.key_prefix, "ip": rec.ip, "created": rec.created,
-            "rpm": rec.rpm or default_rpm, "rpm_is_default": rec.rpm is None,
-            "status": rec.status}
+            "last_used": rec.last_used, "rpm": rec.rpm or default_rpm,
+            "rpm_is_default": rec.rpm is None, "status": rec.status}
 
 
 def _print_rows(recs, default_rpm: int, as_json: bool = False) -> None:
@@ -124,11 +139,11 @@ def _print_rows(recs, default_rpm: int, as_json: bool = False) -> None:
         for rec in recs:
             print(orjson.dumps(_row(rec, default_rpm)).decode())
         return
-    print(f"{'KEY':<12} {'IP':<40} {'CREATED':<16} {'RPM':>6}  STATUS")
+    print(f"{'KEY':<12} {'IP':<40} {'CREATED':<16} {'LAST USED':<16} {'RPM':>6}  STATUS")
     for rec in recs:
         rpm = f"{rec.rpm}" if rec.rpm else f"{default_rpm}*"
-        print(f"{rec.key_prefix + '…':<12} {rec.ip:<40} {_when(rec.created):<16} {rpm:>6}  "
-              f"{rec.status}")
+        print(f"{rec.key_prefix + '…':<12} {rec.ip:<40} {_when(rec.created):<16} "
+              f"{_when(rec.last_used):<16} {rpm:>6}  {rec.status}")
 
 
 async def _one_active(store, target: str):
@@ -143,6 +158,62 @@ async def _one_active(store, target: str):
     return recs[0]
 
 
+def _address(text: str):
+    import ipaddress
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+
+
+async def _blocks_covering(store, ip) -> list[str]:
+    from .netguard import parse_network
+    return [cidr for cidr, _, _ in await store.blocks()
+            if parse_network(cidr).version == ip.version and ip in parse_network(cidr)]
+
+
+async def _show(store, target: str, default_rpm: int) -> int:
+    recs = await store.find(target)
+    ip = _address(target)
+    covering = await _blocks_covering(store, ip) if ip is not None else []
+    if not recs and not covering:
+        print(f"apiarium: no key matches {target!r}", file=sys.stderr)
+        return 1
+    if recs:
+        _print_rows(recs, default_rpm)
+    else:
+        print(f"{ip}: no key")
+    for cidr in covering:
+        print(f"{ip} is blocked by {cidr} (apiarium keys unblock {cidr})")
+    return 0
+
+
+async def _block(store, args) -> int:
+    from .netguard import parse_network
+    if args.action == "block" and args.target is None:
+        rows = await store.blocks()
+        print(f"{'BLOCKED':<44} {'SINCE':<16} NOTE")
+        for cidr, created, note in rows:
+            print(f"{cidr:<44} {_when(created):<16} {note}")
+        return 0
+    try:
+        net = parse_network(args.target)
+    except ValueError:
+        print(f"apiarium: {args.target!r} is not an IP address or CIDR", file=sys.stderr)
+        return 2
+    if args.action == "block":
+        added = await store.block(str(net), args.note)
+        print(f"blocked {net}; the running server refuses it within a few seconds (403)"
+              if added else f"{net} was already blocked")
+        return 0
+    if await store.unblock(str(net)):
+        print(f"unblocked {net}; the running server accepts it again within a few seconds")
+        return 0
+    print(f"apiarium: {net} is not blocked (apiarium keys block lists the blocks)",
+          file=sys.stderr)
+    return 1
+
+
 async def _key_action(store, args, default_rpm: int) -> int:
     if args.action == "list":
         recs = await store.all_records() if args.all else \
@@ -150,14 +221,15 @@ async def _key_action(store, args, default_rpm: int) -> int:
         _print_rows(recs, default_rpm, args.json)
         return 0
     if args.action == "show":
-        recs = await store.find(args.target)
-        if not recs:
-            print(f"apiarium: no key matches {args.target!r}", file=sys.stderr)
-            return 1
-        _print_rows(recs, default_rpm)
-        return 0
+        return await _show(store, args.target, default_rpm)
+    if args.action in ("block", "unblock"):
+        return await _block(store, args)
     if args.action == "rotate":
-        key, rec = await store.rotate(args.ip)
+        ip = _address(args.ip)
+        if ip is None:
+            print(f"apiarium: {args.ip!r} is not an IP address", file=sys.stderr)
+            return 2
+        key, rec = await store.rotate(str(ip))
         print(f"{rec.ip}: new key {key}")
         return 0
     rec = await _one_active(store, args.key)

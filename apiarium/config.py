@@ -229,6 +229,8 @@ SETTINGS_SCHEMA = Section({
         "trusted_proxies": ListOf(Str()),
         "max_body_mb": Num(25, 0.001, 4096),
         "shutdown_grace_s": Num(30, 0, 86400),
+        "header_timeout_s": Num(30, 0.1, 3600),
+        "body_timeout_s": Num(120, 0.1, 86400),
     }),
     "database": Str("../data/apiarium.sqlite3"),
     "catalog": Str("models.yaml"),
@@ -236,7 +238,9 @@ SETTINGS_SCHEMA = Section({
     "rate_limit": Section({"rpm": Num(4, 1, 1_000_000, integer=True),
                            "daily_credits": Num(0, 0, 1e12)}),
     "media": Section({"dir": Str("../data/media"), "ttl_hours": Num(24, 0.001, 100_000)}),
-    "security": Section({"block_proxy_headers": Bool(True), "blocklists": ListOf(Str())}),
+    "security": Section({"block_proxy_headers": Bool(True), "blocklists": ListOf(Str()),
+                         "key_requests_per_minute": Num(60, 0, 1_000_000, integer=True),
+                         "new_keys_per_ipv6_64_per_day": Num(8, 0, 1_000_000, integer=True)}),
 })
 
 CATALOG_SCHEMA = Section({
@@ -248,11 +252,14 @@ CATALOG_SCHEMA = Section({
         "connect_timeout_s": Num(10, 0.001, 3600),
         "headers": MapOf(Str()),
         "poll_interval_s": Num(10, 0.001, 3600),
+        "breaker_failures": Num(3, 0, 1000, integer=True),
+        "breaker_cooldown_s": Num(30, 0, 86400),
     }, required=("kind",))),
     "models": MapOf(Section({
         "provider": Str(),
         "upstream": Str(""),
         "type": Enum(MODEL_TYPES, "chat"),
+        "fallbacks": ListOf(Str()),
         "credits": Section({
             "request": Num(None, 0, 1e9),
             "per_1k_tokens": Num(None, 0, 1e9),
@@ -282,6 +289,10 @@ class Settings:
     media_ttl_hours: float
     block_proxy_headers: bool
     blocklists: tuple[Path, ...]
+    header_timeout_s: float                   # slow clients: the whole request head
+    body_timeout_s: float                     # ... and the whole body
+    key_requests_per_minute: int              # per IPv4 address or IPv6 /64 (0: no limit)
+    new_keys_per_ipv6_64_per_day: int         # 0: no limit
 
 
 @dataclass(frozen=True)
@@ -330,6 +341,17 @@ def _networks(values, ctx: _Ctx, problems: list[Problem]):
     return tuple(nets)
 
 
+def _blocklists(base: Path, values, ctx: _Ctx, problems: list[Problem]) -> tuple[Path, ...]:
+    paths = tuple(_resolve(base, v) for v in values)
+    for i, p in enumerate(paths):
+        if not (p.is_file() and os.access(p, os.R_OK)):
+            why = "cannot be read" if p.exists() else "does not exist"
+            problems.append(Problem(str(ctx.file), ctx.lines.get(("security", "blocklists", i), 0),
+                                    f"security.blocklists: {str(p)!r} {why} (see "
+                                    f"scripts/update-blocklists)"))
+    return paths
+
+
 def _build_settings(path: Path, d: dict, ctx: _Ctx, problems: list[Problem]) -> Settings:
     base = path.parent
     s, sec = d["server"], d["security"]
@@ -347,7 +369,10 @@ def _build_settings(path: Path, d: dict, ctx: _Ctx, problems: list[Problem]) -> 
         daily_credits=float(d["rate_limit"]["daily_credits"]),
         media_dir=_resolve(base, d["media"]["dir"]), media_ttl_hours=float(d["media"]["ttl_hours"]),
         block_proxy_headers=sec["block_proxy_headers"],
-        blocklists=tuple(_resolve(base, b) for b in sec["blocklists"]),
+        blocklists=_blocklists(base, sec["blocklists"], ctx, problems),
+        header_timeout_s=float(s["header_timeout_s"]), body_timeout_s=float(s["body_timeout_s"]),
+        key_requests_per_minute=sec["key_requests_per_minute"],
+        new_keys_per_ipv6_64_per_day=sec["new_keys_per_ipv6_64_per_day"],
     )
 
 
@@ -362,7 +387,9 @@ def _build_catalog(path: Path, d: dict, ctx: _Ctx, problems: list[Problem]) -> C
         providers[name] = ProviderSpec(
             name=name, kind=p["kind"], base_url=url, api_key=p["api_key"],
             timeout_s=float(p["timeout_s"]), connect_timeout_s=float(p["connect_timeout_s"]),
-            headers=dict(p["headers"]), poll_interval_s=float(p["poll_interval_s"]))
+            headers=dict(p["headers"]), poll_interval_s=float(p["poll_interval_s"]),
+            breaker_failures=p["breaker_failures"],
+            breaker_cooldown_s=float(p["breaker_cooldown_s"]))
     try:
         created = int(path.stat().st_mtime)
     except OSError:
@@ -379,7 +406,18 @@ def _build_catalog(path: Path, d: dict, ctx: _Ctx, problems: list[Problem]) -> C
             continue
         models[alias] = ModelSpec(alias=alias, provider=provider, upstream=m["upstream"] or alias,
                                   type=m["type"], created=created,
-                                  credits=Credits.for_model(alias, m["type"], m["credits"]))
+                                  credits=Credits.for_model(alias, m["type"], m["credits"]),
+                                  fallbacks=tuple(m["fallbacks"]))
+    for alias, m in models.items():
+        for i, other in enumerate(m.fallbacks):
+            target = models.get(other)
+            line = ctx.lines.get(("models", alias, "fallbacks", i), 0)
+            if target is None or other == alias:
+                problems.append(Problem(str(path), line, f"models.{alias}.fallbacks: "
+                                        f"{other!r} is not another model of this catalog"))
+            elif target.type != m.type:
+                problems.append(Problem(str(path), line, f"models.{alias}.fallbacks: {other!r} "
+                                        f"is of type {target.type}, not {m.type}"))
     return Catalog(providers, models)
 
 

@@ -75,6 +75,8 @@ def image_request(body: dict, alias: str) -> ImageRequest:
     n = body.get("n", 1)
     if n is None:
         n = 1
+    if isinstance(n, float) and n.is_integer():
+        n = int(n)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 10:
         raise InvalidRequest(f"`n` must be a whole number from 1 to 10 (got {n!r}).", param="n")
     size = body.get("size") or "auto"

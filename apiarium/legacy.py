@@ -22,6 +22,9 @@ def prompt_text(body: dict) -> str:
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
     if isinstance(prompt, str):
+        if not prompt.strip():
+            raise InvalidRequest("`prompt` is empty: send the text to complete.", param="prompt",
+                                 code="invalid_prompt")
         return prompt
     if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
         raise InvalidRequest("This gateway takes one prompt per completions request; send the "

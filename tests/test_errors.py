@@ -32,6 +32,8 @@ def chat(gateway, body, key=MASTER_KEY, **kw):
     ({"model": "gpt-5", "messages": ["hi"]}, "messages[0]", "invalid_messages", "role"),
     ({"model": "gpt-5", "messages": MSG, "stream": "yes"}, "stream", "invalid_request",
      "true or false"),
+    ({"model": "gpt-5", "messages": MSG, "stream": True, "stream_options": "usage"},
+     "stream_options", "invalid_request", "must be an object"),
 ])
 def test_bad_requests_are_400_naming_the_field(gateway, body, param, code, words):
     status, _, err = chat(gateway, body)
@@ -47,6 +49,12 @@ def test_unknown_model_is_404(gateway):
         gateway.sdk(MASTER_KEY).chat.completions.create(model="gpt-9000", messages=MSG)
 
 
+def test_empty_legacy_prompt_names_prompt(gateway):
+    status, _, raw = gateway.post("/v1/completions", {"model": "gpt-5", "prompt": " "},
+                                  key=MASTER_KEY)
+    assert status == 400 and error_of(raw)["param"] == "prompt"
+
+
 def test_wrong_type_model_for_the_endpoint_is_400(gateway):
     status, _, raw = gateway.post("/v1/completions", {"model": "gpt-image-1", "prompt": "x"},
                                   key=MASTER_KEY)
@@ -60,10 +68,13 @@ def test_unknown_route_and_method_are_json(gateway):
     err = error_of(raw)
     assert status == 404 and err["code"] == "not_found" and "/v1" in err["message"]
     assert headers["x-request-id"]
-    status, _, raw = request(gateway.url + "/v1/chat/completions", "DELETE",
+    status, headers, raw = request(gateway.url + "/v1/chat/completions", "DELETE",
                              headers={"Authorization": f"Bearer {MASTER_KEY}"})
     err = error_of(raw)
     assert status == 405 and err["code"] == "method_not_allowed"
+    assert headers["x-request-id"]
+    status, headers, _ = request(gateway.url + "/health", "POST", body=b"{}")
+    assert status == 405 and headers["allow"] == "GET"
 
 
 def test_refused_upstream_is_502_within_a_second(gateway):

@@ -84,10 +84,17 @@ class BaseHandler(tornado.web.RequestHandler):
         if err.status == 500 and not isinstance(exc, ApiError):
             err.message += f" (request id {self.request_id})"
         self.set_status(err.status)
+        if err.status == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         for name, value in {**self._limit_headers, **err.headers}.items():
             self.set_header(name, value)
         self.set_header("Content-Type", _JSON)
         self.finish(orjson.dumps(err.envelope()))
+
+    def allowed_methods(self) -> list[str]:
+        base = tornado.web.RequestHandler
+        return [m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+                if getattr(type(self), m.lower()) is not getattr(base, m.lower())]
 
     def log_exception(self, typ, value, tb) -> None:
         if isinstance(value, ApiError):
@@ -178,7 +185,8 @@ class ApiHandler(BaseHandler):
             raise BodyTooLarge(f"The request body is {int(length) / 1048576:.1f} MB; this "
                                f"gateway accepts at most {limit / 1048576:g} MB.")
         if self.request.method in ("POST", "PUT", "PATCH"):
-            self.request.connection.set_max_body_size(limit + 1)
+            # a chunked body has no length: data_received enforces the limit (with a 413)
+            self.request.connection.set_max_body_size(limit + 1 if length else 1 << 62)
         if not master:
             self.key_record = self.authenticate(token)
             if self.limited:
@@ -231,9 +239,13 @@ class ApiHandler(BaseHandler):
         if self._too_large:
             return
         self._size += len(chunk)
-        if self._size > self.svc.settings.max_body_bytes:
+        limit = self.svc.settings.max_body_bytes
+        if self._size > limit:
             self._too_large = True
             self._chunks.clear()
+            err = BodyTooLarge(f"The request body is over this gateway's limit of "
+                               f"{limit / 1048576:g} MB.")
+            self.send_error(413, exc_info=(BodyTooLarge, err, None))
         else:
             self._chunks.append(chunk)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import time
 
 from .. import __version__
-from ..errors import NotFound
+from ..errors import NotFound, RateLimited
+from ..keys import KeyRecord
 from .base import ApiHandler, BaseHandler
 
 
@@ -29,13 +30,33 @@ class ModelHandler(ApiHandler):
                          "owned_by": model.owned_by, "type": model.type})
 
 
+async def issue_key(handler: BaseHandler) -> tuple[str, KeyRecord]:
+    """The visitor's key, as ``/v1/keys/me`` and the homepage hand it out: proxy, VPN and
+    blocklist checks (403), at most ``security.key_requests_per_minute`` such visits a minute
+    per IPv4 address or IPv6 /64 (429), then the key store (the operator's blocks, at most
+    ``security.new_keys_per_ipv6_64_per_day`` new keys per IPv6 /64)."""
+    handler.resolve_visitor()
+    svc, ip = handler.svc, handler.client_ip
+    s = svc.settings
+    try:
+        svc.keys.admit(ip, s.key_requests_per_minute)
+        return await svc.keys.key_for_ip(ip, s.new_keys_per_ipv6_64_per_day)
+    except RateLimited:
+        svc.metrics.rate_limited.labels("key_issuance").inc()
+        raise
+
+
 class KeysMeHandler(BaseHandler):
     async def get(self) -> None:
-        self.resolve_visitor()
-        key, rec = await self.svc.keys.key_for_ip(self.client_ip)
+        key, rec = await issue_key(self)
         self.set_header("Cache-Control", "no-store")
+        s = self.svc.settings
+        usage = self.svc.usage.spent_today(rec.key_hash).as_dict()     # today, UTC
+        limit = s.daily_credits or None
         self.write_json({"object": "api_key", "key": key, "ip": rec.ip, "created": rec.created,
-                         "rate_limit": {"rpm": rec.rpm or self.svc.settings.rpm}})
+                         "rate_limit": {"rpm": rec.rpm or s.rpm}, "usage": usage,
+                         "credits": {"daily_limit": limit, "remaining": None if limit is None
+                                     else round(max(0.0, limit - usage["credits"]), 4)}})
 
 
 class NotFoundHandler(BaseHandler):

@@ -26,7 +26,9 @@ import tornado.template
 from .. import __version__
 from ..catalog import MODEL_TYPES
 from ..errors import ApiError, Forbidden, NotFound
+from ..keys import AddressBlocked
 from .base import BaseHandler, as_api_error
+from .info import issue_key
 
 log = logging.getLogger("apiarium")
 
@@ -179,7 +181,8 @@ class PageHandler(BaseHandler):
         try:
             html = self.assets.render(
                 "error.html", status=err.status, code=err.code or "", message=err.message,
-                vpn=isinstance(err, Forbidden), request_id=self.request_id,
+                vpn=isinstance(err, Forbidden) and not isinstance(err, AddressBlocked),
+                request_id=self.request_id,
                 internal=internal, title=f"{err.status} · Apiarium")
         except Exception:                   # the error page must never fail in turn
             log.exception("%s could not render the error page", self.request_id)
@@ -190,9 +193,8 @@ class PageHandler(BaseHandler):
 
 class HomeHandler(PageHandler):
     async def get(self) -> None:
-        self.resolve_visitor()                  # Forbidden -> write_error -> HTML 403 page
+        key, rec = await issue_key(self)        # 403, 429 -> write_error -> an HTML page
         svc = self.svc
-        key, rec = await svc.keys.key_for_ip(self.client_ip)
         base = self.public_base()
         models = svc.catalog.listing()
         groups = [{"type": t, "label": TYPE_LABELS[t][0], "endpoint": TYPE_LABELS[t][1],
