@@ -28,6 +28,8 @@ class ProviderSpec:
     connect_timeout_s: float = 10.0
     headers: Mapping[str, str] = field(default_factory=dict)
     poll_interval_s: float = 10.0
+    breaker_failures: int = 3          # consecutive failures that open the circuit (0: never)
+    breaker_cooldown_s: float = 30.0   # how long an open circuit skips the provider
 
     @property
     def configured(self) -> bool:
@@ -64,6 +66,7 @@ class ModelSpec:
     type: str = "chat"
     created: int = 0
     credits: Credits = field(default_factory=Credits)
+    fallbacks: tuple[str, ...] = ()
 
     @property
     def owned_by(self) -> str:
@@ -99,6 +102,10 @@ class Catalog:
                                  f"{endpoint}; use {hint} instead.",
                                  param="model", code="model_type_mismatch")
         return spec
+
+    def chain(self, model: ModelSpec) -> list[ModelSpec]:
+        """The model, then its fallbacks, in order."""
+        return [model, *(self.models[a] for a in model.fallbacks if a in self.models)]
 
     def listing(self) -> list[dict]:
         return [{"id": m.alias, "object": "model", "created": m.created,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from .catalog import Catalog, ModelSpec
+from .catalog import Catalog, ModelSpec, ProviderSpec
 from .config import Config, Settings
 from .keys import KeyStore
 from .media import MediaStore
@@ -19,6 +19,7 @@ from .metrics import Metrics
 from .netguard import NetGuard
 from .providers.base import Provider
 from .ratelimit import TokenBuckets
+from .resilience import Breaker
 from .usage import UsageLedger
 
 
@@ -48,6 +49,7 @@ class Services:
     started: float = field(default_factory=time.time)
     inflight: set = field(default_factory=set)      # handlers not yet finished
     stopping: bool = False                          # SIGTERM: finishing what is in flight
+    breakers: dict = field(default_factory=dict)    # provider name -> Breaker (kept on reload)
 
     @property
     def settings(self) -> Settings:
@@ -59,3 +61,11 @@ class Services:
 
     def provider(self, model: ModelSpec) -> Provider:
         return self.live.providers[model.provider.name]
+
+    def breaker(self, spec: ProviderSpec) -> Breaker:
+        b = self.breakers.get(spec.name)
+        if b is None or (b.failures, b.cooldown_s) != (spec.breaker_failures,
+                                                         spec.breaker_cooldown_s):
+            b = self.breakers[spec.name] = Breaker(spec.breaker_failures,
+                                                   spec.breaker_cooldown_s)
+        return b

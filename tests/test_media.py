@@ -181,6 +181,10 @@ def test_wrong_type_models_on_media_endpoints(gw):
     status, _, raw = gw.post("/v1/images/generations", {"model": "gpt-image-1", "prompt": "x",
                                                         "size": "999x3"}, key=MASTER_KEY)
     assert status == 400 and error_of(raw)["param"] == "size"
+    status, _, raw = gw.post("/v1/chat/completions", {
+        "model": "gpt-image-1", "messages": [{"role": "assistant", "content": "hi"}]},
+        key=MASTER_KEY)
+    assert status == 400 and error_of(raw)["param"] == "messages"
 
 
 def test_image_to_video_sends_the_first_frame(gw, fake_gemini):
@@ -216,6 +220,11 @@ def test_range_requests_and_expiry(make_gateway, fake_openai, fake_gemini):
     assert headers["content-type"] == "video/mp4"
     status, headers, body = request(url, headers={"Range": "bytes=-100"})
     assert status == 206 and body == data[-100:]
+    status, headers, raw = request(url, headers={"Range": f"bytes={len(data) + 10}-"})
+    assert status == 416 and error_of(raw)["code"] == "range_not_satisfiable"
+    assert headers["content-range"] == f"bytes */{len(data)}"
+    status, _, body = request(url, headers={"Range": "bytes=29-0"})     # invalid: ignored
+    assert status == 200 and body == data
     name = url.rsplit("/", 1)[1]
     path = gw.dir.parent / "data" / "media" / name
     assert path.exists()

@@ -15,6 +15,10 @@ from .media import MediaMixin, chat_with_media
 
 
 def _check_stream(body: dict) -> bool:
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidRequest("`stream_options` must be an object, e.g. "
+                             "{\"include_usage\": true}.", param="stream_options")
     stream = body.get("stream", False)
     if stream is None:
         return False
@@ -30,25 +34,29 @@ def _tally(usage: dict | None) -> Tally:
 
 
 class _ChatFlow(MediaMixin, ApiHandler):
-    """Runs a chat request on a provider, metering its usage."""
+    """Runs a chat request on a model (or its fallbacks), metering its usage."""
     limited = True
 
     async def run_chat(self, model: ModelSpec, body: dict, raw: bytes | None, stream: bool,
                        adapt_stream=None, adapt_answer=None) -> None:
-        provider = self.svc.provider(model)
-        self.provider_name = provider.spec.name
         if stream:
             wanted = wants_usage(body)
             if not wanted:   # ask for usage anyway, to meter it; the client won't see it
                 body = {**body, "stream_options": {**(body.get("stream_options") or {}),
                                                    "include_usage": True}}
                 raw = None
-            events = self.metered(model, provider.chat_stream(model, body, raw), wanted)
+
+            def open_stream(as_asked: ModelSpec) -> AsyncIterator[bytes]:
+                events = self.svc.provider(as_asked).chat_stream(as_asked, body, raw)
+                return self.metered(as_asked, events, wanted)
+            events = self.stream_with_fallbacks(model, open_stream)
             await self.relay(adapt_stream(events) if adapt_stream else events)
             return
-        answer = await self.guarded(provider.chat(model, body, raw))
-        if answer is not None:
-            self.account(model, _tally(answer.get("usage")))
+        got = await self.guarded(self.with_fallbacks(
+            model, lambda as_asked: self.svc.provider(as_asked).chat(as_asked, body, raw)))
+        if got is not None:
+            answer, served = got
+            self.account(served, _tally(answer.get("usage")))
             self.write_json(adapt_answer(answer) if adapt_answer else answer)
 
     async def metered(self, model: ModelSpec, events: AsyncIterator[bytes],

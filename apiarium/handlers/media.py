@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import time
 from typing import AsyncIterator, Awaitable
 
+import orjson
 import tornado.web
 
 from .. import sse
 from ..catalog import ModelSpec
-from ..errors import NotFound
+from ..errors import InvalidRequest, NotFound
 from ..generation import Media, image_request, video_request
 from ..providers.shapes import Chunks, completion, flatten_prompt, usage, wants_usage
 from ..usage import Tally
 from .base import ApiHandler, BaseHandler
+from .failover import FailoverMixin
 
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 KEEPALIVE_S = 10.0        # a rendering stream sends an SSE comment at least this often
 EARLY_ERROR_S = 2.0       # failures this early are plain HTTP errors, not SSE error events
 
 
-class MediaMixin:
+class MediaMixin(FailoverMixin):
     """Generation and hosting, shared by the media endpoints and chat with a media model."""
 
     async def host(self: ApiHandler, media: Media) -> str:
@@ -29,9 +33,9 @@ class MediaMixin:
         return f"{self.public_base()}/media/{name}"
 
     async def images(self: ApiHandler, model: ModelSpec, req) -> list[dict]:
-        self.provider_name = model.provider.name
-        made = await self.svc.provider(model).image(model, req)
-        self.account(model, Tally(requests=1, images=req.n))
+        made, served = await self.with_fallbacks(
+            model, lambda m: self.svc.provider(m).image(m, req))
+        self.account(served, Tally(requests=1, images=req.n))
         items = (made * req.n)[:req.n]    # a Gemini model makes one image: repeated n times
         if req.response_format == "b64_json":
             encoded = {id(m): base64.b64encode(m.data).decode() for m in made}
@@ -41,10 +45,10 @@ class MediaMixin:
         return [{"url": urls[id(m)], "revised_prompt": m.revised_prompt} for m in items]
 
     async def video(self: ApiHandler, model: ModelSpec, req) -> dict:
-        self.provider_name = model.provider.name
-        media = await self.svc.provider(model).video(model, req)
-        self.account(model, Tally(requests=1, video_seconds=req.duration_seconds),
-                      req.resolution)
+        media, served = await self.with_fallbacks(
+            model, lambda m: self.svc.provider(m).video(m, req))
+        self.account(served, Tally(requests=1, video_seconds=req.duration_seconds),
+                     req.resolution)
         return {"url": await self.host(media), "revised_prompt": media.revised_prompt}
 
 
@@ -84,6 +88,10 @@ async def chat_with_media(handler: MediaMixin, model: ModelSpec, body: dict,
     prompt; the assistant's content is the bare media URL.  Video fields may be given as
     top-level fields of the chat body."""
     prompt = flatten_prompt(body["messages"])
+    if not prompt.strip():
+        raise InvalidRequest(f"`{model.alias}` makes media from the text of the user and "
+                             f"system messages, and they hold none.", param="messages",
+                             code="invalid_messages")
     fields = {**body, "prompt": prompt, "n": 1, "response_format": "url"}
     if model.type == "image":             # validated before anything is sent: a plain 400
         image = image_request(fields, model.alias)
@@ -95,7 +103,8 @@ async def chat_with_media(handler: MediaMixin, model: ModelSpec, body: dict,
 
         async def url() -> str:
             return (await handler.video(model, video))["url"]
-    handler.svc.provider(model).require_configured()
+    if not model.fallbacks:               # a misconfigured provider: a plain 503 now
+        handler.svc.provider(model).require_configured()
     tokens = usage(len(prompt.split()), 1)
     if stream:
         await handler.relay(rendering_stream(url(), Chunks(model.alias, wants_usage(body)),
@@ -146,7 +155,18 @@ class MediaFileHandler(BaseHandler, tornado.web.StaticFileHandler):
             raise NotFound(f"No media file `{name[:40]}`: the name is wrong, or the file "
                            f"expired (files are kept {media.ttl_s / 3600:g} hours). Generate "
                            f"it again.", code="media_not_found")
+        spec = self.request.headers.get("Range", "")
+        if spec:
+            m = _RANGE.match(spec)
+            first, last = m.groups() if m else ("", "")
+            if not (first or last) or (first and last and int(last) < int(first)):
+                del self.request.headers["Range"]    # an invalid Range is ignored (RFC 9110)
         await super().get(name, include_body)
+        if self.get_status() == 416 and not self._finished:
+            err = InvalidRequest(f"The requested range ({spec}) lies outside the file.",
+                                 status=416, code="range_not_satisfiable")
+            self.set_header("Content-Type", "application/json")
+            self.finish(orjson.dumps(err.envelope()))
 
     def compute_etag(self) -> str | None:
         return f'"{self.path_args[0]}"' if self.path_args else None   # names are immutable
