@@ -1,0 +1,391 @@
+"""The OpenAPI 3.1 description of Apiarium's own HTTP API, served at GET /openapi.json.
+
+Built once (``document_bytes`` is cached); pure data, no tornado.  Each operation lists the
+fields the gateway reads or validates, its 200 shapes (SSE as ``text/event-stream``) and
+every error status it can answer with, all in OpenAI's envelope.  Unknown request fields are
+ignored by the gateway (and passed on to OpenAI-compatible upstreams), so request objects
+allow additional properties.  ``tests/test_openapi.py`` checks that the paths are exactly the
+application's routes and fuzzes the running gateway against this document.
+"""
+from __future__ import annotations
+
+import functools
+
+import orjson
+
+from . import __version__
+from .catalog import MODEL_TYPES
+from .generation import OPENAI_SIZES, RATIOS, VIDEO_RATIOS, VIDEO_RESOLUTIONS
+
+JSON = "application/json"
+SSE = "text/event-stream"
+
+
+def ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(schema: dict) -> dict:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+# ------------------------------------------------------------------------------ errors
+# status -> (when, the codes it carries).  Every error body is the same envelope.
+ERRORS = {
+    400: ("Bad JSON, a missing or invalid field (`param` names it as sent), or a model of the "
+          "wrong type for the endpoint.",
+          "invalid_json, invalid_request, invalid_model, missing_messages, invalid_messages, "
+          "missing_prompt, invalid_prompt, model_type_mismatch, content_policy_violation"),
+    401: ("No bearer token; an unknown or revoked key; a key used from another IP.",
+          "missing_api_key, invalid_api_key, ip_mismatch"),
+    403: ("VPN, proxy, blocklisted network, or an address the operator blocked.",
+          "vpn_detected"),
+    404: ("Unknown model alias, unknown media file, unknown path.",
+          "model_not_found, media_not_found, not_found"),
+    413: ("The body is over `server.max_body_mb`.", "body_too_large"),
+    429: ("Over the key's rate limit (with `Retry-After` and `x-ratelimit-*`), over its daily "
+          "credits, the upstream's own rate limit or quota; on /v1/keys/me, too many key "
+          "requests from the caller's network.",
+          "rate_limit_exceeded, insufficient_quota, upstream_rate_limited"),
+    502: ("The upstream cannot be reached, answered garbage or a 5xx, or refused the "
+          "gateway's own provider key.", "upstream_unreachable, upstream_error"),
+    503: ("The upstream is overloaded, its provider has no API key here, its circuit is open, "
+          "or the gateway is shutting down.",
+          "upstream_overloaded, provider_not_configured, server_shutting_down"),
+    504: ("No answer within the provider's `timeout_s`.", "upstream_timeout"),
+}
+AUTHED = (401, 403, 413)                       # any bearer endpoint
+UPSTREAM = (400, 401, 403, 404, 413, 429, 502, 503, 504)     # the generating POSTs
+PASSTHROUGH = {
+    "description": "An upstream 4xx about the request itself, with its status and the "
+                   "upstream's message in the envelope.",
+    "headers": {"x-request-id": {"$ref": "#/components/headers/RequestId"}},
+    "content": {JSON: {"schema": ref("Error")}},
+}
+RATE_HEADERS = {name: {"$ref": f"#/components/headers/{ref_}"} for name, ref_ in (
+    ("x-ratelimit-limit-requests", "RateLimitLimit"),
+    ("x-ratelimit-remaining-requests", "RateLimitRemaining"),
+    ("x-ratelimit-reset-requests", "RateLimitReset"))}
+
+
+def error_response(status: int) -> dict:
+    when, codes = ERRORS[status]
+    headers = {"x-request-id": {"$ref": "#/components/headers/RequestId"}}
+    if status == 429:
+        headers.update({"Retry-After": {"$ref": "#/components/headers/RetryAfter"},
+                        **RATE_HEADERS})
+    return {"description": f"{when} `code`: {codes}.", "headers": headers,
+            "content": {JSON: {"schema": ref("Error")}}}
+
+
+def ok(description: str, content: dict | None, headers: dict | None = None) -> dict:
+    out = {"description": description,
+           "headers": {"x-request-id": {"$ref": "#/components/headers/RequestId"},
+                       **(headers or {})}}
+    if content:
+        out["content"] = content
+    return out
+
+
+def operation(op_id: str, tag: str, summary: str, responses: dict, *, auth: bool = False,
+              body: str | None = None, params: list | None = None, errors=(),
+              passthrough: bool = False) -> dict:
+    out = {"operationId": op_id, "tags": [tag], "summary": summary}
+    if params:
+        out["parameters"] = params
+    if body:
+        out["requestBody"] = {"required": True, "content": {JSON: {"schema": ref(body)}}}
+    out["security"] = [{"bearer": []}] if auth else []
+    out["responses"] = {str(s): r for s, r in responses.items()}
+    for status in errors:
+        out["responses"].setdefault(str(status), {"$ref": f"#/components/responses/E{status}"})
+    if passthrough:
+        out["responses"]["4XX"] = PASSTHROUGH
+    return out
+
+
+# ------------------------------------------------------------------------------ schemas
+def obj(required: list[str], props: dict, **extra) -> dict:
+    return {"type": "object", "required": required, "properties": props, **extra}
+
+
+INT, NUM, STR, BOOL = ({"type": "integer"}, {"type": "number"}, {"type": "string"},
+                       {"type": "boolean"})
+TEXT = {"type": "string", "minLength": 1, "pattern": r"\S"}
+MODEL = {"type": "string", "minLength": 1, "description": "A model alias from GET /v1/models.",
+         "examples": ["gpt-5"]}
+STREAM_OPTIONS = nullable(obj([], {"include_usage": BOOL}))
+SAMPLING = {"temperature": nullable(NUM), "top_p": nullable(NUM), "max_tokens": nullable(INT),
+            "stop": nullable({"anyOf": [STR, {"type": "array", "items": STR}]}),
+            "seed": nullable(INT), "user": STR, "presence_penalty": nullable(NUM),
+            "frequency_penalty": nullable(NUM), "logit_bias": nullable({"type": "object"})}
+IMAGE_URL = {"type": "string",
+             "pattern": r"^(https?://\S+|data:image/[\w.+-]+(;[^,;]*)*;base64,)"}
+VIDEO_FIELDS = {
+    "duration_seconds": {"anyOf": [{"type": "integer", "enum": [4, 6, 8]},
+                                   {"type": "string", "pattern": r"^\s*0*[468]\s*$"},
+                                   {"type": "null"}],
+                         "description": "4, 6 or 8 (a number or a string; default 8)."},
+    "resolution": nullable({"type": "string", "enum": list(VIDEO_RESOLUTIONS)}),
+    "aspect_ratio": nullable({"type": "string", "enum": list(VIDEO_RATIOS)}),
+    "size": nullable({"type": "string", "enum": list(VIDEO_RATIOS),
+                      "description": "An alias of `aspect_ratio`."}),
+    "image_url": nullable({"anyOf": [IMAGE_URL, obj(["url"], {"url": IMAGE_URL})],
+                           "description": "The first frame: an http(s) URL (downloaded by "
+                                          "the gateway) or a base64 data: URL."}),
+}
+USAGE = obj(["prompt_tokens", "completion_tokens", "total_tokens"],
+            {"prompt_tokens": INT, "completion_tokens": INT, "total_tokens": INT})
+
+
+def sse_event(chunk: str) -> dict:
+    """One event of a stream (the schema describes each event, as before OpenAPI 3.2's
+    ``itemSchema``): ``data:`` is a JSON chunk, an error envelope, or ``[DONE]``."""
+    return obj(["data"], {
+        "event": STR, "id": STR, "retry": INT,
+        "data": {"anyOf": [{"const": "[DONE]"}, {
+            "type": "string", "contentMediaType": JSON,
+            "contentSchema": {"anyOf": [ref(chunk), ref("Error")]}}]}},
+        description="One server-sent event; the stream ends with `data: [DONE]`, or with one "
+                    "`data: {\"error\": ...}` event if it fails after it started.")
+
+
+SCHEMAS = {
+    "Error": {
+        "type": "object", "required": ["error"], "additionalProperties": False,
+        "description": "OpenAI's error envelope: every error, on every path.",
+        "properties": {"error": {
+            "type": "object", "required": ["message", "type", "param", "code"],
+            "additionalProperties": False,
+            "properties": {"message": STR, "type": STR, "param": nullable(STR),
+                           "code": nullable(STR)}}}},
+    "Health": obj(["status"], {"status": {"const": "ok"}, "version": STR, "uptime_s": NUM,
+                               "models": INT, "keys": INT}),
+    "ApiKey": obj(["object", "key", "ip", "created", "rate_limit"], {
+        "object": {"const": "api_key"},
+        "key": {"type": "string", "pattern": "^api-[a-z0-9]{16}$"},
+        "ip": STR, "created": INT,
+        "rate_limit": obj(["rpm"], {"rpm": {"type": "integer", "minimum": 1}}),
+        "usage": {"type": "object", "description": "Today's (UTC) usage of this key."}}),
+    "Model": obj(["id", "object", "created", "owned_by", "type"], {
+        "id": STR, "object": {"const": "model"}, "created": INT, "owned_by": STR,
+        "type": {"type": "string", "enum": list(MODEL_TYPES)}}),
+    "ModelList": obj(["object", "data"], {"object": {"const": "list"},
+                                          "data": {"type": "array", "items": ref("Model")}}),
+    "Message": obj(["role"], {
+        "role": {"type": "string", "examples": ["system", "user", "assistant", "tool"]},
+        "content": {"description": "A string, or a list of content parts "
+                                   "(text, image_url, ...)."},
+        "name": STR, "tool_calls": {"type": "array"}, "tool_call_id": STR}),
+    "ChatCompletionRequest": obj(["model", "messages"], {
+        "model": MODEL,
+        "messages": {"type": "array", "minItems": 1, "items": ref("Message")},
+        "stream": nullable(BOOL), "stream_options": STREAM_OPTIONS,
+        "max_completion_tokens": nullable(INT), "n": nullable(INT), "tools": {"type": "array"},
+        "tool_choice": {}, "response_format": {}, **SAMPLING, **VIDEO_FIELDS},
+        description="OpenAI's chat request; any model. With an image or video model the "
+                    "user/system turns are the prompt and video fields may be top-level."),
+    "ChatCompletion": obj(["id", "object", "created", "model", "choices"], {
+        "id": STR, "object": {"const": "chat.completion"}, "created": INT, "model": STR,
+        "choices": {"type": "array", "items": obj(["index", "message", "finish_reason"], {
+            "index": INT, "finish_reason": nullable(STR),
+            "message": obj(["role"], {"role": STR, "content": nullable(STR),
+                                      "tool_calls": {"type": "array"}})})},
+        "usage": nullable(USAGE)}),
+    "ChatCompletionChunk": obj(["id", "object", "created", "model", "choices"], {
+        "id": STR, "object": {"const": "chat.completion.chunk"}, "created": INT, "model": STR,
+        "choices": {"type": "array", "items": obj(["index", "delta"], {
+            "index": INT, "delta": {"type": "object"}, "finish_reason": nullable(STR)})},
+        "usage": nullable(USAGE)}),
+    "ChatCompletionEvent": sse_event("ChatCompletionChunk"),
+    "CompletionRequest": obj(["model", "prompt"], {
+        "model": MODEL,
+        "prompt": {"anyOf": [STR, {"type": "array", "items": STR, "minItems": 1,
+                                   "maxItems": 1}],
+                   "description": "One prompt (a string, or a list holding one string)."},
+        "stream": nullable(BOOL), "stream_options": STREAM_OPTIONS, "echo": nullable(BOOL),
+        **SAMPLING}),
+    "TextCompletion": obj(["id", "object", "created", "model", "choices"], {
+        "id": STR, "object": {"const": "text_completion"}, "created": nullable(INT),
+        "model": nullable(STR),
+        "choices": {"type": "array", "items": obj(["text", "index", "finish_reason"], {
+            "text": STR, "index": INT, "logprobs": {"type": "null"},
+            "finish_reason": nullable(STR)})},
+        "usage": nullable(USAGE)}),
+    "TextCompletionChunk": obj(["id", "object", "created", "model", "choices"], {
+        "id": STR, "object": {"const": "text_completion"}, "created": nullable(INT),
+        "model": nullable(STR),
+        "choices": {"type": "array", "items": obj(["text", "index"], {
+            "text": STR, "index": INT, "finish_reason": nullable(STR)})},
+        "usage": nullable(USAGE)}),
+    "TextCompletionEvent": sse_event("TextCompletionChunk"),
+    "ImageRequest": obj(["model", "prompt"], {
+        "model": MODEL, "prompt": TEXT,
+        "n": nullable({"type": "integer", "minimum": 1, "maximum": 10}),
+        "size": nullable({"type": "string", "enum": list(RATIOS) + list(OPENAI_SIZES),
+                          "description": "A ratio or an OpenAI size."}),
+        "response_format": nullable({"type": "string", "enum": ["url", "b64_json"]}),
+        "user": STR}),
+    "ImagesResponse": obj(["created", "data"], {
+        "created": INT,
+        "data": {"type": "array", "minItems": 1, "maxItems": 10, "items": {
+            **obj(["revised_prompt"], {"url": {"type": "string", "format": "uri"},
+                                       "b64_json": STR, "revised_prompt": STR}),
+            "oneOf": [{"required": ["url"]}, {"required": ["b64_json"]}]}}}),
+    "VideoRequest": obj(["model", "prompt"], {"model": MODEL, "prompt": TEXT, **VIDEO_FIELDS}),
+    "VideosResponse": obj(["created", "data"], {
+        "created": INT,
+        "data": {"type": "array", "minItems": 1, "maxItems": 1, "items": obj(
+            ["url", "revised_prompt"], {"url": {"type": "string", "format": "uri"},
+                                        "revised_prompt": STR})}}),
+}
+
+
+HEADERS = {
+    "RequestId": {"description": "This request's id (also in the gateway's log).",
+                  "required": True, "schema": STR},
+    "RetryAfter": {"description": "Whole seconds to wait.", "schema": INT},
+    "RateLimitLimit": {"description": "The key's requests per minute.", "schema": INT},
+    "RateLimitRemaining": {"description": "Requests left in the bucket.", "schema": INT},
+    "RateLimitReset": {"description": "When the bucket is full again, e.g. `15s`.",
+                       "schema": STR},
+}
+
+
+# ------------------------------------------------------------------------------ paths
+def _paths() -> dict:
+    limited = dict(RATE_HEADERS)
+    media_name = {"name": "name", "in": "path", "required": True,
+                  "schema": {"type": "string", "pattern": "^[^/]+$"}}
+    range_header = {"name": "Range", "in": "header", "required": False,
+                    "description": "`bytes=START-END`: a part of the file (206).",
+                    "schema": {"type": "string", "examples": ["bytes=0-1023"]}}
+    media_ok = {t: {"schema": {"type": "string", "format": "binary"}}
+                for t in ("image/*", "video/*", "application/octet-stream")}
+    static_types = ["text/css", "text/javascript", "image/svg+xml", "image/png",
+                    "image/x-icon", "image/webp"]
+    static_ok = {t: {"schema": {"type": "string"}} for t in static_types}
+    static_name = {"name": "name", "in": "path", "required": True,
+                   "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$"}}
+    html = {"text/html": {"schema": {"type": "string"}}}
+
+    def head_of(get: dict, op_id: str) -> dict:
+        """The same operation without bodies (HEAD)."""
+        responses = {}
+        for status, resp in get["responses"].items():
+            resp = dict(resp) if "$ref" not in resp else {
+                "description": ERRORS[int(status)][0],
+                "headers": {"x-request-id": {"$ref": "#/components/headers/RequestId"}}}
+            resp.pop("content", None)
+            responses[status] = resp
+        return {**get, "operationId": op_id, "responses": responses}
+
+    media_get = operation(
+        "getMedia", "media", "A generated image or video (Content-Type, Content-Length, Range)",
+        {200: ok("The file.", media_ok, {"Content-Length": {"schema": INT}}),
+         206: ok("A byte range of the file.", media_ok, {"Content-Range": {"schema": STR}}),
+         304: ok("Not modified (ETag).", None),
+         416: ok("The range is outside the file (`code`: range_not_satisfiable).",
+                 {JSON: {"schema": ref("Error")}}, {"Content-Range": {"schema": STR}})},
+        params=[media_name, range_header], errors=(404,))
+    static_get = operation(
+        "getStatic", "pages", "A static file of the homepage (CSS, JS, icons)",
+        {200: ok("The file.", static_ok), 304: ok("Not modified (ETag).", None)},
+        params=[static_name], errors=(404,))
+    return {
+        "/": {"get": operation(
+            "homepage", "pages", "Homepage: the visitor's key, base URL, examples, catalog",
+            {200: ok("An HTML page.", html),
+             403: ok("VPN, proxy or blocked address: an HTML error page (`vpn_detected`).",
+                     html),
+             429: ok("Too many key requests from this network: an HTML error page.", html,
+                     {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}})})},
+        "/static/{name}": {"get": static_get, "head": head_of(static_get, "headStatic")},
+        "/health": {"get": operation("health", "info", "Liveness",
+                                     {200: ok("Up.", {JSON: {"schema": ref("Health")}})})},
+        "/v1/keys/me": {"get": operation(
+            "keysMe", "keys", "The caller's IP's key (created on the first call)",
+            {200: ok("The key, bound to the caller's IP.", {JSON: {"schema": ref("ApiKey")}})},
+            errors=(403, 429))},
+        "/v1/models": {"get": operation(
+            "listModels", "models", "The catalog",
+            {200: ok("Every model.", {JSON: {"schema": ref("ModelList")}})},
+            auth=True, errors=AUTHED)},
+        "/v1/models/{model}": {"get": operation(
+            "getModel", "models", "One model",
+            {200: ok("The model.", {JSON: {"schema": ref("Model")}})}, auth=True,
+            params=[{"name": "model", "in": "path", "required": True, "schema": STR}],
+            errors=(*AUTHED, 404))},
+        "/v1/chat/completions": {"post": operation(
+            "createChatCompletion", "generation", "Chat, any model (SSE with `stream: true`)",
+            {200: ok("The answer; with `stream: true` an event stream of "
+                     "`data: {chat.completion.chunk}` frames ending with `data: [DONE]` "
+                     "(a failure after the first frame is one `data: {\"error\": ...}` frame).",
+                     {JSON: {"schema": ref("ChatCompletion")},
+                      SSE: {"schema": ref("ChatCompletionEvent")}}, limited)},
+            auth=True, body="ChatCompletionRequest", errors=UPSTREAM, passthrough=True)},
+        "/v1/completions": {"post": operation(
+            "createCompletion", "generation", "Legacy text completions, every chat model",
+            {200: ok("The completion, or its event stream with `stream: true`.",
+                     {JSON: {"schema": ref("TextCompletion")},
+                      SSE: {"schema": ref("TextCompletionEvent")}}, limited)},
+            auth=True, body="CompletionRequest", errors=UPSTREAM, passthrough=True)},
+        "/v1/images/generations": {"post": operation(
+            "createImage", "generation", "Images, image models only",
+            {200: ok("The images.", {JSON: {"schema": ref("ImagesResponse")}}, limited)},
+            auth=True, body="ImageRequest", errors=UPSTREAM, passthrough=True)},
+        "/v1/videos/generations": {"post": operation(
+            "createVideo", "generation",
+            "A video, video models only (the request stays open until it is ready: minutes)",
+            {200: ok("The video.", {JSON: {"schema": ref("VideosResponse")}}, limited)},
+            auth=True, body="VideoRequest", errors=UPSTREAM, passthrough=True)},
+        "/media/{name}": {"get": media_get, "head": head_of(media_get, "headMedia")},
+        "/openapi.json": {"get": operation(
+            "openapi", "info", "This document",
+            {200: ok("OpenAPI 3.1.", {JSON: {"schema": {"type": "object"}}})})},
+        "/metrics": {"get": operation(
+            "metrics", "info", "Prometheus metrics (bind or firewall it like any exporter)",
+            {200: ok("Prometheus text exposition format.",
+                     {"text/plain": {"schema": STR}})})},
+    }
+
+
+def _build() -> dict:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Apiarium",
+            "version": __version__,
+            "summary": "A self-hosted gateway that speaks the OpenAI API.",
+            "description": (
+                "Point any OpenAI SDK at `<base>/v1`. GET /v1/keys/me gives the caller's key "
+                "(bound to its IP); send it as `Authorization: Bearer <key>`. Every error is "
+                "OpenAI's envelope `{\"error\": {\"message\", \"type\", \"param\", \"code\"}}` "
+                "and every response carries `x-request-id`. The four POST endpoints are rate "
+                "limited per key (429 with `Retry-After`)."),
+            "license": {"name": "MIT", "identifier": "MIT"},
+        },
+        "tags": [{"name": t} for t in ("generation", "models", "keys", "media", "info",
+                                       "pages")],
+        "paths": _paths(),
+        "components": {
+            "schemas": SCHEMAS,
+            "headers": HEADERS,
+            "responses": {f"E{s}": error_response(s) for s in ERRORS},
+            "securitySchemes": {"bearer": {
+                "type": "http", "scheme": "bearer",
+                "description": "A key from GET /v1/keys/me (`api-` + 16 characters), or the "
+                               "operator's master key."}},
+        },
+    }
+
+
+@functools.cache
+def document_bytes() -> bytes:
+    """The document as served: built and encoded once per process."""
+    return orjson.dumps(_build())
+
+
+def document() -> dict:
+    """A fresh copy of the OpenAPI document (callers may change it)."""
+    return orjson.loads(document_bytes())
