@@ -34,6 +34,7 @@ from .netguard import Blocklist, NetGuard
 from .providers import build as build_providers
 from .services import Live, Services
 from .usage import UsageLedger
+from .yamlschema import Problem
 
 log = logging.getLogger("apiarium")
 access = logging.getLogger("apiarium.access")
@@ -100,7 +101,6 @@ def make_live(config: Config, session: aiohttp.ClientSession,
     try:
         blocklist = Blocklist.from_files(s.blocklists)
     except OSError as exc:         # checked by load_config; this is a file that just went
-        from .config import Problem
         raise ConfigError([Problem(str(s.path), 0, f"security.blocklists: cannot read "
                                    f"{exc.filename}: {exc.strerror or exc}")]) from None
     for problem in blocklist.problems:
