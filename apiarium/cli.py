@@ -67,7 +67,7 @@ def _run(coro):
 
 def _serve(args) -> int:
     from .app import Gateway
-    from .keys import KeyStoreError
+    from .keysecret import KeyStoreError
     _setup_logging()
     gateway = Gateway(config_path(getattr(args, "config", None)))
 
@@ -107,7 +107,8 @@ def _when(ts: int | None) -> str:
 
 
 def _keys(args) -> int:
-    from .keys import KeyStore, KeyStoreError
+    from .keys import KeyStore
+    from .keysecret import KeyStoreError
     try:
         settings = load_config(config_path(getattr(args, "config", None))).settings
     except ConfigError as exc:

@@ -19,11 +19,8 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import ipaddress
-import os
-import secrets
 import sqlite3
 import time
 from dataclasses import dataclass, replace
@@ -32,11 +29,10 @@ from pathlib import Path
 import aiosqlite
 
 from .errors import Forbidden, RateLimited
+from .keysecret import KEY_PREFIX, derive, hash_key, load_secret, looks_like_key
 from .netguard import Blocklist, network_of, parse_network
 from .ratelimit import TokenBuckets
 
-_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
-KEY_PREFIX = "api-"
 DAY_S = 86400
 FLUSH_BATCH = 5000        # rows per UPDATE statement when writing last-used times
 
@@ -86,19 +82,6 @@ class AddressBlocked(Forbidden):
     """403 ``vpn_detected`` because the operator blocked the address (not a VPN check)."""
 
 
-class KeyStoreError(Exception):
-    """The key store cannot be opened (a damaged secret file, an unusable database)."""
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def looks_like_key(text: str) -> bool:
-    return (len(text) == 20 and text.startswith(KEY_PREFIX)
-            and all(c in _ALPHABET for c in text[4:]))
-
-
 @dataclass(frozen=True, slots=True)
 class KeyRecord:
     id: int
@@ -132,7 +115,7 @@ class KeyStore:
     # ------------------------------------------------------------------ lifecycle
     async def open(self) -> "KeyStore":
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._secret = self._load_secret()
+        self._secret = load_secret(self.secret_path)
         self._db = await aiosqlite.connect(self.db_path, isolation_level=None)
         await self._db.execute("PRAGMA busy_timeout=5000")
         await self._db.execute("PRAGMA journal_mode=WAL")
@@ -160,49 +143,6 @@ class KeyStore:
             finally:
                 await self._db.close()
                 self._db = None
-
-    def _load_secret(self) -> bytes:
-        try:
-            text = self.secret_path.read_text().strip()
-        except FileNotFoundError:
-            return self._create_secret()
-        try:
-            secret = bytes.fromhex(text)
-        except ValueError:
-            secret = b""
-        if len(secret) < 16:
-            raise KeyStoreError(
-                f"{self.secret_path}: the key secret is damaged (expected 64 hex digits). "
-                f"Restore it from a backup; or delete it to start over (keys already handed "
-                f"out keep working until their IP next visits / or /v1/keys/me, which then "
-                f"gives it a new key).")
-        return secret
-
-    def _create_secret(self) -> bytes:
-        """Write the secret to a temporary file, fsync it, then link it into place: the
-        secret file either does not exist or is whole, whenever the process dies."""
-        secret = secrets.token_bytes(32)
-        folder = self.secret_path.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{self.secret_path.name}.{os.getpid()}.{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secret.hex() + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            try:
-                os.link(tmp, self.secret_path)       # fails if another process won the race
-            except FileExistsError:
-                return self._load_secret()
-            dir_fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return secret
 
     async def _reload(self) -> None:
         """Rebuild the in-memory index from the database (the caller holds ``_lock``)."""
@@ -313,13 +253,7 @@ class KeyStore:
                               retry_after=decision.retry_after)
 
     def derive(self, ip: str, generation: int) -> str:
-        digest = hmac.new(self._secret, f"{ip}|{generation}".encode(), hashlib.sha256).digest()
-        n = int.from_bytes(digest, "big")
-        chars = []
-        for _ in range(16):
-            n, r = divmod(n, 36)
-            chars.append(_ALPHABET[r])
-        return KEY_PREFIX + "".join(chars)
+        return derive(self._secret, ip, generation)
 
     def __len__(self) -> int:
         return len(self._by_hash)

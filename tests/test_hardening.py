@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from apiarium.keys import KeyStore, KeyStoreError
+from apiarium.keys import KeyStore
+from apiarium.keysecret import KeyStoreError
 from tests.conftest import openai_models
 from tests.support import MASTER_KEY, error_of, request, wait_for
 

@@ -1,0 +1,82 @@
+"""How keys are made: ``api-`` + 16 characters of ``[a-z0-9]``, derived as
+HMAC-SHA256(secret, "ip|generation"); the secret file beside the database; the SHA-256 that
+is all the database keeps of a key."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+KEY_PREFIX = "api-"
+
+
+class KeyStoreError(Exception):
+    """The key store cannot be opened (a damaged secret file, an unusable database)."""
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def looks_like_key(text: str) -> bool:
+    return (len(text) == 20 and text.startswith(KEY_PREFIX)
+            and all(c in _ALPHABET for c in text[4:]))
+
+
+def derive(secret: bytes, ip: str, generation: int) -> str:
+    digest = hmac.new(secret, f"{ip}|{generation}".encode(), hashlib.sha256).digest()
+    n = int.from_bytes(digest, "big")
+    chars = []
+    for _ in range(16):
+        n, r = divmod(n, 36)
+        chars.append(_ALPHABET[r])
+    return KEY_PREFIX + "".join(chars)
+
+
+def load_secret(path: Path) -> bytes:
+    """The secret in ``path``, created (atomically, mode 0600) if there is none."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return _create_secret(path)
+    try:
+        secret = bytes.fromhex(text)
+    except ValueError:
+        secret = b""
+    if len(secret) < 16:
+        raise KeyStoreError(
+            f"{path}: the key secret is damaged (expected 64 hex digits). "
+            f"Restore it from a backup; or delete it to start over (keys already handed "
+            f"out keep working until their IP next visits / or /v1/keys/me, which then "
+            f"gives it a new key).")
+    return secret
+
+
+def _create_secret(path: Path) -> bytes:
+    """Write the secret to a temporary file, fsync it, then link it into place: the
+    secret file either does not exist or is whole, whenever the process dies."""
+    secret = secrets.token_bytes(32)
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secret.hex() + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)       # fails if another process won the race
+        except FileExistsError:
+            return load_secret(path)
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return secret
