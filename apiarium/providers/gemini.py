@@ -3,21 +3,7 @@
 Calls ``POST {base_url}/v1beta/models/{upstream}:generateContent`` (or
 ``:streamGenerateContent?alt=sse``) with the ``x-goog-api-key`` header.
 
-Request, OpenAI → Gemini (wire-formats 5.2):
-
-    system / developer           systemInstruction.parts (alone, with no other turn: a user turn)
-    user / assistant             contents[] role user / model; consecutive same-role turns merged
-    image_url, a data: URL       {"inlineData"}; http(s) image URLs get a 400 asking for a data:
-                                 URL (fetching arbitrary URLs from the gateway would be an SSRF)
-    assistant tool_calls         model {"functionCall": {name, args (parsed)}}
-    tool message                 user {"functionResponse": {name, response}}: name recovered by
-                                 tool_call_id; a non-object result wrapped as {"result": ...}
-    tools                        tools[0].functionDeclarations (parameters → parametersJsonSchema)
-    tool_choice                  functionCallingConfig.mode: none→NONE, auto→AUTO, required→ANY,
-                                 a named function → ANY + allowedFunctionNames
-    generationConfig             temperature, top_p→topP, max_(completion_)tokens→maxOutputTokens,
-                                 stop→stopSequences, n→candidateCount, seed, presence/frequency
-                                 penalties; response_format json_* → responseMimeType (+Schema)
+Request: see ``gemini_request`` (wire-formats 5.2).
 
 Response (5.3-5.5): text parts joined (``thought`` parts skipped); functionCall parts →
 tool_calls with ``call_…`` ids minted here; finishReason by ``_finish`` (STOP with a call →
@@ -40,15 +26,14 @@ from ..catalog import ModelSpec
 from ..errors import ApiError, InvalidRequest, UpstreamError
 from ..generation import ImageRequest, Media, VideoRequest
 from . import gemini_media
+from .gemini_request import to_gemini
 from .base import Provider, parse_duration
-from .shapes import (Chunks, completion, parse_data_url, text_of, tool_call, usage,
-                     wants_usage)
+from .shapes import Chunks, completion, tool_call, usage, wants_usage
 
 _FILTERED = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
              "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION"}
 _STATUS_CODES = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "NOT_FOUND": 404,
                  "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
-_MODES = {"none": "NONE", "auto": "AUTO", "required": "ANY"}
 
 
 def _call_id() -> str:
@@ -81,167 +66,6 @@ def _details(data, type_suffix: str) -> list[dict]:
     details = err.get("details") if isinstance(err, dict) else None
     return [d for d in details or [] if isinstance(d, dict)
             and str(d.get("@type", "")).endswith(type_suffix)]
-
-
-# ---------------------------------------------------------------------- OpenAI → Gemini
-def _user_parts(content, where: str) -> list[dict]:
-    if not content:
-        return []
-    if isinstance(content, str):
-        return [{"text": content}]
-    if not isinstance(content, list):
-        raise InvalidRequest(f"`{where}.content` must be a string or a list of parts.",
-                             param=f"{where}.content")
-    parts = []
-    for j, p in enumerate(content):
-        at = f"{where}.content[{j}]"
-        kind = p.get("type") if isinstance(p, dict) else None
-        if kind in ("text", "input_text"):
-            if p.get("text"):
-                parts.append({"text": str(p["text"])})
-        elif kind == "image_url":
-            url = p.get("image_url")
-            url = url.get("url") if isinstance(url, dict) else url
-            if isinstance(url, str) and url.startswith(("http://", "https://")):
-                raise InvalidRequest(f"`{at}.image_url.url`: Gemini models on this gateway take "
-                                     f"images inline only; send the image as a base64 data: URL "
-                                     f"(data:image/png;base64,...) instead of a web link.",
-                                     param=f"{at}.image_url.url")
-            mime, data = parse_data_url(url, f"{at}.image_url.url")
-            parts.append({"inlineData": {"mimeType": mime, "data": data}})
-        else:
-            raise InvalidRequest(f"`{at}` has a content part type ({kind!r}) that Gemini models "
-                                 f"on this gateway do not take; use text or image_url "
-                                 f"(a data: URL).", param=at)
-    return parts
-
-
-def _tool_response(m: dict, names: dict, where: str) -> dict:
-    call_id = m.get("tool_call_id")
-    name = names.get(call_id) or m.get("name")
-    if not name:
-        raise InvalidRequest(f"`{where}.tool_call_id` ({call_id!r}) matches no tool call of an "
-                             f"earlier assistant message; Gemini needs the function's name.",
-                             param=f"{where}.tool_call_id")
-    text = text_of(m.get("content"))
-    try:
-        result = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        result = text
-    return {"functionResponse": {"name": name, "response": result if isinstance(result, dict)
-                                 else {"result": result}}}
-
-
-def _assistant_parts(m: dict, names: dict, where: str) -> list[dict]:
-    text = text_of(m.get("content"))
-    parts = [{"text": text}] if text else []
-    for k, tc in enumerate(m.get("tool_calls") or []):
-        fn = tc.get("function") if isinstance(tc, dict) else None
-        if not isinstance(fn, dict) or not fn.get("name"):
-            raise InvalidRequest(f"`{where}.tool_calls[{k}]` needs function.name.",
-                                 param=f"{where}.tool_calls[{k}]")
-        try:
-            args = orjson.loads(fn.get("arguments") or "{}")
-        except (orjson.JSONDecodeError, TypeError):
-            raise InvalidRequest(f"`{where}.tool_calls[{k}].function.arguments` is not valid "
-                                 f"JSON.", param=f"{where}.tool_calls[{k}].function.arguments"
-                                 ) from None
-        names[tc.get("id")] = fn["name"]
-        parts.append({"functionCall": {"name": fn["name"], "args": args}})
-    return parts
-
-
-def _contents(messages: list[dict]) -> tuple[list[dict], list[dict]]:
-    system, contents, names = [], [], {}
-    for i, m in enumerate(messages):
-        role, where = m.get("role"), f"messages[{i}]"
-        if role in ("system", "developer"):
-            text = text_of(m.get("content"))
-            if text:
-                system.append({"text": text})
-            continue
-        if role == "user":
-            turn, parts = "user", _user_parts(m.get("content"), where)
-        elif role == "assistant":
-            turn, parts = "model", _assistant_parts(m, names, where)
-        elif role in ("tool", "function"):
-            turn, parts = "user", [_tool_response(m, names, where)]
-        else:
-            raise InvalidRequest(f"`{where}.role` {role!r} is not one of system, developer, "
-                                 f"user, assistant, tool.", param=f"{where}.role")
-        if not parts:
-            continue
-        if contents and contents[-1]["role"] == turn:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": turn, "parts": parts})
-    return system, contents
-
-
-def _tools(body: dict) -> dict:
-    out, decls = {}, []
-    for k, t in enumerate(body.get("tools") or []):
-        fn = t.get("function") if isinstance(t, dict) and t.get("type") == "function" else None
-        if not isinstance(fn, dict) or not fn.get("name"):
-            raise InvalidRequest(f"`tools[{k}]` must be {{\"type\": \"function\", \"function\": "
-                                 f"{{\"name\": ...}}}}; Gemini models here take function tools "
-                                 f"only.", param=f"tools[{k}]")
-        decls.append({"name": fn["name"], **{theirs: fn[ours] for ours, theirs in (
-            ("description", "description"), ("parameters", "parametersJsonSchema"))
-            if fn.get(ours)}})
-    if decls:
-        out["tools"] = [{"functionDeclarations": decls}]
-    choice, config = body.get("tool_choice"), None
-    if isinstance(choice, str) and choice in _MODES:
-        config = {"mode": _MODES[choice]}
-    elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
-        config = {"mode": "ANY", "allowedFunctionNames": [choice["function"].get("name")]}
-    elif choice is not None:
-        raise InvalidRequest("`tool_choice` must be none, auto, required or a named function.",
-                             param="tool_choice")
-    if config:
-        out["toolConfig"] = {"functionCallingConfig": config}
-    return out
-
-
-def _generation_config(body: dict) -> dict:
-    gen = {}
-    for ours, theirs in (("temperature", "temperature"), ("top_p", "topP"), ("top_k", "topK"),
-                         ("n", "candidateCount"), ("seed", "seed"),
-                         ("presence_penalty", "presencePenalty"),
-                         ("frequency_penalty", "frequencyPenalty")):
-        if body.get(ours) is not None:
-            gen[theirs] = body[ours]
-    for limit in ("max_completion_tokens", "max_tokens"):
-        if body.get(limit) is not None:
-            gen.setdefault("maxOutputTokens", body[limit])
-    stop = body.get("stop")
-    if stop:
-        gen["stopSequences"] = [stop] if isinstance(stop, str) else stop
-    fmt = body.get("response_format")
-    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
-        gen["responseMimeType"] = "application/json"
-        schema = (fmt.get("json_schema") or {}).get("schema")
-        if fmt["type"] == "json_schema" and schema:
-            gen["responseJsonSchema"] = schema
-    return gen
-
-
-def to_gemini(body: dict) -> dict:
-    system, contents = _contents(body.get("messages") or [])
-    if not contents and system:            # a system-only conversation: ask it as the user
-        contents, system = [{"role": "user", "parts": system}], []
-    if not contents:
-        raise InvalidRequest("`messages` holds no text to send: add a user message.",
-                             param="messages")
-    payload = {"contents": contents}
-    if system:
-        payload["systemInstruction"] = {"parts": system}
-    payload.update(_tools(body))
-    gen = _generation_config(body)
-    if gen:
-        payload["generationConfig"] = gen
-    return payload
 
 
 # ---------------------------------------------------------------------- the provider
