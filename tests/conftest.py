@@ -3,22 +3,28 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fakes import FakeOpenAI
+from tests.fakes import FakeAnthropic, FakeGemini, FakeOpenAI, FakeRag
 from tests.support import Gateway
 
 
-@pytest.fixture(scope="session")
-def _openai_server():
-    with FakeOpenAI() as fake:
-        yield fake
+def _shared_fake(cls, name: str):
+    """Fixture ``name``: a fake upstream started once per session, reset (requests, scripts,
+    knobs) for each test."""
+    @pytest.fixture(scope="session", name=f"_{name}_server")
+    def server():
+        with cls() as fake:
+            yield fake
+
+    @pytest.fixture(name=name)
+    def fake(request):
+        return request.getfixturevalue(f"_{name}_server").reset()
+    return server, fake
 
 
-@pytest.fixture
-def fake_openai(_openai_server):
-    _openai_server.clear()
-    _openai_server.stream_events, _openai_server.stream_delay = 5, 0.0
-    _openai_server.reply_text = _openai_server.reply_tool_call = None
-    return _openai_server
+_openai_server, fake_openai = _shared_fake(FakeOpenAI, "fake_openai")
+_anthropic_server, fake_anthropic = _shared_fake(FakeAnthropic, "fake_anthropic")
+_gemini_server, fake_gemini = _shared_fake(FakeGemini, "fake_gemini")
+_rag_server, fake_rag = _shared_fake(FakeRag, "fake_rag")
 
 
 def openai_models(fake: FakeOpenAI, **extra) -> dict:

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from apiarium.providers.anthropic import finish_reason, openai_usage
-from tests.fakes import FakeAnthropic, anthropic_error, split_pieces
+from tests.fakes import anthropic_error, split_pieces
 from tests.support import MASTER_KEY, error_of, wait_for
 
 SECRET = "sk-ant-SECRET-never-show-me-4242"
@@ -21,18 +21,9 @@ WEATHER = {"type": "function", "function": {
                    "required": ["city"]}}}
 
 
-@pytest.fixture(scope="module")
-def _anthropic_server():
-    with FakeAnthropic() as fake:
-        yield fake
-
-
 @pytest.fixture
-def fake(_anthropic_server):
-    _anthropic_server.clear()
-    _anthropic_server.stream_events, _anthropic_server.stream_delay = 5, 0.0
-    _anthropic_server.reply_text = _anthropic_server.reply_tool_call = None
-    return _anthropic_server
+def fake(fake_anthropic):
+    return fake_anthropic
 
 
 @pytest.fixture

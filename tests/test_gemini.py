@@ -10,7 +10,7 @@ import time
 import openai
 import pytest
 
-from tests.fakes import FakeGemini, google_error, make_png, split_pieces
+from tests.fakes import google_error, make_png, split_pieces
 from tests.support import MASTER_KEY, error_of
 
 UPSTREAM = "gemini-2.5-pro"
@@ -19,20 +19,6 @@ WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                    "required": ["city"]}}}
-
-
-@pytest.fixture(scope="module")
-def _gemini_server():
-    with FakeGemini() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake_gemini(_gemini_server):
-    _gemini_server.clear()
-    _gemini_server.stream_events, _gemini_server.stream_delay = 5, 0.0
-    _gemini_server.reply_text = _gemini_server.reply_tool_call = None
-    return _gemini_server
 
 
 @pytest.fixture

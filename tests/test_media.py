@@ -11,7 +11,7 @@ import time
 import openai
 import pytest
 
-from tests.fakes import FakeGemini, make_png
+from tests.fakes import make_png
 from tests.support import MASTER_KEY, error_of, request, wait_for
 
 try:                      # openai>=3 ships on httpx2, older releases on httpx
@@ -20,19 +20,6 @@ except ImportError:       # pragma: no cover
     import httpx
 
 PNG_DATA_URL = "data:image/png;base64," + base64.b64encode(make_png()).decode()
-
-
-@pytest.fixture(scope="module")
-def _gemini_server():
-    with FakeGemini() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake_gemini(_gemini_server):
-    _gemini_server.clear()
-    _gemini_server.veo_polls_until_done = 2
-    return _gemini_server
 
 
 def media_models(oa, gm, poll=0.05) -> dict:

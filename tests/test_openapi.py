@@ -26,7 +26,6 @@ from schemathesis.specs.openapi.checks import (content_type_conformance,
 from apiarium import openapi
 from apiarium.app import routes
 from tests.conftest import openai_models
-from tests.fakes import FakeAnthropic, FakeGemini, FakeRag
 from tests.support import MASTER_KEY
 
 # Reproducible by default; APIARIUM_FUZZ=random:SCALE explores new cases, SCALE times as many.
@@ -225,32 +224,32 @@ def test_scripted_answers_conform(make_gateway, fake_openai):
 
 # ---------------------------------------------------------------------------- fuzzing
 @pytest.fixture
-def fuzz_target(make_gateway, fake_openai):
+def fuzz_target(make_gateway, fake_openai, fake_gemini, fake_anthropic, fake_rag):
     """A gateway in front of every kind of fake upstream (and a dead and a keyless provider),
     with a media file already made, the master key and a generous rate limit."""
-    with FakeGemini() as gemini, FakeAnthropic() as anthropic, FakeRag() as rag:
-        models = openai_models(fake_openai, providers={
-            "google": {"kind": "gemini", "base_url": gemini.base_url,
-                       "api_key": gemini.api_key, "poll_interval_s": 0.05, "timeout_s": 5},
-            "claude": {"kind": "anthropic", "base_url": anthropic.base_url,
-                       "api_key": anthropic.api_key, "timeout_s": 5},
-            "hub": {"kind": "rag", "base_url": rag.base_url, "api_key": rag.api_key,
-                    "timeout_s": 5},
-        }, models={
-            "gemini-2.5-pro": {"provider": "google"},
-            "gemini-3-image": {"provider": "google", "upstream": "gemini-3-pro-image-preview",
-                               "type": "image"},
-            "veo-3": {"provider": "google", "upstream": "veo-3.0-generate-001",
-                      "type": "video"},
-            "claude-sonnet-4.5": {"provider": "claude", "upstream": "claude-sonnet-4-5"},
-            "gemini-3": {"provider": "hub"},
-        })
-        gw = make_gateway(models, rate_limit={"rpm": 100000})
-        status, _, body = gw.post("/v1/images/generations", {
-            "model": "gpt-image-1", "prompt": "a fox"}, key=MASTER_KEY)
-        assert status == 200, body
-        media = json.loads(body)["data"][0]["url"].rsplit("/", 1)[1]
-        yield gw, {m: spec.get("type", "chat") for m, spec in models["models"].items()}, media
+    gemini, anthropic, rag = fake_gemini, fake_anthropic, fake_rag
+    models = openai_models(fake_openai, providers={
+        "google": {"kind": "gemini", "base_url": gemini.base_url,
+                   "api_key": gemini.api_key, "poll_interval_s": 0.05, "timeout_s": 5},
+        "claude": {"kind": "anthropic", "base_url": anthropic.base_url,
+                   "api_key": anthropic.api_key, "timeout_s": 5},
+        "hub": {"kind": "rag", "base_url": rag.base_url, "api_key": rag.api_key,
+                "timeout_s": 5},
+    }, models={
+        "gemini-2.5-pro": {"provider": "google"},
+        "gemini-3-image": {"provider": "google", "upstream": "gemini-3-pro-image-preview",
+                           "type": "image"},
+        "veo-3": {"provider": "google", "upstream": "veo-3.0-generate-001",
+                  "type": "video"},
+        "claude-sonnet-4.5": {"provider": "claude", "upstream": "claude-sonnet-4-5"},
+        "gemini-3": {"provider": "hub"},
+    })
+    gw = make_gateway(models, rate_limit={"rpm": 100000})
+    status, _, body = gw.post("/v1/images/generations", {
+        "model": "gpt-image-1", "prompt": "a fox"}, key=MASTER_KEY)
+    assert status == 200, body
+    media = json.loads(body)["data"][0]["url"].rsplit("/", 1)[1]
+    yield gw, {m: spec.get("type", "chat") for m, spec in models["models"].items()}, media
 
 
 def fuzzing_schema(doc: dict, models: dict[str, str], media: str) -> dict:

@@ -168,48 +168,47 @@ def test_access_log_has_one_structured_line_per_request(gateway):
     assert MASTER_KEY not in "\n".join(gateway.log)
 
 
-def test_video_credits_follow_the_configured_prices(make_gateway, fake_openai):
-    from tests.fakes import FakeGemini
-    with FakeGemini() as gemini:
-        gemini.veo_polls_until_done = 0
-        catalog = openai_models(fake_openai, providers={
-            "google": {"kind": "gemini", "base_url": gemini.base_url, "api_key": gemini.api_key,
-                       "poll_interval_s": 0.05}}, models={
-            "veo-3": {"provider": "google", "upstream": "veo-3.0-generate-001", "type": "video",
-                      "credits": {"video_second": 5, "resolution": {"720p": 1, "1080p": 3}}}})
-        gw = make_gateway(catalog, rate_limit={"rpm": 100, "daily_credits": 100})
-        key = gw.key_for("127.0.0.30")
+def test_video_credits_follow_the_configured_prices(make_gateway, fake_openai, fake_gemini):
+    gemini = fake_gemini
+    gemini.veo_polls_until_done = 0
+    catalog = openai_models(fake_openai, providers={
+        "google": {"kind": "gemini", "base_url": gemini.base_url, "api_key": gemini.api_key,
+                   "poll_interval_s": 0.05}}, models={
+        "veo-3": {"provider": "google", "upstream": "veo-3.0-generate-001", "type": "video",
+                  "credits": {"video_second": 5, "resolution": {"720p": 1, "1080p": 3}}}})
+    gw = make_gateway(catalog, rate_limit={"rpm": 100, "daily_credits": 100})
+    key = gw.key_for("127.0.0.30")
 
-        def spend(**fields):
-            before = json.loads(gw.get("/v1/keys/me", ip="127.0.0.30")[2])["usage"]["credits"]
-            status, _, raw = gw.post("/v1/videos/generations", {"model": "veo-3", "prompt": "x",
-                                                                **fields}, key=key,
-                                     ip="127.0.0.30")
-            assert status == 200, raw
-            me = json.loads(gw.get("/v1/keys/me", ip="127.0.0.30")[2])
-            return me["usage"]["credits"] - before, me
+    def spend(**fields):
+        before = json.loads(gw.get("/v1/keys/me", ip="127.0.0.30")[2])["usage"]["credits"]
+        status, _, raw = gw.post("/v1/videos/generations", {"model": "veo-3", "prompt": "x",
+                                                            **fields}, key=key,
+                                 ip="127.0.0.30")
+        assert status == 200, raw
+        me = json.loads(gw.get("/v1/keys/me", ip="127.0.0.30")[2])
+        return me["usage"]["credits"] - before, me
 
-        short, _ = spend(duration_seconds=4, resolution="720p")
-        long, me = spend(duration_seconds=8, resolution="1080p")
-        assert (short, long) == (4 * 5 * 1, 8 * 5 * 3)               # 20 and 120 credits
-        assert me["usage"]["video_seconds"] == 12 and me["usage"]["requests"] == 2
-        assert me["credits"] == {"daily_limit": 100, "remaining": 0}
-        # 140 spent of 100: the next request is refused before it reaches the upstream
-        polls = len(gemini.requests)
-        status, headers, raw = gw.post("/v1/chat/completions", {"model": "gpt-5",
-                                                                "messages": MSG}, key=key,
-                                       ip="127.0.0.30")
-        err = json.loads(raw)["error"]
-        assert status == 429 and err["code"] == "insufficient_quota"
-        assert headers["x-should-retry"] == "false" and "midnight UTC" in err["message"]
-        assert len(gemini.requests) == polls
-        # usage reaches the database within a few seconds, and survives a restart
-        assert wait_for(lambda: usage_rows(gw).get(me_hash(gw, key), {}).get("credits") == 140,
-                        timeout=5)
-        gw.restart()
-        status, _, _ = gw.post("/v1/chat/completions", {"model": "gpt-5", "messages": MSG},
-                               key=key, ip="127.0.0.30")
-        assert status == 429
+    short, _ = spend(duration_seconds=4, resolution="720p")
+    long, me = spend(duration_seconds=8, resolution="1080p")
+    assert (short, long) == (4 * 5 * 1, 8 * 5 * 3)               # 20 and 120 credits
+    assert me["usage"]["video_seconds"] == 12 and me["usage"]["requests"] == 2
+    assert me["credits"] == {"daily_limit": 100, "remaining": 0}
+    # 140 spent of 100: the next request is refused before it reaches the upstream
+    polls = len(gemini.requests)
+    status, headers, raw = gw.post("/v1/chat/completions", {"model": "gpt-5",
+                                                            "messages": MSG}, key=key,
+                                   ip="127.0.0.30")
+    err = json.loads(raw)["error"]
+    assert status == 429 and err["code"] == "insufficient_quota"
+    assert headers["x-should-retry"] == "false" and "midnight UTC" in err["message"]
+    assert len(gemini.requests) == polls
+    # usage reaches the database within a few seconds, and survives a restart
+    assert wait_for(lambda: usage_rows(gw).get(me_hash(gw, key), {}).get("credits") == 140,
+                    timeout=5)
+    gw.restart()
+    status, _, _ = gw.post("/v1/chat/completions", {"model": "gpt-5", "messages": MSG},
+                           key=key, ip="127.0.0.30")
+    assert status == 429
 
 
 def me_hash(gw, key: str) -> str:

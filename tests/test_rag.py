@@ -7,25 +7,16 @@ import json
 import openai
 import pytest
 
-from tests.fakes import FakeRag
 from tests.support import MASTER_KEY, error_of
 
 UPSTREAM = "hub-model-v1"
 
 
-@pytest.fixture(scope="module")
-def _rag_server():
-    with FakeRag() as fake:
-        yield fake
-
-
 @pytest.fixture
-def fake_rag(_rag_server):
-    _rag_server.clear()
-    _rag_server.reply_text = None
-    _rag_server.sources = [{"title": "Doc A", "url": "https://example.com/a"},
+def fake_rag(fake_rag):          # the shared fake, with two sources (one needing escapes)
+    fake_rag.sources = [{"title": "Doc A", "url": "https://example.com/a"},
                            {"title": "Guide [v2]", "url": "https://example.com/guide v2"}]
-    return _rag_server
+    return fake_rag
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes import FakeGemini
+from tests.support import READY
+
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -22,29 +23,28 @@ def blocks(lang: str) -> list[str]:
 
 
 @pytest.fixture
-def shipped(tmp_path, fake_openai):
+def shipped(tmp_path, fake_openai, fake_gemini):
     """The shipped config/apiarium.yaml and models.yaml, steered only through the environment
     variables they read, as an operator would."""
-    from tests.support import READY
-    with FakeGemini() as gemini:
-        env = {**os.environ, "APIARIUM_PORT": "0", "APIARIUM_DATA": str(tmp_path / "data"),
-               "APIARIUM_RPM": "100", "OPENAI_BASE_URL": fake_openai.base_url,
-               "OPENAI_API_KEY": fake_openai.api_key, "GEMINI_BASE_URL": gemini.base_url,
-               "GEMINI_API_KEY": gemini.api_key, "GEMINI_POLL_INTERVAL_S": "0.05"}
-        proc = subprocess.Popen([sys.executable, "-m", "apiarium", "serve"], cwd=REPO, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        url = None
-        for line in proc.stdout:
-            m = READY.search(line)
-            if m:
-                url = m.group(1)
-                break
-        assert url, "the gateway did not start on the shipped config"
-        try:
-            yield url, gemini
-        finally:
-            proc.terminate()
-            proc.wait(20)
+    gemini = fake_gemini
+    env = {**os.environ, "APIARIUM_PORT": "0", "APIARIUM_DATA": str(tmp_path / "data"),
+           "APIARIUM_RPM": "100", "OPENAI_BASE_URL": fake_openai.base_url,
+           "OPENAI_API_KEY": fake_openai.api_key, "GEMINI_BASE_URL": gemini.base_url,
+           "GEMINI_API_KEY": gemini.api_key, "GEMINI_POLL_INTERVAL_S": "0.05"}
+    proc = subprocess.Popen([sys.executable, "-m", "apiarium", "serve"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = None
+    for line in proc.stdout:
+        m = READY.search(line)
+        if m:
+            url = m.group(1)
+            break
+    assert url, "the gateway did not start on the shipped config"
+    try:
+        yield url, gemini
+    finally:
+        proc.terminate()
+        proc.wait(20)
 
 
 def run_example(code: str, url: str, lang: str) -> str:

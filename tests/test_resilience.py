@@ -23,8 +23,7 @@ def _backup_server():
 
 @pytest.fixture
 def backup(_backup_server):
-    _backup_server.clear()
-    _backup_server.reply_text = "from the backup"
+    _backup_server.reset().reply_text = "from the backup"
     return _backup_server
 
 

@@ -21,6 +21,7 @@ Conventions shared by all fakes (tests rely on them):
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 import time
 from dataclasses import dataclass
@@ -123,9 +124,23 @@ class FakeUpstream:
     def routes(self, app: web.Application) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    # the knobs tests turn; ``reset`` puts back the values they had when the fake started
+    KNOBS = ("stream_events", "stream_delay", "reply_text", "reply_tool_call",
+             "veo_polls_until_done", "sources")
+
+    def reset(self) -> "FakeUpstream":
+        """Forget requests and scripts, and restore every knob: a clean fake for the next
+        test, without the cost of a new server."""
+        self.clear()
+        for name, value in self._defaults.items():
+            setattr(self, name, copy.deepcopy(value))
+        return self
+
     def start(self) -> "FakeUpstream":
         if self._thread is not None:
             return self
+        self._defaults = {k: copy.deepcopy(getattr(self, k)) for k in self.KNOBS
+                          if hasattr(self, k)}
         ready, errors = threading.Event(), []
 
         def run():
