@@ -28,6 +28,7 @@ from .handlers.ops import MetricsHandler
 from .handlers.openapi import OpenApiHandler
 from .handlers.info import (HealthHandler, KeysMeHandler, ModelHandler, ModelsHandler,
                             NotFoundHandler)
+from .accesslog import AccessLog
 from .keys import KeyStore
 from .metrics import Metrics
 from .netguard import Blocklist, NetGuard
@@ -37,10 +38,11 @@ from .usage import UsageLedger
 from .yamlschema import Problem
 
 log = logging.getLogger("apiarium")
-access = logging.getLogger("apiarium.access")
 
 KEY_REFRESH_S = 2.0      # how often the admin CLI's writes are picked up
 USAGE_FLUSH_S = 2.0      # how often usage counted in memory is written
+LOG_FLUSH_S = 0.25       # how often access-log lines are written
+LISTEN_BACKLOG = 4096    # a burst of new connections waits here, not in SYN retries
 
 
 def routes() -> list:
@@ -62,26 +64,28 @@ def routes() -> list:
 
 def log_request(handler: BaseHandler) -> None:
     """Tornado's per-request hook: metrics, then one access-log line."""
-    metrics = handler.application.settings["services"].metrics
-    endpoint = getattr(handler, "endpoint", "other")
+    settings = handler.application.settings
+    metrics = settings["services"].metrics
+    endpoint = handler.endpoint if isinstance(handler, BaseHandler) else "other"
     status = handler.get_status()
     model = getattr(handler, "model_alias", "") if status != 404 else ""
-    metrics.requests.labels(endpoint, model or "-", str(status)).inc()
-    metrics.duration.labels(endpoint).observe(handler.request.request_time())
-    if not access.isEnabledFor(logging.INFO):
-        return
     req = handler.request
+    elapsed = req.request_time()
+    metrics.observe_request(endpoint, model or "-", status, elapsed)
     rec = getattr(handler, "key_record", None)
     upstream = getattr(handler, "upstream_ms", None)
-    access.info("%s %s %s %d %.1fms ip=%s key=%s model=%s bytes=%d upstream_ms=%s",
-                handler.request_id, req.method, req.path, handler.get_status(),
-                1000.0 * req.request_time(), getattr(handler, "client_ip", "") or req.remote_ip,
-                rec.key_prefix if rec else "-", getattr(handler, "model_alias", "") or "-",
-                getattr(handler, "bytes_out", 0), "-" if upstream is None else f"{upstream:.1f}")
+    settings["access_log"].write(
+        f"{getattr(handler, 'request_id', '-')} {req.method} {req.path} {status} "
+        f"{1000.0 * elapsed:.1f}ms ip={getattr(handler, 'client_ip', '') or req.remote_ip} "
+        f"key={rec.key_prefix if rec else '-'} model={model or '-'} "
+        f"bytes={getattr(handler, 'bytes_out', 0)} "
+        f"upstream_ms={'-' if upstream is None else f'{upstream:.1f}'}")
 
 
-def make_app(services: Services) -> tornado.web.Application:
+def make_app(services: Services,
+             access_log: AccessLog | None = None) -> tornado.web.Application:
     return tornado.web.Application(routes(), services=services,
+                                   access_log=access_log or AccessLog(),
                                    default_handler_class=NotFoundHandler,
                                    log_function=log_request, xsrf_cookies=False)
 
@@ -132,7 +136,8 @@ class Gateway:
         self.session = make_session()
         self.services = Services(live=make_live(config, self.session, metrics), keys=keys,
                                  usage=usage, metrics=metrics)
-        app = make_app(self.services)
+        self.access_log = AccessLog()
+        app = make_app(self.services, self.access_log)
         self.server = tornado.httpserver.HTTPServer(
             # 64 KB for every path that takes no body; ApiHandler.prepare raises it to
             # max_body_mb for its POSTs, whose bodies it streams and counts
@@ -140,11 +145,13 @@ class Gateway:
             idle_connection_timeout=s.header_timeout_s,   # also Tornado's whole-head limit
             body_timeout=s.body_timeout_s)
         host = host or s.host
-        sockets = tornado.netutil.bind_sockets(s.port if port is None else port, host)
+        sockets = tornado.netutil.bind_sockets(s.port if port is None else port, host,
+                                               backlog=LISTEN_BACKLOG)
         self.server.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
         self._tasks.append(asyncio.ensure_future(self._housekeeping()))
         self._tasks.append(asyncio.ensure_future(self._flush_usage()))
+        self._tasks.append(asyncio.ensure_future(self._flush_log()))
         shown = f"[{host}]" if ":" in host else host
         log.info("apiarium listening on http://%s:%d", shown, self.port)
 
@@ -168,6 +175,11 @@ class Gateway:
                         log.info("media sweep: %d expired files removed", removed)
             except Exception:
                 log.exception("housekeeping failed; will retry")
+
+    async def _flush_log(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_FLUSH_S)
+            self.access_log.flush()
 
     async def _flush_usage(self) -> None:
         while True:
@@ -219,6 +231,7 @@ class Gateway:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.session is not None:
             await self.session.close()
+        self.access_log.flush()
         await svc.usage.close()
         await svc.keys.close()
 

@@ -40,6 +40,19 @@ class Metrics:
                                     ("reason",), registry=r)
         self.keys = Gauge("apiarium_keys", "Active API keys", registry=r)
         self.keys.set_function(key_count)
+        self._children: dict[tuple, tuple] = {}
+
+    def observe_request(self, endpoint: str, model: str, status: int, seconds: float) -> None:
+        """Count one answered request (label children are looked up once, then cached)."""
+        key = (endpoint, model, status)
+        child = self._children.get(key)
+        if child is None:
+            if len(self._children) > 10_000:     # bounded: models and statuses are few
+                self._children.clear()
+            child = self._children[key] = (self.requests.labels(endpoint, model, str(status)),
+                                           self.duration.labels(endpoint))
+        child[0].inc()
+        child[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -25,8 +25,8 @@ class FailoverMixin:
         """(candidate as the client's alias, the candidate, its breaker), in order; open
         circuits are skipped (the last such refusal is returned as ``skipped``)."""
         for cand in self.svc.catalog.chain(model):
-            yield dataclasses.replace(cand, alias=model.alias), cand, \
-                self.svc.breaker(cand.provider)
+            as_asked = cand if cand is model else dataclasses.replace(cand, alias=model.alias)
+            yield as_asked, cand, self.svc.breaker(cand.provider)
 
     def _served(self: ApiHandler, cand: ModelSpec) -> None:
         self.provider_name = cand.provider.name
