@@ -73,6 +73,7 @@ class UsageLedger:
         self._today: dict[str, Tally] = {}                    # key_hash -> today's totals
         self._pending: dict[tuple[str, str], Tally] = {}      # not yet written
         self._day = ""
+        self._day_number = -1                                  # the day ``_day`` names
 
     async def open(self) -> "UsageLedger":
         self._db = await aiosqlite.connect(self.db_path, isolation_level=None)
@@ -90,17 +91,24 @@ class UsageLedger:
                resolution: str | None = None) -> float:
         """Count one request's usage; returns the credits it cost."""
         tally.credits = price(model, tally, resolution)
-        day = today()
-        if day != self._day:                      # midnight UTC: a new day starts at zero
-            self._day, self._today = day, {}
+        day = self._roll()
         key = key_hash or MASTER
         self._today.setdefault(key, Tally()).add(tally)
         self._pending.setdefault((key, day), Tally()).add(tally)
         return tally.credits
 
+    def _roll(self) -> str:
+        """Today's date; at midnight UTC a new day starts at zero (checked cheaply)."""
+        number = int(time.time() // 86400)
+        if number != self._day_number:
+            self._day_number = number
+            day = today()
+            if day != self._day:
+                self._day, self._today = day, {}
+        return self._day
+
     def spent_today(self, key_hash: str) -> Tally:
-        if today() != self._day:
-            return Tally()
+        self._roll()
         return self._today.get(key_hash) or Tally()
 
     async def flush(self) -> int:

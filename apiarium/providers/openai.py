@@ -25,9 +25,11 @@ IMAGE_SIZES = {"1024x1024": 1.0, "1536x1024": 1.5, "1024x1536": 2 / 3}
 class OpenAIProvider(Provider):
     kind = "openai"
 
-    def _headers(self) -> dict:
-        return {"Authorization": f"Bearer {self.spec.api_key}",
-                "Content-Type": "application/json", **self.spec.headers}
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._headers = {"Authorization": f"Bearer {self.spec.api_key}",
+                         "Content-Type": "application/json", **self.spec.headers}
+        self._chat_url = f"{self.spec.base_url}/chat/completions"
 
     def _payload(self, model: ModelSpec, body: dict, raw: bytes | None) -> bytes:
         if raw is not None and model.upstream == model.alias:
@@ -40,10 +42,8 @@ class OpenAIProvider(Provider):
 
     async def chat(self, model: ModelSpec, body: dict, raw: bytes | None) -> dict:
         self.require_configured()
-        async with self.request("POST", f"{self.spec.base_url}/chat/completions",
-                                data=self._payload(model, body, raw),
-                                headers=self._headers()) as resp:
-            data = await self.read_json(resp)
+        data = await self.fetch_json("POST", self._chat_url,
+                                     data=self._payload(model, body, raw), headers=self._headers)
         if not isinstance(data.get("choices"), list):
             raise UpstreamError(f"The upstream provider `{self.spec.name}` answered without "
                                 f"`choices`; it does not look like an OpenAI-compatible server.")
@@ -56,9 +56,9 @@ class OpenAIProvider(Provider):
         rewrite = model.upstream != model.alias
         old = b'"model":"' + model.upstream.encode() + b'"'
         new = b'"model":"' + model.alias.encode() + b'"'
-        async with self.request("POST", f"{self.spec.base_url}/chat/completions",
+        async with self.request("POST", self._chat_url,
                                 data=self._payload(model, body, raw),
-                                headers=self._headers()) as resp:
+                                headers=self._headers) as resp:
             ctype = resp.headers.get("Content-Type", "")
             if not ctype.startswith("text/event-stream"):
                 shown = ctype or "no content type"
@@ -90,7 +90,7 @@ class OpenAIProvider(Provider):
         if req.high_quality:
             body["quality"] = "high"
         async with self.request("POST", f"{self.spec.base_url}/images/generations",
-                                data=orjson.dumps(body), headers=self._headers()) as resp:
+                                data=orjson.dumps(body), headers=self._headers) as resp:
             data = await self.read_json(resp)
         out = []
         for item in data.get("data") or []:
