@@ -280,17 +280,23 @@ class ApiHandler(BaseHandler):
         """Await upstream work, cancelling it the moment the client disconnects (so an
         upstream request is closed, a video is no longer polled).  None if the client left,
         or if shutdown cut it short (the client then got a 503 or an SSE error event)."""
-        self._work = asyncio.ensure_future(work)
+        # The handler already runs in a task of its own: that task is what a disconnect
+        # (or the end of the shutdown grace) cancels, and only while this await lasts.
+        self._work = asyncio.current_task()
         self._started = time.perf_counter()
         try:
-            result = await self._work
+            result = await work
         except asyncio.CancelledError:
+            if self.client_gone or self.svc.stopping:
+                asyncio.current_task().uncancel()      # we asked for it: the task goes on
             if self.client_gone:
                 return None
             if self.svc.stopping:
                 self._cut_short()
                 return None
             raise
+        finally:
+            self._work = None
         if self.upstream_ms is None:
             self.upstream_ms = self._observe_ttfb()
         return result
