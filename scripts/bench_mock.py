@@ -36,7 +36,8 @@ ANSWER = b"Hello from the bench mock: a short answer of about a dozen words, as 
 OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
 SSE_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n")
-NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+NOT_FOUND = (b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
+             b"Content-Length: 2\r\n\r\n{}")
 
 
 def chunked(data: bytes) -> bytes:
@@ -58,16 +59,20 @@ def oa_chunk(model: bytes, delta: bytes, finish: bytes = b"null", usage: bytes =
             + b',"logprobs":null,"finish_reason":' + finish + b'}]' + usage + b'}\n\n')
 
 
-def oa_stream(model: bytes, events: int, usage: bool) -> tuple[list[bytes], bytes]:
+def oa_frame(model: bytes, i: int, usage: bool) -> bytes:
     u = b',"usage":null' if usage else b""
-    frames = [oa_chunk(model, b'{"role":"assistant","content":"tok0 "}', usage=u)]
-    frames += [oa_chunk(model, b'{"content":"tok%d "}' % i, usage=u) for i in range(1, events)]
-    tail = oa_chunk(model, b"{}", b'"stop"', u)
+    if i == 0:
+        return oa_chunk(model, b'{"role":"assistant","content":"tok0 "}', usage=u)
+    return oa_chunk(model, b'{"content":"tok%d "}' % i, usage=u)
+
+
+def oa_tail(model: bytes, events: int, usage: bool) -> bytes:
+    tail = oa_chunk(model, b"{}", b'"stop"', b',"usage":null' if usage else b"")
     if usage:
         tail += (b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":'
                  + CREATED + b',"model":"' + model + b'","choices":[],"usage":{"prompt_tokens":12,'
                  b'"completion_tokens":%d,"total_tokens":%d}}\n\n' % (events, events + 12))
-    return frames[:events], tail + b"data: [DONE]\n\n"
+    return tail + b"data: [DONE]\n\n"
 
 
 # ---------------------------------------------------------------------- Anthropic shapes
@@ -81,22 +86,26 @@ def an_event(name: bytes, data: bytes) -> bytes:
     return b"event: " + name + b"\ndata: " + data + b"\n\n"
 
 
-def an_stream(model: bytes, events: int) -> tuple[bytes, list[bytes], bytes]:
-    head = (an_event(b"message_start", b'{"type":"message_start","message":{"id":"msg_bench",'
+def an_head(model: bytes) -> bytes:
+    return (an_event(b"message_start", b'{"type":"message_start","message":{"id":"msg_bench",'
                      b'"type":"message","role":"assistant","model":"' + model + b'","content":[],'
                      b'"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":12,'
                      b'"output_tokens":1}}}')
             + an_event(b"content_block_start", b'{"type":"content_block_start","index":0,'
                        b'"content_block":{"type":"text","text":""}}')
             + an_event(b"ping", b'{"type":"ping"}'))
-    deltas = [an_event(b"content_block_delta", b'{"type":"content_block_delta","index":0,'
-                       b'"delta":{"type":"text_delta","text":"tok%d "}}' % i)
-              for i in range(events)]
-    tail = (an_event(b"content_block_stop", b'{"type":"content_block_stop","index":0}')
+
+
+def an_frame(i: int) -> bytes:
+    return an_event(b"content_block_delta", b'{"type":"content_block_delta","index":0,'
+                    b'"delta":{"type":"text_delta","text":"tok%d "}}' % i)
+
+
+def an_tail(events: int) -> bytes:
+    return (an_event(b"content_block_stop", b'{"type":"content_block_stop","index":0}')
             + an_event(b"message_delta", b'{"type":"message_delta","delta":{"stop_reason":'
                        b'"end_turn","stop_sequence":null},"usage":{"output_tokens":%d}}' % events)
             + an_event(b"message_stop", b'{"type":"message_stop"}'))
-    return head, deltas, tail
 
 
 # ---------------------------------------------------------------------- the server
@@ -205,30 +214,33 @@ class Mock(asyncio.Protocol):
 
     async def stream(self, model: bytes, anthropic: bool, events: int, interval: float,
                      latency: float, usage: bool) -> None:
+        """Frames are made one at a time: a slow stream may be told to last an hour."""
         t = self.t
         if latency > 0:
             await asyncio.sleep(latency)
         if anthropic:
-            head, frames, tail = an_stream(model, events)
+            head, tail = an_head(model), an_tail(events)
+            frame = an_frame
         else:
-            frames, tail = oa_stream(model, events, usage)
-            head = b""
+            head, tail = b"", oa_tail(model, events, usage)
+            frame = lambda i: oa_frame(model, i, usage)       # noqa: E731
         if interval <= 0:      # everything at once: the relay still has to split it
-            t.write(SSE_HEAD + chunked(head + b"".join(frames) + tail) + b"0\r\n\r\n")
+            body = head + b"".join(frame(i) for i in range(events)) + tail
+            t.write(SSE_HEAD + chunked(body) + b"0\r\n\r\n")
             self.resume()
             return
-        t.write(SSE_HEAD + chunked(head + frames[0]) if frames else SSE_HEAD)
+        t.write(SSE_HEAD + chunked(head + frame(0)) if events else SSE_HEAD)
         loop = asyncio.get_running_loop()
         start = loop.time()
-        for i in range(1, len(frames)):
+        for i in range(1, events):
             delay = start + i * interval - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             if t.is_closing():
                 return
-            t.write(chunked(frames[i]))
-        await asyncio.sleep(max(0.0, start + len(frames) * interval - loop.time())
-                            if frames else 0)
+            t.write(chunked(frame(i)))
+        if events:
+            await asyncio.sleep(max(0.0, start + events * interval - loop.time()))
         if t.is_closing():
             return
         t.write(chunked(tail) + b"0\r\n\r\n")
