@@ -312,21 +312,9 @@ def _assistant_blocks(m: dict, i: int) -> list[dict]:
     text = shapes.text_of(content) if not isinstance(content, list) else "".join(
         p.get("text") or p.get("refusal") or "" for p in content if isinstance(p, dict))
     blocks = [{"type": "text", "text": text}] if text else []
-    for j, call in enumerate(m.get("tool_calls") or []):
-        param = f"messages[{i}].tool_calls[{j}].function.arguments"
-        fn = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(fn, dict) or not fn.get("name"):
-            raise InvalidRequest(f"messages[{i}].tool_calls[{j}] needs a function with a name.",
-                                 param=f"messages[{i}].tool_calls[{j}]")
-        try:
-            args = orjson.loads(fn.get("arguments") or "{}")
-        except orjson.JSONDecodeError:
-            args = None
-        if not isinstance(args, dict):
-            raise InvalidRequest(f"`{param}` must be a JSON object encoded as a string.",
-                                 param=param)
-        blocks.append({"type": "tool_use", "id": call.get("id") or f"toolu_{i}_{j}",
-                       "name": fn["name"], "input": args})
+    for j, (id_, name, args) in enumerate(shapes.assistant_tool_calls(m, f"messages[{i}]")):
+        blocks.append({"type": "tool_use", "id": id_ or f"toolu_{i}_{j}", "name": name,
+                       "input": args})
     return blocks
 
 

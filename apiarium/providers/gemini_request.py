@@ -21,7 +21,7 @@ from __future__ import annotations
 import orjson
 
 from ..errors import InvalidRequest
-from .shapes import parse_data_url, text_of
+from .shapes import assistant_tool_calls, parse_data_url, text_of
 
 _MODES = {"none": "NONE", "auto": "AUTO", "required": "ANY"}
 
@@ -77,19 +77,9 @@ def _tool_response(m: dict, names: dict, where: str) -> dict:
 def _assistant_parts(m: dict, names: dict, where: str) -> list[dict]:
     text = text_of(m.get("content"))
     parts = [{"text": text}] if text else []
-    for k, tc in enumerate(m.get("tool_calls") or []):
-        fn = tc.get("function") if isinstance(tc, dict) else None
-        if not isinstance(fn, dict) or not fn.get("name"):
-            raise InvalidRequest(f"`{where}.tool_calls[{k}]` needs function.name.",
-                                 param=f"{where}.tool_calls[{k}]")
-        try:
-            args = orjson.loads(fn.get("arguments") or "{}")
-        except (orjson.JSONDecodeError, TypeError):
-            raise InvalidRequest(f"`{where}.tool_calls[{k}].function.arguments` is not valid "
-                                 f"JSON.", param=f"{where}.tool_calls[{k}].function.arguments"
-                                 ) from None
-        names[tc.get("id")] = fn["name"]
-        parts.append({"functionCall": {"name": fn["name"], "args": args}})
+    for id_, name, args in assistant_tool_calls(m, where):
+        names[id_] = name
+        parts.append({"functionCall": {"name": name, "args": args}})
     return parts
 
 

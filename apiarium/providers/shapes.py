@@ -89,6 +89,28 @@ class Chunks:
         return self._frame(b'"choices":[],"usage":' + orjson.dumps(usage_))
 
 
+def assistant_tool_calls(message: dict, where: str) -> list[tuple[str | None, str, dict]]:
+    """(id, name, arguments as an object) of each of an assistant message's ``tool_calls``,
+    checked: a 400 naming the field for a call without a name or with arguments that are not
+    a JSON object."""
+    calls = []
+    for k, tc in enumerate(message.get("tool_calls") or []):
+        fn = tc.get("function") if isinstance(tc, dict) else None
+        if not isinstance(fn, dict) or not fn.get("name"):
+            raise InvalidRequest(f"`{where}.tool_calls[{k}]` needs a function with a name.",
+                                 param=f"{where}.tool_calls[{k}]")
+        param = f"{where}.tool_calls[{k}].function.arguments"
+        try:
+            args = orjson.loads(fn.get("arguments") or "{}")
+        except (orjson.JSONDecodeError, TypeError):
+            args = None
+        if not isinstance(args, dict):
+            raise InvalidRequest(f"`{param}` must be a JSON object encoded as a string.",
+                                 param=param)
+        calls.append((tc.get("id"), fn["name"], args))
+    return calls
+
+
 def wants_usage(body: dict) -> bool:
     opts = body.get("stream_options")
     return isinstance(opts, dict) and bool(opts.get("include_usage"))
