@@ -140,34 +140,37 @@ def test_chunked_body_over_the_limit_gets_413_without_being_buffered(make_gatewa
     assert status == 413 and error_of(body)["code"] == "body_too_large"
 
 
+def trickle(sock: socket.socket, data: bytes, between=None) -> float | None:
+    """Send ``data`` one byte a second; the seconds until the server hung up (None: never).
+    ``between(i)`` runs after byte i."""
+    started = time.monotonic()
+    try:
+        for i in range(len(data)):
+            try:
+                sock.sendall(data[i:i + 1])
+                sock.settimeout(1.0)
+                if sock.recv(1024) == b"":                  # the server hung up
+                    return time.monotonic() - started
+            except socket.timeout:
+                pass
+            except OSError:
+                return time.monotonic() - started
+            if between:
+                between(i)
+    finally:
+        sock.close()
+    return None
+
+
 def test_slow_headers_are_cut_off(make_gateway, fake_openai):
     gw = make_gateway(openai_models(fake_openai),
                       server={**SERVER, "header_timeout_s": 3, "body_timeout_s": 3})
     head = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: slowloris/1.0\r\n\r\n"
-    sock = socket.create_connection(("127.0.0.1", gw.port))
-    started, cut = time.monotonic(), None
-    try:
-        for byte in head:                                   # one byte a second
-            try:
-                sock.sendall(bytes([byte]))
-            except OSError:
-                cut = time.monotonic() - started
-                break
-            sock.settimeout(1.0)
-            try:
-                if sock.recv(1024) == b"":                  # the server hung up
-                    cut = time.monotonic() - started
-                    break
-            except socket.timeout:
-                pass
-            except OSError:
-                cut = time.monotonic() - started
-                break
-            # meanwhile everyone else is served
-            if byte == head[2]:
-                assert gw.get("/health")[0] == 200
-    finally:
-        sock.close()
+
+    def others_are_served(i: int) -> None:                 # meanwhile everyone else is served
+        if i == 2:
+            assert gw.get("/health")[0] == 200
+    cut = trickle(socket.create_connection(("127.0.0.1", gw.port)), head, others_are_served)
     print(f"\nslowloris (1 byte/s, header_timeout_s 3): cut off after {cut} s "
           f"(sending the whole head would take {len(head)} s)")
     assert cut is not None and cut < 3 + 3, cut
@@ -176,27 +179,7 @@ def test_slow_headers_are_cut_off(make_gateway, fake_openai):
 def test_slow_body_is_cut_off(make_gateway, fake_openai):
     gw = make_gateway(openai_models(fake_openai),
                       server={**SERVER, "header_timeout_s": 3, "body_timeout_s": 3})
-    sock = post_head(gw.port, "Content-Length: 100\r\n")
-    started, cut = time.monotonic(), None
-    try:
-        for _ in range(100):
-            try:
-                sock.sendall(b" ")
-            except OSError:
-                cut = time.monotonic() - started
-                break
-            sock.settimeout(1.0)
-            try:
-                if sock.recv(1024) == b"":
-                    cut = time.monotonic() - started
-                    break
-            except socket.timeout:
-                pass
-            except OSError:
-                cut = time.monotonic() - started
-                break
-    finally:
-        sock.close()
+    cut = trickle(post_head(gw.port, "Content-Length: 100\r\n"), b" " * 100)
     print(f"\nslow body (1 byte/s, body_timeout_s 3): cut off after {cut} s")
     assert cut is not None and cut < 3 + 3, cut
 
