@@ -103,11 +103,12 @@ class Provider:
                     self._latency.observe(time.perf_counter() - started)
                 if resp.status >= 400:
                     await self.raise_for_status(resp)
-                return await self.read_json(resp)
+                body = await resp.read()
         except ApiError:
             raise
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             raise self.transport_error(exc) from None
+        return self.parse_json(body, resp.headers.get("Content-Type"))
 
     def transport_error(self, exc: BaseException) -> ApiError:
         """The error a client gets when the upstream connection itself failed."""
@@ -123,15 +124,17 @@ class Provider:
                              f"({type(exc).__name__}). Try again later.")
 
     async def read_json(self, resp: aiohttp.ClientResponse) -> dict:
-        body = await resp.read()
+        return self.parse_json(await resp.read(), resp.headers.get("Content-Type"))
+
+    def parse_json(self, body: bytes, ctype: str | None) -> dict:
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
             data = None
         if not isinstance(data, dict):
-            ctype = resp.headers.get("Content-Type", "no content type")
             raise UpstreamError(f"The upstream provider `{self.spec.name}` answered with something "
-                                f"that is not a JSON object ({ctype}, {len(body)} bytes).")
+                                f"that is not a JSON object ({ctype or 'no content type'}, "
+                                f"{len(body)} bytes).")
         return data
 
     # ------------------------------------------------------------------ error mapping
