@@ -204,8 +204,9 @@ def test_clicking_a_model_tile_copies_its_id_and_confirms(browser, gateway):
         assert page.is_visible("#toast")
         page.focus(".tile[data-model='gpt-image-1']")    # keyboard works too
         page.keyboard.press("Enter")
-        page.wait_for_function("document.getElementById('toast').textContent "
-                               "=== 'Copied gpt-image-1'")
+        # a selector, not wait_for_function: Playwright's polling of a JS string needs eval,
+        # which the page's CSP (rightly) forbids
+        page.wait_for_selector("#toast:text-is('Copied gpt-image-1')")
         assert clipboard(page) == "gpt-image-1"
 
 
