@@ -46,19 +46,6 @@ class FailoverMixin:
     async def with_fallbacks(self: ApiHandler, model: ModelSpec,
                              call: Callable[[ModelSpec], Awaitable[T]]) -> tuple[T, ModelSpec]:
         """``call(candidate)`` for the first candidate that answers; (result, candidate)."""
-        if not model.fallbacks:                  # the common case, without the machinery
-            breaker = self.svc.breaker(model.provider)
-            if not breaker.allow():
-                raise open_error(model.provider.name, breaker)
-            self.provider_name = model.provider.name
-            try:
-                result = await call(model)
-            except ApiError as err:
-                self._failed(model, breaker, err)
-                raise
-            breaker.success()
-            self._served(model)
-            return result, model
         last: ApiError | None = None
         for as_asked, cand, breaker in self._candidates(model):
             if not breaker.allow():

@@ -139,13 +139,7 @@ class _Stream:
         name, data = sse.parse(event)
         if data is None:
             return []
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            obj = None
-        if not isinstance(obj, dict):
-            raise UpstreamError(f"The upstream provider `{self.provider.spec.name}` sent a "
-                                f"stream event that is not a JSON object.")
+        obj = self.provider.parse_json(data, "sent a stream event")
         kind = obj.get("type") or name
         chunks = self.chunks
         if kind == "message_start":

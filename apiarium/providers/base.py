@@ -108,7 +108,7 @@ class Provider:
             raise
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             raise self.transport_error(exc) from None
-        return self.parse_json(body, resp.headers.get("Content-Type"))
+        return self.answer_json(body, resp.headers.get("Content-Type"))
 
     def transport_error(self, exc: BaseException) -> ApiError:
         """The error a client gets when the upstream connection itself failed."""
@@ -124,18 +124,22 @@ class Provider:
                              f"({type(exc).__name__}). Try again later.")
 
     async def read_json(self, resp: aiohttp.ClientResponse) -> dict:
-        return self.parse_json(await resp.read(), resp.headers.get("Content-Type"))
+        return self.answer_json(await resp.read(), resp.headers.get("Content-Type"))
 
-    def parse_json(self, body: bytes, ctype: str | None) -> dict:
+    def answer_json(self, body: bytes, ctype: str | None) -> dict:
+        return self.parse_json(body, f"answered with something ({ctype or 'no content type'}, "
+                                     f"{len(body)} bytes)")
+
+    def parse_json(self, data: bytes | None, what: str) -> dict:
+        """``data`` as a JSON object, or a 502 saying the upstream ``what`` that is not one."""
         try:
-            data = orjson.loads(body)
+            obj = orjson.loads(data) if data else None
         except orjson.JSONDecodeError:
-            data = None
-        if not isinstance(data, dict):
-            raise UpstreamError(f"The upstream provider `{self.spec.name}` answered with something "
-                                f"that is not a JSON object ({ctype or 'no content type'}, "
-                                f"{len(body)} bytes).")
-        return data
+            obj = None
+        if not isinstance(obj, dict):
+            raise UpstreamError(f"The upstream provider `{self.spec.name}` {what} that is not "
+                                f"a JSON object.")
+        return obj
 
     # ------------------------------------------------------------------ error mapping
     def error_message(self, data) -> str:

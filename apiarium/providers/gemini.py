@@ -174,14 +174,7 @@ class GeminiProvider(Provider):
 
     def _event(self, resp, event: bytes) -> dict:
         """One upstream SSE event as a response object; an error event raises."""
-        _, data = sse.parse(event)
-        try:
-            obj = orjson.loads(data) if data else None
-        except orjson.JSONDecodeError:
-            obj = None
-        if not isinstance(obj, dict):
-            raise UpstreamError(f"The upstream provider `{self.spec.name}` sent a stream event "
-                                f"that is not a JSON object.")
+        obj = self.parse_json(sse.parse(event)[1], "sent a stream event")
         err = obj.get("error")
         if err is not None:     # {"error": {code, message, status}} mid-stream
             err = err if isinstance(err, dict) else {}
