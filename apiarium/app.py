@@ -46,14 +46,14 @@ LISTEN_BACKLOG = 4096    # a burst of new connections waits here, not in SYN ret
 
 
 def routes() -> list:
-    return [
+    return [                 # matched in order: the busiest first
+        (r"/v1/chat/completions", ChatHandler),
+        (r"/v1/completions", CompletionsHandler),
         *pages.routes(),
         (r"/health", HealthHandler),
         (r"/v1/models", ModelsHandler),
         (r"/v1/models/(.+)", ModelHandler),
         (r"/v1/keys/me", KeysMeHandler),
-        (r"/v1/chat/completions", ChatHandler),
-        (r"/v1/completions", CompletionsHandler),
         (r"/v1/images/generations", ImagesHandler),
         (r"/v1/videos/generations", VideosHandler),
         (r"/media/([^/]+)", MediaFileHandler),

@@ -7,40 +7,108 @@
     apiarium_active_streams                              SSE responses in progress
     apiarium_rate_limited_total{reason}                  429s the gateway itself gave
     apiarium_keys                                        active keys
+
+The values are plain numbers the event loop adds to (one thread touches them: no locks);
+prometheus_client renders them at scrape time through a collector.  Its own metric classes
+take a lock per increment, and a request makes seven of them: measurable on the hot path.
 """
 from __future__ import annotations
 
-from typing import Callable
+from bisect import bisect_left
+from typing import Callable, Iterator
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
-                               generate_latest)
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily, Metric)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
+class _Count:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1) -> None:
+        self.value -= amount
+
+
+class _Histogram:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)        # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        out, total = [], 0
+        for bound, n in zip((*map(str, map(float, self.bounds)), "+Inf"), self.counts):
+            total += n
+            out.append((bound, total))
+        return out
+
+
+class Family:
+    """A metric with labels; ``labels(...)`` returns the child to ``inc`` or ``observe``."""
+
+    def __init__(self, kind: str, name: str, doc: str, labelnames: tuple[str, ...] = (),
+                 buckets: tuple[float, ...] = _LATENCY_BUCKETS):
+        self.kind, self.name, self.doc, self.labelnames = kind, name, doc, labelnames
+        self.buckets = buckets
+        self._children: dict[tuple[str, ...], _Count | _Histogram] = {}
+
+    def labels(self, *values: str):
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = (
+                _Histogram(self.buckets) if self.kind == "histogram" else _Count())
+        return child
+
+    def collect(self) -> Metric:
+        names = list(self.labelnames)
+        if self.kind == "histogram":
+            fam = HistogramMetricFamily(self.name, self.doc, labels=names)
+            for values, h in list(self._children.items()):
+                fam.add_metric(list(values), h.cumulative(), h.sum)
+        else:
+            cls = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
+            fam = cls(self.name, self.doc, labels=names)
+            for values, c in list(self._children.items()):
+                fam.add_metric(list(values), c.value)
+        return fam
+
+
 class Metrics:
     def __init__(self, key_count: Callable[[], int] = lambda: 0):
-        self.registry = r = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("apiarium_requests", "Requests answered",
-                                ("endpoint", "model", "status"), registry=r)
-        self.duration = Histogram("apiarium_request_duration_seconds",
-                                  "Time from request to last byte", ("endpoint",),
-                                  buckets=_LATENCY_BUCKETS, registry=r)
-        self.upstream_latency = Histogram("apiarium_upstream_latency_seconds",
-                                          "Upstream request sent to response headers",
-                                          ("provider",), buckets=_LATENCY_BUCKETS, registry=r)
-        self.upstream_ttfb = Histogram("apiarium_upstream_ttfb_seconds",
-                                       "Upstream request sent to the first relayed byte",
-                                       ("provider",), buckets=_LATENCY_BUCKETS, registry=r)
-        self.active_streams = Gauge("apiarium_active_streams", "SSE responses in progress",
-                                    registry=r)
-        self.rate_limited = Counter("apiarium_rate_limited", "429s given by the gateway",
-                                    ("reason",), registry=r)
-        self.keys = Gauge("apiarium_keys", "Active API keys", registry=r)
-        self.keys.set_function(key_count)
+        self.requests = Family("counter", "apiarium_requests", "Requests answered",
+                               ("endpoint", "model", "status"))
+        self.duration = Family("histogram", "apiarium_request_duration_seconds",
+                               "Time from request to last byte", ("endpoint",))
+        self.upstream_latency = Family("histogram", "apiarium_upstream_latency_seconds",
+                                       "Upstream request sent to response headers",
+                                       ("provider",))
+        self.upstream_ttfb = Family("histogram", "apiarium_upstream_ttfb_seconds",
+                                    "Upstream request sent to the first relayed byte",
+                                    ("provider",))
+        self._streams = Family("gauge", "apiarium_active_streams", "SSE responses in progress")
+        self.active_streams = self._streams.labels()
+        self.rate_limited = Family("counter", "apiarium_rate_limited",
+                                   "429s given by the gateway", ("reason",))
+        self._key_count = key_count
         self._children: dict[tuple, tuple] = {}
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
 
     def observe_request(self, endpoint: str, model: str, status: int, seconds: float) -> None:
         """Count one answered request (label children are looked up once, then cached)."""
@@ -51,8 +119,14 @@ class Metrics:
                 self._children.clear()
             child = self._children[key] = (self.requests.labels(endpoint, model, str(status)),
                                            self.duration.labels(endpoint))
-        child[0].inc()
+        child[0].value += 1
         child[1].observe(seconds)
+
+    def collect(self) -> Iterator[Metric]:
+        for fam in (self.requests, self.duration, self.upstream_latency, self.upstream_ttfb,
+                    self._streams, self.rate_limited):
+            yield fam.collect()
+        yield GaugeMetricFamily("apiarium_keys", "Active API keys", value=self._key_count())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

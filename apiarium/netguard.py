@@ -34,6 +34,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _BITS = {4: 32, 6: 128}
 _pton4 = partial(inet_pton, AF_INET)
 _U32 = next(code for code in "IL" if array(code).itemsize == 4)
+CACHE_SIZE = 65536        # per-address answers kept (a reload starts a new guard, afresh)
 MAX_REPORTED = 5          # unreadable lines named one by one; the rest are counted
 
 
@@ -237,23 +238,31 @@ class NetGuard:
         self.block_proxy_headers = block_proxy_headers
         self.blocklist = blocklist or Blocklist()
         self._trust_cache: dict[str, bool] = {}
+        self._direct: dict[str, Visitor] = {}       # peer -> visitor, for untrusted peers
+        self._listed: dict[str, bool] = {}          # ip -> in the blocklist
 
     def is_trusted(self, ip) -> bool:
         key = str(ip)
         hit = self._trust_cache.get(key)
         if hit is None:
             hit = any(ip in net for net in self.trusted if net.version == ip.version)
-            if len(self._trust_cache) < 4096:
+            if len(self._trust_cache) < CACHE_SIZE:
                 self._trust_cache[key] = hit
         return hit
 
     def visitor(self, peer: str, headers: Mapping[str, str]) -> Visitor:
         """Resolve the client IP from the socket peer and (trusted) forwarding headers."""
+        known = self._direct.get(peer)
+        if known is not None:                     # an untrusted peer seen before: no parsing
+            return known
         peer_ip = _parse_ip(peer)
         if peer_ip is None:                       # unix socket or similar: take it as given
             return Visitor(peer, False)
         if not self.trusted or not self.is_trusted(peer_ip):
-            return Visitor(str(peer_ip), False)
+            if len(self._direct) >= CACHE_SIZE:
+                self._direct.clear()
+            known = self._direct[peer] = Visitor(str(peer_ip), False)
+            return known
         client = peer_ip
         xff = headers.get("X-Forwarded-For")
         if xff:
@@ -278,8 +287,14 @@ class NetGuard:
                         f"a {name!r} header). Connect directly, without a proxy or VPN, and try "
                         f"again.", code="vpn_detected")
         if self.blocklist:
-            ip = _parse_ip(visitor.ip)
-            if ip is not None and ip in self.blocklist:
+            listed = self._listed.get(visitor.ip)
+            if listed is None:
+                ip = _parse_ip(visitor.ip)
+                listed = ip is not None and ip in self.blocklist
+                if len(self._listed) >= CACHE_SIZE:
+                    self._listed.clear()
+                self._listed[visitor.ip] = listed
+            if listed:
                 raise Forbidden(
                     f"Your network ({visitor.ip}) is listed as a VPN, proxy, hosting or Tor "
                     f"network. Connect from a residential or mobile connection without a VPN "

@@ -16,6 +16,7 @@ import time
 from typing import AsyncIterator, Awaitable, TypeVar
 
 import orjson
+import tornado.httputil
 import tornado.iostream
 import tornado.web
 
@@ -32,8 +33,16 @@ log = logging.getLogger("apiarium")
 _RID_PREFIX = "req_" + secrets.token_hex(5)
 _rid_counter = itertools.count(1)
 _JSON = "application/json"
+_WITH_BODY = frozenset(("POST", "PUT", "PATCH"))
 T = TypeVar("T")
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
+
+
+def _http_date(_cache=[-1, ""]) -> str:
+    now = int(time.time())
+    if now != _cache[0]:
+        _cache[0], _cache[1] = now, tornado.httputil.format_timestamp(now)
+    return _cache[1]
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -48,11 +57,10 @@ class BaseHandler(tornado.web.RequestHandler):
     bytes_out: int = 0
     _limit_headers: dict = {}
 
-    @property
-    def svc(self) -> Services:
-        return self.application.settings["services"]
+    svc: Services
 
     def initialize(self) -> None:
+        self.svc = self.application.settings["services"]
         self.svc.inflight.add(self)
 
     def on_finish(self) -> None:
@@ -61,11 +69,20 @@ class BaseHandler(tornado.web.RequestHandler):
     def on_connection_close(self) -> None:
         self.svc.inflight.discard(self)
 
-    def set_default_headers(self) -> None:
+    def clear(self) -> None:
+        """Tornado's reset of the response, less its per-request costs: no Server header
+        (set, then removed), and the Date string formatted once a second, not per response."""
         if not self.request_id:
             self.request_id = f"{_RID_PREFIX}{next(_rid_counter):07x}"
-        self._headers["x-request-id"] = self.request_id
-        self.clear_header("Server")
+        headers = tornado.httputil.HTTPHeaders()
+        headers["Content-Type"] = "text/html; charset=UTF-8"
+        headers["Date"] = _http_date()
+        headers["x-request-id"] = self.request_id
+        self._headers = headers
+        self.set_default_headers()
+        self._write_buffer = []
+        self._status_code = 200
+        self._reason = "OK"
 
     def write(self, chunk) -> None:
         if isinstance(chunk, (bytes, str)):
@@ -172,7 +189,7 @@ class ApiHandler(BaseHandler):
     client_gone = False
     _work: asyncio.Future | None = None
 
-    async def prepare(self) -> None:
+    def prepare(self) -> None:          # not async: nothing here waits, so no coroutine
         self._chunks: list[bytes] = []
         self._size = 0
         self._too_large = False
@@ -184,7 +201,7 @@ class ApiHandler(BaseHandler):
         if length and length.isdigit() and int(length) > limit:
             raise BodyTooLarge(f"The request body is {int(length) / 1048576:.1f} MB; this "
                                f"gateway accepts at most {limit / 1048576:g} MB.")
-        if self.request.method in ("POST", "PUT", "PATCH"):
+        if self.request.method in _WITH_BODY:
             # a chunked body has no length: data_received enforces the limit (with a 413)
             self.request.connection.set_max_body_size(limit + 1 if length else 1 << 62)
         if not master:

@@ -21,13 +21,6 @@ T = TypeVar("T")
 
 
 class FailoverMixin:
-    def _candidates(self: ApiHandler, model: ModelSpec):
-        """(candidate as the client's alias, the candidate, its breaker), in order; open
-        circuits are skipped (the last such refusal is returned as ``skipped``)."""
-        for cand in self.svc.catalog.chain(model):
-            as_asked = cand if cand is model else dataclasses.replace(cand, alias=model.alias)
-            yield as_asked, cand, self.svc.breaker(cand.provider)
-
     def _served(self: ApiHandler, cand: ModelSpec) -> None:
         self.provider_name = cand.provider.name
         self.set_header("x-apiarium-model", cand.alias)
@@ -46,11 +39,15 @@ class FailoverMixin:
     async def with_fallbacks(self: ApiHandler, model: ModelSpec,
                              call: Callable[[ModelSpec], Awaitable[T]]) -> tuple[T, ModelSpec]:
         """``call(candidate)`` for the first candidate that answers; (result, candidate)."""
+        svc = self.svc
         last: ApiError | None = None
-        for as_asked, cand, breaker in self._candidates(model):
+        # open circuits are skipped; if all are, the first such refusal is the answer
+        for cand in svc.catalog.chain(model) if model.fallbacks else (model,):
+            breaker = svc.breaker(cand.provider)
             if not breaker.allow():
                 last = last or open_error(cand.provider.name, breaker)
                 continue
+            as_asked = cand if cand is model else dataclasses.replace(cand, alias=model.alias)
             self.provider_name = cand.provider.name
             try:
                 result = await call(as_asked)

@@ -151,7 +151,6 @@ class PageHandler(BaseHandler):
         self.assets = assets
 
     def set_default_headers(self) -> None:
-        super().set_default_headers()
         for name, value in SECURITY_HEADERS.items():
             self._headers[name] = value
 
