@@ -293,29 +293,19 @@ class ApiHandler(BaseHandler):
         if self._work is not None and not self._work.done():
             self._work.cancel()
 
+    def guarding(self) -> "_Guard":
+        """``with self.guarding() as g:`` around upstream work: a client that disconnects
+        (or the end of the shutdown grace) cancels it, so an upstream request is closed, a
+        video no longer polled.  After the block, ``g.done`` is False if it was cut short
+        that way (the client then got nothing, a 503, or an SSE error event).  A context
+        manager, not a coroutine: no await layer between the handler and the upstream."""
+        return _Guard(self)
+
     async def guarded(self, work: Awaitable[T]) -> T | None:
-        """Await upstream work, cancelling it the moment the client disconnects (so an
-        upstream request is closed, a video is no longer polled).  None if the client left,
-        or if shutdown cut it short (the client then got a 503 or an SSE error event)."""
-        # The handler already runs in a task of its own: that task is what a disconnect
-        # (or the end of the shutdown grace) cancels, and only while this await lasts.
-        self._work = asyncio.current_task()
-        self._started = time.perf_counter()
-        try:
+        """Await ``work`` under ``guarding``; None if it was cut short."""
+        result = None
+        with self.guarding():
             result = await work
-        except asyncio.CancelledError:
-            if self.client_gone or self.svc.stopping:
-                asyncio.current_task().uncancel()      # we asked for it: the task goes on
-            if self.client_gone:
-                return None
-            if self.svc.stopping:
-                self._cut_short()
-                return None
-            raise
-        finally:
-            self._work = None
-        if self.upstream_ms is None:
-            self.upstream_ms = self._observe_ttfb()
         return result
 
     def _observe_ttfb(self) -> float:
@@ -374,3 +364,34 @@ class ApiHandler(BaseHandler):
         finally:
             gauge.dec()
             await events.aclose()
+
+
+class _Guard:
+    __slots__ = ("handler", "done")
+
+    def __init__(self, handler: ApiHandler) -> None:
+        self.handler = handler
+        self.done = False
+
+    def __enter__(self) -> "_Guard":
+        h = self.handler
+        # The handler already runs in a task of its own: that task is what a disconnect
+        # (or the end of the shutdown grace) cancels, and only while the block runs.
+        h._work = asyncio.current_task()
+        h._started = time.perf_counter()
+        return self
+
+    def __exit__(self, typ, exc, tb) -> bool:
+        h = self.handler
+        h._work = None
+        if exc is None:
+            self.done = True
+            if h.upstream_ms is None:
+                h.upstream_ms = h._observe_ttfb()
+            return False
+        if isinstance(exc, asyncio.CancelledError) and (h.client_gone or h.svc.stopping):
+            asyncio.current_task().uncancel()          # we asked for it: the task goes on
+            if not h.client_gone:
+                h._cut_short()
+            return True
+        return False

@@ -52,11 +52,16 @@ class _ChatFlow(MediaMixin, ApiHandler):
             events = self.stream_with_fallbacks(model, open_stream)
             await self.relay(adapt_stream(events) if adapt_stream else events)
             return
-        got = await self.guarded(self.with_fallbacks(
-            model, lambda as_asked: self.svc.provider(as_asked).chat(as_asked, body, raw)))
-        if got is not None:
-            answer, served = got
-            self.account(served, _tally(answer.get("usage")))
+        # the fallback loop and the disconnect guard inline: no await layers on this path
+        with self.guarding() as guard:
+            for attempt in self.attempts(model):
+                with attempt:
+                    m = attempt.as_asked
+                    answer = await self.svc.provider(m).chat(m, body, raw)
+                if attempt.ok:
+                    break
+        if guard.done:
+            self.account(attempt.model, _tally(answer.get("usage")))
             self.write_json(adapt_answer(answer) if adapt_answer else answer)
 
     async def metered(self, model: ModelSpec, events: AsyncIterator[bytes],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import AsyncIterator, Awaitable, Callable, TypeVar
+from typing import AsyncIterator, Awaitable, Callable, Iterator, TypeVar
 
 from ..catalog import ModelSpec
 from ..errors import ApiError, UpstreamError
@@ -18,6 +18,32 @@ from .base import ApiHandler
 
 log = logging.getLogger("apiarium")
 T = TypeVar("T")
+
+
+class Attempt:
+    """One candidate's try: ``with attempt:`` books the outcome on its breaker, marks
+    ``ok`` on success, and swallows a failure that lets the next candidate go (kept in
+    ``error``)."""
+    __slots__ = ("handler", "model", "as_asked", "breaker", "ok", "error")
+
+    def __init__(self, handler, model: ModelSpec, as_asked: ModelSpec, breaker) -> None:
+        self.handler, self.model, self.as_asked, self.breaker = handler, model, as_asked, breaker
+        self.ok = False
+        self.error: ApiError | None = None
+
+    def __enter__(self) -> "Attempt":
+        return self
+
+    def __exit__(self, typ, exc, tb) -> bool:
+        if exc is None:
+            self.breaker.success()
+            self.handler._served(self.model)
+            self.ok = True
+            return False
+        if isinstance(exc, ApiError) and self.handler._failed(self.model, self.breaker, exc):
+            self.error = exc
+            return True
+        return False
 
 
 class FailoverMixin:
@@ -36,12 +62,13 @@ class FailoverMixin:
             return True
         return False
 
-    async def with_fallbacks(self: ApiHandler, model: ModelSpec,
-                             call: Callable[[ModelSpec], Awaitable[T]]) -> tuple[T, ModelSpec]:
-        """``call(candidate)`` for the first candidate that answers; (result, candidate)."""
+    def attempts(self: ApiHandler, model: ModelSpec) -> Iterator["Attempt"]:
+        """The candidates to try, as ``Attempt``s: run each one's call inside ``with
+        attempt:`` and stop at the first ``attempt.ok``.  Open circuits are skipped; when
+        nothing is left, the last failure (or the first refusal of an open circuit) is
+        raised.  Used as a loop, not a coroutine: no await layer on the request path."""
         svc = self.svc
         last: ApiError | None = None
-        # open circuits are skipped; if all are, the first such refusal is the answer
         for cand in svc.catalog.chain(model) if model.fallbacks else (model,):
             breaker = svc.breaker(cand.provider)
             if not breaker.allow():
@@ -49,17 +76,22 @@ class FailoverMixin:
                 continue
             as_asked = cand if cand is model else dataclasses.replace(cand, alias=model.alias)
             self.provider_name = cand.provider.name
-            try:
-                result = await call(as_asked)
-            except ApiError as err:
-                if not self._failed(cand, breaker, err):
-                    raise
-                last = err
-                continue
-            breaker.success()
-            self._served(cand)
-            return result, cand
+            attempt = Attempt(self, cand, as_asked, breaker)
+            yield attempt
+            if attempt.ok:
+                return
+            last = attempt.error
         raise last
+
+    async def with_fallbacks(self: ApiHandler, model: ModelSpec,
+                             call: Callable[[ModelSpec], Awaitable[T]]) -> tuple[T, ModelSpec]:
+        """``call(candidate)`` for the first candidate that answers; (result, candidate)."""
+        for attempt in self.attempts(model):
+            with attempt:
+                result = await call(attempt.as_asked)
+            if attempt.ok:
+                return result, attempt.model
+        raise AssertionError("attempts() ends by raising")
 
     async def stream_with_fallbacks(
             self: ApiHandler, model: ModelSpec,

@@ -19,7 +19,7 @@ import math
 import re
 import time
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import aiohttp
 import orjson
@@ -93,8 +93,10 @@ class Provider:
             raise self.transport_error(exc) from None
 
     async def fetch_json(self, method: str, url: str, *, data: bytes | None = None,
-                         headers: dict | None = None) -> dict:
-        """``request`` + ``read_json`` in one coroutine: the lean path of a JSON answer."""
+                         headers: dict | None = None,
+                         then: Callable[[dict], dict] | None = None) -> dict:
+        """``request`` + ``read_json`` in one coroutine: the lean path of a JSON answer
+        (``then``, if given, checks and shapes the answer)."""
         started = time.perf_counter()
         try:
             async with self.session.request(method, url, data=data, headers=headers,
@@ -108,7 +110,8 @@ class Provider:
             raise
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             raise self.transport_error(exc) from None
-        return self.answer_json(body, resp.headers.get("Content-Type"))
+        data = self.answer_json(body, resp.headers.get("Content-Type"))
+        return then(data) if then else data
 
     def transport_error(self, exc: BaseException) -> ApiError:
         """The error a client gets when the upstream connection itself failed."""
