@@ -47,6 +47,7 @@ LITELLM_KEY = "sk-litellm-bench-0123456789"
 CLK = os.sysconf("SC_CLK_TCK")
 PHASES = ("throughput", "latency", "streams", "translate", "slow", "memory")
 COLS = ("direct", "bare", "apiarium", "litellm")
+SETTLE_S = 2.5             # > the gateway's longest deferred-write period (usage, 2 s)
 SLOW_EVENTS = 3600          # slow streams outlast the hold; the client hangs up
 HEAD = {"direct": "direct-to-mock", "bare": "bare relay", "apiarium": "Apiarium",
         "litellm": "LiteLLM proxy"}
@@ -545,12 +546,21 @@ class Bench:
         for col, srv, key in targets:
             run_wrk(self.tmp, srv.url, body, key, a.connections, warm)      # warm-up
         per = {col: [] for col, _, _ in targets}
+        marks = {col: [] for col, _, _ in targets}
         slice_s = max(1, round(a.duration / a.rounds))
         for r in range(a.rounds):
             for col, srv, key in (targets if r % 2 == 0 else targets[::-1]):
-                c0 = srv.cpu()
+                marks[col].append(srv.cpu())
                 w = run_wrk(self.tmp, srv.url, body, key, a.connections, slice_s)
-                per[col].append((w["requests"], w["seconds"], srv.cpu() - c0, w["errors"]))
+                per[col].append([w["requests"], w["seconds"], 0.0, w["errors"]])
+        # A round's CPU runs from the start of that server's slice to the start of its next
+        # one (and, for the last, past a settle time): work a server defers (the access log
+        # written every 0.25 s, usage every 2 s) is counted with the requests that caused it.
+        time.sleep(SETTLE_S)
+        for col, srv, _ in targets:
+            marks[col].append(srv.cpu())
+            for r, row in enumerate(per[col]):
+                row[2] = marks[col][r + 1] - marks[col][r]
         for col, srv, _ in targets:
             n, secs, cpu, errs = (sum(x[i] for x in per[col]) for i in range(4))
             f = self.fig[col]

@@ -13,7 +13,7 @@ import logging
 import re
 import secrets
 import time
-from typing import AsyncIterator, Awaitable, TypeVar
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 import orjson
 import tornado.httputil
@@ -187,6 +187,7 @@ class ApiHandler(BaseHandler):
     """An authenticated /v1 endpoint.  Subclasses set ``limited`` for rate-limited POSTs."""
     limited = False
     client_gone = False
+    _started = 0.0
     _work: asyncio.Future | None = None
 
     def prepare(self) -> None:          # not async: nothing here waits, so no coroutine
@@ -330,35 +331,41 @@ class ApiHandler(BaseHandler):
         else:
             self.send_error(503, exc_info=(type(err), err, None))
 
-    async def relay(self, events: AsyncIterator[bytes]) -> None:
+    async def relay(self, events: AsyncIterator[bytes], first: bytes | None = None,
+                    on_error: Callable[[ApiError], None] | None = None) -> None:
         """Send SSE frames as they come, with backpressure; an error before the first frame
-        is an ordinary JSON error, one after it is a final ``data: {"error": …}`` frame."""
-        await self.guarded(self._pump(events))
-
-    async def _pump(self, events: AsyncIterator[bytes]) -> None:
+        is an ordinary JSON error, one after it is a final ``data: {"error": …}`` frame.
+        ``first``: a frame already taken from ``events`` (the fallback loop takes it);
+        ``on_error`` hears of an upstream error that ends the stream after its first frame."""
         gauge = self.svc.metrics.active_streams
         gauge.inc()
         try:
-            first = await anext(events, None)
-            self.upstream_ms = self._observe_ttfb()
-            self.set_header("Content-Type", "text/event-stream; charset=utf-8")
-            self.set_header("Cache-Control", "no-cache")
-            self.set_header("X-Accel-Buffering", "no")
-            if first is not None:
-                self.write(first)
-            await self.flush()
-            try:
-                async for frame in events:
-                    self.write(frame)
-                    await self.flush()
-            except ApiError as err:
-                log.info("%s stream ended by upstream error: %s", self.request_id, err.message)
-                self.write(sse.encode(err.envelope()))
-            except Exception:
-                log.exception("%s unexpected error inside a stream", self.request_id)
-                self.write(sse.encode(ApiError(f"The gateway hit an internal error "
-                                               f"(request id {self.request_id}).").envelope()))
-            self.finish()
+            with self.guarding():
+                if first is None:
+                    first = await anext(events, None)
+                    self.upstream_ms = self._observe_ttfb()
+                self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+                self.set_header("Cache-Control", "no-cache")
+                self.set_header("X-Accel-Buffering", "no")
+                if first is not None:
+                    self.write(first)
+                await self.flush()
+                try:
+                    async for frame in events:
+                        self.write(frame)
+                        await self.flush()
+                except ApiError as err:
+                    if on_error is not None:
+                        on_error(err)
+                    log.info("%s stream ended by upstream error: %s", self.request_id,
+                             err.message)
+                    self.write(sse.encode(err.envelope()))
+                except Exception:
+                    log.exception("%s unexpected error inside a stream", self.request_id)
+                    self.write(sse.encode(ApiError(f"The gateway hit an internal error "
+                                                   f"(request id {self.request_id})."
+                                                   ).envelope()))
+                self.finish()
         except tornado.iostream.StreamClosedError:
             pass
         finally:
@@ -378,7 +385,8 @@ class _Guard:
         # The handler already runs in a task of its own: that task is what a disconnect
         # (or the end of the shutdown grace) cancels, and only while the block runs.
         h._work = asyncio.current_task()
-        h._started = time.perf_counter()
+        if not h._started:                      # TTFB counts from the first upstream call
+            h._started = time.perf_counter()
         return self
 
     def __exit__(self, typ, exc, tb) -> bool:

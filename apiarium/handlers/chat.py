@@ -48,9 +48,12 @@ class _ChatFlow(MediaMixin, ApiHandler):
 
             def open_stream(as_asked: ModelSpec) -> AsyncIterator[bytes]:
                 events = self.svc.provider(as_asked).chat_stream(as_asked, body, raw)
-                return self.metered(as_asked, events, wanted)
-            events = self.stream_with_fallbacks(model, open_stream)
-            await self.relay(adapt_stream(events) if adapt_stream else events)
+                events = self.metered(as_asked, events, wanted)
+                return adapt_stream(events) if adapt_stream else events
+            with self.guarding() as guard:
+                first, events, on_error = await self.open_with_fallbacks(model, open_stream)
+            if guard.done:
+                await self.relay(events, first, on_error)
             return
         # the fallback loop and the disconnect guard inline: no await layers on this path
         with self.guarding() as guard:

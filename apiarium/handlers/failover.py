@@ -93,10 +93,13 @@ class FailoverMixin:
                 return result, attempt.model
         raise AssertionError("attempts() ends by raising")
 
-    async def stream_with_fallbacks(
+    async def open_with_fallbacks(
             self: ApiHandler, model: ModelSpec,
-            open_stream: Callable[[ModelSpec], AsyncIterator[bytes]]) -> AsyncIterator[bytes]:
-        """The first candidate whose stream yields a frame; then its frames to the end."""
+            open_stream: Callable[[ModelSpec], AsyncIterator[bytes]]
+    ) -> tuple[bytes, AsyncIterator[bytes], Callable[[ApiError], None]]:
+        """The first candidate whose stream yields a frame: (that frame, the rest of its
+        stream, what to call if the stream later fails).  For ``relay(events, first,
+        on_error)``: the frames then go straight to the client, through no wrapper."""
         async def start(as_asked: ModelSpec):
             events = open_stream(as_asked)
             try:
@@ -111,13 +114,8 @@ class FailoverMixin:
 
         (first, events), cand = await self.with_fallbacks(model, start)
         breaker = self.svc.breaker(cand.provider)
-        try:
-            yield first
-            async for frame in events:
-                yield frame
-        except ApiError as err:
+
+        def on_error(err: ApiError) -> None:
             if counts_against(err):
                 breaker.failure()
-            raise
-        finally:
-            await events.aclose()
+        return first, events, on_error
