@@ -271,7 +271,9 @@ class ApiHandler(BaseHandler):
         if self._too_large:
             raise BodyTooLarge(f"The request body is over this gateway's limit of "
                                f"{self.svc.settings.max_body_bytes / 1048576:g} MB.")
-        return self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        raw = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks = []            # handed over once: the caller holds it only as needed
+        return raw
 
     def json_body(self) -> tuple[dict, bytes]:
         raw = self.raw_body()

@@ -1,7 +1,7 @@
 """POST /v1/chat/completions and POST /v1/completions."""
 from __future__ import annotations
 
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable
 
 import orjson
 
@@ -52,6 +52,7 @@ class _ChatFlow(MediaMixin, ApiHandler):
                 return adapt_stream(events) if adapt_stream else events
             with self.guarding() as guard:
                 first, events, on_error = await self.open_with_fallbacks(model, open_stream)
+            body = raw = None        # no fallback after the first frame: not held any longer
             if guard.done:
                 await self.relay(events, first, on_error)
             return
@@ -84,7 +85,9 @@ class _ChatFlow(MediaMixin, ApiHandler):
 class ChatHandler(_ChatFlow):
     endpoint = "chat"
 
-    async def post(self) -> None:
+    def post(self) -> Awaitable[None]:
+        # not a coroutine: it checks the request and hands back the work's coroutine, so no
+        # frame of its own holds the request body while an answer streams
         body, raw = self.json_body()
         self.model_alias = str(body.get("model", ""))[:100]
         model = self.svc.catalog.resolve(body.get("model"))
@@ -98,9 +101,8 @@ class ChatHandler(_ChatFlow):
                 raise InvalidRequest(f"messages[{i}] must be an object with a `role`.",
                                      param=f"messages[{i}]", code="invalid_messages")
         if model.type != "chat":
-            await chat_with_media(self, model, body, _check_stream(body))
-            return
-        await self.run_chat(model, body, raw, _check_stream(body))
+            return chat_with_media(self, model, body, _check_stream(body))
+        return self.run_chat(model, body, raw, _check_stream(body))
 
 
 class CompletionsHandler(_ChatFlow):

@@ -60,9 +60,11 @@ class OpenAIProvider(Provider):
         rewrite = model.upstream != model.alias
         old = b'"model":"' + model.upstream.encode() + b'"'
         new = b'"model":"' + model.alias.encode() + b'"'
-        async with self.request("POST", self._chat_url,
-                                data=self._payload(model, body, raw),
+        payload = self._payload(model, body, raw)
+        body = raw = None            # not held for the life of the stream
+        async with self.request("POST", self._chat_url, data=payload,
                                 headers=self._headers) as resp:
+            payload = None
             ctype = resp.headers.get("Content-Type", "")
             if not ctype.startswith("text/event-stream"):
                 shown = ctype or "no content type"
