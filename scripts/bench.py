@@ -1123,9 +1123,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="afterwards, py-spy the gateway (and the bare relay) under each load; "
                         "top-N text files here")
     p.add_argument("--phases", default=",".join(PHASES), help=f"subset of {','.join(PHASES)}")
-    p.add_argument("--duration", type=int, help="seconds of non-stream load per target (10)")
+    p.add_argument("--duration", type=int, help="seconds of non-stream load per target (20)")
     p.add_argument("--rounds", type=int,
-                   help="interleaved rounds the duration (and the latency run) is split in (5)")
+                   help="interleaved rounds the duration (and the latency run) is split in (10)")
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--latency-seconds", type=int, help="one-connection run per target (5)")
     p.add_argument("--mock-latency", type=float, default=0.0, help="upstream latency, seconds")
@@ -1148,7 +1148,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--tr-concurrency", type=int, default=100)
     p.add_argument("--keep", action="store_true", help="keep the temp folder (logs, configs)")
     a = p.parse_args(argv)
-    full = dict(duration=10, rounds=5, latency_seconds=5, streams=1000, events=20,
+    full = dict(duration=20, rounds=10, latency_seconds=5, streams=1000, events=20,
                 interval=0.25, slow_streams=10000, slow_seconds=30, requests=200_000,
                 tr_streams=800)
     quick = dict(duration=2, rounds=1, latency_seconds=2, streams=200, events=10,
