@@ -1138,7 +1138,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--slow-ramp", type=int, default=500,
                    help="slow streams opened per second at most (fewer if the server lags)")
     p.add_argument("--slow-open-within", type=int, default=240,
-                   help="seconds the server gets to open all slow streams (120)")
+                   help="seconds the server gets to open all slow streams (240)")
     p.add_argument("--bare-slow", action="store_true",
                    help="run the slow streams through the bare relay too (adds ~2-3 min)")
     p.add_argument("--requests", type=int, help="requests for the memory phase (200000)")
