@@ -106,21 +106,13 @@ class Metrics:
         self.rate_limited = Family("counter", "apiarium_rate_limited",
                                    "429s given by the gateway", ("reason",))
         self._key_count = key_count
-        self._children: dict[tuple, tuple] = {}
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
     def observe_request(self, endpoint: str, model: str, status: int, seconds: float) -> None:
-        """Count one answered request (label children are looked up once, then cached)."""
-        key = (endpoint, model, status)
-        child = self._children.get(key)
-        if child is None:
-            if len(self._children) > 10_000:     # bounded: models and statuses are few
-                self._children.clear()
-            child = self._children[key] = (self.requests.labels(endpoint, model, str(status)),
-                                           self.duration.labels(endpoint))
-        child[0].value += 1
-        child[1].observe(seconds)
+        """Count one answered request."""
+        self.requests.labels(endpoint, model, str(status)).inc()
+        self.duration.labels(endpoint).observe(seconds)
 
     def collect(self) -> Iterator[Metric]:
         for fam in (self.requests, self.duration, self.upstream_latency, self.upstream_ttfb,
