@@ -10,9 +10,9 @@ from types import MappingProxyType
 from typing import Mapping
 
 from .errors import InvalidRequest, NotFound
+from .modeltypes import MODEL_TYPES
 
 PROVIDER_KINDS = ("openai", "anthropic", "gemini", "rag")
-MODEL_TYPES = ("chat", "image", "video")
 
 # What `owned_by` says for each kind in /v1/models.
 OWNER = {"openai": "openai", "anthropic": "anthropic", "gemini": "google", "rag": "google"}
@@ -49,10 +49,7 @@ class Credits:
     def for_model(cls, alias: str, type_: str, given: Mapping | None = None) -> "Credits":
         """Type defaults (an alias ending in -pro costs double), overridden by ``given``."""
         factor = 2.0 if alias.endswith("-pro") else 1.0
-        base = {"chat": {"per_1k_tokens": 1.0},
-                "image": {"image": 10.0},
-                "video": {"video_second": 10.0,
-                          "resolution": {"720p": 1.0, "1080p": 2.0}}}[type_]
+        base = MODEL_TYPES[type_].credits
         values = {k: (v * factor if isinstance(v, float) else v) for k, v in base.items()}
         values.update({k: v for k, v in (given or {}).items() if v is not None and v != {}})
         return cls(**values)
@@ -92,12 +89,12 @@ class Catalog:
                            param="model", code="model_not_found")
         return spec
 
-    def resolve_typed(self, alias: object, allowed: tuple[str, ...], endpoint: str) -> ModelSpec:
-        """Resolve, and refuse a model of a type the endpoint does not serve."""
+    def resolve_for(self, alias: object, endpoint: str) -> ModelSpec:
+        """Resolve, and refuse a model whose type ``endpoint`` does not serve (the
+        ``endpoints`` of its row in ``MODEL_TYPES``)."""
         spec = self.resolve(alias)
-        if spec.type not in allowed:
-            hint = {"chat": "/v1/chat/completions", "image": "/v1/images/generations",
-                    "video": "/v1/videos/generations"}[spec.type]
+        if endpoint not in MODEL_TYPES[spec.type].endpoints:
+            hint = MODEL_TYPES[spec.type].home
             raise InvalidRequest(f"`{spec.alias}` is a {spec.type} model and cannot be used with "
                                  f"{endpoint}; use {hint} instead.",
                                  param="model", code="model_type_mismatch")

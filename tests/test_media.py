@@ -279,16 +279,16 @@ def test_a_client_that_leaves_stops_the_polling(make_gateway, fake_openai, fake_
 
 
 def test_rendering_stream_sends_keepalives_then_the_url():
-    from apiarium.handlers.media import rendering_stream
-    from apiarium.providers.shapes import Chunks, usage
+    from apiarium.providers.shapes import usage
+    from apiarium.services.media import MediaChat
 
     async def slow():
         await asyncio.sleep(0.35)
         return "http://gw/media/x.mp4"
 
     async def collect():
-        return [f async for f in rendering_stream(slow(), Chunks("veo-3"), usage(1, 1),
-                                                  keepalive_s=0.1)]
+        return [f async for f in MediaChat("veo-3", slow, usage(1, 1), False).frames(
+            keepalive_s=0.1)]
     frames = asyncio.run(collect())
     comments = [f for f in frames if f.startswith(b":")]
     assert len(comments) >= 2

@@ -25,8 +25,7 @@ from ..catalog import ModelSpec
 from ..errors import (ApiError, AuthError, BodyTooLarge, InvalidRequest, MethodNotAllowed,
                       NotFound, QuotaExceeded, RateLimited, ServiceUnavailable)
 from ..keys import KeyRecord
-from ..services import Services
-from ..usage import Tally
+from ..live import Services
 
 log = logging.getLogger("apiarium")
 
@@ -131,6 +130,21 @@ class BaseHandler(tornado.web.RequestHandler):
         self.peer_trusted = visitor.peer_trusted
         if check and not bypass:
             guard.check(visitor, self.request.headers)
+
+    async def issue_key(self) -> tuple[str, KeyRecord]:
+        """The visitor's key, as ``/v1/keys/me`` and the homepage hand it out: proxy, VPN
+        and blocklist checks (403), at most ``security.key_requests_per_minute`` such visits
+        a minute per IPv4 address or IPv6 /64 (429), then the key service (the operator's
+        blocks, at most ``security.new_keys_per_ipv6_64_per_day`` new keys per IPv6 /64)."""
+        self.resolve_visitor()
+        svc, ip = self.svc, self.client_ip
+        s = svc.settings
+        try:
+            svc.keys.admit(ip, s.key_requests_per_minute)
+            return await svc.keys.key_for_ip(ip, s.new_keys_per_ipv6_64_per_day)
+        except RateLimited:
+            svc.metrics.rate_limited.labels("key_issuance").inc()
+            raise
 
     def public_base(self) -> str:
         """``scheme://host[:port]`` as the client reached the gateway: ``server.public_url``
@@ -247,10 +261,10 @@ class ApiHandler(BaseHandler):
                                 f"The allowance resets at midnight UTC; GET /v1/keys/me shows "
                                 f"today's usage.")
 
-    def account(self, model: ModelSpec, tally: Tally, resolution: str | None = None) -> None:
-        """Count a served request against its key (in memory; written in batches)."""
-        rec = self.key_record
-        self.svc.usage.record(rec.key_hash if rec else None, model, tally, resolution)
+    @property
+    def key_hash(self) -> str | None:
+        """Whose usage this request is (None: the master key's)."""
+        return self.key_record.key_hash if self.key_record else None
 
     # ------------------------------------------------------------------ the body
     def data_received(self, chunk: bytes) -> None:
@@ -296,20 +310,48 @@ class ApiHandler(BaseHandler):
         if self._work is not None and not self._work.done():
             self._work.cancel()
 
-    def guarding(self) -> "_Guard":
-        """``with self.guarding() as g:`` around upstream work: a client that disconnects
-        (or the end of the shutdown grace) cancels it, so an upstream request is closed, a
-        video no longer polled.  After the block, ``g.done`` is False if it was cut short
-        that way (the client then got nothing, a 503, or an SSE error event).  A context
-        manager, not a coroutine: no await layer between the handler and the upstream."""
-        return _Guard(self)
+    def interrupt(self) -> None:
+        """Shutdown's grace is over: end this request now (see ``guarded``)."""
+        if self._work is not None and not self._work.done():
+            self._work.cancel()
+
+    def _watch(self) -> None:
+        """From now on a disconnect (or the end of the shutdown grace) cancels this
+        handler's task: an upstream request is closed, a video no longer polled."""
+        self._work = asyncio.current_task()
+        if not self._started:                      # TTFB counts from the first upstream call
+            self._started = time.perf_counter()
+
+    def _cut_short(self, err: asyncio.CancelledError) -> None:
+        """The task was cancelled: if we asked for it (client gone, shutdown), the handler
+        goes on to end the request cleanly; any other cancellation propagates."""
+        self._work = None
+        if not (self.client_gone or self.svc.stopping):
+            raise err
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
 
     async def guarded(self, work: Awaitable[T]) -> T | None:
-        """Await ``work`` under ``guarding``; None if it was cut short."""
-        result = None
-        with self.guarding():
+        """Await upstream ``work``; None if a disconnect or the end of the shutdown grace
+        cut it short (the client then got nothing, or a 503)."""
+        self._watch()
+        try:
             result = await work
+        except asyncio.CancelledError as err:
+            self._cut_short(err)
+            if not self.client_gone:
+                self._shutdown_answer()
+            return None
+        self._work = None
         return result
+
+    def served_by(self, model: ModelSpec) -> None:
+        """Name the model that answered (it may be a fallback of the one asked for)."""
+        self.provider_name = model.provider.name
+        self.set_header("x-apiarium-model", model.alias)
+        if self.upstream_ms is None:
+            self.upstream_ms = self._observe_ttfb()
 
     def _observe_ttfb(self) -> float:
         elapsed = time.perf_counter() - self._started
@@ -317,91 +359,65 @@ class ApiHandler(BaseHandler):
             self.svc.metrics.upstream_ttfb.labels(self.provider_name).observe(elapsed)
         return elapsed * 1000
 
-    def interrupt(self) -> None:
-        """Shutdown's grace is over: end this request now (see ``guarded``)."""
-        if self._work is not None and not self._work.done():
-            self._work.cancel()
-
-    def _cut_short(self) -> None:
+    def _shutdown_answer(self) -> None:
         err = ServiceUnavailable("The gateway is shutting down; retry in a few seconds.",
                                  code="server_shutting_down")
         if self._finished:
             return
         if self._headers_written:
-            self.write(sse.encode(err.envelope()))
+            self.write(self.error_frame(err))
             self.finish()
         else:
             self.send_error(503, exc_info=(type(err), err, None))
 
-    async def relay(self, events: AsyncIterator[bytes], first: bytes | None = None,
-                    on_error: Callable[[ApiError], None] | None = None) -> None:
-        """Send SSE frames as they come, with backpressure; an error before the first frame
-        is an ordinary JSON error, one after it is a final ``data: {"error": …}`` frame.
-        ``first``: a frame already taken from ``events`` (the fallback loop takes it);
-        ``on_error`` hears of an upstream error that ends the stream after its first frame."""
+    def error_frame(self, err: ApiError) -> bytes:
+        """How this endpoint's stream says it failed (OpenAI: a ``data: {"error": …}``
+        frame; other dialects override)."""
+        return sse.encode(err.envelope())
+
+    async def relay(self, open_stream: Callable[[], Awaitable[AsyncIterator[bytes]]]) -> None:
+        """Open a stream and send its SSE frames as they come, with backpressure.  A failure
+        before the first frame is an ordinary JSON error; one after it ends the stream with
+        ``error_frame``.  The stream is closed however it ends (a metered stream books its
+        usage then)."""
         gauge = self.svc.metrics.active_streams
         gauge.inc()
+        self._watch()
+        events: AsyncIterator[bytes] | None = None
         try:
-            with self.guarding():
-                if first is None:
-                    first = await anext(events, None)
-                    self.upstream_ms = self._observe_ttfb()
-                self.set_header("Content-Type", "text/event-stream; charset=utf-8")
-                self.set_header("Cache-Control", "no-cache")
-                self.set_header("X-Accel-Buffering", "no")
-                if first is not None:
-                    self.write(first)
-                await self.flush()
-                try:
-                    async for frame in events:
-                        self.write(frame)
-                        await self.flush()
-                except ApiError as err:
-                    if on_error is not None:
-                        on_error(err)
-                    log.info("%s stream ended by upstream error: %s", self.request_id,
-                             err.message)
-                    self.write(sse.encode(err.envelope()))
-                except Exception:
-                    log.exception("%s unexpected error inside a stream", self.request_id)
-                    self.write(sse.encode(ApiError(f"The gateway hit an internal error "
-                                                   f"(request id {self.request_id})."
-                                                   ).envelope()))
-                self.finish()
+            events = await open_stream()
+            first = await anext(events, None)
+            if self.upstream_ms is None:
+                self.upstream_ms = self._observe_ttfb()
+            self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.set_header("Cache-Control", "no-cache")
+            self.set_header("X-Accel-Buffering", "no")
+            if first is not None:
+                self.write(first)
+            await self.flush()
+            try:
+                async for frame in events:
+                    self.write(frame)
+                    await self.flush()
+            except tornado.iostream.StreamClosedError:
+                raise
+            except ApiError as err:
+                log.info("%s stream ended by upstream error: %s", self.request_id, err.message)
+                self.write(self.error_frame(err))
+            except Exception:
+                log.exception("%s unexpected error inside a stream", self.request_id)
+                self.write(self.error_frame(ApiError(
+                    f"The gateway hit an internal error (request id {self.request_id}).")))
+            self._work = None
+            self.finish()
+        except asyncio.CancelledError as err:
+            self._cut_short(err)
+            if not self.client_gone:
+                self._shutdown_answer()
         except tornado.iostream.StreamClosedError:
             pass
         finally:
+            self._work = None
             gauge.dec()
-            await events.aclose()
-
-
-class _Guard:
-    __slots__ = ("handler", "done")
-
-    def __init__(self, handler: ApiHandler) -> None:
-        self.handler = handler
-        self.done = False
-
-    def __enter__(self) -> "_Guard":
-        h = self.handler
-        # The handler already runs in a task of its own: that task is what a disconnect
-        # (or the end of the shutdown grace) cancels, and only while the block runs.
-        h._work = asyncio.current_task()
-        if not h._started:                      # TTFB counts from the first upstream call
-            h._started = time.perf_counter()
-        return self
-
-    def __exit__(self, typ, exc, tb) -> bool:
-        h = self.handler
-        h._work = None
-        if exc is None:
-            self.done = True
-            if h.upstream_ms is None:
-                h.upstream_ms = h._observe_ttfb()
-            return False
-        if isinstance(exc, asyncio.CancelledError) and (h.client_gone or h.svc.stopping):
-            asyncio.current_task().uncancel()          # we asked for it: the task goes on
-            if not h.client_gone:
-                h._cut_short()
-            return True
-        return False
+            if events is not None:
+                await events.aclose()  # type: ignore[attr-defined]

@@ -4,8 +4,7 @@ from __future__ import annotations
 import time
 
 from .. import __version__
-from ..errors import NotFound, RateLimited
-from ..keys import KeyRecord
+from ..errors import NotFound
 from .base import ApiHandler, BaseHandler
 
 
@@ -30,25 +29,9 @@ class ModelHandler(ApiHandler):
                          "owned_by": model.owned_by, "type": model.type})
 
 
-async def issue_key(handler: BaseHandler) -> tuple[str, KeyRecord]:
-    """The visitor's key, as ``/v1/keys/me`` and the homepage hand it out: proxy, VPN and
-    blocklist checks (403), at most ``security.key_requests_per_minute`` such visits a minute
-    per IPv4 address or IPv6 /64 (429), then the key store (the operator's blocks, at most
-    ``security.new_keys_per_ipv6_64_per_day`` new keys per IPv6 /64)."""
-    handler.resolve_visitor()
-    svc, ip = handler.svc, handler.client_ip
-    s = svc.settings
-    try:
-        svc.keys.admit(ip, s.key_requests_per_minute)
-        return await svc.keys.key_for_ip(ip, s.new_keys_per_ipv6_64_per_day)
-    except RateLimited:
-        svc.metrics.rate_limited.labels("key_issuance").inc()
-        raise
-
-
 class KeysMeHandler(BaseHandler):
     async def get(self) -> None:
-        key, rec = await issue_key(self)
+        key, rec = await self.issue_key()
         self.set_header("Cache-Control", "no-store")
         s = self.svc.settings
         usage = self.svc.usage.spent_today(rec.key_hash).as_dict()     # today, UTC

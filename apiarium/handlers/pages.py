@@ -24,11 +24,10 @@ from pathlib import Path
 import tornado.template
 
 from .. import __version__
-from ..catalog import MODEL_TYPES
+from ..modeltypes import MODEL_TYPES
 from ..errors import ApiError, Forbidden, NotFound
 from ..keys import AddressBlocked
 from .base import BaseHandler, as_api_error
-from .info import issue_key
 
 log = logging.getLogger("apiarium")
 
@@ -48,9 +47,6 @@ CONTENT_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; cha
                  ".webp": "image/webp"}
 IMMUTABLE = "public, max-age=31536000, immutable"
 GZIP_MIN_BYTES = 512
-TYPE_LABELS = {"chat": ("Chat", "POST /v1/chat/completions and /v1/completions"),
-               "image": ("Image", "POST /v1/images/generations"),
-               "video": ("Video", "POST /v1/videos/generations")}
 PROMPT = "Say hello in one sentence."
 
 
@@ -192,12 +188,13 @@ class PageHandler(BaseHandler):
 
 class HomeHandler(PageHandler):
     async def get(self) -> None:
-        key, rec = await issue_key(self)        # 403, 429 -> write_error -> an HTML page
+        key, rec = await self.issue_key()        # 403, 429 -> write_error -> an HTML page
         svc = self.svc
         base = self.public_base()
         models = svc.catalog.listing()
-        groups = [{"type": t, "label": TYPE_LABELS[t][0], "endpoint": TYPE_LABELS[t][1],
-                   "models": [m for m in models if m["type"] == t]} for t in MODEL_TYPES]
+        groups = [{"type": t.name, "label": t.label, "endpoint": t.blurb,
+                   "models": [m for m in models if m["type"] == t.name]}
+                  for t in MODEL_TYPES.values()]
         model = pick_example_model(models)
         html = self.assets.render(
             "index.html", title="Apiarium · OpenAI-compatible API", key=key, ip=rec.ip,

@@ -1,8 +1,9 @@
-"""The services one running gateway holds, handed to every handler.
+"""What one running gateway holds, handed to every handler as ``settings["services"]``.
 
 Built by ``app.py``; a configuration reload replaces ``config``, ``guard`` and ``providers``
 together by swapping in a new ``Live`` (one attribute write, so a request sees either the
-old world or the new one, never half of each).
+old world or the new one, never half of each).  The services (``chat``, ``media``) read the
+current ``Live`` at the start of each request.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from .catalog import Catalog, ModelSpec, ProviderSpec
+from .catalog import Catalog
 from .config import Config, Settings
 from .keys import KeyStore
 from .media import MediaStore
@@ -19,7 +20,9 @@ from .metrics import Metrics
 from .netguard import NetGuard
 from .providers.base import Provider
 from .ratelimit import TokenBuckets
-from .resilience import Breaker
+from .services.chat import ChatService
+from .services.fallback import Breakers
+from .services.media import MediaService
 from .usage import UsageLedger
 
 
@@ -49,7 +52,13 @@ class Services:
     started: float = field(default_factory=time.time)
     inflight: set = field(default_factory=set)      # handlers not yet finished
     stopping: bool = False                          # SIGTERM: finishing what is in flight
-    breakers: dict = field(default_factory=dict)    # provider name -> Breaker (kept on reload)
+    breakers: Breakers = field(default_factory=Breakers)    # kept across reloads
+    chat: ChatService = field(init=False)
+    media: MediaService = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.chat = ChatService(lambda: self.live, self.breakers, self.usage)
+        self.media = MediaService(lambda: self.live, self.breakers, self.usage)
 
     @property
     def settings(self) -> Settings:
@@ -58,14 +67,3 @@ class Services:
     @property
     def catalog(self) -> Catalog:
         return self.live.config.catalog
-
-    def provider(self, model: ModelSpec) -> Provider:
-        return self.live.providers[model.provider.name]
-
-    def breaker(self, spec: ProviderSpec) -> Breaker:
-        b = self.breakers.get(spec.name)
-        if b is None or (b.failures, b.cooldown_s) != (spec.breaker_failures,
-                                                         spec.breaker_cooldown_s):
-            b = self.breakers[spec.name] = Breaker(spec.breaker_failures,
-                                                   spec.breaker_cooldown_s)
-        return b

@@ -1,0 +1,137 @@
+"""ChatService: a chat request run on a model and its fallbacks, metered and booked.
+
+The internal request is the OpenAI chat-completions body; every dialect translates into it
+and every provider answers it (a ``chat.completion`` dict, or ``chat.completion.chunk`` SSE
+frames ending with ``data: [DONE]``).  Usage is booked whatever happens: a finished answer
+with the upstream's counts, a stream cut short (client gone, upstream failed, shutdown)
+with what was relayed until then (the upstream's counts if they came, else an estimate).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, AsyncIterator, Callable
+
+import orjson
+
+from .. import sse
+from ..catalog import ModelSpec
+from ..errors import ApiError, UpstreamError
+from ..providers.shapes import wants_usage
+from ..usage import Tally, UsageLedger
+from .fallback import Breakers, first_success
+
+if TYPE_CHECKING:
+    from ..live import Live
+
+CHARS_PER_TOKEN = 4          # the estimate used when an upstream gives no counts
+
+
+def tally_of(usage: object) -> Tally:
+    """One request's usage from an OpenAI ``usage`` object (missing counts are 0)."""
+    u = usage if isinstance(usage, dict) else {}
+    return Tally(requests=1, prompt_tokens=int(u.get("prompt_tokens") or 0),
+                 completion_tokens=int(u.get("completion_tokens") or 0))
+
+
+class ChatService:
+    def __init__(self, live: Callable[[], Live], breakers: Breakers, usage: UsageLedger):
+        self._live = live
+        self.breakers = breakers
+        self.usage = usage
+
+    async def complete(self, model: ModelSpec, body: dict, raw: bytes | None,
+                       key_hash: str | None) -> tuple[dict, ModelSpec]:
+        """A whole answer: (the ``chat.completion``, the model that served it)."""
+        live = self._live()
+        answer, served = await first_success(
+            live.config.catalog, self.breakers, model,
+            lambda m: live.providers[m.provider.name].chat(m, body, raw))
+        self.usage.record(key_hash, served, tally_of(answer.get("usage")))
+        return answer, served
+
+    async def stream(self, model: ModelSpec, body: dict, raw: bytes | None,
+                     key_hash: str | None) -> ChatStream:
+        """An open stream whose first frame has arrived (fallbacks are tried until one
+        sends a frame; after that the stream stays with its model)."""
+        live = self._live()
+        prompt_estimate = (len(raw) if raw is not None else 0) // CHARS_PER_TOKEN
+        wanted = wants_usage(body)
+        if not wanted:        # ask for usage anyway, to meter it; the client won't see it
+            body = {**body, "stream_options": {**(body.get("stream_options") or {}),
+                                               "include_usage": True}}
+            raw = None
+
+        async def start(m: ModelSpec) -> tuple[bytes, AsyncIterator[bytes]]:
+            events = live.providers[m.provider.name].chat_stream(m, body, raw)
+            try:
+                first = await anext(events, None)
+                if first is None:
+                    raise UpstreamError(f"The upstream provider `{m.provider.name}` sent an "
+                                        f"empty stream.")
+            except BaseException:
+                await events.aclose()
+                raise
+            return first, events
+
+        (first, events), served = await first_success(live.config.catalog, self.breakers,
+                                                      model, start)
+        return ChatStream(self, served, first, events, wanted, key_hash, prompt_estimate)
+
+
+class ChatStream:
+    """The frames of one open chat stream, metered: the usage frame is read (and dropped
+    if the client did not ask for it), an upstream failure is booked on the provider's
+    breaker, and ``aclose`` (always called, however the stream ends) books the usage."""
+    __slots__ = ("_svc", "served", "_first", "_events", "_wanted", "_key_hash", "_prompt",
+                 "_relayed", "_tally", "_booked")
+
+    def __init__(self, svc: ChatService, served: ModelSpec, first: bytes,
+                 events: AsyncIterator[bytes], wanted: bool, key_hash: str | None,
+                 prompt_estimate: int):
+        self._svc, self.served = svc, served
+        self._first: bytes | None = first
+        self._events = events
+        self._wanted, self._key_hash, self._prompt = wanted, key_hash, prompt_estimate
+        self._relayed = 0                       # content frames handed on (~1 token each)
+        self._tally: Tally | None = None        # the upstream's own counts, once they come
+        self._booked = False
+
+    def __aiter__(self) -> ChatStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while True:
+            if self._first is not None:
+                frame, self._first = self._first, None
+            else:
+                try:
+                    frame = await self._events.__anext__()
+                except ApiError as err:
+                    self._svc.breakers.book(self.served.provider, err)
+                    raise
+            if b'"usage":{' in frame or b'"usage": {' in frame:
+                chunk = orjson.loads(sse.parse(frame)[1] or b"{}")
+                self._tally = tally_of(chunk.get("usage"))
+                if not self._wanted and not chunk.get("choices"):
+                    continue
+            elif frame.startswith(b"data: {"):
+                self._relayed += 1
+            return frame
+
+    async def aclose(self) -> None:
+        """Book the usage (once) and close the upstream stream."""
+        if not self._booked:
+            self._booked = True
+            tally = self._tally or Tally(requests=1, prompt_tokens=self._prompt,
+                                         completion_tokens=self._relayed)
+            self._svc.usage.record(self._key_hash, self.served, tally)
+        await self._events.aclose()
+
+    async def through(self, translate: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]]
+                      ) -> AsyncIterator[bytes]:
+        """This stream's frames run through ``translate`` (another dialect's framing); closing
+        the result closes (and books) this stream too."""
+        try:
+            async for frame in translate(self):
+                yield frame
+        finally:
+            await self.aclose()

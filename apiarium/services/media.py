@@ -1,0 +1,125 @@
+"""MediaService: images and videos made on a model (or its fallbacks), hosted, and booked;
+and the chat answer of an image or video model (the bare media URL, streamed or not)."""
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
+
+from .. import sse
+from ..catalog import ModelSpec
+from ..errors import InvalidRequest
+from ..generation import ImageRequest, Media, VideoRequest, image_request, video_request
+from ..providers.shapes import Chunks, completion, flatten_prompt, usage, wants_usage
+from ..usage import Tally, UsageLedger
+from .fallback import Breakers, first_success
+
+if TYPE_CHECKING:
+    from ..live import Live
+
+KEEPALIVE_S = 10.0        # a rendering stream sends an SSE comment at least this often
+EARLY_ERROR_S = 2.0       # failures this early are plain HTTP errors, not SSE error events
+
+
+class MediaService:
+    def __init__(self, live: Callable[[], Live], breakers: Breakers, usage: UsageLedger):
+        self._live = live
+        self.breakers = breakers
+        self.usage = usage
+
+    async def host(self, media: Media, base_url: str) -> str:
+        """Store ``media`` under an unguessable name; its public URL."""
+        name = await self._live().media.save(media.data, media.mime)
+        return f"{base_url}/media/{name}"
+
+    async def images(self, model: ModelSpec, req: ImageRequest, key_hash: str | None,
+                     base_url: str) -> tuple[list[dict], ModelSpec]:
+        """``data`` items of an images answer (URLs or base64), and the model that served."""
+        live = self._live()
+        made, served = await first_success(
+            live.config.catalog, self.breakers, model,
+            lambda m: live.providers[m.provider.name].image(m, req))
+        self.usage.record(key_hash, served, Tally(requests=1, images=req.n))
+        items = (made * req.n)[:req.n]    # a Gemini model makes one image: repeated n times
+        if req.response_format == "b64_json":
+            encoded = {id(m): base64.b64encode(m.data).decode() for m in made}
+            return [{"b64_json": encoded[id(m)], "revised_prompt": m.revised_prompt}
+                    for m in items], served
+        urls = {id(m): await self.host(m, base_url) for m in made}
+        return [{"url": urls[id(m)], "revised_prompt": m.revised_prompt}
+                for m in items], served
+
+    async def video(self, model: ModelSpec, req: VideoRequest, key_hash: str | None,
+                    base_url: str) -> tuple[dict, ModelSpec]:
+        """A ``data`` item of a videos answer, and the model that served."""
+        live = self._live()
+        media, served = await first_success(
+            live.config.catalog, self.breakers, model,
+            lambda m: live.providers[m.provider.name].video(m, req))
+        self.usage.record(key_hash, served,
+                          Tally(requests=1, video_seconds=req.duration_seconds),
+                          req.resolution)
+        return {"url": await self.host(media, base_url),
+                "revised_prompt": media.revised_prompt}, served
+
+    def as_chat(self, model: ModelSpec, body: dict, key_hash: str | None,
+                base_url: str) -> MediaChat:
+        """An image or video model asked through chat: every user/system turn is the
+        prompt; video fields may be given as top-level fields of the chat body.  Checked
+        here, before anything is sent (a plain 400)."""
+        prompt = flatten_prompt(body["messages"])
+        if not prompt.strip():
+            raise InvalidRequest(f"`{model.alias}` makes media from the text of the user and "
+                                 f"system messages, and they hold none.", param="messages",
+                                 code="invalid_messages")
+        fields = {**body, "prompt": prompt, "n": 1, "response_format": "url"}
+        if model.type == "image":
+            image = image_request(fields, model.alias)
+
+            async def url() -> str:
+                return (await self.images(model, image, key_hash, base_url))[0][0]["url"]
+        else:
+            video = video_request(fields, model.upstream)
+
+            async def url() -> str:
+                return (await self.video(model, video, key_hash, base_url))[0]["url"]
+        if not model.fallbacks:           # a misconfigured provider: a plain 503 now
+            self._live().providers[model.provider.name].require_configured()
+        return MediaChat(model.alias, url, usage(len(prompt.split()), 1), wants_usage(body))
+
+
+class MediaChat:
+    """The chat answer of a media model: ``answer()`` whole, or ``frames()`` streamed."""
+
+    def __init__(self, alias: str, url: Callable[[], Awaitable[str]], tokens: dict,
+                 include_usage: bool):
+        self.alias, self.url, self.tokens, self.include_usage = alias, url, tokens, include_usage
+
+    async def answer(self) -> dict:
+        return completion(self.alias, await self.url(), "stop", usage_=self.tokens)
+
+    async def frames(self, keepalive_s: float = KEEPALIVE_S) -> AsyncIterator[bytes]:
+        """Role chunk, SSE comments while the media renders, then the URL, finish and
+        [DONE].  A failure in the first seconds is raised before any frame (a plain HTTP
+        error for the client)."""
+        chunks = Chunks(self.alias, self.include_usage)
+        task = asyncio.ensure_future(self.url())
+        try:
+            done, _ = await asyncio.wait({task}, timeout=min(EARLY_ERROR_S, keepalive_s))
+            if done:
+                task.result()
+            yield chunks.role()
+            while not done:
+                done, _ = await asyncio.wait({task}, timeout=keepalive_s)
+                if not done:
+                    yield sse.comment("rendering")
+            yield chunks.content(task.result())
+            yield chunks.finish("stop")
+            final = chunks.usage(self.tokens)
+            if final:
+                yield final
+            yield sse.DONE
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
