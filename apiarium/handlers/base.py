@@ -37,13 +37,6 @@ T = TypeVar("T")
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
 
 
-def _http_date(_cache=[-1, ""]) -> str:
-    now = int(time.time())
-    if now != _cache[0]:
-        _cache[0], _cache[1] = now, tornado.httputil.format_timestamp(now)
-    return _cache[1]
-
-
 class BaseHandler(tornado.web.RequestHandler):
     endpoint = "other"            # the metrics label for this handler's requests
     request_id: str = ""
@@ -68,20 +61,11 @@ class BaseHandler(tornado.web.RequestHandler):
     def on_connection_close(self) -> None:
         self.svc.inflight.discard(self)
 
-    def clear(self) -> None:
-        """Tornado's reset of the response, less its per-request costs: no Server header
-        (set, then removed), and the Date string formatted once a second, not per response."""
+    def set_default_headers(self) -> None:
         if not self.request_id:
             self.request_id = f"{_RID_PREFIX}{next(_rid_counter):07x}"
-        headers = tornado.httputil.HTTPHeaders()
-        headers["Content-Type"] = "text/html; charset=UTF-8"
-        headers["Date"] = _http_date()
-        headers["x-request-id"] = self.request_id
-        self._headers = headers
-        self.set_default_headers()
-        self._write_buffer = []
-        self._status_code = 200
-        self._reason = "OK"
+        self.set_header("x-request-id", self.request_id)
+        self.clear_header("Server")
 
     def write(self, chunk) -> None:
         if isinstance(chunk, (bytes, str)):

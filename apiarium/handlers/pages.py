@@ -147,8 +147,9 @@ class PageHandler(BaseHandler):
         self.assets = assets
 
     def set_default_headers(self) -> None:
+        super().set_default_headers()
         for name, value in SECURITY_HEADERS.items():
-            self._headers[name] = value
+            self.set_header(name, value)
 
     def compute_etag(self) -> None:
         return None
