@@ -1,10 +1,15 @@
 """Staying up when upstreams fail: circuit breakers per provider, and which errors let a
 request move on to the model's next fallback.
 
-A breaker is closed while its provider works.  After ``failures`` consecutive failures it
-opens: the provider is skipped for ``cooldown_s``.  Then it is half-open: one request is let
-through as a probe; its success closes the breaker, its failure opens it again.
-Pure state on an injected clock; no I/O.
+A breaker is closed while its provider works.  After ``failures`` consecutive failures, from
+at least ``min_callers`` different callers (API keys), it opens: the provider is skipped for
+``cooldown_s``.  (One key alone cannot open it: its own failures might be of its own making,
+and no single user may switch a provider off for everyone.  The operator's own traffic, the
+master key's, is trusted: each of its failures counts as another caller's.)  Then it is half-open: one
+request is let through as a probe, never one from a caller whose request is among the
+failures that opened it; the probe's success closes the breaker, its failure opens it again.
+Only the provider's faults count (``counts_against``): a refused connection, a timeout, a 5xx,
+the operator's quota.  Pure state on an injected clock; no I/O.
 """
 from __future__ import annotations
 
@@ -17,22 +22,27 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 
 
 class Breaker:
-    __slots__ = ("failures", "cooldown_s", "clock", "state", "streak", "opened_at", "probing")
+    __slots__ = ("failures", "cooldown_s", "min_callers", "clock", "state", "streak",
+                 "opened_at", "probing", "callers", "trusted")
 
     def __init__(self, failures: int = 3, cooldown_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, min_callers: int = 2):
         self.failures, self.cooldown_s, self.clock = failures, cooldown_s, clock
+        self.min_callers = min_callers
         self.state, self.streak, self.opened_at, self.probing = CLOSED, 0, 0.0, False
+        self.callers: set[str] = set()      # who failed in the current streak
+        self.trusted = 0                    # ... and how often the trusted caller (None) did
 
-    def allow(self) -> bool:
-        """May a request go to this provider now?"""
+    def allow(self, caller: str | None = None) -> bool:
+        """May a request from ``caller`` (an API key's hash; None: the master key) go to
+        this provider now?"""
         if self.failures <= 0 or self.state == CLOSED:
             return True
         if self.state == OPEN:
             if self.clock() < self.opened_at + self.cooldown_s:
                 return False
             self.state, self.probing = HALF_OPEN, False
-        if self.probing:
+        if self.probing or caller in self.callers:
             return False
         self.probing = True                 # this request is the probe
         return True
@@ -42,10 +52,18 @@ class Breaker:
 
     def success(self) -> None:
         self.state, self.streak, self.probing = CLOSED, 0, False
+        self.callers.clear()
+        self.trusted = 0
 
-    def failure(self) -> None:
+    def failure(self, caller: str | None = None) -> None:
         self.streak += 1
-        if self.failures > 0 and (self.state == HALF_OPEN or self.streak >= self.failures):
+        if caller is None:
+            self.trusted += 1
+        else:
+            self.callers.add(caller)
+        callers = len(self.callers) + self.trusted
+        if self.failures > 0 and (self.state == HALF_OPEN or (
+                self.streak >= self.failures and callers >= self.min_callers)):
             self.state, self.opened_at, self.probing = OPEN, self.clock(), False
 
 

@@ -71,6 +71,31 @@ def test_breaker_opens_cools_down_and_probes():
     assert Breaker(failures=0).allow()
 
 
+def test_one_key_alone_cannot_open_a_breaker():
+    now = [0.0]
+    b = Breaker(failures=3, cooldown_s=30, clock=lambda: now[0])
+    for _ in range(50):                               # one attacker, failing over and over
+        assert b.allow("attacker")
+        b.failure("attacker")
+    assert b.state == CLOSED and b.allow("someone-else")
+    b.failure("victim")                               # a second key fails too: now it opens
+    assert b.state == OPEN and not b.allow("someone-else")
+
+
+def test_the_half_open_probe_is_never_a_key_that_just_failed():
+    now = [0.0]
+    b = Breaker(failures=2, cooldown_s=10, clock=lambda: now[0])
+    b.failure("k1")
+    b.failure("k2")
+    assert b.state == OPEN
+    now[0] = 10.0
+    assert not b.allow("k1") and not b.allow("k2")    # their own requests may be the fault
+    assert b.state == HALF_OPEN
+    assert b.allow("k3") and not b.allow("k4")        # one fresh key probes, one at a time
+    b.success()
+    assert b.state == CLOSED and b.allow("k1")
+
+
 def test_refused_upstream_falls_back(gw, backup):
     started = time.monotonic()
     status, headers, raw = gw.post("/v1/chat/completions", {"model": "gpt-doomed",

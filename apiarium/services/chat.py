@@ -44,7 +44,7 @@ class ChatService:
         live = self._live()
         answer, served = await first_success(
             live.config.catalog, self.breakers, model,
-            lambda m: live.providers[m.provider.name].chat(m, body, raw))
+            lambda m: live.providers[m.provider.name].chat(m, body, raw), key_hash)
         self.usage.record(key_hash, served, tally_of(answer.get("usage")))
         return answer, served
 
@@ -73,7 +73,7 @@ class ChatService:
             return first, events
 
         (first, events), served = await first_success(live.config.catalog, self.breakers,
-                                                      model, start)
+                                                      model, start, key_hash)
         return ChatStream(self, served, first, events, wanted, key_hash, prompt_estimate)
 
 
@@ -106,7 +106,7 @@ class ChatStream:
                 try:
                     frame = await self._events.__anext__()
                 except ApiError as err:
-                    self._svc.breakers.book(self.served.provider, err)
+                    self._svc.breakers.book(self.served.provider, err, self._key_hash)
                     raise
             if b'"usage":{' in frame or b'"usage": {' in frame:
                 chunk = orjson.loads(sse.parse(frame)[1] or b"{}")

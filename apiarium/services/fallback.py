@@ -33,38 +33,41 @@ class Breakers:
                                                    spec.breaker_cooldown_s)
         return b
 
-    def book(self, spec: ProviderSpec, err: ApiError | None) -> None:
-        """Count an outcome: None (it answered) or the error it ended with."""
+    def book(self, spec: ProviderSpec, err: ApiError | None, caller: str | None) -> None:
+        """Count an outcome for ``caller`` (a key's hash; None: the master key): None (it
+        answered) or the error it ended with.  Only the provider's faults count against it."""
         breaker = self.of(spec)
         if err is not None and counts_against(err):
-            breaker.failure()
+            breaker.failure(caller)
         else:
             breaker.success()            # the provider answered: it is up
 
 
 async def first_success(catalog: Catalog, breakers: Breakers, model: ModelSpec,
-                        call: Callable[[ModelSpec], Awaitable[T]]) -> tuple[T, ModelSpec]:
+                        call: Callable[[ModelSpec], Awaitable[T]],
+                        caller: str | None) -> tuple[T, ModelSpec]:
     """``call(candidate)`` for the model, then its fallbacks, until one succeeds:
     (its result, the candidate that served).  ``call`` gets the candidate under the alias
-    asked for.  Open circuits are skipped; when nothing is left, the last failure (or the
+    asked for; ``caller`` is whose request it is (the breakers need to know).  Open circuits
+    are skipped; when nothing is left, the last failure (or the
     first refusal of an open circuit) is raised."""
     last: ApiError | None = None
     for cand in catalog.chain(model):
         breaker = breakers.of(cand.provider)
-        if not breaker.allow():
+        if not breaker.allow(caller):
             last = last or open_error(cand.provider.name, breaker)
             continue
         as_asked = cand if cand is model else dataclasses.replace(cand, alias=model.alias)
         try:
             result = await call(as_asked)
         except ApiError as err:
-            breakers.book(cand.provider, err)
+            breakers.book(cand.provider, err, caller)
             if not moves_on(err):
                 raise
             log.info("%s failed (%s); trying the next fallback", cand.alias, err.code)
             last = err
             continue
-        breakers.book(cand.provider, None)
+        breakers.book(cand.provider, None, caller)
         return result, cand
     assert last is not None          # a model's chain holds at least the model itself
     raise last

@@ -38,7 +38,7 @@ class MediaService:
         live = self._live()
         made, served = await first_success(
             live.config.catalog, self.breakers, model,
-            lambda m: live.providers[m.provider.name].image(m, req))
+            lambda m: live.providers[m.provider.name].image(m, req), key_hash)
         self.usage.record(key_hash, served, Tally(requests=1, images=req.n))
         items = (made * req.n)[:req.n]    # a Gemini model makes one image: repeated n times
         if req.response_format == "b64_json":
@@ -55,7 +55,7 @@ class MediaService:
         live = self._live()
         media, served = await first_success(
             live.config.catalog, self.breakers, model,
-            lambda m: live.providers[m.provider.name].video(m, req))
+            lambda m: live.providers[m.provider.name].video(m, req), key_hash)
         self.usage.record(key_hash, served,
                           Tally(requests=1, video_seconds=req.duration_seconds),
                           req.resolution)
