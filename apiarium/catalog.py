@@ -64,6 +64,7 @@ class ModelSpec:
     created: int = 0
     credits: Credits = field(default_factory=Credits)
     fallbacks: tuple[str, ...] = ()
+    max_output_tokens: int = 0         # the most output tokens a request may ask for (0: any)
 
     @property
     def owned_by(self) -> str:

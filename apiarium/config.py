@@ -43,7 +43,10 @@ SETTINGS_SCHEMA = Section({
     "catalog": Str("models.yaml"),
     "master_key": Str(""),
     "rate_limit": Section({"rpm": Num(4, 1, 1_000_000, integer=True),
-                           "daily_credits": Num(0, 0, 1e12)}),
+                           "daily_credits": Num(200, 0, 1e12),
+                           "endpoints": MapOf(Str())}),
+    "limits": Section({"max_images": Num(4, 1, 100, integer=True),
+                       "max_chat_choices": Num(1, 1, 128, integer=True)}),
     "media": Section({"dir": Str("../data/media"), "ttl_hours": Num(24, 0.001, 100_000)}),
     "security": Section({"block_proxy_headers": Bool(True), "blocklists": ListOf(Str()),
                          "key_requests_per_minute": Num(60, 0, 1_000_000, integer=True),
@@ -67,6 +70,7 @@ CATALOG_SCHEMA = Section({
         "upstream": Str(""),
         "type": Enum(MODEL_TYPES, "chat"),
         "fallbacks": ListOf(Str()),
+        "max_output_tokens": Num(0, 0, 100_000_000, integer=True),
         "credits": Section({
             "request": Num(None, 0, 1e9),
             "per_1k_tokens": Num(None, 0, 1e9),
@@ -92,6 +96,9 @@ class Settings:
     master_key: str
     rpm: int
     daily_credits: float          # 0: unlimited
+    endpoint_limits: Mapping[str, tuple[int, float]]   # endpoint -> (requests, per seconds)
+    max_images: int               # `n` on the images endpoint
+    max_chat_choices: int         # `n` on chat
     media_dir: Path
     media_ttl_hours: float
     block_proxy_headers: bool
@@ -126,6 +133,35 @@ def _networks(values, ctx: Ctx, problems: list[Problem]):
     return tuple(nets)
 
 
+LIMITED_ENDPOINTS = ("chat", "completions", "images", "videos")
+DEFAULT_ENDPOINT_LIMITS = {"videos": "2/hour", "images": "20/hour"}
+PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
+
+
+def _endpoint_limits(given: Mapping[str, str], ctx: Ctx,
+                     problems: list[Problem]) -> dict[str, tuple[int, float]]:
+    """``rate_limit.endpoints``: ``{videos: "2/hour", …}`` on top of the defaults; ``off``
+    (or ``0``) lifts an endpoint's limit."""
+    out: dict[str, tuple[int, float]] = {}
+    for name, spec in {**DEFAULT_ENDPOINT_LIMITS, **given}.items():
+        line = ctx.lines.get(("rate_limit", "endpoints", name), 0)
+        if name not in LIMITED_ENDPOINTS:
+            problems.append(Problem(str(ctx.file), line, f"rate_limit.endpoints: {name!r} is "
+                                    f"not one of {', '.join(LIMITED_ENDPOINTS)}"))
+            continue
+        if spec.strip() in ("off", "0"):
+            continue
+        m = _RATE.match(spec)
+        if m is None or int(m.group(1)) < 1:
+            problems.append(Problem(str(ctx.file), line, f"rate_limit.endpoints.{name}: "
+                                    f"{spec!r} is not like '10/hour' (N per second, minute, "
+                                    f"hour or day; 'off' for none)"))
+            continue
+        out[name] = (int(m.group(1)), PERIODS[m.group(2)])
+    return out
+
+
 def _blocklists(base: Path, values, ctx: Ctx, problems: list[Problem]) -> tuple[Path, ...]:
     paths = tuple(_resolve(base, v) for v in values)
     for i, p in enumerate(paths):
@@ -152,6 +188,9 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
         database=_resolve(base, d["database"]), catalog_path=_resolve(base, d["catalog"]),
         master_key=d["master_key"], rpm=d["rate_limit"]["rpm"],
         daily_credits=float(d["rate_limit"]["daily_credits"]),
+        endpoint_limits=_endpoint_limits(d["rate_limit"]["endpoints"], ctx, problems),
+        max_images=d["limits"]["max_images"],
+        max_chat_choices=d["limits"]["max_chat_choices"],
         media_dir=_resolve(base, d["media"]["dir"]), media_ttl_hours=float(d["media"]["ttl_hours"]),
         block_proxy_headers=sec["block_proxy_headers"],
         blocklists=_blocklists(base, sec["blocklists"], ctx, problems),
@@ -192,7 +231,8 @@ def _build_catalog(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> Ca
         models[alias] = ModelSpec(alias=alias, provider=provider, upstream=m["upstream"] or alias,
                                   type=m["type"], created=created,
                                   credits=Credits.for_model(alias, m["type"], m["credits"]),
-                                  fallbacks=tuple(m["fallbacks"]))
+                                  fallbacks=tuple(m["fallbacks"]),
+                                  max_output_tokens=m["max_output_tokens"])
     for alias, m in models.items():
         for i, other in enumerate(m.fallbacks):
             target = models.get(other)

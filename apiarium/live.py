@@ -21,6 +21,7 @@ from .netguard import NetGuard
 from .providers.base import Provider
 from .ratelimit import TokenBuckets
 from .services.chat import ChatService
+from .services.costs import CreditBook
 from .services.fallback import Breakers
 from .services.media import MediaService
 from .usage import UsageLedger
@@ -53,12 +54,15 @@ class Services:
     inflight: set = field(default_factory=set)      # handlers not yet finished
     stopping: bool = False                          # SIGTERM: finishing what is in flight
     breakers: Breakers = field(default_factory=Breakers)    # kept across reloads
+    endpoint_buckets: dict[str, TokenBuckets] = field(default_factory=dict)  # per endpoint
+    credits: CreditBook = field(init=False)
     chat: ChatService = field(init=False)
     media: MediaService = field(init=False)
 
     def __post_init__(self) -> None:
-        self.chat = ChatService(lambda: self.live, self.breakers, self.usage)
-        self.media = MediaService(lambda: self.live, self.breakers, self.usage)
+        self.credits = CreditBook(self.usage)
+        self.chat = ChatService(lambda: self.live, self.breakers, self.usage, self.credits)
+        self.media = MediaService(lambda: self.live, self.breakers, self.usage, self.credits)
 
     @property
     def settings(self) -> Settings:

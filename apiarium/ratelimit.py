@@ -1,4 +1,5 @@
-"""Token buckets, one per key: capacity ``rpm``, refilled at ``rpm`` tokens per minute.
+"""Token buckets, one per key: capacity ``limit``, refilled at ``limit`` tokens per period
+(a minute for the per-key ``rpm``; an hour or a day for the per-endpoint limits).
 
 Pure arithmetic on an injected clock; no I/O, no locks (one event loop).
 """
@@ -42,9 +43,10 @@ class TokenBuckets:
         self._clock = clock
         self._buckets: dict[str, list[float]] = {}   # key -> [tokens, last refill time]
 
-    def take(self, key: str, rpm: int) -> Decision:
+    def take(self, key: str, rpm: int, period_s: float = 60.0) -> Decision:
+        """Take one token from ``key``'s bucket of ``rpm`` tokens a ``period_s``."""
         now = self._clock()
-        rate = rpm / 60.0
+        rate = rpm / period_s
         b = self._buckets.get(key)
         if b is None:
             b = self._buckets[key] = [float(rpm), now]
@@ -59,12 +61,12 @@ class TokenBuckets:
     def forget(self, key: str) -> None:
         self._buckets.pop(key, None)
 
-    def prune(self, rpm_of: Callable[[str], int]) -> int:
+    def prune(self, rpm_of: Callable[[str], int], period_s: float = 60.0) -> int:
         """Drop buckets that have refilled completely (they equal a fresh one)."""
         now, dropped = self._clock(), 0
         for key, (tokens, last) in list(self._buckets.items()):
             rpm = rpm_of(key)
-            if tokens + (now - last) * rpm / 60.0 >= rpm:
+            if tokens + (now - last) * rpm / period_s >= rpm:
                 del self._buckets[key]
                 dropped += 1
         return dropped

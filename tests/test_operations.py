@@ -176,7 +176,8 @@ def test_video_credits_follow_the_configured_prices(make_gateway, fake_openai, f
                    "poll_interval_s": 0.05}}, models={
         "veo-3": {"provider": "google", "upstream": "veo-3.0-generate-001", "type": "video",
                   "credits": {"video_second": 5, "resolution": {"720p": 1, "1080p": 3}}}})
-    gw = make_gateway(catalog, rate_limit={"rpm": 100, "daily_credits": 100})
+    gw = make_gateway(catalog, rate_limit={"rpm": 100, "daily_credits": 100,
+                                           "endpoints": {"videos": "off"}})
     key = gw.key_for("127.0.0.30")
 
     def spend(**fields):
@@ -189,26 +190,33 @@ def test_video_credits_follow_the_configured_prices(make_gateway, fake_openai, f
         return me["usage"]["credits"] - before, me
 
     short, _ = spend(duration_seconds=4, resolution="720p")
-    long, me = spend(duration_seconds=8, resolution="1080p")
-    assert (short, long) == (4 * 5 * 1, 8 * 5 * 3)               # 20 and 120 credits
-    assert me["usage"]["video_seconds"] == 12 and me["usage"]["requests"] == 2
-    assert me["credits"] == {"daily_limit": 100, "remaining": 0}
-    # 140 spent of 100: the next request is refused before it reaches the upstream
+    assert short == 4 * 5 * 1                                     # 20 credits
+    # 8 s at 1080p would cost 120 and 80 are left: refused before it reaches the upstream
+    # (credits are reserved at the most a request can cost, so no key overshoots its day)
     polls = len(gemini.requests)
-    status, headers, raw = gw.post("/v1/chat/completions", {"model": "gpt-5",
-                                                            "messages": MSG}, key=key,
-                                   ip="127.0.0.30")
+    status, headers, raw = gw.post("/v1/videos/generations", {
+        "model": "veo-3", "prompt": "x", "duration_seconds": 8, "resolution": "1080p"},
+        key=key, ip="127.0.0.30")
     err = json.loads(raw)["error"]
     assert status == 429 and err["code"] == "insufficient_quota"
     assert headers["x-should-retry"] == "false" and "midnight UTC" in err["message"]
     assert len(gemini.requests) == polls
+    long, me = spend(duration_seconds=8, resolution="720p")
+    assert long == 8 * 5 * 1                                      # 40 credits
+    assert me["usage"]["video_seconds"] == 12 and me["usage"]["requests"] == 2
+    assert me["credits"] == {"daily_limit": 100, "remaining": 40}
     # usage reaches the database within a few seconds, and survives a restart
-    assert wait_for(lambda: usage_rows(gw).get(me_hash(gw, key), {}).get("credits") == 140,
+    assert wait_for(lambda: usage_rows(gw).get(me_hash(gw, key), {}).get("credits") == 60,
                     timeout=5)
     gw.restart()
-    status, _, _ = gw.post("/v1/chat/completions", {"model": "gpt-5", "messages": MSG},
-                           key=key, ip="127.0.0.30")
-    assert status == 429
+    status, _, _ = gw.post("/v1/videos/generations", {
+        "model": "veo-3", "prompt": "x", "duration_seconds": 8, "resolution": "1080p"},
+        key=key, ip="127.0.0.30")
+    assert status == 429                                           # 60 + 120 > 100
+    status, _, _ = gw.post("/v1/videos/generations", {"model": "veo-3", "prompt": "x",
+                                                      "duration_seconds": 8}, key=key,
+                           ip="127.0.0.30")
+    assert status == 200                                           # 60 + 40: all 100 spent
 
 
 def me_hash(gw, key: str) -> str:
@@ -216,7 +224,8 @@ def me_hash(gw, key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def test_chat_tokens_are_metered_streamed_or_not(gateway, fake_openai):
+def test_chat_tokens_are_metered_streamed_or_not(make_gateway, fake_openai):
+    gateway = make_gateway(openai_models(fake_openai), rate_limit={"daily_credits": 0})
     key = gateway.key_for("127.0.0.31")
     client = gateway.sdk(key, ip="127.0.0.31")
     fake_openai.reply_text = "one two three"

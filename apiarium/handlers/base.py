@@ -26,6 +26,7 @@ from ..errors import (ApiError, AuthError, BodyTooLarge, InvalidRequest, MethodN
                       NotFound, QuotaExceeded, RateLimited, ServiceUnavailable)
 from ..keys import KeyRecord
 from ..live import Services
+from ..ratelimit import TokenBuckets
 
 log = logging.getLogger("apiarium")
 
@@ -207,6 +208,7 @@ class ApiHandler(BaseHandler):
             self.key_record = self.authenticate(token)
             if self.limited:
                 self.take_token(self.key_record)
+                self.take_endpoint_token(self.key_record)
                 self.check_quota(self.key_record)
 
     def authenticate(self, token: str | None) -> KeyRecord:
@@ -236,6 +238,24 @@ class ApiHandler(BaseHandler):
         self._limit_headers = headers
         for name, value in headers.items():
             self.set_header(name, value)
+
+    def take_endpoint_token(self, rec: KeyRecord) -> None:
+        """``rate_limit.endpoints``: e.g. at most 2 videos an hour per key."""
+        limit = self.svc.settings.endpoint_limits.get(self.endpoint)
+        if limit is None:
+            return
+        count, period = limit
+        buckets = self.svc.endpoint_buckets.setdefault(self.endpoint, TokenBuckets())
+        decision = buckets.take(rec.key_hash, count, period)
+        if not decision.allowed:
+            self.svc.metrics.rate_limited.labels(self.endpoint).inc()
+            wait = decision.headers()["Retry-After"]
+            unit = {1.0: "second", 60.0: "minute", 3600.0: "hour", 86400.0: "day"}.get(
+                period, f"{period:g} s")
+            raise RateLimited(f"Rate limit reached: {count} {self.endpoint} requests per "
+                              f"{unit} for this key. Wait {wait} s before the next one.",
+                              retry_after=decision.retry_after,
+                              headers={"Retry-After": wait})
 
     def check_quota(self, rec: KeyRecord) -> None:
         limit = self.svc.settings.daily_credits

@@ -17,12 +17,12 @@ from ..catalog import ModelSpec
 from ..errors import ApiError, UpstreamError
 from ..providers.shapes import wants_usage
 from ..usage import Tally, UsageLedger
+from .costs import CHARS_PER_TOKEN, CreditBook, Hold, chat_estimate, chat_output_bound
 from .fallback import Breakers, first_success
 
 if TYPE_CHECKING:
     from ..live import Live
 
-CHARS_PER_TOKEN = 4          # the estimate used when an upstream gives no counts
 
 
 def tally_of(usage: object) -> Tally:
@@ -33,19 +33,37 @@ def tally_of(usage: object) -> Tally:
 
 
 class ChatService:
-    def __init__(self, live: Callable[[], Live], breakers: Breakers, usage: UsageLedger):
+    def __init__(self, live: Callable[[], Live], breakers: Breakers, usage: UsageLedger,
+                 credits: CreditBook):
         self._live = live
         self.breakers = breakers
         self.usage = usage
+        self.credits = credits
+
+    def hold(self, model: ModelSpec, body: dict, raw: bytes | None,
+             key_hash: str | None) -> Hold:
+        """Check the request's caps and set aside the most it can cost (a free key's:
+        the master key, ``key_hash`` None, is bound by neither)."""
+        if key_hash is None:
+            return self.credits.reserve(None, 0.0, 0.0)
+        s = self._live().config.settings
+        bound = chat_output_bound(body, model, s.max_chat_choices)
+        size = len(raw) if raw is not None else len(orjson.dumps(body))
+        return self.credits.reserve(key_hash, chat_estimate(model, size, bound),
+                                    s.daily_credits)
 
     async def complete(self, model: ModelSpec, body: dict, raw: bytes | None,
                        key_hash: str | None) -> tuple[dict, ModelSpec]:
         """A whole answer: (the ``chat.completion``, the model that served it)."""
         live = self._live()
-        answer, served = await first_success(
-            live.config.catalog, self.breakers, model,
-            lambda m: live.providers[m.provider.name].chat(m, body, raw), key_hash)
-        self.usage.record(key_hash, served, tally_of(answer.get("usage")))
+        hold = self.hold(model, body, raw, key_hash)
+        try:
+            answer, served = await first_success(
+                live.config.catalog, self.breakers, model,
+                lambda m: live.providers[m.provider.name].chat(m, body, raw), key_hash)
+            self.usage.record(key_hash, served, tally_of(answer.get("usage")))
+        finally:
+            hold.release()
         return answer, served
 
     async def stream(self, model: ModelSpec, body: dict, raw: bytes | None,
@@ -53,6 +71,7 @@ class ChatService:
         """An open stream whose first frame has arrived (fallbacks are tried until one
         sends a frame; after that the stream stays with its model)."""
         live = self._live()
+        hold = self.hold(model, body, raw, key_hash)
         prompt_estimate = (len(raw) if raw is not None else 0) // CHARS_PER_TOKEN
         wanted = wants_usage(body)
         if not wanted:        # ask for usage anyway, to meter it; the client won't see it
@@ -72,9 +91,13 @@ class ChatService:
                 raise
             return first, events
 
-        (first, events), served = await first_success(live.config.catalog, self.breakers,
-                                                      model, start, key_hash)
-        return ChatStream(self, served, first, events, wanted, key_hash, prompt_estimate)
+        try:
+            (first, events), served = await first_success(live.config.catalog, self.breakers,
+                                                          model, start, key_hash)
+        except BaseException:
+            hold.release()
+            raise
+        return ChatStream(self, served, first, events, wanted, key_hash, prompt_estimate, hold)
 
 
 class ChatStream:
@@ -82,18 +105,18 @@ class ChatStream:
     if the client did not ask for it), an upstream failure is booked on the provider's
     breaker, and ``aclose`` (always called, however the stream ends) books the usage."""
     __slots__ = ("_svc", "served", "_first", "_events", "_wanted", "_key_hash", "_prompt",
-                 "_relayed", "_tally", "_booked")
+                 "_relayed", "_tally", "_hold")
 
     def __init__(self, svc: ChatService, served: ModelSpec, first: bytes,
                  events: AsyncIterator[bytes], wanted: bool, key_hash: str | None,
-                 prompt_estimate: int):
+                 prompt_estimate: int, hold: Hold):
         self._svc, self.served = svc, served
         self._first: bytes | None = first
         self._events = events
         self._wanted, self._key_hash, self._prompt = wanted, key_hash, prompt_estimate
         self._relayed = 0                       # content frames handed on (~1 token each)
         self._tally: Tally | None = None        # the upstream's own counts, once they come
-        self._booked = False
+        self._hold: Hold | None = hold          # None once the usage is booked
 
     def __aiter__(self) -> ChatStream:
         return self
@@ -119,11 +142,12 @@ class ChatStream:
 
     async def aclose(self) -> None:
         """Book the usage (once) and close the upstream stream."""
-        if not self._booked:
-            self._booked = True
+        if self._hold is not None:
             tally = self._tally or Tally(requests=1, prompt_tokens=self._prompt,
                                          completion_tokens=self._relayed)
             self._svc.usage.record(self._key_hash, self.served, tally)
+            self._hold.release()
+            self._hold = None
         await self._events.aclose()
 
     async def through(self, translate: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]]

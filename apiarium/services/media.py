@@ -11,7 +11,8 @@ from ..catalog import ModelSpec
 from ..errors import InvalidRequest
 from ..generation import ImageRequest, Media, VideoRequest, image_request, video_request
 from ..providers.shapes import Chunks, completion, flatten_prompt, usage, wants_usage
-from ..usage import Tally, UsageLedger
+from ..usage import Tally, UsageLedger, price
+from .costs import CreditBook, check_images_n
 from .fallback import Breakers, first_success
 
 if TYPE_CHECKING:
@@ -22,10 +23,12 @@ EARLY_ERROR_S = 2.0       # failures this early are plain HTTP errors, not SSE e
 
 
 class MediaService:
-    def __init__(self, live: Callable[[], Live], breakers: Breakers, usage: UsageLedger):
+    def __init__(self, live: Callable[[], Live], breakers: Breakers, usage: UsageLedger,
+                 credits: CreditBook):
         self._live = live
         self.breakers = breakers
         self.usage = usage
+        self.credits = credits
 
     async def host(self, media: Media, base_url: str) -> str:
         """Store ``media`` under an unguessable name; its public URL."""
@@ -36,10 +39,18 @@ class MediaService:
                      base_url: str) -> tuple[list[dict], ModelSpec]:
         """``data`` items of an images answer (URLs or base64), and the model that served."""
         live = self._live()
-        made, served = await first_success(
-            live.config.catalog, self.breakers, model,
-            lambda m: live.providers[m.provider.name].image(m, req), key_hash)
-        self.usage.record(key_hash, served, Tally(requests=1, images=req.n))
+        tally = Tally(requests=1, images=req.n)
+        if key_hash is not None:
+            check_images_n(req.n, live.config.settings.max_images)
+        hold = self.credits.reserve(key_hash, price(model, tally),
+                                    live.config.settings.daily_credits)
+        try:
+            made, served = await first_success(
+                live.config.catalog, self.breakers, model,
+                lambda m: live.providers[m.provider.name].image(m, req), key_hash)
+            self.usage.record(key_hash, served, tally)
+        finally:
+            hold.release()
         items = (made * req.n)[:req.n]    # a Gemini model makes one image: repeated n times
         if req.response_format == "b64_json":
             encoded = {id(m): base64.b64encode(m.data).decode() for m in made}
@@ -53,12 +64,16 @@ class MediaService:
                     base_url: str) -> tuple[dict, ModelSpec]:
         """A ``data`` item of a videos answer, and the model that served."""
         live = self._live()
-        media, served = await first_success(
-            live.config.catalog, self.breakers, model,
-            lambda m: live.providers[m.provider.name].video(m, req), key_hash)
-        self.usage.record(key_hash, served,
-                          Tally(requests=1, video_seconds=req.duration_seconds),
-                          req.resolution)
+        tally = Tally(requests=1, video_seconds=req.duration_seconds)
+        hold = self.credits.reserve(key_hash, price(model, tally, req.resolution),
+                                    live.config.settings.daily_credits)
+        try:
+            media, served = await first_success(
+                live.config.catalog, self.breakers, model,
+                lambda m: live.providers[m.provider.name].video(m, req), key_hash)
+            self.usage.record(key_hash, served, tally, req.resolution)
+        finally:
+            hold.release()
         return {"url": await self.host(media, base_url),
                 "revised_prompt": media.revised_prompt}, served
 

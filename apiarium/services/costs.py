@@ -1,0 +1,113 @@
+"""What one free key can make the operator pay, bounded before anything is sent upstream.
+
+* **Caps on a request's size**: ``n`` (images: ``limits.max_images``, chat:
+  ``limits.max_chat_choices``) and the output tokens asked for (``max_tokens`` /
+  ``max_completion_tokens`` / ``max_output_tokens``, at most the model's
+  ``max_output_tokens``).  Over a cap: 400 naming the field.
+* **The daily credit allowance** (``rate_limit.daily_credits``), reserved before the upstream
+  call at the most the request can cost, and settled after (the ledger books the real cost,
+  the reservation is released): requests in flight at once cannot overshoot it together.
+
+The master key bypasses all of these (its ``key_hash`` is None).
+"""
+from __future__ import annotations
+
+from ..catalog import ModelSpec
+from ..errors import InvalidRequest, QuotaExceeded
+from ..usage import Tally, UsageLedger, price
+
+CHARS_PER_TOKEN = 4
+OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+DEFAULT_OUTPUT_TOKENS = 4096      # what a chat may cost when neither the client nor the
+                                  # catalog bounds its answer
+
+
+def _int_field(body: dict, name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequest(f"`{name}` must be a positive whole number.", param=name)
+    return value
+
+
+def chat_output_bound(body: dict, model: ModelSpec, max_choices: int) -> int:
+    """Check a chat body's ``n`` and output-token fields against the caps; the most output
+    tokens the answer may hold (for the credit reservation)."""
+    n = _int_field(body, "n")
+    if n is not None and n > max_choices:
+        raise InvalidRequest(f"`n` is {n}; this gateway answers at most {max_choices} "
+                             f"choice(s) per request.", param="n")
+    cap = model.max_output_tokens
+    asked = None
+    for name in OUTPUT_FIELDS:
+        value = _int_field(body, name)
+        if value is None:
+            continue
+        if cap and value > cap:
+            raise InvalidRequest(f"`{name}` is {value}; `{model.alias}` answers with at most "
+                                 f"{cap} tokens on this gateway.", param=name)
+        asked = value if asked is None else max(asked, value)
+    return (asked or cap or DEFAULT_OUTPUT_TOKENS) * (n or 1)
+
+
+def check_images_n(n: int, max_images: int) -> None:
+    if n > max_images:
+        raise InvalidRequest(f"`n` is {n}; this gateway makes at most {max_images} "
+                             f"images per request.", param="n")
+
+
+def chat_estimate(model: ModelSpec, request_bytes: int, output_tokens: int) -> float:
+    """The most a chat request may cost: its whole body as prompt, every output token."""
+    return price(model, Tally(requests=1, prompt_tokens=request_bytes // CHARS_PER_TOKEN,
+                              completion_tokens=output_tokens))
+
+
+class Hold:
+    """Credits set aside for one request in flight; ``release()`` once it is booked."""
+    __slots__ = ("_book", "key_hash", "amount")
+
+    def __init__(self, book: CreditBook, key_hash: str | None, amount: float):
+        self._book, self.key_hash, self.amount = book, key_hash, amount
+
+    def release(self) -> None:
+        if self.amount and self.key_hash is not None:
+            self._book.release(self.key_hash, self.amount)
+        self.amount = 0.0
+
+
+class CreditBook:
+    """Today's spending per key (the usage ledger) plus what requests in flight may still
+    spend (held here, in memory)."""
+
+    def __init__(self, usage: UsageLedger):
+        self.usage = usage
+        self._held: dict[str, float] = {}
+
+    def held(self, key_hash: str) -> float:
+        return self._held.get(key_hash, 0.0)
+
+    def reserve(self, key_hash: str | None, amount: float, limit: float) -> Hold:
+        """Set ``amount`` aside for a request, or refuse it (429) if the key's daily
+        ``limit`` (0: none) cannot cover it on top of what is spent and held."""
+        if key_hash is None or limit <= 0:
+            return Hold(self, None, 0.0)
+        spent = self.usage.spent_today(key_hash).credits
+        held = self.held(key_hash)
+        if spent + held + amount > limit + 1e-9:
+            left = max(0.0, limit - spent - held)
+            raise QuotaExceeded(
+                f"This request may cost up to {amount:.4g} credits and this key has "
+                f"{left:.4g} of its {limit:g} daily credits left (UTC day; requests in "
+                f"flight hold theirs until they end). Ask for a shorter answer "
+                f"(max_tokens) or fewer items, or wait for midnight UTC; GET /v1/keys/me "
+                f"shows today's usage.")
+        self._held[key_hash] = held + amount
+        return Hold(self, key_hash, amount)
+
+    def release(self, key_hash: str, amount: float) -> None:
+        left = self._held.get(key_hash, 0.0) - amount
+        if left > 1e-9:
+            self._held[key_hash] = left
+        else:
+            self._held.pop(key_hash, None)
