@@ -9,15 +9,15 @@ Pure state on an injected clock; no I/O.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from .errors import (ApiError, RateLimited, ServiceUnavailable, UpstreamError, UpstreamTimeout)
+from .errors import ApiError, RateLimited, ServiceUnavailable, UpstreamError, UpstreamTimeout
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 
 
 class Breaker:
-    __slots__ = ("failures", "cooldown_s", "clock", "state", "streak", "opened_at", "probing")
+    __slots__ = ("clock", "cooldown_s", "failures", "opened_at", "probing", "state", "streak")
 
     def __init__(self, failures: int = 3, cooldown_s: float = 30.0,
                  clock: Callable[[], float] = time.monotonic):
