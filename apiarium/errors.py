@@ -6,17 +6,20 @@ raise.  ``ApiError.envelope()`` is the body every client sees:
 
     ApiError                          500 server_error          internal_error
     ├── InvalidRequest                400 invalid_request_error invalid_request, <field>_invalid, …
-    ├── AuthError                     401 authentication_error  missing_api_key, invalid_api_key, ip_mismatch
+    ├── AuthError                     401 authentication_error  missing_api_key, invalid_api_key,
+    │                                                           ip_mismatch
     ├── Forbidden                     403 permission_error      vpn_detected
     ├── NotFound                      404 invalid_request_error model_not_found, not_found
     ├── MethodNotAllowed              405 invalid_request_error method_not_allowed
     ├── BodyTooLarge                  413 invalid_request_error body_too_large
-    ├── RateLimited                   429 rate_limit_error      rate_limit_exceeded, upstream_rate_limited
+    ├── RateLimited                   429 rate_limit_error      rate_limit_exceeded,
+    │   │                                                       upstream_rate_limited
     │   └── QuotaExceeded             429 insufficient_quota    insufficient_quota
     └── UpstreamFailure               (the upstream did not give a usable answer)
         ├── UpstreamError             502 upstream_error        upstream_unreachable, upstream_error
         ├── UpstreamPassthrough       4xx as the upstream said  (its own message, about the request)
-        ├── ServiceUnavailable        503 server_error          upstream_overloaded, provider_not_configured
+        ├── ServiceUnavailable        503 server_error          upstream_overloaded,
+        │                                                       provider_not_configured
         └── UpstreamTimeout           504 server_error          upstream_timeout
 
 Domain code raises these; only ``handlers/`` turns them into HTTP responses.
@@ -24,6 +27,7 @@ Domain code raises these; only ``handlers/`` turns them into HTTP responses.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 
 class ApiError(Exception):
@@ -90,7 +94,7 @@ class RateLimited(ApiError):
     type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw):
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any):
         super().__init__(message, **kw)
         self.retry_after = retry_after
         if retry_after is not None:
@@ -101,7 +105,7 @@ class QuotaExceeded(RateLimited):
     type = "insufficient_quota"
     default_code = "insufficient_quota"
 
-    def __init__(self, message: str, **kw):
+    def __init__(self, message: str, **kw: Any):
         super().__init__(message, **kw)
         self.headers.setdefault("x-should-retry", "false")
 

@@ -51,7 +51,7 @@ class VideoRequest:
 def size_ratio(size: str) -> float | None:
     if size == "auto":
         return None
-    a, sep, b = size.partition(":") if ":" in size else size.partition("x")
+    a, _sep, b = size.partition(":") if ":" in size else size.partition("x")
     return int(a) / int(b)
 
 
@@ -111,10 +111,9 @@ def video_request(body: dict, upstream: str) -> VideoRequest:
     duration = body.get("duration_seconds", 8)
     if duration is None:
         duration = 8
-    if isinstance(duration, str) and re.fullmatch(r"\s*\d+\s*", duration):
-        duration_i = int(duration)
-    elif isinstance(duration, (int, float)) and not isinstance(duration, bool) and \
-            float(duration).is_integer():
+    if (isinstance(duration, str) and re.fullmatch(r"\s*\d+\s*", duration)) or (
+            isinstance(duration, (int, float)) and not isinstance(duration, bool)
+            and float(duration).is_integer()):
         duration_i = int(duration)
     else:
         duration_i = -1

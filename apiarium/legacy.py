@@ -5,7 +5,7 @@ catalog's chat models (most of which no upstream serves on ``/completions``) all
 """
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import orjson
 

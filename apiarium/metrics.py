@@ -15,11 +15,16 @@ take a lock per increment, and a request makes seven of them: measurable on the 
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar, cast
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
-                                    HistogramMetricFamily, Metric)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -53,43 +58,56 @@ class _Histogram:
 
     def cumulative(self) -> list[tuple[str, int]]:
         out, total = [], 0
-        for bound, n in zip((*map(str, map(float, self.bounds)), "+Inf"), self.counts):
+        for bound, n in zip((*map(str, map(float, self.bounds)), "+Inf"), self.counts,
+                            strict=True):
             total += n
             out.append((bound, total))
         return out
 
 
-class Family:
-    """A metric with labels; ``labels(...)`` returns the child to ``inc`` or ``observe``."""
+_Child = TypeVar("_Child", bound="_Count | _Histogram")
+
+
+class Family(Generic[_Child]):
+    """A metric with labels; ``labels(...)`` returns the child to ``inc`` or ``observe``
+    (a ``_Histogram`` for kind "histogram", else a ``_Count``)."""
 
     def __init__(self, kind: str, name: str, doc: str, labelnames: tuple[str, ...] = (),
                  buckets: tuple[float, ...] = _LATENCY_BUCKETS):
         self.kind, self.name, self.doc, self.labelnames = kind, name, doc, labelnames
         self.buckets = buckets
-        self._children: dict[tuple[str, ...], _Count | _Histogram] = {}
+        self._children: dict[tuple[str, ...], _Child] = {}
 
-    def labels(self, *values: str):
+    def labels(self, *values: str) -> _Child:
         child = self._children.get(values)
         if child is None:
-            child = self._children[values] = (
-                _Histogram(self.buckets) if self.kind == "histogram" else _Count())
+            child = self._children[values] = cast(_Child, (
+                _Histogram(self.buckets) if self.kind == "histogram" else _Count()))
         return child
 
     def collect(self) -> Metric:
         names = list(self.labelnames)
         if self.kind == "histogram":
             fam = HistogramMetricFamily(self.name, self.doc, labels=names)
-            for values, h in list(self._children.items()):
+            for values, child in list(self._children.items()):
+                h = cast(_Histogram, child)
                 fam.add_metric(list(values), h.cumulative(), h.sum)
-        else:
-            cls = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
-            fam = cls(self.name, self.doc, labels=names)
-            for values, c in list(self._children.items()):
-                fam.add_metric(list(values), c.value)
-        return fam
+            return fam
+        cls = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
+        counts = cls(self.name, self.doc, labels=names)
+        for values, child in list(self._children.items()):
+            counts.add_metric(list(values), cast(_Count, child).value)
+        return counts
 
 
 class Metrics:
+    requests: Family[_Count]
+    duration: Family[_Histogram]
+    upstream_latency: Family[_Histogram]
+    upstream_ttfb: Family[_Histogram]
+    _streams: Family[_Count]
+    rate_limited: Family[_Count]
+
     def __init__(self, key_count: Callable[[], int] = lambda: 0):
         self.requests = Family("counter", "apiarium_requests", "Requests answered",
                                ("endpoint", "model", "status"))

@@ -15,12 +15,12 @@ import ipaddress
 import operator
 import sys
 from array import array
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from itertools import compress
 from pathlib import Path
 from socket import AF_INET, AF_INET6, inet_pton
-from typing import Iterable, Mapping
 
 from .errors import Forbidden
 
@@ -31,6 +31,7 @@ PROXY_HEADERS = frozenset(("via", "forwarded", "x-forwarded-for", "x-forwarded-h
                  "x-proxyuser-ip", "x-bluecoat-via", "x-forwarded-server"))
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _BITS = {4: 32, 6: 128}
 _pton4 = partial(inet_pton, AF_INET)
 _U32 = next(code for code in "IL" if array(code).itemsize == 4)
@@ -38,7 +39,7 @@ CACHE_SIZE = 65536        # per-address answers kept (a reload starts a new guar
 MAX_REPORTED = 5          # unreadable lines named one by one; the rest are counted
 
 
-def _parse_ip(text: str):
+def _parse_ip(text: str) -> Address | None:
     text = text.strip().strip('"')
     if text.startswith("["):                       # [v6]:port
         text = text[1:].split("]", 1)[0]
@@ -147,7 +148,7 @@ class Blocklist:
         self._merged: int | None = None
 
     @classmethod
-    def from_files(cls, paths: Iterable[Path]) -> "Blocklist":
+    def from_files(cls, paths: Iterable[Path]) -> Blocklist:
         """Load blocklist files: one CIDR, address or ``first-last`` range a line, ``#``
         comments.  Unreadable lines are skipped and reported in ``problems``; a file that
         cannot be opened raises OSError."""
@@ -160,6 +161,7 @@ class Blocklist:
         return bl
 
     def _read(self, text: str, source: str) -> None:
+        todo: Iterable[tuple[int, str]]
         if not text.translate(_NOT_PLAIN):          # digits, dots and slashes only
             plain, todo = text.split(), []
         else:
@@ -172,7 +174,7 @@ class Blocklist:
         bulk = _bulk_v4(plain) if plain else None
         if bulk is not None:
             ints, plens = bulk
-            self._keys[4] |= {(n >> (32 - p)) | (p << 32) for n, p in zip(ints, plens)}
+            self._keys[4] |= {(n >> (32 - p)) | (p << 32) for n, p in zip(ints, plens, strict=True)}
             self._plens[4].update(plens)
         elif plain:                                 # a bad line among them: one by one
             todo = [(no, line) for no, line in enumerate(text.splitlines(), 1)
@@ -217,12 +219,9 @@ class Blocklist:
             self._merged = total
         return self._merged
 
-    def __contains__(self, ip) -> bool:
+    def __contains__(self, ip: Address) -> bool:
         n, keys = int(ip), self._keys[ip.version]
-        for shift, tag in self._probes[ip.version]:
-            if (n >> shift) | tag in keys:
-                return True
-        return False
+        return any((n >> shift) | tag in keys for shift, tag in self._probes[ip.version])
 
 
 @dataclass(frozen=True)
@@ -241,7 +240,7 @@ class NetGuard:
         self._direct: dict[str, Visitor] = {}       # peer -> visitor, for untrusted peers
         self._listed: dict[str, bool] = {}          # ip -> in the blocklist
 
-    def is_trusted(self, ip) -> bool:
+    def is_trusted(self, ip: Address) -> bool:
         key = str(ip)
         hit = self._trust_cache.get(key)
         if hit is None:

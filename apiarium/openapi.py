@@ -10,6 +10,8 @@ application's routes and fuzzes the running gateway against this document.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
+from typing import Any
 
 import orjson
 
@@ -32,10 +34,10 @@ def nullable(schema: dict) -> dict:
 # ------------------------------------------------------------------------------ errors
 # status -> (when, the codes it carries).  Every error body is the same envelope.
 ERRORS = {
-    400: ("Bad JSON, a missing or invalid field (`param` names it as sent), or a model of the "
-          "wrong type for the endpoint.",
-          "invalid_json, invalid_request, invalid_model, missing_messages, invalid_messages, "
-          "missing_prompt, invalid_prompt, model_type_mismatch, content_policy_violation"),
+    400: (("Bad JSON, a missing or invalid field (`param` names it as sent), or a model of the "
+           "wrong type for the endpoint."),
+          ("invalid_json, invalid_request, invalid_model, missing_messages, invalid_messages, "
+           "missing_prompt, invalid_prompt, model_type_mismatch, content_policy_violation")),
     401: ("No bearer token; an unknown or revoked key; a key used from another IP.",
           "missing_api_key, invalid_api_key, ip_mismatch"),
     403: ("VPN, proxy, blocklisted network, or an address the operator blocked.",
@@ -43,14 +45,14 @@ ERRORS = {
     404: ("Unknown model alias, unknown media file, unknown path.",
           "model_not_found, media_not_found, not_found"),
     413: ("The body is over `server.max_body_mb`.", "body_too_large"),
-    429: ("Over the key's rate limit (with `Retry-After` and `x-ratelimit-*`), over its daily "
-          "credits, the upstream's own rate limit or quota; on /v1/keys/me, too many key "
-          "requests from the caller's network.",
+    429: (("Over the key's rate limit (with `Retry-After` and `x-ratelimit-*`), over its daily "
+           "credits, the upstream's own rate limit or quota; on /v1/keys/me, too many key "
+           "requests from the caller's network."),
           "rate_limit_exceeded, insufficient_quota, upstream_rate_limited"),
-    502: ("The upstream cannot be reached, answered garbage or a 5xx, or refused the "
-          "gateway's own provider key.", "upstream_unreachable, upstream_error"),
-    503: ("The upstream is overloaded, its provider has no API key here, its circuit is open, "
-          "or the gateway is shutting down.",
+    502: (("The upstream cannot be reached, answered garbage or a 5xx, or refused the "
+           "gateway's own provider key."), "upstream_unreachable, upstream_error"),
+    503: (("The upstream is overloaded, its provider has no API key here, its circuit is open, "
+           "or the gateway is shutting down."),
           "upstream_overloaded, provider_not_configured, server_shutting_down"),
     504: ("No answer within the provider's `timeout_s`.", "upstream_timeout"),
 }
@@ -88,9 +90,9 @@ def ok(description: str, content: dict | None, headers: dict | None = None) -> d
 
 
 def operation(op_id: str, tag: str, summary: str, responses: dict, *, auth: bool = False,
-              body: str | None = None, params: list | None = None, errors=(),
-              passthrough: bool = False) -> dict:
-    out = {"operationId": op_id, "tags": [tag], "summary": summary}
+              body: str | None = None, params: list | None = None,
+              errors: Iterable[int] = (), passthrough: bool = False) -> dict:
+    out: dict[str, Any] = {"operationId": op_id, "tags": [tag], "summary": summary}
     if params:
         out["parameters"] = params
     if body:
@@ -105,7 +107,7 @@ def operation(op_id: str, tag: str, summary: str, responses: dict, *, auth: bool
 
 
 # ------------------------------------------------------------------------------ schemas
-def obj(required: list[str], props: dict, **extra) -> dict:
+def obj(required: list[str], props: dict, **extra: Any) -> dict:
     return {"type": "object", "required": required, "properties": props, **extra}
 
 

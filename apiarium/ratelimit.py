@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +37,7 @@ def _duration(seconds: float) -> str:
 
 
 class TokenBuckets:
-    __slots__ = ("_clock", "_buckets")
+    __slots__ = ("_buckets", "_clock")
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self._clock = clock

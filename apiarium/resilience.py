@@ -14,16 +14,16 @@ the operator's quota.  Pure state on an injected clock; no I/O.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from .errors import (ApiError, RateLimited, ServiceUnavailable, UpstreamError, UpstreamTimeout)
+from .errors import ApiError, RateLimited, ServiceUnavailable, UpstreamError, UpstreamTimeout
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 
 
 class Breaker:
-    __slots__ = ("failures", "cooldown_s", "min_callers", "clock", "state", "streak",
-                 "opened_at", "probing", "callers", "trusted")
+    __slots__ = ("callers", "clock", "cooldown_s", "failures", "min_callers", "opened_at",
+                 "probing", "state", "streak", "trusted")
 
     def __init__(self, failures: int = 3, cooldown_s: float = 30.0,
                  clock: Callable[[], float] = time.monotonic, min_callers: int = 2):

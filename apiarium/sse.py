@@ -49,7 +49,7 @@ def parse(event: bytes) -> tuple[str | None, bytes | None]:
     return name, (b"\n".join(data) if data else None)
 
 
-def encode(obj) -> bytes:
+def encode(obj: object) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 

@@ -8,9 +8,10 @@ A schema is a tree of ``Field``s: ``Section`` (fixed keys; unknown ones are prob
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -35,7 +36,8 @@ _KIND = {MappingNode: "a mapping", SequenceNode: "a list", ScalarNode: "a value"
 
 class Ctx:
     def __init__(self, file: Path, env: Mapping[str, str]):
-        self.file, self.env, self.problems = file, env, []
+        self.file, self.env = file, env
+        self.problems: list[Problem] = []
         self.lines: dict[tuple, int] = {}
 
     def err(self, node: Node, message: str) -> None:
@@ -76,14 +78,14 @@ class Field:
                 value = yaml.safe_load(value) if value.strip() else None
         return self.convert(value, node, ctx, path)
 
-    def convert(self, value, node, ctx, path):
+    def convert(self, value: Any, node: Node, ctx: Ctx, path: tuple) -> Any:
         return value
 
 
 class Str(Field):
     want = "a string"
 
-    def convert(self, value, node, ctx, path):
+    def convert(self, value: Any, node: Node, ctx: Ctx, path: tuple) -> Any:
         if value is None:
             return ""
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
@@ -95,11 +97,12 @@ class Str(Field):
 class Num(Field):
     want = "a number"
 
-    def __init__(self, default=None, lo: float = 0, hi: float = float("inf"), integer=False):
+    def __init__(self, default: Any = None, lo: float = 0, hi: float = float("inf"),
+                 integer: bool = False):
         super().__init__(default)
         self.lo, self.hi, self.integer = lo, hi, integer
 
-    def convert(self, value, node, ctx, path):
+    def convert(self, value: Any, node: Node, ctx: Ctx, path: tuple) -> Any:
         kind = "a whole number" if self.integer else "a number"
         ok_type = int if self.integer else (int, float)
         if isinstance(value, bool) or not isinstance(value, ok_type):
@@ -114,7 +117,7 @@ class Num(Field):
 class Bool(Field):
     want = "true or false"
 
-    def convert(self, value, node, ctx, path):
+    def convert(self, value: Any, node: Node, ctx: Ctx, path: tuple) -> Any:
         if not isinstance(value, bool):
             ctx.err(node, f"{_dotted(path)}: expected true or false, got {value!r}")
             return self.default
@@ -122,11 +125,11 @@ class Bool(Field):
 
 
 class Enum(Str):
-    def __init__(self, values: tuple[str, ...], default=None):
+    def __init__(self, values: tuple[str, ...], default: Any = None):
         super().__init__(default)
         self.values = values
 
-    def convert(self, value, node, ctx, path):
+    def convert(self, value: Any, node: Node, ctx: Ctx, path: tuple) -> Any:
         value = super().convert(value, node, ctx, path)
         if value not in self.values:
             ctx.err(node, f"{_dotted(path)}: {value!r} is not one of {', '.join(self.values)}")
@@ -135,18 +138,18 @@ class Enum(Str):
 
 
 class ListOf(Field):
-    def __init__(self, item: Field, default=()):
+    def __init__(self, item: Field, default: Any = ()):
         super().__init__(default)
         self.item = item
 
-    def check(self, node, ctx, path):
+    def check(self, node: Node, ctx: Ctx, path: tuple) -> tuple:
         ctx.lines[path] = node.start_mark.line + 1
         if isinstance(node, ScalarNode) and node.tag.endswith(":null"):
             return tuple(self.default)
         if not isinstance(node, SequenceNode):
             ctx.err(node, f"{_dotted(path)}: expected a list, got {_KIND[type(node)]}")
             return tuple(self.default)
-        return tuple(self.item.check(n, ctx, path + (i,)) for i, n in enumerate(node.value))
+        return tuple(self.item.check(n, ctx, (*path, i)) for i, n in enumerate(node.value))
 
 
 class Section(Field):
@@ -160,7 +163,7 @@ class Section(Field):
         return {k: (f.defaults() if isinstance(f, Section) else f.default)
                 for k, f in self.fields.items()}
 
-    def check(self, node, ctx, path):
+    def check(self, node: Node, ctx: Ctx, path: tuple) -> dict:
         ctx.lines[path] = node.start_mark.line + 1
         out = self.defaults()
         if isinstance(node, ScalarNode) and node.tag.endswith(":null"):
@@ -168,16 +171,16 @@ class Section(Field):
         if not isinstance(node, MappingNode):
             ctx.err(node, f"{_dotted(path)}: expected a mapping, got {_KIND[type(node)]}")
             return out
-        seen = set()
+        seen: set[str] = set()
         for knode, vnode in node.value:
             key = knode.value
             field = self.fields.get(key)
             if field is None:
-                ctx.err(knode, f"unknown key {_dotted(path + (key,))!r} "
+                ctx.err(knode, f"unknown key {_dotted((*path, key))!r} "
                                f"(known keys: {', '.join(self.fields)})")
                 continue
             seen.add(key)
-            out[key] = field.check(vnode, ctx, path + (key,))
+            out[key] = field.check(vnode, ctx, (*path, key))
         for key in self.required:
             if key not in seen:
                 ctx.err(node, f"{_dotted(path)}: missing required key {key!r}")
@@ -191,24 +194,25 @@ class MapOf(Field):
         super().__init__({})
         self.item = item
 
-    def check(self, node, ctx, path):
+    def check(self, node: Node, ctx: Ctx, path: tuple) -> dict:
         ctx.lines[path] = node.start_mark.line + 1
         if isinstance(node, ScalarNode) and node.tag.endswith(":null"):
             return {}
         if not isinstance(node, MappingNode):
             ctx.err(node, f"{_dotted(path)}: expected a mapping, got {_KIND[type(node)]}")
             return {}
-        out = {}
+        out: dict[str, Any] = {}
         for knode, vnode in node.value:
             name = str(knode.value)
             if name in out:
-                ctx.err(knode, f"{_dotted(path + (name,))}: defined twice")
-            ctx.lines[path + (name, "")] = knode.start_mark.line + 1
-            out[name] = self.item.check(vnode, ctx, path + (name,))
+                ctx.err(knode, f"{_dotted((*path, name))}: defined twice")
+            ctx.lines[(*path, name, "")] = knode.start_mark.line + 1
+            out[name] = self.item.check(vnode, ctx, (*path, name))
         return out
 
 
-def parse(path: Path, schema: Section, env: Mapping[str, str], problems: list[Problem]):
+def parse(path: Path, schema: Section, env: Mapping[str, str],
+          problems: list[Problem]) -> tuple[dict | None, Ctx]:
     ctx = Ctx(path, env)
     try:
         text = path.read_text(encoding="utf-8")
@@ -223,7 +227,7 @@ def parse(path: Path, schema: Section, env: Mapping[str, str], problems: list[Pr
         problems.append(Problem(str(path), line, f"invalid YAML: {exc.problem or exc}"))
         return None, ctx
     if node is None:  # an empty file: every default
-        node = MappingNode("tag:yaml.org,2002:map", [], yaml.Mark(str(path), 0, 0, 0, None, None),
+        node = MappingNode("tag:yaml.org,2002:map", [], yaml.Mark(str(path), 0, 0, 0, None, 0),
                            None)
     data = schema.check(node, ctx, ())
     problems.extend(ctx.problems)

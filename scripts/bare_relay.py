@@ -9,6 +9,7 @@ No auth, no checks, no logging.  Any Python gateway of this stack pays at least 
 """
 import argparse
 import asyncio
+import contextlib
 import resource
 
 import aiohttp
@@ -51,9 +52,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(main())
-    except KeyboardInterrupt:
-        pass

@@ -20,6 +20,7 @@ request hold on a noisy machine.  Phases:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import math
@@ -36,7 +37,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import IO, Any, NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
@@ -54,7 +58,7 @@ HEAD = {"direct": "direct-to-mock", "bare": "bare relay", "apiarium": "Apiarium"
 
 
 def chat_body(model: str, stream: bool = False) -> str:
-    body = {"model": model,
+    body: dict[str, object] = {"model": model,
             "messages": [{"role": "user", "content": "Say hello in a dozen words."}]}
     if stream:
         body["stream"] = True
@@ -65,7 +69,8 @@ def ms(interval_s: float) -> str:
     return f"{interval_s * 1000:g}"
 
 
-def pct(values: list, p: float):
+def pct(values: list, p: float) -> Any:
+    """The p-th percentile of ``values`` (one of them), None if there are none."""
     if not values:
         return None
     xs = sorted(values)
@@ -115,10 +120,11 @@ def listen_overflows() -> int:
     """TcpExt ListenOverflows, machine-wide: connections dropped because an accept queue was
     full (the client's SYN is then retried after 1 s, 3 s, ...)."""
     try:
-        lines = open("/proc/net/netstat").read().splitlines()
-        for names, values in zip(lines[::2], lines[1::2]):
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+        for names, values in zip(lines[::2], lines[1::2], strict=False):
             if names.startswith("TcpExt:"):
-                return int(dict(zip(names.split(), values.split()))["ListenOverflows"])
+                return int(dict(zip(names.split(), values.split(),
+                                    strict=False))["ListenOverflows"])
     except (OSError, KeyError, ValueError):
         pass
     return 0
@@ -157,10 +163,11 @@ class Server:
         self.ready = re.compile(ready)
         self.env = env
         self.proc: subprocess.Popen | None = None
+        self._log: IO[bytes] | None = None
         self.url = ""
 
-    def start(self, timeout: float = 60.0) -> "Server":
-        self._log = open(self.log_path, "ab")
+    def start(self, timeout: float = 60.0) -> Server:
+        self._log = open(self.log_path, "ab")   # noqa: SIM115 - stop() closes it
         self.proc = subprocess.Popen(["taskset", "-c", self.core, *self.cmd], stdout=self._log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=self.env, preexec_fn=_die_with_parent, cwd=ROOT)
@@ -179,6 +186,8 @@ class Server:
 
     @property
     def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError(f"{self.name} is not running")
         return self.proc.pid
 
     def cpu(self) -> float:
@@ -196,7 +205,7 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
-        if getattr(self, "_log", None):
+        if self._log is not None:
             self._log.close()
             self._log = None
 
@@ -261,7 +270,7 @@ def streams_client(spec: dict) -> int:
     import asyncio
 
     import aiohttp
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     n, events = spec["n"], spec["events"]
     conc, ramp = spec.get("concurrency") or n, spec.get("ramp") or 0
@@ -277,7 +286,8 @@ def streams_client(spec: dict) -> int:
     stopping = [False]
     perf = time.perf_counter
 
-    async def one(session, sem, all_open):
+    async def one(session: aiohttp.ClientSession, sem: asyncio.Semaphore,
+                  all_open: asyncio.Event) -> None:
         async with sem:
             tally["started"] += 1
             t0, got, last, done, bad, first = perf(), 0, None, False, 0, False
@@ -345,18 +355,18 @@ def streams_client(spec: dict) -> int:
             else:
                 tally["ok"] += 1
 
-    async def main():
+    async def main() -> float:
         connector = aiohttp.TCPConnector(limit=0, force_close=spec.get("force_close", False))
         timeout = aiohttp.ClientTimeout(total=spec.get("timeout", 600))
         sem = asyncio.Semaphore(conc)
         all_open = asyncio.Event()
         t0 = perf()
 
-        async def announce():
+        async def announce() -> None:
             await all_open.wait()
             print(f"ALLOPEN {perf() - t0:.3f}", flush=True)
 
-        async def report_open():
+        async def report_open() -> None:
             while True:
                 print(f"OPEN {tally['open']}", flush=True)
                 await asyncio.sleep(0.5)
@@ -378,10 +388,8 @@ def streams_client(spec: dict) -> int:
                     break
                 tasks.append(asyncio.ensure_future(one(session, sem, all_open)))
             if hold:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(all_open.wait(), max(0.1, open_by - perf()))
-                except asyncio.TimeoutError:
-                    pass
                 await asyncio.sleep(hold)
                 stopping[0] = True
                 for t in tasks:
@@ -408,17 +416,21 @@ def streams_client(spec: dict) -> int:
     return 0
 
 
-def run_streams(spec: dict, on_open=None, sampler=None) -> dict:
+def run_streams(spec: dict, on_open: Callable[[], None] | None = None,
+                sampler: Callable[[int], None] | None = None) -> dict:
     """Run the client on the load core; ``on_open`` is called when every stream has its first
     event, ``sampler(open_now)`` every 0.5 s while the client runs."""
     proc = subprocess.Popen(["taskset", "-c", LOAD_CORE, PY, __file__, "_streams",
                              json.dumps(spec)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=_die_with_parent)
+    stdout, stderr = proc.stdout, proc.stderr
+    if stdout is None or stderr is None:                        # both PIPE: never
+        raise RuntimeError("the stream client has no pipes")
     lines: list[str] = []
     open_now = [0]
 
-    def reader():
-        for line in proc.stdout:
+    def reader() -> None:
+        for line in stdout:
             if line.startswith("OPEN "):
                 open_now[0] = int(line.split()[1])
                 continue
@@ -436,7 +448,7 @@ def run_streams(spec: dict, on_open=None, sampler=None) -> dict:
         proc.kill()
     proc.wait()
     t.join(5)
-    err = proc.stderr.read()
+    err = stderr.read()
     for line in lines:
         if line.startswith("RESULT "):
             return json.loads(line[7:])
@@ -446,8 +458,9 @@ def run_streams(spec: dict, on_open=None, sampler=None) -> dict:
 
 # ====================================================================== the benchmark
 class Bench:
-    def __init__(self, args, tmp: Path):
+    def __init__(self, args: argparse.Namespace, tmp: Path):
         self.a, self.tmp = args, tmp
+        self.elapsed = 0.0                  # wall-clock seconds of the run, once it is over
         self.fig: dict = {c: {} for c in COLS}
         self.t0 = time.monotonic()
         self.notes: list[str] = []
@@ -536,17 +549,18 @@ class Bench:
     def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.t0:6.1f}s] {text}", flush=True)
 
-    def throughput(self, targets=None, warm: int = 1) -> None:
+    def throughput(self, targets: list[tuple[str, Server, str | None]] | None = None,
+                   warm: int = 1) -> None:
         """wrk, interleaved rounds; CPU/request from /proc.  Efficiency is the median over
         rounds of bare CPU/req / Apiarium CPU/req measured back to back (paired), which
         cancels most of what neighbours on a shared machine do to both."""
         a = self.a
         targets = targets or self.targets()
         body = [chat_body("bench")]
-        for col, srv, key in targets:
+        for _col, srv, key in targets:
             run_wrk(self.tmp, srv.url, body, key, a.connections, warm)      # warm-up
-        per = {col: [] for col, _, _ in targets}
-        marks = {col: [] for col, _, _ in targets}
+        per: dict[str, list[list[float]]] = {col: [] for col, _, _ in targets}
+        marks: dict[str, list[float]] = {col: [] for col, _, _ in targets}
         slice_s = max(1, round(a.duration / a.rounds))
         for r in range(a.rounds):
             for col, srv, key in (targets if r % 2 == 0 else targets[::-1]):
@@ -577,22 +591,22 @@ class Bench:
         if "bare" in per and "apiarium" in per and b.get("cpu_us_per_req") and g.get(
                 "cpu_us_per_req"):
             pairs = [x / y for x, y in zip(b["cpu_us_per_req_rounds"],
-                                           g["cpu_us_per_req_rounds"]) if x and y]
+                                           g["cpu_us_per_req_rounds"], strict=True) if x and y]
             g["efficiency_rounds"] = [round(x, 3) for x in pairs]
             g["efficiency"] = pct(pairs, 50) if pairs else None
             g["efficiency_pooled"] = b["cpu_us_per_req"] / g["cpu_us_per_req"]
 
-    def latency(self, targets=None) -> None:
+    def latency(self, targets: list[tuple[str, Server, str | None]] | None = None) -> None:
         """One connection, interleaved rounds of wrk -c1; the median over rounds of each
         percentile, and of (target - direct) within the same round."""
         a = self.a
         targets = targets or self.targets()
         body = [chat_body("bench")]
-        for col, srv, key in targets:
+        for _col, srv, key in targets:
             run_wrk(self.tmp, srv.url, body, key, 1, 1)                    # warm-up
         rounds = max(1, min(a.rounds, a.latency_seconds))
         slice_s = max(1, a.latency_seconds // rounds)
-        per = {col: [] for col, _, _ in targets}
+        per: dict[str, list[tuple[float, float, int, int]]] = {col: [] for col, _, _ in targets}
         for r in range(rounds):
             for col, srv, key in (targets if r % 2 == 0 else targets[::-1]):
                 w = run_wrk(self.tmp, srv.url, body, key, 1, slice_s)
@@ -611,10 +625,10 @@ class Bench:
         for col in ("bare", "apiarium", "litellm"):
             f = self.fig[col]
             if col in per and "direct" in per:
-                f["added_p50_ms"] = pct([x[0] - y[0] for x, y in zip(per[col], per["direct"])],
-                                        50)
-                f["added_p99_ms"] = pct([x[1] - y[1] for x, y in zip(per[col], per["direct"])],
-                                        50)
+                f["added_p50_ms"] = pct([x[0] - y[0] for x, y in
+                                         zip(per[col], per["direct"], strict=True)], 50)
+                f["added_p99_ms"] = pct([x[1] - y[1] for x, y in
+                                         zip(per[col], per["direct"], strict=True)], 50)
             elif col in per and "lat1_p50_ms" in d:
                 f["added_p50_ms"] = f["lat1_p50_ms"] - d["lat1_p50_ms"]
                 f["added_p99_ms"] = f["lat1_p99_ms"] - d["lat1_p99_ms"]
@@ -697,7 +711,7 @@ class Bench:
                   rate: float) -> dict:
         """About ``n`` requests: wrk has no request count, so run it in slices whose Lua stops
         at the remaining count (wrk then idles to the end of the slice, at most ~1 s)."""
-        total = {"requests": 0, "errors": 0, "seconds": 0.0}
+        total: dict[str, Any] = {"requests": 0, "errors": 0, "seconds": 0.0}
         deadline = time.monotonic() + 1200
         while total["requests"] < n and time.monotonic() < deadline:
             rem = n - total["requests"]
@@ -829,8 +843,8 @@ class Bench:
                 (out / f"{name}-top.txt").write_text(summarize_profile(raw))
                 self.say(f"profile {name}: {out / (name + '-top.txt')}")
             else:
-                self.notes.append(f"profile {name}: py-spy wrote nothing: "
-                                  f"{spy_proc.stderr.read()[-300:]!r}")
+                said = spy_proc.stderr.read() if spy_proc.stderr else b""
+                self.notes.append(f"profile {name}: py-spy wrote nothing: {said[-300:]!r}")
 
     # ------------------------------------------------------------------ the run
     def run(self) -> None:
@@ -884,8 +898,8 @@ class Bench:
         cols = [c for c in COLS if F[c]]
         rows: list[tuple[str, dict]] = []
 
-        def row(label, fn):
-            vals = {}
+        def row(label: str, fn: Callable[[dict], object]) -> None:
+            vals: dict[str, object] = {}
             for c in cols:
                 try:
                     v = fn(F[c])
@@ -976,7 +990,7 @@ class Bench:
         g, b = F["apiarium"], F["bare"]
         out = []
 
-        def verdict(n, ok, text):
+        def verdict(n: int, ok: bool | None, text: str) -> None:
             out.append(f"target {n}: {'PASS' if ok else 'FAIL' if ok is not None else 'n/a '}"
                        f"  {text}")
 
@@ -1038,7 +1052,10 @@ class Bench:
 
 def summarize_profile(raw: Path, top: int = 30) -> str:
     """py-spy raw (collapsed) stacks -> the functions with most samples, self and inclusive."""
-    self_n, incl, by_pkg, total = {}, {}, {}, 0
+    self_n: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    by_pkg: dict[str, int] = {}
+    total = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
@@ -1070,10 +1087,10 @@ def summarize_profile(raw: Path, top: int = 30) -> str:
 def _package(frame: str) -> str:
     m = re.search(r"\((.*)\)$", frame)
     path = m.group(1) if m else ""
-    if frame.startswith("Runner.run ") or frame.startswith("run_until_complete"):
+    if frame.startswith(("Runner.run ", "run_until_complete")):
         return "event loop (uvloop, in C: epoll, socket calls, callbacks)"
     top = path.split("/")[0] if "/" in path else path
-    if top.startswith("<frozen") or top.endswith(".py") and "/" not in path:
+    if top.startswith("<frozen") or (top.endswith(".py") and "/" not in path):
         return f"other ({top})"
     return top
 
@@ -1089,11 +1106,13 @@ def source_digest() -> str:
 def machine() -> str:
     model = "?"
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-        mem = next(int(x.split()[1]) for x in open("/proc/meminfo") if x.startswith("MemTotal"))
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo") as meminfo:
+            mem = next(int(x.split()[1]) for x in meminfo if x.startswith("MemTotal"))
     except (OSError, StopIteration):
         mem = 0
     import aiohttp
@@ -1148,12 +1167,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--tr-concurrency", type=int, default=100)
     p.add_argument("--keep", action="store_true", help="keep the temp folder (logs, configs)")
     a = p.parse_args(argv)
-    full = dict(duration=20, rounds=10, latency_seconds=5, streams=1000, events=20,
-                interval=0.25, slow_streams=10000, slow_seconds=30, requests=200_000,
-                tr_streams=800)
-    quick = dict(duration=2, rounds=1, latency_seconds=2, streams=200, events=10,
-                 interval=0.1, slow_streams=500, slow_seconds=5, requests=20_000,
-                 tr_streams=200)
+    full = {"duration": 20, "rounds": 10, "latency_seconds": 5, "streams": 1000, "events": 20,
+            "interval": 0.25, "slow_streams": 10000, "slow_seconds": 30, "requests": 200_000,
+            "tr_streams": 800}
+    quick = {"duration": 2, "rounds": 1, "latency_seconds": 2, "streams": 200, "events": 10,
+             "interval": 0.1, "slow_streams": 500, "slow_seconds": 5, "requests": 20_000,
+             "tr_streams": 200}
     for k, v in (quick if a.quick else full).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
@@ -1169,7 +1188,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["_streams"]:
         return streams_client(json.loads(argv[1]))
     a = parse_args(argv)
-    if len(os.sched_getaffinity(0)) < 2 and os.cpu_count() < 2:
+    if len(os.sched_getaffinity(0)) < 2 and (os.cpu_count() or 1) < 2:
         print("scripts/bench: needs 2 cores (servers on 0, load on 1)", file=sys.stderr)
         return 2
     if not shutil.which("wrk") or not shutil.which("taskset"):
@@ -1177,12 +1196,12 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     os.sched_setaffinity(0, {int(LOAD_CORE)})
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     command = "scripts/bench " + " ".join(shlex.quote(x) for x in argv)
     tmp = Path(tempfile.mkdtemp(prefix="apiarium-bench-"))
     bench = Bench(a, tmp)
-    def interrupted(signum, frame):
+    def interrupted(signum: int, frame: FrameType | None) -> NoReturn:
         raise KeyboardInterrupt(signal.Signals(signum).name)
     signal.signal(signal.SIGTERM, interrupted)
     signal.signal(signal.SIGHUP, interrupted)

@@ -26,6 +26,7 @@ import resource
 import signal
 import sys
 import time
+from typing import ClassVar, cast
 
 OVERRIDE = re.compile(rb'-e(\d+)-i(\d+(?:\.\d+)?)(?:-l(\d+(?:\.\d+)?))?$')
 MODEL = re.compile(rb'"model"\s*:\s*"([^"]{0,200})"')
@@ -111,16 +112,16 @@ def an_tail(events: int) -> bytes:
 # ---------------------------------------------------------------------- the server
 class Mock(asyncio.Protocol):
     defaults: tuple[int, float, float] = (20, 0.05, 0.0)   # events, interval s, latency s
-    tasks: set = set()
-    cache: dict = {}
+    tasks: ClassVar[set[asyncio.Future]] = set()    # streams in progress, shared by all
+    cache: ClassVar[dict[tuple[bytes, bool], bytes]] = {}   # (model, anthropic) -> reply
     served = 0
 
-    def connection_made(self, transport) -> None:
-        self.t = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.t = cast(asyncio.Transport, transport)         # a TCP server's: a Transport
         self.buf = b""
         self.busy = False
 
-    def connection_lost(self, exc) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self.busy = True            # nothing more to do on this connection
 
     def data_received(self, data: bytes) -> None:
@@ -255,9 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=float, default=0.05, help="seconds between events")
     p.add_argument("--latency", type=float, default=0.0, help="seconds before the answer")
     args = p.parse_args(argv)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     Mock.defaults = (args.events, args.interval, args.latency)
+    loop: asyncio.AbstractEventLoop
     try:
         import uvloop
         loop = uvloop.new_event_loop()
