@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -19,21 +20,26 @@ import tornado.netutil
 import tornado.web
 
 from . import __version__
+from .accesslog import AccessLog
 from .config import Config, ConfigError, load_config
 from .handlers import pages
 from .handlers.base import BaseHandler
 from .handlers.chat import ChatHandler, CompletionsHandler
+from .handlers.info import (
+    HealthHandler,
+    KeysMeHandler,
+    ModelHandler,
+    ModelsHandler,
+    NotFoundHandler,
+)
 from .handlers.media import ImagesHandler, MediaFileHandler, VideosHandler
-from .handlers.ops import MetricsHandler
 from .handlers.openapi import OpenApiHandler
-from .handlers.info import (HealthHandler, KeysMeHandler, ModelHandler, ModelsHandler,
-                            NotFoundHandler)
-from .accesslog import AccessLog
+from .handlers.ops import MetricsHandler
 from .keys import KeyStore
+from .live import Live, Services
 from .metrics import Metrics
 from .netguard import Blocklist, NetGuard
 from .providers import build as build_providers
-from .live import Live, Services
 from .usage import UsageLedger
 from .yamlschema import Problem
 
@@ -60,6 +66,10 @@ def routes() -> list:
         (r"/metrics", MetricsHandler),
         (r"/openapi\.json", OpenApiHandler),
     ]
+
+
+def _always(n: int) -> Callable[[str], int]:
+    return lambda _: n
 
 
 def log_request(handler: BaseHandler) -> None:
@@ -121,11 +131,23 @@ def make_live(config: Config, session: aiohttp.ClientSession,
 class Gateway:
     def __init__(self, config_path: str | Path):
         self.config_path = Path(config_path)
-        self.services: Services | None = None
+        self._services: Services | None = None
         self.server: tornado.httpserver.HTTPServer | None = None
-        self.session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None
         self.port = 0
         self._tasks: list[asyncio.Task] = []
+
+    @property
+    def services(self) -> Services:
+        if self._services is None:
+            raise RuntimeError("the gateway has not been started")
+        return self._services
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("the gateway has not been started")
+        return self._session
 
     async def start(self, host: str | None = None, port: int | None = None) -> None:
         config = load_config(self.config_path)        # raises ConfigError: nothing started
@@ -133,8 +155,8 @@ class Gateway:
         keys = await KeyStore(s.database).open()
         usage = await UsageLedger(s.database).open()
         metrics = Metrics(key_count=lambda: len(keys))
-        self.session = make_session()
-        self.services = Services(live=make_live(config, self.session, metrics), keys=keys,
+        self._session = make_session()
+        self._services = Services(live=make_live(config, self.session, metrics), keys=keys,
                                  usage=usage, metrics=metrics)
         self.access_log = AccessLog()
         app = make_app(self.services, self.access_log)
@@ -166,15 +188,23 @@ class Gateway:
                     log.info("key store changed on disk: %d active keys", len(svc.keys))
                 if time.monotonic() - last_prune > 60:
                     last_prune = time.monotonic()
-                    default = svc.settings.rpm
-                    svc.buckets.prune(lambda h: svc.keys.rpm_of(h, default))
-                    visits = svc.settings.key_requests_per_minute or 1
-                    svc.keys.visits.prune(lambda _: visits)
-                    removed = await svc.live.media.sweep()
-                    if removed:
-                        log.info("media sweep: %d expired files removed", removed)
+                    await self._prune()
             except Exception:
                 log.exception("housekeeping failed; will retry")
+
+    async def _prune(self) -> None:
+        """Drop refilled buckets (they equal fresh ones) and expired media."""
+        svc = self.services
+        s = svc.settings
+        svc.buckets.prune(lambda h: svc.keys.rpm_of(h, s.rpm))
+        visits = s.key_requests_per_minute or 1
+        svc.keys.visits.prune(lambda _: visits)
+        for endpoint, buckets in svc.endpoint_buckets.items():
+            count, period = s.endpoint_limits.get(endpoint, (1, 1.0))
+            buckets.prune(_always(count), period)
+        removed = await svc.live.media.sweep()
+        if removed:
+            log.info("media sweep: %d expired files removed", removed)
 
     async def _flush_log(self) -> None:
         while True:
@@ -229,8 +259,8 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.session is not None:
-            await self.session.close()
+        if self._session is not None:
+            await self._session.close()
         self.access_log.flush()
         await svc.usage.close()
         await svc.keys.close()

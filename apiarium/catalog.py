@@ -5,9 +5,9 @@ for the length of a request while a SIGHUP swaps in the next.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 from .errors import InvalidRequest, NotFound
 from .modeltypes import MODEL_TYPES
@@ -46,7 +46,7 @@ class Credits:
     resolution: Mapping[str, float] = field(default_factory=dict)   # video multipliers
 
     @classmethod
-    def for_model(cls, alias: str, type_: str, given: Mapping | None = None) -> "Credits":
+    def for_model(cls, alias: str, type_: str, given: Mapping | None = None) -> Credits:
         """Type defaults (an alias ending in -pro costs double), overridden by ``given``."""
         factor = 2.0 if alias.endswith("-pro") else 1.0
         base = MODEL_TYPES[type_].credits

@@ -37,7 +37,7 @@ class Live:
     models_body: bytes
 
     @classmethod
-    def make(cls, config: Config, guard: NetGuard, providers: dict[str, Provider]) -> "Live":
+    def make(cls, config: Config, guard: NetGuard, providers: dict[str, Provider]) -> Live:
         body = orjson.dumps({"object": "list", "data": config.catalog.listing()})
         s = config.settings
         return cls(config, guard, providers, MediaStore(s.media_dir, s.media_ttl_hours), body)

@@ -13,17 +13,29 @@ import logging
 import re
 import secrets
 import time
-from typing import AsyncIterator, Awaitable, Callable, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
+from typing import Any, TypeVar
 
 import orjson
+import tornado.http1connection
 import tornado.httputil
 import tornado.iostream
 import tornado.web
 
 from .. import sse
 from ..catalog import ModelSpec
-from ..errors import (ApiError, AuthError, BodyTooLarge, InvalidRequest, MethodNotAllowed,
-                      NotFound, QuotaExceeded, RateLimited, ServiceUnavailable)
+from ..errors import (
+    ApiError,
+    AuthError,
+    BodyTooLarge,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    QuotaExceeded,
+    RateLimited,
+    ServiceUnavailable,
+)
 from ..keys import KeyRecord
 from ..live import Services
 from ..ratelimit import TokenBuckets
@@ -48,11 +60,12 @@ class BaseHandler(tornado.web.RequestHandler):
     provider_name: str = ""
     upstream_ms: float | None = None
     bytes_out: int = 0
-    _limit_headers: dict = {}
+    _limit_headers: dict[str, str]
 
     svc: Services
 
     def initialize(self) -> None:
+        self._limit_headers = {}
         self.svc = self.application.settings["services"]
         self.svc.inflight.add(self)
 
@@ -68,18 +81,18 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("x-request-id", self.request_id)
         self.clear_header("Server")
 
-    def write(self, chunk) -> None:
+    def write(self, chunk: str | bytes | dict) -> None:
         if isinstance(chunk, (bytes, str)):
             self.bytes_out += len(chunk)
         super().write(chunk)
 
-    def write_json(self, obj, status: int = 200) -> None:
+    def write_json(self, obj: object, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", _JSON)
         self.finish(orjson.dumps(obj))
 
     # ------------------------------------------------------------------ errors
-    def write_error(self, status_code: int, **kwargs) -> None:
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         err = as_api_error(exc, status_code, self.request)
         if err.status == 500 and not isinstance(exc, ApiError):
@@ -97,7 +110,8 @@ class BaseHandler(tornado.web.RequestHandler):
         return [m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
                 if getattr(type(self), m.lower()) is not getattr(base, m.lower())]
 
-    def log_exception(self, typ, value, tb) -> None:
+    def log_exception(self, typ: type[BaseException] | None, value: BaseException | None,
+                      tb: TracebackType | None) -> None:
         if isinstance(value, ApiError):
             log.info("%s %s -> %d %s: %s", self.request_id, self.request.path, value.status,
                      value.code, value.message)
@@ -105,7 +119,7 @@ class BaseHandler(tornado.web.RequestHandler):
             log.info("%s %s -> %d", self.request_id, self.request.path, value.status_code)
         else:
             log.error("%s unexpected error on %s %s", self.request_id, self.request.method,
-                      self.request.path, exc_info=(typ, value, tb))
+                      self.request.path, exc_info=value)
 
     # ------------------------------------------------------------------ who is asking
     def resolve_visitor(self, check: bool = True, bypass: bool = False) -> None:
@@ -148,7 +162,10 @@ class BaseHandler(tornado.web.RequestHandler):
         if proto not in ("http", "https"):
             proto = "http"
         if not _HOST.match(host or ""):
-            sock = self.request.connection.stream.socket if self.request.connection else None
+            conn = self.request.connection
+            stream = conn.stream if isinstance(conn, tornado.http1connection.HTTP1Connection) \
+                else None
+            sock = stream.socket if stream else None
             name = sock.getsockname() if sock else ("127.0.0.1", 80)
             host = f"[{name[0]}]:{name[1]}" if ":" in name[0] else f"{name[0]}:{name[1]}"
         return f"{proto}://{host}"
@@ -165,7 +182,8 @@ class BaseHandler(tornado.web.RequestHandler):
         return bool(token and master and hmac.compare_digest(token.encode(), master.encode()))
 
 
-def as_api_error(exc: BaseException | None, status: int, request) -> ApiError:
+def as_api_error(exc: BaseException | None, status: int,
+                 request: tornado.httputil.HTTPServerRequest) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
     if status == 404:
@@ -203,7 +221,9 @@ class ApiHandler(BaseHandler):
                                f"gateway accepts at most {limit / 1048576:g} MB.")
         if self.request.method in _WITH_BODY:
             # a chunked body has no length: data_received enforces the limit (with a 413)
-            self.request.connection.set_max_body_size(limit + 1 if length else 1 << 62)
+            conn = self.request.connection
+            if isinstance(conn, tornado.http1connection.HTTP1Connection):
+                conn.set_max_body_size(limit + 1 if length else 1 << 62)
         if not master:
             self.key_record = self.authenticate(token)
             if self.limited:

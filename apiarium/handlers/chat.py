@@ -2,7 +2,7 @@
 service, write the answer or relay the stream."""
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from .. import legacy
 from ..catalog import ModelSpec

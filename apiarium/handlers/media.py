@@ -53,7 +53,7 @@ class MediaFileHandler(BaseHandler, tornado.web.StaticFileHandler):
     unknown and expired names are a JSON 404 (an expired file is deleted on the way)."""
     endpoint = "media"
 
-    def initialize(self) -> None:
+    def initialize(self) -> None:  # type: ignore[override]  # the folder is the live one
         BaseHandler.initialize(self)
         tornado.web.StaticFileHandler.initialize(self, path=str(self.svc.live.media.folder))
 

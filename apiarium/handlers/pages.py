@@ -20,13 +20,14 @@ import logging
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import tornado.template
 
 from .. import __version__
-from ..modeltypes import MODEL_TYPES
 from ..errors import ApiError, Forbidden, NotFound
 from ..keys import AddressBlocked
+from ..modeltypes import MODEL_TYPES
 from .base import BaseHandler, as_api_error
 
 log = logging.getLogger("apiarium")
@@ -77,7 +78,7 @@ class Assets:
     def url(self, name: str) -> str:
         return f"/static/{name}?v={self.files[name].digest}"
 
-    def render(self, name: str, **values) -> bytes:
+    def render(self, name: str, **values: Any) -> bytes:
         return self.loader.load(name).generate(asset=self.url, version=__version__, **values)
 
 
@@ -165,7 +166,7 @@ class PageHandler(BaseHandler):
             self.set_header("Content-Encoding", "gzip")
         self.finish(html)
 
-    def write_error(self, status_code: int, **kwargs) -> None:
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         err = as_api_error(exc, status_code, self.request)
         for name, value in err.headers.items():
@@ -227,7 +228,7 @@ class StaticHandler(PageHandler):
             self.set_status(304)
             self.finish()
             return
-        data = asset.gzipped if packed else asset.body
+        data = asset.gzipped if packed and asset.gzipped is not None else asset.body
         if packed:
             self.set_header("Content-Encoding", "gzip")
         self.set_header("Content-Length", len(data))

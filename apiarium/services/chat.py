@@ -8,7 +8,8 @@ with what was relayed until then (the upstream's counts if they came, else an es
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Protocol
 
 import orjson
 
@@ -24,6 +25,19 @@ if TYPE_CHECKING:
     from ..live import Live
 
 
+class Frames(Protocol):
+    """SSE frames, one event each, that must be closed however they end (an async
+    generator is one; so is ``ChatStream``)."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+    async def __anext__(self) -> bytes:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
 
 def tally_of(usage: object) -> Tally:
     """One request's usage from an OpenAI ``usage`` object (missing counts are 0)."""
@@ -34,11 +48,11 @@ def tally_of(usage: object) -> Tally:
 
 class ChatService:
     def __init__(self, live: Callable[[], Live], breakers: Breakers, usage: UsageLedger,
-                 credits: CreditBook):
+                 book: CreditBook):
         self._live = live
         self.breakers = breakers
         self.usage = usage
-        self.credits = credits
+        self.credits = book
 
     def hold(self, model: ModelSpec, body: dict, raw: bytes | None,
              key_hash: str | None) -> Hold:
@@ -79,7 +93,7 @@ class ChatService:
                                                "include_usage": True}}
             raw = None
 
-        async def start(m: ModelSpec) -> tuple[bytes, AsyncIterator[bytes]]:
+        async def start(m: ModelSpec) -> tuple[bytes, Frames]:
             events = live.providers[m.provider.name].chat_stream(m, body, raw)
             try:
                 first = await anext(events, None)
@@ -104,11 +118,21 @@ class ChatStream:
     """The frames of one open chat stream, metered: the usage frame is read (and dropped
     if the client did not ask for it), an upstream failure is booked on the provider's
     breaker, and ``aclose`` (always called, however the stream ends) books the usage."""
-    __slots__ = ("_svc", "served", "_first", "_events", "_wanted", "_key_hash", "_prompt",
-                 "_relayed", "_tally", "_hold")
+    __slots__ = (
+        "_events",
+        "_first",
+        "_hold",
+        "_key_hash",
+        "_prompt",
+        "_relayed",
+        "_svc",
+        "_tally",
+        "_wanted",
+        "served",
+    )
 
     def __init__(self, svc: ChatService, served: ModelSpec, first: bytes,
-                 events: AsyncIterator[bytes], wanted: bool, key_hash: str | None,
+                 events: Frames, wanted: bool, key_hash: str | None,
                  prompt_estimate: int, hold: Hold):
         self._svc, self.served = svc, served
         self._first: bytes | None = first

@@ -65,7 +65,7 @@ def chat_estimate(model: ModelSpec, request_bytes: int, output_tokens: int) -> f
 
 class Hold:
     """Credits set aside for one request in flight; ``release()`` once it is booked."""
-    __slots__ = ("_book", "key_hash", "amount")
+    __slots__ = ("_book", "amount", "key_hash")
 
     def __init__(self, book: CreditBook, key_hash: str | None, amount: float):
         self._book, self.key_hash, self.amount = book, key_hash, amount

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from ..catalog import Catalog, ModelSpec, ProviderSpec
 from ..errors import ApiError
@@ -69,5 +70,6 @@ async def first_success(catalog: Catalog, breakers: Breakers, model: ModelSpec,
             continue
         breakers.book(cand.provider, None, caller)
         return result, cand
-    assert last is not None          # a model's chain holds at least the model itself
+    if last is None:                 # a model's chain holds at least the model itself
+        raise RuntimeError(f"no candidate to try for {model.alias}")
     raise last

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from .. import sse
 from ..catalog import ModelSpec
@@ -24,11 +25,11 @@ EARLY_ERROR_S = 2.0       # failures this early are plain HTTP errors, not SSE e
 
 class MediaService:
     def __init__(self, live: Callable[[], Live], breakers: Breakers, usage: UsageLedger,
-                 credits: CreditBook):
+                 book: CreditBook):
         self._live = live
         self.breakers = breakers
         self.usage = usage
-        self.credits = credits
+        self.credits = book
 
     async def host(self, media: Media, base_url: str) -> str:
         """Store ``media`` under an unguessable name; its public URL."""
