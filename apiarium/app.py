@@ -124,7 +124,7 @@ def make_live(config: Config, session: aiohttp.ClientSession,
     if s.blocklists:
         log.info("blocklists: %d ranges from %d files loaded in %.2f s", blocklist.entries,
                  len(s.blocklists), time.perf_counter() - started)
-    guard = NetGuard(s.trusted_proxies, s.block_proxy_headers, blocklist)
+    guard = NetGuard(s.trusted_proxies, s.block_proxy_headers, blocklist, s.client_ip_header)
     return Live.make(config, guard, build_providers(config.catalog, session, metrics))
 
 

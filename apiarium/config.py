@@ -34,6 +34,7 @@ SETTINGS_SCHEMA = Section({
         "port": Num(8080, 0, 65535, integer=True),
         "public_url": Str(""),
         "trusted_proxies": ListOf(Str()),
+        "client_ip_header": Enum(("X-Forwarded-For", "X-Real-IP"), "X-Forwarded-For"),
         "max_body_mb": Num(25, 0.001, 4096),
         "shutdown_grace_s": Num(30, 0, 86400),
         "header_timeout_s": Num(30, 0.1, 3600),
@@ -89,6 +90,7 @@ class Settings:
     port: int
     public_url: str
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    client_ip_header: str                     # what the trusted proxies set
     max_body_bytes: int
     shutdown_grace_s: float
     database: Path
@@ -183,6 +185,7 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
     return Settings(
         path=path, host=s["host"], port=s["port"], public_url=public,
         trusted_proxies=_networks(s["trusted_proxies"], ctx, problems),
+        client_ip_header=s["client_ip_header"],
         max_body_bytes=int(s["max_body_mb"] * 1024 * 1024),
         shutdown_grace_s=float(s["shutdown_grace_s"]),
         database=_resolve(base, d["database"]), catalog_path=_resolve(base, d["catalog"]),

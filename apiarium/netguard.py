@@ -1,8 +1,15 @@
 """Who is the client, and may they come in.
 
-* The client IP is the socket peer, unless the peer is a trusted proxy: then it is the first
-  untrusted hop of ``X-Forwarded-For`` (read right to left), or ``X-Real-IP``.  Nobody
-  else's forwarding headers are believed.
+* The client IP is the socket peer, unless the peer is a trusted proxy: then it is read from
+  the one header that proxy sets (``server.client_ip_header``): ``X-Forwarded-For`` read
+  right to left, the first hop that is not a trusted proxy (a hop that does not parse ends
+  the walk at the address that added it: never a hop further left; with no such header,
+  ``X-Real-IP``), or ``X-Real-IP`` alone (then a client's own ``X-Forwarded-For``, which a
+  proxy that sets only ``X-Real-IP`` passes on untouched, is ignored).  Nobody else's forwarding headers are
+  believed.
+* IPv6 addresses that carry an IPv4 address (IPv4-mapped ``::ffff:0:0/96``, 6to4
+  ``2002::/16``, Teredo ``2001::/32``, NAT64 ``64:ff9b::/96``) are taken as that IPv4
+  address: such a client is one IPv4 user, not a /48 of fresh identities.
 * A request from an untrusted peer that carries proxy headers is a proxy (403).
 * Blocklists: files of CIDRs (or bare addresses, or ``first-last`` ranges), kept as one set
   of network numbers per prefix length; a lookup is one set probe per prefix length in use.
@@ -49,9 +56,25 @@ def _parse_ip(text: str) -> Address | None:
         ip = ipaddress.ip_address(text)
     except ValueError:
         return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+    return embedded_ipv4(ip) or ip
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def embedded_ipv4(ip: Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 transition address stands for (None for any other)."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    if ip.ipv4_mapped:
         return ip.ipv4_mapped
-    return ip
+    if ip.sixtofour:
+        return ip.sixtofour
+    if ip.teredo:
+        return ip.teredo[1]                 # (server, client): the client's own address
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
 
 
 def network_of(ip: str) -> str:
@@ -232,8 +255,10 @@ class Visitor:
 
 class NetGuard:
     def __init__(self, trusted: Iterable[Network] = (), block_proxy_headers: bool = True,
-                 blocklist: Blocklist | None = None):
+                 blocklist: Blocklist | None = None,
+                 client_ip_header: str = "X-Forwarded-For"):
         self.trusted = tuple(trusted)
+        self.client_ip_header = client_ip_header
         self.block_proxy_headers = block_proxy_headers
         self.blocklist = blocklist or Blocklist()
         self._trust_cache: dict[str, bool] = {}
@@ -263,14 +288,21 @@ class NetGuard:
             known = self._direct[peer] = Visitor(str(peer_ip), False)
             return known
         client = peer_ip
+        if self.client_ip_header.lower() == "x-real-ip":
+            real = _parse_ip(headers.get("X-Real-IP", ""))
+            if real is not None:
+                client = real
+            return Visitor(str(client), True)
         xff = headers.get("X-Forwarded-For")
         if xff:
-            hops = [h for h in (_parse_ip(p) for p in xff.split(",")) if h is not None]
-            for hop in reversed(hops):
+            for text in reversed(xff.split(",")):
+                hop = _parse_ip(text)
+                if hop is None:              # garbage: the address that added it is the client
+                    break
                 client = hop
                 if not self.is_trusted(hop):
                     break
-        else:
+        else:                                # a proxy that sent no X-Forwarded-For
             real = _parse_ip(headers.get("X-Real-IP", ""))
             if real is not None:
                 client = real
