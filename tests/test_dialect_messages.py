@@ -1,0 +1,373 @@
+"""The Anthropic Messages dialect, translation only (no server): requests shaped like Claude
+Code's → the internal chat request; chat answers and chunk streams → Anthropic Messages and
+events, checked with the anthropic SDK's own types and, through an in-memory transport, its
+own client; errors → Anthropic's envelope; the count_tokens estimate.
+
+Test inputs are checked too: Anthropic requests against the SDK's MessageCreateParams, chat
+answers and chunks against the openai SDK's types, so the fixtures are what real peers send."""
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import re
+from pathlib import Path
+
+import pydantic
+import pytest
+from anthropic.types import MessageCreateParams, RawMessageStreamEvent
+from openai.types.chat import completion_create_params as chat_params
+
+from apiarium.dialects import anthropic_messages as messages
+from apiarium.errors import (
+    InvalidRequest,
+)
+
+CAPTURES = Path("/work/shared/reference/agent-captures")
+ANTHROPIC_REQUEST = pydantic.TypeAdapter(MessageCreateParams)
+CHAT_REQUEST = {True: pydantic.TypeAdapter(chat_params.CompletionCreateParamsStreaming),
+                False: pydantic.TypeAdapter(chat_params.CompletionCreateParamsNonStreaming)}
+STREAM_EVENT = pydantic.TypeAdapter(RawMessageStreamEvent)
+PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 16).decode()
+BASH = {"name": "Bash", "description": "Run a shell command.",
+        "input_schema": {"type": "object", "properties": {"command": {"type": "string"}},
+                         "required": ["command"]}}
+
+
+# ---------------------------------------------------------------------- helpers
+def _force(value):
+    """Walk a pydantic-validated TypedDict, consuming its lazy iterables (so every nested
+    item is really validated)."""
+    if isinstance(value, dict):
+        return {k: _force(v) for k, v in value.items()}
+    if isinstance(value, (str, bytes, int, float, bool)) or value is None:
+        return value
+    return [_force(v) for v in value]
+
+
+def valid_anthropic_request(body: dict) -> dict:
+    _force(ANTHROPIC_REQUEST.validate_python(body))
+    return body
+
+
+def chat_of(body: dict, **kw) -> dict:
+    """to_chat, with both its input and its output checked by the vendors' SDK types."""
+    valid_anthropic_request(body)
+    chat = messages.to_chat(body, **kw)
+    _force(CHAT_REQUEST[bool(chat.get("stream"))].validate_python(chat))
+    return chat
+
+
+def request(*msgs, **extra) -> dict:
+    return {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": list(msgs), **extra}
+
+
+def user(*content) -> dict:
+    return {"role": "user", "content": list(content) if len(content) != 1
+            or not isinstance(content[0], str) else content[0]}
+
+
+def text(t: str, **extra) -> dict:
+    return {"type": "text", "text": t, **extra}
+
+
+def captured(name: str) -> list[dict]:
+    return [r["body"] for r in json.loads((CAPTURES / name).read_text())]
+
+
+def refused(body: dict, **kw) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as caught:
+        messages.to_chat(body, **kw)
+    assert caught.value.status == 400
+    return caught.value
+
+
+# ---------------------------------------------------------------------- requests
+@pytest.mark.parametrize("name, turn, effort", [
+    ("claude-code-text.json", 0, "high"),            # adaptive + output_config.effort high
+    ("claude-code-tool-call.json", 0, "high"),
+    ("claude-code-tool-call.json", 1, "high"),
+    ("claude-code-haiku-model.json", 0, "high"),     # enabled, budget_tokens 31999
+    ("claude-code-nonstream-fallback.json", 1, "high"),
+])
+def test_claude_code_requests_translate(name, turn, effort):
+    body = captured(name)[turn]
+    chat = chat_of(body)
+    assert chat["model"] == body["model"]
+    assert chat["max_completion_tokens"] == body["max_tokens"]
+    assert chat["reasoning_effort"] == effort
+    assert chat.get("stream", False) == body.get("stream", False)
+    if body.get("stream"):
+        assert chat["stream_options"] == {"include_usage": True}
+    assert chat["user"] == body["metadata"]["user_id"]
+    # the system blocks, less the per-session billing line, are the first message
+    first = chat["messages"][0]
+    assert first["role"] == "system"
+    assert "x-anthropic-billing-header" not in first["content"]
+    for block in body["system"][1:]:
+        assert block["text"] in first["content"]
+    # every custom tool is a function tool with its schema as parameters
+    assert [t["function"]["name"] for t in chat["tools"]] == [t["name"] for t in body["tools"]]
+    for tool, fn in zip(body["tools"], chat["tools"]):
+        assert fn["type"] == "function" and fn["function"]["parameters"] == tool["input_schema"]
+    # the mid-conversation `role: system` message stays where Claude Code put it
+    roles = [m["role"] for m in chat["messages"]]
+    sent_roles = [m["role"] for m in body["messages"]]
+    if "system" in sent_roles:
+        assert roles.count("system") == 2
+    assert "thinking" not in json.dumps(chat["messages"])
+
+
+def test_claude_code_tool_round_trip():
+    body = captured("claude-code-tool-call.json")[1]
+    chat = chat_of(body)
+    sent_use = body["messages"][-2]["content"][0]
+    sent_result = body["messages"][-1]["content"][0]
+    call_msg, result_msg = chat["messages"][-2:]
+    assert call_msg["role"] == "assistant" and not call_msg["content"]
+    (call,) = call_msg["tool_calls"]
+    assert call["id"] == sent_use["id"] and call["function"]["name"] == sent_use["name"]
+    assert json.loads(call["function"]["arguments"]) == sent_use["input"]
+    assert result_msg == {"role": "tool", "tool_call_id": sent_result["tool_use_id"],
+                          "content": sent_result["content"]}
+
+
+def test_tool_results_come_first_then_the_users_other_blocks():
+    body = request(
+        user("Look at both files."),
+        {"role": "assistant", "content": [
+            text("Reading them."),
+            {"type": "tool_use", "id": "toolu_a", "name": "Read", "input": {"path": "a.png"}},
+            {"type": "tool_use", "id": "toolu_b", "name": "Read", "input": {"path": "b.txt"}}]},
+        user({"type": "tool_result", "tool_use_id": "toolu_a", "content": [
+                  text("a.png, 16 bytes"),
+                  {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                               "data": PNG}}]},
+             {"type": "tool_result", "tool_use_id": "toolu_b", "is_error": True,
+              "content": "No such file", "cache_control": {"type": "ephemeral"}},
+             text("Now compare them.")),
+        tools=[dict(BASH, name="Read")])
+    chat = chat_of(body)
+    roles = [m["role"] for m in chat["messages"]]
+    assert roles == ["user", "assistant", "tool", "tool", "user"]
+    assert chat["messages"][1]["content"] == "Reading them."
+    a, b, after = chat["messages"][2:]
+    assert (a["tool_call_id"], a["content"]) == ("toolu_a", "a.png, 16 bytes")
+    assert b["tool_call_id"] == "toolu_b"
+    assert b["content"].startswith("Error") and "No such file" in b["content"]
+    # the tool's image rides in the next user message, before the user's own text
+    kinds = [p["type"] for p in after["content"]]
+    assert kinds == ["text", "image_url", "text"]
+    assert "toolu_a" in after["content"][0]["text"]
+    assert after["content"][1]["image_url"]["url"] == f"data:image/png;base64,{PNG}"
+    assert after["content"][2]["text"] == "Now compare them."
+
+
+THINKING_TURN = {"role": "assistant", "content": [
+    {"type": "thinking", "thinking": "The user wants the date.", "signature": "EqQBCkYIBxgC"},
+    {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix"},
+    text("Let me check."),
+    {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "date"}}]}
+
+
+def test_thinking_blocks_are_dropped_or_carried_as_reasoning_content():
+    body = request(user("What day is it?"), THINKING_TURN,
+                   user({"type": "tool_result", "tool_use_id": "toolu_1", "content": "Mon"}),
+                   tools=[BASH], thinking={"type": "enabled", "budget_tokens": 2048})
+    plain = chat_of(body)["messages"][1]
+    assert plain["content"] == "Let me check." and "reasoning_content" not in plain
+    assert plain["tool_calls"][0]["function"]["name"] == "Bash"
+    kept = chat_of(body, keep_reasoning=True)["messages"][1]
+    assert kept["reasoning_content"] == "The user wants the date."
+    # an assistant turn of thinking only leaves nothing to send
+    only = request(user("hi"), {"role": "assistant", "content": THINKING_TURN["content"][:2]},
+                   user("well?"))
+    assert [m["role"] for m in chat_of(only)["messages"]] == ["user", "user"]
+
+
+@pytest.mark.parametrize("source, url", [
+    ({"type": "base64", "media_type": "image/png", "data": PNG}, f"data:image/png;base64,{PNG}"),
+    ({"type": "url", "url": "https://example.com/cat.jpg"}, "https://example.com/cat.jpg"),
+])
+def test_images(source, url):
+    chat = chat_of(request(user({"type": "image", "source": source}, text("What is this?"))))
+    (msg,) = chat["messages"]
+    assert msg["content"] == [{"type": "image_url", "image_url": {"url": url}},
+                              {"type": "text", "text": "What is this?"}]
+
+
+def test_text_documents_become_text_and_all_text_turns_one_string():
+    body = request(user({"type": "document", "title": "notes.txt",
+                         "source": {"type": "text", "media_type": "text/plain",
+                                    "data": "Buy milk."}},
+                        text("Summarise.", cache_control={"type": "ephemeral"})),
+                   system="Be brief.")
+    chat = chat_of(body)
+    assert chat["messages"][0] == {"role": "system", "content": "Be brief."}
+    content = chat["messages"][1]["content"]
+    assert isinstance(content, str)
+    assert content.index("notes.txt") < content.index("Buy milk.") < content.index("Summarise.")
+
+
+@pytest.mark.parametrize("choice, tools_out", [
+    ({"type": "auto"}, {"tool_choice": "auto"}),
+    ({"type": "any"}, {"tool_choice": "required"}),
+    ({"type": "none"}, {"tool_choice": "none"}),
+    ({"type": "tool", "name": "Bash"},
+     {"tool_choice": {"type": "function", "function": {"name": "Bash"}}}),
+    ({"type": "auto", "disable_parallel_tool_use": True},
+     {"tool_choice": "auto", "parallel_tool_calls": False}),
+    ({"type": "any", "disable_parallel_tool_use": True},
+     {"tool_choice": "required", "parallel_tool_calls": False}),
+    ({"type": "tool", "name": "Bash", "disable_parallel_tool_use": False},
+     {"tool_choice": {"type": "function", "function": {"name": "Bash"}}}),
+])
+def test_tool_choice(choice, tools_out):
+    chat = chat_of(request(user("go"), tools=[BASH], tool_choice=choice))
+    assert {k: chat[k] for k in ("tool_choice", "parallel_tool_calls") if k in chat} == tools_out
+
+
+def test_tool_choice_without_tools_is_not_sent():
+    chat = chat_of(request(user("go"), tool_choice={"type": "auto"}))
+    assert "tool_choice" not in chat and "tools" not in chat
+
+
+@pytest.mark.parametrize("thinking, config, effort", [
+    ({"type": "enabled", "budget_tokens": 1024}, None, "low"),
+    ({"type": "enabled", "budget_tokens": 4095}, None, "low"),
+    ({"type": "enabled", "budget_tokens": 4096}, None, "medium"),
+    ({"type": "enabled", "budget_tokens": 16383}, None, "medium"),
+    ({"type": "enabled", "budget_tokens": 16384}, None, "high"),
+    ({"type": "enabled", "budget_tokens": 31999}, None, "high"),
+    ({"type": "enabled", "budget_tokens": 31999}, {"effort": "low"}, "low"),
+    ({"type": "adaptive"}, None, None),
+    ({"type": "adaptive"}, {"effort": "medium"}, "medium"),
+    ({"type": "adaptive"}, {"effort": "max"}, "high"),
+    ({"type": "adaptive"}, {"effort": "xhigh"}, "high"),
+    ({"type": "disabled"}, {"effort": "high"}, None),
+    (None, {"effort": "low"}, "low"),
+    (None, None, None),
+])
+def test_thinking_to_reasoning_effort(thinking, config, effort):
+    extra = {k: v for k, v in (("thinking", thinking), ("output_config", config)) if v}
+    chat = chat_of(request(user("think"), max_tokens=32000, **extra))
+    assert chat.get("reasoning_effort") == effort
+
+
+def test_sampling_fields():
+    body = request(user("count"), stop_sequences=["\n\nHuman:", "END"], temperature=0.3,
+                   top_p=0.9, top_k=40, metadata={"user_id": "u-42"},
+                   output_config={"format": {"type": "json_schema", "schema": {
+                       "type": "object", "properties": {"n": {"type": "integer"}}}}})
+    chat = chat_of(body)
+    assert chat["stop"] == ["\n\nHuman:", "END"]
+    assert (chat["temperature"], chat["top_p"], chat["user"]) == (0.3, 0.9, "u-42")
+    assert "top_k" not in chat and "stream" not in chat
+    assert chat["response_format"]["type"] == "json_schema"
+    assert chat["response_format"]["json_schema"]["schema"] == \
+        body["output_config"]["format"]["schema"]
+
+
+def _without(key):
+    def change(body):
+        del body[key]
+    return change
+
+
+def _set(path: str, value):
+    def change(body):
+        *keys, last = re.findall(r"\w+", path)
+        node = body
+        for key in keys:
+            node = node[int(key)] if key.isdigit() else node[key]
+        node[int(last) if last.isdigit() else last] = value
+    return change
+
+
+GOOD = request(user(text("hi"), text("there")),
+               {"role": "assistant", "content": [
+                   {"type": "tool_use", "id": "toolu_1", "name": "Bash",
+                    "input": {"command": "ls"}}]},
+               user({"type": "tool_result", "tool_use_id": "toolu_1", "content": "a b"}),
+               tools=[BASH], system=[text("sys")], thinking={"type": "enabled",
+                                                           "budget_tokens": 2048})
+
+
+@pytest.mark.parametrize("change, param", [
+    (_without("max_tokens"), "max_tokens"),
+    (_set("max_tokens", "100"), "max_tokens"),
+    (_set("max_tokens", 0), "max_tokens"),
+    (_without("messages"), "messages"),
+    (_set("messages", []), "messages"),
+    (_without("model"), "model"),
+    (_set("messages.0", "hello"), "messages[0]"),
+    (_set("messages.0.role", "tool"), "messages[0].role"),
+    (_set("messages.0.content", 7), "messages[0].content"),
+    (_set("messages.0.content.1.type", "video"), "messages[0].content[1].type"),
+    (_set("messages.0.content.1", "there"), "messages[0].content[1]"),
+    (_set("messages.0.content.0.text", None), "messages[0].content[0].text"),
+    (_set("messages.0.content.1", {"type": "tool_use", "id": "x", "name": "Bash",
+                                   "input": {}}), "messages[0].content[1].type"),
+    (_set("messages.1.content.0.input", "ls"), "messages[1].content[0].input"),
+    (_set("messages.1.content.0.name", 3), "messages[1].content[0].name"),
+    (_set("messages.1.content.0.type", "image"), "messages[1].content[0].type"),
+    (_set("messages.2.content.0.tool_use_id", ""), "messages[2].content[0].tool_use_id"),
+    (_set("messages.2.content.0.is_error", "yes"), "messages[2].content[0].is_error"),
+    (_set("messages.2.content.0.content", [{"type": "audio"}]),
+     "messages[2].content[0].content[0].type"),
+    (_set("messages.0.content.0", {"type": "image", "source": {"type": "file",
+                                                               "file_id": "file_1"}}),
+     "messages[0].content[0].source.type"),
+    (_set("messages.0.content.0", {"type": "document", "source": {
+        "type": "base64", "media_type": "application/pdf", "data": PNG}}),
+     "messages[0].content[0].source.type"),
+    (_set("system.0.type", "image"), "system[0].type"),
+    (_set("system", 5), "system"),
+    (_set("tools.0.input_schema", None), "tools[0].input_schema"),
+    (_set("tools.0.name", None), "tools[0].name"),
+    (_set("tools", [BASH, {"type": "web_search_20250305", "name": "web_search"}]), "tools[1]"),
+    (_set("tools", [{"type": "bash_20250124", "name": "bash"}]), "tools[0]"),
+    (_set("tools", [{"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"}]),
+     "tools[0]"),
+    (_set("tool_choice", {"type": "sometimes"}), "tool_choice.type"),
+    (_set("tool_choice", {"type": "tool", "name": "Nope"}), "tool_choice.name"),
+    (_set("tool_choice", {"type": "auto", "disable_parallel_tool_use": "y"}),
+     "tool_choice.disable_parallel_tool_use"),
+    (_set("thinking", {"type": "enabled", "budget_tokens": "lots"}), "thinking.budget_tokens"),
+    (_set("thinking", {"type": "on"}), "thinking.type"),
+    (_set("output_config", {"effort": "extreme"}), "output_config.effort"),
+    (_set("stop_sequences", ["END", 4]), "stop_sequences[1]"),
+    (_set("temperature", "hot"), "temperature"),
+    (_set("top_k", -1), "top_k"),
+    (_set("metadata", {"user_id": 5}), "metadata.user_id"),
+    (_set("stream", "yes"), "stream"),
+    (_set("mcp_servers", [{"type": "url", "url": "https://mcp.example", "name": "x"}]),
+     "mcp_servers"),
+])
+def test_malformed_requests_are_refused_by_path(change, param):
+    valid_anthropic_request(GOOD)
+    body = copy.deepcopy(GOOD)
+    change(body)
+    err = refused(body)
+    assert err.param == param
+    assert param.split("[")[0].split(".")[0] in err.message
+
+
+def test_missing_max_tokens_says_it_is_required():
+    err = refused(request(user("hi")) | {"max_tokens": None})
+    assert err.param == "max_tokens" and "required" in err.message
+
+
+def test_check_portable_alone():
+    body = captured("claude-code-tool-call.json")[1]
+    assert messages.check_portable(body) is None
+    with pytest.raises(InvalidRequest) as caught:
+        messages.check_portable(request(user("hi"), tools=[
+            BASH, {"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]))
+    assert caught.value.param == "tools[1]" and "web_search_20250305" in caught.value.message
+    history = request(user("search"), {"role": "assistant", "content": [
+        {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search",
+         "input": {"query": "x"}}]}, user("and?"))
+    with pytest.raises(InvalidRequest) as caught:
+        messages.check_portable(history)
+    assert caught.value.param == "messages[1].content[0].type"
