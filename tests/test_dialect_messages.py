@@ -13,11 +13,15 @@ import json
 import re
 from pathlib import Path
 
+import anthropic
+import httpx2
+import openai.types.chat as oa
 import pydantic
 import pytest
-from anthropic.types import MessageCreateParams, RawMessageStreamEvent
+from anthropic.types import Message, MessageCreateParams, MessageTokensCount, RawMessageStreamEvent
 from openai.types.chat import completion_create_params as chat_params
 
+from apiarium.dialects import anthropic_answer as answer
 from apiarium.dialects import anthropic_messages as messages
 from apiarium.errors import (
     InvalidRequest,
@@ -371,3 +375,148 @@ def test_check_portable_alone():
     with pytest.raises(InvalidRequest) as caught:
         messages.check_portable(history)
     assert caught.value.param == "messages[1].content[0].type"
+
+
+# ---------------------------------------------------------------------- answers
+def chat_answer(message: dict, finish: str, usage: dict | None = None, **choice) -> dict:
+    out = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000,
+           "model": "gpt-5", "choices": [{"index": 0, "message": {"role": "assistant",
+                                                                  **message},
+                                          "finish_reason": finish, "logprobs": None,
+                                          **choice}]}
+    if usage is not None:
+        out["usage"] = usage
+    oa.ChatCompletion.model_validate(out)           # the fixture is a real chat.completion
+    return out
+
+
+USAGE = {"prompt_tokens": 1000, "completion_tokens": 50, "total_tokens": 1050,
+         "prompt_tokens_details": {"cached_tokens": 800}}
+
+
+def message_of(chat: dict, model: str = "claude-sonnet-4-5", **kw) -> Message:
+    out = answer.from_chat(chat, model, **kw)
+    return Message.model_validate(out)
+
+
+def test_from_chat_text():
+    msg = message_of(chat_answer({"content": "Hello!"}, "stop", USAGE))
+    assert msg.id.startswith("msg_") and msg.model == "claude-sonnet-4-5"
+    assert [b.type for b in msg.content] == ["text"] and msg.content[0].text == "Hello!"
+    assert (msg.stop_reason, msg.stop_sequence) == ("end_turn", None)
+
+
+def test_from_chat_cached_usage_excludes_cached_tokens_from_input():
+    usage = message_of(chat_answer({"content": "Hi"}, "stop", USAGE)).usage
+    assert (usage.input_tokens, usage.cache_read_input_tokens, usage.output_tokens) == \
+        (200, 800, 50)
+    assert usage.cache_creation_input_tokens == 0
+    odd = dict(USAGE, prompt_tokens=10)             # a server that over-reports its cache
+    assert message_of(chat_answer({"content": "Hi"}, "stop", odd)).usage.input_tokens == 0
+
+
+def test_from_chat_tool_use(caplog):
+    calls = [{"id": "call_1", "type": "function",
+              "function": {"name": "Bash", "arguments": '{"command": "ls -la"}'}},
+             {"id": "call_2", "type": "function",
+              "function": {"name": "Read", "arguments": '{"path": "a.txt"'}}]   # cut short
+    msg = message_of(chat_answer({"content": None, "tool_calls": calls}, "tool_calls", USAGE))
+    assert msg.stop_reason == "tool_use"
+    uses = [b for b in msg.content if b.type == "tool_use"]
+    assert [(u.id, u.name) for u in uses] == [("call_1", "Bash"), ("call_2", "Read")]
+    assert uses[0].input == {"command": "ls -la"} and uses[1].input == {}
+    assert "call_2" in caplog.text
+
+
+@pytest.mark.parametrize("finish, extra, reason, sequence", [
+    ("length", {}, "max_tokens", None),
+    ("content_filter", {}, "refusal", None),
+    ("stop", {"stop_reason": "END"}, "stop_sequence", "END"),     # vLLM names the stop string
+    ("stop", {"stop_reason": 151645}, "end_turn", None),          # …or the EOS token id
+])
+def test_from_chat_stop_reasons(finish, extra, reason, sequence):
+    msg = message_of(chat_answer({"content": "partial"}, finish, USAGE, **extra))
+    assert (msg.stop_reason, msg.stop_sequence) == (reason, sequence)
+
+
+def test_from_chat_reasoning_becomes_a_signed_thinking_block_first():
+    msg = message_of(chat_answer({"content": "42", "reasoning_content": "6 times 7"}, "stop",
+                                 USAGE))
+    assert [b.type for b in msg.content] == ["thinking", "text"]
+    assert msg.content[0].thinking == "6 times 7" and msg.content[0].signature
+    relayed = message_of(chat_answer({"content": "42", "reasoning_content": "6 times 7",
+                                      "thinking_blocks": [{"type": "thinking",
+                                                           "thinking": "6 times 7",
+                                                           "signature": "EqQBCkYI"}]},
+                                     "stop", USAGE))
+    assert relayed.content[0].signature == "EqQBCkYI"
+
+
+def test_from_chat_refusal_and_a_tool_finish_without_calls():
+    refused_ = message_of(chat_answer({"content": None, "refusal": "I can't help with that."},
+                                      "stop", USAGE))
+    assert refused_.stop_reason == "refusal"
+    assert refused_.content[0].text == "I can't help with that."
+    # told tool_calls but given none: not tool_use (Claude Code would wait for a tool block)
+    odd = message_of(chat_answer({"content": "Done."}, "tool_calls", USAGE))
+    assert odd.stop_reason == "end_turn"
+
+
+def test_from_chat_without_usage_still_reports_usage():
+    msg = message_of(chat_answer({"content": "x" * 400}, "stop"), input_tokens=77)
+    assert msg.usage.input_tokens == 77 and msg.usage.output_tokens >= 100
+
+
+def test_gateway_thinking_is_dropped_before_a_native_anthropic_call():
+    made = answer.from_chat(chat_answer({"content": "Hi", "reasoning_content": "hm"}, "stop",
+                                        USAGE), "m")
+    history = request(user("hello"), {"role": "assistant", "content": made["content"]},
+                      THINKING_TURN, user("go on"))
+    cleaned = messages.drop_gateway_thinking(history)
+    assert [b["type"] for b in cleaned["messages"][1]["content"]] == ["text"]
+    assert cleaned["messages"][2] == THINKING_TURN           # Anthropic's own signature stays
+    assert history["messages"][1]["content"][0]["type"] == "thinking"    # input untouched
+    plain = request(user("hi"))
+    assert messages.drop_gateway_thinking(plain) is plain
+
+
+def sdk_client(handler) -> anthropic.Anthropic:
+    """The real anthropic SDK, its HTTP answered in memory by ``handler``."""
+    return anthropic.Anthropic(api_key="sk-test", base_url="http://gateway.test",
+                               max_retries=0,
+                               http_client=httpx2.Client(transport=httpx2.MockTransport(handler)))
+
+
+def test_the_sdk_reads_from_chat_json():
+    body = answer.from_chat(chat_answer({"content": "Hello!", "tool_calls": [
+        {"id": "call_9", "type": "function",
+         "function": {"name": "Bash", "arguments": '{"command": "pwd"}'}}]}, "tool_calls",
+        USAGE), "claude-opus-4-8")
+    client = sdk_client(lambda req: httpx2.Response(200, json=body))
+    msg = client.messages.create(model="claude-opus-4-8", max_tokens=100,
+                                 messages=[{"role": "user", "content": "hi"}])
+    assert msg.content[0].text == "Hello!" and msg.content[1].input == {"command": "pwd"}
+    assert msg.stop_reason == "tool_use" and msg.usage.input_tokens == 200
+
+
+# ---------------------------------------------------------------------- count_tokens
+def test_count_tokens_estimate_grows_with_input():
+    base = request(user("Hello there"))
+    bigger = request(user("Hello there " * 100))
+    system = dict(bigger, system=[text("You are helpful. " * 50)])
+    tooled = dict(system, tools=[BASH, dict(BASH, name="Read")])
+    imaged = dict(tooled, messages=tooled["messages"] + [user(
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                     "data": PNG}})])
+    counts = [answer.count_tokens_estimate(valid_anthropic_request(b))
+              for b in (base, bigger, system, tooled, imaged)]
+    assert counts == sorted(counts) and len(set(counts)) == len(counts)
+    assert 300 <= counts[1] <= 400          # 1,200 characters at ~4 a token, plus framing
+    assert MessageTokensCount.model_validate({"input_tokens": counts[0]}).input_tokens > 0
+
+
+def test_count_tokens_estimate_of_a_claude_code_request():
+    body = captured("claude-code-tool-call.json")[1]
+    chars = len(json.dumps(body))
+    estimate = answer.count_tokens_estimate(body)
+    assert chars / 8 < estimate < chars / 2     # the right order: a few characters a token
