@@ -7,6 +7,7 @@ Test inputs are checked too: Anthropic requests against the SDK's MessageCreateP
 answers and chunks against the openai SDK's types, so the fixtures are what real peers send."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import json
@@ -19,12 +20,25 @@ import openai.types.chat as oa
 import pydantic
 import pytest
 from anthropic.types import Message, MessageCreateParams, MessageTokensCount, RawMessageStreamEvent
+from anthropic.types.shared import ErrorResponse
 from openai.types.chat import completion_create_params as chat_params
 
 from apiarium.dialects import anthropic_answer as answer
 from apiarium.dialects import anthropic_messages as messages
+from apiarium.dialects import anthropic_stream as stream_mod
 from apiarium.errors import (
+    ApiError,
+    AuthError,
+    BodyTooLarge,
+    Forbidden,
     InvalidRequest,
+    NotFound,
+    QuotaExceeded,
+    RateLimited,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamPassthrough,
+    UpstreamTimeout,
 )
 
 CAPTURES = Path("/work/shared/reference/agent-captures")
@@ -497,6 +511,430 @@ def test_the_sdk_reads_from_chat_json():
                                  messages=[{"role": "user", "content": "hi"}])
     assert msg.content[0].text == "Hello!" and msg.content[1].input == {"command": "pwd"}
     assert msg.stop_reason == "tool_use" and msg.usage.input_tokens == 200
+
+
+# ---------------------------------------------------------------------- streams
+class Chunks:
+    """Realistic chat.completion.chunk SSE frames, each checked with the openai SDK type."""
+
+    def __init__(self):
+        self.frames: list[bytes] = []
+        self.add({"role": "assistant", "content": ""})
+
+    def add(self, delta: dict | None = None, finish: str | None = None, usage=None,
+            **choice) -> Chunks:
+        chunk = {"id": "chatcmpl-7", "object": "chat.completion.chunk", "created": 1700000000,
+                 "model": "gpt-5", "choices": [] if delta is None and finish is None else [
+                     {"index": 0, "delta": delta or {}, "finish_reason": finish,
+                      "logprobs": None, **choice}]}
+        if usage is not None:
+            chunk["usage"] = usage
+        oa.ChatCompletionChunk.model_validate(chunk)
+        self.frames.append(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        return self
+
+    def text(self, *pieces: str) -> Chunks:
+        for piece in pieces:
+            self.add({"content": piece})
+        return self
+
+    def reasoning(self, *pieces: str) -> Chunks:
+        for piece in pieces:
+            self.add({"reasoning_content": piece})
+        return self
+
+    def call(self, index: int, id_: str, name: str, *fragments: str) -> Chunks:
+        self.add({"tool_calls": [{"index": index, "id": id_, "type": "function",
+                                  "function": {"name": name, "arguments": ""}}]})
+        for fragment in fragments:
+            self.add({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
+        return self
+
+    def end(self, finish: str, usage: dict | None = USAGE) -> list[bytes]:
+        self.add(None, finish)
+        if usage is not None:
+            self.add(None, None, usage)
+        return self.frames + [b"data: [DONE]\n\n"]
+
+
+def parse_events(raw: bytes) -> list[tuple[str, dict]]:
+    """(event name, data) of each SSE event; every event has both lines, names match."""
+    events = []
+    for block in raw.decode().split("\n\n"):
+        if not block:
+            continue
+        lines = block.split("\n")
+        assert len(lines) == 2 and lines[0].startswith("event: ") \
+            and lines[1].startswith("data: "), block
+        name, data = lines[0][7:], json.loads(lines[1][6:])
+        assert data["type"] == name
+        events.append((name, data))
+    return events
+
+
+def check_stream(events: list[tuple[str, dict]]) -> dict:
+    """Validate a translated stream and rebuild its blocks: every event against the SDK's
+    types; message_start first; blocks indexed 0, 1, 2 … each started, fed and stopped in
+    turn; one terminal message_stop or error.  Returns {blocks, stop, usage, start, error}."""
+    assert events[0][0] == "message_start"
+    blocks: list[dict] = []
+    open_index = None
+    result: dict = {"start": events[0][1]["message"], "error": None, "stop": None}
+    for i, (name, data) in enumerate(events):
+        last = i == len(events) - 1
+        if name == "ping":
+            assert data == {"type": "ping"}
+            continue
+        if name == "error":
+            assert last, "an error ends the stream"
+            assert set(data) <= {"type", "error", "request_id"}
+            assert set(data["error"]) == {"type", "message"}
+            result["error"] = data["error"]
+            continue
+        STREAM_EVENT.validate_python(data)
+        if name == "content_block_start":
+            assert open_index is None and data["index"] == len(blocks)
+            open_index = data["index"]
+            block = dict(data["content_block"])
+            block["partial"] = ""
+            blocks.append(block)
+        elif name == "content_block_delta":
+            assert data["index"] == open_index
+            delta, block = data["delta"], blocks[open_index]
+            kind = {"text_delta": "text", "thinking_delta": "thinking",
+                    "signature_delta": "thinking", "input_json_delta": "tool_use"}
+            assert block["type"] == kind[delta["type"]]
+            if delta["type"] == "text_delta":
+                block["text"] += delta["text"]
+            elif delta["type"] == "thinking_delta":
+                block["thinking"] += delta["thinking"]
+            elif delta["type"] == "signature_delta":
+                block["signature"] = delta["signature"]
+            else:
+                block["partial"] += delta["partial_json"]
+        elif name == "content_block_stop":
+            assert data["index"] == open_index
+            open_index = None
+        elif name == "message_delta":
+            assert open_index is None
+            result["stop"], result["usage"] = data["delta"], data["usage"]
+        elif name == "message_stop":
+            assert last and result["stop"] is not None
+    assert open_index is None or result["error"], "every block started is stopped"
+    assert [n for n, _ in events].count("message_start") == 1
+    terminal = [n for n, _ in events if n in ("message_stop", "error")]
+    assert len(terminal) == 1
+    for block in blocks if not result["error"] else ():    # an error voids the message
+        if block["type"] == "tool_use":
+            block["input"] = json.loads(block["partial"]) if block["partial"] else {}
+    result["blocks"] = blocks
+    return result
+
+
+def translate(frames: list[bytes], **kw) -> tuple[list[tuple[str, dict]], bytes]:
+    stream = stream_mod.MessagesStream("claude-opus-4-8", **kw)
+    raw = b"".join(b"".join(stream.feed(f)) for f in frames) + b"".join(stream.finish())
+    assert stream.done
+    return parse_events(raw), raw
+
+
+def sdk_stream(raw: bytes):
+    """What the anthropic SDK itself makes of the bytes: its final Message."""
+    client = sdk_client(lambda req: httpx2.Response(
+        200, content=raw, headers={"content-type": "text/event-stream"}))
+    with client.messages.stream(model="claude-opus-4-8", max_tokens=100,
+                                messages=[{"role": "user", "content": "hi"}]) as s:
+        return s.get_final_message()
+
+
+def test_stream_text_only():
+    frames = Chunks().text("Hel", "lo", " world").end("stop")
+    events, raw = translate(frames)
+    seen = check_stream(events)
+    assert [b["type"] for b in seen["blocks"]] == ["text"]
+    assert seen["blocks"][0]["text"] == "Hello world"
+    assert seen["stop"] == {"stop_reason": "end_turn", "stop_sequence": None}
+    assert seen["usage"]["output_tokens"] == 50 and seen["usage"]["input_tokens"] == 200
+    assert seen["usage"]["cache_read_input_tokens"] == 800
+    final = sdk_stream(raw)
+    assert final.content[0].text == "Hello world" and final.stop_reason == "end_turn"
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (200, 50)
+
+
+def test_stream_reasoning_then_text():
+    frames = Chunks().reasoning("First, ", "add.").text("It is ", "4.").end("stop")
+    events, raw = translate(frames)
+    seen = check_stream(events)
+    thinking, said = seen["blocks"]
+    assert (thinking["type"], thinking["thinking"]) == ("thinking", "First, add.")
+    assert thinking["signature"], "Claude Code drops thinking blocks without a signature"
+    assert said["text"] == "It is 4."
+    final = sdk_stream(raw)
+    assert [b.type for b in final.content] == ["thinking", "text"]
+
+
+def test_stream_text_then_two_parallel_tool_calls():
+    first = {"command": "ls -la /tmp", "description": "List /tmp"}
+    second = {"path": "/etc/hostname"}
+    frames = (Chunks().text("Checking both.")
+              .call(0, "call_a", "Bash", '{"command": "ls', ' -la /tmp", "descr',
+                    'iption": "List /tmp"}')
+              .call(1, "call_b", "Read", '{"path": ', '"/etc/hostname"}')
+              .end("tool_calls"))
+    events, raw = translate(frames)
+    seen = check_stream(events)
+    kinds = [(b["type"], b.get("id"), b.get("name")) for b in seen["blocks"]]
+    assert kinds == [("text", None, None), ("tool_use", "call_a", "Bash"),
+                     ("tool_use", "call_b", "Read")]
+    assert seen["blocks"][1]["input"] == first and seen["blocks"][2]["input"] == second
+    assert seen["stop"]["stop_reason"] == "tool_use"
+    final = sdk_stream(raw)
+    assert [b.input for b in final.content[1:]] == [first, second]
+
+
+def test_stream_whole_tool_call_in_one_chunk_and_dict_frames():
+    """Gemini-style: the call arrives complete; chunks may be fed as dicts."""
+    stream = stream_mod.MessagesStream("m", input_tokens=5)
+    chunk = {"choices": [{"index": 0, "delta": {"tool_calls": [{
+        "index": 0, "id": "call_z", "type": "function",
+        "function": {"name": "Bash", "arguments": '{"command": "id"}'}}]},
+        "finish_reason": "stop"}]}
+    raw = b"".join(stream.feed(chunk) + stream.finish())
+    seen = check_stream(parse_events(raw))
+    assert seen["blocks"][0]["input"] == {"command": "id"}
+    assert seen["stop"]["stop_reason"] == "tool_use"     # calls made, whatever finish said
+    assert seen["start"]["usage"]["input_tokens"] == 5
+
+
+def test_stream_calls_told_apart_by_id_when_the_index_is_missing_or_reused():
+    """Some servers send each complete call with index 0, or no index at all."""
+    stream = stream_mod.MessagesStream("m", input_tokens=1)
+    out = []
+    for n, (index, cid) in enumerate([(0, "call_1"), (0, "call_2"), (None, "call_3")]):
+        call = {"id": cid, "type": "function",
+                "function": {"name": "Bash", "arguments": json.dumps({"n": n})}}
+        if index is not None:
+            call["index"] = index
+        out += stream.feed({"choices": [{"index": 0, "delta": {"tool_calls": [call]}}]})
+    out += stream.feed({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+    seen = check_stream(parse_events(b"".join(out + stream.finish())))
+    assert [(b["id"], b["input"]) for b in seen["blocks"]] == \
+        [("call_1", {"n": 0}), ("call_2", {"n": 1}), ("call_3", {"n": 2})]
+
+
+def test_stream_refusal_and_a_tool_finish_without_calls():
+    seen = check_stream(translate(Chunks().add({"refusal": "I can't."}).end("stop"))[0])
+    assert seen["blocks"][0]["text"] == "I can't." and seen["stop"]["stop_reason"] == "refusal"
+    seen = check_stream(translate(Chunks().text("Done.").end("tool_calls"))[0])
+    assert seen["stop"]["stop_reason"] == "end_turn"
+
+
+def test_stream_failure_mid_stream_is_one_error_event():
+    stream = stream_mod.MessagesStream("claude-opus-4-8")
+    frames = Chunks().text("Partial ").frames
+    raw = b"".join(b"".join(stream.feed(f)) for f in frames)
+    raw += stream.fail(ServiceUnavailable("The upstream provider `x` is overloaded."))
+    assert stream.done and stream.feed(frames[-1]) == [] and stream.finish() == []
+    seen = check_stream(parse_events(raw))
+    assert seen["error"]["type"] == "overloaded_error"
+    assert "overloaded" in seen["error"]["message"]
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        sdk_stream(raw)
+    assert caught.value.body["error"]["type"] == "overloaded_error"
+
+
+def test_stream_error_frame_from_the_chat_stream():
+    frames = Chunks().text("Hi").frames + [
+        (b'data: {"error": {"message": "The upstream provider `x` is rate limiting this '
+        b'gateway.", "type": "rate_limit_error", "param": null, '
+        b'"code": "upstream_rate_limited"}}\n\n')]
+    events, _ = translate(frames)
+    seen = check_stream(events)
+    assert seen["error"]["type"] == "rate_limit_error"
+    assert [n for n, _ in events][-2] == "content_block_delta"
+
+
+def test_stream_interleaved_arguments_end_in_an_error_not_broken_json():
+    frames = (Chunks().call(0, "call_a", "Bash", '{"command": ')
+              .call(1, "call_b", "Bash", '{"command": "b"}'))
+    frames.add({"tool_calls": [{"index": 0, "function": {"arguments": '"a"}'}}]})
+    events, _ = translate(frames.end("tool_calls"))
+    seen = check_stream(events)
+    assert seen["error"]["type"] == "api_error"
+
+
+def test_stream_input_tokens_estimated_first_then_real():
+    body = request(user("word " * 2000))
+    events, _ = translate(Chunks().text("ok").end("stop"), request=body)
+    seen = check_stream(events)
+    estimate = seen["start"]["usage"]["input_tokens"]
+    assert estimate == answer.count_tokens_estimate(body) and estimate >= 2500
+    assert seen["usage"]["input_tokens"] == 200         # the upstream's count, at the end
+    events, _ = translate(Chunks().text("ok").end("stop", usage=None), request=body)
+    seen = check_stream(events)
+    assert seen["usage"]["output_tokens"] >= 1 and "input_tokens" not in seen["usage"]
+
+
+def test_stream_keepalives_and_empty_stream():
+    stream = stream_mod.MessagesStream("m")
+    assert parse_events(stream.feed(b": ping\n\n")[0]) == [("ping", {"type": "ping"})]
+    assert parse_events(stream.ping()) == [("ping", {"type": "ping"})]
+    seen = check_stream(parse_events(b"".join(stream.finish())))   # nothing came at all
+    assert seen["blocks"] == [] and seen["stop"]["stop_reason"] == "end_turn"
+
+
+def test_stream_from_chat_async_helper():
+    heard = []
+
+    async def chat_events():
+        for frame in Chunks().text("Hello").frames:
+            yield frame
+        raise UpstreamTimeout("The upstream provider `x` timed out.")
+
+    async def collect():
+        stream = stream_mod.MessagesStream("m")
+        return [f async for f in stream_mod.stream_from_chat(chat_events(), stream, heard.append)]
+
+    out = asyncio.run(collect())
+    seen = check_stream(parse_events(b"".join(out)))
+    assert seen["error"]["type"] == "api_error" and len(heard) == 1
+
+    async def complete():
+        for frame in Chunks().text("Hi").end("length"):
+            yield frame
+
+    async def collect_complete():
+        stream = stream_mod.MessagesStream("m")
+        return [f async for f in stream_mod.stream_from_chat(complete(), stream)]
+
+    seen = check_stream(parse_events(b"".join(asyncio.run(collect_complete()))))
+    assert seen["stop"]["stop_reason"] == "max_tokens"
+
+
+def test_stream_from_chat_reads_the_chat_stream_to_its_end():
+    """The chat handler meters usage after its wrapper's last frame: it must be reached."""
+    metered = []
+
+    async def metering(frames):
+        for frame in frames:
+            yield frame
+        metered.append(True)                    # runs only once the consumer reads on
+
+    async def collect():
+        stream = stream_mod.MessagesStream("m")
+        frames = Chunks().text("Hi").end("stop")
+        return [f async for f in stream_mod.stream_from_chat(metering(frames), stream)]
+
+    out = asyncio.run(collect())
+    assert metered == [True]
+    assert check_stream(parse_events(b"".join(out)))["blocks"][0]["text"] == "Hi"
+
+
+# ---------------------------------------------------------------------- errors
+@pytest.mark.parametrize("err, status, kind, sdk_error", [
+    (InvalidRequest("bad field", param="x"), 400, "invalid_request_error",
+     anthropic.BadRequestError),
+    (AuthError("no key"), 401, "authentication_error", anthropic.AuthenticationError),
+    (Forbidden("vpn"), 403, "permission_error", anthropic.PermissionDeniedError),
+    (NotFound("no model", code="model_not_found"), 404, "not_found_error",
+     anthropic.NotFoundError),
+    (BodyTooLarge("too big"), 413, "request_too_large", anthropic.APIStatusError),
+    (RateLimited("slow down", retry_after=2), 429, "rate_limit_error",
+     anthropic.RateLimitError),
+    (QuotaExceeded("out of credit"), 429, "rate_limit_error", anthropic.RateLimitError),
+    (ApiError("boom"), 500, "api_error", anthropic.InternalServerError),
+    (UpstreamError("garbage"), 502, "api_error", anthropic.InternalServerError),
+    (ServiceUnavailable("busy", headers={"Retry-After": "3"}), 529, "overloaded_error",
+     anthropic.OverloadedError),
+    (UpstreamTimeout("slow"), 504, "api_error", anthropic.InternalServerError),
+    (UpstreamPassthrough("unprocessable", status=422), 422, "invalid_request_error",
+     anthropic.UnprocessableEntityError),
+])
+def test_error_mapping(err, status, kind, sdk_error):
+    got_status, body = answer.error_body(err, request_id="req_1")
+    assert (got_status, body["type"], body["error"]["type"]) == (status, "error", kind)
+    assert body["error"]["message"] == err.message and body["request_id"] == "req_1"
+    if kind != "request_too_large":            # Anthropic's 413 type is not in the SDK union
+        ErrorResponse.model_validate(body)
+    headers = answer.error_headers(err)
+    assert headers == err.headers
+    client = sdk_client(lambda req: httpx2.Response(got_status, json=body, headers=headers))
+    with pytest.raises(sdk_error) as caught:
+        client.messages.create(model="m", max_tokens=1, messages=[{"role": "user",
+                                                                   "content": "hi"}])
+    assert caught.value.status_code == status
+
+
+def test_rate_limit_keeps_retry_after():
+    assert answer.error_headers(RateLimited("slow", retry_after=1.2))["Retry-After"] == "2"
+    assert answer.error_headers(QuotaExceeded("broke"))["x-should-retry"] == "false"
+
+
+PTL = re.compile(r"^prompt is too long: (\d+) tokens > (\d+) maximum$")
+MAX_TOKENS_OVER = re.compile(r"^input length and `max_tokens` exceed context limit: "
+                             r"(\d+) \+ (\d+) > (\d+), decrease input length or `max_tokens` "
+                             r"and try again$")
+PREFIX = "The upstream provider `up` rejected the request: "
+
+
+@pytest.mark.parametrize("said, numbers", [
+    ("prompt is too long: 250000 tokens > 200000 maximum.", (250000, 200000)),   # Anthropic
+    (("This model's maximum context length is 128000 tokens. However, your messages resulted "
+     "in 130532 tokens. Please reduce the length of the messages."), (130532, 128000)),
+    (("Input tokens exceed the configured limit of 272000 tokens. Your messages resulted in "
+     "300125 tokens. Please reduce the length of the messages."), (300125, 272000)),
+    (("This model's maximum context length is 4097 tokens. However, your messages resulted "
+      "in 4112 tokens (3992 in the messages, 120 in the functions). Please reduce the length "
+      "of the messages or functions."), (4112, 4097)),
+    (("The input token count (1200000) exceeds the maximum number of tokens allowed "
+     "(1048576)."), (1200000, 1048576)),                                         # Gemini
+    (("request (8000 tokens) exceeds the available context size (4096 tokens), try "
+     "increasing it"), (8000, 4096)),                                            # llama.cpp
+    (("Prompt contains 40000 tokens and 0 draft tokens, too large for model with 32768 "
+     "maximum context length"), (40000, 32768)),                                 # Mistral
+])
+def test_context_overflow_is_worded_as_anthropic_words_it(said, numbers):
+    err = UpstreamPassthrough(PREFIX + said, status=400)
+    status, body = answer.error_body(err)
+    assert (status, body["error"]["type"]) == (400, "invalid_request_error")
+    found = PTL.match(body["error"]["message"])
+    assert found and tuple(map(int, found.groups())) == numbers
+
+
+@pytest.mark.parametrize("said, numbers", [
+    (("This model's maximum context length is 4096 tokens. However, you requested 5000 "
+     "tokens (3000 in the messages, 2000 in the completion). Please reduce the length of "
+     "the messages or completion."), (3000, 2000, 4096)),                        # vLLM, older
+    (("'max_tokens' or 'max_completion_tokens' is too large: 64000. This model's maximum "
+     "context length is 32768 tokens and your request has 1200 input tokens (64000 > 32768 "
+     "- 1200)."), (1200, 64000, 32768)),                                         # vLLM, newer
+])
+def test_max_tokens_overflow_asks_for_fewer_max_tokens(said, numbers):
+    status, body = answer.error_body(UpstreamPassthrough(PREFIX + said, status=400))
+    found = MAX_TOKENS_OVER.match(body["error"]["message"])
+    assert status == 400 and found and tuple(map(int, found.groups())) == numbers
+
+
+def test_context_overflow_without_numbers_uses_the_estimate():
+    body = request(user("many words " * 5000))
+    err = InvalidRequest("Too long.", code="context_length_exceeded")
+    status, out = answer.error_body(err, request=body)
+    n, m = map(int, PTL.match(out["error"]["message"]).groups())
+    assert status == 400 and n == answer.count_tokens_estimate(body) and n > m
+    # the same overflow met inside a stream is an error event worded alike
+    stream = stream_mod.MessagesStream("m", request=body)
+    event = parse_events(stream.fail(err))[0][1]
+    assert PTL.match(event["error"]["message"])
+
+
+@pytest.mark.parametrize("err", [
+    RateLimited("Rate limit reached for tokens per minute: limit 30000, used 29000."),
+    InvalidRequest("`max_tokens` must be an integer ≥ 1.", param="max_tokens"),
+    UpstreamError("The upstream failed: context deadline exceeded"),
+])
+def test_other_errors_are_not_taken_for_overflow(err):
+    _, body = answer.error_body(err)
+    assert body["error"]["message"] == err.message
 
 
 # ---------------------------------------------------------------------- count_tokens
