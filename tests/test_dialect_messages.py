@@ -354,6 +354,7 @@ GOOD = request(user(text("hi"), text("there")),
     (_set("thinking", {"type": "enabled", "budget_tokens": "lots"}), "thinking.budget_tokens"),
     (_set("thinking", {"type": "on"}), "thinking.type"),
     (_set("output_config", {"effort": "extreme"}), "output_config.effort"),
+    (_set("output_config", {"effort": ["high"]}), "output_config.effort"),
     (_set("stop_sequences", ["END", 4]), "stop_sequences[1]"),
     (_set("temperature", "hot"), "temperature"),
     (_set("top_k", -1), "top_k"),
@@ -492,6 +493,12 @@ def test_gateway_thinking_is_dropped_before_a_native_anthropic_call():
     assert history["messages"][1]["content"][0]["type"] == "thinking"    # input untouched
     plain = request(user("hi"))
     assert messages.drop_gateway_thinking(plain) is plain
+    thought_only = answer.from_chat(chat_answer({"content": "", "reasoning_content": "hm"},
+                                                "stop", USAGE), "m")
+    history = request(user("hello"), {"role": "assistant", "content": thought_only["content"]},
+                      user("well?"))
+    assert [m["role"] for m in messages.drop_gateway_thinking(history)["messages"]] == \
+        ["user", "user"]
 
 
 def sdk_client(handler) -> anthropic.Anthropic:

@@ -398,7 +398,7 @@ def _reasoning_effort(body: dict) -> str | None:
     effort = None
     config = body.get("output_config")
     if config is not None and _obj(config, "output_config").get("effort") is not None:
-        effort = EFFORTS.get(config["effort"])
+        effort = EFFORTS.get(config["effort"]) if isinstance(config["effort"], str) else None
         if effort is None:
             raise _bad("output_config.effort", "must be low, medium, high, xhigh or max.")
     thinking = body.get("thinking")
@@ -453,16 +453,23 @@ def drop_gateway_thinking(body: dict) -> dict:
     """``body`` without the thinking blocks this gateway signed with ``GATEWAY_SIGNATURE``
     (reasoning another vendor's model wrote): Anthropic refuses their signature, so a
     request sent natively to an Anthropic upstream must not carry them.  The same dict when
-    there are none."""
+    there are none.  An assistant turn left empty goes too (Anthropic joins the user turns
+    around it)."""
+    def ours(block: object) -> bool:
+        return isinstance(block, dict) and block.get("type") == "thinking" \
+            and block.get("signature") == GATEWAY_SIGNATURE
+
     messages = body.get("messages")
-    if not isinstance(messages, list) or GATEWAY_SIGNATURE.encode() not in orjson.dumps(messages):
+    if not isinstance(messages, list) or not any(
+            isinstance(m, dict) and isinstance(m.get("content"), list)
+            and any(map(ours, m["content"])) for m in messages):
         return body
     kept = []
     for m in messages:
-        content = m.get("content") if isinstance(m, dict) else None
-        if m.get("role") == "assistant" and isinstance(content, list):
-            m = {**m, "content": [b for b in content if not (
-                isinstance(b, dict) and b.get("type") == "thinking"
-                and b.get("signature") == GATEWAY_SIGNATURE)]}
+        if isinstance(m, dict) and isinstance(m.get("content"), list):
+            content = [b for b in m["content"] if not ours(b)]
+            if not content and m["content"]:
+                continue
+            m = {**m, "content": content}
         kept.append(m)
     return {**body, "messages": kept}
