@@ -11,6 +11,7 @@ import asyncio
 import base64
 import copy
 import json
+import random
 import re
 from pathlib import Path
 
@@ -965,3 +966,68 @@ def test_count_tokens_estimate_of_a_claude_code_request():
     chars = len(json.dumps(body))
     estimate = answer.count_tokens_estimate(body)
     assert chars / 8 < estimate < chars / 2     # the right order: a few characters a token
+
+
+# ---------------------------------------------------------------------- robustness
+JUNK = [None, 5, -1, 1.5, True, "x", "", [], {}, [1], [None], {"type": 1}, {"type": "text"},
+        {"type": "image"}, {"type": "tool_result"}]
+
+
+def _mutated(base, rng: random.Random, times: int):
+    """``base`` with ``times`` random nodes replaced by junk values."""
+    body = copy.deepcopy(base)
+    for _ in range(times):
+        paths, stack = [], [((), body)]
+        while stack:
+            path, node = stack.pop()
+            items = node.items() if isinstance(node, dict) else \
+                enumerate(node) if isinstance(node, list) else ()
+            for key, child in items:
+                paths.append((node, key))
+                stack.append((path + (key,), child))
+        node, key = rng.choice(paths)
+        node[key] = copy.deepcopy(rng.choice(JUNK))
+    return body
+
+
+def test_mutated_requests_are_translated_or_refused_never_crash():
+    rng = random.Random(14)
+    bases = [GOOD, captured("claude-code-tool-call.json")[1],
+             request(user("hi"), THINKING_TURN, user({"type": "tool_result",
+                                                      "tool_use_id": "toolu_1",
+                                                      "content": [text("x")]}),
+                     tools=[BASH], thinking={"type": "adaptive"}, stop_sequences=["a"],
+                     output_config={"effort": "high"}, tool_choice={"type": "any"})]
+    outcomes = {"translated": 0, "refused": 0}
+    for _ in range(400):
+        body = _mutated(rng.choice(bases), rng, rng.randint(1, 3))
+        try:
+            messages.to_chat(body)
+            outcomes["translated"] += 1
+        except InvalidRequest as err:
+            assert err.status == 400 and err.param
+            outcomes["refused"] += 1
+        try:
+            answer.count_tokens_estimate(body)
+            messages.drop_gateway_thinking(body)
+        except InvalidRequest as err:
+            assert err.param == "messages"
+    assert outcomes["translated"] > 20 and outcomes["refused"] > 100
+
+
+def test_mutated_chat_output_still_gives_valid_messages_and_events():
+    rng = random.Random(15)
+    base = chat_answer({"content": "Hi", "reasoning_content": "r", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "B", "arguments": "{}"}}]},
+        "tool_calls", USAGE)
+    frames = Chunks().reasoning("a").text("b").call(0, "c", "B", '{"x": 1}').end("stop")
+    chunks = [json.loads(f[6:]) for f in frames[:-1]]
+    for _ in range(300):
+        Message.model_validate(answer.from_chat(_mutated(base, rng, 2), "m"))
+        stream = stream_mod.MessagesStream("m")
+        out = [stream.feed(_mutated(c, rng, 1) if rng.random() < 0.3 else c) for c in chunks]
+        raw = b"".join(b"".join(o) for o in out) + b"".join(stream.finish())
+        for name, data in parse_events(raw):
+            if name not in ("ping", "error"):
+                STREAM_EVENT.validate_python(data)
+

@@ -57,7 +57,7 @@ def stop_reason(finish_reason: str | None, matched_stop: object = None,
             return "end_turn", None
     if finish_reason in (None, "stop") and isinstance(matched_stop, str) and matched_stop:
         return "stop_sequence", matched_stop
-    return STOP_REASONS.get(finish_reason or "", "end_turn"), None
+    return STOP_REASONS.get(str(finish_reason), "end_turn"), None
 
 
 def _dict(value) -> dict:
@@ -102,6 +102,12 @@ def _content_text(content) -> str:
     return ""
 
 
+def call_id(call: dict) -> str:
+    """A tool call's id as the upstream gave it, or a fresh ``toolu_…`` one."""
+    given = call.get("id")
+    return given if isinstance(given, str) and given else new_id("toolu")
+
+
 def _input_of(call: dict) -> dict:
     fn = _dict(call.get("function"))
     try:
@@ -131,10 +137,11 @@ def from_chat(answer: dict, model: str, *, input_tokens: int | None = None) -> d
     refusal = message.get("refusal") if isinstance(message.get("refusal"), str) else ""
     if text or refusal:
         content.append({"type": "text", "text": text or refusal})
-    calls = [c for c in message.get("tool_calls") or () if isinstance(c, dict)]
+    calls = message.get("tool_calls")
+    calls = [c for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
     for call in calls:
         fn = _dict(call.get("function"))
-        content.append({"type": "tool_use", "id": call.get("id") or new_id("toolu"),
+        content.append({"type": "tool_use", "id": call_id(call),
                         "name": str(fn.get("name") or ""), "input": _input_of(call)})
     reason, sequence = stop_reason("content_filter" if refusal and not text
                                    else choice.get("finish_reason"),
@@ -265,7 +272,8 @@ def count_tokens_estimate(body: dict) -> int:
     _count(body.get("system"), tally)
     for m in messages:
         _count(m.get("content") if isinstance(m, dict) else None, tally)
-    for tool in body.get("tools") or ():
+    tools = body.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
         tally[0] += len(orjson.dumps(tool))
     chars, images = tally
     return (math.ceil(chars / CHARS_PER_TOKEN) + MESSAGE_OVERHEAD * len(messages)

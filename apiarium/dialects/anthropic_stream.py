@@ -22,6 +22,7 @@ from ..errors import ApiError, UpstreamError
 from .anthropic_answer import (
     CHARS_PER_TOKEN,
     anthropic_usage,
+    call_id,
     count_tokens_estimate,
     error_body,
     error_from_envelope,
@@ -100,7 +101,8 @@ class MessagesStream:
         if isinstance(chunk.get("usage"), dict):
             self._usage = chunk["usage"]
         try:
-            for choice in chunk.get("choices") or ():
+            choices = chunk.get("choices")
+            for choice in choices if isinstance(choices, list) else ():
                 if isinstance(choice, dict) and choice.get("index", 0) == 0:
                     self._on_choice(choice, out)
         except ApiError as err:
@@ -165,10 +167,11 @@ class MessagesStream:
                 self._delta("text", {"type": "text_delta", "text": text}, out)
                 self._chars += len(text)
                 self._refused = self._refused or field == "refusal"
-        for call in delta.get("tool_calls") or ():
+        calls = delta.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
             if isinstance(call, dict):
                 self._on_call(call, out)
-        if choice.get("finish_reason"):
+        if isinstance(choice.get("finish_reason"), str):
             self._finish = choice["finish_reason"]
         if isinstance(choice.get("stop_reason"), str):
             self._matched = choice["stop_reason"]
@@ -177,6 +180,7 @@ class MessagesStream:
         """Which tool call a fragment belongs to: its ``index``, unless the upstream left the
         index out or reused it for a call with another id (then the id tells)."""
         k, cid = call.get("index"), call.get("id")
+        cid = cid if isinstance(cid, str) else None
         if isinstance(k, int) and not (cid and self._ids.get(k, cid) != cid):
             return k
         if cid:
@@ -189,7 +193,7 @@ class MessagesStream:
         args = fn.get("arguments") if isinstance(fn.get("arguments"), str) else ""
         if k not in self._ids:
             self._close(out)
-            self._ids[k] = call.get("id") or new_id("toolu")
+            self._ids[k] = call_id(call)
             self._call, self._open = k, "tool_use"
             out.append(_event("content_block_start", {
                 "type": "content_block_start", "index": self._index, "content_block": {
