@@ -807,6 +807,21 @@ def test_stream_from_chat_async_helper():
     seen = check_stream(parse_events(b"".join(out)))
     assert seen["error"]["type"] == "api_error" and len(heard) == 1
 
+    async def refused_at_once():
+        raise UpstreamPassthrough("prompt is too long: 250000 tokens > 200000 maximum",
+                                  status=400)
+        yield b""                                   # an async generator that never yields
+
+    async def collect_refused():
+        stream = stream_mod.MessagesStream("m")
+        return [f async for f in stream_mod.stream_from_chat(refused_at_once(), stream,
+                                                             heard.append)]
+
+    # nothing sent yet: the error propagates, for a JSON 400 (or a fallback), not an event
+    with pytest.raises(UpstreamPassthrough):
+        asyncio.run(collect_refused())
+    assert len(heard) == 1
+
     async def complete():
         for frame in Chunks().text("Hi").end("length"):
             yield frame

@@ -241,15 +241,21 @@ async def stream_from_chat(events: AsyncIterator[bytes], stream: MessagesStream,
                            on_error: Callable[[ApiError], None] | None = None
                            ) -> AsyncIterator[bytes]:
     """Chat SSE frames → Anthropic events, one write per chat frame.  An ApiError raised by
-    ``events`` becomes the final error event (``on_error`` hears of it first); a stream that
-    just stops is finished as it stands.  ``events`` is read to its end even after the last
-    Anthropic event, so wrappers that meter usage after their last frame still do."""
+    ``events`` before anything was yielded propagates (the handler answers it with
+    ``error_body``, or tries a fallback); after, it becomes the final error event
+    (``on_error`` hears of it first).  A stream that just stops is finished as it stands.
+    ``events`` is read to its end even after the last Anthropic event, so wrappers that meter
+    usage after their last frame still do."""
+    sent = False
     try:
         async for frame in events:
             out = stream.feed(frame)
             if out:
+                sent = True
                 yield b"".join(out)
     except ApiError as err:
+        if not sent:
+            raise
         if on_error is not None:
             on_error(err)
         yield stream.fail(err)
