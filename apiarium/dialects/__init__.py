@@ -1,0 +1,1 @@
+"""Client dialects: each translates its wire format to the internal chat request and back."""
