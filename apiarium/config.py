@@ -135,7 +135,7 @@ def _networks(values, ctx: Ctx, problems: list[Problem]):
     return tuple(nets)
 
 
-LIMITED_ENDPOINTS = ("chat", "completions", "images", "videos")
+LIMITED_ENDPOINTS = ("chat", "completions", "responses", "messages", "images", "videos")
 DEFAULT_ENDPOINT_LIMITS = {"videos": "2/hour", "images": "20/hour"}
 PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")

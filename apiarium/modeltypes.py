@@ -34,8 +34,10 @@ class ModelType:
 
 
 _TABLE = (
-    ModelType("chat", ("/v1/chat/completions", "/v1/completions"), "Chat",
-              "POST /v1/chat/completions and /v1/completions", "chat",
+    ModelType("chat", ("/v1/chat/completions", "/v1/completions", "/v1/responses",
+                       "/v1/messages"), "Chat",
+              "POST /v1/chat/completions, /v1/responses, /v1/messages and /v1/completions",
+              "chat",
               {"per_1k_tokens": 1.0}),
     ModelType("image", ("/v1/images/generations", "/v1/chat/completions"), "Image",
               "POST /v1/images/generations", "image", {"image": 10.0}),

@@ -189,6 +189,13 @@ class PageHandler(BaseHandler):
 
 
 class HomeHandler(PageHandler):
+    def head(self) -> None:
+        """Agent clients (Claude Code) probe the base URL with HEAD /: answered without
+        issuing a key."""
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish()
+
     async def get(self) -> None:
         key, rec = await self.issue_key()        # 403, 429 -> write_error -> an HTML page
         svc = self.svc

@@ -1,0 +1,98 @@
+"""The Anthropic Messages dialect: POST /v1/messages and POST /v1/messages/count_tokens.
+
+Same gateway rules as every endpoint (the key from ``x-api-key`` or ``Authorization:
+Bearer``, IP binding, VPN 403, the token bucket, credits, usage, fallbacks, a disconnect
+cancels the upstream), with every error in Anthropic's envelope.  The request is translated
+to the internal chat request and run by the chat service on whatever provider serves the
+model; the answer (or stream) is translated back.  The query string (``?beta=true``) and the
+``anthropic-version`` / ``anthropic-beta`` headers are accepted.
+"""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from ..dialects.anthropic_answer import (count_tokens_estimate, error_body, error_headers,
+                                         from_chat)
+from ..dialects.anthropic_messages import to_chat
+from ..dialects.anthropic_stream import MessagesStream, stream_from_chat
+from ..errors import ApiError, InvalidRequest
+from .base import ApiHandler, as_api_error
+
+
+class MessagesBase(ApiHandler):
+    """What both Messages endpoints share: the key header, and Anthropic's error shapes."""
+    _events: MessagesStream | None = None
+    _request: dict | None = None
+
+    def bearer(self) -> str | None:
+        key = self.request.headers.get("x-api-key")
+        return key.strip() if key and key.strip() else super().bearer()
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        err = as_api_error(exc, status_code, self.request)
+        status, body = error_body(err, request=self._request, request_id=self.request_id)
+        self.set_status(status)
+        for name, value in {**self._limit_headers, **error_headers(err)}.items():
+            self.set_header(name, value)
+        self.set_header("Content-Type", "application/json")
+        self.finish(orjson.dumps(body))
+
+    def error_frame(self, err: ApiError) -> bytes:
+        if self._events is not None:
+            return self._events.fail(err)
+        _, body = error_body(err, request=self._request, request_id=self.request_id)
+        return b"event: error\ndata: " + orjson.dumps(body) + b"\n\n"
+
+    def messages_body(self) -> dict:
+        body, _ = self.json_body()
+        self._request = body
+        self.model_alias = str(body.get("model", ""))[:100]
+        return body
+
+
+class MessagesHandler(MessagesBase):
+    endpoint = "messages"
+    limited = True
+
+    async def post(self) -> None:
+        body = self.messages_body()
+        model = self.svc.catalog.resolve_for(body.get("model"), "/v1/messages")
+        chat_body = to_chat(body)
+        stream = body.get("stream", False)
+        if stream not in (True, False, None):
+            raise InvalidRequest("`stream` must be true or false.", param="stream")
+        if stream:
+            events = self._events = MessagesStream(model.alias, request=body)
+
+            async def open_stream() -> AsyncIterator[bytes]:
+                chat = await self.svc.chat.stream(model, chat_body, None, self.key_hash)
+                self.served_by(chat.served)
+                return chat.through(lambda frames: stream_from_chat(frames, events))
+            await self.relay(open_stream)
+            return
+        answered = await self.guarded(self.svc.chat.complete(model, chat_body, None,
+                                                             self.key_hash))
+        if answered is not None:
+            answer, served = answered
+            self.served_by(served)
+            self.write_json(from_chat(answer, model.alias))
+
+
+class CountTokensHandler(MessagesBase):
+    endpoint = "count_tokens"
+
+    def post(self) -> None:
+        body = self.messages_body()
+        self.svc.catalog.resolve_for(body.get("model"), "/v1/messages")
+        to_chat({**body, "max_tokens": body.get("max_tokens") or 1})    # the same checks
+        self.write_json({"input_tokens": count_tokens_estimate(body)})
+
+
+routes = [
+    (r"/v1/messages", MessagesHandler),
+    (r"/v1/messages/count_tokens", CountTokensHandler),
+]
