@@ -14,8 +14,7 @@ from typing import Any
 
 import orjson
 
-from ..dialects.anthropic_answer import (count_tokens_estimate, error_body, error_headers,
-                                         from_chat)
+from ..dialects.anthropic_answer import count_tokens_estimate, error_body, error_headers, from_chat
 from ..dialects.anthropic_messages import to_chat
 from ..dialects.anthropic_stream import MessagesStream, stream_from_chat
 from ..errors import ApiError, InvalidRequest
