@@ -151,6 +151,8 @@ class _History:
             self._images = []
 
     def push(self, message: dict) -> None:
+        """Append ``message``, flushing tool images before a non-tool turn and giving an
+        assistant turn the reasoning that preceded it."""
         if message["role"] != "tool":
             self._flush_images()
         if message["role"] == "assistant" and self._reasoning:
@@ -160,6 +162,7 @@ class _History:
         self._assistant = message if message["role"] == "assistant" else None
 
     def call(self, call_id: str, name: str, arguments: str) -> None:
+        """Add a tool call to the open assistant message (opening one if needed)."""
         assistant = self._assistant
         if assistant is None:
             assistant = {"role": "assistant", "content": None}
@@ -169,6 +172,7 @@ class _History:
              "function": {"name": name, "arguments": arguments}})
 
     def result(self, call_id: str, output: Any, where: str) -> None:
+        """A tool result; the images in it wait for the end of the run of tool results."""
         if isinstance(output, str):
             text = output
         else:
@@ -183,6 +187,7 @@ class _History:
         self.push({"role": "tool", "tool_call_id": call_id, "content": text})
 
     def item(self, item: Any, where: str) -> None:
+        """Translate one input item (``where`` is its path, for errors)."""
         item = obj_at(item, where)
         kind = item.get("type", "message" if "role" in item else None)
         if kind == "message":
@@ -240,6 +245,7 @@ class _History:
             raise bad(f"`{where}.type` is required.", f"{where}.type")
 
     def finish(self) -> list[dict]:
+        """The chat messages, with any images still waiting flushed."""
         self._flush_images()
         return self.messages
 

@@ -64,6 +64,7 @@ def usage_of(chat_usage: Any) -> dict | None:
 
 
 def status_of(finish_reason: Any) -> tuple[str, dict | None]:
+    """Chat ``finish_reason`` → Response (status, incomplete_details)."""
     if finish_reason == "length":
         return "incomplete", {"reason": "max_output_tokens"}
     if finish_reason == "content_filter":
@@ -76,6 +77,7 @@ def response_object(request: dict, *, response_id: str, created_at: int, status:
                     incomplete: dict | None = None) -> dict:
     """A ``Response`` echoing the request's settings, as the real API does."""
     def pick(field: str, kinds: type | tuple[type, ...], default: Any = None) -> Any:
+        """The request's ``field`` when it has the right type, else ``default``."""
         value = request.get(field)
         return value if (isinstance(value, kinds) and not isinstance(value, bool)) \
             or (kinds is bool and isinstance(value, bool)) else default
@@ -113,7 +115,9 @@ def _custom_input(arguments: str) -> str:
 
 
 def call_item(ref: ToolRef | None, item_id: str, call_id: str, name: str, arguments: str,
-               status: str) -> dict:
+              status: str) -> dict:
+    """The output item of a tool call: ``custom_tool_call`` for a custom tool, else
+    ``function_call``; with ``namespace`` when the tool came from one."""
     if ref is not None and ref.kind == "custom":
         item = {"type": "custom_tool_call", "id": item_id, "call_id": call_id,
                 "name": ref.name, "input": _custom_input(arguments) if arguments else ""}
@@ -127,11 +131,13 @@ def call_item(ref: ToolRef | None, item_id: str, call_id: str, name: str, argume
 
 
 def reasoning_item(item_id: str, text: str) -> dict:
+    """A reasoning item whose one summary part is ``text``."""
     return {"type": "reasoning", "id": item_id,
             "summary": [{"type": "summary_text", "text": text}]}
 
 
 def message_item(item_id: str, text: str, status: str) -> dict:
+    """An assistant message item with one ``output_text`` part."""
     return {"type": "message", "id": item_id, "role": "assistant", "status": status,
             "content": [{"type": "output_text", "text": text, "annotations": []}]}
 
@@ -170,6 +176,8 @@ def _frame_error(error: Any) -> ApiError:
 
 
 def event(kind: str, sequence_number: int, fields: dict) -> bytes:
+    """One SSE event: ``event: <kind>`` and the JSON data with ``type`` and
+    ``sequence_number``."""
     data = orjson.dumps({"type": kind, "sequence_number": sequence_number, **fields})
     return b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
 

@@ -45,22 +45,26 @@ def flat_name(name: str, namespace: Any) -> str:
 
 
 def bad(message: str, param: str) -> InvalidRequest:
+    """A 400 whose ``param`` is the path of the offending field."""
     return InvalidRequest(message, param=param)
 
 
 def str_at(value: Any, param: str, *, empty: bool = False) -> str:
+    """``value`` when it is a (non-empty, unless ``empty``) string, else a 400 at ``param``."""
     if not isinstance(value, str) or (not empty and not value):
         raise bad(f"`{param}` must be a{'' if empty else ' non-empty'} string.", param)
     return value
 
 
 def list_at(value: Any, param: str) -> list:
+    """``value`` when it is a list, else a 400 at ``param``."""
     if not isinstance(value, list):
         raise bad(f"`{param}` must be an array.", param)
     return value
 
 
 def obj_at(value: Any, param: str) -> dict:
+    """``value`` when it is an object, else a 400 at ``param``."""
     if not isinstance(value, dict):
         raise bad(f"`{param}` must be an object.", param)
     return value
@@ -135,6 +139,8 @@ def _chat_tool(tool: dict, where: str, namespace: str | None) -> tuple[dict, Too
 
 
 def walk_tools(body: dict, skip: Collection[str]) -> Iterable[tuple[dict, ToolRef]]:
+    """(chat tool, ToolRef) of every function, custom and namespace-member tool, checked;
+    a hosted tool not in ``skip`` raises."""
     for where, tools in _tool_lists(body):
         for i, tool in enumerate(tools if isinstance(tools, list) else []):
             kind = tool.get("type") if isinstance(tool, dict) else None
