@@ -1,1 +1,1 @@
-"""Client dialects: each translates its wire format to the internal chat request and back."""
+"""Ingress dialects: each client-facing API shape translated to and from the internal chat shape."""

@@ -1,0 +1,126 @@
+"""OpenAI Responses API (``POST /v1/responses``, ``/v1/responses/compact``), stateless, over the
+internal chat shape.  The handler imports this module only.  Behind it: ``responses_input``
+(request → chat), ``responses_tools`` (tools both ways), ``responses_compaction`` (the
+gateway's compaction items) and ``responses_stream`` (the Response object and the stream).
+
+    to_chat(body)                    Responses request → internal chat body (InvalidRequest on
+                                     anything it cannot carry, naming the field's path)
+    check_stateless / check_portable the refusals alone (the native OpenAI path needs only
+                                     the first)
+    from_chat(answer, body)          chat.completion → Response
+    ResponsesStream(body)            chat.completion.chunk frames → Responses SSE events
+    failed_event(err, body)          one ``response.failed`` event, for an error outside a stream
+    compact(body)                    ``/responses/compact`` → one compaction item
+    is_compaction_trigger(body), compaction_response(body), stream_response(response)
+                                     Codex's remote compaction v2 on ``/responses``
+
+Every event is ``event: <type>\\ndata: <json>\\n\\n`` with an increasing ``sequence_number``, and
+a stream ends with exactly one of ``response.completed``, ``response.incomplete`` or
+``response.failed``.  Chat answers are read leniently: ``reasoning_content`` (or ``reasoning``)
+becomes a reasoning item with one summary part, ``tool_calls`` become ``function_call`` items,
+or ``custom_tool_call`` items for the request's custom tools (namespace restored).
+"""
+from __future__ import annotations
+
+import time
+
+from ..errors import ApiError, InvalidRequest
+from .responses_compaction import compaction_item, is_compaction_trigger
+from .responses_input import check_stateless, compaction_of, to_chat
+from .responses_stream import (
+    ResponsesStream,
+    call_item,
+    event,
+    failure,
+    message_item,
+    new_id,
+    reasoning_item,
+    response_object,
+    status_of,
+    usage_of,
+)
+from .responses_tools import SKIPPED_HOSTED_TOOLS, check_portable, tool_map
+
+__all__ = ["SKIPPED_HOSTED_TOOLS", "ResponsesStream", "check_portable", "check_stateless",
+           "compact", "compaction_item", "compaction_response", "failed_event", "failure",
+           "from_chat", "is_compaction_trigger", "stream_response", "to_chat", "usage_of"]
+
+
+def from_chat(answer: dict, request: dict) -> dict:
+    """A ``chat.completion`` → the ``Response`` for the Responses ``request`` it answers."""
+    choices = answer.get("choices") or [{}]
+    choice = choices[0] if isinstance(choices[0], dict) else {}
+    message = choice.get("message") or {}
+    status, incomplete = status_of(choice.get("finish_reason"))
+    refs = tool_map(request)
+    output = []
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if isinstance(reasoning, str) and reasoning:
+        output.append(reasoning_item(new_id("rs"), reasoning))
+    content = message.get("content")
+    if isinstance(content, list):
+        content = "".join(p.get("text") or "" for p in content if isinstance(p, dict))
+    refusal = message.get("refusal")
+    if (isinstance(content, str) and content) or (isinstance(refusal, str) and refusal):
+        item = message_item(new_id("msg"), content or "", status)
+        if refusal and not content:
+            item["content"] = [{"type": "refusal", "refusal": refusal}]
+        output.append(item)
+    for tc in message.get("tool_calls") or []:
+        fn = tc.get("function") or {}
+        name = str(fn.get("name") or "")
+        output.append(call_item(refs.get(name), new_id("fc"), tc.get("id") or new_id("call"),
+                                 name, str(fn.get("arguments") or ""), "completed"))
+    created = answer.get("created")
+    return response_object(request, response_id=new_id("resp"),
+                           created_at=created if isinstance(created, int) else int(time.time()),
+                           status=status, output=output, usage=usage_of(answer.get("usage")),
+                           incomplete=incomplete)
+
+
+def failed_event(err: ApiError, request: dict | None = None, *,
+                 sequence_number: int = 0) -> bytes:
+    """One ``response.failed`` event for ``err``.  Before anything was sent, answer with the
+    HTTP status and ``err.envelope()`` instead (Codex retries 429s by their Retry-After)."""
+    response = response_object(request or {}, response_id=new_id("resp"),
+                               created_at=int(time.time()), status="failed", output=[],
+                               error=failure(err))
+    return event("response.failed", sequence_number, {"response": response})
+
+
+def stream_response(response: dict) -> list[bytes]:
+    """A finished ``Response`` as events: created, in_progress, each output item added and
+    done, then its terminal event (the shape Codex reads a compaction answer in)."""
+    items = response.get("output") or []
+    opening = {**response, "status": "in_progress", "output": [], "usage": None}
+    events: list[tuple[str, dict]] = [("response.created", {"response": opening}),
+                                      ("response.in_progress", {"response": opening})]
+    for i, item in enumerate(items):
+        events.append(("response.output_item.added", {"output_index": i, "item": item}))
+        events.append(("response.output_item.done", {"output_index": i, "item": item}))
+    terminal = {"completed": "response.completed", "incomplete": "response.incomplete"}
+    events.append((terminal.get(response.get("status", ""), "response.failed"),
+                   {"response": response}))
+    return [event(kind, n, fields) for n, (kind, fields) in enumerate(events)]
+
+
+def _no_usage() -> dict:
+    return usage_of({}) or {}
+
+
+def compaction_response(body: dict) -> dict:
+    """The ``Response`` to a compaction-trigger request: exactly one ``compaction`` item
+    holding the conversation (no model is called)."""
+    return response_object(body, response_id=new_id("resp"), created_at=int(time.time()),
+                           status="completed", output=[compaction_of(body)],
+                           usage=_no_usage())
+
+
+def compact(body: dict) -> dict:
+    """``POST /v1/responses/compact`` ``{model, input, instructions}`` → the compacted
+    response: one ``compaction`` item that ``to_chat`` expands when it comes back."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return {"id": new_id("resp"), "object": "response.compaction",
+            "created_at": int(time.time()), "output": [compaction_of(body)],
+            "usage": _no_usage()}
