@@ -22,7 +22,7 @@ import tornado.web
 from . import __version__
 from .accesslog import AccessLog
 from .config import Config, ConfigError, load_config
-from .handlers import messages, pages
+from .handlers import messages, pages, responses
 from .handlers.base import BaseHandler
 from .handlers.chat import ChatHandler, CompletionsHandler
 from .handlers.info import (
@@ -55,6 +55,7 @@ def routes() -> list:
     return [                 # matched in order: the busiest first
         (r"/v1/chat/completions", ChatHandler),
         (r"/v1/completions", CompletionsHandler),
+        *responses.routes,
         *messages.routes,
         *pages.routes(),
         (r"/health", HealthHandler),

@@ -1,0 +1,108 @@
+"""The OpenAI Responses dialect: POST /v1/responses and POST /v1/responses/compact, stateless.
+
+The request is translated to the internal chat request and run by the chat service on
+whatever provider serves the model; the answer is a ``Response``, the stream the Responses
+events with ``event:`` lines, always ending with ``response.completed``, ``.incomplete`` or
+``.failed`` (also when the upstream fails mid-stream or the gateway shuts down).  Errors
+before a stream starts are OpenAI's envelope with their status, as the real API answers.
+Codex's compaction (a ``compaction_trigger`` input, or ``/responses/compact``) is answered
+by the gateway itself: one compaction item that later requests carry back.
+"""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from ..dialects import responses
+from ..dialects.responses import ResponsesStream
+from ..errors import ApiError, InvalidRequest
+from .base import ApiHandler
+
+
+def _stream_flag(body: dict) -> bool:
+    stream = body.get("stream", False)
+    if stream not in (True, False, None):
+        raise InvalidRequest("`stream` must be true or false.", param="stream")
+    return bool(stream)
+
+
+async def translated(frames: AsyncIterator[bytes],
+                     events: ResponsesStream) -> AsyncIterator[bytes]:
+    """Chat frames → Responses events, the terminal event whatever happens upstream."""
+    yield b"".join(events.start())
+    try:
+        async for frame in frames:
+            out = events.feed(frame)
+            if out:
+                yield b"".join(out)
+    except ApiError as err:
+        yield b"".join(events.fail(err))
+        return
+    if not events.done:
+        yield b"".join(events.finish())
+
+
+class ResponsesHandler(ApiHandler):
+    endpoint = "responses"
+    limited = True
+    _events: ResponsesStream | None = None
+    _request: dict | None = None
+
+    def error_frame(self, err: ApiError) -> bytes:
+        if self._events is not None:
+            return b"".join(self._events.fail(err))
+        return responses.failed_event(err, self._request)
+
+    async def post(self) -> None:
+        body, _ = self.json_body()
+        self._request = body
+        self.model_alias = str(body.get("model", ""))[:100]
+        model = self.svc.catalog.resolve_for(body.get("model"), "/v1/responses")
+        stream = _stream_flag(body)
+        if responses.is_compaction_trigger(body):
+            done = responses.compaction_response(body)
+            if stream:
+                await self.send_events(responses.stream_response(done))
+            else:
+                self.write_json(done)
+            return
+        chat_body = responses.to_chat(body)
+        if stream:
+            events = self._events = ResponsesStream(body)
+
+            async def open_stream() -> AsyncIterator[bytes]:
+                chat = await self.svc.chat.stream(model, chat_body, None, self.key_hash)
+                self.served_by(chat.served)
+                return chat.through(lambda frames: translated(frames, events))
+            await self.relay(open_stream)
+            return
+        answered = await self.guarded(self.svc.chat.complete(model, chat_body, None,
+                                                             self.key_hash))
+        if answered is not None:
+            answer, served = answered
+            self.served_by(served)
+            self.write_json(responses.from_chat(answer, body))
+
+    async def send_events(self, frames: list[bytes]) -> None:
+        """A stream the gateway answers itself, all at once."""
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.write(b"".join(frames))
+        self.finish()
+
+
+class CompactHandler(ApiHandler):
+    """``POST /v1/responses/compact``: the conversation as one compaction item (no model
+    is called, so no rate-limit token is taken)."""
+    endpoint = "responses_compact"
+
+    def post(self) -> None:
+        body, _ = self.json_body()
+        self.model_alias = str(body.get("model", ""))[:100]
+        self.svc.catalog.resolve_for(body.get("model"), "/v1/responses")
+        self.write_json(responses.compact(body))
+
+
+routes = [
+    (r"/v1/responses", ResponsesHandler),
+    (r"/v1/responses/compact", CompactHandler),
+]
