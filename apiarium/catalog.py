@@ -11,15 +11,14 @@ from typing import Mapping
 
 from .errors import InvalidRequest, NotFound
 
-PROVIDER_KINDS = ("openai", "anthropic", "gemini", "rag")
 MODEL_TYPES = ("chat", "image", "video")
-
-# What `owned_by` says for each kind in /v1/models.
-OWNER = {"openai": "openai", "anthropic": "anthropic", "gemini": "google", "rag": "google"}
 
 
 @dataclass(frozen=True)
 class ProviderSpec:
+    """One provider of models.yaml.  ``kind`` is as written there (a name from
+    ``providers.KINDS`` or a ``package.module:ClassName`` path); ``owned_by`` is what that
+    kind's class says /v1/models should show (filled in when the config is loaded)."""
     name: str
     kind: str
     base_url: str
@@ -30,6 +29,7 @@ class ProviderSpec:
     poll_interval_s: float = 10.0
     breaker_failures: int = 3          # consecutive failures that open the circuit (0: never)
     breaker_cooldown_s: float = 30.0   # how long an open circuit skips the provider
+    owned_by: str = ""
 
     @property
     def configured(self) -> bool:
@@ -70,7 +70,7 @@ class ModelSpec:
 
     @property
     def owned_by(self) -> str:
-        return OWNER.get(self.provider.kind, self.provider.name)
+        return self.provider.owned_by or self.provider.name
 
 
 class Catalog:

@@ -2,7 +2,8 @@
 
 Every string value may use ``${VAR}`` or ``${VAR:-default}``.  Relative paths are relative to
 the folder of the file that names them.  Every problem (YAML syntax, unknown key, wrong type,
-a model naming a missing provider) is reported as ``FILE:LINE: message``, all at once.
+a model naming a missing provider, a provider ``kind`` that names no Provider class) is
+reported as ``FILE:LINE: message``, all at once.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from .catalog import MODEL_TYPES, PROVIDER_KINDS, Catalog, Credits, ModelSpec, ProviderSpec
+from .catalog import MODEL_TYPES, Catalog, Credits, ModelSpec, ProviderSpec
+from .providers import KindError, provider_class
 from .yamlschema import (Bool, Ctx, Enum, ListOf, MapOf, Num, Problem, Section, Str,
                          parse)
 
@@ -52,7 +54,7 @@ SETTINGS_SCHEMA = Section({
 
 CATALOG_SCHEMA = Section({
     "providers": MapOf(Section({
-        "kind": Enum(PROVIDER_KINDS),
+        "kind": Str(),                 # a name of providers.KINDS, or package.module:Class
         "base_url": Str(""),
         "api_key": Str(""),
         "timeout_s": Num(600, 0.001, 86400),
@@ -161,20 +163,33 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
     )
 
 
+def _provider_spec(path: Path, name: str, p: dict, ctx: Ctx,
+                   problems: list[Problem]) -> ProviderSpec:
+    """One entry of ``providers:``, checked: its URL and its kind (a name of
+    ``providers.KINDS`` or an import path, resolved here)."""
+    def problem(key: str, message: str) -> None:
+        problems.append(Problem(str(path), ctx.lines.get(("providers", name, key), 0),
+                                f"providers.{name}.{key}: {message}"))
+    url = p["base_url"].rstrip("/")
+    if url and not re.match(r"^https?://[^/\s]+", url):
+        problem("base_url", f"{url!r} must start with http:// or https://")
+    owned_by = ""
+    if p["kind"] is not None:            # missing: already a problem of its own
+        try:
+            owned_by = provider_class(p["kind"]).owned_by
+        except KindError as exc:
+            problem("kind", str(exc))
+    return ProviderSpec(
+        name=name, kind=p["kind"], base_url=url, api_key=p["api_key"],
+        timeout_s=float(p["timeout_s"]), connect_timeout_s=float(p["connect_timeout_s"]),
+        headers=dict(p["headers"]), poll_interval_s=float(p["poll_interval_s"]),
+        breaker_failures=p["breaker_failures"],
+        breaker_cooldown_s=float(p["breaker_cooldown_s"]), owned_by=owned_by)
+
+
 def _build_catalog(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> Catalog:
-    providers = {}
-    for name, p in d["providers"].items():
-        url = p["base_url"].rstrip("/")
-        if url and not re.match(r"^https?://[^/\s]+", url):
-            problems.append(Problem(str(path), ctx.lines.get(("providers", name, "base_url"), 0),
-                                    f"providers.{name}.base_url: {url!r} must start with "
-                                    f"http:// or https://"))
-        providers[name] = ProviderSpec(
-            name=name, kind=p["kind"], base_url=url, api_key=p["api_key"],
-            timeout_s=float(p["timeout_s"]), connect_timeout_s=float(p["connect_timeout_s"]),
-            headers=dict(p["headers"]), poll_interval_s=float(p["poll_interval_s"]),
-            breaker_failures=p["breaker_failures"],
-            breaker_cooldown_s=float(p["breaker_cooldown_s"]))
+    providers = {name: _provider_spec(path, name, p, ctx, problems)
+                 for name, p in d["providers"].items()}
     try:
         created = int(path.stat().st_mtime)
     except OSError:

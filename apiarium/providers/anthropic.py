@@ -60,6 +60,7 @@ class AnthropicProvider(Provider):
     """``x-api-key`` + ``anthropic-version``; Messages API ↔ OpenAI chat."""
 
     kind = "anthropic"
+    owned_by = "anthropic"
     protocol_headers: ClassVar[Mapping[str, str]] = {"anthropic-version": VERSION}
 
     def auth_headers(self) -> dict[str, str]:

@@ -28,9 +28,10 @@ Headers: every call carries ``self.headers``, built once from ``content-type``, 
 ``protocol_headers``, its credential (``auth_headers()``) and the operator's ``headers`` from
 models.yaml, in that order (later wins).
 
-A kind is one subclass: ``kind`` (its name in models.yaml), ``auth_headers``, and the
-error-reading hooks (``error_message``, ``retry_hint``, ``is_quota``, ``map_error``) where
-its wire format differs.
+A kind is one subclass: ``kind`` (its name in models.yaml), ``owned_by`` (for /v1/models),
+``auth_headers``, and the error-reading hooks (``error_message``, ``retry_hint``,
+``is_quota``, ``map_error``) where its wire format differs.  ``providers.KINDS`` lists the
+built-in ones.
 """
 from __future__ import annotations
 
@@ -58,6 +59,8 @@ class Provider:
     """One configured upstream (a ``ProviderSpec``) of one kind, on the shared session."""
 
     kind: ClassVar[str] = ""
+    #: what /v1/models says in ``owned_by`` for this kind's models ("" → the provider's name)
+    owned_by: ClassVar[str] = ""
     #: headers every call of this kind carries, whatever its ``auth``
     protocol_headers: ClassVar[Mapping[str, str]] = {}
 
@@ -91,12 +94,14 @@ class Provider:
         yield b""          # unreachable: makes this an async generator, like the overrides
 
     async def image(self, model: ModelSpec, req: ImageRequest) -> list[Media]:
-        raise InvalidRequest(f"`{model.alias}` is served by a `{self.kind}` provider, "
-                             f"which cannot make images.", param="model")
+        raise InvalidRequest(f"`{model.alias}` is served by a "
+                             f"`{self.kind or self.spec.kind}` provider, which cannot make "
+                             f"images.", param="model")
 
     async def video(self, model: ModelSpec, req: VideoRequest) -> Media:
-        raise InvalidRequest(f"`{model.alias}` is served by a `{self.kind}` provider, "
-                             f"which cannot make videos.", param="model")
+        raise InvalidRequest(f"`{model.alias}` is served by a "
+                             f"`{self.kind or self.spec.kind}` provider, which cannot make "
+                             f"videos.", param="model")
 
     # ------------------------------------------------------------------ the upstream path
     def require_configured(self) -> None:

@@ -74,6 +74,7 @@ class GeminiProvider(Provider):
     """``x-goog-api-key``; generateContent ↔ OpenAI chat; images and Veo in gemini_media."""
 
     kind = "gemini"
+    owned_by = "google"
 
     def auth_headers(self) -> dict[str, str]:
         return {"x-goog-api-key": self.spec.api_key}

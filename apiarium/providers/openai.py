@@ -25,6 +25,7 @@ class OpenAIProvider(Provider):
     """Bearer ``api_key`` (the base class's ``auth_headers``); passthrough of chat."""
 
     kind = "openai"
+    owned_by = "openai"
 
     def is_quota(self, status: int, data: Any) -> bool:
         err = data.get("error") if isinstance(data, dict) else None

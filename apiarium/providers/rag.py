@@ -68,6 +68,7 @@ class RagProvider(Provider):
     """Bearer ``api_key`` (the base class's ``auth_headers``); ``/query`` → chat."""
 
     kind = "rag"
+    owned_by = "google"
 
     async def _ask(self, model: ModelSpec, body: dict[str, Any]) -> tuple[str, str, str]:
         """(query, answer, sources block) for one chat request."""
