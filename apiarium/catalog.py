@@ -29,11 +29,12 @@ class ProviderSpec:
     poll_interval_s: float = 10.0
     breaker_failures: int = 3          # consecutive failures that open the circuit (0: never)
     breaker_cooldown_s: float = 30.0   # how long an open circuit skips the provider
+    auth: str = "key"                  # "none": no credential is sent, no api_key needed
     owned_by: str = ""
 
     @property
     def configured(self) -> bool:
-        return bool(self.api_key and self.base_url)
+        return bool(self.base_url and (self.api_key or self.auth == "none"))
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ CATALOG_SCHEMA = Section({
         "kind": Str(),                 # a name of providers.KINDS, or package.module:Class
         "base_url": Str(""),
         "api_key": Str(""),
+        "auth": Enum(("key", "none"), "key"),
         "timeout_s": Num(600, 0.001, 86400),
         "connect_timeout_s": Num(10, 0.001, 3600),
         "headers": MapOf(Str()),
@@ -165,8 +166,8 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
 
 def _provider_spec(path: Path, name: str, p: dict, ctx: Ctx,
                    problems: list[Problem]) -> ProviderSpec:
-    """One entry of ``providers:``, checked: its URL and its kind (a name of
-    ``providers.KINDS`` or an import path, resolved here)."""
+    """One entry of ``providers:``, checked: its URL, its kind (a name of
+    ``providers.KINDS`` or an import path, resolved here), its auth."""
     def problem(key: str, message: str) -> None:
         problems.append(Problem(str(path), ctx.lines.get(("providers", name, key), 0),
                                 f"providers.{name}.{key}: {message}"))
@@ -179,8 +180,11 @@ def _provider_spec(path: Path, name: str, p: dict, ctx: Ctx,
             owned_by = provider_class(p["kind"]).owned_by
         except KindError as exc:
             problem("kind", str(exc))
+    if p["auth"] == "none" and p["api_key"]:
+        problem("api_key", "is set, but auth is none, so it would never be sent "
+                           "(remove one of the two)")
     return ProviderSpec(
-        name=name, kind=p["kind"], base_url=url, api_key=p["api_key"],
+        name=name, kind=p["kind"], base_url=url, api_key=p["api_key"], auth=p["auth"],
         timeout_s=float(p["timeout_s"]), connect_timeout_s=float(p["connect_timeout_s"]),
         headers=dict(p["headers"]), poll_interval_s=float(p["poll_interval_s"]),
         breaker_failures=p["breaker_failures"],

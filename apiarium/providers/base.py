@@ -25,8 +25,8 @@ What a provider module writes is translation only.  The calls themselves go thro
     incomplete()                       the error for a stream that ended before its last event
 
 Headers: every call carries ``self.headers``, built once from ``content-type``, the kind's
-``protocol_headers``, its credential (``auth_headers()``) and the operator's ``headers`` from
-models.yaml, in that order (later wins).
+``protocol_headers``, its credential (``auth_headers()``, unless the provider says
+``auth: none``) and the operator's ``headers`` from models.yaml, in that order (later wins).
 
 A kind is one subclass: ``kind`` (its name in models.yaml), ``owned_by`` (for /v1/models),
 ``auth_headers``, and the error-reading hooks (``error_message``, ``retry_hint``,
@@ -71,8 +71,9 @@ class Provider:
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=spec.connect_timeout_s,
                                              sock_read=spec.timeout_s)
         self._latency = metrics.upstream_latency.labels(spec.name) if metrics else None
-        merged = {"content-type": "application/json", **self.protocol_headers,
-                  **self.auth_headers(), **spec.headers}
+        credential = self.auth_headers() if spec.auth != "none" else {}
+        merged = {"content-type": "application/json", **self.protocol_headers, **credential,
+                  **spec.headers}
         # header names are case-insensitive: one entry per name, the operator's last
         self.headers: dict[str, str] = {}
         for name, value in merged.items():
@@ -80,7 +81,7 @@ class Provider:
 
     def auth_headers(self) -> dict[str, str]:
         """The credential this kind sends with ``spec.api_key`` (default: a bearer token, as
-        OpenAI-compatible servers take it)."""
+        OpenAI-compatible servers take it).  Not called for a provider with ``auth: none``."""
         return {"authorization": f"Bearer {self.spec.api_key}"}
 
     # ------------------------------------------------------------------ the interface
@@ -105,19 +106,20 @@ class Provider:
 
     # ------------------------------------------------------------------ the upstream path
     def require_configured(self) -> None:
-        """A 503 ``provider_not_configured`` unless the provider has a ``base_url`` and an
-        ``api_key``."""
+        """A 503 ``provider_not_configured`` unless the provider can be called: it needs a
+        ``base_url``, and an ``api_key`` unless it says ``auth: none``."""
         name = self.spec.name
         if not self.spec.base_url:
             raise ServiceUnavailable(
                 f"The provider `{name}` has no base_url configured on this gateway; "
                 f"the operator must set providers.{name}.base_url in models.yaml.",
                 code="provider_not_configured")
-        if not self.spec.api_key:
+        if not self.spec.api_key and self.spec.auth != "none":
             raise ServiceUnavailable(
                 f"The provider `{name}` has no API key configured on this gateway; "
                 f"the operator must set providers.{name}.api_key in models.yaml "
-                f"(usually through an environment variable) and reload.",
+                f"(usually through an environment variable) and reload, or say "
+                f"`auth: none` if the upstream takes no key.",
                 code="provider_not_configured")
 
     @asynccontextmanager
