@@ -118,7 +118,7 @@ class AnthropicProvider(Provider):
 class _Stream:
     """Translates the named events of one Messages stream into chat.completion.chunk frames."""
 
-    def __init__(self, provider: AnthropicProvider, chunks: shapes.Chunks):
+    def __init__(self, provider: AnthropicProvider, chunks: shapes.Chunks) -> None:
         self.provider, self.chunks = provider, chunks
         self.tools: dict[int, int] = {}       # Anthropic block index → OpenAI tool_calls index
         self.finish = "stop"
@@ -169,7 +169,7 @@ class _Stream:
 
 
 # ---------------------------------------------------------------------- response pieces
-def finish_reason(stop_reason) -> str:
+def finish_reason(stop_reason: Any) -> str:
     return FINISH.get(stop_reason, "stop")
 
 
@@ -259,7 +259,7 @@ def _max_tokens(body: dict) -> int:
     return DEFAULT_MAX_TOKENS
 
 
-def _user_blocks(content, param: str) -> list[dict]:
+def _user_blocks(content: Any, param: str) -> list[dict]:
     if content is None or isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
     if not isinstance(content, list):
@@ -281,7 +281,7 @@ def _user_blocks(content, param: str) -> list[dict]:
     return blocks
 
 
-def _image_source(url, param: str) -> dict:
+def _image_source(url: Any, param: str) -> dict:
     if isinstance(url, str) and url.startswith("data:"):
         mime, data = shapes.parse_data_url(url, f"{param}.image_url.url")
         return {"type": "base64", "media_type": mime, "data": data}
@@ -327,7 +327,7 @@ def _add_tools(out: dict, body: dict) -> None:
         out["tool_choice"] = mapped
 
 
-def _tool_choice(choice) -> dict:
+def _tool_choice(choice: Any) -> dict:
     if choice in ("auto", "none", "required"):
         return {"type": "any" if choice == "required" else choice}
     if isinstance(choice, dict):

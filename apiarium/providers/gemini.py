@@ -54,7 +54,7 @@ def _finish(reason: str | None, has_calls: bool) -> str:
     return "tool_calls" if has_calls else "stop"
 
 
-def _usage(meta) -> dict:
+def _usage(meta: Any) -> dict:
     meta = meta if isinstance(meta, dict) else {}
     thoughts = meta.get("thoughtsTokenCount") or 0
     return usage((meta.get("promptTokenCount") or 0) + (meta.get("toolUsePromptTokenCount") or 0),
@@ -62,7 +62,7 @@ def _usage(meta) -> dict:
                  cached=meta.get("cachedContentTokenCount") or 0, reasoning=thoughts)
 
 
-def _details(data, type_suffix: str) -> list[dict]:
+def _details(data: Any, type_suffix: str) -> list[dict]:
     err = data.get("error") if isinstance(data, dict) else None
     details = err.get("details") if isinstance(err, dict) else None
     return [d for d in details or [] if isinstance(d, dict)
@@ -175,7 +175,7 @@ class GeminiProvider(Provider):
         return obj
 
 
-def _parts(cand) -> list[dict]:
+def _parts(cand: Any) -> list[dict]:
     """A candidate's parts, without thoughts."""
     content = cand.get("content") if isinstance(cand, dict) else None
     parts = content.get("parts") if isinstance(content, dict) else None
@@ -186,7 +186,7 @@ class _StreamState:
     """Turns each upstream stream event into OpenAI chunk frames, remembering what the
     end of the stream needs (the last finishReason, the last usageMetadata)."""
 
-    def __init__(self, chunks: Chunks):
+    def __init__(self, chunks: Chunks) -> None:
         self.chunks, self.started, self.finish, self.meta, self.tools = chunks, False, None, None, 0
 
     def feed(self, obj: dict) -> list[bytes]:
