@@ -12,14 +12,12 @@ from types import MappingProxyType
 from .errors import InvalidRequest, NotFound
 from .modeltypes import MODEL_TYPES
 
-PROVIDER_KINDS = ("openai", "anthropic", "gemini", "rag")
-
-# What `owned_by` says for each kind in /v1/models.
-OWNER = {"openai": "openai", "anthropic": "anthropic", "gemini": "google", "rag": "google"}
-
 
 @dataclass(frozen=True)
 class ProviderSpec:
+    """One provider of models.yaml.  ``kind`` is as written there (a name from
+    ``providers.KINDS`` or a ``package.module:ClassName`` path); ``owned_by`` is what that
+    kind's class says /v1/models should show (filled in when the config is loaded)."""
     name: str
     kind: str
     base_url: str
@@ -30,10 +28,12 @@ class ProviderSpec:
     poll_interval_s: float = 10.0
     breaker_failures: int = 3          # consecutive failures that open the circuit (0: never)
     breaker_cooldown_s: float = 30.0   # how long an open circuit skips the provider
+    auth: str = "key"                  # "none": no credential is sent, no api_key needed
+    owned_by: str = ""
 
     @property
     def configured(self) -> bool:
-        return bool(self.api_key and self.base_url)
+        return bool(self.base_url and (self.api_key or self.auth == "none"))
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class ModelSpec:
 
     @property
     def owned_by(self) -> str:
-        return OWNER.get(self.provider.kind, self.provider.name)
+        return self.provider.owned_by or self.provider.name
 
 
 class Catalog:

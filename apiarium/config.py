@@ -2,20 +2,22 @@
 
 Every string value may use ``${VAR}`` or ``${VAR:-default}``.  Relative paths are relative to
 the folder of the file that names them.  Every problem (YAML syntax, unknown key, wrong type,
-a model naming a missing provider) is reported as ``FILE:LINE: message``, all at once.
+a model naming a missing provider, a provider ``kind`` that names no Provider class) is
+reported as ``FILE:LINE: message``, all at once.
 """
 from __future__ import annotations
 
 import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
-from .catalog import MODEL_TYPES, PROVIDER_KINDS, Catalog, Credits, ModelSpec, ProviderSpec
-from .yamlschema import (Bool, Ctx, Enum, ListOf, MapOf, Num, Problem, Section, Str,
-                         parse)
+from .catalog import Catalog, Credits, ModelSpec, ProviderSpec
+from .modeltypes import MODEL_TYPES
+from .providers import KindError, provider_class
+from .yamlschema import Bool, Ctx, Enum, ListOf, MapOf, Num, Problem, Section, Str, parse
 
 DEFAULT_CONFIG = "config/apiarium.yaml"
 
@@ -56,9 +58,10 @@ SETTINGS_SCHEMA = Section({
 
 CATALOG_SCHEMA = Section({
     "providers": MapOf(Section({
-        "kind": Enum(PROVIDER_KINDS),
+        "kind": Str(),                 # a name of providers.KINDS, or package.module:Class
         "base_url": Str(""),
         "api_key": Str(""),
+        "auth": Enum(("key", "none"), "key"),
         "timeout_s": Num(600, 0.001, 86400),
         "connect_timeout_s": Num(10, 0.001, 3600),
         "headers": MapOf(Str()),
@@ -69,7 +72,7 @@ CATALOG_SCHEMA = Section({
     "models": MapOf(Section({
         "provider": Str(),
         "upstream": Str(""),
-        "type": Enum(MODEL_TYPES, "chat"),
+        "type": Enum(tuple(MODEL_TYPES), "chat"),
         "fallbacks": ListOf(Str()),
         "max_output_tokens": Num(0, 0, 100_000_000, integer=True),
         "credits": Section({
@@ -203,20 +206,36 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
     )
 
 
+def _provider_spec(path: Path, name: str, p: dict, ctx: Ctx,
+                   problems: list[Problem]) -> ProviderSpec:
+    """One entry of ``providers:``, checked: its URL, its kind (a name of
+    ``providers.KINDS`` or an import path, resolved here), its auth."""
+    def problem(key: str, message: str) -> None:
+        problems.append(Problem(str(path), ctx.lines.get(("providers", name, key), 0),
+                                f"providers.{name}.{key}: {message}"))
+    url = p["base_url"].rstrip("/")
+    if url and not re.match(r"^https?://[^/\s]+", url):
+        problem("base_url", f"{url!r} must start with http:// or https://")
+    owned_by = ""
+    if p["kind"] is not None:            # missing: already a problem of its own
+        try:
+            owned_by = provider_class(p["kind"]).owned_by
+        except KindError as exc:
+            problem("kind", str(exc))
+    if p["auth"] == "none" and p["api_key"]:
+        problem("api_key", "is set, but auth is none, so it would never be sent "
+                           "(remove one of the two)")
+    return ProviderSpec(
+        name=name, kind=p["kind"], base_url=url, api_key=p["api_key"], auth=p["auth"],
+        timeout_s=float(p["timeout_s"]), connect_timeout_s=float(p["connect_timeout_s"]),
+        headers=dict(p["headers"]), poll_interval_s=float(p["poll_interval_s"]),
+        breaker_failures=p["breaker_failures"],
+        breaker_cooldown_s=float(p["breaker_cooldown_s"]), owned_by=owned_by)
+
+
 def _build_catalog(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> Catalog:
-    providers = {}
-    for name, p in d["providers"].items():
-        url = p["base_url"].rstrip("/")
-        if url and not re.match(r"^https?://[^/\s]+", url):
-            problems.append(Problem(str(path), ctx.lines.get(("providers", name, "base_url"), 0),
-                                    f"providers.{name}.base_url: {url!r} must start with "
-                                    f"http:// or https://"))
-        providers[name] = ProviderSpec(
-            name=name, kind=p["kind"], base_url=url, api_key=p["api_key"],
-            timeout_s=float(p["timeout_s"]), connect_timeout_s=float(p["connect_timeout_s"]),
-            headers=dict(p["headers"]), poll_interval_s=float(p["poll_interval_s"]),
-            breaker_failures=p["breaker_failures"],
-            breaker_cooldown_s=float(p["breaker_cooldown_s"]))
+    providers = {name: _provider_spec(path, name, p, ctx, problems)
+                 for name, p in d["providers"].items()}
     try:
         created = int(path.stat().st_mtime)
     except OSError:

@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 
 from . import __version__
-from .catalog import MODEL_TYPES
 from .generation import OPENAI_SIZES, RATIOS, VIDEO_RATIOS, VIDEO_RESOLUTIONS
+from .modeltypes import MODEL_TYPES
 
 JSON = "application/json"
 SSE = "text/event-stream"

@@ -1,5 +1,16 @@
-"""One Provider class per upstream ``kind``; ``build`` makes one instance per configured provider."""
+"""The provider kinds: ``KINDS`` (the one list of built-in kinds), ``provider_class`` (what a
+``kind:`` value in models.yaml names) and ``build`` (one instance per configured provider).
+
+A ``kind`` is either a name from ``KINDS`` or an import path ``package.module:ClassName``
+naming a ``Provider`` subclass (so a new kind can live in a file of its own, outside this
+package).  The config loader resolves every kind when it reads models.yaml, so a kind that
+does not import is a ``FILE:LINE`` problem there, not a failure at the first request.
+"""
 from __future__ import annotations
+
+import importlib
+from types import MappingProxyType
+from typing import Mapping
 
 import aiohttp
 
@@ -11,15 +22,38 @@ from .gemini import GeminiProvider
 from .openai import OpenAIProvider
 from .rag import RagProvider
 
-KINDS: dict[str, type[Provider]] = {
-    "openai": OpenAIProvider,
-    "anthropic": AnthropicProvider,
-    "gemini": GeminiProvider,
-    "rag": RagProvider,
-}
+KINDS: Mapping[str, type[Provider]] = MappingProxyType({
+    cls.kind: cls for cls in (OpenAIProvider, AnthropicProvider, GeminiProvider, RagProvider)})
+
+
+class KindError(ValueError):
+    """A ``kind`` that names no Provider class; the message says why."""
+
+
+def provider_class(kind: str) -> type[Provider]:
+    """The Provider subclass a ``kind`` value names, or a ``KindError``."""
+    cls = KINDS.get(kind)
+    if cls is not None:
+        return cls
+    module_name, colon, attr = kind.partition(":")
+    if not colon or not module_name or not attr:
+        raise KindError(f"{kind!r} is not one of {', '.join(KINDS)} (nor an import path "
+                        f"package.module:ClassName naming a Provider subclass)")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:      # whatever the module raises while it loads
+        raise KindError(f"{kind!r}: cannot import {module_name!r} "
+                        f"({type(exc).__name__}: {exc})") from None
+    cls = getattr(module, attr, None)
+    if cls is None:
+        raise KindError(f"{kind!r}: module {module_name!r} has no {attr!r}")
+    if not (isinstance(cls, type) and issubclass(cls, Provider)):
+        raise KindError(f"{kind!r} is not a subclass of apiarium.providers.base.Provider")
+    return cls
 
 
 def build(catalog: Catalog, session: aiohttp.ClientSession,
           metrics: Metrics | None = None) -> dict[str, Provider]:
-    return {name: KINDS.get(spec.kind, Provider)(spec, session, metrics)
+    """One Provider per provider of the catalog (kinds were checked when it was loaded)."""
+    return {name: provider_class(spec.kind)(spec, session, metrics)
             for name, spec in catalog.providers.items()}

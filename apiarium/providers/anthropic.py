@@ -32,7 +32,7 @@ billing_error / "credit balance" count as quota: 429 upstream_rate_limited, x-sh
 """
 from __future__ import annotations
 
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, ClassVar, Mapping
 
 import orjson
 
@@ -57,13 +57,21 @@ ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "bill
 
 
 class AnthropicProvider(Provider):
+    """``x-api-key`` + ``anthropic-version``; Messages API ↔ OpenAI chat."""
+
     kind = "anthropic"
+    owned_by = "anthropic"
+    protocol_headers: ClassVar[Mapping[str, str]] = {"anthropic-version": VERSION}
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"x-api-key": self.spec.api_key}
 
     # ------------------------------------------------------------------ chat
-    async def chat(self, model: ModelSpec, body: dict, raw: bytes | None) -> dict:
+    async def chat(self, model: ModelSpec, body: dict[str, Any],
+                   raw: bytes | None) -> dict[str, Any]:
         self.require_configured()
-        async with self._post(to_anthropic(model.upstream, body, stream=False)) as resp:
-            data = await self.read_json(resp)
+        data = await self.call_json("POST", f"{self.spec.base_url}/v1/messages",
+                                    json=to_anthropic(model.upstream, body, stream=False))
         if not isinstance(data.get("content"), list):
             raise UpstreamError(f"The upstream provider `{self.spec.name}` answered without "
                                 f"`content`; it does not look like the Anthropic Messages API.")
@@ -81,45 +89,27 @@ class AnthropicProvider(Provider):
                                  finish_reason(data.get("stop_reason")), calls,
                                  openai_usage(data.get("usage") or {}))
 
-    async def chat_stream(self, model: ModelSpec, body: dict,
+    async def chat_stream(self, model: ModelSpec, body: dict[str, Any],
                           raw: bytes | None) -> AsyncIterator[bytes]:
         self.require_configured()
-        async with self._post(to_anthropic(model.upstream, body, stream=True)) as resp:
-            ctype = resp.headers.get("Content-Type", "")
-            if not ctype.startswith("text/event-stream"):
-                raise UpstreamError(f"The upstream provider `{self.spec.name}` did not answer "
-                                    f"the stream request with an event stream "
-                                    f"({ctype or 'no content type'}).")
-            state = _Stream(self, shapes.Chunks(model.alias, shapes.wants_usage(body)))
-            decoder = sse.SSEDecoder()
-            async for piece in resp.content.iter_any():
-                for event in decoder.feed(piece):
-                    for frame in state.on(event):
-                        yield frame
-                    if state.done:
-                        return
-            for event in decoder.close():
+        state = _Stream(self, shapes.Chunks(model.alias, shapes.wants_usage(body)))
+        async with self.request("POST", f"{self.spec.base_url}/v1/messages",
+                                json=to_anthropic(model.upstream, body, stream=True)) as resp:
+            async for event in self.sse_events(resp):
                 for frame in state.on(event):
                     yield frame
-        if not state.done:
-            raise UpstreamError(f"The upstream provider `{self.spec.name}` ended the stream "
-                                f"before it was complete.")
-
-    # ------------------------------------------------------------------ plumbing
-    def _post(self, payload: dict):
-        headers = {"x-api-key": self.spec.api_key, "anthropic-version": VERSION,
-                   "content-type": "application/json", **self.spec.headers}
-        return self.request("POST", f"{self.spec.base_url.rstrip('/')}/v1/messages",
-                            data=orjson.dumps(payload), headers=headers)
+                if state.done:
+                    return
+        raise self.incomplete()
 
     # ------------------------------------------------------------------ errors
-    def is_quota(self, status: int, data) -> bool:
+    def is_quota(self, status: int, data: Any) -> bool:
         err = data.get("error") if isinstance(data, dict) else None
         kind = err.get("type") if isinstance(err, dict) else None
         said = self.error_message(data).lower()
         return status == 402 or kind == "billing_error" or "credit balance" in said
 
-    def stream_error(self, obj: dict) -> ApiError:
+    def stream_error(self, obj: dict[str, Any]) -> ApiError:
         """The ApiError for an ``error`` event that arrived inside a 200 stream."""
         err = obj.get("error") if isinstance(obj.get("error"), dict) else {}
         return self.map_error(ERROR_STATUS.get(err.get("type"), 500), obj, None)
@@ -128,7 +118,7 @@ class AnthropicProvider(Provider):
 class _Stream:
     """Translates the named events of one Messages stream into chat.completion.chunk frames."""
 
-    def __init__(self, provider: AnthropicProvider, chunks: shapes.Chunks):
+    def __init__(self, provider: AnthropicProvider, chunks: shapes.Chunks) -> None:
         self.provider, self.chunks = provider, chunks
         self.tools: dict[int, int] = {}       # Anthropic block index → OpenAI tool_calls index
         self.finish = "stop"
@@ -179,7 +169,7 @@ class _Stream:
 
 
 # ---------------------------------------------------------------------- response pieces
-def finish_reason(stop_reason) -> str:
+def finish_reason(stop_reason: Any) -> str:
     return FINISH.get(stop_reason, "stop")
 
 
@@ -269,7 +259,7 @@ def _max_tokens(body: dict) -> int:
     return DEFAULT_MAX_TOKENS
 
 
-def _user_blocks(content, param: str) -> list[dict]:
+def _user_blocks(content: Any, param: str) -> list[dict]:
     if content is None or isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
     if not isinstance(content, list):
@@ -291,7 +281,7 @@ def _user_blocks(content, param: str) -> list[dict]:
     return blocks
 
 
-def _image_source(url, param: str) -> dict:
+def _image_source(url: Any, param: str) -> dict:
     if isinstance(url, str) and url.startswith("data:"):
         mime, data = shapes.parse_data_url(url, f"{param}.image_url.url")
         return {"type": "base64", "media_type": mime, "data": data}
@@ -337,7 +327,7 @@ def _add_tools(out: dict, body: dict) -> None:
         out["tool_choice"] = mapped
 
 
-def _tool_choice(choice) -> dict:
+def _tool_choice(choice: Any) -> dict:
     if choice in ("auto", "none", "required"):
         return {"type": "any" if choice == "required" else choice}
     if isinstance(choice, dict):

@@ -1,17 +1,37 @@
-"""The Provider interface, and what every provider shares: timeouts, error mapping, streams.
+"""The Provider interface, and THE upstream path every provider goes through.
 
 A provider turns an OpenAI-shaped request into its upstream's wire format and back:
 
-    chat(model, body, raw)         -> dict                OpenAI ``chat.completion``
-    chat_stream(model, body, raw)  -> AsyncIterator[bytes] SSE frames of ``chat.completion.chunk``,
-                                                          ending with ``data: [DONE]``
-    image(model, ImageRequest)     -> list[Media]         (image models)
-    video(model, VideoRequest)     -> Media               (video models)
+    async def chat(model, body, raw)        -> dict                 OpenAI ``chat.completion``
+    async def chat_stream(model, body, raw) -> AsyncIterator[bytes] (an async generator) SSE
+                                               frames of ``chat.completion.chunk``, ending
+                                               with ``data: [DONE]``
+    async def image(model, ImageRequest)    -> list[Media]          (image models)
+    async def video(model, VideoRequest)    -> Media                (video models)
 
 Each item a stream yields is exactly one SSE event (``legacy`` and the relay rely on it).
 ``body`` is the parsed client JSON, ``raw`` its bytes (a passthrough may forward them as they
 are).  Failures are raised as ``errors.ApiError``; inside a stream, an error raised after the
 first frame becomes an SSE error event (the handler does that).
+
+What a provider module writes is translation only.  The calls themselves go through here:
+
+    request(method, url, data=|json=)  async context manager yielding the aiohttp response;
+                                       the one place that maps transport failures (502/504),
+                                       error statuses (``map_error``) and times the upstream
+    call_json(method, url, data=|json=) ``request`` + the answer as a JSON object
+    sse_events(resp)                   the events of an event-stream answer, as they arrive
+                                       (a 502 if the answer is not an event stream)
+    incomplete()                       the error for a stream that ended before its last event
+
+Headers: every call carries ``self.headers``, built once from ``content-type``, the kind's
+``protocol_headers``, its credential (``auth_headers()``, unless the provider says
+``auth: none``) and the operator's ``headers`` from models.yaml, in that order (later wins).
+
+A kind is one subclass: ``kind`` (its name in models.yaml), ``owned_by`` (for /v1/models),
+``auth_headers``, and the error-reading hooks (``error_message``, ``retry_hint``,
+``is_quota``, ``map_error``) where its wire format differs.  ``providers.KINDS`` lists the
+built-in ones.
 """
 from __future__ import annotations
 
@@ -19,73 +39,113 @@ import math
 import re
 import time
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Callable
+from email.utils import parsedate_to_datetime
+from typing import Any, AsyncIterator, ClassVar, Mapping
 
 import aiohttp
 import orjson
 
+from .. import sse
 from ..catalog import ModelSpec, ProviderSpec
-from ..generation import ImageRequest, Media, VideoRequest
-from ..metrics import Metrics
 from ..errors import (ApiError, InvalidRequest, RateLimited, ServiceUnavailable, UpstreamError,
                       UpstreamPassthrough, UpstreamTimeout)
+from ..generation import ImageRequest, Media, VideoRequest
+from ..metrics import Metrics
 
 MAX_ERROR_BODY = 64 * 1024
 
 
 class Provider:
-    kind = ""
+    """One configured upstream (a ``ProviderSpec``) of one kind, on the shared session."""
+
+    kind: ClassVar[str] = ""
+    #: what /v1/models says in ``owned_by`` for this kind's models ("" → the provider's name)
+    owned_by: ClassVar[str] = ""
+    #: headers every call of this kind carries, whatever its ``auth``
+    protocol_headers: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, spec: ProviderSpec, session: aiohttp.ClientSession,
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None) -> None:
         self.spec = spec
         self.session = session
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=spec.connect_timeout_s,
                                              sock_read=spec.timeout_s)
         self._latency = metrics.upstream_latency.labels(spec.name) if metrics else None
+        credential = self.auth_headers() if spec.auth != "none" else {}
+        merged = {"content-type": "application/json", **self.protocol_headers, **credential,
+                  **spec.headers}
+        # header names are case-insensitive: one entry per name, the operator's last
+        self.headers: dict[str, str] = {}
+        for name, value in merged.items():
+            self.headers[name.lower()] = value
+
+    def auth_headers(self) -> dict[str, str]:
+        """The credential this kind sends with ``spec.api_key`` (default: a bearer token, as
+        OpenAI-compatible servers take it).  Not called for a provider with ``auth: none``."""
+        return {"authorization": f"Bearer {self.spec.api_key}"}
 
     # ------------------------------------------------------------------ the interface
-    async def chat(self, model: ModelSpec, body: dict, raw: bytes | None) -> dict:
+    async def chat(self, model: ModelSpec, body: dict[str, Any],
+                   raw: bytes | None) -> dict[str, Any]:
         raise InvalidRequest(f"`{model.alias}` cannot answer chat requests.", param="model")
 
-    def chat_stream(self, model: ModelSpec, body: dict, raw: bytes | None) -> AsyncIterator[bytes]:
+    async def chat_stream(self, model: ModelSpec, body: dict[str, Any],
+                          raw: bytes | None) -> AsyncIterator[bytes]:
         raise InvalidRequest(f"`{model.alias}` cannot stream chat.", param="model")
+        yield b""          # unreachable: makes this an async generator, like the overrides
 
     async def image(self, model: ModelSpec, req: ImageRequest) -> list[Media]:
-        raise InvalidRequest(f"`{model.alias}` is served by a `{self.kind}` provider, which "
-                             f"cannot make images.", param="model")
+        raise InvalidRequest(f"`{model.alias}` is served by a "
+                             f"`{self.kind or self.spec.kind}` provider, which cannot make "
+                             f"images.", param="model")
 
     async def video(self, model: ModelSpec, req: VideoRequest) -> Media:
-        raise InvalidRequest(f"`{model.alias}` is served by a `{self.kind}` provider, which "
-                             f"cannot make videos.", param="model")
+        raise InvalidRequest(f"`{model.alias}` is served by a "
+                             f"`{self.kind or self.spec.kind}` provider, which cannot make "
+                             f"videos.", param="model")
 
-    # ------------------------------------------------------------------ shared plumbing
+    # ------------------------------------------------------------------ the upstream path
     def require_configured(self) -> None:
+        """A 503 ``provider_not_configured`` unless the provider can be called: it needs a
+        ``base_url``, and an ``api_key`` unless it says ``auth: none``."""
+        name = self.spec.name
         if not self.spec.base_url:
             raise ServiceUnavailable(
-                f"The provider `{self.spec.name}` has no base_url configured on this gateway; "
-                f"the operator must set providers.{self.spec.name}.base_url in models.yaml.",
+                f"The provider `{name}` has no base_url configured on this gateway; "
+                f"the operator must set providers.{name}.base_url in models.yaml.",
                 code="provider_not_configured")
-        if not self.spec.api_key:
+        if not self.spec.api_key and self.spec.auth != "none":
             raise ServiceUnavailable(
-                f"The provider `{self.spec.name}` has no API key configured on this gateway; "
-                f"the operator must set providers.{self.spec.name}.api_key in models.yaml "
-                f"(usually through an environment variable) and reload.",
+                f"The provider `{name}` has no API key configured on this gateway; "
+                f"the operator must set providers.{name}.api_key in models.yaml "
+                f"(usually through an environment variable) and reload, or say "
+                f"`auth: none` if the upstream takes no key.",
                 code="provider_not_configured")
 
     @asynccontextmanager
     async def request(self, method: str, url: str, *, data: bytes | None = None,
-                      headers: dict | None = None, timeout: aiohttp.ClientTimeout | None = None,
-                      **kw):
-        """An upstream call with transport failures mapped to 502/504, error statuses mapped."""
+                      json: Any = None, auth: bool = True,
+                      timeout: aiohttp.ClientTimeout | None = None
+                      ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One upstream call: ``async with provider.request(...) as resp``.
+
+        ``data`` is the body as bytes, or ``json`` an object to encode.  ``auth=False`` sends
+        none of the provider's headers (for a URL on someone else's server, such as an image
+        an upstream links to).  Connection failures and timeouts, also while the body is read
+        inside the block, become 502 / 504; an error status is read and raised as
+        ``map_error`` says; the time to the answer's headers is observed per provider.
+        """
+        if json is not None:
+            data = orjson.dumps(json)
         if data is not None:
             # orjson leaves ~4 KB allocated behind every result; aiohttp holds the body for
             # as long as the answer streams, so hold an exact-size copy instead
             data = bytes(memoryview(data))
         started = time.perf_counter()
         try:
-            async with self.session.request(method, url, data=data, headers=headers,
-                                            timeout=timeout or self.timeout, **kw) as resp:
+            async with self.session.request(method, url, data=data,
+                                            headers=self.headers if auth else None,
+                                            timeout=timeout or self.timeout) as resp:
                 if self._latency is not None:
                     self._latency.observe(time.perf_counter() - started)
                 if resp.status >= 400:
@@ -96,26 +156,31 @@ class Provider:
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             raise self.transport_error(exc) from None
 
-    async def fetch_json(self, method: str, url: str, *, data: bytes | None = None,
-                         headers: dict | None = None,
-                         then: Callable[[dict], dict] | None = None) -> dict:
-        """``request`` + ``read_json`` in one coroutine: the lean path of a JSON answer
-        (``then``, if given, checks and shapes the answer)."""
-        started = time.perf_counter()
-        try:
-            async with self.session.request(method, url, data=data, headers=headers,
-                                            timeout=self.timeout) as resp:
-                if self._latency is not None:
-                    self._latency.observe(time.perf_counter() - started)
-                if resp.status >= 400:
-                    await self.raise_for_status(resp)
-                body = await resp.read()
-        except ApiError:
-            raise
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            raise self.transport_error(exc) from None
-        data = self.answer_json(body, resp.headers.get("Content-Type"))
-        return then(data) if then else data
+    async def call_json(self, method: str, url: str, *, data: bytes | None = None,
+                        json: Any = None) -> dict[str, Any]:
+        """``request``, and its answer as a JSON object (a 502 if it is not one)."""
+        async with self.request(method, url, data=data, json=json) as resp:
+            return await self.read_json(resp)
+
+    async def sse_events(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        """The raw events of an event-stream answer, each as soon as it is complete
+        (without its blank-line terminator); a 502 if the answer is not an event stream."""
+        ctype = resp.headers.get("Content-Type", "")
+        if not ctype.startswith("text/event-stream"):
+            raise UpstreamError(f"The upstream provider `{self.spec.name}` did not answer "
+                                f"the stream request with an event stream "
+                                f"({ctype or 'no content type'}).")
+        decoder = sse.SSEDecoder()
+        async for chunk in resp.content.iter_any():
+            for event in decoder.feed(chunk):
+                yield event
+        for event in decoder.close():
+            yield event
+
+    def incomplete(self) -> UpstreamError:
+        """The error for an upstream stream that ended without its terminal event."""
+        return UpstreamError(f"The upstream provider `{self.spec.name}` ended the stream "
+                             f"before it was complete.")
 
     def transport_error(self, exc: BaseException) -> ApiError:
         """The error a client gets when the upstream connection itself failed."""
@@ -130,14 +195,13 @@ class Provider:
         return UpstreamError(f"The connection to the upstream provider `{name}` failed "
                              f"({type(exc).__name__}). Try again later.")
 
-    async def read_json(self, resp: aiohttp.ClientResponse) -> dict:
-        return self.answer_json(await resp.read(), resp.headers.get("Content-Type"))
+    async def read_json(self, resp: aiohttp.ClientResponse) -> dict[str, Any]:
+        """The whole answer as a JSON object (a 502 if it is not one)."""
+        body = await resp.read()
+        ctype = resp.headers.get("Content-Type") or "no content type"
+        return self.parse_json(body, f"answered with something ({ctype}, {len(body)} bytes)")
 
-    def answer_json(self, body: bytes, ctype: str | None) -> dict:
-        return self.parse_json(body, f"answered with something ({ctype or 'no content type'}, "
-                                     f"{len(body)} bytes)")
-
-    def parse_json(self, data: bytes | None, what: str) -> dict:
+    def parse_json(self, data: bytes | None, what: str) -> dict[str, Any]:
         """``data`` as a JSON object, or a 502 saying the upstream ``what`` that is not one."""
         try:
             obj = orjson.loads(data) if data else None
@@ -149,7 +213,7 @@ class Provider:
         return obj
 
     # ------------------------------------------------------------------ error mapping
-    def error_message(self, data) -> str:
+    def error_message(self, data: Any) -> str:
         """The human message inside an upstream error body (override per wire format)."""
         if isinstance(data, dict):
             err = data.get("error", data)
@@ -159,7 +223,7 @@ class Provider:
                 return err[:2000]
         return ""
 
-    def retry_hint(self, resp: aiohttp.ClientResponse, data) -> float | None:
+    def retry_hint(self, resp: aiohttp.ClientResponse, data: Any) -> float | None:
         """Seconds the upstream asked us to wait (headers; providers add body hints)."""
         ms = resp.headers.get("retry-after-ms")
         if ms:
@@ -169,11 +233,12 @@ class Provider:
                 pass
         return parse_retry_after(resp.headers.get("Retry-After"))
 
-    def is_quota(self, status: int, data) -> bool:
+    def is_quota(self, status: int, data: Any) -> bool:
         """Whether the upstream means 'out of quota or credit' rather than 'slow down'."""
         return False
 
     async def raise_for_status(self, resp: aiohttp.ClientResponse) -> None:
+        """Read an error answer (at most 64 KB) and raise it as ``map_error`` says."""
         body = await resp.content.read(MAX_ERROR_BODY)
         try:
             data = orjson.loads(body)
@@ -181,7 +246,10 @@ class Provider:
             data = None
         raise self.map_error(resp.status, data, self.retry_hint(resp, data))
 
-    def map_error(self, status: int, data, retry_after: float | None) -> ApiError:
+    def map_error(self, status: int, data: Any, retry_after: float | None) -> ApiError:
+        """The contract's status table: 401/403 → 502 (the gateway's own key), quota and 429
+        → 429 ``upstream_rate_limited``, 503/529 → 503, 504 → 504, other 5xx → 502, other
+        4xx passed through with the upstream's message."""
         name = self.spec.name
         said = self.error_message(data).strip().rstrip(".")
         key = self.spec.api_key
@@ -218,13 +286,13 @@ class Provider:
 
 
 def parse_retry_after(value: str | None) -> float | None:
+    """A ``Retry-After`` header (seconds, or an HTTP date) as seconds from now."""
     if not value:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
         pass
-    from email.utils import parsedate_to_datetime
     try:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
@@ -234,7 +302,7 @@ def parse_retry_after(value: str | None) -> float | None:
 _DURATION = re.compile(r"^\s*([0-9.]+)s\s*$")
 
 
-def parse_duration(value) -> float | None:
+def parse_duration(value: Any) -> float | None:
     """Google's ``"37s"`` / ``"1.2s"`` durations."""
     m = _DURATION.match(str(value or ""))
     return float(m.group(1)) if m else None

@@ -17,8 +17,9 @@ Retry-After; per-day QuotaFailure = quota; API_KEY_INVALID = the gateway's own k
 from __future__ import annotations
 
 import secrets
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
+import aiohttp
 import orjson
 
 from .. import sse
@@ -53,7 +54,7 @@ def _finish(reason: str | None, has_calls: bool) -> str:
     return "tool_calls" if has_calls else "stop"
 
 
-def _usage(meta) -> dict:
+def _usage(meta: Any) -> dict:
     meta = meta if isinstance(meta, dict) else {}
     thoughts = meta.get("thoughtsTokenCount") or 0
     return usage((meta.get("promptTokenCount") or 0) + (meta.get("toolUsePromptTokenCount") or 0),
@@ -61,7 +62,7 @@ def _usage(meta) -> dict:
                  cached=meta.get("cachedContentTokenCount") or 0, reasoning=thoughts)
 
 
-def _details(data, type_suffix: str) -> list[dict]:
+def _details(data: Any, type_suffix: str) -> list[dict]:
     err = data.get("error") if isinstance(data, dict) else None
     details = err.get("details") if isinstance(err, dict) else None
     return [d for d in details or [] if isinstance(d, dict)
@@ -70,17 +71,17 @@ def _details(data, type_suffix: str) -> list[dict]:
 
 # ---------------------------------------------------------------------- the provider
 class GeminiProvider(Provider):
+    """``x-goog-api-key``; generateContent ↔ OpenAI chat; images and Veo in gemini_media."""
+
     kind = "gemini"
+    owned_by = "google"
 
-    def headers(self) -> dict:
-        return {"x-goog-api-key": self.spec.api_key, "Content-Type": "application/json",
-                **self.spec.headers}
+    def auth_headers(self) -> dict[str, str]:
+        return {"x-goog-api-key": self.spec.api_key}
 
-    def _post(self, upstream: str, method: str, payload: dict, query: str = ""):
-        """``POST {base_url}/v1beta/models/{upstream}:{method}`` (an async context manager
-        yielding the aiohttp response; error statuses are already mapped)."""
-        return self.request("POST", f"{self.spec.base_url}/v1beta/models/{upstream}:{method}"
-                            f"{query}", data=orjson.dumps(payload), headers=self.headers())
+    def url(self, path: str) -> str:
+        """``{base_url}/v1beta/{path}``."""
+        return f"{self.spec.base_url}/v1beta/{path}"
 
     # ------------------------------------------------------------------ media (gemini_media)
     async def image(self, model: ModelSpec, req: ImageRequest) -> list[Media]:
@@ -90,24 +91,24 @@ class GeminiProvider(Provider):
         return await gemini_media.generate_video(self, model, req)
 
     # ------------------------------------------------------------------ errors (5.8)
-    def error_message(self, data) -> str:
+    def error_message(self, data: Any) -> str:
         msg = super().error_message(data).rstrip(". ")    # base.map_error adds its own "."
         key = self.spec.api_key
         return msg.replace(key, "***") if key and key in msg else msg
 
-    def retry_hint(self, resp, data) -> float | None:
+    def retry_hint(self, resp: aiohttp.ClientResponse, data: Any) -> float | None:
         for info in _details(data, "google.rpc.RetryInfo"):
             delay = parse_duration(info.get("retryDelay"))
             if delay is not None:
                 return delay
         return super().retry_hint(resp, data)
 
-    def is_quota(self, status, data) -> bool:
+    def is_quota(self, status: int, data: Any) -> bool:
         return any("PerDay" in str(v.get("quotaId", ""))
                    for f in _details(data, "google.rpc.QuotaFailure")
                    for v in f.get("violations") or [] if isinstance(v, dict))
 
-    def map_error(self, status: int, data, retry_after: float | None) -> ApiError:
+    def map_error(self, status: int, data: Any, retry_after: float | None) -> ApiError:
         if status in (400, 401, 403) and any(
                 d.get("reason") == "API_KEY_INVALID"
                 for d in _details(data, "google.rpc.ErrorInfo")):
@@ -117,11 +118,11 @@ class GeminiProvider(Provider):
         return super().map_error(status, data, retry_after)
 
     # ------------------------------------------------------------------ chat
-    async def chat(self, model: ModelSpec, body: dict, raw: bytes | None) -> dict:
+    async def chat(self, model: ModelSpec, body: dict[str, Any],
+                   raw: bytes | None) -> dict[str, Any]:
         self.require_configured()
-        payload = to_gemini(body)
-        async with self._post(model.upstream, "generateContent", payload) as resp:
-            data = await self.read_json(resp)
+        data = await self.call_json("POST", self.url(f"models/{model.upstream}:generateContent"),
+                                    json=to_gemini(body))
         cands = data.get("candidates")
         meta = _usage(data.get("usageMetadata"))
         if not isinstance(cands, list) or not cands:
@@ -129,7 +130,7 @@ class GeminiProvider(Provider):
                 return completion(model.alias, "", "content_filter", usage_=meta)
             raise UpstreamError(f"The upstream provider `{self.spec.name}` answered without "
                                 f"candidates.")
-        out = None
+        out: dict[str, Any] | None = None
         for i, cand in enumerate(cands):
             parts = _parts(cand)
             text = "".join(p["text"] for p in parts if isinstance(p.get("text"), str))
@@ -141,9 +142,10 @@ class GeminiProvider(Provider):
                 out = one
             else:                       # n > 1: candidateCount candidates, one choice each
                 out["choices"].append({**one["choices"][0], "index": i})
+        assert out is not None          # cands is a non-empty list
         return out
 
-    async def chat_stream(self, model: ModelSpec, body: dict,
+    async def chat_stream(self, model: ModelSpec, body: dict[str, Any],
                           raw: bytes | None) -> AsyncIterator[bytes]:
         self.require_configured()
         payload = to_gemini(body)
@@ -151,28 +153,17 @@ class GeminiProvider(Provider):
             raise InvalidRequest("Gemini models on this gateway stream one choice only; send "
                                  "n=1 or stream=false.", param="n")
         state = _StreamState(Chunks(model.alias, wants_usage(body)))
-        async with self._post(model.upstream, "streamGenerateContent", payload,
-                              "?alt=sse") as resp:
-            ctype = resp.headers.get("Content-Type", "")
-            if not ctype.startswith("text/event-stream"):
-                raise UpstreamError(f"The upstream provider `{self.spec.name}` did not answer "
-                                    f"the stream request with an event stream "
-                                    f"({ctype or 'no content type'}).")
-            decoder = sse.SSEDecoder()
-            async for piece in resp.content.iter_any():
-                for event in decoder.feed(piece):
-                    for frame in state.feed(self._event(resp, event)):
-                        yield frame
-            for event in decoder.close():
+        url = self.url(f"models/{model.upstream}:streamGenerateContent?alt=sse")
+        async with self.request("POST", url, json=payload) as resp:
+            async for event in self.sse_events(resp):
                 for frame in state.feed(self._event(resp, event)):
                     yield frame
         if state.finish is None:
-            raise UpstreamError(f"The upstream provider `{self.spec.name}` ended the stream "
-                                f"before it was complete.")
+            raise self.incomplete()
         for frame in state.end():
             yield frame
 
-    def _event(self, resp, event: bytes) -> dict:
+    def _event(self, resp: aiohttp.ClientResponse, event: bytes) -> dict[str, Any]:
         """One upstream SSE event as a response object; an error event raises."""
         obj = self.parse_json(sse.parse(event)[1], "sent a stream event")
         err = obj.get("error")
@@ -184,7 +175,7 @@ class GeminiProvider(Provider):
         return obj
 
 
-def _parts(cand) -> list[dict]:
+def _parts(cand: Any) -> list[dict]:
     """A candidate's parts, without thoughts."""
     content = cand.get("content") if isinstance(cand, dict) else None
     parts = content.get("parts") if isinstance(content, dict) else None
@@ -195,7 +186,7 @@ class _StreamState:
     """Turns each upstream stream event into OpenAI chunk frames, remembering what the
     end of the stream needs (the last finishReason, the last usageMetadata)."""
 
-    def __init__(self, chunks: Chunks):
+    def __init__(self, chunks: Chunks) -> None:
         self.chunks, self.started, self.finish, self.meta, self.tools = chunks, False, None, None, 0
 
     def feed(self, obj: dict) -> list[bytes]:

@@ -11,15 +11,18 @@ import asyncio
 import base64
 import re
 import time
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import orjson
 
 from ..catalog import ModelSpec
 from ..errors import InvalidRequest, UpstreamError, UpstreamTimeout
 from ..generation import ImageRequest, Media, VideoRequest, nearest
 from .base import Provider
 from .shapes import parse_data_url
+
+if TYPE_CHECKING:                       # gemini imports this module
+    from .gemini import GeminiProvider
 
 # Aspect ratios the Gemini image models accept, as width / height.
 IMAGE_RATIOS = {"1:1": 1.0, "2:3": 2 / 3, "3:2": 1.5, "3:4": 0.75, "4:3": 4 / 3,
@@ -29,22 +32,17 @@ _POLICY = re.compile(r"safety|polic|guideline|blocked|filtered|prohibited|respon
                      re.I)
 
 
-async def _call(provider: Provider, method: str, path: str, body: dict | None = None) -> dict:
-    async with provider.request(method, f"{provider.spec.base_url}/v1beta/{path}",
-                                data=orjson.dumps(body) if body is not None else None,
-                                headers=provider.headers()) as resp:
-        return await provider.read_json(resp)
-
-
 # ---------------------------------------------------------------------------- images
 
-async def generate_image(provider: Provider, model: ModelSpec, req: ImageRequest) -> list[Media]:
+async def generate_image(provider: GeminiProvider, model: ModelSpec,
+                         req: ImageRequest) -> list[Media]:
     """One upstream call; the contract repeats its image ``n`` times."""
     provider.require_configured()
     config = {"aspectRatio": nearest(req.ratio, IMAGE_RATIOS, "1:1")}
     if req.high_quality:
         config["imageSize"] = "2K"
-    data = await _call(provider, "POST", f"models/{model.upstream}:generateContent", {
+    url = provider.url(f"models/{model.upstream}:generateContent")
+    data = await provider.call_json("POST", url, json={
         "contents": [{"role": "user", "parts": [{"text": req.prompt}]}],
         "generationConfig": {"responseModalities": ["TEXT", "IMAGE"], "imageConfig": config}})
     block = (data.get("promptFeedback") or {}).get("blockReason")
@@ -87,12 +85,15 @@ async def _first_frame(provider: Provider, url: str) -> dict:
     return {"bytesBase64Encoded": base64.b64encode(raw).decode(), "mimeType": ctype}
 
 
-async def generate_video(provider: Provider, model: ModelSpec, req: VideoRequest) -> Media:
+async def generate_video(provider: GeminiProvider, model: ModelSpec,
+                         req: VideoRequest) -> Media:
+    """Start a Veo operation, poll it until it is done, and fetch the video's bytes."""
     provider.require_configured()
-    instance: dict = {"prompt": req.prompt}
+    instance: dict[str, Any] = {"prompt": req.prompt}
     if req.image_url:
         instance["image"] = await _first_frame(provider, req.image_url)
-    op = await _call(provider, "POST", f"models/{model.upstream}:predictLongRunning", {
+    start = provider.url(f"models/{model.upstream}:predictLongRunning")
+    op = await provider.call_json("POST", start, json={
         "instances": [instance],
         "parameters": {"aspectRatio": req.aspect_ratio, "resolution": req.resolution,
                        "durationSeconds": req.duration_seconds, "sampleCount": 1}})
@@ -106,11 +107,11 @@ async def generate_video(provider: Provider, model: ModelSpec, req: VideoRequest
             raise UpstreamTimeout(f"The video was not ready within {provider.spec.timeout_s:g} s "
                                   f"(provider `{provider.spec.name}`). Try again later.")
         await asyncio.sleep(provider.spec.poll_interval_s)
-        op = await _call(provider, "GET", name.lstrip("/"))
+        op = await provider.call_json("GET", provider.url(name.lstrip("/")))
     return await _finished(provider, op, req)
 
 
-async def _finished(provider: Provider, op: dict, req: VideoRequest) -> Media:
+async def _finished(provider: GeminiProvider, op: dict[str, Any], req: VideoRequest) -> Media:
     name = provider.spec.name
     error = op.get("error")
     if isinstance(error, dict):
@@ -137,8 +138,7 @@ async def _finished(provider: Provider, op: dict, req: VideoRequest) -> Media:
     uri = video.get("uri")
     if not uri:
         raise UpstreamError(f"The upstream provider `{name}` gave no video to download.")
-    async with provider.request("GET", uri, headers={"x-goog-api-key": provider.spec.api_key},
-                                allow_redirects=True) as resp:
+    async with provider.request("GET", uri) as resp:    # with the key; redirects followed
         data = await resp.read()
         mime = resp.headers.get("Content-Type", "video/mp4").split(";")[0].strip()
     if not data:

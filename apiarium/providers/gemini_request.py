@@ -18,6 +18,8 @@ Request, OpenAI → Gemini (wire-formats 5.2):
 """
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from ..errors import InvalidRequest
@@ -26,7 +28,7 @@ from .shapes import assistant_tool_calls, parse_data_url, text_of
 _MODES = {"none": "NONE", "auto": "AUTO", "required": "ANY"}
 
 
-def _user_parts(content, where: str) -> list[dict]:
+def _user_parts(content: Any, where: str) -> list[dict]:
     if not content:
         return []
     if isinstance(content, str):

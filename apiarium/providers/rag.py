@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import AsyncIterator
-
-import orjson
+from typing import Any, AsyncIterator
 
 from .. import sse
 from ..catalog import ModelSpec
@@ -41,7 +39,7 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
-def format_sources(sources) -> str:
+def format_sources(sources: Any) -> str:
     """``"\\n\\nSources:\\n1. [Title](url)\\n2. ..."``; empty when there is nothing to cite."""
     lines, seen = [], set()
     for src in sources if isinstance(sources, list) else []:
@@ -67,34 +65,34 @@ def sentences(text: str) -> list[str]:
 
 
 class RagProvider(Provider):
-    kind = "rag"
+    """Bearer ``api_key`` (the base class's ``auth_headers``); ``/query`` → chat."""
 
-    async def _ask(self, model: ModelSpec, body: dict) -> tuple[str, str, str]:
+    kind = "rag"
+    owned_by = "google"
+
+    async def _ask(self, model: ModelSpec, body: dict[str, Any]) -> tuple[str, str, str]:
         """(query, answer, sources block) for one chat request."""
         self.require_configured()
         query = flatten_prompt(body.get("messages") or [])
         if not query.strip():
             raise InvalidRequest(f"`{model.alias}` answers questions: the messages hold no "
                                  f"user or system text to ask.", param="messages")
-        headers = {"Authorization": f"Bearer {self.spec.api_key}",
-                   "Content-Type": "application/json", **self.spec.headers}
-        async with self.request("POST", f"{self.spec.base_url}/query", headers=headers,
-                                data=orjson.dumps({"query": query,
-                                                   "model": model.upstream})) as resp:
-            data = await self.read_json(resp)
+        data = await self.call_json("POST", f"{self.spec.base_url}/query",
+                                    json={"query": query, "model": model.upstream})
         answer = data.get("answer")
         if not isinstance(answer, str):
             raise UpstreamError(f"The upstream provider `{self.spec.name}` answered without an "
                                 f"`answer` string.")
         return query, answer, format_sources(data.get("sources"))
 
-    async def chat(self, model: ModelSpec, body: dict, raw: bytes | None) -> dict:
+    async def chat(self, model: ModelSpec, body: dict[str, Any],
+                   raw: bytes | None) -> dict[str, Any]:
         query, answer, cited = await self._ask(model, body)
         content = answer + cited
         return completion(model.alias, content, "stop",
                           usage_=usage(estimate_tokens(query), estimate_tokens(content)))
 
-    async def chat_stream(self, model: ModelSpec, body: dict,
+    async def chat_stream(self, model: ModelSpec, body: dict[str, Any],
                           raw: bytes | None) -> AsyncIterator[bytes]:
         query, answer, cited = await self._ask(model, body)
         chunks = Chunks(model.alias, wants_usage(body))

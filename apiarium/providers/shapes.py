@@ -7,6 +7,7 @@ import binascii
 import re
 import secrets
 import time
+from typing import Any
 
 import orjson
 
@@ -52,7 +53,7 @@ class Chunks:
     """Encodes the ``chat.completion.chunk`` frames of one translated stream."""
     __slots__ = ("_head", "include_usage")
 
-    def __init__(self, alias: str, include_usage: bool = False, id_: str | None = None):
+    def __init__(self, alias: str, include_usage: bool = False, id_: str | None = None) -> None:
         # every chunk repeats id, object, created and model: encode that prefix once
         head = sse.encode({"id": id_ or new_id(), "object": "chat.completion.chunk",
                            "created": int(time.time()), "model": alias})
@@ -116,7 +117,7 @@ def wants_usage(body: dict) -> bool:
     return isinstance(opts, dict) and bool(opts.get("include_usage"))
 
 
-def text_of(content) -> str:
+def text_of(content: Any) -> str:
     """The text of an OpenAI message ``content`` (a string, or a list of parts)."""
     if content is None:
         return ""
