@@ -24,7 +24,7 @@ from apiarium.metrics import Metrics
 from apiarium.providers import KINDS
 from apiarium.providers.base import Provider
 from apiarium.providers.shapes import Chunks, completion, text_of, usage, wants_usage
-from apiarium.services import Services
+from apiarium.live import Services
 from apiarium.usage import UsageLedger
 
 MASTER = "m-key"

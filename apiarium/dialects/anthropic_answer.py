@@ -13,7 +13,7 @@ Message (chat → Anthropic):
     finish_reason stop|length|tool_calls|content_filter → end_turn|max_tokens|tool_use|refusal;
                                              stop with a matched stop string (vLLM's
                                              ``stop_reason``) → stop_sequence; calls → tool_use
-    usage                                  → input_tokens = prompt − cached − cache creation
+    usage                                  → input_tokens = prompt - cached - cache creation
                                              (never negative), cache_read_input_tokens =
                                              prompt_tokens_details.cached_tokens, output_tokens
 """
@@ -23,6 +23,7 @@ import logging
 import math
 import re
 import secrets
+from typing import Any
 
 import orjson
 
@@ -60,7 +61,7 @@ def stop_reason(finish_reason: str | None, matched_stop: object = None,
     return STOP_REASONS.get(str(finish_reason), "end_turn"), None
 
 
-def _dict(value) -> dict:
+def _dict(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
@@ -93,7 +94,7 @@ def thinking_signature(container: dict) -> str | None:
     return found
 
 
-def _content_text(content) -> str:
+def _content_text(content: object) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -280,7 +281,7 @@ def count_tokens_estimate(body: dict) -> int:
             + IMAGE_TOKENS * images)
 
 
-def _count(value, tally: list[int]) -> None:
+def _count(value: object, tally: list[int]) -> None:
     if isinstance(value, str):
         tally[0] += len(value)
     elif isinstance(value, list):
@@ -290,8 +291,8 @@ def _count(value, tally: list[int]) -> None:
         kind = value.get("type")
         source = value.get("source")
         source = source if isinstance(source, dict) else {}
-        if kind == "image" or kind == "document" and source.get("type") not in ("text",
-                                                                                 "content"):
+        if kind == "image" or (kind == "document" and source.get("type") not in ("text",
+                                                                                  "content")):
             tally[1] += 1
         elif kind == "tool_use":
             tally[0] += len(str(value.get("name") or "")) + len(orjson.dumps(value.get("input")))

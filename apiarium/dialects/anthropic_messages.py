@@ -40,6 +40,8 @@ Every malformed field is a 400 whose ``param`` is its path, e.g. ``messages[2].c
 """
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from ..errors import InvalidRequest
@@ -60,31 +62,31 @@ def _bad(path: str, what: str, code: str | None = None) -> InvalidRequest:
     return InvalidRequest(f"`{path}` {what}", param=path, code=code)
 
 
-def _obj(value, path: str) -> dict:
+def _obj(value: object, path: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _bad(path, "must be an object.")
     return value
 
 
-def _text(value, path: str) -> str:
+def _text(value: object, path: str) -> str:
     if not isinstance(value, str):
         raise _bad(path, "must be a string.")
     return value
 
 
-def _int(value, path: str, minimum: int) -> int:
+def _int(value: object, path: str, minimum: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise _bad(path, f"must be an integer ≥ {minimum}.")
     return value
 
 
-def _number(value, path: str) -> float:
+def _number(value: object, path: str) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise _bad(path, "must be a number.")
     return value
 
 
-def _blocks(content, path: str) -> list[dict]:
+def _blocks(content: object, path: str) -> list[dict[str, Any]]:
     """``content`` as a list of blocks, each an object with a string ``type``."""
     if not isinstance(content, list):
         raise _bad(path, "must be a string or a list of content blocks.")
@@ -127,7 +129,7 @@ def check_portable(body: dict) -> None:
 
 def _server_block(kind: str) -> bool:
     return (kind in ("server_tool_use", "container_upload") or kind.startswith("mcp_")
-            or kind.endswith("_tool_result") and kind != "tool_result")
+            or (kind.endswith("_tool_result") and kind != "tool_result"))
 
 
 def to_chat(body: dict, *, keep_reasoning: bool = False) -> dict:
@@ -167,7 +169,7 @@ def to_chat(body: dict, *, keep_reasoning: bool = False) -> dict:
     return chat
 
 
-def _system_text(value, path: str) -> str:
+def _system_text(value: object, path: str) -> str:
     if isinstance(value, str):
         return value
     texts = []
@@ -180,8 +182,8 @@ def _system_text(value, path: str) -> str:
     return "\n\n".join(texts)
 
 
-def _message(m, path: str, keep_reasoning: bool) -> list[dict]:
-    _obj(m, path)
+def _message(m: object, path: str, keep_reasoning: bool) -> list[dict]:
+    m = _obj(m, path)
     role, content = m.get("role"), m.get("content")
     if role not in ("user", "assistant", "system"):
         raise _bad(f"{path}.role", f"must be `user` or `assistant` (got {role!r}).")
@@ -195,7 +197,7 @@ def _message(m, path: str, keep_reasoning: bool) -> list[dict]:
     return _assistant(content, f"{path}.content", keep_reasoning)
 
 
-def _user(content, path: str) -> list[dict]:
+def _user(content: str | list[Any], path: str) -> list[dict]:
     if isinstance(content, str):
         return [{"role": "user", "content": content}]
     results: list[dict] = []
@@ -273,7 +275,7 @@ def _document_text(block: dict, where: str) -> str:
     return f"{title}\n\n{body}" if isinstance(title, str) and title else body
 
 
-def _texts_of(content, path: str) -> str:
+def _texts_of(content: object, path: str) -> str:
     texts = []
     for j, block in enumerate(_blocks(content, path)):
         if block["type"] != "text":
@@ -311,7 +313,7 @@ def _tool_result(block: dict, where: str, images: list[dict]) -> dict:
     return {"role": "tool", "tool_call_id": call_id, "content": text}
 
 
-def _assistant(content, path: str, keep_reasoning: bool) -> list[dict]:
+def _assistant(content: str | list[Any], path: str, keep_reasoning: bool) -> list[dict]:
     if isinstance(content, str):
         return [{"role": "assistant", "content": content}] if content else []
     texts, calls, reasoning = [], [], []

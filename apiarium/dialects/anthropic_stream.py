@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import orjson
 
@@ -34,7 +35,7 @@ from .anthropic_answer import (
 from .anthropic_messages import GATEWAY_SIGNATURE
 
 
-def _dict(value) -> dict:
+def _dict(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
