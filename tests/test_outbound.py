@@ -3,7 +3,8 @@
 "Internal" servers on 127.0.0.1 and ::1 count every connection they accept and every request
 they get: none may ever arrive.  127.0.0.2 stands for a public server (``fetch_allow_cidrs``).
 DNS is simulated (``FakeDNS``); every socket connect is recorded, and one off loopback would
-be refused by the test itself, so nothing leaves the machine.
+be refused by the test itself, so nothing leaves the machine.  Then the same through a real
+gateway (``/v1/videos/generations`` and chat with a Veo model) against the Gemini fake.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import asyncio
 import base64
 import gc
 import ipaddress
+import json
 import logging
 import socket
 import threading
@@ -26,6 +28,7 @@ from apiarium.config import ConfigError, load_config
 from apiarium.errors import InvalidRequest, RateLimited
 from apiarium.outbound import FetchPolicy, ImageFetcher, is_public
 from tests.fakes import make_png
+from tests.support import MASTER_KEY, error_of
 
 PNG = make_png()
 MB = 1024 * 1024
@@ -608,3 +611,60 @@ def test_the_settings_and_their_file_line_errors(tmp_path):
                         (10, "unknown key 'media.fetch_everything'")):
         assert any(p.startswith(f"{conf}:{line}: ") and words in p for p in got), (line, got)
     assert len(got) == 7, got
+
+
+# ---------------------------------------------------------------------------- end to end
+
+def veo_models(gm) -> dict:
+    return {"providers": {"google": {"kind": "gemini", "base_url": gm.base_url,
+                                     "api_key": gm.api_key, "poll_interval_s": 0.05,
+                                     "timeout_s": 20}},
+            "models": {"veo-3": {"provider": "google", "upstream": "veo-3.0-generate-001",
+                                 "type": "video"}}}
+
+
+def veo_starts(fake) -> list:
+    return [r for r in fake.requests if r.path.endswith(":predictLongRunning")]
+
+
+def test_through_the_gateway(make_gateway, fake_gemini, internal, public):
+    gw = make_gateway(veo_models(fake_gemini), media={"fetch_allow_cidrs": ["127.0.0.2/32"]})
+    for url in (internal.url("/cat.png"), f"http://localhost:{internal.port}/cat.png",
+                f"http://[::ffff:127.0.0.1]:{internal.port}/cat.png",
+                public.url("/redirect?to=" + internal.url("/cat.png"))):
+        status, _, raw = gw.post("/v1/videos/generations", {
+            "model": "veo-3", "prompt": "the cat moves", "image_url": url}, key=MASTER_KEY)
+        err = error_of(raw)
+        assert status == 400 and err["message"] == FIXED_20MB and err["param"] == "image_url"
+    status, _, raw = gw.post("/v1/chat/completions", {
+        "model": "veo-3", "messages": [{"role": "user", "content": "the cat moves"}],
+        "image_url": internal.url("/cat.png")}, key=MASTER_KEY)
+    assert status == 400 and error_of(raw)["message"] == FIXED_20MB
+    assert internal.connections == 0 and internal.requests == []
+    assert veo_starts(fake_gemini) == []                    # refused before Veo was asked
+    assert any("image_url refused" in line and "127.0.0.1" in line for line in gw.log)
+
+    status, _, raw = gw.post("/v1/videos/generations", {
+        "model": "veo-3", "prompt": "the cat moves", "image_url": public.url("/cat.png"),
+        "duration_seconds": 4}, key=MASTER_KEY)
+    assert status == 200, raw
+    frame = veo_starts(fake_gemini)[-1].json["instances"][0]["image"]
+    assert base64.b64decode(frame["bytesBase64Encoded"]) == PNG
+    assert frame["mimeType"] == "image/png"
+    assert json.loads(raw)["data"][0]["url"].endswith(".mp4")
+
+
+def test_through_a_gateway_that_fetches_nothing(make_gateway, fake_gemini, public):
+    gw = make_gateway(veo_models(fake_gemini), media={"fetch_image_urls": False})
+    status, _, raw = gw.post("/v1/videos/generations", {
+        "model": "veo-3", "prompt": "x", "image_url": public.url("/cat.png")}, key=MASTER_KEY)
+    err = error_of(raw)
+    assert status == 400 and err["param"] == "image_url" and "data: URL" in err["message"]
+    assert public.requests == [] and veo_starts(fake_gemini) == []
+    data_url = "data:image/png;base64," + base64.b64encode(PNG).decode()
+    status, _, raw = gw.post("/v1/videos/generations", {
+        "model": "veo-3", "prompt": "x", "image_url": data_url, "duration_seconds": 4},
+        key=MASTER_KEY)
+    assert status == 200, raw
+    frame = veo_starts(fake_gemini)[-1].json["instances"][0]["image"]
+    assert frame == {"bytesBase64Encoded": data_url.split(",", 1)[1], "mimeType": "image/png"}
