@@ -14,6 +14,7 @@ import gc
 import ipaddress
 import json
 import logging
+import signal
 import socket
 import threading
 import time
@@ -21,6 +22,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+import yaml
 from aiohttp import web
 
 from apiarium import outbound
@@ -28,7 +30,7 @@ from apiarium.config import ConfigError, load_config
 from apiarium.errors import InvalidRequest, RateLimited
 from apiarium.outbound import FetchPolicy, ImageFetcher, is_public
 from tests.fakes import make_png
-from tests.support import MASTER_KEY, error_of
+from tests.support import MASTER_KEY, error_of, wait_for
 
 PNG = make_png()
 MB = 1024 * 1024
@@ -654,7 +656,7 @@ def test_through_the_gateway(make_gateway, fake_gemini, internal, public):
     assert json.loads(raw)["data"][0]["url"].endswith(".mp4")
 
 
-def test_through_a_gateway_that_fetches_nothing(make_gateway, fake_gemini, public):
+def test_through_a_gateway_that_fetches_nothing_until_a_reload(make_gateway, fake_gemini, public):
     gw = make_gateway(veo_models(fake_gemini), media={"fetch_image_urls": False})
     status, _, raw = gw.post("/v1/videos/generations", {
         "model": "veo-3", "prompt": "x", "image_url": public.url("/cat.png")}, key=MASTER_KEY)
@@ -668,3 +670,15 @@ def test_through_a_gateway_that_fetches_nothing(make_gateway, fake_gemini, publi
     assert status == 200, raw
     frame = veo_starts(fake_gemini)[-1].json["instances"][0]["image"]
     assert frame == {"bytesBase64Encoded": data_url.split(",", 1)[1], "mimeType": "image/png"}
+    # switched on by a reload (SIGHUP), with 127.0.0.2 allowed
+    settings = yaml.safe_load(gw.config.read_text())
+    settings["media"].update(fetch_image_urls=True, fetch_allow_cidrs=["127.0.0.2/32"])
+    gw.config.write_text(yaml.safe_dump(settings))
+    gw.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: any("configuration reloaded" in line for line in gw.log))
+    status, _, raw = gw.post("/v1/videos/generations", {
+        "model": "veo-3", "prompt": "x", "image_url": public.url("/cat.png"),
+        "duration_seconds": 4}, key=MASTER_KEY)
+    assert status == 200, raw
+    frame = veo_starts(fake_gemini)[-1].json["instances"][0]["image"]
+    assert base64.b64decode(frame["bytesBase64Encoded"]) == PNG
