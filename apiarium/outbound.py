@@ -137,7 +137,7 @@ class FetchPolicy:
 @dataclass(frozen=True)
 class FetchedImage:
     """An image as fetched: its bytes and its MIME type (``image/...``)."""
-    data: bytes | bytearray
+    data: bytes
     mime: str
 
 
@@ -336,13 +336,18 @@ async def _read_image(resp: aiohttp.ClientResponse, policy: FetchPolicy,
     limit = policy.max_bytes
     if (resp.content_length or 0) > limit:
         raise Refused(f"{url}: Content-Length {resp.content_length} over {limit} bytes")
-    data = bytearray()
+    # kept as chunks, joined once: growing one buffer may copy it (glibc realloc on the heap)
+    chunks: list[bytes] = []
+    size = 0
     async for chunk in resp.content.iter_chunked(CHUNK):
-        if len(data) + len(chunk) > limit:
+        size += len(chunk)
+        if size > limit:
             raise Refused(f"{url}: more than {limit} bytes")
-        data += chunk
-    if not data:
+        chunks.append(chunk)
+    if not size:
         raise Refused(f"{url}: an empty body")
+    data = b"".join(chunks)
+    del chunks
     return FetchedImage(data, ctype)
 
 
