@@ -39,6 +39,7 @@ from .keys import KeyStore
 from .live import Live, Services
 from .metrics import Metrics
 from .netguard import Blocklist, NetGuard
+from .outbound import FetchPolicy, ImageFetcher, attach
 from .providers import build as build_providers
 from .usage import UsageLedger
 from .yamlschema import Problem
@@ -111,7 +112,7 @@ def make_session() -> aiohttp.ClientSession:
 
 
 def make_live(config: Config, session: aiohttp.ClientSession,
-              metrics: Metrics | None = None) -> Live:
+              metrics: Metrics | None = None, fetcher: ImageFetcher | None = None) -> Live:
     s = config.settings
     started = time.perf_counter()
     try:
@@ -127,7 +128,10 @@ def make_live(config: Config, session: aiohttp.ClientSession,
         log.info("blocklists: %d ranges from %d files loaded in %.2f s", blocklist.entries,
                  len(s.blocklists), time.perf_counter() - started)
     guard = NetGuard(s.trusted_proxies, s.block_proxy_headers, blocklist, s.client_ip_header)
-    return Live.make(config, guard, build_providers(config.catalog, session, metrics))
+    providers = build_providers(config.catalog, session, metrics)
+    if fetcher is not None:            # user-given image URLs: never the providers' session
+        attach(providers.values(), fetcher)
+    return Live.make(config, guard, providers)
 
 
 class Gateway:
@@ -136,6 +140,7 @@ class Gateway:
         self._services: Services | None = None
         self.server: tornado.httpserver.HTTPServer | None = None
         self._session: aiohttp.ClientSession | None = None
+        self.fetcher: ImageFetcher | None = None
         self.port = 0
         self._tasks: list[asyncio.Task] = []
 
@@ -158,8 +163,9 @@ class Gateway:
         usage = await UsageLedger(s.database).open()
         metrics = Metrics(key_count=lambda: len(keys))
         self._session = make_session()
-        self._services = Services(live=make_live(config, self.session, metrics), keys=keys,
-                                 usage=usage, metrics=metrics)
+        self.fetcher = ImageFetcher(FetchPolicy.from_settings(s))
+        self._services = Services(live=make_live(config, self.session, metrics, self.fetcher),
+                                  keys=keys, usage=usage, metrics=metrics)
         self.access_log = AccessLog()
         app = make_app(self.services, self.access_log)
         self.server = tornado.httpserver.HTTPServer(
@@ -226,7 +232,7 @@ class Gateway:
         svc = self.services
         try:
             config = load_config(self.config_path)
-            live = make_live(config, self.session, svc.metrics)
+            live = make_live(config, self.session, svc.metrics, self.fetcher)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload rejected: %s", problem)
@@ -235,6 +241,8 @@ class Gateway:
             log.error("reload rejected: %s", exc)
             return False
         svc.live = live
+        if self.fetcher is not None:
+            self.fetcher.configure(FetchPolicy.from_settings(config.settings))
         log.info("configuration reloaded: %d models", len(config.catalog))
         return True
 
@@ -263,6 +271,8 @@ class Gateway:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
+        if self.fetcher is not None:
+            await self.fetcher.close()
         self.access_log.flush()
         await svc.usage.close()
         await svc.keys.close()

@@ -50,7 +50,13 @@ SETTINGS_SCHEMA = Section({
                            "endpoints": MapOf(Str())}),
     "limits": Section({"max_images": Num(4, 1, 100, integer=True),
                        "max_chat_choices": Num(1, 1, 128, integer=True)}),
-    "media": Section({"dir": Str("../data/media"), "ttl_hours": Num(24, 0.001, 100_000)}),
+    "media": Section({"dir": Str("../data/media"), "ttl_hours": Num(24, 0.001, 100_000),
+                      "fetch_image_urls": Bool(True),
+                      "fetch_allow_cidrs": ListOf(Str()),
+                      "image_url_max_mb": Num(20, 0.001, 1024),
+                      "fetch_timeout_s": Num(30, 0.1, 3600),
+                      "fetch_connect_timeout_s": Num(10, 0.1, 600),
+                      "fetch_concurrency": Num(8, 1, 100_000, integer=True)}),
     "security": Section({"block_proxy_headers": Bool(True), "blocklists": ListOf(Str()),
                          "key_requests_per_minute": Num(60, 0, 1_000_000, integer=True),
                          "new_keys_per_ipv6_64_per_day": Num(8, 0, 1_000_000, integer=True)}),
@@ -112,6 +118,14 @@ class Settings:
     body_timeout_s: float                     # ... and the whole body
     key_requests_per_minute: int              # per IPv4 address or IPv6 /64 (0: no limit)
     new_keys_per_ipv6_64_per_day: int         # 0: no limit
+    # image_url (outbound.FetchPolicy): fetch http(s) URLs at all; addresses fetchable even
+    # though not public; the size limit (data: URLs too); timeouts; fetches at once
+    fetch_image_urls: bool = True
+    fetch_allow_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    image_url_max_bytes: int = 20 * 1024 * 1024
+    fetch_timeout_s: float = 30.0
+    fetch_connect_timeout_s: float = 10.0
+    fetch_concurrency: int = 8
 
 
 @dataclass(frozen=True)
@@ -127,14 +141,15 @@ def _resolve(base: Path, value: str) -> Path:
     return p if p.is_absolute() else (base / p)
 
 
-def _networks(values, ctx: Ctx, problems: list[Problem]):
+def _networks(values, ctx: Ctx, problems: list[Problem],
+              key: tuple[str, str] = ("server", "trusted_proxies")):
     nets = []
     for i, v in enumerate(values):
         try:
             nets.append(ipaddress.ip_network(v.strip(), strict=False))
         except ValueError:
-            problems.append(Problem(str(ctx.file), ctx.lines.get(("server", "trusted_proxies", i), 0),
-                                    f"server.trusted_proxies: {v!r} is not an IP address or CIDR"))
+            problems.append(Problem(str(ctx.file), ctx.lines.get((*key, i), 0),
+                                    f"{'.'.join(key)}: {v!r} is not an IP address or CIDR"))
     return tuple(nets)
 
 
@@ -180,7 +195,7 @@ def _blocklists(base: Path, values, ctx: Ctx, problems: list[Problem]) -> tuple[
 
 def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> Settings:
     base = path.parent
-    s, sec = d["server"], d["security"]
+    s, sec, media = d["server"], d["security"], d["media"]
     public = s["public_url"].rstrip("/")
     if public and not re.match(r"^https?://[^/\s]+", public):
         problems.append(Problem(str(path), ctx.lines.get(("server", "public_url"), 0),
@@ -203,6 +218,13 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
         header_timeout_s=float(s["header_timeout_s"]), body_timeout_s=float(s["body_timeout_s"]),
         key_requests_per_minute=sec["key_requests_per_minute"],
         new_keys_per_ipv6_64_per_day=sec["new_keys_per_ipv6_64_per_day"],
+        fetch_image_urls=media["fetch_image_urls"],
+        fetch_allow_cidrs=_networks(media["fetch_allow_cidrs"], ctx, problems,
+                                    ("media", "fetch_allow_cidrs")),
+        image_url_max_bytes=int(media["image_url_max_mb"] * 1024 * 1024),
+        fetch_timeout_s=float(media["fetch_timeout_s"]),
+        fetch_connect_timeout_s=float(media["fetch_connect_timeout_s"]),
+        fetch_concurrency=media["fetch_concurrency"],
     )
 
 

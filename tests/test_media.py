@@ -185,8 +185,11 @@ def test_image_to_video_sends_the_first_frame(gw, fake_gemini):
     assert "inlineData" not in json.dumps(instance)
 
 
-def test_image_to_video_from_an_http_url(gw, fake_gemini, fake_openai):
-    # any http(s) image: here the fake OpenAI's image, re-hosted by the gateway first
+def test_image_to_video_from_an_http_url(make_gateway, fake_gemini, fake_openai):
+    # any http(s) image: here the fake OpenAI's image, re-hosted by the gateway first (on
+    # loopback, which a gateway fetches from only when the operator allows it)
+    gw = make_gateway(media_models(fake_openai, fake_gemini),
+                      media={"fetch_allow_cidrs": ["127.0.0.1/32"]})
     img = gw.sdk(MASTER_KEY).images.generate(model="gpt-image-1", prompt="frame")
     status, _, raw = gw.post("/v1/videos/generations", {
         "model": "veo-3", "prompt": "move", "image_url": img.data[0].url}, key=MASTER_KEY)

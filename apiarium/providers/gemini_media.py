@@ -13,11 +13,10 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
 from ..catalog import ModelSpec
 from ..errors import InvalidRequest, UpstreamError, UpstreamTimeout
 from ..generation import ImageRequest, Media, VideoRequest, nearest
+from ..outbound import fetcher_of
 from .base import Provider
 from .shapes import parse_data_url
 
@@ -27,7 +26,6 @@ if TYPE_CHECKING:                       # gemini imports this module
 # Aspect ratios the Gemini image models accept, as width / height.
 IMAGE_RATIOS = {"1:1": 1.0, "2:3": 2 / 3, "3:2": 1.5, "3:4": 0.75, "4:3": 4 / 3,
                 "9:16": 9 / 16, "16:9": 16 / 9, "21:9": 21 / 9}
-MAX_FRAME_BYTES = 20 * 1024 * 1024
 _POLICY = re.compile(r"safety|polic|guideline|blocked|filtered|prohibited|responsible ai",
                      re.I)
 
@@ -64,25 +62,16 @@ async def generate_image(provider: GeminiProvider, model: ModelSpec,
 # ---------------------------------------------------------------------------- video
 
 async def _first_frame(provider: Provider, url: str) -> dict:
+    """Veo's ``image`` from ``image_url``: a data: URL as sent (its size checked before it is
+    decoded), an http(s) URL through the gateway's ``ImageFetcher`` (``outbound``), never
+    through the provider's session."""
+    fetcher = fetcher_of(provider)
     if url.startswith("data:"):
+        fetcher.check_data_url(url)
         mime, data = parse_data_url(url, "image_url")
         return {"bytesBase64Encoded": data, "mimeType": mime}
-    try:
-        async with provider.session.get(url, timeout=aiohttp.ClientTimeout(total=30)) as resp:
-            ctype = resp.headers.get("Content-Type", "").split(";")[0].strip()
-            if resp.status != 200 or not ctype.startswith("image/"):
-                raise InvalidRequest(f"`image_url` could not be used: the server answered HTTP "
-                                     f"{resp.status} with {ctype or 'no content type'} (an image "
-                                     f"is needed).", param="image_url")
-            if int(resp.headers.get("Content-Length") or 0) > MAX_FRAME_BYTES:
-                raise InvalidRequest("`image_url` is larger than 20 MB.", param="image_url")
-            raw = await resp.read()
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise InvalidRequest(f"`image_url` could not be downloaded ({type(exc).__name__}).",
-                             param="image_url") from None
-    if len(raw) > MAX_FRAME_BYTES:
-        raise InvalidRequest("`image_url` is larger than 20 MB.", param="image_url")
-    return {"bytesBase64Encoded": base64.b64encode(raw).decode(), "mimeType": ctype}
+    image = await fetcher.fetch(url)
+    return {"bytesBase64Encoded": base64.b64encode(image.data).decode(), "mimeType": image.mime}
 
 
 async def generate_video(provider: GeminiProvider, model: ModelSpec,
