@@ -39,7 +39,7 @@ from .keys import KeyStore
 from .live import Live, Services
 from .metrics import Metrics
 from .netguard import Blocklist, NetGuard
-from .outbound import FetchPolicy, ImageFetcher, attach
+from .outbound import FetchPolicy, ImageFetcher
 from .providers import build as build_providers
 from .usage import UsageLedger
 from .yamlschema import Problem
@@ -128,10 +128,8 @@ def make_live(config: Config, session: aiohttp.ClientSession,
         log.info("blocklists: %d ranges from %d files loaded in %.2f s", blocklist.entries,
                  len(s.blocklists), time.perf_counter() - started)
     guard = NetGuard(s.trusted_proxies, s.block_proxy_headers, blocklist, s.client_ip_header)
-    providers = build_providers(config.catalog, session, metrics)
-    if fetcher is not None:            # user-given image URLs: never the providers' session
-        attach(providers.values(), fetcher)
-    return Live.make(config, guard, providers)
+    # user-given image URLs go through the fetcher, never the providers' session
+    return Live.make(config, guard, build_providers(config.catalog, session, metrics, fetcher))
 
 
 class Gateway:

@@ -113,7 +113,7 @@ class KeyStore:
         self.visits = TokenBuckets()             # per network: visits that may issue a key
 
     # ------------------------------------------------------------------ lifecycle
-    async def open(self) -> "KeyStore":
+    async def open(self) -> KeyStore:
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self._secret = load_secret(self.secret_path)
         self._db = await aiosqlite.connect(self.db_path, isolation_level=None)

@@ -5,8 +5,8 @@
   right to left, the first hop that is not a trusted proxy (a hop that does not parse ends
   the walk at the address that added it: never a hop further left; with no such header,
   ``X-Real-IP``), or ``X-Real-IP`` alone (then a client's own ``X-Forwarded-For``, which a
-  proxy that sets only ``X-Real-IP`` passes on untouched, is ignored).  Nobody else's forwarding headers are
-  believed.
+  proxy that sets only ``X-Real-IP`` passes on untouched, is ignored).  Nobody else's
+  forwarding headers are believed.
 * IPv6 addresses that carry an IPv4 address (IPv4-mapped ``::ffff:0:0/96``, 6to4
   ``2002::/16``, Teredo ``2001::/32``, NAT64 ``64:ff9b::/96``) are taken as that IPv4
   address: such a client is one IPv4 user, not a /48 of fresh identities.

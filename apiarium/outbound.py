@@ -18,8 +18,8 @@ user nothing that maps a network:
 * Every failure is the same 400 (``failure_message``): never a status, type, exception or
   address.  The real cause is logged at info level for the operator.
 
-``attach``/``fetcher_of`` hand the gateway's fetcher to the providers (``app.py`` attaches it;
-``providers/gemini_media.py`` uses it for Veo's first frame).
+``app.py`` builds one fetcher and hands it to every provider (``Provider.fetcher``);
+``providers/gemini_media.py`` uses it for Veo's first frame.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import errno
 import ipaddress
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -352,16 +352,3 @@ async def _read_image(resp: aiohttp.ClientResponse, policy: FetchPolicy,
 
 
 _ATTRIBUTE = "image_fetcher"
-
-
-def attach(providers: Iterable[object], fetcher: ImageFetcher) -> None:
-    """Give each provider the gateway's fetcher (read back with ``fetcher_of``)."""
-    for provider in providers:
-        setattr(provider, _ATTRIBUTE, fetcher)
-
-
-def fetcher_of(provider: object) -> ImageFetcher:
-    """The fetcher attached to ``provider``; without one, a fetcher that fetches nothing."""
-    fetcher = getattr(provider, _ATTRIBUTE, None)
-    return fetcher if isinstance(fetcher, ImageFetcher) else ImageFetcher(
-        FetchPolicy(enabled=False))

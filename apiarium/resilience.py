@@ -5,8 +5,8 @@ A breaker is closed while its provider works.  After ``failures`` consecutive fa
 at least ``min_callers`` different callers (API keys), it opens: the provider is skipped for
 ``cooldown_s``.  (One key alone cannot open it: its own failures might be of its own making,
 and no single user may switch a provider off for everyone.  The operator's own traffic, the
-master key's, is trusted: each of its failures counts as another caller's.)  Then it is half-open: one
-request is let through as a probe, never one from a caller whose request is among the
+master key's, is trusted: each of its failures counts as another caller's.)  Then it is
+half-open: one request is let through as a probe, never one from a caller whose request is among the
 failures that opened it; the probe's success closes the breaker, its failure opens it again.
 Only the provider's faults count (``counts_against``): a refused connection, a timeout, a 5xx,
 the operator's quota.  Pure state on an injected clock; no I/O.

@@ -47,7 +47,7 @@ class Tally:
     video_seconds: int = 0
     credits: float = 0.0
 
-    def add(self, other: "Tally") -> None:          # spelled out: on every request's path
+    def add(self, other: Tally) -> None:          # spelled out: on every request's path
         self.requests += other.requests
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
@@ -79,7 +79,7 @@ class UsageLedger:
         self._day = ""
         self._day_number = -1                                  # the day ``_day`` names
 
-    async def open(self) -> "UsageLedger":
+    async def open(self) -> UsageLedger:
         self._db = await aiosqlite.connect(self.db_path, isolation_level=None)
         await self._db.execute("PRAGMA busy_timeout=5000")
         await self._db.executescript(SCHEMA)

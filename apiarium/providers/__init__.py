@@ -9,13 +9,14 @@ does not import is a ``FILE:LINE`` problem there, not a failure at the first req
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Mapping
 
 import aiohttp
 
 from ..catalog import Catalog
 from ..metrics import Metrics
+from ..outbound import ImageFetcher
 from .anthropic import AnthropicProvider
 from .base import Provider
 from .gemini import GeminiProvider
@@ -41,7 +42,7 @@ def provider_class(kind: str) -> type[Provider]:
                         f"package.module:ClassName naming a Provider subclass)")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:      # whatever the module raises while it loads
+    except Exception as exc:  # noqa: BLE001  (whatever the operator's module raises on import)
         raise KindError(f"{kind!r}: cannot import {module_name!r} "
                         f"({type(exc).__name__}: {exc})") from None
     cls = getattr(module, attr, None)
@@ -52,8 +53,9 @@ def provider_class(kind: str) -> type[Provider]:
     return cls
 
 
-def build(catalog: Catalog, session: aiohttp.ClientSession,
-          metrics: Metrics | None = None) -> dict[str, Provider]:
-    """One Provider per provider of the catalog (kinds were checked when it was loaded)."""
-    return {name: provider_class(spec.kind)(spec, session, metrics)
+def build(catalog: Catalog, session: aiohttp.ClientSession, metrics: Metrics | None = None,
+          fetcher: ImageFetcher | None = None) -> dict[str, Provider]:
+    """One Provider per provider of the catalog (kinds were checked when it was loaded);
+    ``fetcher`` fetches user-given URLs for them."""
+    return {name: provider_class(spec.kind)(spec, session, metrics, fetcher)
             for name, spec in catalog.providers.items()}

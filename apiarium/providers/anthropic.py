@@ -32,7 +32,8 @@ billing_error / "credit balance" count as quota: 429 upstream_rate_limited, x-sh
 """
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, ClassVar, Mapping
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, ClassVar
 
 import orjson
 

@@ -38,19 +38,28 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from email.utils import parsedate_to_datetime
-from typing import Any, AsyncIterator, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import aiohttp
 import orjson
 
 from .. import sse
 from ..catalog import ModelSpec, ProviderSpec
-from ..errors import (ApiError, InvalidRequest, RateLimited, ServiceUnavailable, UpstreamError,
-                      UpstreamPassthrough, UpstreamTimeout)
+from ..errors import (
+    ApiError,
+    InvalidRequest,
+    RateLimited,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamPassthrough,
+    UpstreamTimeout,
+)
 from ..generation import ImageRequest, Media, VideoRequest
 from ..metrics import Metrics
+from ..outbound import FetchPolicy, ImageFetcher
 
 MAX_ERROR_BODY = 64 * 1024
 
@@ -65,9 +74,12 @@ class Provider:
     protocol_headers: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, spec: ProviderSpec, session: aiohttp.ClientSession,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, fetcher: ImageFetcher | None = None) -> None:
         self.spec = spec
         self.session = session
+        # user-given URLs (Veo's image_url) are fetched through this, never ``session``;
+        # without one, nothing is fetched
+        self.fetcher = fetcher or ImageFetcher(FetchPolicy(enabled=False))
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=spec.connect_timeout_s,
                                              sock_read=spec.timeout_s)
         self._latency = metrics.upstream_latency.labels(spec.name) if metrics else None

@@ -17,7 +17,8 @@ Retry-After; per-day QuotaFailure = quota; API_KEY_INVALID = the gateway's own k
 from __future__ import annotations
 
 import secrets
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import orjson
@@ -27,8 +28,8 @@ from ..catalog import ModelSpec
 from ..errors import ApiError, InvalidRequest, UpstreamError
 from ..generation import ImageRequest, Media, VideoRequest
 from . import gemini_media
-from .gemini_request import to_gemini
 from .base import Provider, parse_duration
+from .gemini_request import to_gemini
 from .shapes import Chunks, completion, tool_call, usage, wants_usage
 
 _FILTERED = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
@@ -142,7 +143,9 @@ class GeminiProvider(Provider):
                 out = one
             else:                       # n > 1: candidateCount candidates, one choice each
                 out["choices"].append({**one["choices"][0], "index": i})
-        assert out is not None          # cands is a non-empty list
+        if out is None:                 # cands is a non-empty list: never
+            raise UpstreamError(f"The upstream provider `{self.spec.name}` answered without "
+                                f"candidates.")
         return out
 
     async def chat_stream(self, model: ModelSpec, body: dict[str, Any],

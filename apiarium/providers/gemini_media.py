@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from ..catalog import ModelSpec
 from ..errors import InvalidRequest, UpstreamError, UpstreamTimeout
 from ..generation import ImageRequest, Media, VideoRequest, nearest
-from ..outbound import fetcher_of
 from .base import Provider
 from .shapes import parse_data_url
 
@@ -65,7 +64,7 @@ async def _first_frame(provider: Provider, url: str) -> dict:
     """Veo's ``image`` from ``image_url``: a data: URL as sent (its size checked before it is
     decoded), an http(s) URL through the gateway's ``ImageFetcher`` (``outbound``), never
     through the provider's session."""
-    fetcher = fetcher_of(provider)
+    fetcher = provider.fetcher
     if url.startswith("data:"):
         fetcher.check_data_url(url)
         mime, data = parse_data_url(url, "image_url")

@@ -7,7 +7,8 @@ inside a frame is swapped back to the alias with a byte replace, not a JSON re-e
 from __future__ import annotations
 
 import base64
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 

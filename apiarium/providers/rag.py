@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from .. import sse
 from ..catalog import ModelSpec
