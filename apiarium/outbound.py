@@ -30,7 +30,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -38,8 +38,10 @@ from aiohttp.connector import Connection
 from yarl import URL
 
 from . import __version__
-from .config import Settings
 from .errors import InvalidRequest, RateLimited
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 log = logging.getLogger("apiarium.outbound")
 
