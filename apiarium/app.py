@@ -33,7 +33,7 @@ from .keys import KeyStore
 from .metrics import Metrics
 from .netguard import Blocklist, NetGuard
 from .providers import build as build_providers
-from .services import Live, Services
+from .live import Live, Services
 from .usage import UsageLedger
 from .yamlschema import Problem
 

@@ -11,7 +11,7 @@ from apiarium.app import make_app, make_live, make_session
 from apiarium.config import load_config
 from apiarium.keys import KeyStore
 from apiarium.metrics import Metrics
-from apiarium.services import Services
+from apiarium.live import Services
 from apiarium.usage import UsageLedger
 
 

@@ -25,7 +25,7 @@ from ..catalog import ModelSpec
 from ..errors import (ApiError, AuthError, BodyTooLarge, InvalidRequest, MethodNotAllowed,
                       NotFound, QuotaExceeded, RateLimited, ServiceUnavailable)
 from ..keys import KeyRecord
-from ..services import Services
+from ..live import Services
 from ..usage import Tally
 
 log = logging.getLogger("apiarium")
