@@ -29,7 +29,7 @@ from .handlers.openapi import OpenApiHandler
 from .handlers.info import (HealthHandler, KeysMeHandler, ModelHandler, ModelsHandler,
                             NotFoundHandler)
 from .accesslog import AccessLog
-from .keys import KeyStore
+from .services.keys import KeyService
 from .metrics import Metrics
 from .netguard import Blocklist, NetGuard
 from .providers import build as build_providers
@@ -130,7 +130,7 @@ class Gateway:
     async def start(self, host: str | None = None, port: int | None = None) -> None:
         config = load_config(self.config_path)        # raises ConfigError: nothing started
         s = config.settings
-        keys = await KeyStore(s.database).open()
+        keys = await KeyService(s.database).open()
         usage = await UsageLedger(s.database).open()
         metrics = Metrics(key_count=lambda: len(keys))
         self.session = make_session()

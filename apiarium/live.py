@@ -13,13 +13,13 @@ import orjson
 
 from .catalog import Catalog, ModelSpec, ProviderSpec
 from .config import Config, Settings
-from .keys import KeyStore
 from .media import MediaStore
 from .metrics import Metrics
 from .netguard import NetGuard
 from .providers.base import Provider
 from .ratelimit import TokenBuckets
 from .resilience import Breaker
+from .services.keys import KeyService
 from .usage import UsageLedger
 
 
@@ -42,7 +42,7 @@ class Live:
 @dataclass
 class Services:
     live: Live
-    keys: KeyStore
+    keys: KeyService
     usage: UsageLedger
     metrics: Metrics
     buckets: TokenBuckets = field(default_factory=TokenBuckets)

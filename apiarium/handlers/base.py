@@ -24,8 +24,8 @@ from .. import sse
 from ..catalog import ModelSpec
 from ..errors import (ApiError, AuthError, BodyTooLarge, InvalidRequest, MethodNotAllowed,
                       NotFound, QuotaExceeded, RateLimited, ServiceUnavailable)
-from ..keys import KeyRecord
 from ..live import Services
+from ..storage import KeyRecord
 from ..usage import Tally
 
 log = logging.getLogger("apiarium")

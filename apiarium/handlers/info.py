@@ -5,7 +5,7 @@ import time
 
 from .. import __version__
 from ..errors import NotFound, RateLimited
-from ..keys import KeyRecord
+from ..storage import KeyRecord
 from .base import ApiHandler, BaseHandler
 
 

@@ -26,7 +26,7 @@ import tornado.template
 from .. import __version__
 from ..catalog import MODEL_TYPES
 from ..errors import ApiError, Forbidden, NotFound
-from ..keys import AddressBlocked
+from ..services.keys import AddressBlocked
 from .base import BaseHandler, as_api_error
 from .info import issue_key
 

@@ -1,0 +1,1 @@
+"""The domain services, free of Tornado: what handlers call once a request is parsed."""
