@@ -1,14 +1,24 @@
 """KeyService without a server: one key per IP, revocation and rotation, the IPv6 /64 cap,
-visit buckets, the operator's blocks, and picking up another process's writes."""
+visit buckets, the operator's blocks, picking up another process's writes; and what is at
+rest: file modes, HMAC hashes, two-character prefixes, the rehash of older databases."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import os
 import re
+import sqlite3
+import stat
+import subprocess
+import sys
 
 import pytest
 
 from apiarium.errors import RateLimited
+from apiarium.keysecret import derive
 from apiarium.services.keys import AddressBlocked, KeyService
+from apiarium.usage import UsageLedger, today
 
 KEY = re.compile(r"^api-[a-z0-9]{16}$")
 
@@ -141,7 +151,7 @@ def test_refresh_sees_another_connections_writes(db):
         server = await KeyService(db).open()
         cli = await KeyService(db).open()
         try:
-            key, rec = await server.key_for_ip("192.0.2.1")
+            key, _ = await server.key_for_ip("192.0.2.1")
             assert not await server.refresh()               # nothing new
             assert await cli.refresh()                      # the server's new key
             (found,) = await cli.find(key)
@@ -180,4 +190,158 @@ def test_flush_writes_when_each_key_was_last_used(db):
         keys.verify(key)
         await keys.close()                              # close flushes too
         await other.close()
+    run(go())
+
+
+# --------------------------------------------------------------------------- at rest
+
+def test_files_are_private_to_the_owner(tmp_path):
+    db = tmp_path / "fresh" / "apiarium.sqlite3"
+    old_umask = os.umask(0o022)                      # what most shells give
+    try:
+        async def go():
+            keys = await KeyService(db).open()
+            await keys.key_for_ip("192.0.2.1")
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in db.parent.iterdir()}
+            await keys.close()
+            return modes
+        modes = run(go())
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700
+    assert modes == {"apiarium.sqlite3": 0o600, "apiarium.sqlite3-wal": 0o600,
+                     "apiarium.sqlite3-shm": 0o600, "apiarium.sqlite3.secret": 0o600}
+
+
+def test_files_left_readable_by_older_versions_are_tightened(tmp_path):
+    db = tmp_path / "apiarium.sqlite3"
+    secret = tmp_path / "apiarium.sqlite3.secret"
+    sqlite3.connect(db).close()
+    secret.write_text("ab" * 32 + "\n")
+    for path in (db, secret):
+        path.chmod(0o644)
+
+    async def go():
+        await (await KeyService(db).open()).close()
+    run(go())
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+
+
+def test_database_keeps_an_hmac_and_a_two_character_prefix(db):
+    async def go():
+        keys = await KeyService(db).open()
+        key, rec = await keys.key_for_ip("192.0.2.1")
+        await keys.close()
+        return key, rec
+    key, rec = run(go())
+    secret = bytes.fromhex((db.parent / "apiarium.sqlite3.secret").read_text().strip())
+    assert rec.key_hash == hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()
+    assert rec.key_prefix == key[:6] and len(rec.key_prefix) == len("api-") + 2
+    dump = "\n".join(sqlite3.connect(db).iterdump())
+    assert hashlib.sha256(key.encode()).hexdigest() not in dump
+    assert key[:6] in dump and key[:7] not in dump
+
+
+def test_find_by_prefix_may_match_several_keys(db):
+    async def go():
+        keys = await KeyService(db).open()
+        seen: dict[str, str] = {}
+        for i in range(1, 1000):                      # two keys sharing "api-" + 2 chars
+            key, _ = await keys.key_for_ip(f"10.0.{i // 250}.{i % 250}")
+            if key[:6] in seen:
+                break
+            seen[key[:6]] = key
+        first = seen[key[:6]]
+        both = await keys.find(key[:6])
+        assert len(both) >= 2
+        assert {r.id for r in await keys.find(first)} < {r.id for r in both}
+        # a longer prefix is checked against each candidate's key
+        assert await keys.find(key[:12]) == await keys.find(key)
+        assert await keys.find(first[:12]) == await keys.find(first)
+        await keys.close()
+    run(go())
+
+
+OLD_KEYS = """
+CREATE TABLE keys (id INTEGER PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE,
+    key_prefix TEXT NOT NULL, ip TEXT NOT NULL, generation INTEGER NOT NULL,
+    created INTEGER NOT NULL, rpm INTEGER, status TEXT NOT NULL DEFAULT 'active',
+    revoked_at INTEGER, last_used INTEGER);
+CREATE UNIQUE INDEX keys_one_active_per_ip ON keys(ip) WHERE status = 'active';
+CREATE TABLE usage (key_hash TEXT NOT NULL, day TEXT NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0, prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0, images INTEGER NOT NULL DEFAULT 0,
+    video_seconds INTEGER NOT NULL DEFAULT 0, credits REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (key_hash, day));
+"""
+
+
+def test_sha256_database_is_rehashed_on_open(db):
+    """A database of the versions that kept a key's bare SHA-256 and 8-character prefix:
+    keys still work and come back the same, usage follows them, and nothing in the file
+    matches a key without the secret any more."""
+    secret = bytes(range(32))
+    db.parent.mkdir()
+    (db.parent / "apiarium.sqlite3.secret").write_text(secret.hex() + "\n")
+    key = derive(secret, "192.0.2.1", 1)
+    lost = derive(b"another secret, since replaced!!", "192.0.2.2", 0)
+    con = sqlite3.connect(db)
+    con.executescript(OLD_KEYS)
+    sha = lambda k: hashlib.sha256(k.encode()).hexdigest()           # noqa: E731
+    con.executemany("INSERT INTO keys (key_hash, key_prefix, ip, generation, created, status) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [(sha(derive(secret, "192.0.2.1", 0)), "api-xxxx", "192.0.2.1", 0, 1,
+                      "revoked"),
+                     (sha(key), key[:8], "192.0.2.1", 1, 2, "active"),
+                     (sha(lost), lost[:8], "192.0.2.2", 0, 3, "active")])
+    con.execute("INSERT INTO usage (key_hash, day, requests, credits) VALUES (?, ?, 3, 1.5)",
+                (sha(key), today()))
+    con.commit()
+    con.close()
+
+    async def go():
+        keys = await KeyService(db).open()
+        ledger = await UsageLedger(db).open()
+        try:
+            rec = keys.verify(key)
+            assert rec is not None and rec.key_prefix == key[:6]
+            assert (await keys.key_for_ip("192.0.2.1"))[0] == key
+            assert ledger.spent_today(rec.key_hash).requests == 3
+            assert [r.key_prefix for r in await keys.all_records()] == \
+                ["api-xx", key[:6], lost[:6]]
+            # made with a secret since replaced: it cannot be checked; its IP gets a new key
+            assert keys.verify(lost) is None
+            new, _ = await keys.key_for_ip("192.0.2.2")
+            assert new != lost and keys.verify(new) is not None
+        finally:
+            await ledger.close()
+            await keys.close()
+    run(go())
+    dump = "\n".join(sqlite3.connect(db).iterdump())
+    assert sha(key) not in dump and key[:7] not in dump
+
+
+def test_another_process_writes_are_seen_with_two_connections_open(db):
+    """The gateway holds two connections to the file (keys, usage); opening the second must
+    not disturb the first (closing any descriptor of the file drops the process's locks on
+    it, after which another process's writes went unseen)."""
+    def other_process(sql: str) -> None:
+        code = (f"import sqlite3; c = sqlite3.connect({str(db)!r}, timeout=5); "
+                f"c.executescript({sql!r}); c.close()")
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+    async def go():
+        keys = await KeyService(db).open()
+        key, _ = await keys.key_for_ip("192.0.2.1")
+        ledger = await UsageLedger(db).open()
+        try:
+            keys.verify(key)
+            assert await keys.flush() == 1
+            other_process("SELECT last_used FROM keys")          # as `apiarium keys list`
+            other_process("INSERT INTO blocks (cidr, created, note) VALUES ('192.0.2.0/24', 1, '')")
+            assert await keys.refresh() and keys.is_blocked("192.0.2.1")
+        finally:
+            await ledger.close()
+            await keys.close()
     run(go())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from dataclasses import replace
 
 import pytest
 
@@ -153,7 +154,8 @@ CREATE TABLE keys (
 );
 CREATE UNIQUE INDEX keys_one_active_per_ip ON keys(ip) WHERE status = 'active';
 CREATE INDEX keys_ip ON keys(ip);
-CREATE TABLE blocks (cidr TEXT PRIMARY KEY, created INTEGER NOT NULL, note TEXT NOT NULL DEFAULT '');
+CREATE TABLE blocks (cidr TEXT PRIMARY KEY, created INTEGER NOT NULL,
+                     note TEXT NOT NULL DEFAULT '');
 CREATE TABLE usage (
     key_hash TEXT NOT NULL, day TEXT NOT NULL, requests INTEGER NOT NULL DEFAULT 0,
     prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL DEFAULT 0,
@@ -198,8 +200,40 @@ def test_old_database_is_migrated_on_open(tmp_path):
             await st.close()
     run(go())
     con = sqlite3.connect(db)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 1    # 2 needs the secret
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
+
+
+def test_upgrade_keys_rewrites_hashes_and_prefixes_and_moves_usage(tmp_path):
+    db = tmp_path / "old.sqlite3"
+    old_database(db)
+
+    def rewrite(rec):
+        return replace(rec, key_hash=rec.key_hash * 2, key_prefix=rec.key_prefix[:6])
+
+    async def go():
+        st = await open_storage(db)
+        watcher = await open_storage(db)
+        try:
+            # usage already filed under a new hash for that day is added to, not replaced
+            await st.usage.add([UsageRow("bbbb", "2030-01-01", requests=1, credits=0.5)])
+            assert await st.upgrade_keys(rewrite) == 2
+            assert await st.upgrade_keys(rewrite) == 0            # once per database
+            assert await watcher.upgrade_keys(rewrite) == 0
+            assert not await st.changed_elsewhere()
+            assert await watcher.changed_elsewhere()              # caches must reload
+            rows = await st.keys.find()
+            assert [(r.key_hash, r.key_prefix) for r in rows] == [("aaaa", "api-ab"),
+                                                                  ("bbbb", "api-ef")]
+            (usage,) = await st.usage.day("2030-01-01")
+            assert (usage.key_hash, usage.requests, usage.credits) == ("bbbb", 4, 2.0)
+        finally:
+            await st.close()
+            await watcher.close()
+    run(go())
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     con.close()
 
 
@@ -246,7 +280,7 @@ def test_newer_schema_is_refused(tmp_path):
 def test_not_a_database(tmp_path):
     db = tmp_path / "junk.sqlite3"
     db.write_bytes(b"this is not a database, just text long enough to look at" * 20)
-    with pytest.raises(StorageError, match="junk.sqlite3"):
+    with pytest.raises(StorageError, match=r"junk\.sqlite3"):
         run(open_storage(db))
 
 

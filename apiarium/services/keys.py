@@ -1,8 +1,9 @@
 """KeyService: API keys bound to the IP that asked for them, and the operator's IP blocks.
 
 * A key is ``api-`` + 16 characters of ``[a-z0-9]``, derived as HMAC(secret, "ip|generation")
-  (``keysecret.py``).  The database stores only its hash, so a copy of the database alone
-  reveals no usable key; the secret lives in a separate file (``<database>.secret``).
+  (``keysecret.py``); the database keeps HMAC(secret, key) and ``api-`` + two characters, so
+  without the secret file (``<database>.secret``) it reveals nothing a key can be checked
+  against.  Older databases, which kept a bare SHA-256, are rehashed on open.
 * The same IP gets the same key back, across restarts, by deriving it again.  Revoking or
   rotating moves the IP to its next generation, so its next key is a different one.
 * Every lookup on the request path is a dict lookup; the database (``storage/``) is touched
@@ -23,14 +24,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from .. import keysecret
 from ..errors import Forbidden, RateLimited
-from ..keysecret import KEY_PREFIX, KeyStoreError, derive, hash_key, load_secret, looks_like_key
+from ..keysecret import KEY_PREFIX, KeyStoreError
 from ..netguard import Blocklist, network_of, parse_network
 from ..ratelimit import TokenBuckets
 from ..storage import BlockRecord, KeyRecord, NewKey, Storage, locate, open_storage
 
 DAY_S = 86400
-PREFIX_LEN = 8            # how much of a key is stored in the clear, to show and log
+PREFIX_LEN = 6            # "api-" + 2: how much of a key is stored in the clear, to show
 
 
 class AddressBlocked(Forbidden):
@@ -64,7 +66,8 @@ class KeyService:
     async def open(self) -> KeyService:
         storage = await open_storage(self.database)
         try:
-            self._secret = load_secret(self.secret_path)
+            self._secret = keysecret.load_secret(self.secret_path)
+            await storage.upgrade_keys(self._upgraded)
             self._storage = storage
             async with self._lock:
                 await self._reload()
@@ -73,6 +76,22 @@ class KeyService:
             await storage.close()
             raise
         return self
+
+    def _upgraded(self, rec: KeyRecord) -> KeyRecord:
+        """A key stored with a bare SHA-256, as keys are stored now.  One made with another
+        secret cannot be rehashed: it gets a hash no key has (hex has no ':') and, like any
+        key this secret cannot derive, makes way for a new one at its IP's next visit."""
+        new = keysecret.rehash_legacy(self._secret, rec.ip, rec.generation, rec.key_hash)
+        return replace(rec, key_hash=new or f"unverifiable:{rec.key_hash}",
+                       key_prefix=rec.key_prefix[:PREFIX_LEN])
+
+    def _hash(self, key: str) -> str:
+        return keysecret.hash_key(self._secret, key)
+
+    def _known(self, rec: KeyRecord) -> str | None:
+        """The record's key, if this secret derives it (None: made with another secret)."""
+        key = self.derive(rec.ip, rec.generation)
+        return key if hmac.compare_digest(self._hash(key), rec.key_hash) else None
 
     async def close(self) -> None:
         if self._storage is not None:
@@ -125,7 +144,7 @@ class KeyService:
     def verify(self, key: str) -> KeyRecord | None:
         """The active key's record (None: unknown or revoked); its use is counted.  A key
         of a network the operator blocked raises Forbidden."""
-        h = hash_key(key)
+        h = keysecret.hash_key(self._secret, key)
         rec = self._by_hash.get(h)
         if rec is None or not hmac.compare_digest(rec.key_hash, h):
             return None
@@ -168,7 +187,8 @@ class KeyService:
                               retry_after=decision.retry_after)
 
     def derive(self, ip: str, generation: int) -> str:
-        return derive(self._secret, ip, generation)
+        """The IP's key of that generation."""
+        return keysecret.derive(self._secret, ip, generation)
 
     def __len__(self) -> int:
         return len(self._by_hash)
@@ -180,11 +200,8 @@ class KeyService:
     # ------------------------------------------------------------------ issuance
     def _current(self, ip: str) -> tuple[str, KeyRecord] | None:
         rec = self._by_ip.get(ip)
-        if rec is not None:
-            key = self.derive(ip, rec.generation)
-            if hmac.compare_digest(hash_key(key), rec.key_hash):
-                return key, rec
-        return None
+        key = self._known(rec) if rec is not None else None
+        return (key, rec) if key and rec else None
 
     async def key_for_ip(self, ip: str, new_per_64: int = 0) -> tuple[str, KeyRecord]:
         """The IP's active key, issuing one (committed before it is returned) if it has none.
@@ -227,7 +244,8 @@ class KeyService:
         for _ in range(3):
             generation = await repo.next_generation(ip)
             key = self.derive(ip, generation)
-            new = NewKey(hash_key(key), key[:PREFIX_LEN], ip, generation, int(time.time()), rpm)
+            new = NewKey(self._hash(key), key[:PREFIX_LEN], ip, generation, int(time.time()),
+                         rpm)
             rec = await repo.insert_key(new)
             if rec is None:                  # that generation went to a key revoked since
                 continue
@@ -256,12 +274,16 @@ class KeyService:
 
     # ------------------------------------------------------------------ administration
     async def find(self, key_or_ip: str) -> list[KeyRecord]:
-        """Every key (active or not) matching a full key, a key prefix, or an IP."""
+        """Every key (active or not) matching a full key, a key prefix, or an IP.  A prefix
+        longer than the stored one is checked against each candidate's key, derived again
+        (several keys share each stored prefix)."""
         repo = self.storage.keys
-        if looks_like_key(key_or_ip):
-            return await repo.find(key_hash=hash_key(key_or_ip))
+        if keysecret.looks_like_key(key_or_ip):
+            return await repo.find(key_hash=self._hash(key_or_ip))
         if key_or_ip.startswith(KEY_PREFIX):
-            return await repo.find(key_prefix=key_or_ip[:PREFIX_LEN])
+            found = await repo.find(key_prefix=key_or_ip[:PREFIX_LEN])
+            return [rec for rec in found        # None: made with another secret; keep it
+                    if (key := self._known(rec)) is None or key.startswith(key_or_ip)]
         try:
             ip = str(ipaddress.ip_address(key_or_ip))    # the form keys are stored in
         except ValueError:

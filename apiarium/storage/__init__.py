@@ -121,9 +121,6 @@ class UsageRepository(Protocol):
         """Add each row to the stored totals of its (key, day), all or none."""
 
 
-Rehash = Callable[[KeyRecord], "str | None"]
-
-
 class Storage(Protocol):
     """One engine's connection to one database, and its repositories."""
     @property
@@ -138,6 +135,12 @@ class Storage(Protocol):
     async def changed_elsewhere(self) -> bool:
         """True if another connection changed keys or blocks since the last call (or since
         the storage was opened).  Usage rows and last-used times do not count."""
+
+    async def upgrade_keys(self, rewrite: Callable[[KeyRecord], KeyRecord]) -> int:
+        """Once per database made before keys were hashed with the key secret, in one
+        transaction: store ``rewrite(record)``'s ``key_hash`` and ``key_prefix`` for every
+        key, and file the usage rows of each changed hash under the new one.  The number of
+        keys changed (0: nothing to do, as for every database made since)."""
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,9 @@ from .sqlite_schema import (
     SELECT_KEYS,
     SELECT_USAGE,
     migrate,
+    private_files,
+    rewrite_keys,
+    user_version,
     value,
 )
 
@@ -45,7 +48,7 @@ class SqliteStorage:
     @classmethod
     async def open(cls, path: Path) -> SqliteStorage:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_files(path)
             db = await aiosqlite.connect(path, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"{path}: cannot open the database: {exc}") from None
@@ -86,6 +89,28 @@ class SqliteStorage:
             return False
         self._changes = changes
         return True
+
+    async def upgrade_keys(self, rewrite: Callable[[KeyRecord], KeyRecord]) -> int:
+        """Version 1 → 2, once, in one transaction that holds the write lock: store
+        ``rewrite(record)``'s ``key_hash`` and ``key_prefix`` for every key, and file the
+        usage rows of each changed hash under the new one.  The number of keys changed."""
+        db = self.db
+        if await user_version(db) >= 2:
+            return 0
+        async with self.write_lock:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                changed = 0
+                if await user_version(db) < 2:
+                    changed = await rewrite_keys(db, rewrite)
+                    await db.execute("UPDATE key_changes SET n = n + 1 WHERE id = 1")
+                    await db.execute("PRAGMA user_version = 2")
+                    self._changes = await value(db, "SELECT n FROM key_changes WHERE id = 1")
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+        return changed
 
     async def fetch(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
         return list(await self.db.execute_fetchall(sql, tuple(args)))
