@@ -35,12 +35,12 @@ from .handlers.info import (
 from .handlers.media import ImagesHandler, MediaFileHandler, VideosHandler
 from .handlers.openapi import OpenApiHandler
 from .handlers.ops import MetricsHandler
-from .keys import KeyStore
 from .live import Live, Services
 from .metrics import Metrics
 from .netguard import Blocklist, NetGuard
 from .outbound import FetchPolicy, ImageFetcher
 from .providers import build as build_providers
+from .services.keys import KeyService
 from .usage import UsageLedger
 from .yamlschema import Problem
 
@@ -157,7 +157,7 @@ class Gateway:
     async def start(self, host: str | None = None, port: int | None = None) -> None:
         config = load_config(self.config_path)        # raises ConfigError: nothing started
         s = config.settings
-        keys = await KeyStore(s.database).open()
+        keys = await KeyService(s.database).open()
         usage = await UsageLedger(s.database).open()
         metrics = Metrics(key_count=lambda: len(keys))
         self._session = make_session()

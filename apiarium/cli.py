@@ -5,12 +5,19 @@ import argparse
 import asyncio
 import datetime as dt
 import gc
+import ipaddress
 import logging
 import sys
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import orjson
 
 from .config import ConfigError, config_path, load_config
+
+if TYPE_CHECKING:                 # imported where used: check-config stays light
+    from .services.keys import KeyService
+    from .storage import KeyRecord
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,6 +85,7 @@ def _run(coro):
 def _serve(args) -> int:
     from .app import Gateway
     from .keysecret import KeyStoreError
+    from .storage import StorageError
     _setup_logging()
     gateway = Gateway(config_path(getattr(args, "config", None)))
 
@@ -89,7 +97,7 @@ def _serve(args) -> int:
             for problem in exc.problems:
                 print(problem, file=sys.stderr)
             return 1
-        except KeyStoreError as exc:
+        except (KeyStoreError, StorageError) as exc:
             print(f"apiarium: {exc}", file=sys.stderr)
             return 1
         except OSError as exc:
@@ -114,12 +122,14 @@ def _check(args) -> int:
 
 
 def _when(ts: int | None) -> str:
-    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"
+    # the operator's local time, on purpose: this is read at the operator's terminal
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"  # noqa: DTZ006
 
 
-def _keys(args) -> int:
-    from .keys import KeyStore
+def _keys(args: argparse.Namespace) -> int:
     from .keysecret import KeyStoreError
+    from .services.keys import KeyService
+    from .storage import StorageError
     try:
         settings = load_config(config_path(getattr(args, "config", None))).settings
     except ConfigError as exc:
@@ -129,8 +139,8 @@ def _keys(args) -> int:
 
     async def main() -> int:
         try:
-            store = await KeyStore(settings.database).open()
-        except KeyStoreError as exc:
+            store = await KeyService(settings.database).open()
+        except (KeyStoreError, StorageError) as exc:
             print(f"apiarium: {exc}", file=sys.stderr)
             return 1
         try:
@@ -140,13 +150,13 @@ def _keys(args) -> int:
     return asyncio.run(main())
 
 
-def _row(rec, default_rpm: int) -> dict:
+def _row(rec: KeyRecord, default_rpm: int) -> dict[str, object]:
     return {"key_prefix": rec.key_prefix, "ip": rec.ip, "created": rec.created,
             "last_used": rec.last_used, "rpm": rec.rpm or default_rpm,
             "rpm_is_default": rec.rpm is None, "status": rec.status}
 
 
-def _print_rows(recs, default_rpm: int, as_json: bool = False) -> None:
+def _print_rows(recs: Iterable[KeyRecord], default_rpm: int, as_json: bool = False) -> None:
     if as_json:
         for rec in recs:
             print(orjson.dumps(_row(rec, default_rpm)).decode())
@@ -158,7 +168,7 @@ def _print_rows(recs, default_rpm: int, as_json: bool = False) -> None:
               f"{_when(rec.last_used):<16} {rpm:>6}  {rec.status}")
 
 
-async def _one_active(store, target: str):
+async def _one_active(store: KeyService, target: str) -> KeyRecord | None:
     recs = [r for r in await store.find(target) if r.status == "active"]
     if not recs:
         print(f"apiarium: no active key matches {target!r}", file=sys.stderr)
@@ -170,21 +180,21 @@ async def _one_active(store, target: str):
     return recs[0]
 
 
-def _address(text: str):
-    import ipaddress
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         return ipaddress.ip_address(text.strip())
     except ValueError:
         return None
 
 
-async def _blocks_covering(store, ip) -> list[str]:
+async def _blocks_covering(store: KeyService,
+                           ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[str]:
     from .netguard import parse_network
     return [cidr for cidr, _, _ in await store.blocks()
             if parse_network(cidr).version == ip.version and ip in parse_network(cidr)]
 
 
-async def _show(store, target: str, default_rpm: int) -> int:
+async def _show(store: KeyService, target: str, default_rpm: int) -> int:
     recs = await store.find(target)
     ip = _address(target)
     covering = await _blocks_covering(store, ip) if ip is not None else []
@@ -200,7 +210,7 @@ async def _show(store, target: str, default_rpm: int) -> int:
     return 0
 
 
-async def _block(store, args) -> int:
+async def _block(store: KeyService, args: argparse.Namespace) -> int:
     from .netguard import parse_network
     if args.action == "block" and args.target is None:
         rows = await store.blocks()
@@ -226,10 +236,10 @@ async def _block(store, args) -> int:
     return 1
 
 
-async def _key_action(store, args, default_rpm: int) -> int:
+async def _key_action(store: KeyService, args: argparse.Namespace, default_rpm: int) -> int:
     if args.action == "list":
         recs = await store.all_records() if args.all else \
-            await store.all_records("status = 'active'")
+            await store.all_records("active")
         _print_rows(recs, default_rpm, args.json)
         return 0
     if args.action == "show":
@@ -241,8 +251,8 @@ async def _key_action(store, args, default_rpm: int) -> int:
         if ip is None:
             print(f"apiarium: {args.ip!r} is not an IP address", file=sys.stderr)
             return 2
-        key, rec = await store.rotate(str(ip))
-        print(f"{rec.ip}: new key {key}")
+        key, rotated = await store.rotate(str(ip))
+        print(f"{rotated.ip}: new key {key}")
         return 0
     rec = await _one_active(store, args.key)
     if rec is None:

@@ -1,6 +1,7 @@
 """How keys are made: ``api-`` + 16 characters of ``[a-z0-9]``, derived as
-HMAC-SHA256(secret, "ip|generation"); the secret file beside the database; the SHA-256 that
-is all the database keeps of a key."""
+HMAC-SHA256(secret, "ip|generation"); the secret file beside the database (mode 0600, in a
+folder created 0700); and HMAC-SHA256(secret, key), all the database keeps of a key, so a
+copy of the database without the secret file reveals nothing that can be checked."""
 from __future__ import annotations
 
 import hashlib
@@ -17,16 +18,28 @@ class KeyStoreError(Exception):
     """The key store cannot be opened (a damaged secret file, an unusable database)."""
 
 
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+def hash_key(secret: bytes, key: str) -> str:
+    """What the database keeps of a key."""
+    return hmac.digest(secret, key.encode(), "sha256").hex()
+
+
+def rehash_legacy(secret: bytes, ip: str, generation: int, stored: str) -> str | None:
+    """For a key stored as older databases kept it (a bare SHA-256), its hash as kept now;
+    None if this secret does not derive that key (it was made with another secret)."""
+    key = derive(secret, ip, generation)
+    if hmac.compare_digest(hashlib.sha256(key.encode()).hexdigest(), stored):
+        return hash_key(secret, key)
+    return None
 
 
 def looks_like_key(text: str) -> bool:
+    """Whether ``text`` has the shape of a whole key."""
     return (len(text) == 20 and text.startswith(KEY_PREFIX)
             and all(c in _ALPHABET for c in text[4:]))
 
 
 def derive(secret: bytes, ip: str, generation: int) -> str:
+    """The IP's key of that generation."""
     digest = hmac.new(secret, f"{ip}|{generation}".encode(), hashlib.sha256).digest()
     n = int.from_bytes(digest, "big")
     chars = []
@@ -42,6 +55,7 @@ def load_secret(path: Path) -> bytes:
         text = path.read_text().strip()
     except FileNotFoundError:
         return _create_secret(path)
+    _owner_only(path)
     try:
         secret = bytes.fromhex(text)
     except ValueError:
@@ -55,12 +69,23 @@ def load_secret(path: Path) -> bytes:
     return secret
 
 
+def _owner_only(path: Path) -> None:
+    """Take group and other access away from a file made before it was created 0600."""
+    try:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            os.chmod(path, mode & 0o700)
+    except OSError:             # not ours to change: it is still readable, so carry on
+        pass
+
+
 def _create_secret(path: Path) -> bytes:
     """Write the secret to a temporary file, fsync it, then link it into place: the
     secret file either does not exist or is whole, whenever the process dies."""
     secret = secrets.token_bytes(32)
     folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
+    if not folder.is_dir():
+        folder.mkdir(parents=True, mode=0o700, exist_ok=True)
     tmp = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:

@@ -14,7 +14,6 @@ import orjson
 
 from .catalog import Catalog
 from .config import Config, Settings
-from .keys import KeyStore
 from .media import MediaStore
 from .metrics import Metrics
 from .netguard import NetGuard
@@ -23,6 +22,7 @@ from .ratelimit import TokenBuckets
 from .services.chat import ChatService
 from .services.costs import CreditBook
 from .services.fallback import Breakers
+from .services.keys import KeyService
 from .services.media import MediaService
 from .usage import UsageLedger
 
@@ -46,7 +46,7 @@ class Live:
 @dataclass
 class Services:
     live: Live
-    keys: KeyStore
+    keys: KeyService
     usage: UsageLedger
     metrics: Metrics
     buckets: TokenBuckets = field(default_factory=TokenBuckets)

@@ -1,8 +1,9 @@
 """Usage and credits, per key and per UTC day.
 
-Counted in memory on the request path; written to SQLite in batches by ``flush`` (called
-every few seconds off the request path, and once more on shutdown), so nothing is lost on a
-clean stop.  Today's rows are loaded at start, so a daily credit limit holds across restarts.
+Counted in memory on the request path; written to the database (``storage.UsageRepository``)
+in batches by ``flush`` (called every few seconds off the request path, and once more on
+shutdown), so nothing is lost on a clean stop.  Today's rows are loaded at start, so a daily
+credit limit holds across restarts.
 
 Prices come from the model's ``credits`` in models.yaml (``catalog.Credits``):
 ``request`` per request, ``per_1k_tokens`` for prompt + completion tokens, ``image`` per
@@ -14,32 +15,20 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import aiosqlite
-
 from .catalog import ModelSpec
+from .storage import Storage, UsageRow, open_storage
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS usage (
-    key_hash          TEXT NOT NULL,
-    day               TEXT NOT NULL,
-    requests          INTEGER NOT NULL DEFAULT 0,
-    prompt_tokens     INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0,
-    images            INTEGER NOT NULL DEFAULT 0,
-    video_seconds     INTEGER NOT NULL DEFAULT 0,
-    credits           REAL NOT NULL DEFAULT 0,
-    PRIMARY KEY (key_hash, day)
-);
-"""
 MASTER = "master"          # what the master key's usage is filed under
 
 
 def today() -> str:
+    """Today's UTC date, as usage rows name their day."""
     return time.strftime("%Y-%m-%d", time.gmtime())
 
 
 @dataclass
 class Tally:
+    """What requests used: counts, and the credits they cost."""
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -55,13 +44,14 @@ class Tally:
         self.video_seconds += other.video_seconds
         self.credits += other.credits
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, int | float]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["credits"] = round(d["credits"], 4)
         return d
 
 
 def price(model: ModelSpec, tally: Tally, resolution: str | None = None) -> float:
+    """What ``tally`` costs in credits on ``model`` (video at ``resolution``)."""
     c = model.credits
     cost = c.request * tally.requests
     cost += c.per_1k_tokens * (tally.prompt_tokens + tally.completion_tokens) / 1000
@@ -71,24 +61,23 @@ def price(model: ModelSpec, tally: Tally, resolution: str | None = None) -> floa
 
 
 class UsageLedger:
-    def __init__(self, db_path: Path):
-        self.db_path = db_path
-        self._db: aiosqlite.Connection | None = None
+    """Each key's usage today, in memory; written to the database in batches."""
+
+    def __init__(self, database: str | Path) -> None:
+        self.database = database
+        self._storage: Storage | None = None
         self._today: dict[str, Tally] = {}                    # key_hash -> today's totals
         self._pending: dict[tuple[str, str], Tally] = {}      # not yet written
         self._day = ""
         self._day_number = -1                                  # the day ``_day`` names
 
     async def open(self) -> UsageLedger:
-        self._db = await aiosqlite.connect(self.db_path, isolation_level=None)
-        await self._db.execute("PRAGMA busy_timeout=5000")
-        await self._db.executescript(SCHEMA)
+        self._storage = await open_storage(self.database)
         self._day = today()
-        async with self._db.execute(
-                "SELECT key_hash, requests, prompt_tokens, completion_tokens, images, "
-                "video_seconds, credits FROM usage WHERE day = ?", (self._day,)) as cur:
-            async for row in cur:
-                self._today[row[0]] = Tally(*row[1:])
+        for row in await self._storage.usage.day(self._day):
+            self._today[row.key_hash] = Tally(row.requests, row.prompt_tokens,
+                                              row.completion_tokens, row.images,
+                                              row.video_seconds, row.credits)
         return self
 
     def record(self, key_hash: str | None, model: ModelSpec, tally: Tally,
@@ -116,32 +105,24 @@ class UsageLedger:
         return self._today.get(key_hash) or Tally()
 
     async def flush(self) -> int:
-        if not self._pending or self._db is None:
+        """Write what was counted since the previous flush; the number of rows written."""
+        if not self._pending or self._storage is None:
             return 0
         batch, self._pending = self._pending, {}
-        rows = [(k, d, t.requests, t.prompt_tokens, t.completion_tokens, t.images,
-                 t.video_seconds, t.credits) for (k, d), t in batch.items()]
+        rows = [UsageRow(k, d, t.requests, t.prompt_tokens, t.completion_tokens, t.images,
+                         t.video_seconds, t.credits) for (k, d), t in batch.items()]
         try:
-            await self._db.execute("BEGIN")
-            await self._db.executemany(
-                "INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (key_hash, day) DO UPDATE SET "
-                "requests = requests + excluded.requests, "
-                "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
-                "completion_tokens = completion_tokens + excluded.completion_tokens, "
-                "images = images + excluded.images, "
-                "video_seconds = video_seconds + excluded.video_seconds, "
-                "credits = credits + excluded.credits", rows)
-            await self._db.execute("COMMIT")
+            await self._storage.usage.add(rows)
         except Exception:
-            await self._db.execute("ROLLBACK")
             for k, t in batch.items():            # keep them for the next try
                 self._pending.setdefault(k, Tally()).add(t)
             raise
         return len(rows)
 
     async def close(self) -> None:
-        if self._db is not None:
-            await self.flush()
-            await self._db.close()
-            self._db = None
+        if self._storage is not None:
+            try:
+                await self.flush()
+            finally:
+                storage, self._storage = self._storage, None
+                await storage.close()

@@ -249,21 +249,21 @@ def test_each_keys_subcommand_against_a_running_server(make_gateway, fake_openai
     assert gw.get("/v1/models", key=key_a, ip=a)[0] == 200
     out = cli(gw, "list")
     assert out.returncode == 0, out.stderr
-    assert "LAST USED" in out.stdout and key_a[:8] in out.stdout and key_a not in out.stdout
+    assert "LAST USED" in out.stdout and key_a[:6] in out.stdout and key_a not in out.stdout
 
     def row_of(ip):
         rows = [json.loads(line) for line in cli(gw, "list", "--json").stdout.splitlines()]
         return next(r for r in rows if r["ip"] == ip)
     assert wait_for(lambda: row_of(a)["last_used"], timeout=5)
     row = row_of(a)
-    assert row["key_prefix"] == key_a[:8] and row["status"] == "active"
+    assert row["key_prefix"] == key_a[:6] and row["status"] == "active"
     assert abs(row["last_used"] - time.time()) < 30 and row_of(b)["last_used"] is None
     assert row["rpm"] == 4 and row["rpm_is_default"] and row["created"] <= row["last_used"]
 
     # show IP | KEY | prefix (--config before the action's arguments, too)
-    for target in (a, key_a, key_a[:8]):
+    for target in (a, key_a, key_a[:8], key_a[:6]):
         out = cli(gw, "show", target, config_first=True)
-        assert out.returncode == 0 and a in out.stdout and key_a[:8] in out.stdout, out
+        assert out.returncode == 0 and a in out.stdout and key_a[:6] in out.stdout, out
     assert cli(gw, "show", "127.0.0.99").returncode == 1
 
     # set-rpm KEY N: the key's own limit, seen over HTTP

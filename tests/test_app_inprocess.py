@@ -9,7 +9,7 @@ import yaml
 
 from apiarium.app import make_app, make_live, make_session
 from apiarium.config import load_config
-from apiarium.keys import KeyStore
+from apiarium.services.keys import KeyService
 from apiarium.metrics import Metrics
 from apiarium.live import Services
 from apiarium.usage import UsageLedger
@@ -26,7 +26,7 @@ def app(io_loop, tmp_path):
     config = load_config(tmp_path / "apiarium.yaml")
 
     async def build():
-        keys = await KeyStore(config.settings.database).open()
+        keys = await KeyService(config.settings.database).open()
         usage = await UsageLedger(config.settings.database).open()
         session = make_session()
         return Services(live=make_live(config, session), keys=keys, usage=usage,

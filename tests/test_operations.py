@@ -220,8 +220,8 @@ def test_video_credits_follow_the_configured_prices(make_gateway, fake_openai, f
 
 
 def me_hash(gw, key: str) -> str:
-    import hashlib
-    return hashlib.sha256(key.encode()).hexdigest()
+    from apiarium.keysecret import hash_key, load_secret
+    return hash_key(load_secret(gw.dir.parent / "data" / "apiarium.sqlite3.secret"), key)
 
 
 def test_chat_tokens_are_metered_streamed_or_not(make_gateway, fake_openai):

@@ -36,9 +36,9 @@ from ..errors import (
     RateLimited,
     ServiceUnavailable,
 )
-from ..keys import KeyRecord
 from ..live import Services
 from ..ratelimit import TokenBuckets
+from ..storage import KeyRecord
 
 log = logging.getLogger("apiarium")
 

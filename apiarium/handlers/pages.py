@@ -26,8 +26,8 @@ import tornado.template
 
 from .. import __version__
 from ..errors import ApiError, Forbidden, NotFound
-from ..keys import AddressBlocked
 from ..modeltypes import MODEL_TYPES
+from ..services.keys import AddressBlocked
 from .base import BaseHandler, as_api_error
 
 log = logging.getLogger("apiarium")

@@ -1,0 +1,336 @@
+"""KeyService: API keys bound to the IP that asked for them, and the operator's IP blocks.
+
+* A key is ``api-`` + 16 characters of ``[a-z0-9]``, derived as HMAC(secret, "ip|generation")
+  (``keysecret.py``); the database keeps HMAC(secret, key) and ``api-`` + two characters, so
+  without the secret file (``<database>.secret``) it reveals nothing a key can be checked
+  against.  Older databases, which kept a bare SHA-256, are rehashed on open.
+* The same IP gets the same key back, across restarts, by deriving it again.  Revoking or
+  rotating moves the IP to its next generation, so its next key is a different one.
+* Every lookup on the request path is a dict lookup; the database (``storage/``) is touched
+  only to issue a key (committed before it is returned: a ``kill -9`` loses no key a client
+  has seen), by the admin CLI, by ``flush`` (when each key was last used, counted in memory,
+  written in batches) and by the periodic ``refresh`` that picks up other processes' writes.
+* Issuance limits: at most ``new_per_64`` new keys a day per IPv6 /64 (IPv6 addresses are
+  cheap), and ``admit`` (a token bucket per IPv4 address or IPv6 /64) in front of every visit
+  that may issue one.  Blocked networks (``apiarium keys block``) get 403 ``vpn_detected``
+  on issuance and on every request made with one of their keys.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from .. import keysecret
+from ..errors import Forbidden, RateLimited
+from ..keysecret import KEY_PREFIX, KeyStoreError
+from ..netguard import Blocklist, network_of, parse_network
+from ..ratelimit import TokenBuckets
+from ..storage import BlockRecord, KeyRecord, NewKey, Storage, locate, open_storage
+
+DAY_S = 86400
+PREFIX_LEN = 6            # "api-" + 2: how much of a key is stored in the clear, to show
+
+
+class AddressBlocked(Forbidden):
+    """403 ``vpn_detected`` because the operator blocked the address (not a VPN check)."""
+
+
+class KeyService:
+    """The keys and blocks of one database, indexed in memory."""
+
+    def __init__(self, database: str | Path, secret_path: str | Path | None = None) -> None:
+        self.database = database
+        self.secret_path = Path(secret_path or f"{locate(database)[1]}.secret")
+        self._storage: Storage | None = None
+        self._secret = b""
+        self._by_hash: dict[str, KeyRecord] = {}
+        self._by_ip: dict[str, KeyRecord] = {}
+        self._lock = asyncio.Lock()          # every write and every reload, one at a time
+        self._blocked = Blocklist()
+        self._blocked_ips: dict[str, bool] = {}
+        self._new64: dict[str, list[int]] = {}   # IPv6 /64 -> creation times of its new keys
+        self._used: dict[int, int] = {}          # key id -> last use, not yet written
+        self.visits = TokenBuckets()             # per network: visits that may issue a key
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def storage(self) -> Storage:
+        if self._storage is None:
+            raise KeyStoreError("the key store is not open")
+        return self._storage
+
+    async def open(self) -> KeyService:
+        storage = await open_storage(self.database)
+        try:
+            self._secret = keysecret.load_secret(self.secret_path)
+            await storage.upgrade_keys(self._upgraded)
+            self._storage = storage
+            async with self._lock:
+                await self._reload()
+        except BaseException:
+            self._storage = None
+            await storage.close()
+            raise
+        return self
+
+    def _upgraded(self, rec: KeyRecord) -> KeyRecord:
+        """A key stored with a bare SHA-256, as keys are stored now.  One made with another
+        secret cannot be rehashed: it gets a hash no key has (hex has no ':') and, like any
+        key this secret cannot derive, makes way for a new one at its IP's next visit."""
+        new = keysecret.rehash_legacy(self._secret, rec.ip, rec.generation, rec.key_hash)
+        return replace(rec, key_hash=new or f"unverifiable:{rec.key_hash}",
+                       key_prefix=rec.key_prefix[:PREFIX_LEN])
+
+    def _hash(self, key: str) -> str:
+        return keysecret.hash_key(self._secret, key)
+
+    def _known(self, rec: KeyRecord) -> str | None:
+        """The record's key, if this secret derives it (None: made with another secret)."""
+        key = self.derive(rec.ip, rec.generation)
+        return key if hmac.compare_digest(self._hash(key), rec.key_hash) else None
+
+    async def close(self) -> None:
+        if self._storage is not None:
+            try:
+                await self.flush()
+            finally:
+                storage, self._storage = self._storage, None
+                await storage.close()
+
+    async def _reload(self) -> None:
+        """Rebuild the in-memory index from the database (the caller holds ``_lock``)."""
+        repo = self.storage.keys
+        by_hash, by_ip = {}, {}
+        for rec in await repo.active():
+            by_hash[rec.key_hash] = rec
+            by_ip[rec.ip] = rec
+        new64: dict[str, list[int]] = {}
+        for ip, created in await repo.issued_since(int(time.time()) - DAY_S, ipv6_only=True):
+            new64.setdefault(network_of(ip), []).append(created)
+        self._by_hash, self._by_ip, self._new64 = by_hash, by_ip, new64
+        await self._reload_blocks()
+
+    async def _reload_blocks(self) -> None:
+        blocks = await self.storage.blocks.all()
+        self._blocked = Blocklist(parse_network(b.cidr) for b in blocks)
+        self._blocked_ips = {}
+
+    async def refresh(self) -> bool:
+        """Reload the index if another process (the admin CLI) changed keys or blocks."""
+        async with self._lock:
+            if not await self.storage.changed_elsewhere():
+                return False
+            await self._reload()
+            return True
+
+    async def flush(self) -> int:
+        """Write the last-use times counted since the previous flush (off the request path)."""
+        if not self._used or self._storage is None:
+            return 0
+        batch, self._used = self._used, {}
+        try:
+            await self._storage.keys.touch(batch)
+        except Exception:
+            for key_id, ts in batch.items():         # keep them for the next try
+                self._used.setdefault(key_id, ts)
+            raise
+        return len(batch)
+
+    # ------------------------------------------------------------------ the request path
+    def verify(self, key: str) -> KeyRecord | None:
+        """The active key's record (None: unknown or revoked); its use is counted.  A key
+        of a network the operator blocked raises Forbidden."""
+        h = keysecret.hash_key(self._secret, key)
+        rec = self._by_hash.get(h)
+        if rec is None or not hmac.compare_digest(rec.key_hash, h):
+            return None
+        if self._blocked and self.is_blocked(rec.ip):
+            raise self._blocked_error(rec.ip)
+        self._used[rec.id] = int(time.time())
+        return rec
+
+    def is_blocked(self, ip: str) -> bool:
+        if not self._blocked:
+            return False
+        hit = self._blocked_ips.get(ip)
+        if hit is None:
+            try:
+                addr = ipaddress.ip_address(ip)
+            except ValueError:
+                return False
+            hit = addr in self._blocked
+            if len(self._blocked_ips) < 65536:
+                self._blocked_ips[ip] = hit
+        return hit
+
+    @staticmethod
+    def _blocked_error(ip: str) -> Forbidden:
+        return AddressBlocked(f"The operator of this gateway has blocked your address ({ip}). "
+                              f"If you think this is a mistake, contact the operator.",
+                              code="vpn_detected")
+
+    def admit(self, ip: str, per_minute: int) -> None:
+        """Count a visit that may issue a key (``/v1/keys/me``, the homepage): at most
+        ``per_minute`` a minute per IPv4 address or IPv6 /64 (0: no limit)."""
+        if per_minute <= 0:
+            return
+        decision = self.visits.take(network_of(ip), per_minute)
+        if not decision.allowed:
+            wait = decision.headers()["Retry-After"]
+            raise RateLimited(f"Too many requests for an API key from {ip}: at most "
+                              f"{per_minute} a minute. Wait {wait} s; your key does not "
+                              f"change, so keep the one you already have.",
+                              retry_after=decision.retry_after)
+
+    def derive(self, ip: str, generation: int) -> str:
+        """The IP's key of that generation."""
+        return keysecret.derive(self._secret, ip, generation)
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+    def rpm_of(self, key_hash: str, default: int) -> int:
+        rec = self._by_hash.get(key_hash)
+        return rec.rpm if rec is not None and rec.rpm else default
+
+    # ------------------------------------------------------------------ issuance
+    def _current(self, ip: str) -> tuple[str, KeyRecord] | None:
+        rec = self._by_ip.get(ip)
+        key = self._known(rec) if rec is not None else None
+        return (key, rec) if key and rec else None
+
+    async def key_for_ip(self, ip: str, new_per_64: int = 0) -> tuple[str, KeyRecord]:
+        """The IP's active key, issuing one (committed before it is returned) if it has none.
+        ``new_per_64``: at most that many new keys a day per IPv6 /64 (0: no limit)."""
+        if self._blocked and self.is_blocked(ip):
+            raise self._blocked_error(ip)
+        hit = self._current(ip)
+        if hit is not None:
+            return hit
+        async with self._lock:
+            hit = self._current(ip)
+            if hit is not None:
+                return hit
+            self._check_new64(ip, new_per_64)
+            rec = self._by_ip.get(ip)
+            if rec is not None:          # the secret file was replaced: the old key cannot
+                await self._revoke_record(rec)       # be given back, so it makes way
+            return await self._issue(ip)
+
+    def _check_new64(self, ip: str, limit: int) -> None:
+        if limit <= 0 or ":" not in ip:
+            return
+        net = network_of(ip)
+        now = int(time.time())
+        recent = [t for t in self._new64.get(net, ()) if t > now - DAY_S]
+        self._new64[net] = recent
+        if len(recent) >= limit:
+            wait = recent[0] + DAY_S - now
+            hours = f"{wait / 3600:.0f} hours" if wait >= 5400 else f"{max(1, wait // 60)} minutes"
+            raise RateLimited(f"The IPv6 network {net} has received {limit} new API keys in the "
+                              f"last 24 hours, the most this gateway issues per /64. Use a key "
+                              f"already issued to your network (each works from the address "
+                              f"that asked for it), or try again in about {hours}.",
+                              retry_after=wait)
+
+    async def _issue(self, ip: str, rpm: int | None = None) -> tuple[str, KeyRecord]:
+        """Insert the IP's next key (the caller holds ``_lock``); if another process (the
+        CLI) issued this IP a key since our last refresh, that one is the IP's key."""
+        repo = self.storage.keys
+        for _ in range(3):
+            generation = await repo.next_generation(ip)
+            key = self.derive(ip, generation)
+            new = NewKey(self._hash(key), key[:PREFIX_LEN], ip, generation, int(time.time()),
+                         rpm)
+            rec = await repo.insert_key(new)
+            if rec is None:                  # that generation went to a key revoked since
+                continue
+            self._remember(rec)
+            if rec.key_hash == new.key_hash:
+                if ":" in ip:
+                    self._new64.setdefault(network_of(ip), []).append(rec.created)
+                return key, rec
+            hit = self._current(ip)
+            if hit is None:
+                raise KeyStoreError(f"another process issued {ip} a key this one cannot "
+                                    f"derive: do all processes read the same secret file?")
+            return hit
+        raise KeyStoreError(f"could not issue {ip} a key: its generations keep being taken")
+
+    def _remember(self, rec: KeyRecord) -> None:
+        self._by_hash[rec.key_hash] = rec
+        self._by_ip[rec.ip] = rec
+
+    async def _revoke_record(self, rec: KeyRecord) -> None:
+        await self.storage.keys.revoke(rec.id, int(time.time()))
+        self._by_hash.pop(rec.key_hash, None)
+        current = self._by_ip.get(rec.ip)
+        if current is not None and current.id == rec.id:
+            del self._by_ip[rec.ip]
+
+    # ------------------------------------------------------------------ administration
+    async def find(self, key_or_ip: str) -> list[KeyRecord]:
+        """Every key (active or not) matching a full key, a key prefix, or an IP.  A prefix
+        longer than the stored one is checked against each candidate's key, derived again
+        (several keys share each stored prefix)."""
+        repo = self.storage.keys
+        if keysecret.looks_like_key(key_or_ip):
+            return await repo.find(key_hash=self._hash(key_or_ip))
+        if key_or_ip.startswith(KEY_PREFIX):
+            found = await repo.find(key_prefix=key_or_ip[:PREFIX_LEN])
+            return [rec for rec in found        # None: made with another secret; keep it
+                    if (key := self._known(rec)) is None or key.startswith(key_or_ip)]
+        try:
+            ip = str(ipaddress.ip_address(key_or_ip))    # the form keys are stored in
+        except ValueError:
+            ip = key_or_ip
+        return await repo.find(ip=ip)
+
+    async def all_records(self, status: str | None = None) -> list[KeyRecord]:
+        """Every key, oldest first; only those with ``status`` (e.g. ``active``) if given."""
+        return await self.storage.keys.find(status=status)
+
+    async def revoke(self, rec: KeyRecord) -> None:
+        async with self._lock:
+            await self._revoke_record(rec)
+
+    async def rotate(self, ip: str) -> tuple[str, KeyRecord]:
+        async with self._lock:
+            rpm = None
+            rec = self._by_ip.get(ip)
+            if rec is not None:
+                rpm = rec.rpm
+                await self._revoke_record(rec)
+            return await self._issue(ip, rpm)
+
+    async def set_rpm(self, rec: KeyRecord, rpm: int | None) -> KeyRecord:
+        async with self._lock:
+            await self.storage.keys.set_rpm(rec.id, rpm)
+            new = replace(rec, rpm=rpm)
+            if rec.status == "active":
+                self._remember(new)
+            return new
+
+    async def blocks(self) -> list[BlockRecord]:
+        """The operator's blocks: (cidr, created, note), oldest first."""
+        return await self.storage.blocks.all()
+
+    async def block(self, cidr: str, note: str = "") -> bool:
+        """Block an IP or CIDR (False if it already was)."""
+        net = str(parse_network(cidr))
+        async with self._lock:
+            added = await self.storage.blocks.add(net, int(time.time()), note)
+            await self._reload_blocks()
+            return added
+
+    async def unblock(self, cidr: str) -> bool:
+        """Lift a block (False if there was none for exactly that IP or CIDR)."""
+        net = str(parse_network(cidr))
+        async with self._lock:
+            removed = await self.storage.blocks.remove(net)
+            await self._reload_blocks()
+            return removed

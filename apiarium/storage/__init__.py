@@ -1,0 +1,174 @@
+"""What the services ask of a database: the repositories as Protocols, the plain records they
+exchange, and ``open_storage``, which picks the engine from the ``database`` setting.
+
+Engines: ``sqlite.py`` (a path, or ``sqlite:PATH``; the default).  A PostgreSQL engine
+(``postgresql://…``) is one more module implementing these Protocols, named in
+``open_storage``.  (Video jobs will get a repository of their own here.)
+
+Rules every engine keeps, so that several processes (gateway workers, the admin CLI) can
+share one database:
+
+* each method is one unit of work, atomic on its own; nothing reads a row to write it back:
+  ``KeyRepository.insert_key`` returns the IP's existing active key on conflict (one
+  ``INSERT … ON CONFLICT`` in PostgreSQL), ``UsageRepository.add`` adds to stored totals;
+* no domain logic: key derivation, caching, limits and messages live in ``services/``;
+* ``Storage.changed_elsewhere`` says when another process changed keys or blocks, so a
+  service's in-memory copy can be reloaded (cheaply: it is polled every few seconds).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, Protocol
+
+
+class StorageError(Exception):
+    """The database cannot be opened or used as configured (the message says why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """One issued key, as stored (the key itself is never stored, only its hash)."""
+    id: int
+    key_hash: str
+    key_prefix: str       # the key's first characters: safe to log and show
+    ip: str
+    generation: int       # the IP's n-th key: revoking or rotating moves to the next
+    created: int
+    rpm: int | None       # None: the configured default
+    status: str = "active"
+    last_used: int | None = None    # as last written by ``touch`` (None: never used)
+
+
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    """A key to insert (its id is the database's to give)."""
+    key_hash: str
+    key_prefix: str
+    ip: str
+    generation: int
+    created: int
+    rpm: int | None = None
+
+
+class BlockRecord(NamedTuple):
+    """An operator's block of an IP or CIDR (a tuple: ``cidr, created, note = block``)."""
+    cidr: str
+    created: int
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """One key's usage on one UTC day (``key_hash`` is ``master`` for the master key)."""
+    key_hash: str
+    day: str              # YYYY-MM-DD
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    images: int = 0
+    video_seconds: int = 0
+    credits: float = 0.0
+
+
+class KeyRepository(Protocol):
+    async def active(self) -> list[KeyRecord]:
+        """Every active key."""
+
+    async def find(self, *, key_hash: str | None = None, key_prefix: str | None = None,
+                   ip: str | None = None, status: str | None = None) -> list[KeyRecord]:
+        """The keys (active or not, oldest first) matching every criterion given."""
+
+    async def issued_since(self, since: int, *, ipv6_only: bool = False) -> list[tuple[str, int]]:
+        """``(ip, created)`` of every key created after ``since``, oldest first."""
+
+    async def next_generation(self, ip: str) -> int:
+        """One more than the IP's highest generation so far (0 for a new IP)."""
+
+    async def insert_key(self, new: NewKey) -> KeyRecord | None:
+        """Insert ``new`` as the IP's active key, unless the IP already has one or the
+        hash is taken.  Returns the IP's active key after the statement: the new row, or
+        the one already there (compare ``key_hash``); None if the IP has none (the
+        generation was taken by a key revoked since: ask ``next_generation`` again)."""
+
+    async def revoke(self, key_id: int, when: int) -> bool:
+        """Mark an active key revoked (False: it was not active)."""
+
+    async def set_rpm(self, key_id: int, rpm: int | None) -> bool:
+        """Give a key its own rate limit (None: the default).  False: no such key."""
+
+    async def touch(self, last_used: Mapping[int, int]) -> None:
+        """Record when each key (id → unix time) was last used."""
+
+
+class BlockRepository(Protocol):
+    async def all(self) -> list[BlockRecord]:
+        """Every block, oldest first."""
+
+    async def add(self, cidr: str, created: int, note: str = "") -> bool:
+        """Block a network (False: it already was)."""
+
+    async def remove(self, cidr: str) -> bool:
+        """Lift a block (False: there was none for exactly that network)."""
+
+
+class UsageRepository(Protocol):
+    async def day(self, day: str) -> list[UsageRow]:
+        """Every key's totals for one UTC day."""
+
+    async def add(self, rows: Sequence[UsageRow]) -> None:
+        """Add each row to the stored totals of its (key, day), all or none."""
+
+
+class Storage(Protocol):
+    """One engine's connection to one database, and its repositories."""
+    @property
+    def keys(self) -> KeyRepository: ...
+
+    @property
+    def blocks(self) -> BlockRepository: ...
+
+    @property
+    def usage(self) -> UsageRepository: ...
+
+    async def changed_elsewhere(self) -> bool:
+        """True if another connection changed keys or blocks since the last call (or since
+        the storage was opened).  Usage rows and last-used times do not count."""
+
+    async def upgrade_keys(self, rewrite: Callable[[KeyRecord], KeyRecord]) -> int:
+        """Once per database made before keys were hashed with the key secret, in one
+        transaction: store ``rewrite(record)``'s ``key_hash`` and ``key_prefix`` for every
+        key, and file the usage rows of each changed hash under the new one.  The number of
+        keys changed (0: nothing to do, as for every database made since)."""
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+
+
+async def open_storage(database: str | Path) -> Storage:
+    """The storage the ``database`` setting names, opened and migrated to the current schema:
+    a path or ``sqlite:PATH`` → SQLite; ``postgresql://…`` → not built yet (StorageError)."""
+    scheme, path = locate(database)
+    if scheme != "sqlite":
+        raise StorageError("database: a postgresql:// URL names the PostgreSQL engine, which "
+                           "is not built yet; set `database` to a SQLite file path")
+    from .sqlite import SqliteStorage
+    return await SqliteStorage.open(path)
+
+
+def locate(database: str | Path) -> tuple[str, Path]:
+    """``("sqlite", path)`` or ``("postgresql", …)``.  Also reads a URL that went through the
+    config's path resolution (``/etc/apiarium/postgresql:/host/db``, ``…/sqlite:data/x``)."""
+    parts = Path(database).parts
+    for i, part in enumerate(parts):
+        head, sep, rest = part.partition(":")
+        scheme = head.lower()
+        if not sep or scheme not in ("sqlite", "postgresql", "postgres"):
+            continue
+        if scheme != "sqlite":
+            return "postgresql", Path(database)
+        if rest:                                  # sqlite:relative/path
+            return "sqlite", Path(*parts[:i], rest, *parts[i + 1:])
+        return "sqlite", Path("/", *parts[i + 1:])     # sqlite:///absolute/path
+    return "sqlite", Path(database)

@@ -1,0 +1,313 @@
+"""The SQLite engine behind the repository Protocols, against a temporary file: keys, blocks,
+usage, change detection between connections, and the migration of databases made by older
+versions (their schema is built inline here, as the old code left it)."""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from dataclasses import replace
+
+import pytest
+
+from apiarium.storage import NewKey, StorageError, UsageRow, open_storage
+from apiarium.storage.sqlite import SCHEMA_VERSION, SqliteStorage
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def new_key(ip: str, generation: int = 0, rpm: int | None = None) -> NewKey:
+    h = f"{ip}|{generation}".encode().hex().ljust(64, "0")
+    return NewKey(h, f"api-{generation:02d}", ip, generation, 1_700_000_000 + generation, rpm)
+
+
+def test_insert_lookup_and_revoke(tmp_path):
+    async def go():
+        st = await open_storage(tmp_path / "k.sqlite3")
+        try:
+            keys = st.keys
+            assert await keys.next_generation("192.0.2.1") == 0
+            rec = await keys.insert_key(new_key("192.0.2.1", rpm=7))
+            assert rec is not None and rec.id > 0 and rec.rpm == 7 and rec.status == "active"
+            assert await keys.active() == [rec]
+            assert await keys.find(key_hash=rec.key_hash) == [rec]
+            assert await keys.find(key_prefix="api-00", status="active") == [rec]
+            assert await keys.find(ip="192.0.2.1") == [rec]
+            assert await keys.find(ip="192.0.2.2") == []
+            # one active key per IP: the second insert gives back the first
+            again = await keys.insert_key(new_key("192.0.2.1", generation=1))
+            assert again == rec
+            assert await keys.set_rpm(rec.id, None) and not await keys.set_rpm(9999, 3)
+            assert await keys.revoke(rec.id, 1_800_000_000)
+            assert not await keys.revoke(rec.id, 1_800_000_001)         # not active any more
+            assert await keys.active() == []
+            assert await keys.next_generation("192.0.2.1") == 1
+            second = await keys.insert_key(new_key("192.0.2.1", generation=1))
+            assert second is not None and second.generation == 1 and second.id != rec.id
+            old, new = await keys.find(ip="192.0.2.1")                    # oldest first
+            assert (old.id, old.status, old.rpm) == (rec.id, "revoked", None)
+            assert new == second
+            assert await keys.find(status="active") == [second]
+            # the generation went to a key revoked since: nothing inserted, none active
+            await keys.revoke(second.id, 1_800_000_002)
+            assert await keys.insert_key(new_key("192.0.2.1", generation=1)) is None
+        finally:
+            await st.close()
+            await st.close()                                             # idempotent
+    run(go())
+
+
+def test_issued_since_and_touch(tmp_path):
+    async def go():
+        st = await open_storage(tmp_path / "k.sqlite3")
+        try:
+            a = await st.keys.insert_key(new_key("192.0.2.1", generation=0))
+            b = await st.keys.insert_key(new_key("2001:db8::1", generation=5))
+            assert a is not None and b is not None
+            assert await st.keys.issued_since(0) == [("192.0.2.1", a.created),
+                                                     ("2001:db8::1", b.created)]
+            assert await st.keys.issued_since(0, ipv6_only=True) == [("2001:db8::1", b.created)]
+            assert await st.keys.issued_since(b.created) == []
+            await st.keys.touch({a.id: 1_900_000_000, b.id: 1_900_000_001})
+            got = {r.id: r.last_used for r in await st.keys.active()}
+            assert got == {a.id: 1_900_000_000, b.id: 1_900_000_001}
+        finally:
+            await st.close()
+    run(go())
+
+
+def test_blocks(tmp_path):
+    async def go():
+        st = await open_storage(tmp_path / "k.sqlite3")
+        try:
+            assert await st.blocks.add("198.51.100.0/24", 20, "abuse")
+            assert not await st.blocks.add("198.51.100.0/24", 30, "again")
+            assert await st.blocks.add("203.0.113.7/32", 10)
+            blocks = await st.blocks.all()
+            assert [b.cidr for b in blocks] == ["203.0.113.7/32", "198.51.100.0/24"]
+            cidr, created, note = blocks[1]                        # a plain tuple, too
+            assert (cidr, created, note) == ("198.51.100.0/24", 20, "abuse")
+            assert await st.blocks.remove("203.0.113.7/32")
+            assert not await st.blocks.remove("203.0.113.7/32")
+            assert [b.cidr for b in await st.blocks.all()] == ["198.51.100.0/24"]
+        finally:
+            await st.close()
+    run(go())
+
+
+def test_usage_rows_add_up(tmp_path):
+    async def go():
+        st = await open_storage(tmp_path / "k.sqlite3")
+        try:
+            await st.usage.add([])
+            await st.usage.add([UsageRow("h1", "2030-01-01", 1, 10, 20, 0, 0, 0.5),
+                                UsageRow("h2", "2030-01-01", requests=2),
+                                UsageRow("h1", "2030-01-02", video_seconds=8, credits=4.0)])
+            await st.usage.add([UsageRow("h1", "2030-01-01", 1, 1, 2, 3, 4, 0.25)])
+            rows = {r.key_hash: r for r in await st.usage.day("2030-01-01")}
+            assert rows["h1"] == UsageRow("h1", "2030-01-01", 2, 11, 22, 3, 4, 0.75)
+            assert rows["h2"].requests == 2 and set(rows) == {"h1", "h2"}
+            assert await st.usage.day("2030-01-02") == [
+                UsageRow("h1", "2030-01-02", video_seconds=8, credits=4.0)]
+        finally:
+            await st.close()
+    run(go())
+
+
+def test_changed_elsewhere_sees_only_other_connections_key_and_block_writes(tmp_path):
+    async def go():
+        a = await open_storage(tmp_path / "k.sqlite3")
+        b = await open_storage(tmp_path / "k.sqlite3")
+        try:
+            assert not await a.changed_elsewhere() and not await b.changed_elsewhere()
+            rec = await a.keys.insert_key(new_key("192.0.2.1"))
+            assert not await a.changed_elsewhere()             # its own write
+            assert await b.changed_elsewhere()
+            assert not await b.changed_elsewhere()             # once per change
+            await b.usage.add([UsageRow("h", "2030-01-01", requests=1)])
+            await b.keys.touch({rec.id: 5})
+            assert not await a.changed_elsewhere()             # usage and last-used: not news
+            await b.blocks.add("198.51.100.0/24", 1)
+            assert await a.changed_elsewhere()
+            await b.keys.revoke(rec.id, 2)
+            assert await a.changed_elsewhere()
+        finally:
+            await a.close()
+            await b.close()
+    run(go())
+
+
+# --------------------------------------------------------------------------- migrations
+
+OLD_SCHEMA = """
+CREATE TABLE keys (
+    id          INTEGER PRIMARY KEY,
+    key_hash    TEXT NOT NULL UNIQUE,
+    key_prefix  TEXT NOT NULL,
+    ip          TEXT NOT NULL,
+    generation  INTEGER NOT NULL,
+    created     INTEGER NOT NULL,
+    rpm         INTEGER,
+    status      TEXT NOT NULL DEFAULT 'active',
+    revoked_at  INTEGER
+);
+CREATE UNIQUE INDEX keys_one_active_per_ip ON keys(ip) WHERE status = 'active';
+CREATE INDEX keys_ip ON keys(ip);
+CREATE TABLE blocks (cidr TEXT PRIMARY KEY, created INTEGER NOT NULL,
+                     note TEXT NOT NULL DEFAULT '');
+CREATE TABLE usage (
+    key_hash TEXT NOT NULL, day TEXT NOT NULL, requests INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL DEFAULT 0,
+    images INTEGER NOT NULL DEFAULT 0, video_seconds INTEGER NOT NULL DEFAULT 0,
+    credits REAL NOT NULL DEFAULT 0, PRIMARY KEY (key_hash, day));
+INSERT INTO keys (key_hash, key_prefix, ip, generation, created, rpm, status)
+    VALUES ('aa', 'api-abcd', '192.0.2.1', 0, 100, NULL, 'revoked'),
+           ('bb', 'api-efgh', '192.0.2.1', 1, 200, 9, 'active');
+INSERT INTO blocks VALUES ('198.51.100.0/24', 50, 'old');
+INSERT INTO usage VALUES ('bb', '2030-01-01', 3, 1, 2, 0, 0, 1.5);
+"""
+
+
+def old_database(path):
+    """A database as the code before schema versions left it: no ``last_used`` column (the
+    first releases), no ``key_changes`` counter or triggers, ``user_version`` 0."""
+    con = sqlite3.connect(path)
+    con.executescript(OLD_SCHEMA)
+    con.close()
+
+
+def test_old_database_is_migrated_on_open(tmp_path):
+    db = tmp_path / "old.sqlite3"
+    old_database(db)
+
+    async def go():
+        st = await open_storage(db)
+        try:
+            (rec,) = await st.keys.active()
+            assert (rec.key_hash, rec.key_prefix, rec.generation, rec.rpm, rec.last_used) == \
+                ("bb", "api-efgh", 1, 9, None)
+            assert len(await st.keys.find(ip="192.0.2.1")) == 2
+            assert [tuple(b) for b in await st.blocks.all()] == [("198.51.100.0/24", 50, "old")]
+            assert (await st.usage.day("2030-01-01"))[0].credits == 1.5
+            await st.keys.touch({rec.id: 7})                   # the new column works
+            assert (await st.keys.active())[0].last_used == 7
+            other = await open_storage(db)                     # triggers now count changes
+            await other.keys.revoke(rec.id, 300)
+            await other.close()
+            assert await st.changed_elsewhere()
+        finally:
+            await st.close()
+    run(go())
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 1    # 2 needs the secret
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
+
+
+def test_upgrade_keys_rewrites_hashes_and_prefixes_and_moves_usage(tmp_path):
+    db = tmp_path / "old.sqlite3"
+    old_database(db)
+
+    def rewrite(rec):
+        return replace(rec, key_hash=rec.key_hash * 2, key_prefix=rec.key_prefix[:6])
+
+    async def go():
+        st = await open_storage(db)
+        watcher = await open_storage(db)
+        try:
+            # usage already filed under a new hash for that day is added to, not replaced
+            await st.usage.add([UsageRow("bbbb", "2030-01-01", requests=1, credits=0.5)])
+            assert await st.upgrade_keys(rewrite) == 2
+            assert await st.upgrade_keys(rewrite) == 0            # once per database
+            assert await watcher.upgrade_keys(rewrite) == 0
+            assert not await st.changed_elsewhere()
+            assert await watcher.changed_elsewhere()              # caches must reload
+            rows = await st.keys.find()
+            assert [(r.key_hash, r.key_prefix) for r in rows] == [("aaaa", "api-ab"),
+                                                                  ("bbbb", "api-ef")]
+            (usage,) = await st.usage.day("2030-01-01")
+            assert (usage.key_hash, usage.requests, usage.credits) == ("bbbb", 4, 2.0)
+        finally:
+            await st.close()
+            await watcher.close()
+    run(go())
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    con.close()
+
+
+def test_database_of_the_last_unversioned_release_opens(tmp_path):
+    """``last_used`` and the triggers already there, ``user_version`` still 0."""
+    db = tmp_path / "v0.sqlite3"
+    old_database(db)
+    con = sqlite3.connect(db)
+    con.execute("ALTER TABLE keys ADD COLUMN last_used INTEGER")
+    con.execute("UPDATE keys SET last_used = 123 WHERE status = 'active'")
+    con.commit()
+    con.close()
+
+    async def go():
+        st = await open_storage(db)
+        (rec,) = await st.keys.active()
+        await st.close()
+        return rec
+    assert run(go()).last_used == 123
+
+
+def test_two_processes_opening_an_old_database_at_once(tmp_path):
+    db = tmp_path / "old.sqlite3"
+    old_database(db)
+
+    async def go():
+        stores = await asyncio.gather(*(open_storage(db) for _ in range(4)))
+        counts = [len(await s.keys.active()) for s in stores]
+        for s in stores:
+            await s.close()
+        return counts
+    assert run(go()) == [1, 1, 1, 1]
+
+
+def test_newer_schema_is_refused(tmp_path):
+    db = tmp_path / "new.sqlite3"
+    con = sqlite3.connect(db)
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    con.close()
+    with pytest.raises(StorageError, match="newer apiarium"):
+        run(open_storage(db))
+
+
+def test_not_a_database(tmp_path):
+    db = tmp_path / "junk.sqlite3"
+    db.write_bytes(b"this is not a database, just text long enough to look at" * 20)
+    with pytest.raises(StorageError, match=r"junk\.sqlite3"):
+        run(open_storage(db))
+
+
+# --------------------------------------------------------------------------- the factory
+
+def test_engine_is_picked_from_the_setting(tmp_path):
+    async def go(setting):
+        st = await open_storage(setting)
+        try:
+            assert isinstance(st, SqliteStorage)
+            return st.path
+        finally:
+            await st.close()
+    assert run(go(tmp_path / "a.sqlite3")) == tmp_path / "a.sqlite3"
+    assert run(go(str(tmp_path / "b.sqlite3"))) == tmp_path / "b.sqlite3"
+    assert run(go(f"sqlite:{tmp_path}/c.sqlite3")) == tmp_path / "c.sqlite3"
+    assert run(go(f"sqlite://{tmp_path}/d.sqlite3")) == tmp_path / "d.sqlite3"
+    assert (tmp_path / "d.sqlite3").exists()
+
+
+@pytest.mark.parametrize("setting", ["postgresql://apiarium:s3cret@db.example/apiarium",
+                                     "postgres://db.example/apiarium"])
+def test_postgresql_is_not_built_yet(tmp_path, setting):
+    for value in (setting, tmp_path / setting):       # also as the config resolves it
+        with pytest.raises(StorageError) as exc:
+            run(open_storage(value))
+        message = str(exc.value)
+        assert "PostgreSQL" in message and "not built yet" in message
+        assert "s3cret" not in message                # a URL's password is never echoed
+    assert list(tmp_path.iterdir()) == []
