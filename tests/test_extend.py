@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 import openai
@@ -19,12 +20,12 @@ from apiarium import providers, sse
 from apiarium.app import make_app, make_live, make_session
 from apiarium.catalog import ModelSpec
 from apiarium.config import ConfigError, load_config
-from apiarium.keys import KeyStore
+from apiarium.live import Services
 from apiarium.metrics import Metrics
 from apiarium.providers import KINDS
 from apiarium.providers.base import Provider
 from apiarium.providers.shapes import Chunks, completion, text_of, usage, wants_usage
-from apiarium.live import Services
+from apiarium.services.keys import KeyService
 from apiarium.usage import UsageLedger
 
 MASTER = "m-key"
@@ -78,7 +79,7 @@ def app(io_loop, tmp_path):
         "models": {"parrot": {"provider": "toy"}}}))
 
     async def build():
-        keys = await KeyStore(config.settings.database).open()
+        keys = await KeyService(config.settings.database).open()
         usage_ = await UsageLedger(config.settings.database).open()
         session = make_session()
         return Services(live=make_live(config, session), keys=keys, usage=usage_,
