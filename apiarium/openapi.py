@@ -18,6 +18,8 @@ import orjson
 from . import __version__
 from .generation import OPENAI_SIZES, RATIOS, VIDEO_RATIOS, VIDEO_RESOLUTIONS
 from .modeltypes import MODEL_TYPES
+from .openapi_dialects import SCHEMAS as DIALECT_SCHEMAS
+from .openapi_dialects import paths as dialect_paths
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -301,7 +303,10 @@ def _paths() -> dict:
              403: ok("VPN, proxy or blocked address: an HTML error page (`vpn_detected`).",
                      html),
              429: ok("Too many key requests from this network: an HTML error page.", html,
-                     {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}})})},
+                     {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}})}),
+              "head": operation("probe", "pages",
+                                "A probe of the base URL (agent clients): no key is issued",
+                                {200: ok("Up.", None)})},
         "/static/{name}": {"get": static_get, "head": head_of(static_get, "headStatic")},
         "/health": {"get": operation("health", "info", "Liveness",
                                      {200: ok("Up.", {JSON: {"schema": ref("Health")}})})},
@@ -342,6 +347,7 @@ def _paths() -> dict:
             {200: ok("The video.", {JSON: {"schema": ref("VideosResponse")}}, limited)},
             auth=True, body="VideoRequest", errors=UPSTREAM, passthrough=True)},
         "/media/{name}": {"get": media_get, "head": head_of(media_get, "headMedia")},
+        **dialect_paths(operation, ok, UPSTREAM, AUTHED, limited),
         "/openapi.json": {"get": operation(
             "openapi", "info", "This document",
             {200: ok("OpenAPI 3.1.", {JSON: {"schema": {"type": "object"}}})})},
@@ -367,17 +373,20 @@ def _build() -> dict:
                 "limited per key (429 with `Retry-After`)."),
             "license": {"name": "MIT", "identifier": "MIT"},
         },
-        "tags": [{"name": t} for t in ("generation", "models", "keys", "media", "info",
-                                       "pages")],
+        "tags": [{"name": t} for t in ("generation", "responses", "anthropic", "models",
+                                       "keys", "media", "info", "pages")],
         "paths": _paths(),
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **DIALECT_SCHEMAS},
             "headers": HEADERS,
             "responses": {f"E{s}": error_response(s) for s in ERRORS},
             "securitySchemes": {"bearer": {
                 "type": "http", "scheme": "bearer",
                 "description": "A key from GET /v1/keys/me (`api-` + 16 characters), or the "
-                               "operator's master key."}},
+                               "operator's master key."},
+                "x-api-key": {"type": "apiKey", "in": "header", "name": "x-api-key",
+                              "description": "The same key, as Anthropic's clients send it "
+                                             "(the Messages endpoints)."}},
         },
     }
 

@@ -1,6 +1,7 @@
 """Anthropic Messages as a client dialect, request side: ``POST /v1/messages`` bodies → the
-internal chat request.  The answers: ``anthropic_answer.py`` (Message JSON, errors, the
-count_tokens estimate) and ``anthropic_stream.py`` (events).
+internal chat request; the blocks inside each message are translated by ``anthropic_blocks.py``.
+The answers: ``anthropic_answer.py`` (Message JSON, errors, the count_tokens estimate) and
+``anthropic_stream.py`` (events).
 
 Request (Anthropic → chat):
 
@@ -40,11 +41,17 @@ Every malformed field is a 400 whose ``param`` is its path, e.g. ``messages[2].c
 """
 from __future__ import annotations
 
-from typing import Any
-
-import orjson
-
 from ..errors import InvalidRequest
+from .anthropic_blocks import (
+    as_blocks,
+    as_int,
+    as_number,
+    as_object,
+    as_str,
+    assistant_turn,
+    bad,
+    user_turn,
+)
 
 # thinking.budget_tokens below each bound gets that reasoning_effort; larger budgets get high
 EFFORT_BY_BUDGET = ((4096, "low"), (16384, "medium"))
@@ -55,45 +62,6 @@ EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "m
 GATEWAY_SIGNATURE = "apiarium-unsigned-reasoning"
 
 _BILLING_HEADER = "x-anthropic-billing-header:"
-
-
-# ---------------------------------------------------------------------- small checks
-def _bad(path: str, what: str, code: str | None = None) -> InvalidRequest:
-    return InvalidRequest(f"`{path}` {what}", param=path, code=code)
-
-
-def _obj(value: object, path: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _bad(path, "must be an object.")
-    return value
-
-
-def _text(value: object, path: str) -> str:
-    if not isinstance(value, str):
-        raise _bad(path, "must be a string.")
-    return value
-
-
-def _int(value: object, path: str, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise _bad(path, f"must be an integer ≥ {minimum}.")
-    return value
-
-
-def _number(value: object, path: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise _bad(path, "must be a number.")
-    return value
-
-
-def _blocks(content: object, path: str) -> list[dict[str, Any]]:
-    """``content`` as a list of blocks, each an object with a string ``type``."""
-    if not isinstance(content, list):
-        raise _bad(path, "must be a string or a list of content blocks.")
-    for j, block in enumerate(content):
-        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
-            raise _bad(f"{path}[{j}]", "must be a content block: an object with a `type`.")
-    return content
 
 
 # ---------------------------------------------------------------------- the request
@@ -146,7 +114,7 @@ def to_chat(body: dict, *, keep_reasoning: bool = False) -> dict:
     if body.get("max_tokens") is None:
         raise InvalidRequest("`max_tokens` is required: the most tokens the answer may use.",
                              param="max_tokens", code="missing_max_tokens")
-    max_tokens = _int(body["max_tokens"], "max_tokens", 1)
+    max_tokens = as_int(body["max_tokens"], "max_tokens", 1)
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise InvalidRequest("`messages` is required: a non-empty list of {\"role\", "
@@ -173,177 +141,28 @@ def _system_text(value: object, path: str) -> str:
     if isinstance(value, str):
         return value
     texts = []
-    for j, block in enumerate(_blocks(value, path)):
+    for j, block in enumerate(as_blocks(value, path)):
         if block["type"] != "text":
-            raise _bad(f"{path}[{j}].type", "must be `text`: system prompts hold text only.")
-        text = _text(block.get("text"), f"{path}[{j}].text")
+            raise bad(f"{path}[{j}].type", "must be `text`: system prompts hold text only.")
+        text = as_str(block.get("text"), f"{path}[{j}].text")
         if text and not text.startswith(_BILLING_HEADER):
             texts.append(text)
     return "\n\n".join(texts)
 
 
 def _message(m: object, path: str, keep_reasoning: bool) -> list[dict]:
-    m = _obj(m, path)
+    m = as_object(m, path)
     role, content = m.get("role"), m.get("content")
     if role not in ("user", "assistant", "system"):
-        raise _bad(f"{path}.role", f"must be `user` or `assistant` (got {role!r}).")
+        raise bad(f"{path}.role", f"must be `user` or `assistant` (got {role!r}).")
     if not isinstance(content, (str, list)):
-        raise _bad(f"{path}.content", "must be a string or a list of content blocks.")
+        raise bad(f"{path}.content", "must be a string or a list of content blocks.")
     if role == "system":
         text = _system_text(content, f"{path}.content")
         return [{"role": "system", "content": text}] if text else []
     if role == "user":
-        return _user(content, f"{path}.content")
-    return _assistant(content, f"{path}.content", keep_reasoning)
-
-
-def _user(content: str | list[Any], path: str) -> list[dict]:
-    if isinstance(content, str):
-        return [{"role": "user", "content": content}]
-    results: list[dict] = []
-    result_images: list[dict] = []
-    parts: list[dict] = []
-    for j, block in enumerate(_blocks(content, path)):
-        where = f"{path}[{j}]"
-        if block["type"] == "tool_result":
-            results.append(_tool_result(block, where, result_images))
-        else:
-            part = _user_part(block, where)
-            if part is not None:
-                parts.append(part)
-    parts = result_images + parts
-    if parts:
-        if all(p["type"] == "text" for p in parts):
-            results.append({"role": "user", "content": "\n\n".join(p["text"] for p in parts)})
-        else:
-            results.append({"role": "user", "content": parts})
-    return results
-
-
-def _user_part(block: dict, where: str) -> dict | None:
-    kind = block["type"]
-    if kind == "text":
-        text = _text(block.get("text"), f"{where}.text")
-        return {"type": "text", "text": text} if text else None
-    if kind == "image":
-        return {"type": "image_url", "image_url": {"url": _image_url(block, where)}}
-    if kind in ("document", "search_result"):
-        return {"type": "text", "text": _document_text(block, where)}
-    if kind in ("tool_use", "thinking", "redacted_thinking"):
-        raise _bad(f"{where}.type", f"`{kind}` blocks belong in assistant messages.")
-    raise _bad(f"{where}.type", f"`{kind}` is not a block type this gateway translates for "
-                                f"this model: use text, image, document (plain text) or "
-                                f"tool_result.", code="unsupported_block")
-
-
-def _image_url(block: dict, where: str) -> str:
-    source = _obj(block.get("source"), f"{where}.source")
-    kind = source.get("type")
-    if kind == "base64":
-        media = _text(source.get("media_type"), f"{where}.source.media_type")
-        data = _text(source.get("data"), f"{where}.source.data")
-        return f"data:{media};base64,{data}"
-    if kind == "url":
-        return _text(source.get("url"), f"{where}.source.url")
-    if kind == "file":
-        raise _bad(f"{where}.source.type", "`file` (an Anthropic Files API id) only works with "
-                                           "Anthropic models: send the image as base64 or a URL.",
-                   code="unsupported_block")
-    raise _bad(f"{where}.source.type", "must be `base64` or `url`.")
-
-
-def _document_text(block: dict, where: str) -> str:
-    """A plain-text document or a search result, as text (title first).  PDFs and Files API
-    documents only Anthropic models read: 400."""
-    title = block.get("title")
-    if block["type"] == "search_result":
-        body = _texts_of(block.get("content"), f"{where}.content")
-        head = [_text(title, f"{where}.title"), _text(block.get("source"), f"{where}.source")]
-        return "\n".join(head) + "\n\n" + body
-    source = _obj(block.get("source"), f"{where}.source")
-    kind = source.get("type")
-    if kind == "text":
-        body = _text(source.get("data"), f"{where}.source.data")
-    elif kind == "content":
-        inner = source.get("content")
-        body = inner if isinstance(inner, str) else _texts_of(inner, f"{where}.source.content")
-    else:
-        raise _bad(f"{where}.source.type",
-                   f"`{kind}` documents (PDFs, Files API ids) only Anthropic models read: send "
-                   f"the document's text as a `text` source or a text block.",
-                   code="unsupported_block")
-    return f"{title}\n\n{body}" if isinstance(title, str) and title else body
-
-
-def _texts_of(content: object, path: str) -> str:
-    texts = []
-    for j, block in enumerate(_blocks(content, path)):
-        if block["type"] != "text":
-            raise _bad(f"{path}[{j}].type", "must be `text` here.")
-        texts.append(_text(block.get("text"), f"{path}[{j}].text"))
-    return "\n".join(texts)
-
-
-def _tool_result(block: dict, where: str, images: list[dict]) -> dict:
-    call_id = block.get("tool_use_id")
-    if not isinstance(call_id, str) or not call_id:
-        raise _bad(f"{where}.tool_use_id", "is required: the id of the tool_use it answers.")
-    is_error = block.get("is_error")
-    if is_error is not None and not isinstance(is_error, bool):
-        raise _bad(f"{where}.is_error", "must be true or false.")
-    content = block.get("content")
-    if content is None or isinstance(content, str):
-        text = content or ""
-    else:
-        texts, first = [], len(images)
-        for k, inner in enumerate(_blocks(content, f"{where}.content")):
-            part = _user_part(inner, f"{where}.content[{k}]")
-            if part is None:
-                continue
-            if part["type"] == "text":
-                texts.append(part["text"])
-            else:
-                images.append(part)
-        if len(images) > first:
-            label = f"The result of tool call {call_id} included these images:"
-            images.insert(first, {"type": "text", "text": label})
-        text = "\n".join(texts)
-    if is_error:
-        text = f"Error: {text}" if text else "Error"
-    return {"role": "tool", "tool_call_id": call_id, "content": text}
-
-
-def _assistant(content: str | list[Any], path: str, keep_reasoning: bool) -> list[dict]:
-    if isinstance(content, str):
-        return [{"role": "assistant", "content": content}] if content else []
-    texts, calls, reasoning = [], [], []
-    for j, block in enumerate(_blocks(content, path)):
-        where, kind = f"{path}[{j}]", block["type"]
-        if kind == "text":
-            text = _text(block.get("text"), f"{where}.text")
-            if text:
-                texts.append(text)
-        elif kind == "tool_use":
-            call_id = _text(block.get("id"), f"{where}.id")
-            name = _text(block.get("name"), f"{where}.name")
-            args = _obj(block.get("input"), f"{where}.input")
-            calls.append({"id": call_id, "type": "function",
-                          "function": {"name": name, "arguments": orjson.dumps(args).decode()}})
-        elif kind == "thinking":
-            thought = _text(block.get("thinking"), f"{where}.thinking")
-            if thought:
-                reasoning.append(thought)
-        elif kind != "redacted_thinking":
-            raise _bad(f"{where}.type", f"`{kind}` is not valid in an assistant message here: "
-                                        f"use text, tool_use or thinking.")
-    if not texts and not calls:
-        return []
-    message: dict = {"role": "assistant", "content": "\n\n".join(texts) if texts else None}
-    if calls:
-        message["tool_calls"] = calls
-    if keep_reasoning and reasoning:
-        message["reasoning_content"] = "\n\n".join(reasoning)
-    return [message]
+        return user_turn(content, f"{path}.content")
+    return assistant_turn(content, f"{path}.content", keep_reasoning)
 
 
 def _add_tools(chat: dict, body: dict) -> None:
@@ -351,24 +170,24 @@ def _add_tools(chat: dict, body: dict) -> None:
     if tools is None:
         return
     if not isinstance(tools, list):
-        raise _bad("tools", "must be a list of tools.")
+        raise bad("tools", "must be a list of tools.")
     names: set[str] = set()
     converted = []
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
-        _obj(tool, where)
-        name = _text(tool.get("name"), f"{where}.name")
+        as_object(tool, where)
+        name = as_str(tool.get("name"), f"{where}.name")
         fn = {"name": name,
-              "parameters": _obj(tool.get("input_schema"), f"{where}.input_schema")}
+              "parameters": as_object(tool.get("input_schema"), f"{where}.input_schema")}
         if tool.get("description") is not None:
-            fn["description"] = _text(tool["description"], f"{where}.description")
+            fn["description"] = as_str(tool["description"], f"{where}.description")
         names.add(name)
         converted.append({"type": "function", "function": fn})
     choice = body.get("tool_choice")
     if choice is None:
         mapped, parallel = None, True
     else:
-        mapped, parallel = _tool_choice(_obj(choice, "tool_choice"), names)
+        mapped, parallel = _tool_choice(as_object(choice, "tool_choice"), names)
     if not converted:
         return                    # a tool_choice without tools means nothing upstream
     chat["tools"] = converted
@@ -382,70 +201,71 @@ def _tool_choice(choice: dict, names: set[str]) -> tuple[object, bool]:
     """(chat tool_choice, whether parallel calls stay allowed)."""
     off = choice.get("disable_parallel_tool_use")
     if off is not None and not isinstance(off, bool):
-        raise _bad("tool_choice.disable_parallel_tool_use", "must be true or false.")
+        raise bad("tool_choice.disable_parallel_tool_use", "must be true or false.")
     kind = choice.get("type")
     if kind in ("auto", "none"):
         return kind, not off
     if kind == "any":
         return "required", not off
     if kind == "tool":
-        name = _text(choice.get("name"), "tool_choice.name")
+        name = as_str(choice.get("name"), "tool_choice.name")
         if name not in names:
-            raise _bad("tool_choice.name", f"names `{name}`, which is not in `tools`.")
+            raise bad("tool_choice.name", f"names `{name}`, which is not in `tools`.")
         return {"type": "function", "function": {"name": name}}, not off
-    raise _bad("tool_choice.type", "must be `auto`, `any`, `tool` or `none`.")
+    raise bad("tool_choice.type", "must be `auto`, `any`, `tool` or `none`.")
 
 
 def _reasoning_effort(body: dict) -> str | None:
     effort = None
     config = body.get("output_config")
-    if config is not None and _obj(config, "output_config").get("effort") is not None:
+    if config is not None and as_object(config, "output_config").get("effort") is not None:
         effort = EFFORTS.get(config["effort"]) if isinstance(config["effort"], str) else None
         if effort is None:
-            raise _bad("output_config.effort", "must be low, medium, high, xhigh or max.")
+            raise bad("output_config.effort", "must be low, medium, high, xhigh or max.")
     thinking = body.get("thinking")
     if thinking is None:
         return effort
-    kind = _obj(thinking, "thinking").get("type")
+    kind = as_object(thinking, "thinking").get("type")
     if kind == "disabled":
         return None
     if kind == "enabled":
-        budget = _int(thinking.get("budget_tokens"), "thinking.budget_tokens", 1)
+        budget = as_int(thinking.get("budget_tokens"), "thinking.budget_tokens", 1)
         return effort or next((e for bound, e in EFFORT_BY_BUDGET if budget < bound), "high")
     if kind in ("adaptive", "between_tools"):
         return effort
-    raise _bad("thinking.type", "must be `enabled`, `adaptive` or `disabled`.")
+    raise bad("thinking.type", "must be `enabled`, `adaptive` or `disabled`.")
 
 
 def _add_sampling(chat: dict, body: dict) -> None:
     stops = body.get("stop_sequences")
     if stops is not None:
         if not isinstance(stops, list):
-            raise _bad("stop_sequences", "must be a list of strings.")
+            raise bad("stop_sequences", "must be a list of strings.")
         for k, stop in enumerate(stops):
-            _text(stop, f"stop_sequences[{k}]")
+            as_str(stop, f"stop_sequences[{k}]")
         if stops:
             chat["stop"] = list(stops)
     for field in ("temperature", "top_p"):
         if body.get(field) is not None:
-            chat[field] = _number(body[field], field)
+            chat[field] = as_number(body[field], field)
     if body.get("top_k") is not None:
-        _int(body["top_k"], "top_k", 0)           # checked; chat has no top_k
+        as_int(body["top_k"], "top_k", 0)           # checked; chat has no top_k
     metadata = body.get("metadata")
     if metadata is not None:
-        user = _obj(metadata, "metadata").get("user_id")
-        if user is not None and _text(user, "metadata.user_id"):
+        user = as_object(metadata, "metadata").get("user_id")
+        if user is not None and as_str(user, "metadata.user_id"):
             chat["user"] = user
     config = body.get("output_config")
     if isinstance(config, dict) and config.get("format") is not None:
-        fmt = _obj(config["format"], "output_config.format")
+        fmt = as_object(config["format"], "output_config.format")
         if fmt.get("type") != "json_schema":
-            raise _bad("output_config.format.type", "must be `json_schema`.")
-        chat["response_format"] = {"type": "json_schema", "json_schema": {
-            "name": "output", "schema": _obj(fmt.get("schema"), "output_config.format.schema")}}
+            raise bad("output_config.format.type", "must be `json_schema`.")
+        schema = as_object(fmt.get("schema"), "output_config.format.schema")
+        chat["response_format"] = {"type": "json_schema",
+                                   "json_schema": {"name": "output", "schema": schema}}
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
-        raise _bad("stream", "must be true or false.")
+        raise bad("stream", "must be true or false.")
     if stream:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
