@@ -115,7 +115,7 @@ def _anthropic_errors(statuses: tuple[int, ...]) -> dict:
 def paths(operation: Any, ok: Any, upstream_errors: tuple[int, ...],
           authed_errors: tuple[int, ...], rate_headers: dict) -> dict:
     """The dialects' paths, built with ``openapi.py``'s ``operation`` and ``ok`` helpers."""
-    anthropic_security = [{"bearer": []}, {"x-api-key": []}]
+    anthropic_security: list[dict[str, list[str]]] = [{"bearer": []}, {"x-api-key": []}]
 
     def messages_op(op_id: str, summary: str, responses: dict, body: str,
                     statuses: tuple[int, ...]) -> dict:
