@@ -89,3 +89,11 @@ def test_python_examples_work_as_printed(shipped, fake_openai):
     assert lines[2].startswith(url + "/media/") and lines[2].endswith(".png")
     out = run_example(video, url, "python").strip()
     assert out.startswith(url + "/media/") and out.endswith(".mp4")
+
+
+def test_agent_sdk_example_works_as_printed(shipped, fake_openai):
+    url, _ = shipped
+    agents = [b for b in blocks("python") if "anthropic" in b]
+    assert len(agents) == 1
+    lines = run_example(agents[0], url, "python").splitlines()
+    assert lines == ["echo: Hello!", "echo: Hello!"]          # Responses, then Messages

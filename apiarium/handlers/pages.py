@@ -130,6 +130,23 @@ def examples(base: str, key: str, model: str) -> list[dict]:
                   f"  messages: [{{ role: \"user\", content: {json.dumps(PROMPT)} }}],\n"
                   f"}});\n"
                   f"console.log(response.choices[0].message.content);")
+    codex = (f"# ~/.codex/config.toml\n"
+             f"model = {json.dumps(model)}\n"
+             f"model_provider = \"apiarium\"\n\n"
+             f"[model_providers.apiarium]\n"
+             f"name = \"Apiarium\"\n"
+             f"base_url = {json.dumps(api)}\n"
+             f"env_key = \"APIARIUM_API_KEY\"\n"
+             f"wire_api = \"responses\"\n\n"
+             f"# then, in your shell:\n"
+             f"# export APIARIUM_API_KEY={shlex.quote(key)}\n"
+             f"# codex exec {shlex.quote(PROMPT)}")
+    claude = (f"export ANTHROPIC_BASE_URL={shlex.quote(base)}\n"
+              f"export ANTHROPIC_AUTH_TOKEN={shlex.quote(key)}\n"
+              f"export ANTHROPIC_MODEL={shlex.quote(model)}\n"
+              f"export ANTHROPIC_DEFAULT_HAIKU_MODEL={shlex.quote(model)}\n"
+              f"export CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1\n"
+              f"claude -p {shlex.quote(PROMPT)}")
     return [
         {"id": "curl", "label": "curl", "code": curl,
          "note": "Any shell with curl. The answer is JSON; the text is in choices[0].message."},
@@ -137,6 +154,12 @@ def examples(base: str, key: str, model: str) -> list[dict]:
          "note": "pip install openai  (then run the file with python)"},
         {"id": "js", "label": "JavaScript", "code": javascript,
          "note": "npm install openai  (Node 18+; save as hello.mjs, run node hello.mjs)"},
+        {"id": "codex", "label": "Codex CLI", "code": codex,
+         "note": "npm install -g @openai/codex  (Codex speaks the Responses API: any chat "
+                 "model of this gateway works)"},
+        {"id": "claude", "label": "Claude Code", "code": claude,
+         "note": "npm install -g @anthropic-ai/claude-code  (Claude Code speaks the Messages "
+                 "API: any chat model of this gateway works)"},
     ]
 
 
