@@ -59,7 +59,10 @@ SETTINGS_SCHEMA = Section({
                       "fetch_concurrency": Num(8, 1, 100_000, integer=True)}),
     "security": Section({"block_proxy_headers": Bool(True), "blocklists": ListOf(Str()),
                          "key_requests_per_minute": Num(60, 0, 1_000_000, integer=True),
-                         "new_keys_per_ipv6_64_per_day": Num(8, 0, 1_000_000, integer=True)}),
+                         "new_keys_per_ipv6_64_per_day": Num(8, 0, 1_000_000, integer=True),
+                         "new_keys_per_ipv6_48_per_day": Num(32, 0, 1_000_000, integer=True),
+                         "new_keys_per_ipv6_32_per_day": Num(1024, 0, 10_000_000, integer=True),
+                         "new_keys_per_hour": Num(1000, 0, 10_000_000, integer=True)}),
 })
 
 CATALOG_SCHEMA = Section({
@@ -117,7 +120,10 @@ class Settings:
     header_timeout_s: float                   # slow clients: the whole request head
     body_timeout_s: float                     # ... and the whole body
     key_requests_per_minute: int              # per IPv4 address or IPv6 /64 (0: no limit)
-    new_keys_per_ipv6_64_per_day: int         # 0: no limit
+    new_keys_per_ipv6_64_per_day: int         # 0: no limit (and the same below)
+    new_keys_per_ipv6_48_per_day: int
+    new_keys_per_ipv6_32_per_day: int
+    new_keys_per_hour: int                    # in the whole gateway
     # image_url (outbound.FetchPolicy): fetch http(s) URLs at all; addresses fetchable even
     # though not public; the size limit (data: URLs too); timeouts; fetches at once
     fetch_image_urls: bool = True
@@ -218,6 +224,9 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
         header_timeout_s=float(s["header_timeout_s"]), body_timeout_s=float(s["body_timeout_s"]),
         key_requests_per_minute=sec["key_requests_per_minute"],
         new_keys_per_ipv6_64_per_day=sec["new_keys_per_ipv6_64_per_day"],
+        new_keys_per_ipv6_48_per_day=sec["new_keys_per_ipv6_48_per_day"],
+        new_keys_per_ipv6_32_per_day=sec["new_keys_per_ipv6_32_per_day"],
+        new_keys_per_hour=sec["new_keys_per_hour"],
         fetch_image_urls=media["fetch_image_urls"],
         fetch_allow_cidrs=_networks(media["fetch_allow_cidrs"], ctx, problems,
                                     ("media", "fetch_allow_cidrs")),

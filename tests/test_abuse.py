@@ -366,24 +366,42 @@ def test_key_requests_per_ip_are_limited(make_gateway, fake_openai):
     assert gw.post("/v1/chat/completions", CHAT, key=key, ip=ip)[0] == 200
 
 
-def test_new_keys_per_ipv6_64_per_day_are_limited(make_gateway, fake_openai):
+def test_ipv6_key_farming_is_capped_per_64_48_and_32(make_gateway, fake_openai):
     gw = make_gateway(openai_models(fake_openai), server={**SERVER, "trusted_proxies": [PROXY]},
-                      security={"new_keys_per_ipv6_64_per_day": 3,
-                                "key_requests_per_minute": 100})
+                      security={"new_keys_per_ipv6_48_per_day": 8,
+                                "key_requests_per_minute": 1000})
     via = lambda ip: {"X-Forwarded-For": ip}                             # noqa: E731
-    keys = [me(gw, PROXY, **via(f"2001:db8:1:2::{i}"))[1]["key"] for i in (1, 2, 3)]
-    assert len(set(keys)) == 3
-    status, headers, body = gw.get("/v1/keys/me", ip=PROXY, headers=via("2001:db8:1:2::4"))
-    err = error_of(body)
-    assert status == 429 and "2001:db8:1:2::/64" in err["message"] and "3 new" in err["message"]
-    assert 23 * 3600 < int(headers["retry-after"]) <= 24 * 3600
-    # the addresses that have a key keep getting it; another /64 is not affected; IPv4 neither
-    assert me(gw, PROXY, **via("2001:db8:1:2::2"))[1]["key"] == keys[1]
-    assert me(gw, PROXY, **via("2001:db8:1:3::1"))[0] == 200
-    # the count holds across a restart (it comes from the database)
+    # one /64 is one user: every address in it gets the same key, good from any of them
+    first = me(gw, PROXY, **via("2001:db8:1:0::1"))[1]
+    assert first["ip"] == "2001:db8:1::/64"
+    assert me(gw, PROXY, **via("2001:db8:1:0:abcd::77"))[1]["key"] == first["key"]
+    assert gw.get("/v1/models", key=first["key"], ip=PROXY,
+                  headers=via("2001:db8:1:0:ffff::1"))[0] == 200
+    # 40 /64s of one /48: one key each up to the /48 cap, then 429 naming the /48
+    answers = [gw.get("/v1/keys/me", ip=PROXY, headers=via(f"2001:db8:1:{i:x}::1"))
+               for i in range(40)]
+    statuses = [a[0] for a in answers]
+    assert statuses == [200] * 8 + [429] * 32, statuses
+    err = error_of(answers[-1][2])
+    assert "2001:db8:1::/48" in err["message"] and "8 new" in err["message"]
+    assert 23 * 3600 < int(answers[-1][1]["retry-after"]) <= 24 * 3600
+    assert len({json.loads(a[2])["key"] for a in answers[:8]}) == 8
+    # another /48 is not affected; the count holds across a restart (it comes from the database)
+    assert me(gw, PROXY, **via("2001:db8:2::1"))[0] == 200
     gw.restart()
-    assert gw.get("/v1/keys/me", ip=PROXY, headers=via("2001:db8:1:2::5"))[0] == 429
-    assert me(gw, PROXY, **via("2001:db8:1:2::1"))[1]["key"] == keys[0]
+    assert gw.get("/v1/keys/me", ip=PROXY, headers=via("2001:db8:1:ff::1"))[0] == 429
+    assert me(gw, PROXY, **via("2001:db8:1:3::9"))[1]["key"] == json.loads(answers[3][2])["key"]
+
+
+def test_6to4_teredo_and_nat64_clients_are_the_ipv4_user_they_carry(make_gateway, fake_openai):
+    gw = make_gateway(openai_models(fake_openai), server={**SERVER, "trusted_proxies": [PROXY]},
+                      security={"key_requests_per_minute": 1000})
+    via = lambda ip: {"X-Forwarded-For": ip}                             # noqa: E731
+    v4 = me(gw, PROXY, **via("198.51.100.1"))[1]
+    # every /48 of 6to4 is one IPv4 user: no fresh identities from 2002::/16
+    for v6 in ("2002:c633:6401::1", "2002:c633:6401:1234::5", "64:ff9b::c633:6401"):
+        got = me(gw, PROXY, **via(v6))[1]
+        assert (got["ip"], got["key"]) == ("198.51.100.1", v4["key"]), v6
 
 
 # --------------------------------------------------------------------------- update-blocklists
@@ -397,7 +415,7 @@ def test_update_blocklists_writes_good_lists_and_keeps_the_rest(tmp_path):
              "/portal": b"<html><body>Please log in to the Wi-Fi</body></html>\n"}
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):                                                # noqa: N802
+        def do_GET(self):
             body = pages.get(self.path)
             self.send_response(200 if body else 404)
             self.send_header("Content-Length", str(len(body or b"")))

@@ -17,7 +17,7 @@ import pytest
 
 from apiarium.errors import RateLimited
 from apiarium.keysecret import derive
-from apiarium.services.keys import AddressBlocked, KeyService
+from apiarium.services.keys import AddressBlocked, IssuanceCaps, KeyService
 from apiarium.usage import UsageLedger, today
 
 KEY = re.compile(r"^api-[a-z0-9]{16}$")
@@ -85,26 +85,58 @@ def test_find_by_key_prefix_or_ip(db):
     run(go())
 
 
-def test_ipv6_64_gets_a_limited_number_of_new_keys_a_day(db):
+def test_an_ipv6_64_is_one_identity_with_one_key(db):
     async def go():
         keys = await KeyService(db).open()
-        for i in range(1, 4):
-            await keys.key_for_ip(f"2001:db8:1:2::{i}", new_per_64=3)
-        with pytest.raises(RateLimited) as exc:
-            await keys.key_for_ip("2001:db8:1:2::99", new_per_64=3)
-        assert "2001:db8:1:2::/64" in exc.value.message and exc.value.retry_after > 3600
-        # keys already issued still come back, another /64 and IPv4 are not affected
-        assert (await keys.key_for_ip("2001:db8:1:2::1", new_per_64=3))[1].ip == \
-            "2001:db8:1:2::1"
-        await keys.key_for_ip("2001:db8:1:3::1", new_per_64=3)
-        await keys.key_for_ip("192.0.2.9", new_per_64=1)
-        await keys.key_for_ip("192.0.2.10", new_per_64=1)
+        key, rec = await keys.key_for_ip("2001:db8:1:2::1")
+        assert rec.ip == "2001:db8:1:2::/64"
+        for other in ("2001:db8:1:2::99", "2001:db8:1:2:ffff:ffff:ffff:ffff"):
+            assert await keys.key_for_ip(other) == (key, rec)     # privacy addresses too
+        assert (await keys.key_for_ip("2001:db8:1:3::1"))[0] != key
+        assert await keys.find("2001:db8:1:2::5") == [rec]        # the CLI finds it by address
         await keys.close()
-        again = await KeyService(db).open()          # the count is kept in the database
+    run(go())
+
+
+def test_ipv6_48_and_32_get_a_limited_number_of_new_keys_a_day(db):
+    async def go():
+        keys = await KeyService(db).open()
+        caps = IssuanceCaps(per_48=5, per_32=8)
+        for i in range(5):                                          # five /64s of one /48
+            await keys.key_for_ip(f"2001:db8:1:{i}::1", caps=caps)
+        with pytest.raises(RateLimited) as exc:
+            await keys.key_for_ip("2001:db8:1:99::1", caps=caps)
+        assert "2001:db8:1::/48" in exc.value.message and "/48" in exc.value.message
+        assert 23 * 3600 < exc.value.retry_after <= 24 * 3600
+        for i in range(3):                                          # the /32 fills up next
+            await keys.key_for_ip(f"2001:db8:{i + 2}::1", caps=caps)
+        with pytest.raises(RateLimited) as exc:
+            await keys.key_for_ip("2001:db8:7::1", caps=caps)
+        assert "2001:db8::/32" in exc.value.message
+        # keys already issued still come back; another /32 and IPv4 are not affected
+        assert (await keys.key_for_ip("2001:db8:1:3::7", caps=caps))[1].ip == "2001:db8:1:3::/64"
+        await keys.key_for_ip("2001:db9::1", caps=caps)
+        await keys.key_for_ip("192.0.2.9", caps=caps)
+        await keys.close()
+        again = await KeyService(db).open()          # the counts are kept in the database
         with pytest.raises(RateLimited):
-            await again.key_for_ip("2001:db8:1:2::98", new_per_64=3)
-        await again.key_for_ip("2001:db8:1:2::98", new_per_64=0)      # 0: no limit
+            await again.key_for_ip("2001:db8:1:98::1", caps=caps)
+        await again.key_for_ip("2001:db8:1:98::1")                   # no caps: no limit
         await again.close()
+    run(go())
+
+
+def test_new_keys_per_hour_cap_the_whole_gateway(db):
+    async def go():
+        keys = await KeyService(db).open()
+        caps = IssuanceCaps(per_hour=3)
+        for i in range(3):
+            await keys.key_for_ip(f"192.0.2.{i}", caps=caps)
+        with pytest.raises(RateLimited) as exc:
+            await keys.key_for_ip("198.51.100.1", caps=caps)
+        assert "last hour" in exc.value.message and 3500 < exc.value.retry_after <= 3600
+        assert (await keys.key_for_ip("192.0.2.1", caps=caps))[1].ip == "192.0.2.1"
+        await keys.close()
     run(go())
 
 

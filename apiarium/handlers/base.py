@@ -38,6 +38,7 @@ from ..errors import (
 )
 from ..live import Services
 from ..ratelimit import TokenBuckets
+from ..services.keys import IssuanceCaps, identity_of
 from ..storage import KeyRecord
 
 log = logging.getLogger("apiarium")
@@ -140,7 +141,9 @@ class BaseHandler(tornado.web.RequestHandler):
         s = svc.settings
         try:
             svc.keys.admit(ip, s.key_requests_per_minute)
-            return await svc.keys.key_for_ip(ip, s.new_keys_per_ipv6_64_per_day)
+            return await svc.keys.key_for_ip(ip, caps=IssuanceCaps(
+                per_64=s.new_keys_per_ipv6_64_per_day, per_48=s.new_keys_per_ipv6_48_per_day,
+                per_32=s.new_keys_per_ipv6_32_per_day, per_hour=s.new_keys_per_hour))
         except RateLimited:
             svc.metrics.rate_limited.labels("key_issuance").inc()
             raise
@@ -240,7 +243,7 @@ class ApiHandler(BaseHandler):
             shown = token[:8] + "…" if len(token) > 8 else token
             raise AuthError(f"Invalid API key `{shown}` (unknown or revoked). GET /v1/keys/me "
                             f"gives you your current key.", code="invalid_api_key")
-        if rec.ip != self.client_ip:
+        if rec.ip != self.client_ip and identity_of(rec.ip) != identity_of(self.client_ip):
             raise AuthError(f"This API key belongs to another IP address; keys work only from "
                             f"the IP that created them. GET /v1/keys/me from {self.client_ip} "
                             f"gives you this address's own key.", code="ip_mismatch")

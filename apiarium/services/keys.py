@@ -10,9 +10,12 @@
   only to issue a key (committed before it is returned: a ``kill -9`` loses no key a client
   has seen), by the admin CLI, by ``flush`` (when each key was last used, counted in memory,
   written in batches) and by the periodic ``refresh`` that picks up other processes' writes.
-* Issuance limits: at most ``new_per_64`` new keys a day per IPv6 /64 (IPv6 addresses are
-  cheap), and ``admit`` (a token bucket per IPv4 address or IPv6 /64) in front of every visit
-  that may issue one.  Blocked networks (``apiarium keys block``) get 403 ``vpn_detected``
+* Who a key belongs to: an IPv4 address, or an IPv6 /64 (``identity_of``): one user controls
+  a whole /64 (privacy addresses change inside it), so the /64 gets one key, good from any of
+  its addresses.
+* Issuance limits (``IssuanceCaps``): new keys a day per IPv6 /64, /48 and /32 (IPv6 space is
+  cheap: a free tunnel gives a /48), new keys an hour in the whole gateway, and ``admit`` (a
+  token bucket per IPv4 address or IPv6 /64) in front of every visit that may issue one.  Blocked networks (``apiarium keys block``) get 403 ``vpn_detected``
   on issuance and on every request made with one of their keys.
 """
 from __future__ import annotations
@@ -21,7 +24,7 @@ import asyncio
 import hmac
 import ipaddress
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import keysecret
@@ -33,6 +36,30 @@ from ..storage import BlockRecord, KeyRecord, NewKey, Storage, locate, open_stor
 
 DAY_S = 86400
 PREFIX_LEN = 6            # "api-" + 2: how much of a key is stored in the clear, to show
+
+
+HOUR_S = 3600
+
+
+def identity_of(ip: str) -> str:
+    """Whose key an address uses: the IPv4 address itself, or its IPv6 /64."""
+    return network_of(ip)
+
+
+def _supernet(identity: str, bits: int) -> str:
+    """The IPv6 /``bits`` an identity (an address or a /64) lies in."""
+    net = ipaddress.ip_network(identity if "/" in identity else f"{identity}/128", strict=False)
+    return str(net.supernet(new_prefix=bits)) if net.prefixlen > bits else str(net)
+
+
+@dataclass(frozen=True)
+class IssuanceCaps:
+    """How many new keys may be issued (0: no limit): a day per IPv6 /64, /48 and /32, and an
+    hour in the whole gateway."""
+    per_64: int = 0
+    per_48: int = 0
+    per_32: int = 0
+    per_hour: int = 0
 
 
 class AddressBlocked(Forbidden):
@@ -52,7 +79,8 @@ class KeyService:
         self._lock = asyncio.Lock()          # every write and every reload, one at a time
         self._blocked = Blocklist()
         self._blocked_ips: dict[str, bool] = {}
-        self._new64: dict[str, list[int]] = {}   # IPv6 /64 -> creation times of its new keys
+        self._recent: dict[str, list[int]] = {}  # IPv6 /64, /48, /32 -> creation times today
+        self._hourly: list[int] = []             # creation times of the last hour, any IP
         self._used: dict[int, int] = {}          # key id -> last use, not yet written
         self.visits = TokenBuckets()             # per network: visits that may issue a key
 
@@ -108,10 +136,14 @@ class KeyService:
         for rec in await repo.active():
             by_hash[rec.key_hash] = rec
             by_ip[rec.ip] = rec
-        new64: dict[str, list[int]] = {}
-        for ip, created in await repo.issued_since(int(time.time()) - DAY_S, ipv6_only=True):
-            new64.setdefault(network_of(ip), []).append(created)
-        self._by_hash, self._by_ip, self._new64 = by_hash, by_ip, new64
+        now = int(time.time())
+        recent: dict[str, list[int]] = {}
+        for ip, created in await repo.issued_since(now - DAY_S, ipv6_only=True):
+            for bits in (64, 48, 32):
+                recent.setdefault(_supernet(ip, bits), []).append(created)
+        hourly = [created for _, created in await repo.issued_since(now - HOUR_S)]
+        self._by_hash, self._by_ip = by_hash, by_ip
+        self._recent, self._hourly = recent, hourly
         await self._reload_blocks()
 
     async def _reload_blocks(self) -> None:
@@ -158,8 +190,8 @@ class KeyService:
             return False
         hit = self._blocked_ips.get(ip)
         if hit is None:
-            try:
-                addr = ipaddress.ip_address(ip)
+            try:             # an address, or an identity's /64 (blocked if its start is)
+                addr = ipaddress.ip_network(ip, strict=False).network_address
             except ValueError:
                 return False
             hit = addr in self._blocked
@@ -203,11 +235,15 @@ class KeyService:
         key = self._known(rec) if rec is not None else None
         return (key, rec) if key and rec else None
 
-    async def key_for_ip(self, ip: str, new_per_64: int = 0) -> tuple[str, KeyRecord]:
-        """The IP's active key, issuing one (committed before it is returned) if it has none.
-        ``new_per_64``: at most that many new keys a day per IPv6 /64 (0: no limit)."""
+    async def key_for_ip(self, ip: str, new_per_64: int = 0,
+                         caps: IssuanceCaps | None = None) -> tuple[str, KeyRecord]:
+        """The active key of the address's identity (the IPv4 address, or the IPv6 /64),
+        issuing one (committed before it is returned) if it has none, within ``caps``
+        (``new_per_64`` alone: at most that many new keys a day per IPv6 /64)."""
         if self._blocked and self.is_blocked(ip):
             raise self._blocked_error(ip)
+        caps = caps or IssuanceCaps(per_64=new_per_64)
+        ip = identity_of(ip)
         hit = self._current(ip)
         if hit is not None:
             return hit
@@ -215,27 +251,36 @@ class KeyService:
             hit = self._current(ip)
             if hit is not None:
                 return hit
-            self._check_new64(ip, new_per_64)
+            self._check_caps(ip, caps)
             rec = self._by_ip.get(ip)
             if rec is not None:          # the secret file was replaced: the old key cannot
                 await self._revoke_record(rec)       # be given back, so it makes way
             return await self._issue(ip)
 
-    def _check_new64(self, ip: str, limit: int) -> None:
-        if limit <= 0 or ":" not in ip:
-            return
-        net = network_of(ip)
+    def _check_caps(self, ident: str, caps: IssuanceCaps) -> None:
         now = int(time.time())
-        recent = [t for t in self._new64.get(net, ()) if t > now - DAY_S]
-        self._new64[net] = recent
-        if len(recent) >= limit:
-            wait = recent[0] + DAY_S - now
-            hours = f"{wait / 3600:.0f} hours" if wait >= 5400 else f"{max(1, wait // 60)} minutes"
-            raise RateLimited(f"The IPv6 network {net} has received {limit} new API keys in the "
-                              f"last 24 hours, the most this gateway issues per /64. Use a key "
-                              f"already issued to your network (each works from the address "
-                              f"that asked for it), or try again in about {hours}.",
-                              retry_after=wait)
+        if caps.per_hour > 0:
+            self._hourly = [t for t in self._hourly if t > now - HOUR_S]
+            if len(self._hourly) >= caps.per_hour:
+                wait = self._hourly[0] + HOUR_S - now
+                raise RateLimited(f"This gateway has issued {caps.per_hour} new API keys in the "
+                                  f"last hour, the most it issues. Try again in about "
+                                  f"{_waiting(wait)}.", retry_after=wait)
+        if ":" not in ident:
+            return
+        for bits, limit in ((64, caps.per_64), (48, caps.per_48), (32, caps.per_32)):
+            if limit <= 0:
+                continue
+            net = _supernet(ident, bits)
+            recent = [t for t in self._recent.get(net, ()) if t > now - DAY_S]
+            self._recent[net] = recent
+            if len(recent) >= limit:
+                wait = recent[0] + DAY_S - now
+                raise RateLimited(f"The IPv6 network {net} has received {limit} new API keys "
+                                  f"in the last 24 hours, the most this gateway issues per "
+                                  f"/{bits}. Use a key already issued to your network (a key "
+                                  f"works from every address of its /64), or try again in "
+                                  f"about {_waiting(wait)}.", retry_after=wait)
 
     async def _issue(self, ip: str, rpm: int | None = None) -> tuple[str, KeyRecord]:
         """Insert the IP's next key (the caller holds ``_lock``); if another process (the
@@ -251,8 +296,10 @@ class KeyService:
                 continue
             self._remember(rec)
             if rec.key_hash == new.key_hash:
+                self._hourly.append(rec.created)
                 if ":" in ip:
-                    self._new64.setdefault(network_of(ip), []).append(rec.created)
+                    for bits in (64, 48, 32):
+                        self._recent.setdefault(_supernet(ip, bits), []).append(rec.created)
                 return key, rec
             hit = self._current(ip)
             if hit is None:
@@ -288,7 +335,10 @@ class KeyService:
             ip = str(ipaddress.ip_address(key_or_ip))    # the form keys are stored in
         except ValueError:
             ip = key_or_ip
-        return await repo.find(ip=ip)
+        found = await repo.find(ip=ip)
+        if ":" in ip and "/" not in ip:                  # and the IPv6 address's /64 key
+            found += await repo.find(ip=identity_of(ip))
+        return found
 
     async def all_records(self, status: str | None = None) -> list[KeyRecord]:
         """Every key, oldest first; only those with ``status`` (e.g. ``active``) if given."""
@@ -299,9 +349,11 @@ class KeyService:
             await self._revoke_record(rec)
 
     async def rotate(self, ip: str) -> tuple[str, KeyRecord]:
+        """Revoke the address's key (or its /64's) and issue the next one."""
         async with self._lock:
             rpm = None
-            rec = self._by_ip.get(ip)
+            rec = self._by_ip.get(ip) or self._by_ip.get(identity_of(ip))
+            ip = identity_of(ip)
             if rec is not None:
                 rpm = rec.rpm
                 await self._revoke_record(rec)
@@ -334,3 +386,8 @@ class KeyService:
             removed = await self.storage.blocks.remove(net)
             await self._reload_blocks()
             return removed
+
+
+def _waiting(seconds: int) -> str:
+    return f"{seconds / 3600:.0f} hours" if seconds >= 5400 else \
+        f"{max(1, seconds // 60)} minutes"
