@@ -6,6 +6,7 @@ raise.  ``ApiError.envelope()`` is the body every client sees:
 
     ApiError                          500 server_error          internal_error
     ├── InvalidRequest                400 invalid_request_error invalid_request, <field>_invalid, …
+    │   └── NoOutput                  400 invalid_request_error upstream_no_output
     ├── AuthError                     401 authentication_error  missing_api_key, invalid_api_key,
     │                                                           ip_mismatch
     ├── Forbidden                     403 permission_error      vpn_detected
@@ -57,6 +58,13 @@ class InvalidRequest(ApiError):
     status = 400
     type = "invalid_request_error"
     default_code = "invalid_request"
+
+
+class NoOutput(InvalidRequest):
+    """The upstream answered but made nothing (an image model that answered in words, a
+    video operation with no video): the request's own outcome, not the provider's fault, so it
+    never counts against the provider's circuit breaker."""
+    default_code = "upstream_no_output"
 
 
 class AuthError(ApiError):

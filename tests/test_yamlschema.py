@@ -81,7 +81,7 @@ def test_problem_prints_as_file_line_message():
 def test_unknown_keys_are_reported_where_they_are_with_the_known_ones(tmp_path):
     _, problems, _, path = load(tmp_path, """\
         server:
-          host: 0.0.0.0
+          host: 192.0.2.7
           prot: 8080
         provders: {}
         """)
@@ -131,7 +131,7 @@ def test_wrong_types_keep_the_default(tmp_path):
     ("0", True), ("65535", True), ("65536", False), ("-1", False), ("80.5", False),
     ("true", False), ("'8080'", False), ("0x50", True)])
 def test_integer_bounds(tmp_path, value, ok):
-    data, problems, _, _ = load(tmp_path, f"server:\n  port: {value}\n")
+    _, problems, _, _ = load(tmp_path, f"server:\n  port: {value}\n")
     assert (problems == []) is ok
     if not ok:
         assert problems[0].line == 2 and problems[0].message.startswith("server.port: ")
@@ -198,9 +198,9 @@ def test_variables_and_defaults_are_filled_in(tmp_path):
           mode: ${MODE:-fast}
           names: ["${A}-${B:-b}", "plain"]
         title: "key=${KEY:-}"
-        """, env={"HOST": "0.0.0.0", "A": "a", "DEBUG": "true"})
+        """, env={"HOST": "192.0.2.7", "A": "a", "DEBUG": "true"})
     assert problems == []
-    assert data["server"] == {"host": "0.0.0.0", "port": 8123, "ratio": 0.75, "debug": True,
+    assert data["server"] == {"host": "192.0.2.7", "port": 8123, "ratio": 0.75, "debug": True,
                               "mode": "fast", "names": ("a-b", "plain")}
     assert data["title"] == "key="
 
@@ -211,10 +211,20 @@ def test_the_environment_wins_over_the_default(tmp_path):
     assert problems == [] and data["server"]["port"] == 9999
 
 
-def test_an_empty_variable_is_used_as_it_is(tmp_path):
-    # the shell's ${VAR:-default} would take the default here; this schema keeps ""
-    data, problems, _, _ = load(tmp_path, 'title: "${EMPTY:-fallback}"\n', env={"EMPTY": ""})
-    assert problems == [] and data["title"] == ""
+def test_an_empty_variable_takes_the_default_as_in_the_shell(tmp_path):
+    """``${VAR:-default}`` is the shell's notation (and docker compose's): the default is used
+    when VAR is unset *or empty*.  ``APIARIUM_PORT=`` in an environment file must give 8080,
+    not "expected a whole number, got None"."""
+    data, problems, _, _ = load(tmp_path, 'server:\n  port: ${PORT:-8080}\n'
+                                          'title: "${EMPTY:-fallback}"\n',
+                                env={"EMPTY": "", "PORT": ""})
+    assert problems == []
+    assert data["server"]["port"] == 8080 and data["title"] == "fallback"
+
+
+def test_an_empty_variable_without_default_is_empty(tmp_path):
+    data, problems, _, _ = load(tmp_path, 'title: "a${EMPTY}b"\n', env={"EMPTY": ""})
+    assert problems == [] and data["title"] == "ab"
 
 
 def test_a_missing_variable_without_default_is_a_problem_naming_it(tmp_path):

@@ -32,7 +32,7 @@ billing_error / "credit balance" count as quota: 429 upstream_rate_limited, x-sh
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any, ClassVar
 
 import orjson
@@ -91,7 +91,7 @@ class AnthropicProvider(Provider):
                                  openai_usage(data.get("usage") or {}))
 
     async def chat_stream(self, model: ModelSpec, body: dict[str, Any],
-                          raw: bytes | None) -> AsyncIterator[bytes]:
+                          raw: bytes | None) -> AsyncGenerator[bytes, None]:
         self.require_configured()
         state = _Stream(self, shapes.Chunks(model.alias, shapes.wants_usage(body)))
         async with self.request("POST", f"{self.spec.base_url}/v1/messages",

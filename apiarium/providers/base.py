@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
@@ -102,7 +102,7 @@ class Provider:
         raise InvalidRequest(f"`{model.alias}` cannot answer chat requests.", param="model")
 
     async def chat_stream(self, model: ModelSpec, body: dict[str, Any],
-                          raw: bytes | None) -> AsyncIterator[bytes]:
+                          raw: bytes | None) -> AsyncGenerator[bytes, None]:
         raise InvalidRequest(f"`{model.alias}` cannot stream chat.", param="model")
         yield b""          # unreachable: makes this an async generator, like the overrides
 

@@ -17,7 +17,7 @@ Retry-After; per-day QuotaFailure = quota; API_KEY_INVALID = the gateway's own k
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -149,7 +149,7 @@ class GeminiProvider(Provider):
         return out
 
     async def chat_stream(self, model: ModelSpec, body: dict[str, Any],
-                          raw: bytes | None) -> AsyncIterator[bytes]:
+                          raw: bytes | None) -> AsyncGenerator[bytes, None]:
         self.require_configured()
         payload = to_gemini(body)
         if (body.get("n") or 1) != 1:

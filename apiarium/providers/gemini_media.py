@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..catalog import ModelSpec
-from ..errors import InvalidRequest, UpstreamError, UpstreamTimeout
+from ..errors import InvalidRequest, NoOutput, UpstreamError, UpstreamTimeout
 from ..generation import ImageRequest, Media, VideoRequest, nearest
 from .base import Provider
 from .shapes import parse_data_url
@@ -54,8 +54,9 @@ async def generate_image(provider: GeminiProvider, model: ModelSpec,
         raise InvalidRequest(f"The image was refused by the provider's safety filter "
                              f"({block}). Rephrase the prompt.", code="content_policy_violation",
                              param="prompt")
-    raise UpstreamError(f"The upstream provider `{provider.spec.name}` returned no image "
-                        f"for this prompt. Try again or rephrase it.")
+    raise NoOutput(f"`{model.alias}` made no image for this prompt (the model answered "
+                   f"in words only). Rephrase the prompt to ask for a picture, or try again.",
+                   param="prompt")
 
 
 # ---------------------------------------------------------------------------- video
@@ -117,15 +118,16 @@ async def _finished(provider: GeminiProvider, op: dict[str, Any], req: VideoRequ
             raise InvalidRequest(f"The video was refused by the provider's safety filter"
                                  f"{': ' + reasons if reasons else ''}. Rephrase the prompt.",
                                  code="content_policy_violation", param="prompt")
-        raise UpstreamError(f"The upstream provider `{name}` finished the video operation "
-                            f"without a video.")
+        raise NoOutput("The video model finished without a video for this prompt. Rephrase "
+                       "the prompt, or try again.", param="prompt")
     video = samples[0].get("video") or {}
     if video.get("encodedVideo"):
         return Media(base64.b64decode(video["encodedVideo"]), video.get("encoding") or
                      "video/mp4", req.prompt)
     uri = video.get("uri")
     if not uri:
-        raise UpstreamError(f"The upstream provider `{name}` gave no video to download.")
+        raise NoOutput("The video model finished without a video for this prompt. Rephrase "
+                       "the prompt, or try again.", param="prompt")
     async with provider.request("GET", uri) as resp:    # with the key; redirects followed
         data = await resp.read()
         mime = resp.headers.get("Content-Type", "video/mp4").split(";")[0].strip()

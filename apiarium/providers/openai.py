@@ -7,14 +7,14 @@ inside a frame is swapped back to the alias with a byte replace, not a JSON re-e
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
 
 from .. import sse
 from ..catalog import ModelSpec
-from ..errors import UpstreamError
+from ..errors import NoOutput, UpstreamError
 from ..generation import ImageRequest, Media, nearest
 from .base import Provider
 
@@ -49,7 +49,7 @@ class OpenAIProvider(Provider):
         return data
 
     async def chat_stream(self, model: ModelSpec, body: dict[str, Any],
-                          raw: bytes | None) -> AsyncIterator[bytes]:
+                          raw: bytes | None) -> AsyncGenerator[bytes, None]:
         self.require_configured()
         rewrite = model.upstream != model.alias
         old = b'"model":"' + model.upstream.encode() + b'"'
@@ -92,7 +92,9 @@ class OpenAIProvider(Provider):
                     ctype = img.headers.get("Content-Type", mime).split(";")[0]
                     out.append(Media(await img.read(), ctype, revised))
         if not out:
-            raise UpstreamError(f"The upstream provider `{self.spec.name}` returned no image.")
+            raise NoOutput(f"`{model.alias}` made no image for this prompt (the upstream "
+                           f"answered without one). Rephrase the prompt, or try again.",
+                           param="prompt")
         return out
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from .. import sse
@@ -94,7 +94,7 @@ class RagProvider(Provider):
                           usage_=usage(estimate_tokens(query), estimate_tokens(content)))
 
     async def chat_stream(self, model: ModelSpec, body: dict[str, Any],
-                          raw: bytes | None) -> AsyncIterator[bytes]:
+                          raw: bytes | None) -> AsyncGenerator[bytes, None]:
         query, answer, cited = await self._ask(model, body)
         chunks = Chunks(model.alias, wants_usage(body))
         yield chunks.role()

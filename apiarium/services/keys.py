@@ -15,8 +15,9 @@
   its addresses.
 * Issuance limits (``IssuanceCaps``): new keys a day per IPv6 /64, /48 and /32 (IPv6 space is
   cheap: a free tunnel gives a /48), new keys an hour in the whole gateway, and ``admit`` (a
-  token bucket per IPv4 address or IPv6 /64) in front of every visit that may issue one.  Blocked networks (``apiarium keys block``) get 403 ``vpn_detected``
-  on issuance and on every request made with one of their keys.
+  token bucket per IPv4 address or IPv6 /64) in front of every visit that may issue one.
+  Blocked networks (``apiarium keys block``) get 403 ``vpn_detected`` on issuance and on every
+  request made with one of their keys.
 """
 from __future__ import annotations
 

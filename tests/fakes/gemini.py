@@ -52,6 +52,7 @@ class FakeGemini(FakeUpstream):
         self.video_bytes = make_mp4()
         self.veo_polls_until_done = 2
         self.veo_polls: dict[str, int] = {}
+        self.image_in_words = False   # an image model answers in words only, as they do
         self._ops: dict[str, dict] = {}
 
     def routes(self, app: web.Application) -> None:
@@ -152,6 +153,9 @@ class FakeGemini(FakeUpstream):
             args = orjson.loads(tool["arguments"] or "{}")
             chunks = [resp([{"functionCall": {"name": tool["name"], "args": args}}],
                            out_tokens=words(tool["arguments"]))]
+        elif image and self.image_in_words:
+            chunks = [resp([{"text": "I can't draw that, but here is a description."}],
+                           out_tokens=9)]
         elif image:
             n = words(text)
             parts = [{"text": text}, {"inlineData": {
