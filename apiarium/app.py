@@ -264,6 +264,10 @@ class Gateway:
                 while svc.inflight and time.monotonic() < deadline:
                     await asyncio.sleep(0.02)
             await self.server.close_all_connections()
+        renders = list(svc.media.background)   # renders whose clients left, past the grace
+        for task in renders:
+            task.cancel()
+        await asyncio.gather(*renders, return_exceptions=True)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

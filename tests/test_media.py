@@ -263,22 +263,30 @@ def test_safety_filtered_and_failed_videos_are_clear_errors(gw, fake_gemini):
     assert status == 502 and err["code"] == "upstream_error" and "rendering" in err["message"]
 
 
-def test_a_client_that_leaves_stops_the_polling(make_gateway, fake_openai, fake_gemini):
-    fake_gemini.veo_polls_until_done = 10_000
+def test_a_client_that_leaves_does_not_abandon_its_video(make_gateway, fake_openai,
+                                                        fake_gemini):
+    """The provider bills a render once it started: a client that hangs up mid-video finds
+    it finished, stored and charged (issue 13: usage booked whatever happens)."""
+    fake_gemini.veo_polls_until_done = 15                   # ~1.5 s of rendering
     gw = make_gateway(media_models(fake_openai, fake_gemini, poll=0.1))
+    key = gw.key_for("127.0.0.61")
 
     async def leave_early():
-        client = gw.async_sdk(MASTER_KEY, timeout=1.0)
+        client = gw.async_sdk(key, ip="127.0.0.61", timeout=0.5)
         with pytest.raises(openai.APITimeoutError):
             await client.post("/videos/generations", cast_to=object,
-                              body={"model": "veo-3", "prompt": "x"})
+                              body={"model": "veo-3", "prompt": "x", "duration_seconds": 6})
         await client.close()
     asyncio.run(leave_early())
-    assert wait_for(lambda: fake_gemini.veo_polls, timeout=3)
-    time.sleep(0.5)
-    polls = sum(fake_gemini.veo_polls.values())
-    time.sleep(1.0)
-    assert sum(fake_gemini.veo_polls.values()) == polls          # no more polling
+
+    def usage() -> dict:
+        return json.loads(gw.get("/v1/keys/me", ip="127.0.0.61")[2])["usage"]
+    assert usage()["video_seconds"] == 0                     # still rendering
+    assert wait_for(lambda: usage()["video_seconds"] == 6, timeout=10), usage()
+    assert usage()["requests"] == 1 and usage()["credits"] > 0
+    assert sum(fake_gemini.veo_polls.values()) >= 15         # polled to the end
+    media = gw.dir.parent / "data" / "media"
+    assert [p.suffix for p in media.iterdir()] == [".mp4"]   # and stored
 
 
 def test_rendering_stream_sends_keepalives_then_the_url():

@@ -1,11 +1,17 @@
 """MediaService: images and videos made on a model (or its fallbacks), hosted, and booked;
-and the chat answer of an image or video model (the bare media URL, streamed or not)."""
+and the chat answer of an image or video model (the bare media URL, streamed or not).
+
+A render, once asked for, runs to its end even if the client goes away (the provider bills
+it): it is a task of its own that the request waits on, so a client that leaves finds its
+video stored and charged (``/v1/keys/me`` shows it).  Shutdown waits for these renders
+within its grace (``background``)."""
 from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import sse
 from ..catalog import ModelSpec
@@ -19,6 +25,8 @@ from .fallback import Breakers, first_success
 if TYPE_CHECKING:
     from ..live import Live
 
+log = logging.getLogger("apiarium")
+T = TypeVar("T")
 KEEPALIVE_S = 10.0        # a rendering stream sends an SSE comment at least this often
 EARLY_ERROR_S = 2.0       # failures this early are plain HTTP errors, not SSE error events
 
@@ -30,15 +38,32 @@ class MediaService:
         self.breakers = breakers
         self.usage = usage
         self.credits = book
+        self.background: set[asyncio.Task[Any]] = set()     # renders under way
+
+    def _detached(self, work: Coroutine[Any, Any, T]) -> Awaitable[T]:
+        """Run ``work`` to its end whatever happens to the request awaiting it."""
+        task = asyncio.ensure_future(work)
+        self.background.add(task)
+        task.add_done_callback(self._finished)
+        return asyncio.shield(task)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self.background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.info("a render whose client had left failed: %s", task.exception())
 
     async def host(self, media: Media, base_url: str) -> str:
         """Store ``media`` under an unguessable name; its public URL."""
         name = await self._live().media.save(media.data, media.mime)
         return f"{base_url}/media/{name}"
 
-    async def images(self, model: ModelSpec, req: ImageRequest, key_hash: str | None,
-                     base_url: str) -> tuple[list[dict], ModelSpec]:
+    def images(self, model: ModelSpec, req: ImageRequest, key_hash: str | None,
+               base_url: str) -> Awaitable[tuple[list[dict], ModelSpec]]:
         """``data`` items of an images answer (URLs or base64), and the model that served."""
+        return self._detached(self._images(model, req, key_hash, base_url))
+
+    async def _images(self, model: ModelSpec, req: ImageRequest, key_hash: str | None,
+                      base_url: str) -> tuple[list[dict], ModelSpec]:
         live = self._live()
         tally = Tally(requests=1, images=req.n)
         if key_hash is not None:
@@ -61,9 +86,13 @@ class MediaService:
         return [{"url": urls[id(m)], "revised_prompt": m.revised_prompt}
                 for m in items], served
 
-    async def video(self, model: ModelSpec, req: VideoRequest, key_hash: str | None,
-                    base_url: str) -> tuple[dict, ModelSpec]:
+    def video(self, model: ModelSpec, req: VideoRequest, key_hash: str | None,
+              base_url: str) -> Awaitable[tuple[dict, ModelSpec]]:
         """A ``data`` item of a videos answer, and the model that served."""
+        return self._detached(self._video(model, req, key_hash, base_url))
+
+    async def _video(self, model: ModelSpec, req: VideoRequest, key_hash: str | None,
+                     base_url: str) -> tuple[dict, ModelSpec]:
         live = self._live()
         tally = Tally(requests=1, video_seconds=req.duration_seconds)
         hold = self.credits.reserve(key_hash, price(model, tally, req.resolution),
