@@ -174,9 +174,12 @@ class BaseHandler(tornado.web.RequestHandler):
         return f"{proto}://{host}"
 
     def bearer(self) -> str | None:
+        """The key sent as ``Authorization: Bearer`` (or, as Anthropic's clients send it,
+        ``x-api-key``); "" for a malformed Authorization header, None for none."""
         auth = self.request.headers.get("Authorization")
         if not auth:
-            return None
+            key = self.request.headers.get("x-api-key", "").strip()
+            return key or None
         scheme, _, token = auth.partition(" ")
         return token.strip() if scheme.lower() == "bearer" and token.strip() else ""
 

@@ -96,6 +96,10 @@ class Provider:
         OpenAI-compatible servers take it).  Not called for a provider with ``auth: none``."""
         return {"authorization": f"Bearer {self.spec.api_key}"}
 
+    # client dialects this kind can take as they are (the provider then has the dialect's
+    # methods, e.g. ``messages`` / ``messages_stream`` / ``count_tokens``)
+    native_dialects: ClassVar[frozenset[str]] = frozenset()
+
     # ------------------------------------------------------------------ the interface
     async def chat(self, model: ModelSpec, body: dict[str, Any],
                    raw: bytes | None) -> dict[str, Any]:
@@ -137,11 +141,13 @@ class Provider:
     @asynccontextmanager
     async def request(self, method: str, url: str, *, data: bytes | None = None,
                       json: Any = None, auth: bool = True,
-                      timeout: aiohttp.ClientTimeout | None = None
+                      timeout: aiohttp.ClientTimeout | None = None,
+                      extra_headers: Mapping[str, str] | None = None
                       ) -> AsyncIterator[aiohttp.ClientResponse]:
         """One upstream call: ``async with provider.request(...) as resp``.
 
-        ``data`` is the body as bytes, or ``json`` an object to encode.  ``auth=False`` sends
+        ``data`` is the body as bytes, or ``json`` an object to encode; ``extra_headers`` go
+        with the provider's (a client's ``anthropic-beta`` flags, say).  ``auth=False`` sends
         none of the provider's headers (for a URL on someone else's server, such as an image
         an upstream links to).  Connection failures and timeouts, also while the body is read
         inside the block, become 502 / 504; an error status is read and raised as
@@ -153,10 +159,12 @@ class Provider:
             # orjson leaves ~4 KB allocated behind every result; aiohttp holds the body for
             # as long as the answer streams, so hold an exact-size copy instead
             data = bytes(memoryview(data))
+        headers = self.headers if auth else None
+        if extra_headers and headers is not None:
+            headers = {**headers, **extra_headers}
         started = time.perf_counter()
         try:
-            async with self.session.request(method, url, data=data,
-                                            headers=self.headers if auth else None,
+            async with self.session.request(method, url, data=data, headers=headers,
                                             timeout=timeout or self.timeout) as resp:
                 if self._latency is not None:
                     self._latency.observe(time.perf_counter() - started)

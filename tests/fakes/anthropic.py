@@ -47,6 +47,7 @@ class FakeAnthropic(FakeUpstream):
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
 
     # ---- scripting helpers -------------------------------------------------
     def overloaded_next(self, path_contains: str | None = None) -> None:
@@ -103,6 +104,18 @@ class FakeAnthropic(FakeUpstream):
                                    f"messages.{i}: roles must alternate between \"user\" and "
                                    "\"assistant\", starting with \"user\"")
         return None
+
+    async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
+        body = request[JSON]
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return self._error(400, "invalid_request_error", "messages: Field required")
+        if "max_tokens" in body or "stream" in body:
+            return self._error(400, "invalid_request_error",
+                               "count_tokens takes no max_tokens or stream")
+        tokens = words(_block_text(body.get("system"))) + sum(
+            words(_block_text(m.get("content"))) for m in body["messages"]
+            if isinstance(m, dict))
+        return self.json_response({"input_tokens": tokens})
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         err = self._validate(request)
