@@ -17,6 +17,7 @@ from pathlib import Path
 from .catalog import Catalog, Credits, ModelSpec, ProviderSpec
 from .modeltypes import MODEL_TYPES
 from .providers import KindError, provider_class
+from .providers.base import Provider
 from .yamlschema import Bool, Ctx, Enum, ListOf, MapOf, Num, Problem, Section, Str, parse
 
 DEFAULT_CONFIG = "config/apiarium.yaml"
@@ -264,6 +265,21 @@ def _provider_spec(path: Path, name: str, p: dict, ctx: Ctx,
         breaker_cooldown_s=float(p["breaker_cooldown_s"]), owned_by=owned_by)
 
 
+def _check_serves(path: Path, alias: str, type_name: str, provider: ProviderSpec, ctx: Ctx,
+                  problems: list[Problem]) -> None:
+    """A model's provider kind must implement its type's method (``MODEL_TYPES``)."""
+    try:
+        cls = provider_class(provider.kind)
+    except KindError:
+        return                                     # reported with the provider
+    method = MODEL_TYPES[type_name].provider_method
+    if getattr(cls, method, None) is getattr(Provider, method, None):
+        problems.append(Problem(str(path), ctx.lines.get(("models", alias, "type"), 0) or
+                                ctx.lines.get(("models", alias), 0),
+                                f"models.{alias}.type: a `{provider.kind}` provider "
+                                f"({provider.name}) cannot serve {type_name} models"))
+
+
 def _build_catalog(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> Catalog:
     providers = {name: _provider_spec(path, name, p, ctx, problems)
                  for name, p in d["providers"].items()}
@@ -281,6 +297,7 @@ def _build_catalog(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> Ca
                                         f"models.{alias}.provider: no provider named "
                                         f"{m['provider']!r} (defined: {known})"))
             continue
+        _check_serves(path, alias, m["type"], provider, ctx, problems)
         models[alias] = ModelSpec(alias=alias, provider=provider, upstream=m["upstream"] or alias,
                                   type=m["type"], created=created,
                                   credits=Credits.for_model(alias, m["type"], m["credits"]),

@@ -21,8 +21,9 @@ def app(io_loop, tmp_path):
         "database": "db.sqlite3", "master_key": "m-key", "rate_limit": {"rpm": 2}}))
     (tmp_path / "models.yaml").write_text(yaml.safe_dump({
         "providers": {"p": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1",
-                            "api_key": "k"}},
-        "models": {"m1": {"provider": "p"}, "v1": {"provider": "p", "type": "video"}}}))
+                            "api_key": "k"},
+                      "g": {"kind": "gemini", "base_url": "http://127.0.0.1:9", "api_key": "k"}},
+        "models": {"m1": {"provider": "p"}, "v1": {"provider": "g", "type": "video"}}}))
     config = load_config(tmp_path / "apiarium.yaml")
 
     async def build():

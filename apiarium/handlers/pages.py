@@ -194,6 +194,8 @@ class PageHandler(BaseHandler):
         err = as_api_error(exc, status_code, self.request)
         for name, value in err.headers.items():
             self.set_header(name, value)
+        if err.status == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         if self.request.path.startswith("/static/"):
             super().write_error(status_code, **kwargs)
             return

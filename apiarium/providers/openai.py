@@ -14,7 +14,7 @@ import orjson
 
 from .. import sse
 from ..catalog import ModelSpec
-from ..errors import NoOutput, UpstreamError
+from ..errors import ApiError, NoOutput, UpstreamError
 from ..generation import ImageRequest, Media, nearest
 from .base import Provider
 
@@ -61,13 +61,24 @@ class OpenAIProvider(Provider):
                                 data=payload) as resp:
             payload = None
             async for event in self.sse_events(resp):
-                if event.startswith((b"data: [DONE]", b'data: {"error"')):
-                    done = True      # an upstream error frame ends the stream as it stands
+                if event.startswith(b'data: {"error"'):      # the upstream failed mid-way
+                    raise self.stream_error(event)
+                if event.startswith(b"data: [DONE]"):
+                    done = True
                 elif rewrite:
                     event = _rename(event, old, new, model.alias)
                 yield event + b"\n\n"
         if not done:
             raise self.incomplete()
+
+    def stream_error(self, event: bytes) -> ApiError:
+        """The error an in-band ``data: {"error": …}`` frame stands for (booked on the
+        breaker like any failure; the client's stream ends with the gateway's error frame)."""
+        obj = self.parse_json(sse.parse(event)[1], "sent an error event")
+        err = obj.get("error")
+        kind = f"{err.get('type')} {err.get('code')}" if isinstance(err, dict) else ""
+        status = 429 if "rate_limit" in kind else 400 if "invalid_request" in kind else 500
+        return self.map_error(status, obj, None)
 
     async def image(self, model: ModelSpec, req: ImageRequest) -> list[Media]:
         """``images/generations``; GPT image models answer ``b64_json`` (a ``url`` answer,

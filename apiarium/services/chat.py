@@ -154,7 +154,7 @@ class ChatService:
         try:
             (first, events), served = await first_success(self._live().config.catalog,
                                                           self.breakers, model, start,
-                                                          key_hash)
+                                                          key_hash, book_success=False)
         except BaseException:
             hold.release()
             raise
@@ -219,6 +219,9 @@ class ChatStream:
             else:
                 try:
                     frame = await self._events.__anext__()
+                except StopAsyncIteration:     # the whole answer came: the provider works
+                    self._svc.breakers.book(self.served.provider, None, self._key_hash)
+                    raise
                 except ApiError as err:
                     self._svc.breakers.book(self.served.provider, err, self._key_hash)
                     raise
