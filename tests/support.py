@@ -421,8 +421,13 @@ def request(url: str, method: str = "GET", body=None, headers: dict | None = Non
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout,
                                       source_address=(ip, 0))
     try:
-        conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""),
-                     body=body, headers=headers or {})
+        try:
+            conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""),
+                         body=body, headers=headers or {})
+        except (BrokenPipeError, ConnectionResetError):
+            # the server answered before the whole body was sent (a 413 on the headers
+            # alone) and hung up: read that answer, as curl does
+            pass
         resp = conn.getresponse()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
