@@ -9,7 +9,6 @@ import contextlib
 import gzip
 import json
 import re
-import signal
 import subprocess
 from pathlib import Path
 
@@ -224,7 +223,7 @@ def test_catalog_follows_the_catalog_file_after_a_reload(browser, make_gateway, 
         models["models"]["veo-fresh"] = {"provider": "up", "type": "video"}
         del models["models"]["dead-model"]
         gw.write_models(models)
-        gw.proc.send_signal(signal.SIGHUP)
+        gw.reload()
         assert wait_for(lambda: "veo-fresh" in json.dumps(expected_tiles(gw)), timeout=10)
         want = expected_tiles(gw)
         assert "dead-model" not in json.dumps(want)
