@@ -93,6 +93,9 @@ def image_request(body: dict, alias: str) -> ImageRequest:
 
 # Per-model rules (reference §6.4), by the upstream id's prefix.
 def _veo_rules(upstream: str, req: VideoRequest) -> None:
+    if upstream.startswith("veo-2") and req.duration_seconds == 4:
+        raise InvalidRequest("`duration_seconds` 4 is not available on this model (allowed: "
+                             "6 or 8).", param="duration_seconds")
     if req.resolution == "1080p":
         if upstream.startswith("veo-3.0") and req.aspect_ratio != "16:9":
             raise InvalidRequest("`resolution` 1080p works only with 16:9 on this "
