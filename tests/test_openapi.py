@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance,
                                                response_schema_conformance,
                                                status_code_conformance)
 
-from apiarium import openapi
+from apiarium import openapi, openapi_dialects
 from apiarium.app import routes
 from tests.conftest import openai_models
 from tests.support import MASTER_KEY
@@ -84,6 +84,18 @@ def test_document_lists_exactly_the_app_routes():
                 "/v1/chat/completions", "/v1/completions", "/v1/images/generations",
                 "/v1/videos/generations", "/media/{name}", "/openapi.json", "/metrics"}
     assert contract <= set(doc_paths)
+
+
+def test_the_dialects_schemas_are_all_used_and_their_errors_are_anthropics():
+    doc = openapi.document()
+    text = json.dumps(doc["paths"]) + json.dumps(doc["components"]["schemas"])
+    for name in openapi_dialects.SCHEMAS:
+        assert f'"#/components/schemas/{name}"' in text, f"{name} is described but not used"
+    post = doc["paths"]["/v1/messages"]["post"]
+    assert post["responses"]["529"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/AnthropicError"}
+    assert "503" not in post["responses"]                     # Anthropic says 529
+    assert {"bearer": []} in post["security"] and {"x-api-key": []} in post["security"]
 
 
 def test_every_operation_documents_its_errors_and_request_id():

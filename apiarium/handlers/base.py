@@ -47,6 +47,8 @@ _RID_PREFIX = "req_" + secrets.token_hex(5)
 _rid_counter = itertools.count(1)
 _JSON = "application/json"
 _WITH_BODY = frozenset(("POST", "PUT", "PATCH"))
+_SSE_HEADERS = (("Content-Type", "text/event-stream; charset=utf-8"),
+                ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"))
 T = TypeVar("T")
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
 
@@ -276,8 +278,7 @@ class ApiHandler(BaseHandler):
         if not decision.allowed:
             self.svc.metrics.rate_limited.labels(self.endpoint).inc()
             wait = decision.headers()["Retry-After"]
-            unit = {1.0: "second", 60.0: "minute", 3600.0: "hour", 86400.0: "day"}.get(
-                period, f"{period:g} s")
+            unit = {60.0: "minute", 3600.0: "hour", 86400.0: "day"}.get(period, "second")
             raise RateLimited(f"Rate limit reached: {count} {self.endpoint} requests per "
                               f"{unit} for this key. Wait {wait} s before the next one.",
                               retry_after=decision.retry_after,
@@ -337,11 +338,10 @@ class ApiHandler(BaseHandler):
     def on_connection_close(self) -> None:
         super().on_connection_close()
         self.client_gone = True
-        if self._work is not None and not self._work.done():
-            self._work.cancel()
+        self.interrupt()
 
     def interrupt(self) -> None:
-        """Shutdown's grace is over: end this request now (see ``guarded``)."""
+        """End this request's upstream work now (client gone, or shutdown's grace over)."""
         if self._work is not None and not self._work.done():
             self._work.cancel()
 
@@ -363,8 +363,7 @@ class ApiHandler(BaseHandler):
             task.uncancel()
 
     async def guarded(self, work: Awaitable[T]) -> T | None:
-        """Await upstream ``work``; None if a disconnect or the end of the shutdown grace
-        cut it short (the client then got nothing, or a 503)."""
+        """Await upstream ``work``; None if a disconnect or the shutdown grace cut it short."""
         self._watch()
         try:
             result = await work
@@ -401,8 +400,7 @@ class ApiHandler(BaseHandler):
             self.send_error(503, exc_info=(type(err), err, None))
 
     def error_frame(self, err: ApiError) -> bytes:
-        """How this endpoint's stream says it failed (OpenAI: a ``data: {"error": …}``
-        frame; other dialects override)."""
+        """How a stream says it failed: OpenAI's ``data: {"error": …}`` (dialects override)."""
         return sse.encode(err.envelope())
 
     async def relay(self, open_stream: Callable[[], Awaitable[AsyncIterator[bytes]]]) -> None:
@@ -419,9 +417,8 @@ class ApiHandler(BaseHandler):
             first = await anext(events, None)
             if self.upstream_ms is None:
                 self.upstream_ms = self._observe_ttfb()
-            self.set_header("Content-Type", "text/event-stream; charset=utf-8")
-            self.set_header("Cache-Control", "no-cache")
-            self.set_header("X-Accel-Buffering", "no")
+            for name, value in _SSE_HEADERS:
+                self.set_header(name, value)
             if first is not None:
                 self.write(first)
             await self.flush()
