@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import http.client
 import json
 import logging
@@ -28,6 +29,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import openai
+
 try:                      # openai>=3 ships on httpx2, older releases on httpx
     import httpx2 as httpx
 except ImportError:       # pragma: no cover
@@ -128,7 +130,7 @@ class Gateway(_GatewayBase):
         self.proc: subprocess.Popen | None = None
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, timeout: float = 20.0) -> "Gateway":
+    def start(self, timeout: float = 20.0) -> Gateway:
         self.log = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "apiarium", "serve", "--config", str(self.config)],
@@ -421,13 +423,11 @@ def request(url: str, method: str = "GET", body=None, headers: dict | None = Non
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout,
                                       source_address=(ip, 0))
     try:
-        try:
+        # the server may answer before the whole body was sent (a 413 on the headers
+        # alone) and hang up: read that answer, as curl does
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""),
                          body=body, headers=headers or {})
-        except (BrokenPipeError, ConnectionResetError):
-            # the server answered before the whole body was sent (a 413 on the headers
-            # alone) and hung up: read that answer, as curl does
-            pass
         resp = conn.getresponse()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:

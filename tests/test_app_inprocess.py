@@ -9,9 +9,9 @@ import yaml
 
 from apiarium.app import make_app, make_live, make_session
 from apiarium.config import load_config
-from apiarium.services.keys import KeyService
-from apiarium.metrics import Metrics
 from apiarium.live import Services
+from apiarium.metrics import Metrics
+from apiarium.services.keys import KeyService
 from apiarium.usage import UsageLedger
 
 

@@ -277,7 +277,7 @@ def test_stream_that_dies_or_errors_half_way(gw, fake_gemini):
 
     # an error as the very first event is an ordinary HTTP error
     fake_gemini.error_mid_stream_next(0)
-    status, headers, body = gw.post("/v1/chat/completions", {
+    status, _headers, body = gw.post("/v1/chat/completions", {
         "model": "gem", "messages": messages, "stream": True}, key=MASTER_KEY)
     assert status == 503 and error_of(body)["code"] == "upstream_overloaded"
 

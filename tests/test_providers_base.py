@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import orjson
@@ -18,8 +19,14 @@ from aiohttp import web
 
 from apiarium.catalog import ModelSpec, ProviderSpec
 from apiarium.config import ConfigError, load_config
-from apiarium.errors import (ApiError, RateLimited, ServiceUnavailable, UpstreamError,
-                             UpstreamPassthrough, UpstreamTimeout)
+from apiarium.errors import (
+    ApiError,
+    RateLimited,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamPassthrough,
+    UpstreamTimeout,
+)
 from apiarium.metrics import Metrics
 from apiarium.providers import KINDS
 from apiarium.providers.base import Provider
@@ -240,10 +247,10 @@ def test_a_stream_answered_without_an_event_stream_is_502(kind):
 
 
 @pytest.mark.parametrize("kind, frames", [
-    ("openai", [b'data: {"id":"c","object":"chat.completion.chunk","model":"m","choices":[]}'
-                b'\n\n']),
-    ("anthropic", [b'event: message_start\ndata: {"type":"message_start","message":'
-                   b'{"usage":{"input_tokens":1}}}\n\n']),
+    ("openai", [(b'data: {"id":"c","object":"chat.completion.chunk","model":"m","choices":[]}'
+                b'\n\n')]),
+    ("anthropic", [(b'event: message_start\ndata: {"type":"message_start","message":'
+                   b'{"usage":{"input_tokens":1}}}\n\n')]),
     ("gemini", [b'data: {"candidates":[{"content":{"parts":[{"text":"hi"}]}}]}\n\n']),
 ])
 def test_a_stream_that_ends_before_its_terminal_event_is_an_error(kind, frames):
@@ -367,5 +374,5 @@ def test_auth_is_checked_in_models_yaml(tmp_path):
         load_config(tmp_path / "apiarium.yaml")
     assert [str(p) for p in exc.value.problems] == [
         f"{models}:2: providers.a.auth: 'bearer' is not one of key, none",
-        f"{models}:5: providers.b.api_key: is set, but auth is none, so it would never be "
-        f"sent (remove one of the two)"]
+        (f"{models}:5: providers.b.api_key: is set, but auth is none, so it would never be "
+        f"sent (remove one of the two)")]

@@ -13,7 +13,6 @@ import pytest
 
 from tests.support import READY
 
-
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 
@@ -81,7 +80,7 @@ def test_curl_examples_work_as_printed(shipped, fake_openai):
 
 
 def test_python_examples_work_as_printed(shipped, fake_openai):
-    url, gemini = shipped
+    url, _gemini = shipped
     fake_openai.reply_text = "1 2 3 4 5"
     sdk, video = [b for b in blocks("python") if "import" in b][:2]
     lines = run_example(sdk, url, "python").splitlines()

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import orjson
 from aiohttp import web
 
-_WRITE_ERRORS = (ConnectionError, RuntimeError)  # ClientConnectionResetError is a ConnectionResetError
+# aiohttp's ClientConnectionResetError is a ConnectionResetError
+_WRITE_ERRORS = (ConnectionError, RuntimeError)
 
 
 def _key(name: str):
@@ -128,7 +129,7 @@ class FakeUpstream:
     KNOBS = ("stream_events", "stream_delay", "reply_text", "reply_tool_call",
              "veo_polls_until_done", "sources", "image_in_words")
 
-    def reset(self) -> "FakeUpstream":
+    def reset(self) -> FakeUpstream:
         """Forget requests and scripts, and restore every knob: a clean fake for the next
         test, without the cost of a new server."""
         self.clear()
@@ -136,7 +137,7 @@ class FakeUpstream:
             setattr(self, name, copy.deepcopy(value))
         return self
 
-    def start(self) -> "FakeUpstream":
+    def start(self) -> FakeUpstream:
         if self._thread is not None:
             return self
         self._defaults = {k: copy.deepcopy(getattr(self, k)) for k in self.KNOBS

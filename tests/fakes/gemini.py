@@ -71,7 +71,8 @@ class FakeGemini(FakeUpstream):
         period = "PerDay" if per_day else "PerMinute"
         details = [
             {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
-                "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                "quotaMetric": ("generativelanguage.googleapis.com/"
+                                "generate_content_free_tier_requests"),
                 "quotaId": f"GenerateRequests{period}PerProjectPerModel-FreeTier",
                 "quotaDimensions": {"location": "global", "model": "fake-model"},
                 "quotaValue": "250" if per_day else "10"}]},

@@ -107,7 +107,8 @@ class FakeOpenAI(FakeUpstream):
         tool = self.reply_tool_call if body.get("tools") and self.reply_tool_call else None
         completion = words(tool["arguments"]) if tool else words(text)
         usage = self._usage(prompt, completion)
-        cid, created, model = "chatcmpl-fake" + secrets.token_hex(6), int(time.time()), body["model"]
+        cid, created = "chatcmpl-fake" + secrets.token_hex(6), int(time.time())
+        model = body["model"]
         call = None
         if tool:
             call = {"id": "call_fake01", "type": "function",

@@ -11,8 +11,14 @@ import zlib
 import openai
 import pytest
 
-from tests.fakes import (FakeAnthropic, FakeGemini, FakeOpenAI, FakeRag, anthropic_error,
-                         split_pieces)
+from tests.fakes import (
+    FakeAnthropic,
+    FakeGemini,
+    FakeOpenAI,
+    FakeRag,
+    anthropic_error,
+    split_pieces,
+)
 
 OA_AUTH = {"Authorization": "Bearer sk-fake-openai"}
 AN_AUTH = {"x-api-key": "sk-ant-fake", "anthropic-version": "2023-06-01"}
@@ -123,7 +129,8 @@ def test_openai_sdk_non_stream_and_stream(oa):
     oa.reply_text = "The answer is forty two."
     chunks = list(client.chat.completions.create(
         model="gpt-5", messages=USER, stream=True, stream_options={"include_usage": True}))
-    content = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    content = [c.choices[0].delta.content for c in chunks
+               if c.choices and c.choices[0].delta.content]
     assert len(content) == 5 and "".join(content) == oa.reply_text
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-2].choices[0].finish_reason == "stop"
@@ -150,7 +157,8 @@ def test_openai_sdk_tool_call(oa):
     r = client.chat.completions.create(model="m", messages=USER, tools=tools)
     assert r.choices[0].finish_reason == "tool_calls" and r.choices[0].message.content is None
     assert r.choices[0].message.tool_calls[0].function.arguments == oa.reply_tool_call["arguments"]
-    chunks = list(client.chat.completions.create(model="m", messages=USER, tools=tools, stream=True))
+    chunks = list(client.chat.completions.create(model="m", messages=USER, tools=tools,
+                                                 stream=True))
     frags = [c.choices[0].delta.tool_calls[0] for c in chunks if c.choices[0].delta.tool_calls]
     assert len(frags) == 4 and frags[0].id == "call_fake01"
     assert "".join(f.function.arguments for f in frags) == oa.reply_tool_call["arguments"]
@@ -229,7 +237,8 @@ def test_die_mid_stream(oa):
     conn.close()
     got = frames(ei.value.partial)
     assert len(got) == 3 and b"[DONE]" not in ei.value.partial
-    assert call(oa, "POST", "/v1/chat/completions", {"model": "m", "messages": USER, "stream": True},
+    streamed = {"model": "m", "messages": USER, "stream": True}
+    assert call(oa, "POST", "/v1/chat/completions", streamed,
                 OA_AUTH)[2].endswith(b"data: [DONE]\n\n")  # one-shot
     oa.die_mid_stream_next(1)  # taken by a non-stream request: connection dropped, no response
     with pytest.raises(http.client.RemoteDisconnected):
@@ -271,7 +280,7 @@ def test_anthropic_non_stream_and_validation(an):
     assert msg["usage"]["input_tokens"] == 6 and msg["usage"]["output_tokens"] == 4
     for bad, needle in [({**body, "max_tokens": None}, "max_tokens"),
                         ({**body, "messages": USER * 2}, "alternate"),
-                        ({**body, "messages": [{"role": "system", "content": "x"}] + USER},
+                        ({**body, "messages": [{"role": "system", "content": "x"}, *USER]},
                          "system")]:
         status, _, raw = call(an, "POST", "/v1/messages", bad, AN_AUTH)
         err = json.loads(raw)
@@ -283,7 +292,7 @@ def test_anthropic_non_stream_and_validation(an):
 
 def test_anthropic_stream(an):
     body = {"model": "c", "max_tokens": 9, "messages": USER, "stream": True}
-    status, _, raw = call(an, "POST", "/v1/messages", body, AN_AUTH)
+    _status, _, raw = call(an, "POST", "/v1/messages", body, AN_AUTH)
     fr = frames(raw)
     names = [e for e, _ in fr]
     assert names[:2] == ["message_start", "content_block_start"] and "ping" in names[2:-3]
@@ -354,7 +363,8 @@ def test_gemini_generate_and_stream(gm):
 def test_gemini_image_tool_and_auth(gm):
     path = "/v1beta/models/gemini-3-pro-image-preview:generateContent"
     body = {**GM_BODY, "generationConfig": {"responseModalities": ["TEXT", "IMAGE"]}}
-    parts = json.loads(call(gm, "POST", path, body, GM_AUTH)[2])["candidates"][0]["content"]["parts"]
+    answer = json.loads(call(gm, "POST", path, body, GM_AUTH)[2])
+    parts = answer["candidates"][0]["content"]["parts"]
     img = next(p["inlineData"] for p in parts if "inlineData" in p)
     assert img["mimeType"] == "image/png" and base64.b64decode(img["data"]) == gm.image_bytes
     assert any("text" in p for p in parts)
