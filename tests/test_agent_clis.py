@@ -10,8 +10,10 @@ APIARIUM_CLIS (or, when npm cannot install them, why not in APIARIUM_CLIS_SKIP).
 run with a temp HOME / CODEX_HOME / CLAUDE_CONFIG_DIR, every switch that turns off their
 telemetry, update checks and other non-essential traffic, and a refusing proxy for anything
 that is not loopback.  The gateway runs with a normal free key, rpm 1000 and
-``rate_limit.daily_credits: 0`` (unlimited): Claude Code asks max_tokens 32000-64000, which
-would reserve more than the default 200 daily credits."""
+``rate_limit.daily_credits: 0`` (unlimited): with the defaults (rpm 4, 200 credits) Codex
+waits out 429s (it honours Retry-After) and each Claude Code request, ~76 KB asking
+max_tokens 32000-64000, sets aside some 50-85 credits, so a run of these tests could end on
+the allowance instead of on what they test."""
 from __future__ import annotations
 
 import json
