@@ -242,6 +242,20 @@ class FakeUpstream:
         """Next matching request gets ``b"<html>not json"`` as text/html."""
         self._push(path_contains, kind="garbage", status=status)
 
+    def tool_call_next(self, name: str, arguments: str, path_contains: str | None = None) -> None:
+        """Next matching request that declares tools is answered with a call of ``name`` with
+        ``arguments`` (a JSON string), as ``reply_tool_call`` would, once; later requests get
+        text again (an agent's tool round trip: the call, then the answer to its result).
+        A matching request without tools consumes it and gets text."""
+        self._push(path_contains, kind="tool", tool={"name": name, "arguments": arguments})
+
+    def tool_for(self, request: web.Request, body: dict) -> dict | None:
+        """The tool call this request is answered with: a ``tool_call_next`` taken by it, else
+        ``reply_tool_call``; none when the request declares no tools."""
+        b = request.get(BEHAVIOUR)
+        tool = b["tool"] if b and b["kind"] == "tool" else self.reply_tool_call
+        return tool if body.get("tools") and tool else None
+
     def die_mid_stream_next(self, after_events: int, path_contains: str | None = None) -> None:
         """Next stream: send ``after_events`` frames, then abort the TCP connection.
 

@@ -137,7 +137,7 @@ class FakeGemini(FakeUpstream):
         text = self.answer_for(last_user)
         gen = body.get("generationConfig") or {}
         image = "IMAGE" in (gen.get("responseModalities") or [])
-        tool = self.reply_tool_call if body.get("tools") and self.reply_tool_call else None
+        tool = self.tool_for(request, body)
         rid = secrets.token_urlsafe(12)
 
         def resp(parts, final=True, out_tokens=0, extra_usage=None):

@@ -104,7 +104,7 @@ class FakeOpenAI(FakeUpstream):
         last_user = next((_text_of(m.get("content")) for m in reversed(msgs)
                           if m.get("role") == "user"), "")
         text = self.answer_for(last_user)
-        tool = self.reply_tool_call if body.get("tools") and self.reply_tool_call else None
+        tool = self.tool_for(request, body)
         completion = words(tool["arguments"]) if tool else words(text)
         usage = self._usage(prompt, completion)
         cid, created = "chatcmpl-fake" + secrets.token_hex(6), int(time.time())

@@ -322,6 +322,34 @@ def test_anthropic_tool_call(an):
     assert data[-2]["delta"]["stop_reason"] == "tool_use"
 
 
+def test_tool_call_next_is_one_shot(oa, an, gm):
+    """``tool_call_next``: the next request with tools gets the call, the one after gets text;
+    on each fake, in its own wire format."""
+    an.tool_call_next("Bash", '{"command": "echo hi"}')
+    body = {"model": "c", "max_tokens": 9, "messages": USER,
+            "tools": [{"name": "Bash", "input_schema": {"type": "object"}}]}
+    first = json.loads(call(an, "POST", "/v1/messages", body, AN_AUTH)[2])
+    assert first["content"][1]["input"] == {"command": "echo hi"}
+    again = json.loads(call(an, "POST", "/v1/messages", body, AN_AUTH)[2])
+    assert again["stop_reason"] == "end_turn" and again["content"][0]["text"].startswith("echo:")
+
+    gm.tool_call_next("Bash", '{"command": "echo hi"}')
+    tbody = {**GM_BODY, "tools": [{"functionDeclarations": [{"name": "Bash"}]}]}
+    path = "/v1beta/models/g:generateContent"
+    parts = json.loads(call(gm, "POST", path, tbody, GM_AUTH)[2])["candidates"][0]["content"]
+    assert parts["parts"] == [{"functionCall": {"name": "Bash", "args": {"command": "echo hi"}}}]
+    parts = json.loads(call(gm, "POST", path, tbody, GM_AUTH)[2])["candidates"][0]["content"]
+    assert "text" in parts["parts"][0]
+
+    oa.tool_call_next("Bash", '{"command": "echo hi"}')
+    obody = {"model": "m", "messages": USER,
+             "tools": [{"type": "function", "function": {"name": "Bash"}}]}
+    msg = json.loads(call(oa, "POST", "/v1/chat/completions", obody, OA_AUTH)[2])
+    assert msg["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "Bash"
+    msg = json.loads(call(oa, "POST", "/v1/chat/completions", obody, OA_AUTH)[2])
+    assert msg["choices"][0]["message"]["content"].startswith("echo:")
+
+
 def test_anthropic_errors(an):
     an.overloaded_next()
     status, _, raw = call(an, "POST", "/v1/messages", {}, AN_AUTH)
