@@ -220,8 +220,8 @@ class Gateway:
     async def _flush_usage(self) -> None:
         while True:
             await asyncio.sleep(USAGE_FLUSH_S)
-            try:
-                await self.services.usage.flush()
+            try:     # shielded: a shutdown never cuts a write in half (close() waits for it)
+                await asyncio.shield(self.services.usage.flush())
             except Exception:
                 log.exception("writing usage failed; will retry")
 
@@ -247,6 +247,12 @@ class Gateway:
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting; let requests in flight finish within the grace; then end the
         rest cleanly (a 503, or an SSE error event on a stream); write usage; close."""
+        if self._services is None:           # start failed half-way: close what it opened
+            if self._session is not None:
+                await self._session.close()
+            if self.fetcher is not None:
+                await self.fetcher.close()
+            return
         svc = self.services
         grace = svc.settings.shutdown_grace_s if grace_s is None else grace_s
         svc.stopping = True

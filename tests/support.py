@@ -405,15 +405,9 @@ def _as_printed(exc: BaseException) -> list[str] | None:
 
 
 async def _close_partly_started(app) -> None:
-    """What a start that failed midway had opened (a process that exits need not care)."""
-    services = app.services
-    if app.server is not None:
-        app.server.stop()
-    if app.session is not None:
-        await app.session.close()
-    if services is not None:
-        await services.usage.close()
-        await services.keys.close()
+    """What a start that failed midway had opened (a process that exits need not care):
+    the app's own stop closes whatever it got to."""
+    await app.stop(grace_s=0)
 
 
 def request(url: str, method: str = "GET", body=None, headers: dict | None = None,

@@ -220,7 +220,10 @@ def test_catalog_follows_the_catalog_file_after_a_reload(browser, make_gateway, 
         assert tiles_by_type(page) == expected_tiles(gw)
 
         models["models"]["claude-fresh"] = {"provider": "up"}
-        models["models"]["veo-fresh"] = {"provider": "up", "type": "video"}
+        # a video model needs a provider kind that makes videos (the config checks it)
+        models["providers"]["veo-host"] = {"kind": "gemini", "base_url": "http://127.0.0.1:9",
+                                           "api_key": "k"}
+        models["models"]["veo-fresh"] = {"provider": "veo-host", "type": "video"}
         del models["models"]["dead-model"]
         gw.write_models(models)
         gw.reload()
