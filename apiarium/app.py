@@ -202,10 +202,10 @@ class Gateway:
         """Drop refilled buckets (they equal fresh ones) and expired media."""
         svc = self.services
         s = svc.settings
-        svc.buckets.prune(lambda h: svc.keys.rpm_of(h, s.rpm))
+        svc.limits.buckets.prune(lambda h: svc.keys.rpm_of(h, s.rpm))
         visits = s.key_requests_per_minute or 1
         svc.keys.visits.prune(lambda _: visits)
-        for endpoint, buckets in svc.endpoint_buckets.items():
+        for endpoint, buckets in svc.limits.endpoint_buckets.items():
             count, period = s.endpoint_limits.get(endpoint, (1, 1.0))
             buckets.prune(_always(count), period)
         removed = await svc.live.media.sweep()

@@ -18,11 +18,11 @@ from .media import MediaStore
 from .metrics import Metrics
 from .netguard import NetGuard
 from .providers.base import Provider
-from .ratelimit import TokenBuckets
 from .services.chat import ChatService
 from .services.costs import CreditBook
 from .services.fallback import Breakers
 from .services.keys import KeyService
+from .services.limits import RequestLimits
 from .services.media import MediaService
 from .usage import UsageLedger
 
@@ -49,17 +49,17 @@ class Services:
     keys: KeyService
     usage: UsageLedger
     metrics: Metrics
-    buckets: TokenBuckets = field(default_factory=TokenBuckets)
     started: float = field(default_factory=time.time)
     inflight: set = field(default_factory=set)      # handlers not yet finished
     stopping: bool = False                          # SIGTERM: finishing what is in flight
     breakers: Breakers = field(default_factory=Breakers)    # kept across reloads
-    endpoint_buckets: dict[str, TokenBuckets] = field(default_factory=dict)  # per endpoint
+    limits: RequestLimits = field(init=False)
     credits: CreditBook = field(init=False)
     chat: ChatService = field(init=False)
     media: MediaService = field(init=False)
 
     def __post_init__(self) -> None:
+        self.limits = RequestLimits(self.usage, self.metrics)
         self.credits = CreditBook(self.usage)
         self.chat = ChatService(lambda: self.live, self.breakers, self.usage, self.credits)
         self.media = MediaService(lambda: self.live, self.breakers, self.usage, self.credits)

@@ -32,13 +32,11 @@ from ..errors import (
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
-    QuotaExceeded,
     RateLimited,
     ServiceUnavailable,
 )
 from ..live import Services
-from ..ratelimit import TokenBuckets
-from ..services.keys import IssuanceCaps, identity_of
+from ..services.keys import identity_of
 from ..storage import KeyRecord
 
 log = logging.getLogger("apiarium")
@@ -135,19 +133,12 @@ class BaseHandler(tornado.web.RequestHandler):
 
     async def issue_key(self) -> tuple[str, KeyRecord]:
         """The visitor's key, as ``/v1/keys/me`` and the homepage hand it out: proxy, VPN
-        and blocklist checks (403), at most ``security.key_requests_per_minute`` such visits
-        a minute per IPv4 address or IPv6 /64 (429), then the key service (the operator's
-        blocks, at most ``security.new_keys_per_ipv6_64_per_day`` new keys per IPv6 /64)."""
+        and blocklist checks (403), then the key service's visit and issuance limits."""
         self.resolve_visitor()
-        svc, ip = self.svc, self.client_ip
-        s = svc.settings
         try:
-            svc.keys.admit(ip, s.key_requests_per_minute)
-            return await svc.keys.key_for_ip(ip, caps=IssuanceCaps(
-                per_64=s.new_keys_per_ipv6_64_per_day, per_48=s.new_keys_per_ipv6_48_per_day,
-                per_32=s.new_keys_per_ipv6_32_per_day, per_hour=s.new_keys_per_hour))
+            return await self.svc.keys.issue(self.client_ip, self.svc.settings)
         except RateLimited:
-            svc.metrics.rate_limited.labels("key_issuance").inc()
+            self.svc.metrics.rate_limited.labels("key_issuance").inc()
             raise
 
     def public_base(self) -> str:
@@ -235,9 +226,11 @@ class ApiHandler(BaseHandler):
         if not master:
             self.key_record = self.authenticate(token)
             if self.limited:
-                self.take_token(self.key_record)
-                self.take_endpoint_token(self.key_record)
-                self.check_quota(self.key_record)
+                headers = self.svc.limits.admit(self.key_record, self.endpoint,
+                                                self.svc.settings)
+                self._limit_headers = headers
+                for name, value in headers.items():
+                    self.set_header(name, value)
 
     def authenticate(self, token: str | None) -> KeyRecord:
         if not token:
@@ -253,44 +246,6 @@ class ApiHandler(BaseHandler):
                             f"the IP that created them. GET /v1/keys/me from {self.client_ip} "
                             f"gives you this address's own key.", code="ip_mismatch")
         return rec
-
-    def take_token(self, rec: KeyRecord) -> None:
-        decision = self.svc.buckets.take(rec.key_hash, rec.rpm or self.svc.settings.rpm)
-        headers = decision.headers()
-        if not decision.allowed:
-            self.svc.metrics.rate_limited.labels("rpm").inc()
-            wait = headers["Retry-After"]
-            raise RateLimited(f"Rate limit reached: {decision.limit} requests per minute for "
-                              f"this key. Wait {wait} s before the next request.",
-                              retry_after=decision.retry_after, headers=headers)
-        self._limit_headers = headers
-        for name, value in headers.items():
-            self.set_header(name, value)
-
-    def take_endpoint_token(self, rec: KeyRecord) -> None:
-        """``rate_limit.endpoints``: e.g. at most 2 videos an hour per key."""
-        limit = self.svc.settings.endpoint_limits.get(self.endpoint)
-        if limit is None:
-            return
-        count, period = limit
-        buckets = self.svc.endpoint_buckets.setdefault(self.endpoint, TokenBuckets())
-        decision = buckets.take(rec.key_hash, count, period)
-        if not decision.allowed:
-            self.svc.metrics.rate_limited.labels(self.endpoint).inc()
-            wait = decision.headers()["Retry-After"]
-            unit = {60.0: "minute", 3600.0: "hour", 86400.0: "day"}.get(period, "second")
-            raise RateLimited(f"Rate limit reached: {count} {self.endpoint} requests per "
-                              f"{unit} for this key. Wait {wait} s before the next one.",
-                              retry_after=decision.retry_after,
-                              headers={"Retry-After": wait})
-
-    def check_quota(self, rec: KeyRecord) -> None:
-        limit = self.svc.settings.daily_credits
-        if limit and self.svc.usage.spent_today(rec.key_hash).credits >= limit:
-            self.svc.metrics.rate_limited.labels("daily_credits").inc()
-            raise QuotaExceeded(f"This key has used its {limit:g} credits for today (UTC). "
-                                f"The allowance resets at midnight UTC; GET /v1/keys/me shows "
-                                f"today's usage.")
 
     @property
     def key_hash(self) -> str | None:
@@ -402,6 +357,24 @@ class ApiHandler(BaseHandler):
     def error_frame(self, err: ApiError) -> bytes:
         """How a stream says it failed: OpenAI's ``data: {"error": …}`` (dialects override)."""
         return sse.encode(err.envelope())
+
+    async def translated_chat(self, model: ModelSpec, chat_body: dict, stream: bool,
+                              events: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]],
+                              answer: Callable[[dict], object]) -> None:
+        """A dialect's request run as the internal chat request: ``events`` turns chat
+        frames into the dialect's stream, ``answer`` a ``chat.completion`` into its answer."""
+        chat = self.svc.chat
+        if stream:
+            async def open_stream() -> AsyncIterator[bytes]:
+                frames = await chat.stream(model, chat_body, None, self.key_hash)
+                self.served_by(frames.served)
+                return frames.through(events)
+            await self.relay(open_stream)
+            return
+        answered = await self.guarded(chat.complete(model, chat_body, None, self.key_hash))
+        if answered is not None:
+            self.served_by(answered[1])
+            self.write_json(answer(answered[0]))
 
     async def relay(self, open_stream: Callable[[], Awaitable[AsyncIterator[bytes]]]) -> None:
         """Open a stream and send its SSE frames as they come, with backpressure.  A failure
