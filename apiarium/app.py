@@ -22,7 +22,7 @@ import tornado.web
 from . import __version__
 from .accesslog import AccessLog
 from .config import Config, ConfigError, load_config
-from .handlers import messages, pages, responses
+from .handlers import embeddings, messages, pages, responses
 from .handlers.base import BaseHandler
 from .handlers.chat import ChatHandler, CompletionsHandler
 from .handlers.info import (
@@ -65,6 +65,7 @@ def routes() -> list:
         (r"/v1/keys/me", KeysMeHandler),
         (r"/v1/images/generations", ImagesHandler),
         (r"/v1/videos/generations", VideosHandler),
+        *embeddings.routes,
         (r"/media/([^/]+)", MediaFileHandler),
         (r"/metrics", MetricsHandler),
         (r"/openapi\.json", OpenApiHandler),

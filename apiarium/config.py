@@ -50,7 +50,8 @@ SETTINGS_SCHEMA = Section({
                            "daily_credits": Num(200, 0, 1e12),
                            "endpoints": MapOf(Str())}),
     "limits": Section({"max_images": Num(4, 1, 100, integer=True),
-                       "max_chat_choices": Num(1, 1, 128, integer=True)}),
+                       "max_chat_choices": Num(1, 1, 128, integer=True),
+                       "max_embedding_input_mb": Num(2, 0.001, 4096)}),
     "media": Section({"dir": Str("../data/media"), "ttl_hours": Num(24, 0.001, 100_000),
                       "fetch_image_urls": Bool(True),
                       "fetch_allow_cidrs": ListOf(Str()),
@@ -133,6 +134,7 @@ class Settings:
     fetch_timeout_s: float = 30.0
     fetch_connect_timeout_s: float = 10.0
     fetch_concurrency: int = 8
+    max_embedding_input_bytes: int = 2 * 1024 * 1024   # an embeddings request's text, in all
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,8 @@ def _networks(values, ctx: Ctx, problems: list[Problem],
     return tuple(nets)
 
 
-LIMITED_ENDPOINTS = ("chat", "completions", "responses", "messages", "images", "videos")
+LIMITED_ENDPOINTS = ("chat", "completions", "responses", "messages", "images", "videos",
+                     "embeddings")
 DEFAULT_ENDPOINT_LIMITS = {"videos": "2/hour", "images": "20/hour"}
 PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
@@ -235,6 +238,7 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
         fetch_timeout_s=float(media["fetch_timeout_s"]),
         fetch_connect_timeout_s=float(media["fetch_connect_timeout_s"]),
         fetch_concurrency=media["fetch_concurrency"],
+        max_embedding_input_bytes=int(d["limits"]["max_embedding_input_mb"] * 1024 * 1024),
     )
 
 

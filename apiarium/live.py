@@ -2,8 +2,8 @@
 
 Built by ``app.py``; a configuration reload replaces ``config``, ``guard`` and ``providers``
 together by swapping in a new ``Live`` (one attribute write, so a request sees either the
-old world or the new one, never half of each).  The services (``chat``, ``media``) read the
-current ``Live`` at the start of each request.
+old world or the new one, never half of each).  The services (``chat``, ``media``,
+``embeddings``) read the current ``Live`` at the start of each request.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from .netguard import NetGuard
 from .providers.base import Provider
 from .services.chat import ChatService
 from .services.costs import CreditBook
+from .services.embeddings import EmbeddingService
 from .services.fallback import Breakers
 from .services.keys import KeyService
 from .services.limits import RequestLimits
@@ -57,12 +58,15 @@ class Services:
     credits: CreditBook = field(init=False)
     chat: ChatService = field(init=False)
     media: MediaService = field(init=False)
+    embeddings: EmbeddingService = field(init=False)
 
     def __post_init__(self) -> None:
         self.limits = RequestLimits(self.usage, self.metrics)
         self.credits = CreditBook(self.usage)
         self.chat = ChatService(lambda: self.live, self.breakers, self.usage, self.credits)
         self.media = MediaService(lambda: self.live, self.breakers, self.usage, self.credits)
+        self.embeddings = EmbeddingService(lambda: self.live, self.breakers, self.usage,
+                                           self.credits)
 
     @property
     def settings(self) -> Settings:

@@ -84,7 +84,8 @@ def test_document_lists_exactly_the_app_routes():
         assert any(matches(p, path) for p in app_routes), f"{path} is not a route of the app"
     contract = {"/", "/health", "/v1/keys/me", "/v1/models", "/v1/models/{model}",
                 "/v1/chat/completions", "/v1/completions", "/v1/images/generations",
-                "/v1/videos/generations", "/media/{name}", "/openapi.json", "/metrics"}
+                "/v1/videos/generations", "/v1/embeddings", "/media/{name}", "/openapi.json",
+                "/metrics"}
     assert contract <= set(doc_paths)
 
 
@@ -166,8 +167,9 @@ def describe(case, response) -> str:
 def test_scripted_answers_conform(make_gateway, fake_openai):
     """The statuses fuzzing rarely reaches (rate limits, upstream failures, streams that
     fail midway, ranges), each made to happen once and checked against the document."""
-    gw = make_gateway(openai_models(fake_openai), rate_limit={"rpm": 1},
-                      server={"max_body_mb": 0.01})
+    gw = make_gateway(openai_models(fake_openai, models={
+        "text-embedding-3-small": {"provider": "up", "type": "embedding"}}),
+        rate_limit={"rpm": 1}, server={"max_body_mb": 0.01})
     schema = schemathesis.openapi.from_dict(requests.get(gw.url + "/openapi.json",
                                                          timeout=10).json())
     user, master = gw.key_for(), MASTER_KEY
@@ -193,6 +195,19 @@ def test_scripted_answers_conform(make_gateway, fake_openai):
         ("image b64", None, "/v1/images/generations", "POST",
          {"body": {"model": "gpt-image-1", "prompt": "a fox", "n": 2,
                    "response_format": "b64_json"}}, master, 200),
+        ("embeddings", None, "/v1/embeddings", "POST",
+         {"body": {"model": "text-embedding-3-small", "input": ["a bee", "a hive"]}},
+         master, 200),
+        ("embeddings base64", None, "/v1/embeddings", "POST",
+         {"body": {"model": "text-embedding-3-small", "input": [[1, 2, 3]],
+                   "encoding_format": "base64", "dimensions": 8}}, master, 200),
+        ("embeddings, too many", None, "/v1/embeddings", "POST",
+         {"body": {"model": "text-embedding-3-small", "input": ["a"] * 2049}}, master, 400),
+        ("embeddings, wrong type", None, "/v1/embeddings", "POST",
+         {"body": {"model": "gpt-5", "input": "a"}}, master, 400),
+        ("embeddings, upstream 429", lambda: fake.fail_next(429, error),
+         "/v1/embeddings", "POST",
+         {"body": {"model": "text-embedding-3-small", "input": "a"}}, master, 429),
         ("no key", None, "/v1/models", "GET", {}, None, 401),
         ("bad key", None, "/v1/models", "GET", {}, "api-0000000000000000", 401),
         ("unknown model", None, "/v1/models/{model}", "GET",
@@ -261,6 +276,8 @@ def fuzz_target(make_gateway, fake_openai, fake_gemini, fake_anthropic, fake_rag
                   "type": "video"},
         "claude-sonnet-4.5": {"provider": "claude", "upstream": "claude-sonnet-4-5"},
         "gemini-3": {"provider": "hub"},
+        "text-embedding-3-small": {"provider": "up", "type": "embedding"},
+        "gemini-embedding-001": {"provider": "google", "type": "embedding"},
     })
     gw = make_gateway(models, rate_limit={"rpm": 100000})
     status, _, body = gw.post("/v1/images/generations", {
@@ -285,11 +302,12 @@ def fuzzing_schema(doc: dict, models: dict[str, str], media: str) -> dict:
     wanted = {"ChatCompletionRequest": names("chat", "image", "video"),
               "CompletionRequest": names("chat"), "ImageRequest": names("image"),
               "VideoRequest": names("video"), "ResponseRequest": names("chat"),
-              "MessagesRequest": names("chat"), "CountTokensRequest": names("chat")}
+              "MessagesRequest": names("chat"), "CountTokensRequest": names("chat"),
+              "EmbeddingRequest": names("embedding")}
     for name, schema in wanted.items():
         doc["components"]["schemas"][name]["properties"]["model"] = schema
     paths = doc["paths"]
-    params = {("/v1/models/{model}", "get"): names("chat", "image", "video"),
+    params = {("/v1/models/{model}", "get"): names("chat", "image", "video", "embedding"),
               ("/media/{name}", "get"): {"type": "string", "enum": [media, "x" * 32 + ".png"]},
               ("/media/{name}", "head"): {"type": "string", "enum": [media]},
               ("/static/{name}", "get"): {"type": "string",

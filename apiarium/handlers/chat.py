@@ -43,7 +43,7 @@ class ChatHandler(ApiHandler):
     async def post(self) -> None:
         body, raw = self.json_body()
         self.model_alias = str(body.get("model", ""))[:100]
-        model = self.svc.catalog.resolve(body.get("model"))
+        model = self.svc.catalog.resolve_for(body.get("model"), "/v1/chat/completions")
         check_messages(body)
         stream = check_stream(body)
         if model.type != "chat":

@@ -8,6 +8,9 @@ A provider turns an OpenAI-shaped request into its upstream's wire format and ba
                                                with ``data: [DONE]``
     async def image(model, ImageRequest)    -> list[Media]          (image models)
     async def video(model, VideoRequest)    -> Media                (video models)
+    async def embed(model, EmbeddingRequest) -> dict                OpenAI embeddings ``list``
+                                               (embedding models), vectors encoded as the
+                                               request's ``encoding_format`` asks
 
 Each item a stream yields is exactly one SSE event (``legacy`` and the relay rely on it).
 ``body`` is the parsed client JSON, ``raw`` its bytes (a passthrough may forward them as they
@@ -48,6 +51,7 @@ import orjson
 
 from .. import sse
 from ..catalog import ModelSpec, ProviderSpec
+from ..embedding import EmbeddingRequest
 from ..errors import (
     ApiError,
     InvalidRequest,
@@ -119,6 +123,11 @@ class Provider:
         raise InvalidRequest(f"`{model.alias}` is served by a "
                              f"`{self.kind or self.spec.kind}` provider, which cannot make "
                              f"videos.", param="model")
+
+    async def embed(self, model: ModelSpec, req: EmbeddingRequest) -> dict[str, Any]:
+        raise InvalidRequest(f"`{model.alias}` is served by a "
+                             f"`{self.kind or self.spec.kind}` provider, which cannot make "
+                             f"embeddings.", param="model")
 
     # ------------------------------------------------------------------ the upstream path
     def require_configured(self) -> None:

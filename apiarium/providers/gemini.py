@@ -1,4 +1,5 @@
-"""`kind: gemini`: Google's generativelanguage API (``v1beta``), chat for now.
+"""`kind: gemini`: Google's generativelanguage API (``v1beta``): chat here; images and Veo in
+``gemini_media``, embeddings (``batchEmbedContents``) in ``gemini_embed``.
 
 Calls ``POST {base_url}/v1beta/models/{upstream}:generateContent`` (or
 ``:streamGenerateContent?alt=sse``) with the ``x-goog-api-key`` header.
@@ -25,9 +26,10 @@ import orjson
 
 from .. import sse
 from ..catalog import ModelSpec
+from ..embedding import EmbeddingRequest
 from ..errors import ApiError, InvalidRequest, UpstreamError
 from ..generation import ImageRequest, Media, VideoRequest
-from . import gemini_media
+from . import gemini_embed, gemini_media
 from .base import Provider, parse_duration
 from .gemini_request import to_gemini
 from .shapes import Chunks, completion, tool_call, usage, wants_usage
@@ -90,6 +92,10 @@ class GeminiProvider(Provider):
 
     async def video(self, model: ModelSpec, req: VideoRequest) -> Media:
         return await gemini_media.generate_video(self, model, req)
+
+    # ------------------------------------------------------------------ embeddings (gemini_embed)
+    async def embed(self, model: ModelSpec, req: EmbeddingRequest) -> dict[str, Any]:
+        return await gemini_embed.embed(self, model, req)
 
     # ------------------------------------------------------------------ errors (5.8)
     def error_message(self, data: Any) -> str:

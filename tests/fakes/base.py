@@ -17,11 +17,17 @@ Conventions shared by all fakes (tests rely on them):
   arguments string when a tool call is answered.
 * Streaming "events" are SSE frames of any kind (role chunk, ping, [DONE] ...):
   ``die_mid_stream_next(k)`` sends the first ``k`` frames, then aborts.
+* Embeddings: ``embedding_vector(text, dims)``, numbers drawn from a generator seeded with
+  the text's SHA-256 and scaled to length 1, so a test can check each output vector against
+  its own input (and so the order).  A token array embeds as the text ``tokens:1,2,3``.
 """
 from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
+import math
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -77,6 +83,14 @@ def words(text: str | None) -> int:
     return len(text.split()) if text else 0
 
 
+def embedding_vector(text: str, dims: int) -> list[float]:
+    """The fakes' full-size embedding of ``text`` (see module doc)."""
+    rng = random.Random(hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest())
+    values = [rng.gauss(0.0, 1.0) for _ in range(dims)]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    return [v / norm for v in values]
+
+
 def split_pieces(text: str, n: int) -> list[str]:
     """Split ``text`` into ``n`` nearly equal, non-empty pieces (see module doc)."""
     n = max(1, int(n))
@@ -127,7 +141,8 @@ class FakeUpstream:
 
     # the knobs tests turn; ``reset`` puts back the values they had when the fake started
     KNOBS = ("stream_events", "stream_delay", "reply_text", "reply_tool_call",
-             "veo_polls_until_done", "sources", "image_in_words")
+             "veo_polls_until_done", "sources", "image_in_words", "embedding_dims",
+             "embed_delay", "embed_peak")
 
     def reset(self) -> FakeUpstream:
         """Forget requests and scripts, and restore every knob: a clean fake for the next
