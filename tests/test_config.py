@@ -42,10 +42,11 @@ def test_shipped_config_is_valid_and_lists_every_product_model():
               "gemini-3-pro", "gpt-image-1", "gpt-image-2", "gemini-3-image",
               "gemini-3-flash-image", "gemini-3.1-flash-image", "gpt-image-1-pro",
               "gpt-image-2-pro", "gemini-3-image-pro", "gemini-3-flash-image-pro",
-              "gemini-3.1-flash-image-pro", "veo-3", "veo-3-fast", "veo-3.1-fast"}
+              "gemini-3.1-flash-image-pro", "veo-3", "veo-3-fast", "veo-3.1-fast",
+              "text-embedding-3-small", "text-embedding-3-large", "gemini-embedding-001"}
     assert wanted <= set(catalog.models)
     assert any(a.startswith("claude-") for a in catalog.models)
-    assert {m.type for m in catalog.models.values()} == {"chat", "image", "video"}
+    assert {m.type for m in catalog.models.values()} == {"chat", "image", "video", "embedding"}
     kinds = {m.alias: m.provider.kind for m in catalog.models.values()}
     assert kinds["gemini-3"] == "rag" and kinds["veo-3"] == "gemini" and \
         kinds["claude-sonnet-4.5"] == "anthropic" and kinds["gpt-5"] == "openai"
@@ -140,3 +141,33 @@ def test_config_from_environment_variable(tmp_path):
     out = subprocess.run([sys.executable, "-m", "apiarium", "check-config"], capture_output=True,
                          text=True, env=env)
     assert out.returncode == 0 and str(path) in out.stdout and "2 models" in out.stdout
+
+
+def test_embedding_limits(tmp_path):
+    """``limits.max_embedding_input_mb`` (default 2) and ``rate_limit.endpoints.embeddings``:
+    read, and checked with FILE:LINE like every other key."""
+    s = load_config(write(tmp_path / "default", "{}\n")).settings
+    assert s.max_embedding_input_bytes == 2 * 1024 * 1024
+    assert "embeddings" not in s.endpoint_limits
+    s = load_config(write(tmp_path / "set", """\
+        rate_limit:
+          endpoints: {embeddings: 30/minute}
+        limits:
+          max_embedding_input_mb: 0.5
+        """)).settings
+    assert s.max_embedding_input_bytes == 512 * 1024
+    assert s.endpoint_limits["embeddings"] == (30, 60.0)
+    path = write(tmp_path / "bad", """\
+        rate_limit:
+          endpoints:
+            embeddings: lots
+        limits:
+          max_embedding_input_mb: 0
+        """)
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    lines = [str(p) for p in exc.value.problems]
+    assert any(line.startswith(f"{path}:3:") and "rate_limit.endpoints.embeddings" in line
+               for line in lines), lines
+    assert any(line.startswith(f"{path}:5:") and "limits.max_embedding_input_mb: 0 is out of "
+               "range" in line for line in lines), lines

@@ -96,3 +96,15 @@ def test_agent_sdk_example_works_as_printed(shipped, fake_openai):
     assert len(agents) == 1
     lines = run_example(agents[0], url, "python").splitlines()
     assert lines == ["echo: Hello!", "echo: Hello!"]          # Responses, then Messages
+
+
+def test_embeddings_example_works_as_printed(shipped, fake_openai):
+    """Both kinds of the shipped catalog: the OpenAI fake counts words, Gemini's usage is the
+    gateway's estimate (4 bytes a token: 7 + 4)."""
+    url, gemini = shipped
+    [example] = [b for b in blocks("python") if "embeddings.create" in b]
+    lines = run_example(example, url, "python").splitlines()
+    assert lines == ["text-embedding-3-small 2 256 8", "gemini-embedding-001 2 256 11"]
+    assert fake_openai.last().json["dimensions"] == 256
+    calls = [r for r in gemini.requests if r.path.endswith(":batchEmbedContents")]
+    assert len(calls) == 1 and calls[0].json["requests"][0]["outputDimensionality"] == 256
