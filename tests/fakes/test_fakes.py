@@ -487,3 +487,45 @@ def test_rag():
         assert rag.last().json == {"query": "q", "model": "g3"}
         assert call(rag, "POST", "/query", {"query": "q", "model": "g3"})[0] == 401
     assert rag.base_url == rag.root
+
+
+def test_openai_embeddings(oa):
+    from tests.fakes.base import embedding_vector
+    client = openai.OpenAI(base_url=oa.base_url, api_key=oa.api_key, max_retries=0)
+    got = client.embeddings.create(model="text-embedding-3-small", input=["a b", "c"])
+    assert oa.last().json["encoding_format"] == "base64"       # the SDK's default, decoded
+    assert [len(d.embedding) for d in got.data] == [256, 256]
+    assert max(abs(a - b) for a, b in zip(got.data[1].embedding, embedding_vector("c", 256),
+                                          strict=True)) < 1e-6
+    assert got.usage.prompt_tokens == 3
+    cut = client.embeddings.create(model="m", input=[1, 2], dimensions=8,
+                                   encoding_format="float")
+    assert len(cut.data[0].embedding) == 8
+    assert abs(sum(v * v for v in cut.data[0].embedding) - 1.0) < 1e-9    # scaled again
+    for bad in ({"input": "x", "dimensions": 257}, {"input": "x", "encoding_format": "hex"},
+                {"input": ["x"] * 2049}, {"input": [["x"]]}):
+        status, _, raw = call(oa, "POST", "/v1/embeddings", {"model": "m", **bad}, OA_AUTH)
+        assert status == 400, (bad, raw)
+
+
+def test_gemini_batch_embed_refuses_over_100_and_checks_with_the_sdk_types(gm):
+    from tests.fakes.base import embedding_vector
+    path = "/v1beta/models/gemini-embedding-001:batchEmbedContents"
+
+    def req(text, **extra):
+        return {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": text}]},
+                **extra}
+
+    status, _, raw = call(gm, "POST", path, {"requests": [req(str(i)) for i in range(101)]},
+                          GM_AUTH)
+    assert status == 400 and b"at most 100 requests" in raw
+    status, _, raw = call(gm, "POST", path, {"requests": [req(str(i), outputDimensionality=8)
+                                                          for i in range(100)]}, GM_AUTH)
+    assert status == 200
+    values = [e["values"] for e in json.loads(raw)["embeddings"]]
+    assert len(values) == 100 and values[7] == embedding_vector("7", 256)[:8]   # not scaled
+    for bad in ([req("x", outputDimensionalty=8)], [req("x", outputDimensionality=257)],
+                [{**req("x"), "model": "models/other"}], [req("")], "nope"):
+        status, _, raw = call(gm, "POST", path, {"requests": bad}, GM_AUTH)
+        assert status == 400, (bad, raw)
+    assert call(gm, "POST", path, {"requests": [req("x")]})[0] == 400        # no key
