@@ -150,8 +150,9 @@ def _resolve(base: Path, value: str) -> Path:
     return p if p.is_absolute() else (base / p)
 
 
-def _networks(values, ctx: Ctx, problems: list[Problem],
-              key: tuple[str, str] = ("server", "trusted_proxies")):
+def _networks(values: list[str], ctx: Ctx, problems: list[Problem],
+              key: tuple[str, str] = ("server", "trusted_proxies"),
+              ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     nets = []
     for i, v in enumerate(values):
         try:
@@ -192,7 +193,8 @@ def _endpoint_limits(given: Mapping[str, str], ctx: Ctx,
     return out
 
 
-def _blocklists(base: Path, values, ctx: Ctx, problems: list[Problem]) -> tuple[Path, ...]:
+def _blocklists(base: Path, values: list[str], ctx: Ctx,
+                problems: list[Problem]) -> tuple[Path, ...]:
     paths = tuple(_resolve(base, v) for v in values)
     for i, p in enumerate(paths):
         if not (p.is_file() and os.access(p, os.R_OK)):
@@ -336,7 +338,7 @@ def load_config(path: str | os.PathLike, env: Mapping[str, str] | None = None) -
     settings = _build_settings(path, raw, ctx, problems)
     raw_cat, cctx = parse(settings.catalog_path, CATALOG_SCHEMA, env, problems)
     catalog = _build_catalog(settings.catalog_path, raw_cat, cctx, problems) if raw_cat else None
-    if problems:
+    if problems or catalog is None:      # no catalog: parse said why
         raise ConfigError(problems)
     return Config(settings, catalog)
 

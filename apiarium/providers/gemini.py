@@ -178,8 +178,9 @@ class GeminiProvider(Provider):
         err = obj.get("error")
         if err is not None:     # {"error": {code, message, status}} mid-stream
             err = err if isinstance(err, dict) else {}
-            code = err.get("code") if isinstance(err.get("code"), int) else 0
-            code = code if code >= 400 else _STATUS_CODES.get(err.get("status"), 502)
+            code = err.get("code")
+            if not (isinstance(code, int) and code >= 400):
+                code = _STATUS_CODES.get(str(err.get("status")), 502)
             raise self.map_error(code, obj, self.retry_hint(resp, obj))
         return obj
 
@@ -196,7 +197,9 @@ class _StreamState:
     end of the stream needs (the last finishReason, the last usageMetadata)."""
 
     def __init__(self, chunks: Chunks) -> None:
-        self.chunks, self.started, self.finish, self.meta, self.tools = chunks, False, None, None, 0
+        self.chunks, self.started, self.tools = chunks, False, 0
+        self.finish: str | None = None
+        self.meta: Any = None
 
     def feed(self, obj: dict) -> list[bytes]:
         frames = []
@@ -222,7 +225,7 @@ class _StreamState:
 
     def end(self) -> list[bytes]:
         frames = [] if self.started else [self.chunks.role()]
-        frames.append(self.chunks.finish(self.finish))
+        frames.append(self.chunks.finish(self.finish or "stop"))
         tail = self.chunks.usage(_usage(self.meta))
         if tail is not None:
             frames.append(tail)

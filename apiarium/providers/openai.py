@@ -151,7 +151,7 @@ def _rename(event: bytes, old: bytes, new: bytes, alias: str) -> bytes:
     # unusual spacing: fall back to a real parse of this one frame
     _, data = sse.parse(event)
     try:
-        obj = orjson.loads(data)
+        obj = orjson.loads(data or b"")
     except (orjson.JSONDecodeError, TypeError):
         return event
     if isinstance(obj, dict) and "model" in obj:
