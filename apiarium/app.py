@@ -205,6 +205,7 @@ class Gateway:
         svc.buckets.prune(lambda h: svc.keys.rpm_of(h, s.rpm))
         visits = s.key_requests_per_minute or 1
         svc.keys.visits.prune(lambda _: visits)
+        svc.guesses.prune(s.master_key_guesses_per_minute)
         for endpoint, buckets in svc.endpoint_buckets.items():
             count, period = s.endpoint_limits.get(endpoint, (1, 1.0))
             buckets.prune(_always(count), period)

@@ -18,7 +18,7 @@ from .media import MediaStore
 from .metrics import Metrics
 from .netguard import NetGuard
 from .providers.base import Provider
-from .ratelimit import TokenBuckets
+from .ratelimit import FailedGuesses, TokenBuckets
 from .services.chat import ChatService
 from .services.costs import CreditBook
 from .services.fallback import Breakers
@@ -55,12 +55,14 @@ class Services:
     stopping: bool = False                          # SIGTERM: finishing what is in flight
     breakers: Breakers = field(default_factory=Breakers)    # kept across reloads
     endpoint_buckets: dict[str, TokenBuckets] = field(default_factory=dict)  # per endpoint
+    guesses: FailedGuesses = field(init=False)       # at the master key, per network
     credits: CreditBook = field(init=False)
     chat: ChatService = field(init=False)
     media: MediaService = field(init=False)
 
     def __post_init__(self) -> None:
         self.credits = CreditBook(self.usage)
+        self.guesses = FailedGuesses(self.metrics.rate_limited.labels("failed_auth"))
         self.chat = ChatService(lambda: self.live, self.breakers, self.usage, self.credits)
         self.media = MediaService(lambda: self.live, self.breakers, self.usage, self.credits)
 

@@ -37,6 +37,7 @@ from ..errors import (
     ServiceUnavailable,
 )
 from ..live import Services
+from ..netguard import Visitor
 from ..ratelimit import TokenBuckets
 from ..storage import KeyRecord
 
@@ -48,6 +49,7 @@ _JSON = "application/json"
 _WITH_BODY = frozenset(("POST", "PUT", "PATCH"))
 T = TypeVar("T")
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
+_KEY_SHAPE = re.compile(r"^api-[a-z0-9]{16}$")     # an issued key's shape: no master key
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -55,6 +57,7 @@ class BaseHandler(tornado.web.RequestHandler):
     request_id: str = ""
     client_ip: str = ""
     peer_trusted: bool = False
+    _visitor: Visitor
     key_record: KeyRecord | None = None
     model_alias: str = ""
     provider_name: str = ""
@@ -122,12 +125,15 @@ class BaseHandler(tornado.web.RequestHandler):
                       self.request.path, exc_info=value)
 
     # ------------------------------------------------------------------ who is asking
-    def resolve_visitor(self, check: bool = True, bypass: bool = False) -> None:
+    def resolve_visitor(self, check: bool = True) -> None:
+        """The client IP (through trusted proxies only); with ``check`` the proxy, VPN and
+        blocklist checks (403)."""
         guard = self.svc.live.guard
-        visitor = guard.visitor(self.request.remote_ip or "", self.request.headers)
+        visitor = self._visitor = guard.visitor(self.request.remote_ip or "",
+                                                self.request.headers)
         self.client_ip = visitor.ip
         self.peer_trusted = visitor.peer_trusted
-        if check and not bypass:
+        if check:
             guard.check(visitor, self.request.headers)
 
     async def issue_key(self) -> tuple[str, KeyRecord]:
@@ -212,8 +218,12 @@ class ApiHandler(BaseHandler):
         self._size = 0
         self._too_large = False
         token = self.bearer()
+        self.resolve_visitor(check=False)
+        # a network out of failed guesses gets 429 before the master key is compared
+        self.svc.guesses.check(self.client_ip, self.svc.settings.master_key_guesses_per_minute)
         master = self.is_master(token)
-        self.resolve_visitor(bypass=master)
+        if not master:
+            self.svc.live.guard.check(self._visitor, self.request.headers)
         limit = self.svc.settings.max_body_bytes
         length = self.request.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > limit:
@@ -237,6 +247,9 @@ class ApiHandler(BaseHandler):
                             "GET /v1/keys/me gives you one.", code="missing_api_key")
         rec = self.svc.keys.verify(token)
         if rec is None:
+            if not _KEY_SHAPE.match(token):        # a guess at the master key
+                self.svc.guesses.fail(self.client_ip,
+                                      self.svc.settings.master_key_guesses_per_minute)
             shown = token[:8] + "…" if len(token) > 8 else token
             raise AuthError(f"Invalid API key `{shown}` (unknown or revoked). GET /v1/keys/me "
                             f"gives you your current key.", code="invalid_api_key")
