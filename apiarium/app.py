@@ -21,6 +21,7 @@ import tornado.web
 
 from . import __version__
 from .accesslog import AccessLog
+from .catalog import Catalog
 from .config import Config, ConfigError, load_config
 from .handlers import messages, pages, responses
 from .handlers.base import BaseHandler
@@ -75,22 +76,32 @@ def _always(n: int) -> Callable[[str], int]:
     return lambda _: n
 
 
+def model_label(handler: tornado.web.RequestHandler, catalog: Catalog) -> str:
+    """The model a request names, as metrics and the access log show it: an alias of the
+    catalog, ``unknown`` for anything else a client sent (so no client can mint a series of
+    its own), ``-`` when no model was read."""
+    alias = getattr(handler, "model_alias", "")
+    if not alias:
+        return "-"
+    return alias if alias in catalog.models else "unknown"
+
+
 def log_request(handler: BaseHandler) -> None:
     """Tornado's per-request hook: metrics, then one access-log line."""
     settings = handler.application.settings
     metrics = settings["services"].metrics
     endpoint = handler.endpoint if isinstance(handler, BaseHandler) else "other"
     status = handler.get_status()
-    model = getattr(handler, "model_alias", "") if status != 404 else ""
+    model = model_label(handler, settings["services"].catalog)
     req = handler.request
     elapsed = req.request_time()
-    metrics.observe_request(endpoint, model or "-", status, elapsed)
+    metrics.observe_request(endpoint, model, status, elapsed)
     rec = getattr(handler, "key_record", None)
     upstream = getattr(handler, "upstream_ms", None)
     settings["access_log"].write(
         f"{getattr(handler, 'request_id', '-')} {req.method} {req.path} {status} "
         f"{1000.0 * elapsed:.1f}ms ip={getattr(handler, 'client_ip', '') or req.remote_ip} "
-        f"key={rec.key_prefix if rec else '-'} model={model or '-'} "
+        f"key={rec.key_prefix if rec else '-'} model={model} "
         f"bytes={getattr(handler, 'bytes_out', 0)} "
         f"upstream_ms={'-' if upstream is None else f'{upstream:.1f}'}")
 

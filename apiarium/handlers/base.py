@@ -115,9 +115,10 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def log_exception(self, typ: type[BaseException] | None, value: BaseException | None,
                       tb: TracebackType | None) -> None:
-        if isinstance(value, ApiError):
+        if isinstance(value, ApiError):         # a message may quote the client: one line
             log.info("%s %s -> %d %s: %s", self.request_id, self.request.path, value.status,
-                     value.code, value.message)
+                     value.code, value.message if value.message.isprintable()
+                     else repr(value.message))
         elif isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
             log.info("%s %s -> %d", self.request_id, self.request.path, value.status_code)
         else:
