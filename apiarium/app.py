@@ -8,6 +8,7 @@ The only module that knows every other one.  ``Gateway`` owns the lifecycle:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 import time
@@ -70,6 +71,14 @@ def routes() -> list:
         (r"/metrics", MetricsHandler),
         (r"/openapi\.json", OpenApiHandler),
     ]
+
+
+def _every_address(host: str) -> bool:
+    """Whether listening on ``host`` means every address (0.0.0.0, ::, or none given)."""
+    try:
+        return not host or ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
 
 
 def _always(n: int) -> Callable[[str], int]:
@@ -192,6 +201,11 @@ class Gateway:
         self._tasks.append(asyncio.ensure_future(self._flush_usage()))
         self._tasks.append(asyncio.ensure_future(self._flush_log()))
         shown = f"[{host}]" if ":" in host else host
+        if _every_address(host) and not (s.public_url or s.allowed_hosts):
+            log.warning("listening on every address (%s) without server.public_url: the "
+                        "homepage and media URLs take their host name from each request's "
+                        "Host header, which any client chooses; set server.public_url (or "
+                        "server.allowed_hosts)", host or "*")
         log.info("apiarium listening on http://%s:%d", shown, self.port)
 
     async def _housekeeping(self) -> None:

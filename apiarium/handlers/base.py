@@ -23,7 +23,7 @@ import tornado.httputil
 import tornado.iostream
 import tornado.web
 
-from .. import sse
+from .. import hosts, sse
 from ..catalog import ModelSpec
 from ..errors import (
     ApiError,
@@ -48,7 +48,6 @@ _rid_counter = itertools.count(1)
 _JSON = "application/json"
 _WITH_BODY = frozenset(("POST", "PUT", "PATCH"))
 T = TypeVar("T")
-_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
 _KEY_SHAPE = re.compile(r"^api-[a-z0-9]{16}$")     # an issued key's shape: no master key
 
 
@@ -127,13 +126,16 @@ class BaseHandler(tornado.web.RequestHandler):
 
     # ------------------------------------------------------------------ who is asking
     def resolve_visitor(self, check: bool = True) -> None:
-        """The client IP (through trusted proxies only); with ``check`` the proxy, VPN and
-        blocklist checks (403)."""
+        """The client IP (through trusted proxies only); on /v1/ a 421 for a host not in
+        ``server.allowed_hosts``; with ``check`` the proxy, VPN and blocklist checks (403)."""
         guard = self.svc.live.guard
         visitor = self._visitor = guard.visitor(self.request.remote_ip or "",
                                                 self.request.headers)
         self.client_ip = visitor.ip
         self.peer_trusted = visitor.peer_trusted
+        names = self.svc.settings.allowed_hosts
+        if names and self.request.path.startswith("/v1/"):
+            hosts.check(self.request_origin()[1], names, self.public_base())
         if check:
             guard.check(visitor, self.request.headers)
 
@@ -152,30 +154,21 @@ class BaseHandler(tornado.web.RequestHandler):
             svc.metrics.rate_limited.labels("key_issuance").inc()
             raise
 
+    def request_origin(self) -> tuple[str, str]:
+        return hosts.origin(self.request.protocol, self.request.host, self.request.headers,
+                            self.peer_trusted)
+
     def public_base(self) -> str:
-        """``scheme://host[:port]`` as the client reached the gateway: ``server.public_url``
-        if set, else the request's Host (X-Forwarded-Proto/-Host only from trusted proxies)."""
-        public = self.svc.settings.public_url
-        if public:
-            return public
-        proto, host = self.request.protocol, self.request.host
-        if self.peer_trusted:
-            fwd_proto = self.request.headers.get("X-Forwarded-Proto", "")
-            fwd_host = self.request.headers.get("X-Forwarded-Host", "")
-            if fwd_proto:
-                proto = fwd_proto.split(",")[0].strip().lower()
-            if fwd_host:
-                host = fwd_host.split(",")[0].strip()
-        if proto not in ("http", "https"):
-            proto = "http"
-        if not _HOST.match(host or ""):
-            conn = self.request.connection
-            stream = conn.stream if isinstance(conn, tornado.http1connection.HTTP1Connection) \
-                else None
-            sock = stream.socket if stream else None
-            name = sock.getsockname() if sock else ("127.0.0.1", 80)
-            host = f"[{name[0]}]:{name[1]}" if ":" in name[0] else f"{name[0]}:{name[1]}"
-        return f"{proto}://{host}"
+        """``scheme://host[:port]`` for the homepage and media URLs (``hosts.base_url``):
+        ``server.public_url``, else the request's host when allowed, else the first of
+        ``server.allowed_hosts``, else the address the request arrived on."""
+        s = self.svc.settings
+        if s.public_url:
+            return s.public_url
+        sock = getattr(getattr(self.request.connection, "stream", None), "socket", None)
+        name = sock.getsockname() if sock else ("127.0.0.1", 80)
+        here = f"[{name[0]}]:{name[1]}" if ":" in name[0] else f"{name[0]}:{name[1]}"
+        return hosts.base_url("", *self.request_origin(), s.allowed_hosts, here)
 
     def bearer(self) -> str | None:
         auth = self.request.headers.get("Authorization")
