@@ -36,6 +36,7 @@ from ..errors import (
     RateLimited,
     ServiceUnavailable,
 )
+from ..jsonbody import parse_object
 from ..live import Services
 from ..netguard import Visitor
 from ..ratelimit import TokenBuckets
@@ -322,17 +323,7 @@ class ApiHandler(BaseHandler):
 
     def json_body(self) -> tuple[dict, bytes]:
         raw = self.raw_body()
-        if not raw:
-            raise InvalidRequest("The request body is empty; send a JSON object.",
-                                 code="invalid_json")
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(f"The request body is not valid JSON ({exc.msg} at byte "
-                                 f"{exc.pos}).", code="invalid_json") from None
-        if not isinstance(body, dict):
-            raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-        return body, raw
+        return parse_object(raw), raw
 
     # ------------------------------------------------------------------ upstream work
     def on_connection_close(self) -> None:

@@ -58,6 +58,7 @@ from ..errors import (
     UpstreamTimeout,
 )
 from ..generation import ImageRequest, Media, VideoRequest
+from ..jsonbody import nesting_error
 from ..metrics import Metrics
 from ..outbound import FetchPolicy, ImageFetcher
 
@@ -148,7 +149,10 @@ class Provider:
         ``map_error`` says; the time to the answer's headers is observed per provider.
         """
         if json is not None:
-            data = orjson.dumps(json)
+            try:
+                data = orjson.dumps(json)
+            except orjson.JSONEncodeError:     # nested deeper than orjson writes
+                raise nesting_error() from None
         if data is not None:
             # orjson leaves ~4 KB allocated behind every result; aiohttp holds the body for
             # as long as the answer streams, so hold an exact-size copy instead
