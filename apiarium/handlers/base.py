@@ -23,7 +23,7 @@ import tornado.httputil
 import tornado.iostream
 import tornado.web
 
-from .. import hosts, sse
+from .. import hosts, logcontext, sse
 from ..catalog import ModelSpec
 from ..errors import (
     ApiError,
@@ -214,6 +214,7 @@ class ApiHandler(BaseHandler):
         self._too_large = False
         token = self.bearer()
         self.resolve_visitor(check=False)
+        logcontext.REQUEST_ID.set(self.request_id)
         # a network out of failed guesses gets 429 before the master key is compared
         self.svc.guesses.check(self.client_ip, self.svc.settings.master_key_guesses_per_minute)
         master = self.is_master(token)

@@ -35,6 +35,7 @@ built-in ones.
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -46,7 +47,7 @@ from typing import Any, ClassVar
 import aiohttp
 import orjson
 
-from .. import sse
+from .. import logcontext, redact, sse
 from ..catalog import ModelSpec, ProviderSpec
 from ..errors import (
     ApiError,
@@ -63,6 +64,8 @@ from ..metrics import Metrics
 from ..outbound import FetchPolicy, ImageFetcher
 
 MAX_ERROR_BODY = 64 * 1024
+_ABOUT_REQUEST = frozenset((400, 404, 413, 422))   # statuses whose message a client sees
+log = logging.getLogger("apiarium.upstream")
 
 
 class Provider:
@@ -265,41 +268,46 @@ class Provider:
     def map_error(self, status: int, data: Any, retry_after: float | None) -> ApiError:
         """The contract's status table: 401/403 → 502 (the gateway's own key), quota and 429
         → 429 ``upstream_rate_limited``, 503/529 → 503, 504 → 504, other 5xx → 502, other
-        4xx passed through with the upstream's message."""
+        4xx passed through with their status.  Only a 4xx about the request itself (400, 404,
+        413, 422) keeps the upstream's message, scrubbed of anything shaped like a key or an
+        organisation id (``redact``); every other answer gets the gateway's own words, since
+        upstreams write account names, org ids and key tails into those.  The upstream's
+        own message is logged (info) with the request id."""
         name = self.spec.name
         said = self.error_message(data).strip().rstrip(".")
         key = self.spec.api_key
-        if key and len(key) >= 4:                    # an upstream may echo the key back
-            said = said.replace(key, "[redacted]")
-        detail = f": {said}" if said else ""
+        if said:                   # for the operator: org ids and all, but never the key
+            log.info("%s upstream `%s` answered HTTP %d: %s", logcontext.REQUEST_ID.get(),
+                     name, status, said.replace(key, redact.REDACTED) if key else said)
         if status in (401, 403):
             return UpstreamError(f"The upstream provider `{name}` refused this gateway's "
-                                 f"credentials (HTTP {status}){detail}. The operator must check "
+                                 f"credentials (HTTP {status}). The operator must check "
                                  f"providers.{name}.api_key.")
         if self.is_quota(status, data):
             return RateLimited(f"The upstream provider `{name}` refused the request: this "
-                               f"gateway's account is out of quota or credit (HTTP {status}"
-                               f"{detail}). Retrying will not help until the operator tops it "
-                               f"up.", code="upstream_rate_limited", retry_after=retry_after,
+                               f"gateway's account is out of quota or credit (HTTP {status}). "
+                               f"Retrying will not help until the operator tops it up.",
+                               code="upstream_rate_limited", retry_after=retry_after,
                                headers={"x-should-retry": "false"})
         if status == 429:
-            return RateLimited(f"The upstream provider `{name}` is rate limiting this gateway"
-                               f"{detail}." + (f" Retry in {math.ceil(retry_after)} s."
-                                               if retry_after else ""),
+            return RateLimited(f"The upstream provider `{name}` is rate limiting this gateway."
+                               + (f" Retry in {math.ceil(retry_after)} s." if retry_after
+                                  else " Retry in a little while."),
                                code="upstream_rate_limited", retry_after=retry_after)
         if status in (503, 529):
             h = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after else {}
-            return ServiceUnavailable(f"The upstream provider `{name}` is overloaded{detail}. "
+            return ServiceUnavailable(f"The upstream provider `{name}` is overloaded. "
                                       f"Retry in a few seconds.", headers=h)
         if status == 504:
-            return UpstreamTimeout(f"The upstream provider `{name}` timed out{detail}.")
+            return UpstreamTimeout(f"The upstream provider `{name}` timed out.")
         if status >= 500:
-            return UpstreamError(f"The upstream provider `{name}` failed with HTTP {status}"
-                                 f"{detail}. Try again later.")
+            return UpstreamError(f"The upstream provider `{name}` failed with HTTP {status}. "
+                                 f"Try again later.")
         code = {404: "model_not_found", 413: "request_too_large"}.get(status)
+        detail = redact.scrub(said, self.spec.api_key) if status in _ABOUT_REQUEST else ""
         return UpstreamPassthrough(f"The upstream provider `{name}` rejected the request"
-                                   f"{detail or f' (HTTP {status})'}.", status=status, code=code)
-
+                                   f"{f': {detail}' if detail else f' (HTTP {status})'}.",
+                                   status=status, code=code)
 
 def parse_retry_after(value: str | None) -> float | None:
     """A ``Retry-After`` header (seconds, or an HTTP date) as seconds from now."""
