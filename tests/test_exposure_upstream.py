@@ -1,6 +1,7 @@
 """Exposure (issue 13.6), the upstream side: an upstream's error texts (org ids, masked key
 tails, account names) never reach a client, only the gateway's own words, or for a 4xx
-about the request its message scrubbed of anything key-shaped."""
+about the request its message scrubbed of anything key-shaped; and the provider key goes
+only to its base_url's origin, never along a redirect to another host."""
 from __future__ import annotations
 
 import json
@@ -10,9 +11,9 @@ import pytest
 
 from apiarium.redact import scrub
 from tests.conftest import openai_models
-from tests.fakes import anthropic_error, google_error, openai_error
+from tests.fakes import FakeOpenAI, anthropic_error, google_error, openai_error
 from tests.fakes.base import sse_event
-from tests.support import error_of, wait_for
+from tests.support import error_of, request, wait_for
 
 MASTER = "exposure-master-key-0123456789abcdefghij"
 MSG = [{"role": "user", "content": "hi"}]
@@ -139,3 +140,57 @@ def test_scrub_removes_every_key_shape():
     assert "7 is above 2" in out and "provider-key-rotation" in out
     assert scrub("x my-own-provider-secret y", "my-own-provider-secret") == "x [redacted] y"
 
+
+# ---------------------------------------------------------------------------- redirects
+
+@pytest.fixture
+def elsewhere():
+    """A second upstream on another port: another origin, which must never see a key."""
+    with FakeOpenAI(api_key="not-this-one") as other:
+        yield other
+
+
+def test_a_redirect_to_another_host_never_carries_the_key(gw, fake_openai, elsewhere):
+    for path, body in (("/v1/chat/completions", {"model": "gpt-5", "messages": MSG}),
+                       ("/v1/chat/completions", {"model": "gpt-5", "messages": MSG,
+                                                 "stream": True}),
+                       ("/v1/images/generations", {"model": "gpt-image-1", "prompt": "x"})):
+        for code in (301, 302, 303, 307, 308):
+            fake_openai.fail_next(code, b"", headers={
+                "Location": f"{elsewhere.root}/v1/chat/completions"})
+            got, _, raw = post(gw, path, body)
+            assert got == 502, raw
+            assert error_of(raw)["code"] == "upstream_error"
+            assert elsewhere.root.encode() not in raw
+    # a POST is never replayed elsewhere (neither the key nor the client's prompt travel)
+    assert elsewhere.requests == []
+
+
+def test_a_video_download_follows_redirects_without_the_key_off_origin(make_gateway,
+                                                                       fake_gemini,
+                                                                       elsewhere):
+    fake_gemini.veo_polls_until_done = 0
+    gw = make_gateway({
+        "providers": {"google": {"kind": "gemini", "base_url": fake_gemini.base_url,
+                                 "api_key": fake_gemini.api_key, "poll_interval_s": 0.05}},
+        "models": {"veo-3": {"provider": "google", "type": "video"}}}, master_key=MASTER)
+    # the download answers 302 to another origin (a CDN, or an attacker's host)
+    elsewhere.fail_next(200, fake_gemini.video_bytes, headers={"Content-Type": "video/mp4"})
+    fake_gemini.fail_next(302, b"", headers={"Location": f"{elsewhere.root}/cdn/video.mp4"},
+                          path_contains=":download")
+    got, _, raw = post(gw, "/v1/videos/generations", {"model": "veo-3", "prompt": "a boat",
+                                                       "duration_seconds": 4})
+    assert got == 200, raw
+    status, _, data = request(json.loads(raw)["data"][0]["url"])
+    assert status == 200 and data == fake_gemini.video_bytes
+    (fetched,) = elsewhere.requests
+    assert fetched.path == "/cdn/video.mp4"
+    assert fake_gemini.api_key not in json.dumps(fetched.headers)
+    assert not {"x-goog-api-key", "authorization"} & set(fetched.headers)
+    # on its own origin the key is still sent (the fake's download needs it, and 302s to
+    # its own /blob, which the ordinary video path goes through)
+    got, _, raw = post(gw, "/v1/videos/generations", {"model": "veo-3", "prompt": "again",
+                                                       "duration_seconds": 4})
+    assert got == 200, raw
+    download = [r for r in fake_gemini.requests if ":download" in r.path][-1]
+    assert download.headers.get("x-goog-api-key") == fake_gemini.api_key

@@ -35,6 +35,7 @@ built-in ones.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -46,6 +47,7 @@ from typing import Any, ClassVar
 
 import aiohttp
 import orjson
+import yarl
 
 from .. import logcontext, redact, sse
 from ..catalog import ModelSpec, ProviderSpec
@@ -64,6 +66,8 @@ from ..metrics import Metrics
 from ..outbound import FetchPolicy, ImageFetcher
 
 MAX_ERROR_BODY = 64 * 1024
+MAX_REDIRECTS = 5            # followed for GET only; credentials only within base_url's origin
+_REDIRECTS = frozenset((301, 302, 303, 307, 308))
 _ABOUT_REQUEST = frozenset((400, 404, 413, 422))   # statuses whose message a client sees
 log = logging.getLogger("apiarium.upstream")
 
@@ -145,11 +149,15 @@ class Provider:
                       ) -> AsyncIterator[aiohttp.ClientResponse]:
         """One upstream call: ``async with provider.request(...) as resp``.
 
-        ``data`` is the body as bytes, or ``json`` an object to encode.  ``auth=False`` sends
-        none of the provider's headers (for a URL on someone else's server, such as an image
-        an upstream links to).  Connection failures and timeouts, also while the body is read
-        inside the block, become 502 / 504; an error status is read and raised as
-        ``map_error`` says; the time to the answer's headers is observed per provider.
+        ``data`` is the body as bytes, or ``json`` an object to encode.  The provider's
+        headers (its credential among them) go only to ``base_url``'s origin (scheme, host
+        and port); ``auth=False`` sends them nowhere (a URL on someone else's server, such
+        as an image an upstream links to).  Redirects: a GET follows up to
+        ``MAX_REDIRECTS``, and once it leaves the origin it carries none of those headers
+        (a Veo video is fetched so); any other method's redirect is a 502, never followed.
+        Connection failures and timeouts, also while the body is read inside the block,
+        become 502 / 504; an error status is read and raised as ``map_error`` says; the
+        time to the answer's headers is observed per provider.
         """
         if json is not None:
             try:
@@ -161,10 +169,23 @@ class Provider:
             # as long as the answer streams, so hold an exact-size copy instead
             data = bytes(memoryview(data))
         started = time.perf_counter()
+        home = _origin(self.spec.base_url)
+        credentials = auth
         try:
-            async with self.session.request(method, url, data=data,
-                                            headers=self.headers if auth else None,
-                                            timeout=timeout or self.timeout) as resp:
+            async with contextlib.AsyncExitStack() as stack:
+                for hop in range(MAX_REDIRECTS + 1):
+                    credentials = credentials and _origin(url) == home
+                    resp = await stack.enter_async_context(self.session.request(
+                        method, url, data=data, allow_redirects=False,
+                        headers=self.headers if credentials else None,
+                        timeout=timeout or self.timeout))
+                    if resp.status not in _REDIRECTS:
+                        break
+                    target = resp.headers.get("Location", "")
+                    if method != "GET" or not target or hop == MAX_REDIRECTS:
+                        raise self.redirect_error(resp.status, target)
+                    url = str(resp.url.join(yarl.URL(target)))
+                    resp.release()
                 if self._latency is not None:
                     self._latency.observe(time.perf_counter() - started)
                 if resp.status >= 400:
@@ -174,6 +195,13 @@ class Provider:
             raise
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             raise self.transport_error(exc) from None
+
+    def redirect_error(self, status: int, target: str) -> UpstreamError:
+        """A redirect the upstream path does not follow (logged with its target)."""
+        log.info("%s upstream `%s` answered HTTP %d to %s; not followed",
+                 logcontext.REQUEST_ID.get(), self.spec.name, status, target[:300] or "nowhere")
+        return UpstreamError(f"The upstream provider `{self.spec.name}` answered with a "
+                             f"redirect (HTTP {status}), which this gateway does not follow.")
 
     async def call_json(self, method: str, url: str, *, data: bytes | None = None,
                         json: Any = None) -> dict[str, Any]:
@@ -308,6 +336,16 @@ class Provider:
         return UpstreamPassthrough(f"The upstream provider `{name}` rejected the request"
                                    f"{f': {detail}' if detail else f' (HTTP {status})'}.",
                                    status=status, code=code)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of ``url``: who may see the provider's credentials."""
+    try:
+        u = yarl.URL(url)
+    except (TypeError, ValueError):
+        return ("", "", None)
+    return (u.scheme.lower(), (u.host or "").lower(), u.port)
+
 
 def parse_retry_after(value: str | None) -> float | None:
     """A ``Retry-After`` header (seconds, or an HTTP date) as seconds from now."""
