@@ -38,6 +38,7 @@ from .handlers.media import ImagesHandler, MediaFileHandler, VideosHandler
 from .handlers.openapi import OpenApiHandler
 from .handlers.ops import MetricsHandler
 from .live import Live, Services
+from .media import MediaStore
 from .metrics import Metrics
 from .netguard import Blocklist, NetGuard
 from .outbound import FetchPolicy, ImageFetcher
@@ -132,7 +133,8 @@ def make_session() -> aiohttp.ClientSession:
 
 
 def make_live(config: Config, session: aiohttp.ClientSession,
-              metrics: Metrics | None = None, fetcher: ImageFetcher | None = None) -> Live:
+              metrics: Metrics | None = None, fetcher: ImageFetcher | None = None,
+              media: MediaStore | None = None) -> Live:
     s = config.settings
     started = time.perf_counter()
     try:
@@ -149,7 +151,8 @@ def make_live(config: Config, session: aiohttp.ClientSession,
                  len(s.blocklists), time.perf_counter() - started)
     guard = NetGuard(s.trusted_proxies, s.block_proxy_headers, blocklist, s.client_ip_header)
     # user-given image URLs go through the fetcher, never the providers' session
-    return Live.make(config, guard, build_providers(config.catalog, session, metrics, fetcher))
+    return Live.make(config, guard, build_providers(config.catalog, session, metrics, fetcher),
+                     media)
 
 
 class Gateway:
@@ -184,6 +187,7 @@ class Gateway:
         self.fetcher = ImageFetcher(FetchPolicy.from_settings(s))
         self._services = Services(live=make_live(config, self.session, metrics, self.fetcher),
                                   keys=keys, usage=usage, metrics=metrics)
+        await self.services.live.media.sweep()        # counts what the media folder holds
         self.access_log = AccessLog()
         app = make_app(self.services, self.access_log)
         self.server = tornado.httpserver.HTTPServer(
@@ -256,7 +260,7 @@ class Gateway:
         svc = self.services
         try:
             config = load_config(self.config_path)
-            live = make_live(config, self.session, svc.metrics, self.fetcher)
+            live = make_live(config, self.session, svc.metrics, self.fetcher, svc.live.media)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload rejected: %s", problem)

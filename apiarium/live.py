@@ -37,10 +37,17 @@ class Live:
     models_body: bytes
 
     @classmethod
-    def make(cls, config: Config, guard: NetGuard, providers: dict[str, Provider]) -> Live:
+    def make(cls, config: Config, guard: NetGuard, providers: dict[str, Provider],
+             media: MediaStore | None = None) -> Live:
+        """``media``: the running store, kept (with what it counted) when a reload leaves
+        ``media.dir`` as it was."""
         body = orjson.dumps({"object": "list", "data": config.catalog.listing()})
         s = config.settings
-        return cls(config, guard, providers, MediaStore(s.media_dir, s.media_ttl_hours), body)
+        if media is not None and media.folder == s.media_dir:
+            media.configure(s.media_ttl_hours, s.media_max_bytes)
+        else:
+            media = MediaStore(s.media_dir, s.media_ttl_hours, s.media_max_bytes)
+        return cls(config, guard, providers, media, body)
 
 
 @dataclass
