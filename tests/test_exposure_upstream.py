@@ -4,11 +4,13 @@ about the request its message scrubbed of anything key-shaped; and the provider 
 only to its base_url's origin, never along a redirect to another host."""
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 
 import pytest
 
+from apiarium.logcontext import REQUEST_ID
 from apiarium.redact import scrub
 from tests.conftest import openai_models
 from tests.fakes import FakeOpenAI, anthropic_error, google_error, openai_error
@@ -129,6 +131,18 @@ def test_other_dialects_and_providers_get_the_same_treatment(make_gateway, fake_
         got, _, raw = post(gw, path, body)
         assert got == 502, raw
         assert_clean(raw)
+
+
+def test_the_request_id_reaches_log_lines_of_each_request_only():
+    async def one(rid: str) -> str:
+        REQUEST_ID.set(rid)                  # as ApiHandler.prepare does, in its own task
+        await asyncio.sleep(0.01)
+        return REQUEST_ID.get()
+
+    async def both() -> list[str]:
+        return await asyncio.gather(one("req_a"), one("req_b"))
+    assert asyncio.run(both()) == ["req_a", "req_b"]
+    assert REQUEST_ID.get() == "-"           # outside any request
 
 
 def test_scrub_removes_every_key_shape():
