@@ -169,12 +169,11 @@ class Provider:
             # as long as the answer streams, so hold an exact-size copy instead
             data = bytes(memoryview(data))
         started = time.perf_counter()
-        home = _origin(self.spec.base_url)
         credentials = auth
         try:
             async with contextlib.AsyncExitStack() as stack:
                 for hop in range(MAX_REDIRECTS + 1):
-                    credentials = credentials and _origin(url) == home
+                    credentials = credentials and self.at_home(url)
                     resp = await stack.enter_async_context(self.session.request(
                         method, url, data=data, allow_redirects=False,
                         headers=self.headers if credentials else None,
@@ -195,6 +194,12 @@ class Provider:
             raise
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             raise self.transport_error(exc) from None
+
+    def at_home(self, url: str) -> bool:
+        """Whether ``url`` is on ``base_url``'s origin (scheme, host and port): the only one
+        that sees the provider's headers.  A URL under base_url is, without parsing."""
+        base = self.spec.base_url
+        return bool(base) and (url.startswith(base + "/") or _origin(url) == _origin(base))
 
     def redirect_error(self, status: int, target: str) -> UpstreamError:
         """A redirect the upstream path does not follow (logged with its target)."""
