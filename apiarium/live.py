@@ -18,6 +18,7 @@ from .media import MediaStore
 from .metrics import Metrics
 from .netguard import NetGuard
 from .providers.base import Provider
+from .ratelimit import FailedGuesses
 from .services.chat import ChatService
 from .services.costs import CreditBook
 from .services.embeddings import EmbeddingService
@@ -38,10 +39,17 @@ class Live:
     models_body: bytes
 
     @classmethod
-    def make(cls, config: Config, guard: NetGuard, providers: dict[str, Provider]) -> Live:
+    def make(cls, config: Config, guard: NetGuard, providers: dict[str, Provider],
+             media: MediaStore | None = None) -> Live:
+        """``media``: the running store, kept (with what it counted) when a reload leaves
+        ``media.dir`` as it was."""
         body = orjson.dumps({"object": "list", "data": config.catalog.listing()})
         s = config.settings
-        return cls(config, guard, providers, MediaStore(s.media_dir, s.media_ttl_hours), body)
+        if media is not None and media.folder == s.media_dir:
+            media.configure(s.media_ttl_hours, s.media_max_bytes)
+        else:
+            media = MediaStore(s.media_dir, s.media_ttl_hours, s.media_max_bytes)
+        return cls(config, guard, providers, media, body)
 
 
 @dataclass
@@ -55,6 +63,7 @@ class Services:
     stopping: bool = False                          # SIGTERM: finishing what is in flight
     breakers: Breakers = field(default_factory=Breakers)    # kept across reloads
     limits: RequestLimits = field(init=False)
+    guesses: FailedGuesses = field(init=False)       # at the master key, per network
     credits: CreditBook = field(init=False)
     chat: ChatService = field(init=False)
     media: MediaService = field(init=False)
@@ -63,6 +72,7 @@ class Services:
     def __post_init__(self) -> None:
         self.limits = RequestLimits(self.usage, self.metrics)
         self.credits = CreditBook(self.usage)
+        self.guesses = FailedGuesses(self.metrics.rate_limited.labels("failed_auth"))
         self.chat = ChatService(lambda: self.live, self.breakers, self.usage, self.credits)
         self.media = MediaService(lambda: self.live, self.breakers, self.usage, self.credits)
         self.embeddings = EmbeddingService(lambda: self.live, self.breakers, self.usage,

@@ -49,19 +49,24 @@ ERRORS = {
     404: ("Unknown model alias, unknown media file, unknown path.",
           "model_not_found, media_not_found, not_found"),
     413: ("The body is over `server.max_body_mb`.", "body_too_large"),
+    421: ("The request names a host not in `server.allowed_hosts` (when it is set).",
+          "misdirected_request"),
     429: (("Over the key's rate limit (with `Retry-After` and `x-ratelimit-*`), over its daily "
            "credits, the upstream's own rate limit or quota; on /v1/keys/me, too many key "
-           "requests from the caller's network."),
-          "rate_limit_exceeded, insufficient_quota, upstream_rate_limited"),
-    502: (("The upstream cannot be reached, answered garbage or a 5xx, or refused the "
-           "gateway's own provider key."), "upstream_unreachable, upstream_error"),
+           "requests from the caller's network; too many wrong tokens from the caller's "
+           "network (whatever it sends, until `Retry-After`)."),
+          ("rate_limit_exceeded, insufficient_quota, upstream_rate_limited, "
+           "too_many_failed_attempts")),
+    502: (("The upstream cannot be reached, answered garbage or a 5xx, refused the gateway's "
+           "own provider key, or made a file of a type the gateway does not serve."),
+          "upstream_unreachable, upstream_error, upstream_bad_media"),
     503: (("The upstream is overloaded, its provider has no API key here, its circuit is open, "
            "or the gateway is shutting down."),
           "upstream_overloaded, provider_not_configured, server_shutting_down"),
     504: ("No answer within the provider's `timeout_s`.", "upstream_timeout"),
 }
-AUTHED = (401, 403, 413)                       # any bearer endpoint
-UPSTREAM = (400, 401, 403, 404, 413, 429, 502, 503, 504)     # the generating POSTs
+AUTHED = (401, 403, 413, 421, 429)             # any bearer endpoint
+UPSTREAM = (400, 401, 403, 404, 413, 421, 429, 502, 503, 504)     # the generating POSTs
 PASSTHROUGH = {
     "description": "An upstream 4xx about the request itself, with its status and the "
                    "upstream's message in the envelope.",
@@ -389,9 +394,10 @@ def _paths() -> dict:
             "openapi", "info", "This document",
             {200: ok("OpenAPI 3.1.", {JSON: {"schema": {"type": "object"}}})})},
         "/metrics": {"get": operation(
-            "metrics", "info", "Prometheus metrics (bind or firewall it like any exporter)",
+            "metrics", "info", "Prometheus metrics: for `metrics.allow_cidrs` (loopback by "
+            "default), or with `metrics.token` as a bearer token",
             {200: ok("Prometheus text exposition format.",
-                     {"text/plain": {"schema": STR}})})},
+                     {"text/plain": {"schema": STR}})}, errors=(401, 403, 429))},
     }
 
 

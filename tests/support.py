@@ -36,7 +36,7 @@ except ImportError:       # pragma: no cover
     import httpx
 import yaml
 
-MASTER_KEY = "master-test-key-0123456789"
+MASTER_KEY = "master-test-key-0123456789abcdefghijkl"   # 32+ characters, as check-config asks
 READY = re.compile(r"apiarium listening on (http://\S+)")
 
 

@@ -60,10 +60,11 @@ def test_defaults_interpolation_and_relative_paths(tmp_path):
         master_key: ${MASTER}
         database: ../state/db.sqlite3
         """)
-    cfg = load_config(path, env={"MASTER": "sekrit", "UP_KEY": "sk-1"})
+    master = "sekrit-" * 5
+    cfg = load_config(path, env={"MASTER": master, "UP_KEY": "sk-1"})
     s = cfg.settings
     assert s.port == 8123 and s.host == "127.0.0.1" and s.rpm == 4
-    assert s.master_key == "sekrit" and s.shutdown_grace_s == 30
+    assert s.master_key == master and s.shutdown_grace_s == 30
     assert s.max_body_bytes == 25 * 1024 * 1024
     assert s.database == tmp_path / "conf" / ".." / "state" / "db.sqlite3"
     assert s.media_dir == tmp_path / "conf" / ".." / "data" / "media"
@@ -73,7 +74,7 @@ def test_defaults_interpolation_and_relative_paths(tmp_path):
     assert provider.api_key == "sk-1" and provider.base_url == "http://127.0.0.1:9/v1"
     assert cfg.catalog.models["pic"].upstream == "gpt-image-1"
     assert cfg.catalog.models["gpt-5"].upstream == "gpt-5"
-    assert load_config(path, env={"MASTER": "m", "TEST_PORT": "9999"}).settings.port == 9999
+    assert load_config(path, env={"MASTER": master, "TEST_PORT": "9999"}).settings.port == 9999
 
 
 def test_every_problem_is_reported_with_file_and_line(tmp_path):

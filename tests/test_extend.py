@@ -28,7 +28,7 @@ from apiarium.providers.shapes import Chunks, completion, text_of, usage, wants_
 from apiarium.services.keys import KeyService
 from apiarium.usage import UsageLedger
 
-MASTER = "m-key"
+MASTER = "m-key-0123456789abcdef0123456789abcdef"
 
 
 class EchoProvider(Provider):

@@ -23,7 +23,7 @@ import tornado.httputil
 import tornado.iostream
 import tornado.web
 
-from .. import sse
+from .. import hosts, logcontext, sse
 from ..catalog import ModelSpec
 from ..errors import (
     ApiError,
@@ -35,7 +35,9 @@ from ..errors import (
     RateLimited,
     ServiceUnavailable,
 )
+from ..jsonbody import parse_object
 from ..live import Services
+from ..netguard import Visitor
 from ..services.keys import identity_of
 from ..storage import KeyRecord
 
@@ -48,7 +50,7 @@ _WITH_BODY = frozenset(("POST", "PUT", "PATCH"))
 _SSE_HEADERS = (("Content-Type", "text/event-stream; charset=utf-8"),
                 ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"))
 T = TypeVar("T")
-_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
+_KEY_SHAPE = re.compile(r"^api-[a-z0-9]{16}$")     # an issued key's shape: no master key
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -56,6 +58,7 @@ class BaseHandler(tornado.web.RequestHandler):
     request_id: str = ""
     client_ip: str = ""
     peer_trusted: bool = False
+    _visitor: Visitor
     key_record: KeyRecord | None = None
     model_alias: str = ""
     provider_name: str = ""
@@ -113,9 +116,10 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def log_exception(self, typ: type[BaseException] | None, value: BaseException | None,
                       tb: TracebackType | None) -> None:
-        if isinstance(value, ApiError):
+        if isinstance(value, ApiError):         # a message may quote the client: one line
             log.info("%s %s -> %d %s: %s", self.request_id, self.request.path, value.status,
-                     value.code, value.message)
+                     value.code, value.message if value.message.isprintable()
+                     else repr(value.message))
         elif isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
             log.info("%s %s -> %d", self.request_id, self.request.path, value.status_code)
         else:
@@ -123,12 +127,18 @@ class BaseHandler(tornado.web.RequestHandler):
                       self.request.path, exc_info=value)
 
     # ------------------------------------------------------------------ who is asking
-    def resolve_visitor(self, check: bool = True, bypass: bool = False) -> None:
+    def resolve_visitor(self, check: bool = True) -> None:
+        """The client IP (through trusted proxies only); on /v1/ a 421 for a host not in
+        ``server.allowed_hosts``; with ``check`` the proxy, VPN and blocklist checks (403)."""
         guard = self.svc.live.guard
-        visitor = guard.visitor(self.request.remote_ip or "", self.request.headers)
+        visitor = self._visitor = guard.visitor(self.request.remote_ip or "",
+                                                self.request.headers)
         self.client_ip = visitor.ip
         self.peer_trusted = visitor.peer_trusted
-        if check and not bypass:
+        names = self.svc.settings.allowed_hosts
+        if names and self.request.path.startswith("/v1/"):
+            hosts.check(self.request_origin()[1], names, self.public_base())
+        if check:
             guard.check(visitor, self.request.headers)
 
     async def issue_key(self) -> tuple[str, KeyRecord]:
@@ -141,30 +151,21 @@ class BaseHandler(tornado.web.RequestHandler):
             self.svc.metrics.rate_limited.labels("key_issuance").inc()
             raise
 
+    def request_origin(self) -> tuple[str, str]:
+        return hosts.origin(self.request.protocol, self.request.host, self.request.headers,
+                            self.peer_trusted)
+
     def public_base(self) -> str:
-        """``scheme://host[:port]`` as the client reached the gateway: ``server.public_url``
-        if set, else the request's Host (X-Forwarded-Proto/-Host only from trusted proxies)."""
-        public = self.svc.settings.public_url
-        if public:
-            return public
-        proto, host = self.request.protocol, self.request.host
-        if self.peer_trusted:
-            fwd_proto = self.request.headers.get("X-Forwarded-Proto", "")
-            fwd_host = self.request.headers.get("X-Forwarded-Host", "")
-            if fwd_proto:
-                proto = fwd_proto.split(",")[0].strip().lower()
-            if fwd_host:
-                host = fwd_host.split(",")[0].strip()
-        if proto not in ("http", "https"):
-            proto = "http"
-        if not _HOST.match(host or ""):
-            conn = self.request.connection
-            stream = conn.stream if isinstance(conn, tornado.http1connection.HTTP1Connection) \
-                else None
-            sock = stream.socket if stream else None
-            name = sock.getsockname() if sock else ("127.0.0.1", 80)
-            host = f"[{name[0]}]:{name[1]}" if ":" in name[0] else f"{name[0]}:{name[1]}"
-        return f"{proto}://{host}"
+        """``scheme://host[:port]`` for the homepage and media URLs (``hosts.base_url``):
+        ``server.public_url``, else the request's host when allowed, else the first of
+        ``server.allowed_hosts``, else the address the request arrived on."""
+        s = self.svc.settings
+        if s.public_url:
+            return s.public_url
+        sock = getattr(getattr(self.request.connection, "stream", None), "socket", None)
+        name = sock.getsockname() if sock else ("127.0.0.1", 80)
+        here = f"[{name[0]}]:{name[1]}" if ":" in name[0] else f"{name[0]}:{name[1]}"
+        return hosts.base_url("", *self.request_origin(), s.allowed_hosts, here)
 
     def bearer(self) -> str | None:
         """The key sent as ``Authorization: Bearer`` (or, as Anthropic's clients send it,
@@ -211,8 +212,13 @@ class ApiHandler(BaseHandler):
         self._size = 0
         self._too_large = False
         token = self.bearer()
+        self.resolve_visitor(check=False)
+        logcontext.REQUEST_ID.set(self.request_id)
+        # a network out of failed guesses gets 429 before the master key is compared
+        self.svc.guesses.check(self.client_ip, self.svc.settings.master_key_guesses_per_minute)
         master = self.is_master(token)
-        self.resolve_visitor(bypass=master)
+        if not master:
+            self.svc.live.guard.check(self._visitor, self.request.headers)
         limit = self.svc.settings.max_body_bytes
         length = self.request.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > limit:
@@ -238,6 +244,9 @@ class ApiHandler(BaseHandler):
                             "GET /v1/keys/me gives you one.", code="missing_api_key")
         rec = self.svc.keys.verify(token)
         if rec is None:
+            if not _KEY_SHAPE.match(token):        # a guess at the master key
+                self.svc.guesses.fail(self.client_ip,
+                                      self.svc.settings.master_key_guesses_per_minute)
             shown = token[:8] + "…" if len(token) > 8 else token
             raise AuthError(f"Invalid API key `{shown}` (unknown or revoked). GET /v1/keys/me "
                             f"gives you your current key.", code="invalid_api_key")
@@ -277,17 +286,7 @@ class ApiHandler(BaseHandler):
 
     def json_body(self) -> tuple[dict, bytes]:
         raw = self.raw_body()
-        if not raw:
-            raise InvalidRequest("The request body is empty; send a JSON object.",
-                                 code="invalid_json")
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(f"The request body is not valid JSON ({exc.msg} at byte "
-                                 f"{exc.pos}).", code="invalid_json") from None
-        if not isinstance(body, dict):
-            raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-        return body, raw
+        return parse_object(raw), raw
 
     # ------------------------------------------------------------------ upstream work
     def on_connection_close(self) -> None:
