@@ -36,8 +36,7 @@ def test_a_short_master_key_is_refused_by_check_config_and_serve(make_gateway, f
     assert "31 characters" in line[0] and "at least 32" in line[0]
     assert "x" * 31 not in out.stdout + out.stderr                 # never printed
     serve = subprocess.run([sys.executable, "-m", "apiarium", "serve", "--config",
-                            str(gw.config)], capture_output=True, text=True, timeout=60,
-                           env=gw.env)
+                            str(gw.config)], capture_output=True, text=True, timeout=60)
     assert serve.returncode != 0 and "at least 32" in serve.stdout + serve.stderr
     assert "apiarium listening" not in serve.stdout + serve.stderr
     # 32 characters, or none at all, are fine

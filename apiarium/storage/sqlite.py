@@ -47,6 +47,7 @@ class SqliteStorage:
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStorage:
+        """Connect, switch to WAL, migrate (several processes may open one file at once)."""
         try:
             private_files(path)
             db = await aiosqlite.connect(path, isolation_level=None)
@@ -54,7 +55,7 @@ class SqliteStorage:
             raise StorageError(f"{path}: cannot open the database: {exc}") from None
         try:
             await db.execute("PRAGMA busy_timeout=5000")
-            await db.execute("PRAGMA journal_mode=WAL")
+            await _wal(db)
             await db.execute("PRAGMA synchronous=NORMAL")
             await migrate(db)
             storage = cls(db, path)
@@ -248,3 +249,16 @@ class SqliteUsage:
             except BaseException:
                 await db.execute("ROLLBACK")
                 raise
+
+
+async def _wal(db: aiosqlite.Connection, attempts: int = 50) -> None:
+    """``journal_mode=WAL``: switching needs the file to itself and SQLite answers "locked"
+    at once, without its busy handler, while another process opens it too; so retry."""
+    for attempt in range(attempts):
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.02 * (attempt + 1))
