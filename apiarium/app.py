@@ -157,7 +157,7 @@ class Gateway:
     async def start(self, host: str | None = None, port: int | None = None) -> None:
         config = load_config(self.config_path)        # raises ConfigError: nothing started
         s = config.settings
-        keys = await KeyService(s.database).open()
+        keys = await KeyService(s.database, s.secret_file).open()
         usage = await UsageLedger(s.database).open()
         metrics = Metrics(key_count=lambda: len(keys))
         self._session = make_session()
