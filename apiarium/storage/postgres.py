@@ -14,9 +14,11 @@ statement, atomic on its own:
   per row changed in keys or blocks; this storage adds its own writes to what it knows, so
   only other processes' writes count (polled every refresh, every 2 s in the gateway).
 
-The pool holds ``POOL_MIN``-``POOL_MAX`` connections per storage (the gateway opens two: keys
-and usage; mind the server's ``max_connections`` for many processes), with timeouts to
-connect, to wait for a free connection and for each statement.  A server that cannot be
+The pool opens up to ``POOL_MAX`` connections per storage as they are needed (the gateway
+opens two storages: keys and usage; mind the server's ``max_connections`` for many
+processes) and closes them after ``IDLE_S`` unused, with timeouts to connect, to wait for a
+free connection and for each statement.  (No floor of open connections: asyncpg would log a
+traceback each time it failed to restore one during an outage.)  A server that cannot be
 reached raises ``StorageUnavailable`` (503 on the request path); the pool connects again on
 the next call, so the storage recovers by itself when the server is back.
 """
@@ -51,7 +53,7 @@ from .postgres_schema import (
 )
 
 __all__ = ["SCHEMA_VERSION", "PostgresStorage"]
-POOL_MIN, POOL_MAX = 1, 4
+POOL_MAX = 4
 CONNECT_TIMEOUT_S = 5.0         # to open a connection
 ACQUIRE_TIMEOUT_S = 10.0        # to wait for a free one
 STATEMENT_TIMEOUT_S = 10.0      # for one statement's answer
@@ -108,7 +110,7 @@ class PostgresStorage:
         name, scrub = describe(url), _scrubber(url)
         try:
             pool = await asyncpg.create_pool(
-                url, min_size=POOL_MIN, max_size=POOL_MAX, timeout=CONNECT_TIMEOUT_S,
+                url, min_size=0, max_size=POOL_MAX, timeout=CONNECT_TIMEOUT_S,
                 command_timeout=STATEMENT_TIMEOUT_S, max_inactive_connection_lifetime=IDLE_S,
                 server_settings={"application_name": "apiarium"})
         except (asyncpg.PostgresError, asyncpg.InterfaceError, ValueError, *_UNREACHABLE) \
