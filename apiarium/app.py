@@ -41,6 +41,7 @@ from .netguard import Blocklist, NetGuard
 from .outbound import FetchPolicy, ImageFetcher
 from .providers import build as build_providers
 from .services.keys import KeyService
+from .storage import StorageUnavailable
 from .usage import UsageLedger
 from .yamlschema import Problem
 
@@ -195,6 +196,8 @@ class Gateway:
                 if time.monotonic() - last_prune > 60:
                     last_prune = time.monotonic()
                     await self._prune()
+            except StorageUnavailable as exc:          # an outage: one line, not a traceback
+                log.warning("housekeeping: %s; will retry", exc)
             except Exception:
                 log.exception("housekeeping failed; will retry")
 
@@ -222,6 +225,8 @@ class Gateway:
             await asyncio.sleep(USAGE_FLUSH_S)
             try:
                 await self.services.usage.flush()
+            except StorageUnavailable as exc:
+                log.warning("writing usage: %s; will retry", exc)
             except Exception:
                 log.exception("writing usage failed; will retry")
 
