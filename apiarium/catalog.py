@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from .errors import InvalidRequest, NotFound
 from .modeltypes import MODEL_TYPES
@@ -50,7 +51,8 @@ class Credits:
         """Type defaults (an alias ending in -pro costs double), overridden by ``given``."""
         factor = 2.0 if alias.endswith("-pro") else 1.0
         base = MODEL_TYPES[type_].credits
-        values = {k: (v * factor if isinstance(v, float) else v) for k, v in base.items()}
+        values: dict[str, Any] = {k: (v * factor if isinstance(v, float) else v)
+                                  for k, v in base.items()}
         values.update({k: v for k, v in (given or {}).items() if v is not None and v != {}})
         return cls(**values)
 
@@ -85,7 +87,8 @@ class Catalog:
                                  "GET /v1/models lists them.", param="model", code="invalid_model")
         spec = self.models.get(alias)
         if spec is None:
-            raise NotFound(f"The model `{alias}` does not exist. GET /v1/models lists the "
+            shown = alias[:100] + ("…" if len(alias) > 100 else "")
+            raise NotFound(f"The model `{shown}` does not exist. GET /v1/models lists the "
                            f"{len(self.models)} models this gateway serves.",
                            param="model", code="model_not_found")
         return spec

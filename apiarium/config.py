@@ -10,17 +10,22 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import hosts
 from .catalog import Catalog, Credits, ModelSpec, ProviderSpec
 from .modeltypes import MODEL_TYPES
 from .providers import KindError, provider_class
+from .providers.base import Provider
 from .storage import is_url, secret_beside
 from .yamlschema import Bool, Ctx, Enum, ListOf, MapOf, Num, Problem, Section, Str, parse
 
 DEFAULT_CONFIG = "config/apiarium.yaml"
+MIN_MASTER_KEY = 32            # characters: a master key is a password that bypasses every limit
+MIN_METRICS_TOKEN = 16
+METRICS_CIDRS = ("127.0.0.0/8", "::1/128")     # who may read /metrics without the token
 
 
 class ConfigError(Exception):
@@ -36,6 +41,7 @@ SETTINGS_SCHEMA = Section({
         "host": Str("127.0.0.1"),
         "port": Num(8080, 0, 65535, integer=True),
         "public_url": Str(""),
+        "allowed_hosts": ListOf(Str()),
         "trusted_proxies": ListOf(Str()),
         "client_ip_header": Enum(("X-Forwarded-For", "X-Real-IP"), "X-Forwarded-For"),
         "max_body_mb": Num(25, 0.001, 4096),
@@ -51,8 +57,10 @@ SETTINGS_SCHEMA = Section({
                            "daily_credits": Num(200, 0, 1e12),
                            "endpoints": MapOf(Str())}),
     "limits": Section({"max_images": Num(4, 1, 100, integer=True),
-                       "max_chat_choices": Num(1, 1, 128, integer=True)}),
+                       "max_chat_choices": Num(1, 1, 128, integer=True),
+                       "max_embedding_input_mb": Num(2, 0.001, 4096)}),
     "media": Section({"dir": Str("../data/media"), "ttl_hours": Num(24, 0.001, 100_000),
+                      "max_gb": Num(5, 0.000001, 1_000_000),
                       "fetch_image_urls": Bool(True),
                       "fetch_allow_cidrs": ListOf(Str()),
                       "image_url_max_mb": Num(20, 0.001, 1024),
@@ -64,7 +72,10 @@ SETTINGS_SCHEMA = Section({
                          "new_keys_per_ipv6_64_per_day": Num(8, 0, 1_000_000, integer=True),
                          "new_keys_per_ipv6_48_per_day": Num(32, 0, 1_000_000, integer=True),
                          "new_keys_per_ipv6_32_per_day": Num(1024, 0, 10_000_000, integer=True),
-                         "new_keys_per_hour": Num(1000, 0, 10_000_000, integer=True)}),
+                         "new_keys_per_hour": Num(1000, 0, 10_000_000, integer=True),
+                         "master_key_guesses_per_minute": Num(10, 0, 1_000_000, integer=True)}),
+    "metrics": Section({"allow_cidrs": ListOf(Str(), default=METRICS_CIDRS),
+                        "token": Str("")}),
 })
 
 CATALOG_SCHEMA = Section({
@@ -103,6 +114,7 @@ class Settings:
     host: str
     port: int
     public_url: str
+    allowed_hosts: tuple[str, ...]            # host names (optionally :port); empty: any
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     client_ip_header: str                     # what the trusted proxies set
     max_body_bytes: int
@@ -135,6 +147,11 @@ class Settings:
     fetch_timeout_s: float = 30.0
     fetch_connect_timeout_s: float = 10.0
     fetch_concurrency: int = 8
+    max_embedding_input_bytes: int = 2 * 1024 * 1024   # an embeddings request's text, in all
+    media_max_bytes: int = 5 * 1024 ** 3      # the media folder's cap (oldest files go first)
+    master_key_guesses_per_minute: int = 10   # failed non-key tokens per network (0: no limit)
+    metrics_allow_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    metrics_token: str = ""                   # empty: only metrics_allow_cidrs may scrape
 
 
 @dataclass(frozen=True)
@@ -164,9 +181,12 @@ def _secret_file(base: Path, value: str, database: Path | str, media_dir: Path) 
     return media_dir.parent / "apiarium.secret" if is_url(database) else secret_beside(database)
 
 
-def _networks(values, ctx: Ctx, problems: list[Problem],
-              key: tuple[str, str] = ("server", "trusted_proxies")):
-    nets = []
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(values: Sequence[str], ctx: Ctx, problems: list[Problem],
+              key: tuple[str, str] = ("server", "trusted_proxies")) -> tuple[Network, ...]:
+    nets: list[Network] = []
     for i, v in enumerate(values):
         try:
             nets.append(ipaddress.ip_network(v.strip(), strict=False))
@@ -176,7 +196,8 @@ def _networks(values, ctx: Ctx, problems: list[Problem],
     return tuple(nets)
 
 
-LIMITED_ENDPOINTS = ("chat", "completions", "responses", "messages", "images", "videos")
+LIMITED_ENDPOINTS = ("chat", "completions", "responses", "messages", "images", "videos",
+                     "embeddings")
 DEFAULT_ENDPOINT_LIMITS = {"videos": "2/hour", "images": "20/hour"}
 PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
@@ -205,7 +226,8 @@ def _endpoint_limits(given: Mapping[str, str], ctx: Ctx,
     return out
 
 
-def _blocklists(base: Path, values, ctx: Ctx, problems: list[Problem]) -> tuple[Path, ...]:
+def _blocklists(base: Path, values: Sequence[str], ctx: Ctx,
+                problems: list[Problem]) -> tuple[Path, ...]:
     paths = tuple(_resolve(base, v) for v in values)
     for i, p in enumerate(paths):
         if not (p.is_file() and os.access(p, os.R_OK)):
@@ -214,6 +236,30 @@ def _blocklists(base: Path, values, ctx: Ctx, problems: list[Problem]) -> tuple[
                                     f"security.blocklists: {str(p)!r} {why} (see "
                                     f"scripts/update-blocklists)"))
     return paths
+
+
+def _allowed_hosts(values: Sequence[str], ctx: Ctx, problems: list[Problem]) -> tuple[str, ...]:
+    out = []
+    for i, v in enumerate(values):
+        host = hosts.normalize(v)
+        if host is None:
+            problems.append(Problem(str(ctx.file), ctx.lines.get(("server", "allowed_hosts", i), 0),
+                                    f"server.allowed_hosts: {v!r} is not a host name (with an "
+                                    f"optional :port), e.g. api.example.com"))
+        else:
+            out.append(host)
+    return tuple(out)
+
+
+def _secret(value: str, key: str, least: int, ctx: Ctx, problems: list[Problem]) -> str:
+    """A password-like setting: empty (off), or at least ``least`` characters."""
+    if value and len(value) < least:
+        problems.append(Problem(str(ctx.file), ctx.lines.get(tuple(key.split(".")), 0),
+                                f"{key}: {len(value)} characters is too short to be guessed "
+                                f"at safely; use at least {least} (e.g. the output of "
+                                f"`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+                                f", or leave it empty"))
+    return value
 
 
 def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> Settings:
@@ -226,13 +272,15 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
                                 f"server.public_url: {public!r} must start with http:// or https://"))
     return Settings(
         path=path, host=s["host"], port=s["port"], public_url=public,
+        allowed_hosts=_allowed_hosts(s["allowed_hosts"], ctx, problems),
         trusted_proxies=_networks(s["trusted_proxies"], ctx, problems),
         client_ip_header=s["client_ip_header"],
         max_body_bytes=int(s["max_body_mb"] * 1024 * 1024),
         shutdown_grace_s=float(s["shutdown_grace_s"]),
         database=database, catalog_path=_resolve(base, d["catalog"]),
         secret_file=_secret_file(base, d["secret_file"], database, media_dir),
-        master_key=d["master_key"], rpm=d["rate_limit"]["rpm"],
+        master_key=_secret(d["master_key"], "master_key", MIN_MASTER_KEY, ctx, problems),
+        rpm=d["rate_limit"]["rpm"],
         daily_credits=float(d["rate_limit"]["daily_credits"]),
         endpoint_limits=_endpoint_limits(d["rate_limit"]["endpoints"], ctx, problems),
         max_images=d["limits"]["max_images"],
@@ -253,6 +301,13 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
         fetch_timeout_s=float(media["fetch_timeout_s"]),
         fetch_connect_timeout_s=float(media["fetch_connect_timeout_s"]),
         fetch_concurrency=media["fetch_concurrency"],
+        max_embedding_input_bytes=int(d["limits"]["max_embedding_input_mb"] * 1024 * 1024),
+        media_max_bytes=int(media["max_gb"] * 1024 ** 3),
+        master_key_guesses_per_minute=sec["master_key_guesses_per_minute"],
+        metrics_allow_cidrs=_networks(d["metrics"]["allow_cidrs"], ctx, problems,
+                                      ("metrics", "allow_cidrs")),
+        metrics_token=_secret(d["metrics"]["token"], "metrics.token", MIN_METRICS_TOKEN, ctx,
+                              problems),
     )
 
 
@@ -283,6 +338,21 @@ def _provider_spec(path: Path, name: str, p: dict, ctx: Ctx,
         breaker_cooldown_s=float(p["breaker_cooldown_s"]), owned_by=owned_by)
 
 
+def _check_serves(path: Path, alias: str, type_name: str, provider: ProviderSpec, ctx: Ctx,
+                  problems: list[Problem]) -> None:
+    """A model's provider kind must implement its type's method (``MODEL_TYPES``)."""
+    try:
+        cls = provider_class(provider.kind)
+    except KindError:
+        return                                     # reported with the provider
+    method = MODEL_TYPES[type_name].provider_method
+    if getattr(cls, method, None) is getattr(Provider, method, None):
+        problems.append(Problem(str(path), ctx.lines.get(("models", alias, "type"), 0) or
+                                ctx.lines.get(("models", alias), 0),
+                                f"models.{alias}.type: a `{provider.kind}` provider "
+                                f"({provider.name}) cannot serve {type_name} models"))
+
+
 def _build_catalog(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> Catalog:
     providers = {name: _provider_spec(path, name, p, ctx, problems)
                  for name, p in d["providers"].items()}
@@ -300,6 +370,7 @@ def _build_catalog(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> Ca
                                         f"models.{alias}.provider: no provider named "
                                         f"{m['provider']!r} (defined: {known})"))
             continue
+        _check_serves(path, alias, m["type"], provider, ctx, problems)
         models[alias] = ModelSpec(alias=alias, provider=provider, upstream=m["upstream"] or alias,
                                   type=m["type"], created=created,
                                   credits=Credits.for_model(alias, m["type"], m["credits"]),
@@ -334,7 +405,7 @@ def load_config(path: str | os.PathLike, env: Mapping[str, str] | None = None) -
     settings = _build_settings(path, raw, ctx, problems)
     raw_cat, cctx = parse(settings.catalog_path, CATALOG_SCHEMA, env, problems)
     catalog = _build_catalog(settings.catalog_path, raw_cat, cctx, problems) if raw_cat else None
-    if problems:
+    if problems or catalog is None:      # no catalog: parse said why
         raise ConfigError(problems)
     return Config(settings, catalog)
 

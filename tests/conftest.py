@@ -1,5 +1,13 @@
 """Shared fixtures: fake upstreams (one per session, cleared per test), gateways, and a
-database of its own per test on the throwaway PostgreSQL that scripts/test-services starts."""
+database of its own per test on the throwaway PostgreSQL that scripts/test-services starts.
+
+Gateways run in-process (``tests.support.InProcessGateway``) unless a test needs a process:
+signals, exit codes, what the CLI prints, the process's memory.  Such a test says so, with
+the reason, and then every gateway it makes is ``python -m apiarium serve``:
+
+    @pytest.mark.subprocess_gateway("sends SIGTERM mid-stream and checks the exit code")
+    def test_...(gateway): ...
+"""
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +20,13 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.fakes import FakeAnthropic, FakeGemini, FakeOpenAI, FakeRag
-from tests.support import Gateway
+from tests.support import Gateway, InProcessGateway
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "subprocess_gateway(reason): this test's gateways run as "
+        "`python -m apiarium serve` subprocesses (the default is in-process); say why")
 
 
 def _shared_fake(cls, name: str):
@@ -58,17 +72,31 @@ def openai_models(fake: FakeOpenAI, **extra) -> dict:
 
 
 @pytest.fixture
-def make_gateway(tmp_path):
-    """make_gateway(models, **settings) -> a started Gateway, stopped after the test."""
-    started: list[Gateway] = []
+def make_gateway(request, tmp_path):
+    """make_gateway(models, **settings) -> a started gateway, stopped after the test.
 
-    def make(models: dict, env: dict | None = None, start: bool = True, **settings) -> Gateway:
-        gw = Gateway(tmp_path / f"gw{len(started)}", models, env=env, **settings)
+    In-process, unless the test is marked ``subprocess_gateway``, or ``process=True``, or
+    ``env=`` is given (environment variables are a process's)."""
+    started: list = []
+    marked = request.node.get_closest_marker("subprocess_gateway") is not None
+
+    def make(models: dict, env: dict | None = None, start: bool = True,
+             process: bool | None = None, **settings):
+        if process is None:
+            process = marked or env is not None
+        cls = Gateway if process else InProcessGateway
+        gw = cls(tmp_path / f"gw{len(started)}", models, env=env, **settings)
         started.append(gw)
         return gw.start() if start else gw
     yield make
+    errors = []
     for gw in started:
-        gw.stop()
+        try:
+            gw.stop()
+        except Exception as exc:           # stop the others all the same
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 @pytest.fixture

@@ -109,6 +109,7 @@ def test_an_ipv6_range_in_the_list_works_too(listed, make_gateway, fake_openai, 
     assert_vpn_403(status, body)
 
 
+@pytest.mark.subprocess_gateway("SIGHUP, the exit code, and a failed start as the CLI prints it")
 def test_blocklists_are_reloaded_with_the_catalog_and_a_bad_one_is_refused(listed):
     gw = listed
     assert me_raw(gw, "127.0.3.8")[0] == 403

@@ -9,8 +9,20 @@ import base64
 import json
 
 import pytest
+import tornado.httputil
+import tornado.web
 
+from apiarium.app import routes
+from apiarium.errors import (
+    ApiError,
+    BodyTooLarge,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    QuotaExceeded,
+)
 from apiarium.handlers import chat, info, media, openapi, ops
+from apiarium.handlers.base import ApiHandler, BaseHandler, as_api_error
 from apiarium.live import Services
 from apiarium.metrics import CONTENT_TYPE
 from tests.inprocess import MASTER, InProcess, write_config
@@ -325,10 +337,38 @@ async def test_openapi_document_is_served_as_cacheable_json(app, http_client, ba
 
 
 def test_each_handler_module_is_the_one_routed():
-    """The handler classes exercised above are the ones these modules export."""
-    from apiarium.app import routes
-    routed = {r[1] for r in routes()}
+    """The handler classes exercised above are the ones these modules export, and every
+    route answers its errors through handlers/base.py (the JSON envelope, never tornado's
+    HTML); every /v1 path but the key issuer authenticates."""
+    routed = {r[0]: r[1] for r in routes()}
     assert {chat.ChatHandler, chat.CompletionsHandler, media.ImagesHandler,
             media.VideosHandler, media.MediaFileHandler, info.HealthHandler,
             info.ModelsHandler, info.ModelHandler, info.KeysMeHandler,
-            ops.MetricsHandler, openapi.OpenApiHandler} <= routed
+            ops.MetricsHandler, openapi.OpenApiHandler} <= set(routed.values())
+    assert all(issubclass(h, BaseHandler) for h in routed.values())
+    unauthenticated = {p for p, h in routed.items()
+                       if p.startswith("/v1/") and not issubclass(h, ApiHandler)}
+    assert unauthenticated == {"/v1/keys/me"}
+
+
+@pytest.mark.parametrize(("exc", "status", "cls", "code"), [
+    (None, 404, NotFound, "not_found"),
+    (None, 405, MethodNotAllowed, "method_not_allowed"),
+    (None, 413, BodyTooLarge, "body_too_large"),
+    (tornado.web.HTTPError(400, "Missing argument x"), 400, InvalidRequest, "invalid_request"),
+    (None, 431, InvalidRequest, "invalid_request"),
+    (RuntimeError("boom"), 500, ApiError, "internal_error"),
+])
+def test_errors_that_are_not_api_errors_become_envelopes(exc, status, cls, code):
+    request = tornado.httputil.HTTPServerRequest(
+        start_line=tornado.httputil.RequestStartLine("PUT", "/v9/thing", "HTTP/1.1"),
+        headers=tornado.httputil.HTTPHeaders({"Host": "gw.example"}))
+    err = as_api_error(exc, status, request)
+    assert type(err) is cls and err.status == status and err.code == code
+    assert "Traceback" not in err.message and "boom" not in err.message
+    if status in (404, 405):
+        assert "/v9/thing" in err.message
+    if isinstance(exc, tornado.web.HTTPError):
+        assert "Missing argument x" in err.message
+    same = QuotaExceeded("out")
+    assert as_api_error(same, 500, request) is same          # an ApiError stays itself

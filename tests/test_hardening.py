@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from apiarium.services.keys import KeyService
 from apiarium.keysecret import KeyStoreError
+from apiarium.services.keys import KeyService
 from tests.conftest import openai_models
 from tests.support import MASTER_KEY, error_of, request, wait_for
 
@@ -83,6 +83,7 @@ def small_body_gateway(make_gateway, fake_openai):
     return make_gateway(openai_models(fake_openai), server={**SERVER, "max_body_mb": 25})
 
 
+@pytest.mark.subprocess_gateway("measures the gateway process's RSS")
 def test_30_mb_body_gets_413_without_being_buffered(small_body_gateway):
     gw = small_body_gateway
     for _ in range(3):                       # warm up: imports, caches, first requests
@@ -117,6 +118,7 @@ def test_body_exactly_at_the_limit_passes_the_size_check(make_gateway, fake_open
     assert status == 413 and error_of(raw)["code"] == "body_too_large"
 
 
+@pytest.mark.subprocess_gateway("measures the gateway process's RSS")
 def test_chunked_body_over_the_limit_gets_413_without_being_buffered(make_gateway,
                                                                      fake_openai):
     # without a Content-Length the body is kept up to the limit, so the limit is small here:
@@ -151,7 +153,7 @@ def trickle(sock: socket.socket, data: bytes, between=None) -> float | None:
                 sock.settimeout(1.0)
                 if sock.recv(1024) == b"":                  # the server hung up
                     return time.monotonic() - started
-            except socket.timeout:
+            except TimeoutError:
                 pass
             except OSError:
                 return time.monotonic() - started
@@ -197,7 +199,7 @@ async def _issue(port: int, ip: str) -> str | None:
                      f"Connection: close\r\n\r\n".encode())
         await writer.drain()
         data = await asyncio.wait_for(reader.read(), 30)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return None
     finally:
         writer.close()
@@ -207,6 +209,7 @@ async def _issue(port: int, ip: str) -> str | None:
     return json.loads(body)["key"]
 
 
+@pytest.mark.subprocess_gateway("kill -9 mid-issuance")
 def test_kill_9_during_500_concurrent_issuances_loses_no_returned_key(make_gateway,
                                                                        fake_openai):
     gw = make_gateway(openai_models(fake_openai))
@@ -296,6 +299,7 @@ def test_damaged_secret_is_refused_with_a_clear_message(tmp_path, make_gateway, 
 
 # --------------------------------------------------------------------------- logs
 
+@pytest.mark.subprocess_gateway("all the process prints; exit code and 'stopped' after SIGTERM")
 def test_no_key_or_credential_in_any_log_line(make_gateway, fake_openai):
     provider_key = "sk-provider-secret-0123456789abcdef"
     fake_openai.api_key = provider_key

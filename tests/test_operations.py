@@ -22,15 +22,15 @@ LONG = " ".join(f"word{i}" for i in range(100))
 async def read_stream(url: str, key: str = MASTER_KEY, **body) -> list[bytes]:
     """One streamed chat: the list of `data:` payloads received, in order."""
     payload = {"model": "gpt-5", "messages": MSG, "stream": True, **body}
-    async with aiohttp.ClientSession() as http:
-        async with http.post(url + "/v1/chat/completions", json=payload,
-                             headers={"Authorization": f"Bearer {key}"}) as resp:
-            assert resp.status == 200, await resp.text()
-            frames = []
-            async for line in resp.content:
-                if line.startswith(b"data: "):
-                    frames.append(line[6:].strip())
-            return frames
+    async with aiohttp.ClientSession() as http, http.post(
+            url + "/v1/chat/completions", json=payload,
+            headers={"Authorization": f"Bearer {key}"}) as resp:
+        assert resp.status == 200, await resp.text()
+        frames = []
+        async for line in resp.content:
+            if line.startswith(b"data: "):
+                frames.append(line[6:].strip())
+        return frames
 
 
 def usage_rows(gateway) -> dict:
@@ -39,6 +39,7 @@ def usage_rows(gateway) -> dict:
     return {r["key_hash"]: dict(r) for r in db.execute("SELECT * FROM usage")}
 
 
+@pytest.mark.subprocess_gateway("sends SIGTERM under load; checks the exit code")
 def test_sigterm_lets_50_streams_finish_then_exits_0(gateway, fake_openai):
     fake_openai.stream_events, fake_openai.stream_delay = 20, 0.1      # 2 s per stream
     fake_openai.reply_text = LONG
@@ -65,6 +66,7 @@ def test_sigterm_lets_50_streams_finish_then_exits_0(gateway, fake_openai):
     assert any("shutting down" in line for line in gateway.log)
 
 
+@pytest.mark.subprocess_gateway("sends SIGTERM mid-stream; checks the exit code")
 def test_streams_longer_than_the_grace_end_with_an_error_event(make_gateway, fake_openai):
     gw = make_gateway(openai_models(fake_openai), server={"shutdown_grace_s": 1})
     fake_openai.stream_events, fake_openai.stream_delay = 50, 0.1      # 5 s: longer than 1 s
@@ -82,6 +84,7 @@ def test_streams_longer_than_the_grace_end_with_an_error_event(make_gateway, fak
     assert last["error"]["code"] == "server_shutting_down" and 3 < len(frames) < 50
 
 
+@pytest.mark.subprocess_gateway("SIGHUP mid-stream, through the process's signal handler")
 def test_sighup_adds_a_model_without_disturbing_a_stream(gateway, fake_openai):
     fake_openai.stream_events, fake_openai.stream_delay = 20, 0.1
     fake_openai.reply_text = LONG

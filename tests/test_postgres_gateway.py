@@ -11,6 +11,8 @@ import sys
 import time
 from urllib.parse import urlsplit
 
+import pytest
+
 from tests.conftest import openai_models
 from tests.support import error_of, request, wait_for
 
@@ -21,6 +23,7 @@ def keys_me(gw, ip: str):
     return request(gw.url + "/v1/keys/me", ip=ip)
 
 
+@pytest.mark.subprocess_gateway("several gateway processes share one PostgreSQL database")
 def test_two_gateways_share_postgresql_and_ride_out_its_outage(
         make_gateway, fake_openai, postgres_url, postgres_ctl, tmp_path):
     secret = tmp_path / "shared" / "apiarium.secret"

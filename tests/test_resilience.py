@@ -203,6 +203,7 @@ def rss_kb(pid: int) -> int:
         return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
 
 
+@pytest.mark.subprocess_gateway("measures the gateway process's RSS")
 def test_slow_reader_does_not_make_the_gateway_buffer(gw, fake_openai):
     fake_openai.stream_events = 3000
     fake_openai.reply_text = "x" * (30 * 1024 * 1024)          # 30 MB in 10 KB events

@@ -17,9 +17,27 @@ class HealthHandler(BaseHandler):
 
 
 class ModelsHandler(ApiHandler):
+    """OpenAI's list shape; Anthropic's (``type: model``, ``display_name``, paging fields)
+    for a client that sends ``anthropic-version`` or pages with ``?limit=``."""
+
     def get(self) -> None:
+        if self.request.headers.get("anthropic-version") or self.get_argument("limit", ""):
+            self.write_json(anthropic_list(self.svc.catalog.listing(),
+                                           self.get_argument("limit", "")))
+            return
         self.set_header("Content-Type", "application/json")
         self.finish(self.svc.live.models_body)
+
+
+def anthropic_list(models: list[dict], limit: str) -> dict:
+    """The catalog as Anthropic's ``GET /v1/models`` answers (all of it: one page)."""
+    n = int(limit) if limit.isdigit() and int(limit) > 0 else len(models)
+    data = [{"type": "model", "id": m["id"], "display_name": m["id"], "lifecycle": "active",
+             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(m["created"]))}
+            for m in models[:n]]
+    return {"data": data, "has_more": len(models) > n,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None}
 
 
 class ModelHandler(ApiHandler):

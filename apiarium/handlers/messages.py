@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from ..catalog import ModelSpec
 from ..dialects.anthropic_answer import count_tokens_estimate, error_body, error_headers, from_chat
 from ..dialects.anthropic_messages import to_chat
 from ..dialects.anthropic_stream import MessagesStream, stream_from_chat
@@ -25,10 +26,6 @@ class MessagesBase(ApiHandler):
     """What both Messages endpoints share: the key header, and Anthropic's error shapes."""
     _events: MessagesStream | None = None
     _request: dict | None = None
-
-    def bearer(self) -> str | None:
-        key = self.request.headers.get("x-api-key")
-        return key.strip() if key and key.strip() else super().bearer()
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -60,35 +57,53 @@ class MessagesHandler(MessagesBase):
     async def post(self) -> None:
         body = self.messages_body()
         model = self.svc.catalog.resolve_for(body.get("model"), "/v1/messages")
-        chat_body = to_chat(body)
         stream = body.get("stream", False)
         if stream not in (True, False, None):
             raise InvalidRequest("`stream` must be true or false.", param="stream")
+        if self.svc.chat.native(model, "messages"):
+            await self.passthrough(model, body, bool(stream))
+            return
+        chat_body = to_chat(body)
+        events = MessagesStream(model.alias, request=body)
         if stream:
-            events = self._events = MessagesStream(model.alias, request=body)
+            self._events = events              # a shutdown mid-stream ends it in this dialect
+        await self.translated_chat(
+            model, chat_body, bool(stream), lambda frames: stream_from_chat(frames, events),
+            lambda answer: from_chat(answer, model.alias))
 
+
+    async def passthrough(self, model: ModelSpec, body: dict, stream: bool) -> None:
+        """An Anthropic upstream gets the request as the client sent it, beta flags and all
+        (the gateway's rules still apply: key, limits, credits, usage, fallbacks)."""
+        beta = self.request.headers.get("anthropic-beta")
+        if stream:
             async def open_stream() -> AsyncIterator[bytes]:
-                chat = await self.svc.chat.stream(model, chat_body, None, self.key_hash)
-                self.served_by(chat.served)
-                return chat.through(lambda frames: stream_from_chat(frames, events))
+                events = await self.svc.chat.messages_stream(model, body, self.key_hash, beta)
+                self.served_by(events.served)
+                return events
             await self.relay(open_stream)
             return
-        answered = await self.guarded(self.svc.chat.complete(model, chat_body, None,
-                                                             self.key_hash))
+        answered = await self.guarded(self.svc.chat.messages(model, body, self.key_hash, beta))
         if answered is not None:
             answer, served = answered
             self.served_by(served)
-            self.write_json(from_chat(answer, model.alias))
+            self.write_json(answer)
 
 
 class CountTokensHandler(MessagesBase):
     endpoint = "count_tokens"
 
-    def post(self) -> None:
+    async def post(self) -> None:
         body = self.messages_body()
-        self.svc.catalog.resolve_for(body.get("model"), "/v1/messages")
-        to_chat({**body, "max_tokens": body.get("max_tokens") or 1})    # the same checks
-        self.write_json({"input_tokens": count_tokens_estimate(body)})
+        model = self.svc.catalog.resolve_for(body.get("model"), "/v1/messages")
+        if not self.svc.chat.native(model, "messages"):        # the same checks as a request
+            to_chat({**body, "max_tokens": body.get("max_tokens") or 1})
+            self.write_json({"input_tokens": count_tokens_estimate(body)})
+            return
+        counted = await self.guarded(self.svc.chat.count_tokens(
+            model, body, self.request.headers.get("anthropic-beta")))
+        if counted is not None:
+            self.write_json({"input_tokens": counted})
 
 
 routes = [

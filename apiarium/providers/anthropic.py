@@ -103,6 +103,63 @@ class AnthropicProvider(Provider):
                     return
         raise self.incomplete()
 
+    # ------------------------------------------------------------------ native Messages
+    # A client that speaks the Messages API itself (Claude Code, the anthropic SDK) reaches an
+    # Anthropic upstream as it asked: its blocks, thinking signatures, cache_control and beta
+    # flags intact; only ``model`` is the upstream id going out and the alias coming back.
+    native_dialects: ClassVar[frozenset[str]] = frozenset({"messages"})
+
+    def _beta(self, beta: str | None) -> dict[str, str] | None:
+        return {"anthropic-beta": beta} if beta else None
+
+    async def messages(self, model: ModelSpec, body: dict[str, Any],
+                       beta: str | None = None) -> dict[str, Any]:
+        """A Messages request passed through; the answer with the alias as its model."""
+        self.require_configured()
+        payload = {**body, "model": model.upstream, "stream": False}
+        async with self.request("POST", f"{self.spec.base_url}/v1/messages", json=payload,
+                                extra_headers=self._beta(beta)) as resp:
+            data = await self.read_json(resp)
+        data["model"] = model.alias
+        return data
+
+    async def messages_stream(self, model: ModelSpec, body: dict[str, Any],
+                              beta: str | None = None) -> AsyncGenerator[bytes, None]:
+        """A streamed Messages request passed through, event by event; an ``error`` event is
+        raised (the handler ends the stream in the client's dialect)."""
+        self.require_configured()
+        payload = {**body, "model": model.upstream, "stream": True}
+        old = b'"model":"' + model.upstream.encode() + b'"'
+        new = b'"model":"' + model.alias.encode() + b'"'
+        async with self.request("POST", f"{self.spec.base_url}/v1/messages", json=payload,
+                                extra_headers=self._beta(beta)) as resp:
+            async for event in self.sse_events(resp):
+                name, data = sse.parse(event)
+                if name == "error":
+                    raise self.stream_error(self.parse_json(data, "sent an error event"))
+                if name == "message_start" and old != new:
+                    event = event.replace(old, new, 1)
+                yield event + b"\n\n"
+                if name == "message_stop":
+                    return
+        raise self.incomplete()
+
+    async def count_tokens(self, model: ModelSpec, body: dict[str, Any],
+                           beta: str | None = None) -> int:
+        """The upstream's own count of a Messages request's input tokens."""
+        self.require_configured()
+        payload = {k: v for k, v in body.items()
+                   if k in ("messages", "system", "tools", "tool_choice", "thinking")}
+        async with self.request("POST", f"{self.spec.base_url}/v1/messages/count_tokens",
+                                json={**payload, "model": model.upstream},
+                                extra_headers=self._beta(beta)) as resp:
+            data = await self.read_json(resp)
+        tokens = data.get("input_tokens")
+        if not isinstance(tokens, int):
+            raise UpstreamError(f"The upstream provider `{self.spec.name}` answered "
+                                f"count_tokens without `input_tokens`.")
+        return tokens
+
     # ------------------------------------------------------------------ errors
     def is_quota(self, status: int, data: Any) -> bool:
         err = data.get("error") if isinstance(data, dict) else None

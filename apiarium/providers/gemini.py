@@ -1,4 +1,5 @@
-"""`kind: gemini`: Google's generativelanguage API (``v1beta``), chat for now.
+"""`kind: gemini`: Google's generativelanguage API (``v1beta``): chat here; images and Veo in
+``gemini_media``, embeddings (``batchEmbedContents``) in ``gemini_embed``.
 
 Calls ``POST {base_url}/v1beta/models/{upstream}:generateContent`` (or
 ``:streamGenerateContent?alt=sse``) with the ``x-goog-api-key`` header.
@@ -25,9 +26,10 @@ import orjson
 
 from .. import sse
 from ..catalog import ModelSpec
+from ..embedding import EmbeddingRequest
 from ..errors import ApiError, InvalidRequest, UpstreamError
 from ..generation import ImageRequest, Media, VideoRequest
-from . import gemini_media
+from . import gemini_embed, gemini_media
 from .base import Provider, parse_duration
 from .gemini_request import to_gemini
 from .shapes import Chunks, completion, tool_call, usage, wants_usage
@@ -90,6 +92,10 @@ class GeminiProvider(Provider):
 
     async def video(self, model: ModelSpec, req: VideoRequest) -> Media:
         return await gemini_media.generate_video(self, model, req)
+
+    # ------------------------------------------------------------------ embeddings (gemini_embed)
+    async def embed(self, model: ModelSpec, req: EmbeddingRequest) -> dict[str, Any]:
+        return await gemini_embed.embed(self, model, req)
 
     # ------------------------------------------------------------------ errors (5.8)
     def error_message(self, data: Any) -> str:
@@ -172,8 +178,9 @@ class GeminiProvider(Provider):
         err = obj.get("error")
         if err is not None:     # {"error": {code, message, status}} mid-stream
             err = err if isinstance(err, dict) else {}
-            code = err.get("code") if isinstance(err.get("code"), int) else 0
-            code = code if code >= 400 else _STATUS_CODES.get(err.get("status"), 502)
+            code = err.get("code")
+            if not (isinstance(code, int) and code >= 400):
+                code = _STATUS_CODES.get(str(err.get("status")), 502)
             raise self.map_error(code, obj, self.retry_hint(resp, obj))
         return obj
 
@@ -190,7 +197,9 @@ class _StreamState:
     end of the stream needs (the last finishReason, the last usageMetadata)."""
 
     def __init__(self, chunks: Chunks) -> None:
-        self.chunks, self.started, self.finish, self.meta, self.tools = chunks, False, None, None, 0
+        self.chunks, self.started, self.tools = chunks, False, 0
+        self.finish: str | None = None
+        self.meta: Any = None
 
     def feed(self, obj: dict) -> list[bytes]:
         frames = []
@@ -216,7 +225,7 @@ class _StreamState:
 
     def end(self) -> list[bytes]:
         frames = [] if self.started else [self.chunks.role()]
-        frames.append(self.chunks.finish(self.finish))
+        frames.append(self.chunks.finish(self.finish or "stop"))
         tail = self.chunks.usage(_usage(self.meta))
         if tail is not None:
             frames.append(tail)

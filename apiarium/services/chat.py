@@ -8,7 +8,7 @@ with what was relayed until then (the upstream's counts if they came, else an es
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 import orjson
@@ -39,7 +39,10 @@ class Frames(Protocol):
         raise NotImplementedError
 
 
-def tally_of(usage: object) -> Tally:
+UsageReader = Callable[[object, "Tally | None"], "Tally"]
+
+
+def tally_of(usage: object, so_far: Tally | None = None) -> Tally:
     """One request's usage from an OpenAI ``usage`` object (missing counts are 0)."""
     u = usage if isinstance(usage, dict) else {}
     return Tally(requests=1, prompt_tokens=int(u.get("prompt_tokens") or 0),
@@ -54,15 +57,13 @@ class ChatService:
         self.usage = usage
         self.credits = book
 
-    def hold(self, model: ModelSpec, body: dict, raw: bytes | None,
-             key_hash: str | None) -> Hold:
-        """Check the request's caps and set aside the most it can cost (a free key's:
-        the master key, ``key_hash`` None, is bound by neither)."""
+    def hold(self, model: ModelSpec, body: dict, size: int, key_hash: str | None) -> Hold:
+        """Check the request's caps and set aside the most it can cost (``size``: its bytes;
+        a free key's: the master key, ``key_hash`` None, is bound by neither)."""
         if key_hash is None:
             return self.credits.reserve(None, 0.0, 0.0)
         s = self._live().config.settings
         bound = chat_output_bound(body, model, s.max_chat_choices)
-        size = len(raw) if raw is not None else len(orjson.dumps(body))
         return self.credits.reserve(key_hash, chat_estimate(model, size, bound),
                                     s.daily_credits)
 
@@ -70,31 +71,76 @@ class ChatService:
                        key_hash: str | None) -> tuple[dict, ModelSpec]:
         """A whole answer: (the ``chat.completion``, the model that served it)."""
         live = self._live()
-        hold = self.hold(model, body, raw, key_hash)
-        try:
-            answer, served = await first_success(
-                live.config.catalog, self.breakers, model,
-                lambda m: live.providers[m.provider.name].chat(m, body, raw), key_hash)
-            self.usage.record(key_hash, served, tally_of(answer.get("usage")))
-        finally:
-            hold.release()
-        return answer, served
+        return await self._whole(model, body, _size(body, raw), key_hash, tally_of,
+                                 lambda m: live.providers[m.provider.name].chat(m, body, raw))
 
     async def stream(self, model: ModelSpec, body: dict, raw: bytes | None,
                      key_hash: str | None) -> ChatStream:
         """An open stream whose first frame has arrived (fallbacks are tried until one
         sends a frame; after that the stream stays with its model)."""
         live = self._live()
-        hold = self.hold(model, body, raw, key_hash)
-        prompt_estimate = (len(raw) if raw is not None else 0) // CHARS_PER_TOKEN
+        size = _size(body, raw)
         wanted = wants_usage(body)
         if not wanted:        # ask for usage anyway, to meter it; the client won't see it
             body = {**body, "stream_options": {**(body.get("stream_options") or {}),
                                                "include_usage": True}}
             raw = None
+        return await self._stream(
+            model, body, size, key_hash, wanted, tally_of,
+            lambda m: live.providers[m.provider.name].chat_stream(m, body, raw))
+
+    # ------------------------------------------------------------------ native dialects
+    def native(self, model: ModelSpec, dialect: str) -> bool:
+        """Whether the model, and each of its fallbacks, is served by a provider that takes
+        ``dialect`` (e.g. ``messages``) as it is: then the request is passed through."""
+        live = self._live()
+        return all(dialect in live.providers[c.provider.name].native_dialects
+                   for c in live.config.catalog.chain(model))
+
+    async def messages(self, model: ModelSpec, body: dict, key_hash: str | None,
+                       beta: str | None) -> tuple[dict, ModelSpec]:
+        """An Anthropic Messages request passed through (see ``native``): the ``Message``."""
+        live = self._live()
+        return await self._whole(
+            model, body, _size(body, None), key_hash, anthropic_tally,
+            lambda m: live.providers[m.provider.name].messages(m, body, beta))  # type: ignore[attr-defined]
+
+    async def messages_stream(self, model: ModelSpec, body: dict, key_hash: str | None,
+                              beta: str | None) -> ChatStream:
+        """A streamed Messages request passed through: Anthropic's own events."""
+        live = self._live()
+        return await self._stream(
+            model, body, _size(body, None), key_hash, True, anthropic_tally,
+            lambda m: live.providers[m.provider.name].messages_stream(m, body, beta))  # type: ignore[attr-defined]
+
+    async def count_tokens(self, model: ModelSpec, body: dict, beta: str | None) -> int | None:
+        """The upstream's own count of a Messages request's input tokens, where the model's
+        provider has a counter (None: it has none, estimate instead)."""
+        provider = self._live().providers[model.provider.name]
+        if "messages" not in provider.native_dialects:
+            return None
+        return await provider.count_tokens(model, body, beta)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ the two shapes of call
+    async def _whole(self, model: ModelSpec, body: dict, size: int, key_hash: str | None,
+                     read_usage: UsageReader,
+                     call: Callable[[ModelSpec], Awaitable[dict]]) -> tuple[dict, ModelSpec]:
+        hold = self.hold(model, body, size, key_hash)
+        try:
+            answer, served = await first_success(self._live().config.catalog, self.breakers,
+                                                 model, call, key_hash)
+            self.usage.record(key_hash, served, read_usage(answer.get("usage"), None))
+        finally:
+            hold.release()
+        return answer, served
+
+    async def _stream(self, model: ModelSpec, body: dict, size: int, key_hash: str | None,
+                      wanted: bool, read_usage: UsageReader,
+                      open_events: Callable[[ModelSpec], Frames]) -> ChatStream:
+        hold = self.hold(model, body, size, key_hash)
 
         async def start(m: ModelSpec) -> tuple[bytes, Frames]:
-            events = live.providers[m.provider.name].chat_stream(m, body, raw)
+            events = open_events(m)
             try:
                 first = await anext(events, None)
                 if first is None:
@@ -106,12 +152,31 @@ class ChatService:
             return first, events
 
         try:
-            (first, events), served = await first_success(live.config.catalog, self.breakers,
-                                                          model, start, key_hash)
+            (first, events), served = await first_success(self._live().config.catalog,
+                                                          self.breakers, model, start,
+                                                          key_hash, book_success=False)
         except BaseException:
             hold.release()
             raise
-        return ChatStream(self, served, first, events, wanted, key_hash, prompt_estimate, hold)
+        return ChatStream(self, served, first, events, wanted, key_hash,
+                          size // CHARS_PER_TOKEN, hold, read_usage)
+
+
+def _size(body: dict, raw: bytes | None) -> int:
+    return len(raw) if raw is not None else len(orjson.dumps(body))
+
+
+def anthropic_tally(usage: object, so_far: Tally | None) -> Tally:
+    """Usage from Anthropic's ``usage`` (``message_start`` brings the input, ``message_delta``
+    the output): cached and cache-written input tokens count as input."""
+    t = so_far or Tally(requests=1)
+    u = usage if isinstance(usage, dict) else {}
+    if "input_tokens" in u:
+        t.prompt_tokens = sum(int(u.get(k) or 0) for k in (
+            "input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
+    if "output_tokens" in u:
+        t.completion_tokens = int(u.get("output_tokens") or 0)
+    return t
 
 
 class ChatStream:
@@ -124,6 +189,7 @@ class ChatStream:
         "_hold",
         "_key_hash",
         "_prompt",
+        "_read_usage",
         "_relayed",
         "_svc",
         "_tally",
@@ -133,7 +199,7 @@ class ChatStream:
 
     def __init__(self, svc: ChatService, served: ModelSpec, first: bytes,
                  events: Frames, wanted: bool, key_hash: str | None,
-                 prompt_estimate: int, hold: Hold):
+                 prompt_estimate: int, hold: Hold, read_usage: UsageReader = tally_of):
         self._svc, self.served = svc, served
         self._first: bytes | None = first
         self._events = events
@@ -141,6 +207,7 @@ class ChatStream:
         self._relayed = 0                       # content frames handed on (~1 token each)
         self._tally: Tally | None = None        # the upstream's own counts, once they come
         self._hold: Hold | None = hold          # None once the usage is booked
+        self._read_usage = read_usage
 
     def __aiter__(self) -> ChatStream:
         return self
@@ -152,16 +219,19 @@ class ChatStream:
             else:
                 try:
                     frame = await self._events.__anext__()
+                except StopAsyncIteration:     # the whole answer came: the provider works
+                    self._svc.breakers.book(self.served.provider, None, self._key_hash)
+                    raise
                 except ApiError as err:
                     self._svc.breakers.book(self.served.provider, err, self._key_hash)
                     raise
             if b'"usage":{' in frame or b'"usage": {' in frame:
                 chunk = orjson.loads(sse.parse(frame)[1] or b"{}")
-                self._tally = tally_of(chunk.get("usage"))
+                usage = chunk.get("usage") or (chunk.get("message") or {}).get("usage")
+                self._tally = self._read_usage(usage, self._tally)
                 if not self._wanted and not chunk.get("choices"):
                     continue
-            elif frame.startswith(b"data: {"):
-                self._relayed += 1
+            self._relayed += 1
             return frame
 
     async def aclose(self) -> None:

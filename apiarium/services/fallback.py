@@ -46,10 +46,12 @@ class Breakers:
 
 async def first_success(catalog: Catalog, breakers: Breakers, model: ModelSpec,
                         call: Callable[[ModelSpec], Awaitable[T]],
-                        caller: str | None) -> tuple[T, ModelSpec]:
+                        caller: str | None, book_success: bool = True) -> tuple[T, ModelSpec]:
     """``call(candidate)`` for the model, then its fallbacks, until one succeeds:
     (its result, the candidate that served).  ``call`` gets the candidate under the alias
-    asked for; ``caller`` is whose request it is (the breakers need to know).  Open circuits
+    asked for; ``caller`` is whose request it is (the breakers need to know).  A stream's
+    success is booked by whoever reads it to its end (``book_success=False``): a provider whose
+    streams die half-way is failing, however well they start.  Open circuits
     are skipped; when nothing is left, the last failure (or the
     first refusal of an open circuit) is raised."""
     last: ApiError | None = None
@@ -68,7 +70,8 @@ async def first_success(catalog: Catalog, breakers: Breakers, model: ModelSpec,
             log.info("%s failed (%s); trying the next fallback", cand.alias, err.code)
             last = err
             continue
-        breakers.book(cand.provider, None, caller)
+        if book_success:
+            breakers.book(cand.provider, None, caller)
         return result, cand
     if last is None:                 # a model's chain holds at least the model itself
         raise RuntimeError(f"no candidate to try for {model.alias}")

@@ -47,6 +47,7 @@ class FakeAnthropic(FakeUpstream):
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
 
     # ---- scripting helpers -------------------------------------------------
     def overloaded_next(self, path_contains: str | None = None) -> None:
@@ -104,6 +105,18 @@ class FakeAnthropic(FakeUpstream):
                                    "\"assistant\", starting with \"user\"")
         return None
 
+    async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
+        body = request[JSON]
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return self._error(400, "invalid_request_error", "messages: Field required")
+        if "max_tokens" in body or "stream" in body:
+            return self._error(400, "invalid_request_error",
+                               "count_tokens takes no max_tokens or stream")
+        tokens = words(_block_text(body.get("system"))) + sum(
+            words(_block_text(m.get("content"))) for m in body["messages"]
+            if isinstance(m, dict))
+        return self.json_response({"input_tokens": tokens})
+
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         err = self._validate(request)
         if err:
@@ -114,7 +127,7 @@ class FakeAnthropic(FakeUpstream):
             words(_block_text(m.get("content"))) for m in msgs)
         last_user = next(_user_text(m.get("content")) for m in reversed(msgs)
                          if m["role"] == "user")
-        tool = self.reply_tool_call if body.get("tools") and self.reply_tool_call else None
+        tool = self.tool_for(request, body)
         text = TOOL_PREAMBLE if tool else self.answer_for(last_user)
         completion = words(text) + (words(tool["arguments"]) if tool else 0)
         stop_reason = "tool_use" if tool else "end_turn"
