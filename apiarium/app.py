@@ -44,6 +44,7 @@ from .netguard import Blocklist, NetGuard
 from .outbound import FetchPolicy, ImageFetcher
 from .providers import build as build_providers
 from .services.keys import KeyService
+from .storage import StorageUnavailable
 from .usage import UsageLedger
 from .yamlschema import Problem
 
@@ -181,7 +182,7 @@ class Gateway:
     async def start(self, host: str | None = None, port: int | None = None) -> None:
         config = load_config(self.config_path)        # raises ConfigError: nothing started
         s = config.settings
-        keys = await KeyService(s.database).open()
+        keys = await KeyService(s.database, s.secret_file).open()
         usage = await UsageLedger(s.database).open()
         metrics = Metrics(key_count=lambda: len(keys))
         self._session = make_session()
@@ -225,6 +226,8 @@ class Gateway:
                 if time.monotonic() - last_prune > 60:
                     last_prune = time.monotonic()
                     await self._prune()
+            except StorageUnavailable as exc:          # an outage: one line, not a traceback
+                log.warning("housekeeping: %s; will retry", exc)
             except Exception:
                 log.exception("housekeeping failed; will retry")
 
@@ -253,6 +256,8 @@ class Gateway:
             await asyncio.sleep(USAGE_FLUSH_S)
             try:     # shielded: a shutdown never cuts a write in half (close() waits for it)
                 await asyncio.shield(self.services.usage.flush())
+            except StorageUnavailable as exc:
+                log.warning("writing usage: %s; will retry", exc)
             except Exception:
                 log.exception("writing usage failed; will retry")
 

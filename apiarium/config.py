@@ -19,6 +19,7 @@ from .catalog import Catalog, Credits, ModelSpec, ProviderSpec
 from .modeltypes import MODEL_TYPES
 from .providers import KindError, provider_class
 from .providers.base import Provider
+from .storage import is_url, secret_beside
 from .yamlschema import Bool, Ctx, Enum, ListOf, MapOf, Num, Problem, Section, Str, parse
 
 DEFAULT_CONFIG = "config/apiarium.yaml"
@@ -49,6 +50,7 @@ SETTINGS_SCHEMA = Section({
         "body_timeout_s": Num(120, 0.1, 86400),
     }),
     "database": Str("../data/apiarium.sqlite3"),
+    "secret_file": Str(""),
     "catalog": Str("models.yaml"),
     "master_key": Str(""),
     "rate_limit": Section({"rpm": Num(4, 1, 1_000_000, integer=True),
@@ -117,7 +119,8 @@ class Settings:
     client_ip_header: str                     # what the trusted proxies set
     max_body_bytes: int
     shutdown_grace_s: float
-    database: Path
+    database: Path | str          # a SQLite file, or a postgresql:// URL as written
+    secret_file: Path             # the key secret, which every process on the database shares
     catalog_path: Path
     master_key: str
     rpm: int
@@ -162,6 +165,20 @@ class Config:
 def _resolve(base: Path, value: str) -> Path:
     p = Path(value).expanduser()
     return p if p.is_absolute() else (base / p)
+
+
+def _database(base: Path, value: str) -> Path | str:
+    """The ``database`` setting: a PostgreSQL URL as written, else a path (relative to the
+    config's folder)."""
+    return value if is_url(value) else _resolve(base, value)
+
+
+def _secret_file(base: Path, value: str, database: Path | str, media_dir: Path) -> Path:
+    """``secret_file``: as set; else ``<database>.secret`` beside a SQLite file, or
+    ``apiarium.secret`` beside the media folder (in the data folder) for PostgreSQL."""
+    if value:
+        return _resolve(base, value)
+    return media_dir.parent / "apiarium.secret" if is_url(database) else secret_beside(database)
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -249,6 +266,7 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
     base = path.parent
     s, sec, media = d["server"], d["security"], d["media"]
     public = s["public_url"].rstrip("/")
+    database, media_dir = _database(base, d["database"]), _resolve(base, media["dir"])
     if public and not re.match(r"^https?://[^/\s]+", public):
         problems.append(Problem(str(path), ctx.lines.get(("server", "public_url"), 0),
                                 f"server.public_url: {public!r} must start with http:// or https://"))
@@ -259,14 +277,15 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
         client_ip_header=s["client_ip_header"],
         max_body_bytes=int(s["max_body_mb"] * 1024 * 1024),
         shutdown_grace_s=float(s["shutdown_grace_s"]),
-        database=_resolve(base, d["database"]), catalog_path=_resolve(base, d["catalog"]),
+        database=database, catalog_path=_resolve(base, d["catalog"]),
+        secret_file=_secret_file(base, d["secret_file"], database, media_dir),
         master_key=_secret(d["master_key"], "master_key", MIN_MASTER_KEY, ctx, problems),
         rpm=d["rate_limit"]["rpm"],
         daily_credits=float(d["rate_limit"]["daily_credits"]),
         endpoint_limits=_endpoint_limits(d["rate_limit"]["endpoints"], ctx, problems),
         max_images=d["limits"]["max_images"],
         max_chat_choices=d["limits"]["max_chat_choices"],
-        media_dir=_resolve(base, d["media"]["dir"]), media_ttl_hours=float(d["media"]["ttl_hours"]),
+        media_dir=media_dir, media_ttl_hours=float(d["media"]["ttl_hours"]),
         block_proxy_headers=sec["block_proxy_headers"],
         blocklists=_blocklists(base, sec["blocklists"], ctx, problems),
         header_timeout_s=float(s["header_timeout_s"]), body_timeout_s=float(s["body_timeout_s"]),

@@ -17,6 +17,7 @@ raise.  ``ApiError.envelope()`` is the body every client sees:
     ├── RateLimited                   429 rate_limit_error      rate_limit_exceeded,
     │   │                                                       upstream_rate_limited
     │   └── QuotaExceeded             429 insufficient_quota    insufficient_quota
+    ├── storage.StorageUnavailable    503 server_error          storage_unavailable (the database)
     └── UpstreamFailure               (the upstream did not give a usable answer)
         ├── UpstreamError             502 upstream_error        upstream_unreachable, upstream_error
         ├── UpstreamPassthrough       4xx as the upstream said  (its own message, about the request)

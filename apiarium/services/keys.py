@@ -2,7 +2,8 @@
 
 * A key is ``api-`` + 16 characters of ``[a-z0-9]``, derived as HMAC(secret, "ip|generation")
   (``keysecret.py``); the database keeps HMAC(secret, key) and ``api-`` + two characters, so
-  without the secret file (``<database>.secret``) it reveals nothing a key can be checked
+  without the secret file (``<database>.secret``, or the ``secret_file`` setting; every process
+  on one database must read the same one) it reveals nothing a key can be checked
   against.  Older databases, which kept a bare SHA-256, are rehashed on open.
 * The same IP gets the same key back, across restarts, by deriving it again.  Revoking or
   rotating moves the IP to its next generation, so its next key is a different one.
@@ -34,7 +35,7 @@ from ..errors import Forbidden, RateLimited
 from ..keysecret import KEY_PREFIX, KeyStoreError
 from ..netguard import Blocklist, network_of, parse_network
 from ..ratelimit import TokenBuckets
-from ..storage import BlockRecord, KeyRecord, NewKey, Storage, locate, open_storage
+from ..storage import BlockRecord, KeyRecord, NewKey, Storage, open_storage, secret_beside
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -76,7 +77,7 @@ class KeyService:
 
     def __init__(self, database: str | Path, secret_path: str | Path | None = None) -> None:
         self.database = database
-        self.secret_path = Path(secret_path or f"{locate(database)[1]}.secret")
+        self.secret_path = Path(secret_path) if secret_path else secret_beside(database)
         self._storage: Storage | None = None
         self._secret = b""
         self._by_hash: dict[str, KeyRecord] = {}

@@ -35,8 +35,9 @@ TOUCH_BATCH = 5000        # rows per UPDATE statement when writing last-used tim
 class SqliteStorage:
     """The ``Storage`` of one SQLite file."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: Path, found_version: int = 0) -> None:
         self.path = path
+        self.found_version = found_version
         self._db: aiosqlite.Connection | None = db
         self.write_lock = asyncio.Lock()
         self._data_version = -1
@@ -57,8 +58,9 @@ class SqliteStorage:
             await db.execute("PRAGMA busy_timeout=5000")
             await _wal(db)
             await db.execute("PRAGMA synchronous=NORMAL")
+            found = await user_version(db)
             await migrate(db)
-            storage = cls(db, path)
+            storage = cls(db, path, found)
             await storage.changed_elsewhere()        # what this connection starts from
         except BaseException as exc:
             await db.close()
@@ -90,6 +92,9 @@ class SqliteStorage:
             return False
         self._changes = changes
         return True
+
+    async def schema_version(self) -> int:
+        return await user_version(self.db)
 
     async def upgrade_keys(self, rewrite: Callable[[KeyRecord], KeyRecord]) -> int:
         """Version 1 → 2, once, in one transaction that holds the write lock: store
