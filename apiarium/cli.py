@@ -9,8 +9,8 @@ import gc
 import ipaddress
 import logging
 import sys
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -19,6 +19,8 @@ from .config import ConfigError, Settings, config_path, load_config
 if TYPE_CHECKING:                 # imported where used: check-config stays light
     from .services.keys import KeyService
     from .storage import KeyRecord, Storage
+
+T = TypeVar("T")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,7 +78,7 @@ def _tune_gc() -> None:
     gc.set_threshold(20_000, 20, 50)
 
 
-def _run(coro):
+def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
     except ImportError:
@@ -85,7 +87,7 @@ def _run(coro):
         return runner.run(coro)
 
 
-def _serve(args) -> int:
+def _serve(args: argparse.Namespace) -> int:
     from .app import Gateway
     from .keysecret import KeyStoreError
     from .storage import StorageError
@@ -111,7 +113,7 @@ def _serve(args) -> int:
     return _run(main())
 
 
-def _check(args) -> int:
+def _check(args: argparse.Namespace) -> int:
     path = config_path(getattr(args, "config", None))
     try:
         config = load_config(path)
