@@ -40,6 +40,7 @@ from .metrics import Metrics
 from .netguard import Blocklist, NetGuard
 from .outbound import FetchPolicy, ImageFetcher
 from .providers import build as build_providers
+from .providers.signatures import Signatures
 from .services.keys import KeyService
 from .usage import UsageLedger
 from .yamlschema import Problem
@@ -112,7 +113,8 @@ def make_session() -> aiohttp.ClientSession:
 
 
 def make_live(config: Config, session: aiohttp.ClientSession,
-              metrics: Metrics | None = None, fetcher: ImageFetcher | None = None) -> Live:
+              metrics: Metrics | None = None, fetcher: ImageFetcher | None = None,
+              signatures: Signatures | None = None) -> Live:
     s = config.settings
     started = time.perf_counter()
     try:
@@ -129,7 +131,8 @@ def make_live(config: Config, session: aiohttp.ClientSession,
                  len(s.blocklists), time.perf_counter() - started)
     guard = NetGuard(s.trusted_proxies, s.block_proxy_headers, blocklist, s.client_ip_header)
     # user-given image URLs go through the fetcher, never the providers' session
-    return Live.make(config, guard, build_providers(config.catalog, session, metrics, fetcher))
+    return Live.make(config, guard, build_providers(config.catalog, session, metrics, fetcher,
+                                                    signatures))
 
 
 class Gateway:
@@ -139,6 +142,9 @@ class Gateway:
         self.server: tornado.httpserver.HTTPServer | None = None
         self._session: aiohttp.ClientSession | None = None
         self.fetcher: ImageFetcher | None = None
+        # Gemini thought signatures and Anthropic thinking by tool call id: one store for the
+        # life of the process, handed to each reload's providers
+        self.signatures = Signatures()
         self.port = 0
         self._tasks: list[asyncio.Task] = []
 
@@ -162,7 +168,8 @@ class Gateway:
         metrics = Metrics(key_count=lambda: len(keys))
         self._session = make_session()
         self.fetcher = ImageFetcher(FetchPolicy.from_settings(s))
-        self._services = Services(live=make_live(config, self.session, metrics, self.fetcher),
+        self._services = Services(live=make_live(config, self.session, metrics, self.fetcher,
+                                                 self.signatures),
                                   keys=keys, usage=usage, metrics=metrics)
         self.access_log = AccessLog()
         app = make_app(self.services, self.access_log)
@@ -230,7 +237,7 @@ class Gateway:
         svc = self.services
         try:
             config = load_config(self.config_path)
-            live = make_live(config, self.session, svc.metrics, self.fetcher)
+            live = make_live(config, self.session, svc.metrics, self.fetcher, self.signatures)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload rejected: %s", problem)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from .errors import InvalidRequest, NotFound
 from .modeltypes import MODEL_TYPES
@@ -38,19 +39,46 @@ class ProviderSpec:
 
 @dataclass(frozen=True)
 class Credits:
-    """What one request costs; the defaults depend on the model's type (``for_model``)."""
+    """What one request costs; the defaults depend on the model's type (``for_model``).
+
+    Tokens are priced per 1k: ``input`` (uncached input), ``cached_input`` (read from the
+    provider's prompt cache), ``cache_write`` (written to it) and ``output`` (reasoning
+    included).  ``per_1k_tokens`` is the older single price: what ``input`` and ``output``
+    cost when they are not given; ``cached_input`` and ``cache_write`` cost what ``input``
+    does unless given."""
     request: float = 0.0
     per_1k_tokens: float = 0.0
     image: float = 0.0
     video_second: float = 0.0
     resolution: Mapping[str, float] = field(default_factory=dict)   # video multipliers
+    input: float | None = None
+    cached_input: float | None = None
+    cache_write: float | None = None
+    output: float | None = None
+
+    @property
+    def input_rate(self) -> float:
+        return self.per_1k_tokens if self.input is None else self.input
+
+    @property
+    def cached_input_rate(self) -> float:
+        return self.input_rate if self.cached_input is None else self.cached_input
+
+    @property
+    def cache_write_rate(self) -> float:
+        return self.input_rate if self.cache_write is None else self.cache_write
+
+    @property
+    def output_rate(self) -> float:
+        return self.per_1k_tokens if self.output is None else self.output
 
     @classmethod
     def for_model(cls, alias: str, type_: str, given: Mapping | None = None) -> Credits:
         """Type defaults (an alias ending in -pro costs double), overridden by ``given``."""
         factor = 2.0 if alias.endswith("-pro") else 1.0
         base = MODEL_TYPES[type_].credits
-        values = {k: (v * factor if isinstance(v, float) else v) for k, v in base.items()}
+        values: dict[str, Any] = {k: (v * factor if isinstance(v, float) else v)
+                                  for k, v in base.items()}
         values.update({k: v for k, v in (given or {}).items() if v is not None and v != {}})
         return cls(**values)
 
@@ -65,6 +93,9 @@ class ModelSpec:
     credits: Credits = field(default_factory=Credits)
     fallbacks: tuple[str, ...] = ()
     max_output_tokens: int = 0         # the most output tokens a request may ask for (0: any)
+    # reasoning control (providers/reasoning.py): "level", "budget", "none"; "" = by family
+    thinking: str = ""
+    cache: str = ""                    # "auto": the gateway adds cache breakpoints (Anthropic)
 
     @property
     def owned_by(self) -> str:

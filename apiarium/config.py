@@ -18,6 +18,7 @@ from .catalog import Catalog, Credits, ModelSpec, ProviderSpec
 from .modeltypes import MODEL_TYPES
 from .providers import KindError, provider_class
 from .providers.base import Provider
+from .providers.reasoning import THINKING, thinking_problem
 from .yamlschema import Bool, Ctx, Enum, ListOf, MapOf, Num, Problem, Section, Str, parse
 
 DEFAULT_CONFIG = "config/apiarium.yaml"
@@ -85,9 +86,15 @@ CATALOG_SCHEMA = Section({
         "type": Enum(tuple(MODEL_TYPES), "chat"),
         "fallbacks": ListOf(Str()),
         "max_output_tokens": Num(0, 0, 100_000_000, integer=True),
+        "thinking": Enum(THINKING, ""),
+        "cache": Enum(("auto", "off"), ""),
         "credits": Section({
             "request": Num(None, 0, 1e9),
             "per_1k_tokens": Num(None, 0, 1e9),
+            "input": Num(None, 0, 1e9),
+            "cached_input": Num(None, 0, 1e9),
+            "cache_write": Num(None, 0, 1e9),
+            "output": Num(None, 0, 1e9),
             "image": Num(None, 0, 1e9),
             "video_second": Num(None, 0, 1e9),
             "resolution": MapOf(Num(None, 0, 1e6)),
@@ -148,8 +155,9 @@ def _resolve(base: Path, value: str) -> Path:
     return p if p.is_absolute() else (base / p)
 
 
-def _networks(values, ctx: Ctx, problems: list[Problem],
-              key: tuple[str, str] = ("server", "trusted_proxies")):
+def _networks(values: tuple[str, ...], ctx: Ctx, problems: list[Problem],
+              key: tuple[str, str] = ("server", "trusted_proxies")
+              ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     nets = []
     for i, v in enumerate(values):
         try:
@@ -189,7 +197,8 @@ def _endpoint_limits(given: Mapping[str, str], ctx: Ctx,
     return out
 
 
-def _blocklists(base: Path, values, ctx: Ctx, problems: list[Problem]) -> tuple[Path, ...]:
+def _blocklists(base: Path, values: tuple[str, ...], ctx: Ctx,
+                problems: list[Problem]) -> tuple[Path, ...]:
     paths = tuple(_resolve(base, v) for v in values)
     for i, p in enumerate(paths):
         if not (p.is_file() and os.access(p, os.R_OK)):
@@ -280,6 +289,22 @@ def _check_serves(path: Path, alias: str, type_name: str, provider: ProviderSpec
                                 f"({provider.name}) cannot serve {type_name} models"))
 
 
+def _check_controls(path: Path, alias: str, m: dict, provider: ProviderSpec, ctx: Ctx,
+                    problems: list[Problem]) -> None:
+    """``thinking`` must be a control the provider's kind has (providers/reasoning.py);
+    ``cache: auto`` is for Anthropic upstreams (the others cache by themselves)."""
+    def problem(key: str, message: str) -> None:
+        problems.append(Problem(str(path), ctx.lines.get(("models", alias, key), 0),
+                                f"models.{alias}.{key}: {message}"))
+    if m["thinking"]:
+        why = thinking_problem(provider.kind, m["thinking"])
+        if why:
+            problem("thinking", why)
+    if m["cache"] == "auto" and provider.kind != "anthropic":
+        problem("cache", f"`auto` adds Anthropic cache breakpoints; a `{provider.kind}` "
+                         f"provider ({provider.name}) caches prompts by itself (remove it)")
+
+
 def _build_catalog(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> Catalog:
     providers = {name: _provider_spec(path, name, p, ctx, problems)
                  for name, p in d["providers"].items()}
@@ -298,11 +323,13 @@ def _build_catalog(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> Ca
                                         f"{m['provider']!r} (defined: {known})"))
             continue
         _check_serves(path, alias, m["type"], provider, ctx, problems)
+        _check_controls(path, alias, m, provider, ctx, problems)
         models[alias] = ModelSpec(alias=alias, provider=provider, upstream=m["upstream"] or alias,
                                   type=m["type"], created=created,
                                   credits=Credits.for_model(alias, m["type"], m["credits"]),
                                   fallbacks=tuple(m["fallbacks"]),
-                                  max_output_tokens=m["max_output_tokens"])
+                                  max_output_tokens=m["max_output_tokens"],
+                                  thinking=m["thinking"], cache=m["cache"])
     for alias, m in models.items():
         for i, other in enumerate(m.fallbacks):
             target = models.get(other)
@@ -332,7 +359,7 @@ def load_config(path: str | os.PathLike, env: Mapping[str, str] | None = None) -
     settings = _build_settings(path, raw, ctx, problems)
     raw_cat, cctx = parse(settings.catalog_path, CATALOG_SCHEMA, env, problems)
     catalog = _build_catalog(settings.catalog_path, raw_cat, cctx, problems) if raw_cat else None
-    if problems:
+    if problems or catalog is None:
         raise ConfigError(problems)
     return Config(settings, catalog)
 
