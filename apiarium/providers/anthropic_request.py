@@ -16,7 +16,10 @@
                                       ``temperature`` / ``top_p`` not sent with it (thinking
                                       takes neither)
     stop                            → ``stop_sequences``
-    temperature (clamped to 0..1), top_p, user → temperature, top_p, metadata.user_id
+    temperature (clamped to 0..1), top_p, user → temperature, top_p, metadata.user_id; the
+                                      sampling pair is not sent to the models that have none
+                                      (Opus 4.7 on, the 5 families: Anthropic answers 400
+                                      "`temperature` is deprecated for this model")
     tools                           → tools[{name, description, input_schema}]
     tool_choice none|auto|required|{function}  → none|auto|any|tool;
     parallel_tool_calls:false       → disable_parallel_tool_use
@@ -29,6 +32,7 @@ Anthropic allows.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -41,6 +45,9 @@ from .signatures import Signatures
 
 DEFAULT_MAX_TOKENS = 4096
 EPHEMERAL = {"type": "ephemeral"}
+# the models that have no sampling parameters (temperature, top_p, top_k)
+NO_SAMPLING = re.compile(r"^claude-(opus-4-([7-9]|\d\d)|(opus|sonnet|haiku)-([5-9]|\d\d)"
+                         r"|fable|mythos)")
 
 
 def to_anthropic(model: ModelSpec, body: dict, stream: bool,
@@ -102,12 +109,13 @@ def to_anthropic(model: ModelSpec, body: dict, stream: bool,
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
             raise InvalidRequest("`stop` must be a string or a list of strings.", param="stop")
         out["stop_sequences"] = stop
+    sampling = thinking is None and not NO_SAMPLING.match(model.upstream.lower())
     temperature = body.get("temperature")
-    if temperature is not None and thinking is None:
+    if temperature is not None and sampling:
         if not isinstance(temperature, (int, float)) or isinstance(temperature, bool):
             raise InvalidRequest("`temperature` must be a number.", param="temperature")
         out["temperature"] = min(1.0, max(0.0, float(temperature)))
-    if body.get("top_p") is not None and thinking is None:
+    if body.get("top_p") is not None and sampling:
         out["top_p"] = body["top_p"]
     if isinstance(body.get("user"), str) and body["user"]:
         out["metadata"] = {"user_id": body["user"]}
