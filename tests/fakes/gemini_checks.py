@@ -1,6 +1,6 @@
 """The Gemini fake's strictness, with google-genai's own types: every generateContent body is
 validated as the REST ``GenerateContentRequest`` (camelCase, unknown fields refused), and
-every answer is built as a ``GenerateContentResponse``.  On top of the types, what Gemini
+every answer is checked as a ``GenerateContentResponse``.  On top of the types, what Gemini
 itself refuses (wire-formats §5, next-apis §2e):
 
 * ``thinkingLevel`` and ``thinkingBudget`` together (400); ``thinkingLevel`` on a 2.5 model;
@@ -11,6 +11,7 @@ itself refuses (wire-formats §5, next-apis §2e):
 """
 from __future__ import annotations
 
+import orjson
 import pydantic
 from google.genai import types as g
 from pydantic import BaseModel, ConfigDict
@@ -97,6 +98,8 @@ def signature_problem(model: str, body: dict, issued: set[str]) -> str | None:
 
 
 def response(obj: dict) -> dict:
-    """``obj`` as a GenerateContentResponse (checked), back as the REST JSON."""
-    return g.GenerateContentResponse.model_validate(obj).model_dump(
-        mode="json", by_alias=True, exclude_none=True)
+    """``obj``, checked as a GenerateContentResponse.  (Sent as it is, not re-encoded: the
+    SDK would re-encode a ``thoughtSignature`` in URL-safe base64, which is not what Gemini
+    sends.)"""
+    g.GenerateContentResponse.model_validate_json(orjson.dumps(obj))
+    return obj

@@ -1,4 +1,7 @@
-"""FakeOpenAI: chat completions, legacy completions, image generation, models list."""
+"""FakeOpenAI: chat completions, legacy completions, image generation, models list.
+
+``cached_tokens`` of a chat prompt are reported as read from the prompt cache
+(``prompt_tokens_details.cached_tokens``, inside ``prompt_tokens``, as OpenAI counts them)."""
 from __future__ import annotations
 
 import base64
@@ -49,6 +52,7 @@ class FakeOpenAI(FakeUpstream):
         super().__init__(api_key)
         self.image_bytes = make_png()
         self.models = ["gpt-5", "gpt-4o-mini", "gpt-3.5-turbo-instruct", "gpt-image-1"]
+        self.cached_tokens = 0
 
     @property
     def base_url(self) -> str:
@@ -107,6 +111,8 @@ class FakeOpenAI(FakeUpstream):
         tool = self.reply_tool_call if body.get("tools") and self.reply_tool_call else None
         completion = words(tool["arguments"]) if tool else words(text)
         usage = self._usage(prompt, completion)
+        if self.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": min(prompt, self.cached_tokens)}
         cid, created, model = "chatcmpl-fake" + secrets.token_hex(6), int(time.time()), body["model"]
         call = None
         if tool:
