@@ -67,7 +67,12 @@ class FakeAnthropic(FakeUpstream):
         super().__init__(api_key)
         self.thought_text = "Considering the request carefully."
         self.signatures: set[str] = set()     # thinking signatures given out (kept by reset)
-        self.cache: set[str] = set()          # prefixes cached (kept by reset)
+        self.cache: set[str] = set()          # prefixes cached (emptied by reset)
+
+    def reset(self) -> FakeAnthropic:
+        super().reset()
+        self.cache.clear()
+        return self
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/messages", self._messages)
