@@ -96,6 +96,7 @@ class ModelSpec:
     # reasoning control (providers/reasoning.py): "level", "budget", "none"; "" = by family
     thinking: str = ""
     cache: str = ""                    # "auto": the gateway adds cache breakpoints (Anthropic)
+    completions: str = "chat"          # "native": /v1/completions goes to the upstream's own
 
     @property
     def owned_by(self) -> str:

@@ -88,6 +88,7 @@ CATALOG_SCHEMA = Section({
         "max_output_tokens": Num(0, 0, 100_000_000, integer=True),
         "thinking": Enum(THINKING, ""),
         "cache": Enum(("auto", "off"), ""),
+        "completions": Enum(("chat", "native"), "chat"),
         "credits": Section({
             "request": Num(None, 0, 1e9),
             "per_1k_tokens": Num(None, 0, 1e9),
@@ -303,6 +304,15 @@ def _check_controls(path: Path, alias: str, m: dict, provider: ProviderSpec, ctx
     if m["cache"] == "auto" and provider.kind != "anthropic":
         problem("cache", f"`auto` adds Anthropic cache breakpoints; a `{provider.kind}` "
                          f"provider ({provider.name}) caches prompts by itself (remove it)")
+    if m["completions"] == "native":
+        try:
+            native = "completions" in provider_class(provider.kind).native_dialects
+        except KindError:
+            native = True                              # reported with the provider
+        if not native:
+            problem("completions", f"`native` sends /v1/completions to the upstream's own "
+                                   f"/completions, which a `{provider.kind}` provider "
+                                   f"({provider.name}) has not (OpenAI-compatible ones have)")
 
 
 def _build_catalog(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> Catalog:
@@ -329,7 +339,8 @@ def _build_catalog(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> Ca
                                   credits=Credits.for_model(alias, m["type"], m["credits"]),
                                   fallbacks=tuple(m["fallbacks"]),
                                   max_output_tokens=m["max_output_tokens"],
-                                  thinking=m["thinking"], cache=m["cache"])
+                                  thinking=m["thinking"], cache=m["cache"],
+                                  completions=m["completions"])
     for alias, m in models.items():
         for i, other in enumerate(m.fallbacks):
             target = models.get(other)
@@ -340,6 +351,10 @@ def _build_catalog(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> Ca
             elif target.type != m.type:
                 problems.append(Problem(str(path), line, f"models.{alias}.fallbacks: {other!r} "
                                         f"is of type {target.type}, not {m.type}"))
+            elif target.completions != m.completions:
+                problems.append(Problem(str(path), line, f"models.{alias}.fallbacks: {other!r} "
+                                        f"has completions: {target.completions}, not "
+                                        f"{m.completions} (a fallback answers the same way)"))
     return Catalog(providers, models)
 
 

@@ -3,12 +3,17 @@
 The client's body is forwarded byte for byte when the alias is the upstream id; otherwise
 only ``model`` is rewritten.  Stream frames are relayed one by one as they arrive; ``model``
 inside a frame is swapped back to the alias with a byte replace, not a JSON re-encode.
+
+A model with ``completions: native`` takes legacy ``/v1/completions`` natively
+(``completions`` / ``completions_stream``): the request, raw prompt and all, goes to the
+upstream's own ``/completions``.  A model with ``thinking: none`` never sends
+``reasoning_effort`` (for servers that refuse it).
 """
 from __future__ import annotations
 
 import base64
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -32,7 +37,11 @@ class OpenAIProvider(Provider):
         err = data.get("error") if isinstance(data, dict) else None
         return isinstance(err, dict) and "insufficient_quota" in (err.get("code"), err.get("type"))
 
+    native_dialects: ClassVar[frozenset[str]] = frozenset({"completions"})
+
     def _payload(self, model: ModelSpec, body: dict[str, Any], raw: bytes | None) -> bytes:
+        if model.thinking == "none" and "reasoning_effort" in body:
+            body, raw = {k: v for k, v in body.items() if k != "reasoning_effort"}, None
         if raw is not None and model.upstream == model.alias:
             return raw
         return orjson.dumps({**body, "model": model.upstream})
@@ -48,8 +57,26 @@ class OpenAIProvider(Provider):
         data["model"] = model.alias
         return data
 
+    async def completions(self, model: ModelSpec, body: dict[str, Any]) -> dict[str, Any]:
+        """A legacy completions request on the upstream's own ``/completions``."""
+        self.require_configured()
+        data = await self.call_json("POST", f"{self.spec.base_url}/completions",
+                                    json={**body, "model": model.upstream})
+        if not isinstance(data.get("choices"), list):
+            raise UpstreamError(f"The upstream provider `{self.spec.name}` answered /completions "
+                                f"without `choices`.")
+        data["model"] = model.alias
+        return data
+
+    async def completions_stream(self, model: ModelSpec,
+                                 body: dict[str, Any]) -> AsyncGenerator[bytes, None]:
+        """The same, streamed: the upstream's ``text_completion`` frames relayed."""
+        async for frame in self.chat_stream(model, body, None, "completions"):
+            yield frame
+
     async def chat_stream(self, model: ModelSpec, body: dict[str, Any],
-                          raw: bytes | None) -> AsyncGenerator[bytes, None]:
+                          raw: bytes | None, path: str = "chat/completions"
+                          ) -> AsyncGenerator[bytes, None]:
         self.require_configured()
         rewrite = model.upstream != model.alias
         old = b'"model":"' + model.upstream.encode() + b'"'
@@ -57,8 +84,7 @@ class OpenAIProvider(Provider):
         payload: bytes | None = self._payload(model, body, raw)
         del body, raw                # not held for the life of the stream
         done = False
-        async with self.request("POST", f"{self.spec.base_url}/chat/completions",
-                                data=payload) as resp:
+        async with self.request("POST", f"{self.spec.base_url}/{path}", data=payload) as resp:
             payload = None
             async for event in self.sse_events(resp):
                 if event.startswith(b'data: {"error"'):      # the upstream failed mid-way
@@ -118,8 +144,8 @@ def _rename(event: bytes, old: bytes, new: bytes, alias: str) -> bytes:
     # unusual spacing: fall back to a real parse of this one frame
     _, data = sse.parse(event)
     try:
-        obj = orjson.loads(data)
-    except (orjson.JSONDecodeError, TypeError):
+        obj = orjson.loads(data or b"")
+    except orjson.JSONDecodeError:
         return event
     if isinstance(obj, dict) and "model" in obj:
         obj["model"] = alias

@@ -113,6 +113,27 @@ class ChatService:
             model, body, _size(body, None), key_hash, True, anthropic_tally,
             lambda m: live.providers[m.provider.name].messages_stream(m, body, beta))  # type: ignore[attr-defined]
 
+    async def completions(self, model: ModelSpec, body: dict,
+                          key_hash: str | None) -> tuple[dict, ModelSpec]:
+        """A legacy completions request on the upstream's own ``/completions`` (a model with
+        ``completions: native``; its fallbacks are too): the ``text_completion``."""
+        live = self._live()
+        return await self._whole(
+            model, body, _size(body, None), key_hash, tally_of,
+            lambda m: live.providers[m.provider.name].completions(m, body))  # type: ignore[attr-defined]
+
+    async def completions_stream(self, model: ModelSpec, body: dict,
+                                 key_hash: str | None) -> ChatStream:
+        """The same, streamed: the upstream's ``text_completion`` frames, metered."""
+        live = self._live()
+        wanted = wants_usage(body)
+        if not wanted:
+            body = {**body, "stream_options": {**(body.get("stream_options") or {}),
+                                               "include_usage": True}}
+        return await self._stream(
+            model, body, _size(body, None), key_hash, wanted, tally_of,
+            lambda m: live.providers[m.provider.name].completions_stream(m, body))  # type: ignore[attr-defined]
+
     async def count_tokens(self, model: ModelSpec, body: dict, beta: str | None) -> int | None:
         """The upstream's own count of a Messages request's input tokens, where the model's
         provider has a counter (None: it has none, estimate instead)."""
