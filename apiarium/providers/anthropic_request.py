@@ -23,7 +23,9 @@
     tools                           → tools[{name, description, input_schema}]
     tool_choice none|auto|required|{function}  → none|auto|any|tool;
     parallel_tool_calls:false       → disable_parallel_tool_use
-    n > 1                           → 400; other OpenAI-only fields are not sent
+    response_format json_schema     → ``output_config.format``; json_object → 400
+    n > 1                           → 400; the rest as ``chat_fields.FIELDS`` says (refused
+                                      with a 400 naming the field, or not sent)
 
 A model with ``cache: auto`` gets cache breakpoints when the request has none
 (``add_cache_breakpoints``): the top-level ``cache_control`` (Anthropic puts it on the last
@@ -40,6 +42,7 @@ import orjson
 from ..catalog import ModelSpec
 from ..errors import InvalidRequest
 from . import shapes
+from .chat_fields import refuse_unsupported
 from .reasoning import anthropic_thinking
 from .signatures import Signatures
 
@@ -54,6 +57,7 @@ def to_anthropic(model: ModelSpec, body: dict, stream: bool,
                  signatures: Signatures | None = None) -> dict:
     """The Messages request for an OpenAI chat ``body`` on ``model``; ``signatures``: the
     gateway's store, for the thinking that led to earlier tool calls."""
+    refuse_unsupported("anthropic", body)
     n = body.get("n")
     if n is not None and n != 1:
         raise InvalidRequest("`n` must be 1 for this model: Anthropic models give one choice "
@@ -120,11 +124,34 @@ def to_anthropic(model: ModelSpec, body: dict, stream: bool,
     if isinstance(body.get("user"), str) and body["user"]:
         out["metadata"] = {"user_id": body["user"]}
     _add_tools(out, body)
+    _add_format(out, body.get("response_format"))
     if stream:
         out["stream"] = True
     if model.cache == "auto":
         add_cache_breakpoints(out)
     return out
+
+
+def _add_format(out: dict, fmt: Any) -> None:
+    """``response_format``: a JSON schema becomes ``output_config.format``; Anthropic has no
+    bare JSON mode."""
+    if fmt is None:
+        return
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise InvalidRequest("`response_format.json_schema.schema` must be a JSON schema "
+                                 "object.", param="response_format.json_schema.schema")
+        out["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+    elif kind == "json_object":
+        raise InvalidRequest("`response_format` `json_object` is not supported by Anthropic "
+                             "models on this gateway; send a `json_schema` instead.",
+                             param="response_format")
+    elif kind != "text":
+        raise InvalidRequest("`response_format.type` must be text, json_object or "
+                             "json_schema.", param="response_format.type")
 
 
 def _may_think(turns: list[dict], tool_choice: Any) -> bool:

@@ -152,6 +152,7 @@ class GeminiProvider(Provider):
             one = completion(model.alias, None if calls and not text else text,
                              _finish(cand.get("finishReason"), bool(calls)), calls, meta,
                              reasoning=thought or None)
+            one["choices"][0]["logprobs"] = _logprobs(cand)
             if out is None:
                 out = one
             else:                       # n > 1: candidateCount candidates, one choice each
@@ -192,6 +193,28 @@ class GeminiProvider(Provider):
         return obj
 
 
+def _token(c: Any) -> dict:
+    c = c if isinstance(c, dict) else {}
+    token = str(c.get("token", ""))
+    logprob = c.get("logProbability")
+    return {"token": token, "logprob": float(logprob) if isinstance(logprob, (int, float))
+            else 0.0, "bytes": list(token.encode())}
+
+
+def _logprobs(cand: Any) -> dict | None:
+    """A candidate's ``logprobsResult`` (asked with ``responseLogprobs``) as OpenAI's
+    ``choices[].logprobs``: each chosen token, with the top candidates at its step."""
+    result = cand.get("logprobsResult") if isinstance(cand, dict) else None
+    if not isinstance(result, dict):
+        return None
+    tops = [t.get("candidates") or [] if isinstance(t, dict) else []
+            for t in result.get("topCandidates") or []]
+    content = [{**_token(c), "top_logprobs": [_token(t) for t in (tops[i] if i < len(tops)
+                                                                   else [])]}
+               for i, c in enumerate(result.get("chosenCandidates") or [])]
+    return {"content": content, "refusal": None}
+
+
 def _all_parts(cand: Any) -> list[dict]:
     content = cand.get("content") if isinstance(cand, dict) else None
     parts = content.get("parts") if isinstance(content, dict) else None
@@ -229,13 +252,15 @@ class _StreamState:
         for cand in obj.get("candidates") or []:
             if not isinstance(cand, dict) or cand.get("index", 0) != 0:
                 continue
+            logprobs = _logprobs(cand)
             for p in _all_parts(cand):
                 if p.get("thought"):
                     if self.thoughts and isinstance(p.get("text"), str) and p["text"]:
                         frames.append(self.chunks.reasoning(p["text"]))
                     continue
                 if isinstance(p.get("text"), str) and p["text"]:
-                    frames.append(self.chunks.content(p["text"]))
+                    frames.append(self.chunks.content(p["text"], logprobs))
+                    logprobs = None
                 if isinstance(p.get("functionCall"), dict):
                     frames.append(self.chunks.tool_start(self.tools,
                                                          *_call(p, self.signatures)))

@@ -21,7 +21,12 @@ Request, OpenAI → Gemini (wire-formats 5.2):
     generationConfig             temperature, top_p→topP, max_(completion_)tokens→maxOutputTokens,
                                  stop→stopSequences, n→candidateCount, seed, presence/frequency
                                  penalties; response_format json_* → responseMimeType (+Schema);
+                                 logprobs → responseLogprobs, top_logprobs → logprobs;
                                  reasoning_effort → thinkingConfig (providers/reasoning.py)
+    extra_body.google            safety_settings → safetySettings ({category, threshold}, as
+                                 Google's OpenAI endpoint takes them); thinking_config
+    the rest                     as ``chat_fields.FIELDS`` says: refused with a 400 naming the
+                                 field (logit_bias, audio, prediction, ...), or not sent
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ import orjson
 
 from ..catalog import ModelSpec
 from ..errors import InvalidRequest
+from .chat_fields import refuse_unsupported
 from .reasoning import family, gemini_thinking
 from .shapes import assistant_tool_calls, client_signature, parse_data_url, text_of
 from .signatures import SKIP, Signatures
@@ -184,13 +190,23 @@ def _generation_config(body: dict, model: ModelSpec | None) -> dict:
             gen.setdefault("maxOutputTokens", body[limit])
     stop = body.get("stop")
     if stop:
-        gen["stopSequences"] = [stop] if isinstance(stop, str) else stop
+        stops = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise InvalidRequest("`stop` must be a string or a list of strings.", param="stop")
+        gen["stopSequences"] = stops
+    if body.get("logprobs"):
+        gen["responseLogprobs"] = True
+    if body.get("top_logprobs"):
+        gen["logprobs"] = body["top_logprobs"]
     fmt = body.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
         gen["responseMimeType"] = "application/json"
         schema = (fmt.get("json_schema") or {}).get("schema")
         if fmt["type"] == "json_schema" and schema:
             gen["responseJsonSchema"] = schema
+    elif fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
+        raise InvalidRequest("`response_format.type` must be text, json_object or "
+                             "json_schema.", param="response_format")
     thinking = gemini_thinking(model, body) if model is not None else None
     if thinking:
         gen["thinkingConfig"] = thinking
@@ -202,6 +218,7 @@ def to_gemini(body: dict, model: ModelSpec | None = None,
     """The ``generateContent`` body for an OpenAI chat ``body``; ``model`` (for its reasoning
     control and whether it signs its calls) and ``signatures`` (the gateway's store) when the
     provider calls it."""
+    refuse_unsupported("gemini", body)
     signing = _Signing(signatures, model is not None and family("gemini", model) == "level")
     system, contents = _contents(body.get("messages") or [], signing)
     if not contents and system:            # a system-only conversation: ask it as the user
@@ -216,4 +233,26 @@ def to_gemini(body: dict, model: ModelSpec | None = None,
     gen = _generation_config(body, model)
     if gen:
         payload["generationConfig"] = gen
+    safety = _safety_settings(body)
+    if safety:
+        payload["safetySettings"] = safety
     return payload
+
+
+def _safety_settings(body: dict) -> list[dict] | None:
+    """``extra_body.google.safety_settings`` (or ``google.safety_settings``): a list of
+    ``{category, threshold}``, as Google's own OpenAI endpoint takes them."""
+    for where, holder in (("extra_body.google", body.get("extra_body")), ("google", body)):
+        google = holder.get("google") if isinstance(holder, dict) else None
+        settings = google.get("safety_settings") if isinstance(google, dict) else None
+        if settings is None:
+            continue
+        param = f"{where}.safety_settings"
+        if not isinstance(settings, list) or not all(
+                isinstance(s, dict) and set(s) == {"category", "threshold"}
+                and all(isinstance(v, str) for v in s.values()) for s in settings):
+            raise InvalidRequest(f"`{param}` must be a list of {{\"category\": ..., "
+                                 f"\"threshold\": ...}} objects (HARM_CATEGORY_..., "
+                                 f"BLOCK_...).", param=param)
+        return [dict(s) for s in settings]
+    return None

@@ -84,15 +84,17 @@ class Chunks:
     def _frame(self, body: bytes) -> bytes:
         return self._head + body + b"}\n\n"
 
-    def delta(self, delta: dict, finish_reason: str | None = None) -> bytes:
+    def delta(self, delta: dict, finish_reason: str | None = None,
+              logprobs: dict | None = None) -> bytes:
         return self._frame(b'"choices":' + orjson.dumps(
-            [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]))
+            [{"index": 0, "delta": delta, "logprobs": logprobs,
+              "finish_reason": finish_reason}]))
 
     def role(self) -> bytes:
         return self.delta({"role": "assistant", "content": ""})
 
-    def content(self, text: str) -> bytes:
-        return self.delta({"content": text})
+    def content(self, text: str, logprobs: dict | None = None) -> bytes:
+        return self.delta({"content": text}, logprobs=logprobs)
 
     def reasoning(self, text: str) -> bytes:
         return self.delta({"reasoning_content": text})

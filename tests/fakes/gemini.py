@@ -10,6 +10,7 @@ reported as read from the cache (``cachedContentTokenCount``, inside ``promptTok
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 import struct
 
@@ -45,6 +46,18 @@ def make_mp4(payload_size: int = 8192) -> bytes:
                + struct.pack(">I", 2))
     mdat = box(b"mdat", bytes((i * 7 + 3) % 256 for i in range(payload_size)))
     return ftyp + box(b"moov", mvhd) + mdat
+
+
+def _logprobs(parts: list, top: int) -> dict:
+    """A made-up ``logprobsResult``: each word of the parts' text (with the spaces after it)
+    chosen at -0.25, and ``top`` candidates per step."""
+    tokens = [w for p in parts if not p.get("thought")
+              for w in re.findall(r"\s*\S+\s*|\s+", p.get("text") or "")]
+    return {"chosenCandidates": [{"token": t, "logProbability": -0.25} for t in tokens],
+            "topCandidates": [{"candidates": [{"token": t, "logProbability": -0.25}] + [
+                {"token": f" alt{k}", "logProbability": -2.0 - k} for k in range(top - 1)]}
+                for t in tokens] if top else [],
+            "logProbabilitySum": -0.25 * len(tokens)}
 
 
 def _parts_text(content) -> str:
@@ -164,6 +177,8 @@ class FakeGemini(FakeUpstream):
 
         def resp(parts, final=True, out_tokens=0, extra_usage=None):
             cand = {"content": {"role": "model", "parts": parts}, "index": 0}
+            if gen.get("responseLogprobs"):
+                cand["logprobsResult"] = _logprobs(parts, gen.get("logprobs") or 0)
             usage = {"promptTokenCount": prompt, "totalTokenCount": prompt}
             if cached:
                 usage["cachedContentTokenCount"] = cached
