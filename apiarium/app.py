@@ -8,6 +8,7 @@ The only module that knows every other one.  ``Gateway`` owns the lifecycle:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 import time
@@ -21,8 +22,9 @@ import tornado.web
 
 from . import __version__
 from .accesslog import AccessLog
+from .catalog import Catalog
 from .config import Config, ConfigError, load_config
-from .handlers import messages, pages, responses
+from .handlers import embeddings, messages, pages, responses
 from .handlers.base import BaseHandler
 from .handlers.chat import ChatHandler, CompletionsHandler
 from .handlers.info import (
@@ -36,12 +38,14 @@ from .handlers.media import ImagesHandler, MediaFileHandler, VideosHandler
 from .handlers.openapi import OpenApiHandler
 from .handlers.ops import MetricsHandler
 from .live import Live, Services
+from .media import MediaStore
 from .metrics import Metrics
 from .netguard import Blocklist, NetGuard
 from .outbound import FetchPolicy, ImageFetcher
 from .providers import build as build_providers
 from .providers.signatures import Signatures
 from .services.keys import KeyService
+from .storage import StorageUnavailable
 from .usage import UsageLedger
 from .yamlschema import Problem
 
@@ -66,14 +70,33 @@ def routes() -> list:
         (r"/v1/keys/me", KeysMeHandler),
         (r"/v1/images/generations", ImagesHandler),
         (r"/v1/videos/generations", VideosHandler),
+        *embeddings.routes,
         (r"/media/([^/]+)", MediaFileHandler),
         (r"/metrics", MetricsHandler),
         (r"/openapi\.json", OpenApiHandler),
     ]
 
 
+def _every_address(host: str) -> bool:
+    """Whether listening on ``host`` means every address (0.0.0.0, ::, or none given)."""
+    try:
+        return not host or ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
 def _always(n: int) -> Callable[[str], int]:
     return lambda _: n
+
+
+def model_label(handler: tornado.web.RequestHandler, catalog: Catalog) -> str:
+    """The model a request names, as metrics and the access log show it: an alias of the
+    catalog, ``unknown`` for anything else a client sent (so no client can mint a series of
+    its own), ``-`` when no model was read."""
+    alias = getattr(handler, "model_alias", "")
+    if not alias:
+        return "-"
+    return alias if alias in catalog.models else "unknown"
 
 
 def log_request(handler: BaseHandler) -> None:
@@ -82,16 +105,16 @@ def log_request(handler: BaseHandler) -> None:
     metrics = settings["services"].metrics
     endpoint = handler.endpoint if isinstance(handler, BaseHandler) else "other"
     status = handler.get_status()
-    model = getattr(handler, "model_alias", "") if status != 404 else ""
+    model = model_label(handler, settings["services"].catalog)
     req = handler.request
     elapsed = req.request_time()
-    metrics.observe_request(endpoint, model or "-", status, elapsed)
+    metrics.observe_request(endpoint, model, status, elapsed)
     rec = getattr(handler, "key_record", None)
     upstream = getattr(handler, "upstream_ms", None)
     settings["access_log"].write(
         f"{getattr(handler, 'request_id', '-')} {req.method} {req.path} {status} "
         f"{1000.0 * elapsed:.1f}ms ip={getattr(handler, 'client_ip', '') or req.remote_ip} "
-        f"key={rec.key_prefix if rec else '-'} model={model or '-'} "
+        f"key={rec.key_prefix if rec else '-'} model={model} "
         f"bytes={getattr(handler, 'bytes_out', 0)} "
         f"upstream_ms={'-' if upstream is None else f'{upstream:.1f}'}")
 
@@ -114,6 +137,7 @@ def make_session() -> aiohttp.ClientSession:
 
 def make_live(config: Config, session: aiohttp.ClientSession,
               metrics: Metrics | None = None, fetcher: ImageFetcher | None = None,
+              media: MediaStore | None = None,
               signatures: Signatures | None = None) -> Live:
     s = config.settings
     started = time.perf_counter()
@@ -132,7 +156,7 @@ def make_live(config: Config, session: aiohttp.ClientSession,
     guard = NetGuard(s.trusted_proxies, s.block_proxy_headers, blocklist, s.client_ip_header)
     # user-given image URLs go through the fetcher, never the providers' session
     return Live.make(config, guard, build_providers(config.catalog, session, metrics, fetcher,
-                                                    signatures))
+                                                    signatures), media)
 
 
 class Gateway:
@@ -163,14 +187,15 @@ class Gateway:
     async def start(self, host: str | None = None, port: int | None = None) -> None:
         config = load_config(self.config_path)        # raises ConfigError: nothing started
         s = config.settings
-        keys = await KeyService(s.database).open()
+        keys = await KeyService(s.database, s.secret_file).open()
         usage = await UsageLedger(s.database).open()
         metrics = Metrics(key_count=lambda: len(keys))
         self._session = make_session()
         self.fetcher = ImageFetcher(FetchPolicy.from_settings(s))
         self._services = Services(live=make_live(config, self.session, metrics, self.fetcher,
-                                                 self.signatures),
+                                                 signatures=self.signatures),
                                   keys=keys, usage=usage, metrics=metrics)
+        await self.services.live.media.sweep()        # counts what the media folder holds
         self.access_log = AccessLog()
         app = make_app(self.services, self.access_log)
         self.server = tornado.httpserver.HTTPServer(
@@ -188,6 +213,11 @@ class Gateway:
         self._tasks.append(asyncio.ensure_future(self._flush_usage()))
         self._tasks.append(asyncio.ensure_future(self._flush_log()))
         shown = f"[{host}]" if ":" in host else host
+        if _every_address(host) and not (s.public_url or s.allowed_hosts):
+            log.warning("listening on every address (%s) without server.public_url: the "
+                        "homepage and media URLs take their host name from each request's "
+                        "Host header, which any client chooses; set server.public_url (or "
+                        "server.allowed_hosts)", host or "*")
         log.info("apiarium listening on http://%s:%d", shown, self.port)
 
     async def _housekeeping(self) -> None:
@@ -202,6 +232,8 @@ class Gateway:
                 if time.monotonic() - last_prune > 60:
                     last_prune = time.monotonic()
                     await self._prune()
+            except StorageUnavailable as exc:          # an outage: one line, not a traceback
+                log.warning("housekeeping: %s; will retry", exc)
             except Exception:
                 log.exception("housekeeping failed; will retry")
 
@@ -209,10 +241,11 @@ class Gateway:
         """Drop refilled buckets (they equal fresh ones) and expired media."""
         svc = self.services
         s = svc.settings
-        svc.buckets.prune(lambda h: svc.keys.rpm_of(h, s.rpm))
+        svc.limits.buckets.prune(lambda h: svc.keys.rpm_of(h, s.rpm))
         visits = s.key_requests_per_minute or 1
         svc.keys.visits.prune(lambda _: visits)
-        for endpoint, buckets in svc.endpoint_buckets.items():
+        svc.guesses.prune(s.master_key_guesses_per_minute)
+        for endpoint, buckets in svc.limits.endpoint_buckets.items():
             count, period = s.endpoint_limits.get(endpoint, (1, 1.0))
             buckets.prune(_always(count), period)
         removed = await svc.live.media.sweep()
@@ -227,8 +260,10 @@ class Gateway:
     async def _flush_usage(self) -> None:
         while True:
             await asyncio.sleep(USAGE_FLUSH_S)
-            try:
-                await self.services.usage.flush()
+            try:     # shielded: a shutdown never cuts a write in half (close() waits for it)
+                await asyncio.shield(self.services.usage.flush())
+            except StorageUnavailable as exc:
+                log.warning("writing usage: %s; will retry", exc)
             except Exception:
                 log.exception("writing usage failed; will retry")
 
@@ -237,7 +272,8 @@ class Gateway:
         svc = self.services
         try:
             config = load_config(self.config_path)
-            live = make_live(config, self.session, svc.metrics, self.fetcher, self.signatures)
+            live = make_live(config, self.session, svc.metrics, self.fetcher, svc.live.media,
+                             self.signatures)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload rejected: %s", problem)
@@ -254,6 +290,12 @@ class Gateway:
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting; let requests in flight finish within the grace; then end the
         rest cleanly (a 503, or an SSE error event on a stream); write usage; close."""
+        if self._services is None:           # start failed half-way: close what it opened
+            if self._session is not None:
+                await self._session.close()
+            if self.fetcher is not None:
+                await self.fetcher.close()
+            return
         svc = self.services
         grace = svc.settings.shutdown_grace_s if grace_s is None else grace_s
         svc.stopping = True

@@ -117,7 +117,8 @@ class Catalog:
                                  "GET /v1/models lists them.", param="model", code="invalid_model")
         spec = self.models.get(alias)
         if spec is None:
-            raise NotFound(f"The model `{alias}` does not exist. GET /v1/models lists the "
+            shown = alias[:100] + ("…" if len(alias) > 100 else "")
+            raise NotFound(f"The model `{shown}` does not exist. GET /v1/models lists the "
                            f"{len(self.models)} models this gateway serves.",
                            param="model", code="model_not_found")
         return spec

@@ -1,4 +1,5 @@
-"""The command line: ``apiarium serve | check-config | keys …`` (also ``python -m apiarium``)."""
+"""The command line: ``apiarium serve | check-config | migrate | keys …`` (also ``python -m
+apiarium``)."""
 from __future__ import annotations
 
 import argparse
@@ -13,11 +14,11 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from .config import ConfigError, config_path, load_config
+from .config import ConfigError, Settings, config_path, load_config
 
 if TYPE_CHECKING:                 # imported where used: check-config stays light
     from .services.keys import KeyService
-    from .storage import KeyRecord
+    from .storage import KeyRecord, Storage
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (default: server.port; 0 = any)")
 
     sub.add_parser("check-config", parents=[common], help="validate both YAML files")
+    sub.add_parser("migrate", parents=[common],
+                   help="create or upgrade the database's schema (the server does it at start)")
 
     keys = sub.add_parser("keys", parents=[common], help="administer API keys")
     ks = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -126,20 +129,60 @@ def _when(ts: int | None) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"  # noqa: DTZ006
 
 
-def _keys(args: argparse.Namespace) -> int:
-    from .keysecret import KeyStoreError
-    from .services.keys import KeyService
-    from .storage import StorageError
+def _settings(args: argparse.Namespace) -> Settings | None:
     try:
-        settings = load_config(config_path(getattr(args, "config", None))).settings
+        return load_config(config_path(getattr(args, "config", None))).settings
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        return None
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    """Do to the configured database what the server's start does: create or upgrade its
+    schema.  A SQLite database is opened with its key secret, as the server does (an old
+    one's keys are rehashed with it); PostgreSQL's needs none, and its secret file, which
+    every host must share, is left alone (not created)."""
+    from .keysecret import KeyStoreError
+    from .services.keys import KeyService
+    from .storage import StorageError, database_url, describe, open_storage
+    settings = _settings(args)
+    if settings is None:
         return 1
 
     async def main() -> int:
         try:
-            store = await KeyService(settings.database).open()
+            if database_url(settings.database) is None:
+                keys = await KeyService(settings.database, settings.secret_file).open()
+                storage: Storage = keys.storage
+                close = keys.close
+            else:
+                storage = await open_storage(settings.database)
+                close = storage.close
+            try:
+                found, version = storage.found_version, await storage.schema_version()
+            finally:
+                await close()
+        except (KeyStoreError, StorageError) as exc:
+            print(f"apiarium: {exc}", file=sys.stderr)
+            return 1
+        done = "up to date" if found == version else f"was {found}: migrated"
+        print(f"{describe(settings.database)}: schema version {version} ({done})")
+        return 0
+    return asyncio.run(main())
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from .keysecret import KeyStoreError
+    from .services.keys import KeyService
+    from .storage import StorageError
+    settings = _settings(args)
+    if settings is None:
+        return 1
+
+    async def main() -> int:
+        try:
+            store = await KeyService(settings.database, settings.secret_file).open()
         except (KeyStoreError, StorageError) as exc:
             print(f"apiarium: {exc}", file=sys.stderr)
             return 1
@@ -280,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "check-config":
         return _check(args)
+    if args.command == "migrate":
+        return _migrate(args)
     return _keys(args)
 
 

@@ -10,18 +10,23 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import hosts
 from .catalog import Catalog, Credits, ModelSpec, ProviderSpec
 from .modeltypes import MODEL_TYPES
 from .providers import KindError, provider_class
 from .providers.base import Provider
 from .providers.reasoning import THINKING, thinking_problem
+from .storage import is_url, secret_beside
 from .yamlschema import Bool, Ctx, Enum, ListOf, MapOf, Num, Problem, Section, Str, parse
 
 DEFAULT_CONFIG = "config/apiarium.yaml"
+MIN_MASTER_KEY = 32            # characters: a master key is a password that bypasses every limit
+MIN_METRICS_TOKEN = 16
+METRICS_CIDRS = ("127.0.0.0/8", "::1/128")     # who may read /metrics without the token
 
 
 class ConfigError(Exception):
@@ -37,6 +42,7 @@ SETTINGS_SCHEMA = Section({
         "host": Str("127.0.0.1"),
         "port": Num(8080, 0, 65535, integer=True),
         "public_url": Str(""),
+        "allowed_hosts": ListOf(Str()),
         "trusted_proxies": ListOf(Str()),
         "client_ip_header": Enum(("X-Forwarded-For", "X-Real-IP"), "X-Forwarded-For"),
         "max_body_mb": Num(25, 0.001, 4096),
@@ -45,14 +51,17 @@ SETTINGS_SCHEMA = Section({
         "body_timeout_s": Num(120, 0.1, 86400),
     }),
     "database": Str("../data/apiarium.sqlite3"),
+    "secret_file": Str(""),
     "catalog": Str("models.yaml"),
     "master_key": Str(""),
     "rate_limit": Section({"rpm": Num(4, 1, 1_000_000, integer=True),
                            "daily_credits": Num(200, 0, 1e12),
                            "endpoints": MapOf(Str())}),
     "limits": Section({"max_images": Num(4, 1, 100, integer=True),
-                       "max_chat_choices": Num(1, 1, 128, integer=True)}),
+                       "max_chat_choices": Num(1, 1, 128, integer=True),
+                       "max_embedding_input_mb": Num(2, 0.001, 4096)}),
     "media": Section({"dir": Str("../data/media"), "ttl_hours": Num(24, 0.001, 100_000),
+                      "max_gb": Num(5, 0.000001, 1_000_000),
                       "fetch_image_urls": Bool(True),
                       "fetch_allow_cidrs": ListOf(Str()),
                       "image_url_max_mb": Num(20, 0.001, 1024),
@@ -64,7 +73,10 @@ SETTINGS_SCHEMA = Section({
                          "new_keys_per_ipv6_64_per_day": Num(8, 0, 1_000_000, integer=True),
                          "new_keys_per_ipv6_48_per_day": Num(32, 0, 1_000_000, integer=True),
                          "new_keys_per_ipv6_32_per_day": Num(1024, 0, 10_000_000, integer=True),
-                         "new_keys_per_hour": Num(1000, 0, 10_000_000, integer=True)}),
+                         "new_keys_per_hour": Num(1000, 0, 10_000_000, integer=True),
+                         "master_key_guesses_per_minute": Num(10, 0, 1_000_000, integer=True)}),
+    "metrics": Section({"allow_cidrs": ListOf(Str(), default=METRICS_CIDRS),
+                        "token": Str("")}),
 })
 
 CATALOG_SCHEMA = Section({
@@ -110,11 +122,13 @@ class Settings:
     host: str
     port: int
     public_url: str
+    allowed_hosts: tuple[str, ...]            # host names (optionally :port); empty: any
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     client_ip_header: str                     # what the trusted proxies set
     max_body_bytes: int
     shutdown_grace_s: float
-    database: Path
+    database: Path | str          # a SQLite file, or a postgresql:// URL as written
+    secret_file: Path             # the key secret, which every process on the database shares
     catalog_path: Path
     master_key: str
     rpm: int
@@ -141,6 +155,11 @@ class Settings:
     fetch_timeout_s: float = 30.0
     fetch_connect_timeout_s: float = 10.0
     fetch_concurrency: int = 8
+    max_embedding_input_bytes: int = 2 * 1024 * 1024   # an embeddings request's text, in all
+    media_max_bytes: int = 5 * 1024 ** 3      # the media folder's cap (oldest files go first)
+    master_key_guesses_per_minute: int = 10   # failed non-key tokens per network (0: no limit)
+    metrics_allow_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    metrics_token: str = ""                   # empty: only metrics_allow_cidrs may scrape
 
 
 @dataclass(frozen=True)
@@ -156,10 +175,26 @@ def _resolve(base: Path, value: str) -> Path:
     return p if p.is_absolute() else (base / p)
 
 
-def _networks(values: tuple[str, ...], ctx: Ctx, problems: list[Problem],
-              key: tuple[str, str] = ("server", "trusted_proxies")
-              ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    nets = []
+def _database(base: Path, value: str) -> Path | str:
+    """The ``database`` setting: a PostgreSQL URL as written, else a path (relative to the
+    config's folder)."""
+    return value if is_url(value) else _resolve(base, value)
+
+
+def _secret_file(base: Path, value: str, database: Path | str, media_dir: Path) -> Path:
+    """``secret_file``: as set; else ``<database>.secret`` beside a SQLite file, or
+    ``apiarium.secret`` beside the media folder (in the data folder) for PostgreSQL."""
+    if value:
+        return _resolve(base, value)
+    return media_dir.parent / "apiarium.secret" if is_url(database) else secret_beside(database)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(values: Sequence[str], ctx: Ctx, problems: list[Problem],
+              key: tuple[str, str] = ("server", "trusted_proxies")) -> tuple[Network, ...]:
+    nets: list[Network] = []
     for i, v in enumerate(values):
         try:
             nets.append(ipaddress.ip_network(v.strip(), strict=False))
@@ -169,7 +204,8 @@ def _networks(values: tuple[str, ...], ctx: Ctx, problems: list[Problem],
     return tuple(nets)
 
 
-LIMITED_ENDPOINTS = ("chat", "completions", "responses", "messages", "images", "videos")
+LIMITED_ENDPOINTS = ("chat", "completions", "responses", "messages", "images", "videos",
+                     "embeddings")
 DEFAULT_ENDPOINT_LIMITS = {"videos": "2/hour", "images": "20/hour"}
 PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
@@ -198,7 +234,7 @@ def _endpoint_limits(given: Mapping[str, str], ctx: Ctx,
     return out
 
 
-def _blocklists(base: Path, values: tuple[str, ...], ctx: Ctx,
+def _blocklists(base: Path, values: Sequence[str], ctx: Ctx,
                 problems: list[Problem]) -> tuple[Path, ...]:
     paths = tuple(_resolve(base, v) for v in values)
     for i, p in enumerate(paths):
@@ -210,26 +246,54 @@ def _blocklists(base: Path, values: tuple[str, ...], ctx: Ctx,
     return paths
 
 
+def _allowed_hosts(values: Sequence[str], ctx: Ctx, problems: list[Problem]) -> tuple[str, ...]:
+    out = []
+    for i, v in enumerate(values):
+        host = hosts.normalize(v)
+        if host is None:
+            problems.append(Problem(str(ctx.file), ctx.lines.get(("server", "allowed_hosts", i), 0),
+                                    f"server.allowed_hosts: {v!r} is not a host name (with an "
+                                    f"optional :port), e.g. api.example.com"))
+        else:
+            out.append(host)
+    return tuple(out)
+
+
+def _secret(value: str, key: str, least: int, ctx: Ctx, problems: list[Problem]) -> str:
+    """A password-like setting: empty (off), or at least ``least`` characters."""
+    if value and len(value) < least:
+        problems.append(Problem(str(ctx.file), ctx.lines.get(tuple(key.split(".")), 0),
+                                f"{key}: {len(value)} characters is too short to be guessed "
+                                f"at safely; use at least {least} (e.g. the output of "
+                                f"`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+                                f", or leave it empty"))
+    return value
+
+
 def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> Settings:
     base = path.parent
     s, sec, media = d["server"], d["security"], d["media"]
     public = s["public_url"].rstrip("/")
+    database, media_dir = _database(base, d["database"]), _resolve(base, media["dir"])
     if public and not re.match(r"^https?://[^/\s]+", public):
         problems.append(Problem(str(path), ctx.lines.get(("server", "public_url"), 0),
                                 f"server.public_url: {public!r} must start with http:// or https://"))
     return Settings(
         path=path, host=s["host"], port=s["port"], public_url=public,
+        allowed_hosts=_allowed_hosts(s["allowed_hosts"], ctx, problems),
         trusted_proxies=_networks(s["trusted_proxies"], ctx, problems),
         client_ip_header=s["client_ip_header"],
         max_body_bytes=int(s["max_body_mb"] * 1024 * 1024),
         shutdown_grace_s=float(s["shutdown_grace_s"]),
-        database=_resolve(base, d["database"]), catalog_path=_resolve(base, d["catalog"]),
-        master_key=d["master_key"], rpm=d["rate_limit"]["rpm"],
+        database=database, catalog_path=_resolve(base, d["catalog"]),
+        secret_file=_secret_file(base, d["secret_file"], database, media_dir),
+        master_key=_secret(d["master_key"], "master_key", MIN_MASTER_KEY, ctx, problems),
+        rpm=d["rate_limit"]["rpm"],
         daily_credits=float(d["rate_limit"]["daily_credits"]),
         endpoint_limits=_endpoint_limits(d["rate_limit"]["endpoints"], ctx, problems),
         max_images=d["limits"]["max_images"],
         max_chat_choices=d["limits"]["max_chat_choices"],
-        media_dir=_resolve(base, d["media"]["dir"]), media_ttl_hours=float(d["media"]["ttl_hours"]),
+        media_dir=media_dir, media_ttl_hours=float(d["media"]["ttl_hours"]),
         block_proxy_headers=sec["block_proxy_headers"],
         blocklists=_blocklists(base, sec["blocklists"], ctx, problems),
         header_timeout_s=float(s["header_timeout_s"]), body_timeout_s=float(s["body_timeout_s"]),
@@ -245,6 +309,13 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
         fetch_timeout_s=float(media["fetch_timeout_s"]),
         fetch_connect_timeout_s=float(media["fetch_connect_timeout_s"]),
         fetch_concurrency=media["fetch_concurrency"],
+        max_embedding_input_bytes=int(d["limits"]["max_embedding_input_mb"] * 1024 * 1024),
+        media_max_bytes=int(media["max_gb"] * 1024 ** 3),
+        master_key_guesses_per_minute=sec["master_key_guesses_per_minute"],
+        metrics_allow_cidrs=_networks(d["metrics"]["allow_cidrs"], ctx, problems,
+                                      ("metrics", "allow_cidrs")),
+        metrics_token=_secret(d["metrics"]["token"], "metrics.token", MIN_METRICS_TOKEN, ctx,
+                              problems),
     )
 
 
@@ -374,7 +445,7 @@ def load_config(path: str | os.PathLike, env: Mapping[str, str] | None = None) -
     settings = _build_settings(path, raw, ctx, problems)
     raw_cat, cctx = parse(settings.catalog_path, CATALOG_SCHEMA, env, problems)
     catalog = _build_catalog(settings.catalog_path, raw_cat, cctx, problems) if raw_cat else None
-    if problems or catalog is None:
+    if problems or catalog is None:      # no catalog: parse said why
         raise ConfigError(problems)
     return Config(settings, catalog)
 

@@ -13,9 +13,11 @@ raise.  ``ApiError.envelope()`` is the body every client sees:
     ├── NotFound                      404 invalid_request_error model_not_found, not_found
     ├── MethodNotAllowed              405 invalid_request_error method_not_allowed
     ├── BodyTooLarge                  413 invalid_request_error body_too_large
+    ├── Misdirected                   421 invalid_request_error misdirected_request
     ├── RateLimited                   429 rate_limit_error      rate_limit_exceeded,
     │   │                                                       upstream_rate_limited
     │   └── QuotaExceeded             429 insufficient_quota    insufficient_quota
+    ├── storage.StorageUnavailable    503 server_error          storage_unavailable (the database)
     └── UpstreamFailure               (the upstream did not give a usable answer)
         ├── UpstreamError             502 upstream_error        upstream_unreachable, upstream_error
         ├── UpstreamPassthrough       4xx as the upstream said  (its own message, about the request)
@@ -95,6 +97,13 @@ class BodyTooLarge(ApiError):
     status = 413
     type = "invalid_request_error"
     default_code = "body_too_large"
+
+
+class Misdirected(ApiError):
+    """A Host this gateway does not answer to (``server.allowed_hosts``)."""
+    status = 421
+    type = "invalid_request_error"
+    default_code = "misdirected_request"
 
 
 class RateLimited(ApiError):

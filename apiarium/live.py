@@ -2,8 +2,8 @@
 
 Built by ``app.py``; a configuration reload replaces ``config``, ``guard`` and ``providers``
 together by swapping in a new ``Live`` (one attribute write, so a request sees either the
-old world or the new one, never half of each).  The services (``chat``, ``media``) read the
-current ``Live`` at the start of each request.
+old world or the new one, never half of each).  The services (``chat``, ``media``,
+``embeddings``) read the current ``Live`` at the start of each request.
 """
 from __future__ import annotations
 
@@ -18,11 +18,13 @@ from .media import MediaStore
 from .metrics import Metrics
 from .netguard import NetGuard
 from .providers.base import Provider
-from .ratelimit import TokenBuckets
+from .ratelimit import FailedGuesses
 from .services.chat import ChatService
 from .services.costs import CreditBook
+from .services.embeddings import EmbeddingService
 from .services.fallback import Breakers
 from .services.keys import KeyService
+from .services.limits import RequestLimits
 from .services.media import MediaService
 from .usage import UsageLedger
 
@@ -37,10 +39,17 @@ class Live:
     models_body: bytes
 
     @classmethod
-    def make(cls, config: Config, guard: NetGuard, providers: dict[str, Provider]) -> Live:
+    def make(cls, config: Config, guard: NetGuard, providers: dict[str, Provider],
+             media: MediaStore | None = None) -> Live:
+        """``media``: the running store, kept (with what it counted) when a reload leaves
+        ``media.dir`` as it was."""
         body = orjson.dumps({"object": "list", "data": config.catalog.listing()})
         s = config.settings
-        return cls(config, guard, providers, MediaStore(s.media_dir, s.media_ttl_hours), body)
+        if media is not None and media.folder == s.media_dir:
+            media.configure(s.media_ttl_hours, s.media_max_bytes)
+        else:
+            media = MediaStore(s.media_dir, s.media_ttl_hours, s.media_max_bytes)
+        return cls(config, guard, providers, media, body)
 
 
 @dataclass
@@ -49,20 +58,25 @@ class Services:
     keys: KeyService
     usage: UsageLedger
     metrics: Metrics
-    buckets: TokenBuckets = field(default_factory=TokenBuckets)
     started: float = field(default_factory=time.time)
     inflight: set = field(default_factory=set)      # handlers not yet finished
     stopping: bool = False                          # SIGTERM: finishing what is in flight
     breakers: Breakers = field(default_factory=Breakers)    # kept across reloads
-    endpoint_buckets: dict[str, TokenBuckets] = field(default_factory=dict)  # per endpoint
+    limits: RequestLimits = field(init=False)
+    guesses: FailedGuesses = field(init=False)       # at the master key, per network
     credits: CreditBook = field(init=False)
     chat: ChatService = field(init=False)
     media: MediaService = field(init=False)
+    embeddings: EmbeddingService = field(init=False)
 
     def __post_init__(self) -> None:
+        self.limits = RequestLimits(self.usage, self.metrics)
         self.credits = CreditBook(self.usage)
+        self.guesses = FailedGuesses(self.metrics.rate_limited.labels("failed_auth"))
         self.chat = ChatService(lambda: self.live, self.breakers, self.usage, self.credits)
         self.media = MediaService(lambda: self.live, self.breakers, self.usage, self.credits)
+        self.embeddings = EmbeddingService(lambda: self.live, self.breakers, self.usage,
+                                           self.credits)
 
     @property
     def settings(self) -> Settings:

@@ -8,7 +8,9 @@ type reads this table, so adding a type is one row here (plus the service that s
 * ``label`` / ``blurb``: the homepage group's heading and the endpoints it names;
 * ``credits``: the default price of a model of this type (``catalog.Credits`` fields);
 * ``provider_method``: the ``Provider`` method a kind must implement to serve the type
-  (the config loader refuses a model whose provider kind lacks it).
+  (the config loader refuses a model whose provider kind lacks it);
+* ``example``: optional, the openai-SDK call the homepage shows under the group (Python,
+  ``{model}`` is the group's first model, already quoted; ``client`` is built above it).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ class ModelType:
     blurb: str
     provider_method: str
     credits: Mapping[str, Any] = field(default_factory=dict)
+    example: str = ""
 
     @property
     def home(self) -> str:
@@ -44,6 +47,14 @@ _TABLE = (
     ModelType("video", ("/v1/videos/generations", "/v1/chat/completions"), "Video",
               "POST /v1/videos/generations", "video",
               {"video_second": 10.0, "resolution": {"720p": 1.0, "1080p": 2.0}}),
+    ModelType("embedding", ("/v1/embeddings",), "Embedding", "POST /v1/embeddings", "embed",
+              {"per_1k_tokens": 0.1},            # per 1k input tokens (there is no output)
+              example=("response = client.embeddings.create(\n"
+                       "    model={model},\n"
+                       "    input=[\"The bee visits the flower.\", \"Honey is sweet.\"],\n"
+                       ")\n"
+                       "print(len(response.data), \"vectors of\", "
+                       "len(response.data[0].embedding), \"numbers\")")),
 )
 
 MODEL_TYPES: Mapping[str, ModelType] = MappingProxyType({t.name: t for t in _TABLE})

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from . import __version__
+from .embedding import MAX_INPUTS, MAX_TOKEN_ID
 from .generation import OPENAI_SIZES, RATIOS, VIDEO_RATIOS, VIDEO_RESOLUTIONS
 from .modeltypes import MODEL_TYPES
 from .openapi_dialects import SCHEMAS as DIALECT_SCHEMAS
@@ -48,19 +49,24 @@ ERRORS = {
     404: ("Unknown model alias, unknown media file, unknown path.",
           "model_not_found, media_not_found, not_found"),
     413: ("The body is over `server.max_body_mb`.", "body_too_large"),
+    421: ("The request names a host not in `server.allowed_hosts` (when it is set).",
+          "misdirected_request"),
     429: (("Over the key's rate limit (with `Retry-After` and `x-ratelimit-*`), over its daily "
            "credits, the upstream's own rate limit or quota; on /v1/keys/me, too many key "
-           "requests from the caller's network."),
-          "rate_limit_exceeded, insufficient_quota, upstream_rate_limited"),
-    502: (("The upstream cannot be reached, answered garbage or a 5xx, or refused the "
-           "gateway's own provider key."), "upstream_unreachable, upstream_error"),
+           "requests from the caller's network; too many wrong tokens from the caller's "
+           "network (whatever it sends, until `Retry-After`)."),
+          ("rate_limit_exceeded, insufficient_quota, upstream_rate_limited, "
+           "too_many_failed_attempts")),
+    502: (("The upstream cannot be reached, answered garbage or a 5xx, refused the gateway's "
+           "own provider key, or made a file of a type the gateway does not serve."),
+          "upstream_unreachable, upstream_error, upstream_bad_media"),
     503: (("The upstream is overloaded, its provider has no API key here, its circuit is open, "
            "or the gateway is shutting down."),
           "upstream_overloaded, provider_not_configured, server_shutting_down"),
     504: ("No answer within the provider's `timeout_s`.", "upstream_timeout"),
 }
-AUTHED = (401, 403, 413)                       # any bearer endpoint
-UPSTREAM = (400, 401, 403, 404, 413, 429, 502, 503, 504)     # the generating POSTs
+AUTHED = (401, 403, 413, 421, 429)             # any bearer endpoint
+UPSTREAM = (400, 401, 403, 404, 413, 421, 429, 502, 503, 504)     # the generating POSTs
 PASSTHROUGH = {
     "description": "An upstream 4xx about the request itself, with its status and the "
                    "upstream's message in the envelope.",
@@ -139,6 +145,7 @@ VIDEO_FIELDS = {
                            "description": "The first frame: an http(s) URL (downloaded by "
                                           "the gateway) or a base64 data: URL."}),
 }
+TOKEN = {"type": "integer", "minimum": 0, "maximum": MAX_TOKEN_ID}
 USAGE = obj(["prompt_tokens", "completion_tokens", "total_tokens"],
             {"prompt_tokens": INT, "completion_tokens": INT, "total_tokens": INT,
              "prompt_tokens_details": obj([], {"cached_tokens": INT, "cache_write_tokens": INT}),
@@ -242,6 +249,35 @@ SCHEMAS = {
                                        "b64_json": STR, "revised_prompt": STR}),
             "oneOf": [{"required": ["url"]}, {"required": ["b64_json"]}]}}}),
     "VideoRequest": obj(["model", "prompt"], {"model": MODEL, "prompt": TEXT, **VIDEO_FIELDS}),
+    "EmbeddingRequest": obj(["model", "input"], {
+        "model": MODEL,
+        "input": {"anyOf": [
+            {"type": "string", "minLength": 1},
+            {"type": "array", "minItems": 1, "maxItems": MAX_INPUTS,
+             "items": {"type": "string", "minLength": 1}},
+            {"type": "array", "minItems": 1, "items": TOKEN},
+            {"type": "array", "minItems": 1, "maxItems": MAX_INPUTS,
+             "items": {"type": "array", "minItems": 1, "items": TOKEN}}],
+            "description": "A string, a list of strings, a token array or a list of token "
+                           "arrays (at most 2048 inputs). Token arrays only for models of "
+                           "OpenAI-compatible providers (elsewhere: 400 naming `input`)."},
+        "dimensions": nullable({"type": "integer", "minimum": 1}),
+        "encoding_format": nullable({"type": "string", "enum": ["float", "base64"],
+                                     "description": "Default `float`; `base64` is "
+                                                    "little-endian float32."}),
+        "user": STR}),
+    "EmbeddingList": obj(["object", "data", "model", "usage"], {
+        "object": {"const": "list"},
+        "data": {"type": "array", "minItems": 1, "items": obj(
+            ["object", "index", "embedding"], {
+                "object": {"const": "embedding"}, "index": INT,
+                "embedding": {"anyOf": [{"type": "array", "items": NUM},
+                                        {"type": "string", "contentEncoding": "base64"}]}})},
+        "model": STR,
+        "usage": obj(["prompt_tokens", "total_tokens"], {"prompt_tokens": INT,
+                                                         "total_tokens": INT})},
+        description="The vectors in input order (`index`). Usage is the upstream's count, or "
+                    "an estimate (4 bytes of text a token) where it gives none (Gemini)."),
     "VideosResponse": obj(["created", "data"], {
         "created": INT,
         "data": {"type": "array", "minItems": 1, "maxItems": 1, "items": obj(
@@ -351,15 +387,21 @@ def _paths() -> dict:
             "A video, video models only (the request stays open until it is ready: minutes)",
             {200: ok("The video.", {JSON: {"schema": ref("VideosResponse")}}, limited)},
             auth=True, body="VideoRequest", errors=UPSTREAM, passthrough=True)},
+        "/v1/embeddings": {"post": operation(
+            "createEmbedding", "generation", "Embeddings, embedding models only",
+            {200: ok("One vector per input, as floats or base64 (`encoding_format`).",
+                     {JSON: {"schema": ref("EmbeddingList")}}, limited)},
+            auth=True, body="EmbeddingRequest", errors=UPSTREAM, passthrough=True)},
         "/media/{name}": {"get": media_get, "head": head_of(media_get, "headMedia")},
         **dialect_paths(operation, ok, UPSTREAM, AUTHED, limited),
         "/openapi.json": {"get": operation(
             "openapi", "info", "This document",
             {200: ok("OpenAPI 3.1.", {JSON: {"schema": {"type": "object"}}})})},
         "/metrics": {"get": operation(
-            "metrics", "info", "Prometheus metrics (bind or firewall it like any exporter)",
+            "metrics", "info", "Prometheus metrics: for `metrics.allow_cidrs` (loopback by "
+            "default), or with `metrics.token` as a bearer token",
             {200: ok("Prometheus text exposition format.",
-                     {"text/plain": {"schema": STR}})})},
+                     {"text/plain": {"schema": STR}})}, errors=(401, 403, 429))},
     }
 
 
@@ -374,8 +416,8 @@ def _build() -> dict:
                 "Point any OpenAI SDK at `<base>/v1`. GET /v1/keys/me gives the caller's key "
                 "(bound to its IP); send it as `Authorization: Bearer <key>`. Every error is "
                 "OpenAI's envelope `{\"error\": {\"message\", \"type\", \"param\", \"code\"}}` "
-                "and every response carries `x-request-id`. The four POST endpoints are rate "
-                "limited per key (429 with `Retry-After`)."),
+                "and every response carries `x-request-id`. The generating POST endpoints "
+                "are rate limited per key (429 with `Retry-After`)."),
             "license": {"name": "MIT", "identifier": "MIT"},
         },
         "tags": [{"name": t} for t in ("generation", "responses", "anthropic", "models",

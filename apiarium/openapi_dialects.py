@@ -90,6 +90,7 @@ _ANTHROPIC_ERRORS = {
     403: "permission_error: VPN, proxy or blocked address",
     404: "not_found_error: unknown model",
     413: "request_too_large: the body is over `server.max_body_mb`",
+    421: "invalid_request_error: a host name not in `server.allowed_hosts`",
     429: "rate_limit_error: over the key's limits or credits, or the upstream's",
     500: "api_error: an internal error",
     502: "api_error: the upstream failed or cannot be reached",

@@ -1,5 +1,6 @@
 """Token buckets, one per key: capacity ``limit``, refilled at ``limit`` tokens per period
-(a minute for the per-key ``rpm``; an hour or a day for the per-endpoint limits).
+(a minute for the per-key ``rpm``; an hour or a day for the per-endpoint limits); and
+``FailedGuesses``, the same buckets spent by failed guesses at a secret, per network.
 
 Pure arithmetic on an injected clock; no I/O, no locks (one event loop).
 """
@@ -9,6 +10,14 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
+
+from .errors import RateLimited
+from .netguard import network_of
+
+
+class Counter(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +67,15 @@ class TokenBuckets:
             return Decision(True, rpm, int(b[0]), 0.0, (rpm - b[0]) / rate)
         return Decision(False, rpm, 0, (1.0 - b[0]) / rate, (rpm - b[0]) / rate)
 
+    def wait(self, key: str, rpm: int, period_s: float = 60.0) -> float:
+        """Seconds until ``key``'s bucket holds a token (0: it holds one now); nothing taken."""
+        b = self._buckets.get(key)
+        if b is None:
+            return 0.0
+        rate = rpm / period_s
+        tokens = min(float(rpm), b[0] + (self._clock() - b[1]) * rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate
+
     def forget(self, key: str) -> None:
         self._buckets.pop(key, None)
 
@@ -73,3 +91,35 @@ class TokenBuckets:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+class FailedGuesses:
+    """Failed guesses at a secret (the master key, the metrics token), per network (an IPv4
+    address or an IPv6 /64): each spends a token of the network's bucket of ``per_minute``;
+    an empty bucket refuses the network, whatever it sends, until a token is back.  A
+    ``per_minute`` of 0 turns it off."""
+
+    def __init__(self, refused: Counter | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.buckets = TokenBuckets(clock)
+        self.refused = refused               # counts the 429s (a metric)
+
+    def check(self, ip: str, per_minute: int) -> None:
+        """A 429 if ``ip``'s network has no guess left."""
+        if not per_minute or not len(self.buckets):      # the usual case: nobody has failed
+            return
+        wait = self.buckets.wait(network_of(ip), per_minute)
+        if wait:
+            if self.refused is not None:
+                self.refused.inc()
+            raise RateLimited(f"Too many requests with a wrong API key or token from this "
+                              f"address (at most {per_minute} a minute). Wait "
+                              f"{math.ceil(wait)} s; GET /v1/keys/me gives your key.",
+                              code="too_many_failed_attempts", retry_after=wait)
+
+    def fail(self, ip: str, per_minute: int) -> None:
+        if per_minute:
+            self.buckets.take(network_of(ip), per_minute)
+
+    def prune(self, per_minute: int) -> int:
+        return self.buckets.prune(lambda _: per_minute or 1)

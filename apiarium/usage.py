@@ -19,6 +19,7 @@ not stored, so after a restart they count from then on.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -96,6 +97,7 @@ class UsageLedger:
         self._pending: dict[tuple[str, str], Tally] = {}      # not yet written
         self._day = ""
         self._day_number = -1                                  # the day ``_day`` names
+        self._flushing = asyncio.Lock()        # one write at a time, and close() waits for it
 
     async def open(self) -> UsageLedger:
         self._storage = await open_storage(self.database)
@@ -131,7 +133,13 @@ class UsageLedger:
         return self._today.get(key_hash) or Tally()
 
     async def flush(self) -> int:
-        """Write what was counted since the previous flush; the number of rows written."""
+        """Write what was counted since the previous flush; the number of rows written.
+        Callers that may be cancelled shield it: a write cut in half could be committed in
+        the database's thread and counted again."""
+        async with self._flushing:
+            return await self._flush()
+
+    async def _flush(self) -> int:
         if not self._pending or self._storage is None:
             return 0
         batch, self._pending = self._pending, {}

@@ -46,8 +46,9 @@ class Ctx:
     def interpolate(self, node: Node, text: str) -> str:
         def sub(m: re.Match) -> str:
             name, default = m.group(1), m.group(2)
-            if name in self.env:
-                return self.env[name]
+            value = self.env.get(name)
+            if value or (value is not None and default is None):
+                return value                 # as in the shell: empty means the default
             if default is None:
                 self.err(node, f"environment variable {name} is not set "
                                f"(write ${{{name}:-}} to allow it to be empty)")

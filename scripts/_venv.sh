@@ -16,9 +16,10 @@ ensure_venv() {   # ensure_venv [EXTRAS]   e.g. ensure_venv test
   if [ "$(cat "$VENV/.apiarium-installed" 2>/dev/null)" != "$stamp" ]; then
     echo "scripts: installing apiarium${extras:+ with [$extras]} into $VENV" >&2
     # setuptools too: the one `python -m venv` brings (65.5 on 3.11) has published CVEs
-    # (CVE-2022-40897, CVE-2024-6345, CVE-2025-47273) that pip-audit in scripts/test reports
+    # (CVE-2022-40897, CVE-2024-6345, CVE-2025-47273) that pip-audit in scripts/test reports;
+    # below 81, which dropped pkg_resources (pytest-tornado still imports it)
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip \
-      setuptools >&2
+      "setuptools>=78.1.1,<81" >&2
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$spec" >&2
     echo "$stamp" > "$VENV/.apiarium-installed"
   fi

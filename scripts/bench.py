@@ -11,6 +11,8 @@ request hold on a noisy machine.  Phases:
   latency      wrk -c1: p50/p99, and what each relay adds over direct-to-mock
   streams      N concurrent streams of E events at a pace: failures, TTFB, inter-event gaps
   translate    gateway CPU per event, Anthropic-kind (translated) vs OpenAI-kind (passthrough)
+  dialects     gateway CPU per event of a Responses and a Messages stream translated over chat
+               (OpenAI-kind model) vs the chat stream passed through
   slow         N streams of one event a second, all held open together for S seconds (then
                the client hangs up): RSS per open stream (--bare-slow: the bare relay too)
   memory       a fixed count of requests (1 in 10 a short stream): RSS after 10 % and 100 %
@@ -49,7 +51,7 @@ SERVER_CORE, LOAD_CORE = "0", "1"
 MASTER = "bench-master-key-0123456789abcdef"
 LITELLM_KEY = "sk-litellm-bench-0123456789"
 CLK = os.sysconf("SC_CLK_TCK")
-PHASES = ("throughput", "latency", "streams", "translate", "slow", "memory")
+PHASES = ("throughput", "latency", "streams", "translate", "dialects", "slow", "memory")
 COLS = ("direct", "bare", "apiarium", "litellm")
 SETTLE_S = 2.5             # > the gateway's longest deferred-write period (usage, 2 s)
 SLOW_EVENTS = 3600          # slow streams outlast the hold; the client hangs up
@@ -59,9 +61,34 @@ HEAD = {"direct": "direct-to-mock", "bare": "bare relay", "apiarium": "Apiarium"
 
 def chat_body(model: str, stream: bool = False) -> str:
     body: dict[str, object] = {"model": model,
-            "messages": [{"role": "user", "content": "Say hello in a dozen words."}]}
+            "messages": [{"role": "user", "content": PROMPT}]}
     if stream:
         body["stream"] = True
+    return json.dumps(body, separators=(",", ":"))
+
+
+PROMPT = "Say hello in a dozen words."
+# The stream client's dialects: path, request body, what marks content event i ("tok<i> "),
+# the event that must end the stream, the one it must start with, and those that fail it.
+DIALECTS: dict[str, dict[str, Any]] = {
+    "chat": {"path": "/v1/chat/completions", "marker": b'"content":"tok', "last": b"[DONE]"},
+    "responses": {"path": "/v1/responses", "marker": b'"delta":"tok',
+                  "first": b"response.created", "last": b"response.completed",
+                  "fail": (b"response.failed", b"response.incomplete", b"error")},
+    "messages": {"path": "/v1/messages", "marker": b'"text":"tok', "first": b"message_start",
+                 "last": b"message_stop", "fail": (b"error",)},
+}
+
+
+def dialect_body(dialect: str, model: str) -> str:
+    """A streamed request in ``dialect``, asking the same as ``chat_body``."""
+    if dialect == "chat":
+        return chat_body(model, stream=True)
+    if dialect == "responses":
+        body: dict[str, object] = {"model": model, "input": PROMPT, "stream": True}
+    else:
+        body = {"model": model, "max_tokens": 256, "stream": True,
+                "messages": [{"role": "user", "content": PROMPT}]}
     return json.dumps(body, separators=(",", ":"))
 
 
@@ -277,11 +304,16 @@ def streams_client(spec: dict) -> int:
     headers = {"Content-Type": "application/json"}
     if spec.get("key"):
         headers["Authorization"] = f"Bearer {spec['key']}"
-    body = chat_body(spec["model"], stream=True).encode()
-    url = spec["url"] + "/v1/chat/completions"
+    dialect = spec.get("dialect", "chat")
+    d = DIALECTS[dialect]
+    named = dialect != "chat"           # `event: NAME` + `data: {...}` rather than `data:` only
+    marker, mlen, last_ev = d["marker"], len(d["marker"]), d["last"]
+    first_ev, fail_evs = d.get("first"), d.get("fail", ())
+    body = dialect_body(dialect, spec["model"]).encode()
+    url = spec["url"] + d["path"]
     ttfb, gaps, failures = [], [], []
-    tally = {"events": 0, "coalesced": 0, "bad_frames": 0, "opened": 0, "ok": 0, "open": 0,
-             "open_max": 0, "started": 0}
+    tally = {"events": 0, "sse_events": 0, "coalesced": 0, "bad_frames": 0, "opened": 0,
+             "ok": 0, "open": 0, "open_max": 0, "started": 0}
     hold = spec.get("hold")          # hold mode: keep all open this long, then hang up
     stopping = [False]
     perf = time.perf_counter
@@ -290,7 +322,7 @@ def streams_client(spec: dict) -> int:
                   all_open: asyncio.Event) -> None:
         async with sem:
             tally["started"] += 1
-            t0, got, last, done, bad, first = perf(), 0, None, False, 0, False
+            t0, got, last, done, bad, first, seen = perf(), 0, None, False, 0, False, 0
             try:
                 async with session.post(url, data=body, headers=headers) as resp:
                     if resp.status != 200:
@@ -308,9 +340,23 @@ def streams_client(spec: dict) -> int:
                         for ev in parts:
                             if not ev or ev.startswith(b":"):
                                 continue            # keep-alive comment
-                            if not ev.startswith(b"data: ") or b"\n" in ev:
-                                bad += 1            # not one `data:` line per event
-                                continue
+                            if named:
+                                head, _, ev = ev.partition(b"\n")
+                                name = head[7:]
+                                if not head.startswith(b"event: ") or \
+                                        not ev.startswith(b"data: ") or b"\n" in ev:
+                                    bad += 1        # not `event:` + one `data:` line
+                                    continue
+                                if not seen and name != first_ev:
+                                    bad += 1        # the stream must open with first_ev
+                            else:
+                                name = ev[6:]
+                                if not ev.startswith(b"data: ") or b"\n" in ev:
+                                    bad += 1        # not one `data:` line per event
+                                    continue
+                            seen += 1
+                            if done:
+                                bad += 1            # an event after the terminal one
                             if not first:
                                 first = True
                                 ttfb.append(now - t0)
@@ -319,17 +365,17 @@ def streams_client(spec: dict) -> int:
                                 tally["open_max"] = max(tally["open_max"], tally["open"])
                                 if tally["opened"] == n:
                                     all_open.set()
-                            if ev == b"data: [DONE]":
+                            if name == last_ev:
                                 done = True
                                 continue
-                            if ev.startswith(b'data: {"error"'):
+                            if name in fail_evs or ev.startswith(b'data: {"error"'):
                                 failures.append(f"error event: {ev[:160]!r}")
                                 return
-                            k = ev.find(b'"content":"tok')
+                            k = ev.find(marker)
                             if k < 0:
                                 continue
-                            j = ev.find(b" ", k + 14)
-                            if ev[k + 14:j] != str(got).encode():
+                            j = ev.find(b" ", k + mlen)
+                            if ev[k + mlen:j] != str(got).encode():
                                 bad += 1            # out of order, merged or lost
                             got += 1
                             if last is not None:
@@ -348,6 +394,7 @@ def streams_client(spec: dict) -> int:
             finally:
                 if first:
                     tally["open"] -= 1
+                tally["sse_events"] += seen
             tally["events"] += got
             tally["bad_frames"] += bad
             if (got != events and not hold) or not done or bad:
@@ -407,7 +454,8 @@ def streams_client(spec: dict) -> int:
         elapsed = asyncio.run(main())
     ms_ = lambda xs, p: None if not xs else round(pct(xs, p) * 1000, 2)  # noqa: E731
     out = {"n": n, "events_per_stream": events, "ok": tally["ok"], "failed": n - tally["ok"],
-           "failures": failures[:5], "events": tally["events"], "bad_frames": tally["bad_frames"],
+           "failures": failures[:5], "events": tally["events"],
+           "sse_events": tally["sse_events"], "bad_frames": tally["bad_frames"],
            "coalesced": tally["coalesced"], "elapsed_s": round(elapsed, 3),
            "open_max": tally["open_max"],
            "ttfb_ms": {str(p): ms_(ttfb, p) for p in (50, 90, 99, 100)},
@@ -537,7 +585,9 @@ class Bench:
         n = 0
         for log in self.tmp.glob("gateway*/gateway.log"):
             with open(log, "rb") as f:
-                n += sum(1 for line in f if b" POST /v1/chat/completions 200 " in line)
+                n += sum(1 for line in f if b" POST /v1/chat/completions 200 " in line
+                         or b" POST /v1/responses 200 " in line
+                         or b" POST /v1/messages 200 " in line)
         return n
 
     def targets(self) -> list[tuple[str, Server, str | None]]:
@@ -650,28 +700,69 @@ class Bench:
                      f"{r['listen_overflows']} listen-queue overflows "
                      f"{r['failures'][:2]}")
 
-    def translate(self) -> None:
+    def stream_cpu(self, kinds: list[tuple[str, str, str]]) -> dict[str, dict]:
+        """Gateway CPU per content event of each (name, dialect, model) stream kind:
+        --tr-streams streams of --tr-events events per kind, --tr-concurrency at a time, in
+        interleaved rounds (the order reversed every other round) so that what neighbours do
+        to the machine falls on every kind alike.  A slice's CPU is read from /proc before
+        and after its client runs."""
         a, gw = self.a, self.gw
-        acc = {"pass": [0.0, 0, 0], "trans": [0.0, 0, 0]}
+        acc: dict[str, dict[str, Any]] = {
+            name: {"cpu_s": 0.0, "streams": 0, "ok": 0, "failed": 0, "events": 0,
+                   "sse_events": 0, "bad_frames": 0, "failures": []} for name, _, _ in kinds}
         for r in range(a.rounds):
-            order = [("pass", self.m_tr), ("trans", self.m_tr_an)]
-            for kind, model in (order if r % 2 == 0 else order[::-1]):
+            for name, dialect, model in (kinds if r % 2 == 0 else kinds[::-1]):
                 c0 = gw.cpu()
                 res = run_streams({"url": gw.url, "key": MASTER, "model": model,
-                                   "n": a.tr_streams // a.rounds, "events": a.tr_events,
-                                   "concurrency": a.tr_concurrency, "timeout": 300})
-                acc[kind][0] += gw.cpu() - c0
-                acc[kind][1] += res["events"]
-                acc[kind][2] += res["failed"]
+                                   "dialect": dialect, "n": a.tr_streams // a.rounds,
+                                   "events": a.tr_events, "concurrency": a.tr_concurrency,
+                                   "timeout": 300})
+                k = acc[name]
+                k["cpu_s"] += gw.cpu() - c0
+                k["events"] += res["events"]
+                k["sse_events"] += res["sse_events"]
+                k["streams"] += res["n"]
+                k["ok"] += res["ok"]
+                k["failed"] += res["failed"]
+                k["bad_frames"] += res["bad_frames"]
+                k["failures"] = (k["failures"] + res["failures"])[:5]
+        for k in acc.values():
+            k["cpu_us_per_event"] = k["cpu_s"] / k["events"] * 1e6 if k["events"] else None
+        return acc
+
+    def translate(self) -> None:
+        acc = self.stream_cpu([("pass", "chat", self.m_tr), ("trans", "chat", self.m_tr_an)])
         f = self.fig["apiarium"]
-        for kind, (cpu, events, failed) in acc.items():
-            f[f"{kind}_cpu_us_per_event"] = cpu / events * 1e6 if events else None
-            f[f"{kind}_failed"] = failed
+        for kind, k in acc.items():
+            f[f"{kind}_cpu_us_per_event"] = k["cpu_us_per_event"]
+            f[f"{kind}_failed"] = k["failed"]
         if f.get("pass_cpu_us_per_event") and f.get("trans_cpu_us_per_event"):
             f["translate_ratio"] = f["trans_cpu_us_per_event"] / f["pass_cpu_us_per_event"]
         self.say(f"translate: passthrough {f['pass_cpu_us_per_event']:.1f} us/event, "
                  f"translated {f['trans_cpu_us_per_event']:.1f} us/event "
-                 f"(failed {acc['pass'][2]}/{acc['trans'][2]})")
+                 f"(failed {acc['pass']['failed']}/{acc['trans']['failed']})")
+
+    def dialects(self) -> None:
+        """The client dialects translated over chat on an OpenAI-kind model: a Responses
+        stream and a Messages stream against the chat stream passed through, same model,
+        mock, event count and concurrency.  Per content event (one upstream chunk each: the
+        same count for all three; the dialects send a few more events around them, counted
+        in ``sse_events``)."""
+        m = self.m_tr
+        acc = self.stream_cpu([("chat", "chat", m), ("responses", "responses", m),
+                               ("messages", "messages", m)])
+        f = self.fig["apiarium"]
+        f["dialects"] = acc
+        base = acc["chat"]["cpu_us_per_event"]
+        for name in ("responses", "messages"):
+            x = acc[name]["cpu_us_per_event"]
+            f[f"{name}_ratio"] = x / base if x and base else None
+        self.say("dialects: " + ", ".join(
+            f"{name} {k['cpu_us_per_event'] or 0:.1f} us/event ({k['events']} content events, "
+            f"{k['sse_events']} SSE events, {k['failed']} failed, {k['bad_frames']} bad)"
+            for name, k in acc.items())
+            + "".join(f"; {name}: {k['failures'][:2]}" for name, k in acc.items()
+                      if k["failures"]))
 
     def slow(self, col: str, srv: Server, key: str | None) -> None:
         """N streams of one event a second, opened as fast as the server gives each its
@@ -817,7 +908,12 @@ class Bench:
             return
         a, gw = self.a, self.gw
         secs = max(4, a.duration // 2)
-        loads = {
+
+        def dialect_load(dialect: str) -> dict:
+            return run_streams({"url": gw.url, "key": MASTER, "model": self.m_tr,
+                                "dialect": dialect, "n": a.tr_streams, "events": a.tr_events,
+                                "timeout": 300, "concurrency": a.tr_concurrency})
+        loads: dict[str, Callable[[], object]] = {
             "nonstream": lambda: run_wrk(self.tmp, gw.url, [chat_body("bench")], MASTER,
                                          a.connections, secs + 2),
             "bare-nonstream": lambda: run_wrk(self.tmp, self.bare.url, [chat_body("bench")],
@@ -827,7 +923,9 @@ class Bench:
             "translated": lambda: run_streams({"url": gw.url, "key": MASTER,
                                                "model": self.m_tr_an, "n": a.tr_streams,
                                                "events": a.tr_events, "timeout": 300,
-                                               "concurrency": a.tr_concurrency})}
+                                               "concurrency": a.tr_concurrency}),
+            "responses": lambda: dialect_load("responses"),
+            "messages": lambda: dialect_load("messages")}
         for name, load in loads.items():
             raw = out / f"{name}.txt"
             pid = self.bare.pid if name.startswith("bare") else gw.pid
@@ -867,6 +965,8 @@ class Bench:
             self.streams()
         if "translate" in phases:
             self.translate()
+        if "dialects" in phases:
+            self.dialects()
         if a.profile:
             self.profile()
         self.stop(self.gw)
@@ -937,6 +1037,12 @@ class Bench:
             lambda f: f"{f['streams']['cpu_us_per_event']:.1f}")
         row(f"CPU/event passthrough / translated ({a.tr_events} ev)",
             lambda f: f"{f['pass_cpu_us_per_event']:.1f} / {f['trans_cpu_us_per_event']:.1f}")
+        row(f"CPU/event chat / Responses / Messages ({a.tr_events} ev, OpenAI-kind model)",
+            lambda f: " / ".join(f"{f['dialects'][k]['cpu_us_per_event']:.1f}"
+                                 for k in ("chat", "responses", "messages")))
+        row("Responses / Messages streams: ok / failed",
+            lambda f: ", ".join(f"{f['dialects'][k]['ok']} / {f['dialects'][k]['failed']}"
+                                for k in ("responses", "messages")))
         sl = f"{a.slow_streams} slow streams, 1 ev/s, {a.slow_seconds} s"
         row(f"{sl}: ok / failed / most open at once",
             lambda f: f"{f['slow']['ok']} / {f['slow']['failed']} / {f['slow']['open_sampled']}")
@@ -1047,6 +1153,28 @@ class Bench:
                            f"{g['translate_ratio']:.2f}x (<= 2)")
         else:
             verdict(6, None, "translation not measured")
+        d = g.get("dialects")
+        if d:
+            rr, mr = g.get("responses_ratio"), g.get("messages_ratio")
+            clean = all(not k["failed"] and not k["bad_frames"] for k in d.values())
+            ok = clean and rr is not None and mr is not None and rr <= 2 and mr <= 2
+
+            def r_(x: float | None) -> str:
+                return "?" if x is None else f"{x:.2f}x"
+
+            def us(k: str) -> str:
+                x = d[k]["cpu_us_per_event"]
+                return "?" if x is None else f"{x:.1f}"
+            verdict(7, ok, f"translated Responses / Messages stream <= 2x the passthrough chat "
+                           f"stream's CPU per event: Responses {us('responses')} us/event = "
+                           f"{r_(rr)}, Messages {us('messages')} us/event = {r_(mr)}, chat "
+                           f"{us('chat')} us/event"
+                    + ("" if clean else "; FAILED streams: " + ", ".join(
+                        f"{k} {v['failed']} failed / {v['bad_frames']} bad"
+                        for k, v in d.items())))
+        else:
+            verdict(7, None, "translated Responses / Messages stream <= 2x the passthrough "
+                             "chat stream's CPU per event: dialects not measured")
         return out
 
 

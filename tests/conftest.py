@@ -1,4 +1,5 @@
-"""Shared fixtures: fake upstreams (one per session, cleared per test) and gateways.
+"""Shared fixtures: fake upstreams (one per session, cleared per test), gateways, and a
+database of its own per test on the throwaway PostgreSQL that scripts/test-services starts.
 
 Gateways run in-process (``tests.support.InProcessGateway``) unless a test needs a process:
 signals, exit codes, what the CLI prints, the process's memory.  Such a test says so, with
@@ -8,6 +9,13 @@ the reason, and then every gateway it makes is ``python -m apiarium serve``:
     def test_...(gateway): ...
 """
 from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import subprocess
+from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -94,3 +102,48 @@ def make_gateway(request, tmp_path):
 @pytest.fixture
 def gateway(make_gateway, fake_openai) -> Gateway:
     return make_gateway(openai_models(fake_openai))
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+NO_POSTGRES = ("APIARIUM_TEST_POSTGRES_URL is not set: scripts/test (or scripts/test-services "
+               "COMMAND) starts a throwaway PostgreSQL and sets it")
+
+
+def _postgres_admin(url: str, sql: str) -> None:
+    import asyncpg
+
+    async def go() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+    asyncio.run(go())
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """The URL of a new, empty database on the test PostgreSQL, dropped after the test."""
+    base = os.environ.get("APIARIUM_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip(NO_POSTGRES)
+    name = f"t_{secrets.token_hex(6)}"
+    _postgres_admin(base, f"CREATE DATABASE {name}")
+    yield urlsplit(base)._replace(path=f"/{name}").geturl()
+    _postgres_admin(base, f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def postgres_ctl(postgres_url: str) -> Iterator[Callable[[str], None]]:
+    """``ctl("stop")`` / ``ctl("start")``: the test PostgreSQL itself (started again after
+    the test, whatever happened)."""
+    command = os.environ.get("APIARIUM_TEST_POSTGRES_CTL")
+    if not command:
+        pytest.skip("APIARIUM_TEST_POSTGRES_CTL is not set: scripts/test-services sets it")
+
+    def ctl(action: str) -> None:
+        subprocess.run([command, action], check=True, capture_output=True, timeout=90)
+    yield ctl
+    if subprocess.run([command, "status"], capture_output=True, timeout=30).returncode != 0:
+        ctl("start")

@@ -17,7 +17,7 @@ from apiarium.metrics import Metrics
 from apiarium.services.keys import KeyService
 from apiarium.usage import UsageLedger
 
-MASTER = "m-key"
+MASTER = "m-key-0123456789abcdef0123456789abcdef"
 
 
 def write_config(folder: Path, models: dict, **settings: object) -> Path:

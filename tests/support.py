@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import http.client
 import json
 import logging
@@ -28,13 +29,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import openai
+
 try:                      # openai>=3 ships on httpx2, older releases on httpx
     import httpx2 as httpx
 except ImportError:       # pragma: no cover
     import httpx
 import yaml
 
-MASTER_KEY = "master-test-key-0123456789"
+MASTER_KEY = "master-test-key-0123456789abcdefghijkl"   # 32+ characters, as check-config asks
 READY = re.compile(r"apiarium listening on (http://\S+)")
 
 
@@ -128,7 +130,7 @@ class Gateway(_GatewayBase):
         self.proc: subprocess.Popen | None = None
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, timeout: float = 20.0) -> "Gateway":
+    def start(self, timeout: float = 20.0) -> Gateway:
         self.log = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "apiarium", "serve", "--config", str(self.config)],
@@ -403,15 +405,9 @@ def _as_printed(exc: BaseException) -> list[str] | None:
 
 
 async def _close_partly_started(app) -> None:
-    """What a start that failed midway had opened (a process that exits need not care)."""
-    services = app.services
-    if app.server is not None:
-        app.server.stop()
-    if app.session is not None:
-        await app.session.close()
-    if services is not None:
-        await services.usage.close()
-        await services.keys.close()
+    """What a start that failed midway had opened (a process that exits need not care):
+    the app's own stop closes whatever it got to."""
+    await app.stop(grace_s=0)
 
 
 def request(url: str, method: str = "GET", body=None, headers: dict | None = None,
@@ -421,13 +417,11 @@ def request(url: str, method: str = "GET", body=None, headers: dict | None = Non
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout,
                                       source_address=(ip, 0))
     try:
-        try:
+        # the server may answer before the whole body was sent (a 413 on the headers
+        # alone) and hang up: read that answer, as curl does
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""),
                          body=body, headers=headers or {})
-        except (BrokenPipeError, ConnectionResetError):
-            # the server answered before the whole body was sent (a 413 on the headers
-            # alone) and hung up: read that answer, as curl does
-            pass
         resp = conn.getresponse()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:

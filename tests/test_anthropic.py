@@ -35,7 +35,8 @@ def gateway(make_gateway, fake):
                        "timeout_s": 5, "breaker_failures": 0},
             "slow": {"kind": "anthropic", "base_url": fake.base_url, "api_key": fake.api_key,
                      "timeout_s": 0.5},
-            "wrongkey": {"kind": "anthropic", "base_url": fake.base_url, "api_key": SECRET},
+            "wrongkey": {"kind": "anthropic", "base_url": fake.base_url, "api_key": SECRET,
+                         "breaker_failures": 0},
         },
         "models": {
             "claude-sonnet": {"provider": "claude", "upstream": "claude-sonnet-4-5"},
@@ -279,7 +280,10 @@ def test_every_anthropic_error_class_maps_to_the_contract(gateway, fake):
             err = error_of(raw)
             where = f"{up_status} {kind} stream={stream}: {err}"
             assert (got, err["code"]) == (status, code), where
-            assert said in err["message"] and "claude" in err["message"], where
+            assert "claude" in err["message"], where
+            # the upstream's words only for a 4xx about the request (exposure 13.6)
+            assert (said in err["message"]) is (code in (None, "model_not_found",
+                                                          "request_too_large")), where
             if up_status in (429, 529):
                 assert h["retry-after"] == headers["retry-after"], where
             if kind in ("billing_error",) or "credit" in said:     # quota: do not retry
@@ -351,7 +355,7 @@ def test_error_event_mid_stream_ends_with_an_error_event(client, fake):
     fake.error_mid_stream_next(4)
     pieces, err = _read_until_error(client, fake)
     assert pieces == split_pieces(fake.reply_text, 6)[:2]
-    assert err.code == "upstream_overloaded" and "Overloaded" in err.message
+    assert err.code == "upstream_overloaded" and "overloaded" in err.message
     assert err.body["type"] == "server_error"
 
 
@@ -456,7 +460,14 @@ def test_upstream_key_never_leaks(gateway, client, fake):
     status, _, raw = gateway.post("/v1/chat/completions", {
         "model": "claude-wrongkey", "messages": [{"role": "user", "content": "hi"}]},
         key=MASTER_KEY)
-    assert status == 502 and "invalid x-api-key" in error_of(raw)["message"]
+    assert status == 502 and "invalid x-api-key" not in error_of(raw)["message"]
+    bodies.append(raw)
+    # ... and in a 400, whose message the client does see (scrubbed)
+    fake.fail_next(400, anthropic_error("invalid_request_error", f"invalid x-api-key {SECRET}"))
+    status, _, raw = gateway.post("/v1/chat/completions", {
+        "model": "claude-wrongkey", "messages": [{"role": "user", "content": "hi"}]},
+        key=MASTER_KEY)
+    assert status == 400 and "invalid x-api-key [redacted]" in error_of(raw)["message"]
     bodies.append(raw)
     # a healthy request and stream, with the right key
     bodies.append(client.chat.completions.create(

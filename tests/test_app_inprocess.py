@@ -9,16 +9,18 @@ import yaml
 
 from apiarium.app import make_app, make_live, make_session
 from apiarium.config import load_config
-from apiarium.services.keys import KeyService
-from apiarium.metrics import Metrics
 from apiarium.live import Services
+from apiarium.metrics import Metrics
+from apiarium.services.keys import KeyService
 from apiarium.usage import UsageLedger
+
+MASTER = "m-key-0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture
 def app(io_loop, tmp_path):
     (tmp_path / "apiarium.yaml").write_text(yaml.safe_dump({
-        "database": "db.sqlite3", "master_key": "m-key", "rate_limit": {"rpm": 2}}))
+        "database": "db.sqlite3", "master_key": MASTER, "rate_limit": {"rpm": 2}}))
     (tmp_path / "models.yaml").write_text(yaml.safe_dump({
         "providers": {"p": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1",
                             "api_key": "k"},
@@ -49,7 +51,7 @@ async def test_health_and_models(http_client, base_url):
     assert body["status"] == "ok" and body["models"] == 2
     assert resp.headers["x-request-id"].startswith("req_")
     resp = await http_client.fetch(base_url + "/v1/models",
-                                   headers={"Authorization": "Bearer m-key"})
+                                   headers={"Authorization": f"Bearer {MASTER}"})
     assert [(m["id"], m["type"]) for m in json.loads(resp.body)["data"]] == \
         [("m1", "chat"), ("v1", "video")]
 

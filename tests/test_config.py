@@ -42,10 +42,11 @@ def test_shipped_config_is_valid_and_lists_every_product_model():
               "gemini-3-pro", "gpt-image-1", "gpt-image-2", "gemini-3-image",
               "gemini-3-flash-image", "gemini-3.1-flash-image", "gpt-image-1-pro",
               "gpt-image-2-pro", "gemini-3-image-pro", "gemini-3-flash-image-pro",
-              "gemini-3.1-flash-image-pro", "veo-3", "veo-3-fast", "veo-3.1-fast"}
+              "gemini-3.1-flash-image-pro", "veo-3", "veo-3-fast", "veo-3.1-fast",
+              "text-embedding-3-small", "text-embedding-3-large", "gemini-embedding-001"}
     assert wanted <= set(catalog.models)
     assert any(a.startswith("claude-") for a in catalog.models)
-    assert {m.type for m in catalog.models.values()} == {"chat", "image", "video"}
+    assert {m.type for m in catalog.models.values()} == {"chat", "image", "video", "embedding"}
     kinds = {m.alias: m.provider.kind for m in catalog.models.values()}
     assert kinds["gemini-3"] == "rag" and kinds["veo-3"] == "gemini" and \
         kinds["claude-sonnet-4.5"] == "anthropic" and kinds["gpt-5"] == "openai"
@@ -59,10 +60,11 @@ def test_defaults_interpolation_and_relative_paths(tmp_path):
         master_key: ${MASTER}
         database: ../state/db.sqlite3
         """)
-    cfg = load_config(path, env={"MASTER": "sekrit", "UP_KEY": "sk-1"})
+    master = "sekrit-" * 5
+    cfg = load_config(path, env={"MASTER": master, "UP_KEY": "sk-1"})
     s = cfg.settings
     assert s.port == 8123 and s.host == "127.0.0.1" and s.rpm == 4
-    assert s.master_key == "sekrit" and s.shutdown_grace_s == 30
+    assert s.master_key == master and s.shutdown_grace_s == 30
     assert s.max_body_bytes == 25 * 1024 * 1024
     assert s.database == tmp_path / "conf" / ".." / "state" / "db.sqlite3"
     assert s.media_dir == tmp_path / "conf" / ".." / "data" / "media"
@@ -72,7 +74,7 @@ def test_defaults_interpolation_and_relative_paths(tmp_path):
     assert provider.api_key == "sk-1" and provider.base_url == "http://127.0.0.1:9/v1"
     assert cfg.catalog.models["pic"].upstream == "gpt-image-1"
     assert cfg.catalog.models["gpt-5"].upstream == "gpt-5"
-    assert load_config(path, env={"MASTER": "m", "TEST_PORT": "9999"}).settings.port == 9999
+    assert load_config(path, env={"MASTER": master, "TEST_PORT": "9999"}).settings.port == 9999
 
 
 def test_every_problem_is_reported_with_file_and_line(tmp_path):
@@ -140,3 +142,33 @@ def test_config_from_environment_variable(tmp_path):
     out = subprocess.run([sys.executable, "-m", "apiarium", "check-config"], capture_output=True,
                          text=True, env=env)
     assert out.returncode == 0 and str(path) in out.stdout and "2 models" in out.stdout
+
+
+def test_embedding_limits(tmp_path):
+    """``limits.max_embedding_input_mb`` (default 2) and ``rate_limit.endpoints.embeddings``:
+    read, and checked with FILE:LINE like every other key."""
+    s = load_config(write(tmp_path / "default", "{}\n")).settings
+    assert s.max_embedding_input_bytes == 2 * 1024 * 1024
+    assert "embeddings" not in s.endpoint_limits
+    s = load_config(write(tmp_path / "set", """\
+        rate_limit:
+          endpoints: {embeddings: 30/minute}
+        limits:
+          max_embedding_input_mb: 0.5
+        """)).settings
+    assert s.max_embedding_input_bytes == 512 * 1024
+    assert s.endpoint_limits["embeddings"] == (30, 60.0)
+    path = write(tmp_path / "bad", """\
+        rate_limit:
+          endpoints:
+            embeddings: lots
+        limits:
+          max_embedding_input_mb: 0
+        """)
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    lines = [str(p) for p in exc.value.problems]
+    assert any(line.startswith(f"{path}:3:") and "rate_limit.endpoints.embeddings" in line
+               for line in lines), lines
+    assert any(line.startswith(f"{path}:5:") and "limits.max_embedding_input_mb: 0 is out of "
+               "range" in line for line in lines), lines

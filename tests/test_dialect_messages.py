@@ -127,7 +127,7 @@ def test_claude_code_requests_translate(name, turn, effort):
         assert block["text"] in first["content"]
     # every custom tool is a function tool with its schema as parameters
     assert [t["function"]["name"] for t in chat["tools"]] == [t["name"] for t in body["tools"]]
-    for tool, fn in zip(body["tools"], chat["tools"]):
+    for tool, fn in zip(body["tools"], chat["tools"], strict=False):
         assert fn["type"] == "function" and fn["function"]["parameters"] == tool["input_schema"]
     # the mid-conversation `role: system` message stays where Claude Code put it
     roles = [m["role"] for m in chat["messages"]]
@@ -562,7 +562,7 @@ class Chunks:
         self.add(None, finish)
         if usage is not None:
             self.add(None, None, usage)
-        return self.frames + [b"data: [DONE]\n\n"]
+        return [*self.frames, b"data: [DONE]\n\n"]
 
 
 def parse_events(raw: bytes) -> list[tuple[str, dict]]:
@@ -752,10 +752,10 @@ def test_stream_failure_mid_stream_is_one_error_event():
 
 
 def test_stream_error_frame_from_the_chat_stream():
-    frames = Chunks().text("Hi").frames + [
-        (b'data: {"error": {"message": "The upstream provider `x` is rate limiting this '
-        b'gateway.", "type": "rate_limit_error", "param": null, '
-        b'"code": "upstream_rate_limited"}}\n\n')]
+    frames = [*Chunks().text("Hi").frames,
+              (b'data: {"error": {"message": "The upstream provider `x` is rate limiting this '
+               b'gateway.", "type": "rate_limit_error", "param": null, '
+               b'"code": "upstream_rate_limited"}}\n\n')]
     events, _ = translate(frames)
     seen = check_stream(events)
     assert seen["error"]["type"] == "rate_limit_error"
@@ -999,7 +999,7 @@ def _mutated(base, rng: random.Random, times: int):
                 enumerate(node) if isinstance(node, list) else ()
             for key, child in items:
                 paths.append((node, key))
-                stack.append((path + (key,), child))
+                stack.append(((*path, key), child))
         node, key = rng.choice(paths)
         node[key] = copy.deepcopy(rng.choice(JUNK))
     return body

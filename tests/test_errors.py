@@ -118,7 +118,8 @@ def test_upstream_failures_are_mapped(gateway, fake_openai, up_status, headers, 
                                                   None), headers=headers)
     status_, resp_headers, err = chat(gateway, {"model": "gpt-5", "messages": MSG})
     assert (status_, err["code"]) == (status, code)
-    assert "upstream says no" in err["message"] and "`up`" in err["message"]
+    # the gateway's own words: such upstream texts name accounts and keys (exposure 13.6)
+    assert "upstream says no" not in err["message"] and "`up`" in err["message"]
     if "retry-after" in headers:
         assert resp_headers["retry-after"] == headers["retry-after"]
     if up_status in (401, 403):

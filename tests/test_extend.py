@@ -28,7 +28,7 @@ from apiarium.providers.shapes import Chunks, completion, text_of, usage, wants_
 from apiarium.services.keys import KeyService
 from apiarium.usage import UsageLedger
 
-MASTER = "m-key"
+MASTER = "m-key-0123456789abcdef0123456789abcdef"
 
 
 class EchoProvider(Provider):
@@ -158,13 +158,13 @@ def test_a_kind_that_names_no_provider_is_a_file_line_problem(tmp_path):
     models = str(tmp_path / "models.yaml")
     expected = [
         (3, "providers.a.kind: 'carrier-pigeon' is not one of openai, anthropic, gemini, rag"),
-        (5, "providers.b.kind: 'no_such_module_anywhere:Thing': cannot import "
-            "'no_such_module_anywhere' (ModuleNotFoundError"),
+        (5, ("providers.b.kind: 'no_such_module_anywhere:Thing': cannot import "
+            "'no_such_module_anywhere' (ModuleNotFoundError")),
         (7, "providers.c.kind: 'json:NoSuchThing': module 'json' has no 'NoSuchThing'"),
-        (9, "providers.d.kind: 'apiarium.errors:ApiError' is not a subclass of "
-            "apiarium.providers.base.Provider"),
+        (9, ("providers.d.kind: 'apiarium.errors:ApiError' is not a subclass of "
+            "apiarium.providers.base.Provider")),
     ]
     lines = [str(p) for p in exc.value.problems]
     assert len(lines) == len(expected), lines
-    for (line, words), got in zip(expected, lines):
+    for (line, words), got in zip(expected, lines, strict=False):
         assert got.startswith(f"{models}:{line}: {words}"), got

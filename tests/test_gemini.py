@@ -277,7 +277,7 @@ def test_stream_that_dies_or_errors_half_way(gw, fake_gemini):
 
     # an error as the very first event is an ordinary HTTP error
     fake_gemini.error_mid_stream_next(0)
-    status, headers, body = gw.post("/v1/chat/completions", {
+    status, _headers, body = gw.post("/v1/chat/completions", {
         "model": "gem", "messages": messages, "stream": True}, key=MASTER_KEY)
     assert status == 503 and error_of(body)["code"] == "upstream_overloaded"
 
@@ -313,12 +313,13 @@ ERRORS = [
      502, "upstream_error", "providers.google.api_key"),
     (404, google_error(404, "NOT_FOUND", "models/gemini-2.5-pro is not found."),
      404, "model_not_found", "is not found"),
+    # the upstream's own words only for a 4xx about the request (exposure 13.6)
     (500, google_error(500, "INTERNAL", "An internal error has occurred."),
-     502, "upstream_error", "internal error"),
+     502, "upstream_error", "failed with HTTP 500"),
     (503, google_error(503, "UNAVAILABLE", "The model is overloaded. Please try again later."),
      503, "upstream_overloaded", "overloaded"),
     (504, google_error(504, "DEADLINE_EXCEEDED", "Deadline expired before operation."),
-     504, "upstream_timeout", "Deadline expired"),
+     504, "upstream_timeout", "timed out"),
 ]
 
 

@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from apiarium.services.keys import KeyService
 from apiarium.keysecret import KeyStoreError
+from apiarium.services.keys import KeyService
 from tests.conftest import openai_models
 from tests.support import MASTER_KEY, error_of, request, wait_for
 
@@ -153,7 +153,7 @@ def trickle(sock: socket.socket, data: bytes, between=None) -> float | None:
                 sock.settimeout(1.0)
                 if sock.recv(1024) == b"":                  # the server hung up
                     return time.monotonic() - started
-            except socket.timeout:
+            except TimeoutError:
                 pass
             except OSError:
                 return time.monotonic() - started
@@ -199,7 +199,7 @@ async def _issue(port: int, ip: str) -> str | None:
                      f"Connection: close\r\n\r\n".encode())
         await writer.drain()
         data = await asyncio.wait_for(reader.read(), 30)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return None
     finally:
         writer.close()

@@ -10,10 +10,12 @@ import gzip
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from apiarium.modeltypes import MODEL_TYPES
 from tests.conftest import openai_models
 from tests.support import MASTER_KEY, request, wait_for
 
@@ -82,7 +84,7 @@ def tiles_by_type(page) -> dict:
 def expected_tiles(gateway) -> dict:
     status, _, body = gateway.get("/v1/models", key=MASTER_KEY)
     assert status == 200, body
-    groups = {"chat": [], "image": [], "video": []}
+    groups = {t: [] for t in MODEL_TYPES}
     for model in json.loads(body)["data"]:
         groups[model["type"]].append([model["id"], model["id"]])
     return groups
@@ -220,7 +222,10 @@ def test_catalog_follows_the_catalog_file_after_a_reload(browser, make_gateway, 
         assert tiles_by_type(page) == expected_tiles(gw)
 
         models["models"]["claude-fresh"] = {"provider": "up"}
-        models["models"]["veo-fresh"] = {"provider": "up", "type": "video"}
+        # a video model needs a provider kind that makes videos (the config checks it)
+        models["providers"]["veo-host"] = {"kind": "gemini", "base_url": "http://127.0.0.1:9",
+                                           "api_key": "k"}
+        models["models"]["veo-fresh"] = {"provider": "veo-host", "type": "video"}
         del models["models"]["dead-model"]
         gw.write_models(models)
         gw.reload()
@@ -239,6 +244,39 @@ def test_catalog_follows_the_catalog_file_after_a_reload(browser, make_gateway, 
     with opened(browser, origin, java_script_enabled=False) as page:
         page.goto(origin + "/")
         assert tiles_by_type(page) == want
+
+
+def test_embedding_models_are_a_group_with_an_example_that_runs(browser, make_gateway,
+                                                               fake_openai):
+    gw = make_gateway(openai_models(fake_openai, models={
+        "text-embedding-3-small": {"provider": "up", "type": "embedding"}}))
+    origin = origin_of(gw)
+    with opened(browser, origin, clipboard=True) as page:
+        page.goto(origin + "/")
+        live(page)
+        tiles = tiles_by_type(page)
+        assert tiles == expected_tiles(gw)
+        assert tiles["embedding"] == [["text-embedding-3-small"] * 2]
+        assert "Embedding" in page.text_content("#group-embedding")
+        assert page.locator("#code-group-chat").count() == 0     # only rows with an example
+        page.click("button[data-copy='code-group-embedding']")
+        page.wait_for_selector("#toast:text-is('Copied the embedding example')")
+        code = clipboard(page)
+        assert code == page.text_content("#code-group-embedding")
+        key = page.text_content("#api-key").strip()
+        assert f'OpenAI(base_url="{origin}/v1", api_key="{key}")' in code
+        assert 'model="text-embedding-3-small"' in code
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == "2 vectors of 256 numbers"
+        assert fake_openai.last().path == "/v1/embeddings"
+        assert not page.problems, page.problems
+    with opened(browser, origin, viewport={"width": 390, "height": 844}) as page:
+        page.goto(origin + "/")                           # the code scrolls, not the page
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    status, _, body = request(gw.url + "/")                   # and without JavaScript
+    assert status == 200 and b'id="code-group-embedding"' in body
 
 
 # --------------------------------------------------------------------------- acceptance 5

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from apiarium.errors import UpstreamError
+
 from apiarium.media import EXTENSIONS, MediaStore
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
@@ -59,8 +61,7 @@ def test_names_are_unguessable_and_distinct(tmp_path):
 
 @pytest.mark.parametrize("mime, ext", [
     ("image/png", ".png"), ("image/jpeg", ".jpg"), ("image/webp", ".webp"),
-    ("image/gif", ".gif"), ("video/mp4", ".mp4"), ("video/webm", ".webm"),
-    ("video/quicktime", ".mov")])
+    ("image/gif", ".gif"), ("video/mp4", ".mp4"), ("video/webm", ".webm")])
 def test_known_media_types_get_their_usual_extension(tmp_path, mime, ext):
     assert EXTENSIONS[mime] == ext
     store = MediaStore(tmp_path, ttl_hours=1)
@@ -68,11 +69,15 @@ def test_known_media_types_get_their_usual_extension(tmp_path, mime, ext):
     assert name.endswith(ext) and store.path_of(name) is not None
 
 
-def test_an_unknown_type_is_saved_as_bin(tmp_path):
+def test_a_type_off_the_allowlist_is_never_saved(tmp_path):
+    """Only images and videos a browser shows inertly are kept (issue 13): an SVG, an HTML
+    page, QuickTime or an unknown type is refused, and nothing lands on disk."""
     store = MediaStore(tmp_path, ttl_hours=1)
-    name = save(store, b"x", "application/x-apiarium-nothing")
-    assert name.endswith(".bin")
-    assert store.path_of(name) == tmp_path / name
+    for mime in ("application/x-apiarium-nothing", "image/svg+xml", "text/html",
+                 "video/quicktime"):
+        with pytest.raises(UpstreamError):
+            save(store, b"x", mime)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", [

@@ -49,6 +49,7 @@ BODIES: dict[str, dict] = {
     "/v1/messages": {"max_tokens": 32, "messages": [{"role": "user", "content": "a bee"}]},
     "/v1/images/generations": {"prompt": "a bee at dawn"},
     "/v1/videos/generations": {"prompt": "a bee at dawn"},
+    "/v1/embeddings": {"input": "a bee at dawn"},
 }
 
 
@@ -58,6 +59,8 @@ _ANSWERS = {
     "chat": lambda m: completion(m.alias, "buzz", "stop", usage_=usage(1, 1)),
     "image": lambda m: [Media(make_png(), "image/png")],
     "video": lambda m: Media(make_mp4(), "video/mp4"),
+    "embed": lambda m: {"object": "list", "model": m.alias, "usage": {"prompt_tokens": 1},
+                        "data": [{"object": "embedding", "index": 0, "embedding": [1.0]}]},
 }
 
 

@@ -18,12 +18,14 @@ import tornado.web
 from hypothesis import HealthCheck, Phase, given, settings
 from openapi_spec_validator import validate
 from schemathesis import GenerationMode
-from schemathesis.specs.openapi.checks import (content_type_conformance,
-                                               response_headers_conformance,
-                                               response_schema_conformance,
-                                               status_code_conformance)
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
-from apiarium import openapi
+from apiarium import openapi, openapi_dialects
 from apiarium.app import routes
 from tests.conftest import openai_models
 from tests.support import MASTER_KEY
@@ -82,8 +84,21 @@ def test_document_lists_exactly_the_app_routes():
         assert any(matches(p, path) for p in app_routes), f"{path} is not a route of the app"
     contract = {"/", "/health", "/v1/keys/me", "/v1/models", "/v1/models/{model}",
                 "/v1/chat/completions", "/v1/completions", "/v1/images/generations",
-                "/v1/videos/generations", "/media/{name}", "/openapi.json", "/metrics"}
+                "/v1/videos/generations", "/v1/embeddings", "/media/{name}", "/openapi.json",
+                "/metrics"}
     assert contract <= set(doc_paths)
+
+
+def test_the_dialects_schemas_are_all_used_and_their_errors_are_anthropics():
+    doc = openapi.document()
+    text = json.dumps(doc["paths"]) + json.dumps(doc["components"]["schemas"])
+    for name in openapi_dialects.SCHEMAS:
+        assert f'"#/components/schemas/{name}"' in text, f"{name} is described but not used"
+    post = doc["paths"]["/v1/messages"]["post"]
+    assert post["responses"]["529"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/AnthropicError"}
+    assert "503" not in post["responses"]                     # Anthropic says 529
+    assert {"bearer": []} in post["security"] and {"x-api-key": []} in post["security"]
 
 
 def test_every_operation_documents_its_errors_and_request_id():
@@ -152,12 +167,13 @@ def describe(case, response) -> str:
 def test_scripted_answers_conform(make_gateway, fake_openai):
     """The statuses fuzzing rarely reaches (rate limits, upstream failures, streams that
     fail midway, ranges), each made to happen once and checked against the document."""
-    gw = make_gateway(openai_models(fake_openai), rate_limit={"rpm": 1},
-                      server={"max_body_mb": 0.01})
+    gw = make_gateway(openai_models(fake_openai, models={
+        "text-embedding-3-small": {"provider": "up", "type": "embedding"}}),
+        rate_limit={"rpm": 1}, server={"max_body_mb": 0.01})
     schema = schemathesis.openapi.from_dict(requests.get(gw.url + "/openapi.json",
                                                          timeout=10).json())
     user, master = gw.key_for(), MASTER_KEY
-    status, _, body = gw.post("/v1/images/generations", {"model": "gpt-image-1",
+    _status, _, body = gw.post("/v1/images/generations", {"model": "gpt-image-1",
                                                          "prompt": "a fox"}, key=master)
     media = json.loads(body)["data"][0]["url"].rsplit("/", 1)[1]
     chat = {"model": "gpt-5", "messages": [{"role": "user", "content": "Hi there"}]}
@@ -179,6 +195,19 @@ def test_scripted_answers_conform(make_gateway, fake_openai):
         ("image b64", None, "/v1/images/generations", "POST",
          {"body": {"model": "gpt-image-1", "prompt": "a fox", "n": 2,
                    "response_format": "b64_json"}}, master, 200),
+        ("embeddings", None, "/v1/embeddings", "POST",
+         {"body": {"model": "text-embedding-3-small", "input": ["a bee", "a hive"]}},
+         master, 200),
+        ("embeddings base64", None, "/v1/embeddings", "POST",
+         {"body": {"model": "text-embedding-3-small", "input": [[1, 2, 3]],
+                   "encoding_format": "base64", "dimensions": 8}}, master, 200),
+        ("embeddings, too many", None, "/v1/embeddings", "POST",
+         {"body": {"model": "text-embedding-3-small", "input": ["a"] * 2049}}, master, 400),
+        ("embeddings, wrong type", None, "/v1/embeddings", "POST",
+         {"body": {"model": "gpt-5", "input": "a"}}, master, 400),
+        ("embeddings, upstream 429", lambda: fake.fail_next(429, error),
+         "/v1/embeddings", "POST",
+         {"body": {"model": "text-embedding-3-small", "input": "a"}}, master, 429),
         ("no key", None, "/v1/models", "GET", {}, None, 401),
         ("bad key", None, "/v1/models", "GET", {}, "api-0000000000000000", 401),
         ("unknown model", None, "/v1/models/{model}", "GET",
@@ -247,6 +276,8 @@ def fuzz_target(make_gateway, fake_openai, fake_gemini, fake_anthropic, fake_rag
                   "type": "video"},
         "claude-sonnet-4.5": {"provider": "claude", "upstream": "claude-sonnet-4-5"},
         "gemini-3": {"provider": "hub"},
+        "text-embedding-3-small": {"provider": "up", "type": "embedding"},
+        "gemini-embedding-001": {"provider": "google", "type": "embedding"},
     })
     gw = make_gateway(models, rate_limit={"rpm": 100000})
     status, _, body = gw.post("/v1/images/generations", {
@@ -271,11 +302,12 @@ def fuzzing_schema(doc: dict, models: dict[str, str], media: str) -> dict:
     wanted = {"ChatCompletionRequest": names("chat", "image", "video"),
               "CompletionRequest": names("chat"), "ImageRequest": names("image"),
               "VideoRequest": names("video"), "ResponseRequest": names("chat"),
-              "MessagesRequest": names("chat"), "CountTokensRequest": names("chat")}
+              "MessagesRequest": names("chat"), "CountTokensRequest": names("chat"),
+              "EmbeddingRequest": names("embedding")}
     for name, schema in wanted.items():
         doc["components"]["schemas"][name]["properties"]["model"] = schema
     paths = doc["paths"]
-    params = {("/v1/models/{model}", "get"): names("chat", "image", "video"),
+    params = {("/v1/models/{model}", "get"): names("chat", "image", "video", "embedding"),
               ("/media/{name}", "get"): {"type": "string", "enum": [media, "x" * 32 + ".png"]},
               ("/media/{name}", "head"): {"type": "string", "enum": [media]},
               ("/static/{name}", "get"): {"type": "string",

@@ -22,15 +22,15 @@ LONG = " ".join(f"word{i}" for i in range(100))
 async def read_stream(url: str, key: str = MASTER_KEY, **body) -> list[bytes]:
     """One streamed chat: the list of `data:` payloads received, in order."""
     payload = {"model": "gpt-5", "messages": MSG, "stream": True, **body}
-    async with aiohttp.ClientSession() as http:
-        async with http.post(url + "/v1/chat/completions", json=payload,
-                             headers={"Authorization": f"Bearer {key}"}) as resp:
-            assert resp.status == 200, await resp.text()
-            frames = []
-            async for line in resp.content:
-                if line.startswith(b"data: "):
-                    frames.append(line[6:].strip())
-            return frames
+    async with aiohttp.ClientSession() as http, http.post(
+            url + "/v1/chat/completions", json=payload,
+            headers={"Authorization": f"Bearer {key}"}) as resp:
+        assert resp.status == 200, await resp.text()
+        frames = []
+        async for line in resp.content:
+            if line.startswith(b"data: "):
+                frames.append(line[6:].strip())
+        return frames
 
 
 def usage_rows(gateway) -> dict:

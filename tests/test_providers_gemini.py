@@ -27,6 +27,7 @@ from apiarium.catalog import ModelSpec, ProviderSpec
 from apiarium.errors import (
     ApiError,
     InvalidRequest,
+    NoOutput,
     RateLimited,
     ServiceUnavailable,
     UpstreamError,
@@ -582,7 +583,7 @@ IMAGE_ANSWER = answer([{"text": "Here is your fox."},
     ("4:3", "4:3"), ("3:4", "3:4"), ("512x512", "1:1")])
 def test_an_image_request_asks_for_the_nearest_ratio(size, ratio):
     media, seen = image(ImageRequest("A watercolor fox in snow", size=size), IMAGE_ANSWER)
-    ((method, path, headers, body),) = seen
+    ((method, path, _, body),) = seen
     assert (method, path) == ("POST",
                               "/v1beta/models/gemini-3-pro-image-preview:generateContent")
     assert check_request(body) == {
@@ -612,10 +613,12 @@ def test_a_refused_image_is_a_content_policy_400(reply):
 @pytest.mark.parametrize("reply", [answer([{"text": "no picture"}], "STOP"),
                                    answer([{"text": "no picture"}], "NO_IMAGE"),
                                    answer(None)])
-def test_an_answer_without_an_image_is_502(reply):
-    with pytest.raises(UpstreamError) as exc:
+def test_an_answer_without_an_image_is_the_requests_own_400(reply):
+    with pytest.raises(NoOutput) as exc:
         image(ImageRequest("fox"), reply)
-    assert exc.value.status == 502 and "no image" in exc.value.message
+    assert (exc.value.status, exc.value.code, exc.value.param) == (
+        400, "upstream_no_output", "prompt")
+    assert "no image" in exc.value.message
 
 
 # ============================================================================ Veo
@@ -645,7 +648,7 @@ def veo(ops: list[dict], req: VideoRequest | None = None, *, download: bytes = M
         media = await gemini_media.generate_video(
             p, model("veo-3.1-fast-generate-preview", "video"), req or VideoRequest("a boat"))
         return media, up.seen
-    return run(script, test, poll_interval_s=0.01, **spec)
+    return run(script, test, **{"poll_interval_s": 0.01, **spec})
 
 
 def done(**result: Any) -> dict:
@@ -654,11 +657,13 @@ def done(**result: Any) -> dict:
                  "PredictLongRunningResponse", "generateVideoResponse": result}}
 
 
-SAMPLE = {"generatedSamples": [{"video": {"uri": "UPSTREAM"}}]}
+def sample() -> dict:
+    """A finished operation's one sample, its uri filled in by ``veo`` with the server's."""
+    return {"generatedSamples": [{"video": {"uri": "UPSTREAM"}}]}
 
 
 def test_a_video_is_started_polled_and_downloaded_with_the_key():
-    media, seen = veo([{"name": OP}, {"name": OP}, {"name": OP, "done": False}, done(**SAMPLE)],
+    media, seen = veo([{"name": OP}, {"name": OP}, {"name": OP, "done": False}, done(**sample())],
                       VideoRequest("A paper boat", duration_seconds=6, resolution="720p",
                                    aspect_ratio="9:16"))
     assert (media.data, media.mime, media.revised_prompt) == (MP4, "video/mp4", "A paper boat")
@@ -683,7 +688,7 @@ def test_a_video_is_started_polled_and_downloaded_with_the_key():
 def test_the_first_frame_is_sent_as_bytes_base64_encoded():
     """Veo on the Gemini API takes {bytesBase64Encoded, mimeType}, not inlineData (§6.1)."""
     req = VideoRequest("the cat jumps", image_url=f"data:image/png;base64,{PNG_B64}")
-    _, seen = veo([{"name": OP, "done": False}, done(**SAMPLE)], req)
+    _, seen = veo([{"name": OP, "done": False}, done(**sample())], req)
     instance = seen[0][3]["instances"][0]
     assert instance == {"prompt": "the cat jumps",
                         "image": {"bytesBase64Encoded": PNG_B64, "mimeType": "image/png"}}
@@ -705,7 +710,7 @@ def test_an_inline_video_needs_no_download():
 
 
 def test_a_download_served_as_something_else_is_still_mp4():
-    media, _ = veo([{"name": OP}, done(**SAMPLE)], ctype="application/octet-stream")
+    media, _ = veo([{"name": OP}, done(**sample())], ctype="application/octet-stream")
     assert media.mime == "video/mp4"
 
 
@@ -723,12 +728,19 @@ def test_a_filtered_video_is_a_content_policy_400(result):
     ([{"metadata": {}}], "did not start a video operation"),
     ([{"name": OP}, {"name": OP, "done": True, "error": {"code": 13, "message": "Internal"}}],
      "failed at the upstream provider `google`: Internal"),
-    ([{"name": OP}, done()], "without a video"),
-    ([{"name": OP}, done(generatedSamples=[{"video": {}}])], "no video to download")])
+])
 def test_a_video_operation_that_fails_is_502(ops, words):
     with pytest.raises(UpstreamError) as exc:
         veo(ops)
     assert exc.value.status == 502 and words in exc.value.message
+
+
+@pytest.mark.parametrize("result", [done(), done(generatedSamples=[{"video": {}}])])
+def test_an_operation_done_without_a_video_is_the_requests_own_400(result):
+    with pytest.raises(NoOutput) as exc:
+        veo([{"name": OP}, result])
+    assert (exc.value.status, exc.value.code, exc.value.param) == (
+        400, "upstream_no_output", "prompt")
 
 
 def test_an_operation_that_never_finishes_times_out():

@@ -261,13 +261,15 @@ def test_a_stream_that_ends_without_done_is_an_error_after_its_frames():
       "code": "rate_limit_exceeded"}, RateLimited, 429)])
 def test_an_error_frame_ends_the_stream_with_that_error(error, cls, status):
     """A ``data: {"error": …}`` frame mid-stream (wire-formats §1.4) is the upstream failing:
-    the frames before it have gone out, the stream ends with the error it stands for."""
+    the frames before it have gone out, the stream ends with the error it stands for, in the
+    gateway's own words (an upstream's 5xx and 429 texts may hold org ids: issue 13)."""
     err = b"data: " + orjson.dumps({"error": error})
     frames, raised, _ = relay([frame(UPSTREAM, {"content": "a"}), err,
                                frame(UPSTREAM, {"content": "never"}), b"data: [DONE]"])
     assert len(frames) == 1 and b'"content":"a"' in frames[0]
     assert isinstance(raised, cls) and raised.status == status
-    assert error["message"].rstrip(".") in raised.message
+    assert error["message"].rstrip(".") not in raised.message
+    assert "upstream provider `" in raised.message
 
 
 # ---------------------------------------------------------------------------- images

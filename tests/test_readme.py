@@ -13,7 +13,6 @@ import pytest
 
 from tests.support import READY
 
-
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 
@@ -81,7 +80,7 @@ def test_curl_examples_work_as_printed(shipped, fake_openai):
 
 
 def test_python_examples_work_as_printed(shipped, fake_openai):
-    url, gemini = shipped
+    url, _gemini = shipped
     fake_openai.reply_text = "1 2 3 4 5"
     sdk, video = [b for b in blocks("python") if "import" in b][:2]
     lines = run_example(sdk, url, "python").splitlines()
@@ -97,3 +96,15 @@ def test_agent_sdk_example_works_as_printed(shipped, fake_openai):
     assert len(agents) == 1
     lines = run_example(agents[0], url, "python").splitlines()
     assert lines == ["echo: Hello!", "echo: Hello!"]          # Responses, then Messages
+
+
+def test_embeddings_example_works_as_printed(shipped, fake_openai):
+    """Both kinds of the shipped catalog: the OpenAI fake counts words, Gemini's usage is the
+    gateway's estimate (4 bytes a token: 7 + 4)."""
+    url, gemini = shipped
+    [example] = [b for b in blocks("python") if "embeddings.create" in b]
+    lines = run_example(example, url, "python").splitlines()
+    assert lines == ["text-embedding-3-small 2 256 8", "gemini-embedding-001 2 256 11"]
+    assert fake_openai.last().json["dimensions"] == 256
+    calls = [r for r in gemini.requests if r.path.endswith(":batchEmbedContents")]
+    assert len(calls) == 1 and calls[0].json["requests"][0]["outputDimensionality"] == 256

@@ -1,6 +1,7 @@
-"""The SQLite engine behind the repository Protocols, against a temporary file: keys, blocks,
-usage, change detection between connections, and the migration of databases made by older
-versions (their schema is built inline here, as the old code left it)."""
+"""The SQLite engine's own matters, against a temporary file: the migration of databases made
+by older versions (their schema is built inline here, as the old code left it), damaged and
+newer files, the factory.  What every engine does (keys, blocks, usage, change detection
+between connections) is tests/test_storage.py, run against SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
@@ -9,133 +10,12 @@ from dataclasses import replace
 
 import pytest
 
-from apiarium.storage import NewKey, StorageError, UsageRow, open_storage
+from apiarium.storage import StorageError, UsageRow, open_storage
 from apiarium.storage.sqlite import SCHEMA_VERSION, SqliteStorage
 
 
 def run(coro):
     return asyncio.run(coro)
-
-
-def new_key(ip: str, generation: int = 0, rpm: int | None = None) -> NewKey:
-    h = f"{ip}|{generation}".encode().hex().ljust(64, "0")
-    return NewKey(h, f"api-{generation:02d}", ip, generation, 1_700_000_000 + generation, rpm)
-
-
-def test_insert_lookup_and_revoke(tmp_path):
-    async def go():
-        st = await open_storage(tmp_path / "k.sqlite3")
-        try:
-            keys = st.keys
-            assert await keys.next_generation("192.0.2.1") == 0
-            rec = await keys.insert_key(new_key("192.0.2.1", rpm=7))
-            assert rec is not None and rec.id > 0 and rec.rpm == 7 and rec.status == "active"
-            assert await keys.active() == [rec]
-            assert await keys.find(key_hash=rec.key_hash) == [rec]
-            assert await keys.find(key_prefix="api-00", status="active") == [rec]
-            assert await keys.find(ip="192.0.2.1") == [rec]
-            assert await keys.find(ip="192.0.2.2") == []
-            # one active key per IP: the second insert gives back the first
-            again = await keys.insert_key(new_key("192.0.2.1", generation=1))
-            assert again == rec
-            assert await keys.set_rpm(rec.id, None) and not await keys.set_rpm(9999, 3)
-            assert await keys.revoke(rec.id, 1_800_000_000)
-            assert not await keys.revoke(rec.id, 1_800_000_001)         # not active any more
-            assert await keys.active() == []
-            assert await keys.next_generation("192.0.2.1") == 1
-            second = await keys.insert_key(new_key("192.0.2.1", generation=1))
-            assert second is not None and second.generation == 1 and second.id != rec.id
-            old, new = await keys.find(ip="192.0.2.1")                    # oldest first
-            assert (old.id, old.status, old.rpm) == (rec.id, "revoked", None)
-            assert new == second
-            assert await keys.find(status="active") == [second]
-            # the generation went to a key revoked since: nothing inserted, none active
-            await keys.revoke(second.id, 1_800_000_002)
-            assert await keys.insert_key(new_key("192.0.2.1", generation=1)) is None
-        finally:
-            await st.close()
-            await st.close()                                             # idempotent
-    run(go())
-
-
-def test_issued_since_and_touch(tmp_path):
-    async def go():
-        st = await open_storage(tmp_path / "k.sqlite3")
-        try:
-            a = await st.keys.insert_key(new_key("192.0.2.1", generation=0))
-            b = await st.keys.insert_key(new_key("2001:db8::1", generation=5))
-            assert a is not None and b is not None
-            assert await st.keys.issued_since(0) == [("192.0.2.1", a.created),
-                                                     ("2001:db8::1", b.created)]
-            assert await st.keys.issued_since(0, ipv6_only=True) == [("2001:db8::1", b.created)]
-            assert await st.keys.issued_since(b.created) == []
-            await st.keys.touch({a.id: 1_900_000_000, b.id: 1_900_000_001})
-            got = {r.id: r.last_used for r in await st.keys.active()}
-            assert got == {a.id: 1_900_000_000, b.id: 1_900_000_001}
-        finally:
-            await st.close()
-    run(go())
-
-
-def test_blocks(tmp_path):
-    async def go():
-        st = await open_storage(tmp_path / "k.sqlite3")
-        try:
-            assert await st.blocks.add("198.51.100.0/24", 20, "abuse")
-            assert not await st.blocks.add("198.51.100.0/24", 30, "again")
-            assert await st.blocks.add("203.0.113.7/32", 10)
-            blocks = await st.blocks.all()
-            assert [b.cidr for b in blocks] == ["203.0.113.7/32", "198.51.100.0/24"]
-            cidr, created, note = blocks[1]                        # a plain tuple, too
-            assert (cidr, created, note) == ("198.51.100.0/24", 20, "abuse")
-            assert await st.blocks.remove("203.0.113.7/32")
-            assert not await st.blocks.remove("203.0.113.7/32")
-            assert [b.cidr for b in await st.blocks.all()] == ["198.51.100.0/24"]
-        finally:
-            await st.close()
-    run(go())
-
-
-def test_usage_rows_add_up(tmp_path):
-    async def go():
-        st = await open_storage(tmp_path / "k.sqlite3")
-        try:
-            await st.usage.add([])
-            await st.usage.add([UsageRow("h1", "2030-01-01", 1, 10, 20, 0, 0, 0.5),
-                                UsageRow("h2", "2030-01-01", requests=2),
-                                UsageRow("h1", "2030-01-02", video_seconds=8, credits=4.0)])
-            await st.usage.add([UsageRow("h1", "2030-01-01", 1, 1, 2, 3, 4, 0.25)])
-            rows = {r.key_hash: r for r in await st.usage.day("2030-01-01")}
-            assert rows["h1"] == UsageRow("h1", "2030-01-01", 2, 11, 22, 3, 4, 0.75)
-            assert rows["h2"].requests == 2 and set(rows) == {"h1", "h2"}
-            assert await st.usage.day("2030-01-02") == [
-                UsageRow("h1", "2030-01-02", video_seconds=8, credits=4.0)]
-        finally:
-            await st.close()
-    run(go())
-
-
-def test_changed_elsewhere_sees_only_other_connections_key_and_block_writes(tmp_path):
-    async def go():
-        a = await open_storage(tmp_path / "k.sqlite3")
-        b = await open_storage(tmp_path / "k.sqlite3")
-        try:
-            assert not await a.changed_elsewhere() and not await b.changed_elsewhere()
-            rec = await a.keys.insert_key(new_key("192.0.2.1"))
-            assert not await a.changed_elsewhere()             # its own write
-            assert await b.changed_elsewhere()
-            assert not await b.changed_elsewhere()             # once per change
-            await b.usage.add([UsageRow("h", "2030-01-01", requests=1)])
-            await b.keys.touch({rec.id: 5})
-            assert not await a.changed_elsewhere()             # usage and last-used: not news
-            await b.blocks.add("198.51.100.0/24", 1)
-            assert await a.changed_elsewhere()
-            await b.keys.revoke(rec.id, 2)
-            assert await a.changed_elsewhere()
-        finally:
-            await a.close()
-            await b.close()
-    run(go())
 
 
 # --------------------------------------------------------------------------- migrations
@@ -299,15 +179,3 @@ def test_engine_is_picked_from_the_setting(tmp_path):
     assert run(go(f"sqlite:{tmp_path}/c.sqlite3")) == tmp_path / "c.sqlite3"
     assert run(go(f"sqlite://{tmp_path}/d.sqlite3")) == tmp_path / "d.sqlite3"
     assert (tmp_path / "d.sqlite3").exists()
-
-
-@pytest.mark.parametrize("setting", ["postgresql://apiarium:s3cret@db.example/apiarium",
-                                     "postgres://db.example/apiarium"])
-def test_postgresql_is_not_built_yet(tmp_path, setting):
-    for value in (setting, tmp_path / setting):       # also as the config resolves it
-        with pytest.raises(StorageError) as exc:
-            run(open_storage(value))
-        message = str(exc.value)
-        assert "PostgreSQL" in message and "not built yet" in message
-        assert "s3cret" not in message                # a URL's password is never echoed
-    assert list(tmp_path.iterdir()) == []

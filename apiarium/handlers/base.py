@@ -23,7 +23,7 @@ import tornado.httputil
 import tornado.iostream
 import tornado.web
 
-from .. import sse
+from .. import hosts, logcontext, sse
 from ..catalog import ModelSpec
 from ..errors import (
     ApiError,
@@ -32,13 +32,13 @@ from ..errors import (
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
-    QuotaExceeded,
     RateLimited,
     ServiceUnavailable,
 )
+from ..jsonbody import parse_object
 from ..live import Services
-from ..ratelimit import TokenBuckets
-from ..services.keys import IssuanceCaps, identity_of
+from ..netguard import Visitor
+from ..services.keys import identity_of
 from ..storage import KeyRecord
 
 log = logging.getLogger("apiarium")
@@ -47,8 +47,10 @@ _RID_PREFIX = "req_" + secrets.token_hex(5)
 _rid_counter = itertools.count(1)
 _JSON = "application/json"
 _WITH_BODY = frozenset(("POST", "PUT", "PATCH"))
+_SSE_HEADERS = (("Content-Type", "text/event-stream; charset=utf-8"),
+                ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no"))
 T = TypeVar("T")
-_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
+_KEY_SHAPE = re.compile(r"^api-[a-z0-9]{16}$")     # an issued key's shape: no master key
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -56,6 +58,7 @@ class BaseHandler(tornado.web.RequestHandler):
     request_id: str = ""
     client_ip: str = ""
     peer_trusted: bool = False
+    _visitor: Visitor
     key_record: KeyRecord | None = None
     model_alias: str = ""
     provider_name: str = ""
@@ -113,9 +116,10 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def log_exception(self, typ: type[BaseException] | None, value: BaseException | None,
                       tb: TracebackType | None) -> None:
-        if isinstance(value, ApiError):
+        if isinstance(value, ApiError):         # a message may quote the client: one line
             log.info("%s %s -> %d %s: %s", self.request_id, self.request.path, value.status,
-                     value.code, value.message)
+                     value.code, value.message if value.message.isprintable()
+                     else repr(value.message))
         elif isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
             log.info("%s %s -> %d", self.request_id, self.request.path, value.status_code)
         else:
@@ -123,55 +127,45 @@ class BaseHandler(tornado.web.RequestHandler):
                       self.request.path, exc_info=value)
 
     # ------------------------------------------------------------------ who is asking
-    def resolve_visitor(self, check: bool = True, bypass: bool = False) -> None:
+    def resolve_visitor(self, check: bool = True) -> None:
+        """The client IP (through trusted proxies only); on /v1/ a 421 for a host not in
+        ``server.allowed_hosts``; with ``check`` the proxy, VPN and blocklist checks (403)."""
         guard = self.svc.live.guard
-        visitor = guard.visitor(self.request.remote_ip or "", self.request.headers)
+        visitor = self._visitor = guard.visitor(self.request.remote_ip or "",
+                                                self.request.headers)
         self.client_ip = visitor.ip
         self.peer_trusted = visitor.peer_trusted
-        if check and not bypass:
+        names = self.svc.settings.allowed_hosts
+        if names and self.request.path.startswith("/v1/"):
+            hosts.check(self.request_origin()[1], names, self.public_base())
+        if check:
             guard.check(visitor, self.request.headers)
 
     async def issue_key(self) -> tuple[str, KeyRecord]:
         """The visitor's key, as ``/v1/keys/me`` and the homepage hand it out: proxy, VPN
-        and blocklist checks (403), at most ``security.key_requests_per_minute`` such visits
-        a minute per IPv4 address or IPv6 /64 (429), then the key service (the operator's
-        blocks, at most ``security.new_keys_per_ipv6_64_per_day`` new keys per IPv6 /64)."""
+        and blocklist checks (403), then the key service's visit and issuance limits."""
         self.resolve_visitor()
-        svc, ip = self.svc, self.client_ip
-        s = svc.settings
         try:
-            svc.keys.admit(ip, s.key_requests_per_minute)
-            return await svc.keys.key_for_ip(ip, caps=IssuanceCaps(
-                per_64=s.new_keys_per_ipv6_64_per_day, per_48=s.new_keys_per_ipv6_48_per_day,
-                per_32=s.new_keys_per_ipv6_32_per_day, per_hour=s.new_keys_per_hour))
+            return await self.svc.keys.issue(self.client_ip, self.svc.settings)
         except RateLimited:
-            svc.metrics.rate_limited.labels("key_issuance").inc()
+            self.svc.metrics.rate_limited.labels("key_issuance").inc()
             raise
 
+    def request_origin(self) -> tuple[str, str]:
+        return hosts.origin(self.request.protocol, self.request.host, self.request.headers,
+                            self.peer_trusted)
+
     def public_base(self) -> str:
-        """``scheme://host[:port]`` as the client reached the gateway: ``server.public_url``
-        if set, else the request's Host (X-Forwarded-Proto/-Host only from trusted proxies)."""
-        public = self.svc.settings.public_url
-        if public:
-            return public
-        proto, host = self.request.protocol, self.request.host
-        if self.peer_trusted:
-            fwd_proto = self.request.headers.get("X-Forwarded-Proto", "")
-            fwd_host = self.request.headers.get("X-Forwarded-Host", "")
-            if fwd_proto:
-                proto = fwd_proto.split(",")[0].strip().lower()
-            if fwd_host:
-                host = fwd_host.split(",")[0].strip()
-        if proto not in ("http", "https"):
-            proto = "http"
-        if not _HOST.match(host or ""):
-            conn = self.request.connection
-            stream = conn.stream if isinstance(conn, tornado.http1connection.HTTP1Connection) \
-                else None
-            sock = stream.socket if stream else None
-            name = sock.getsockname() if sock else ("127.0.0.1", 80)
-            host = f"[{name[0]}]:{name[1]}" if ":" in name[0] else f"{name[0]}:{name[1]}"
-        return f"{proto}://{host}"
+        """``scheme://host[:port]`` for the homepage and media URLs (``hosts.base_url``):
+        ``server.public_url``, else the request's host when allowed, else the first of
+        ``server.allowed_hosts``, else the address the request arrived on."""
+        s = self.svc.settings
+        if s.public_url:
+            return s.public_url
+        sock = getattr(getattr(self.request.connection, "stream", None), "socket", None)
+        name = sock.getsockname() if sock else ("127.0.0.1", 80)
+        here = f"[{name[0]}]:{name[1]}" if ":" in name[0] else f"{name[0]}:{name[1]}"
+        return hosts.base_url("", *self.request_origin(), s.allowed_hosts, here)
 
     def bearer(self) -> str | None:
         """The key sent as ``Authorization: Bearer`` (or, as Anthropic's clients send it,
@@ -218,8 +212,13 @@ class ApiHandler(BaseHandler):
         self._size = 0
         self._too_large = False
         token = self.bearer()
+        self.resolve_visitor(check=False)
+        logcontext.REQUEST_ID.set(self.request_id)
+        # a network out of failed guesses gets 429 before the master key is compared
+        self.svc.guesses.check(self.client_ip, self.svc.settings.master_key_guesses_per_minute)
         master = self.is_master(token)
-        self.resolve_visitor(bypass=master)
+        if not master:
+            self.svc.live.guard.check(self._visitor, self.request.headers)
         limit = self.svc.settings.max_body_bytes
         length = self.request.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > limit:
@@ -233,9 +232,11 @@ class ApiHandler(BaseHandler):
         if not master:
             self.key_record = self.authenticate(token)
             if self.limited:
-                self.take_token(self.key_record)
-                self.take_endpoint_token(self.key_record)
-                self.check_quota(self.key_record)
+                headers = self.svc.limits.admit(self.key_record, self.endpoint,
+                                                self.svc.settings)
+                self._limit_headers = headers
+                for name, value in headers.items():
+                    self.set_header(name, value)
 
     def authenticate(self, token: str | None) -> KeyRecord:
         if not token:
@@ -243,6 +244,9 @@ class ApiHandler(BaseHandler):
                             "GET /v1/keys/me gives you one.", code="missing_api_key")
         rec = self.svc.keys.verify(token)
         if rec is None:
+            if not _KEY_SHAPE.match(token):        # a guess at the master key
+                self.svc.guesses.fail(self.client_ip,
+                                      self.svc.settings.master_key_guesses_per_minute)
             shown = token[:8] + "…" if len(token) > 8 else token
             raise AuthError(f"Invalid API key `{shown}` (unknown or revoked). GET /v1/keys/me "
                             f"gives you your current key.", code="invalid_api_key")
@@ -251,45 +255,6 @@ class ApiHandler(BaseHandler):
                             f"the IP that created them. GET /v1/keys/me from {self.client_ip} "
                             f"gives you this address's own key.", code="ip_mismatch")
         return rec
-
-    def take_token(self, rec: KeyRecord) -> None:
-        decision = self.svc.buckets.take(rec.key_hash, rec.rpm or self.svc.settings.rpm)
-        headers = decision.headers()
-        if not decision.allowed:
-            self.svc.metrics.rate_limited.labels("rpm").inc()
-            wait = headers["Retry-After"]
-            raise RateLimited(f"Rate limit reached: {decision.limit} requests per minute for "
-                              f"this key. Wait {wait} s before the next request.",
-                              retry_after=decision.retry_after, headers=headers)
-        self._limit_headers = headers
-        for name, value in headers.items():
-            self.set_header(name, value)
-
-    def take_endpoint_token(self, rec: KeyRecord) -> None:
-        """``rate_limit.endpoints``: e.g. at most 2 videos an hour per key."""
-        limit = self.svc.settings.endpoint_limits.get(self.endpoint)
-        if limit is None:
-            return
-        count, period = limit
-        buckets = self.svc.endpoint_buckets.setdefault(self.endpoint, TokenBuckets())
-        decision = buckets.take(rec.key_hash, count, period)
-        if not decision.allowed:
-            self.svc.metrics.rate_limited.labels(self.endpoint).inc()
-            wait = decision.headers()["Retry-After"]
-            unit = {1.0: "second", 60.0: "minute", 3600.0: "hour", 86400.0: "day"}.get(
-                period, f"{period:g} s")
-            raise RateLimited(f"Rate limit reached: {count} {self.endpoint} requests per "
-                              f"{unit} for this key. Wait {wait} s before the next one.",
-                              retry_after=decision.retry_after,
-                              headers={"Retry-After": wait})
-
-    def check_quota(self, rec: KeyRecord) -> None:
-        limit = self.svc.settings.daily_credits
-        if limit and self.svc.usage.spent_today(rec.key_hash).credits >= limit:
-            self.svc.metrics.rate_limited.labels("daily_credits").inc()
-            raise QuotaExceeded(f"This key has used its {limit:g} credits for today (UTC). "
-                                f"The allowance resets at midnight UTC; GET /v1/keys/me shows "
-                                f"today's usage.")
 
     @property
     def key_hash(self) -> str | None:
@@ -321,27 +286,16 @@ class ApiHandler(BaseHandler):
 
     def json_body(self) -> tuple[dict, bytes]:
         raw = self.raw_body()
-        if not raw:
-            raise InvalidRequest("The request body is empty; send a JSON object.",
-                                 code="invalid_json")
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(f"The request body is not valid JSON ({exc.msg} at byte "
-                                 f"{exc.pos}).", code="invalid_json") from None
-        if not isinstance(body, dict):
-            raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-        return body, raw
+        return parse_object(raw), raw
 
     # ------------------------------------------------------------------ upstream work
     def on_connection_close(self) -> None:
         super().on_connection_close()
         self.client_gone = True
-        if self._work is not None and not self._work.done():
-            self._work.cancel()
+        self.interrupt()
 
     def interrupt(self) -> None:
-        """Shutdown's grace is over: end this request now (see ``guarded``)."""
+        """End this request's upstream work now (client gone, or shutdown's grace over)."""
         if self._work is not None and not self._work.done():
             self._work.cancel()
 
@@ -363,8 +317,7 @@ class ApiHandler(BaseHandler):
             task.uncancel()
 
     async def guarded(self, work: Awaitable[T]) -> T | None:
-        """Await upstream ``work``; None if a disconnect or the end of the shutdown grace
-        cut it short (the client then got nothing, or a 503)."""
+        """Await upstream ``work``; None if a disconnect or the shutdown grace cut it short."""
         self._watch()
         try:
             result = await work
@@ -401,9 +354,26 @@ class ApiHandler(BaseHandler):
             self.send_error(503, exc_info=(type(err), err, None))
 
     def error_frame(self, err: ApiError) -> bytes:
-        """How this endpoint's stream says it failed (OpenAI: a ``data: {"error": …}``
-        frame; other dialects override)."""
+        """How a stream says it failed: OpenAI's ``data: {"error": …}`` (dialects override)."""
         return sse.encode(err.envelope())
+
+    async def translated_chat(self, model: ModelSpec, chat_body: dict, stream: bool,
+                              events: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]],
+                              answer: Callable[[dict], object]) -> None:
+        """A dialect's request run as the internal chat request: ``events`` turns chat
+        frames into the dialect's stream, ``answer`` a ``chat.completion`` into its answer."""
+        chat = self.svc.chat
+        if stream:
+            async def open_stream() -> AsyncIterator[bytes]:
+                frames = await chat.stream(model, chat_body, None, self.key_hash)
+                self.served_by(frames.served)
+                return frames.through(events)
+            await self.relay(open_stream)
+            return
+        answered = await self.guarded(chat.complete(model, chat_body, None, self.key_hash))
+        if answered is not None:
+            self.served_by(answered[1])
+            self.write_json(answer(answered[0]))
 
     async def relay(self, open_stream: Callable[[], Awaitable[AsyncIterator[bytes]]]) -> None:
         """Open a stream and send its SSE frames as they come, with backpressure.  A failure
@@ -419,9 +389,8 @@ class ApiHandler(BaseHandler):
             first = await anext(events, None)
             if self.upstream_ms is None:
                 self.upstream_ms = self._observe_ttfb()
-            self.set_header("Content-Type", "text/event-stream; charset=utf-8")
-            self.set_header("Cache-Control", "no-cache")
-            self.set_header("X-Accel-Buffering", "no")
+            for name, value in _SSE_HEADERS:
+                self.set_header(name, value)
             if first is not None:
                 self.write(first)
             await self.flush()

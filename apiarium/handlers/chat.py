@@ -43,7 +43,7 @@ class ChatHandler(ApiHandler):
     async def post(self) -> None:
         body, raw = self.json_body()
         self.model_alias = str(body.get("model", ""))[:100]
-        model = self.svc.catalog.resolve(body.get("model"))
+        model = self.svc.catalog.resolve_for(body.get("model"), "/v1/chat/completions")
         check_messages(body)
         stream = check_stream(body)
         if model.type != "chat":
@@ -89,20 +89,10 @@ class CompletionsHandler(ApiHandler):
         if model.completions == "native":
             await self.native(model, body)
             return
-        chat_body = legacy.to_chat(body)
-        if check_stream(body):
-            async def open_stream() -> AsyncIterator[bytes]:
-                stream = await self.svc.chat.stream(model, chat_body, None, self.key_hash)
-                self.served_by(stream.served)
-                return stream.through(lambda frames: legacy.stream_from_chat(frames, body))
-            await self.relay(open_stream)
-            return
-        answered = await self.guarded(self.svc.chat.complete(model, chat_body, None,
-                                                             self.key_hash))
-        if answered is not None:
-            answer, served = answered
-            self.served_by(served)
-            self.write_json(legacy.from_chat(answer, body))
+        await self.translated_chat(
+            model, legacy.to_chat(body), check_stream(body),
+            lambda frames: legacy.stream_from_chat(frames, body),
+            lambda answer: legacy.from_chat(answer, body))
 
     async def native(self, model: ModelSpec, body: dict) -> None:
         """``completions: native``: the request, raw prompt and all, to the upstream's own

@@ -64,21 +64,12 @@ class MessagesHandler(MessagesBase):
             await self.passthrough(model, body, bool(stream))
             return
         chat_body = to_chat(body)
+        events = MessagesStream(model.alias, request=body)
         if stream:
-            events = self._events = MessagesStream(model.alias, request=body)
-
-            async def open_stream() -> AsyncIterator[bytes]:
-                chat = await self.svc.chat.stream(model, chat_body, None, self.key_hash)
-                self.served_by(chat.served)
-                return chat.through(lambda frames: stream_from_chat(frames, events))
-            await self.relay(open_stream)
-            return
-        answered = await self.guarded(self.svc.chat.complete(model, chat_body, None,
-                                                             self.key_hash))
-        if answered is not None:
-            answer, served = answered
-            self.served_by(served)
-            self.write_json(from_chat(answer, model.alias))
+            self._events = events              # a shutdown mid-stream ends it in this dialect
+        await self.translated_chat(
+            model, chat_body, bool(stream), lambda frames: stream_from_chat(frames, events),
+            lambda answer: from_chat(answer, model.alias))
 
 
     async def passthrough(self, model: ModelSpec, body: dict, stream: bool) -> None:

@@ -26,7 +26,7 @@ import tornado.template
 
 from .. import __version__
 from ..errors import ApiError, Forbidden, NotFound
-from ..modeltypes import MODEL_TYPES
+from ..modeltypes import MODEL_TYPES, ModelType
 from ..services.keys import AddressBlocked
 from .base import BaseHandler, as_api_error
 
@@ -163,6 +163,16 @@ def examples(base: str, key: str, model: str) -> list[dict]:
     ]
 
 
+def group_example(t: ModelType, api: str, key: str, models: list[dict]) -> str:
+    """The runnable openai-SDK snippet under a group: its row's ``example`` on the group's
+    first model ("" when the row has none or the group is empty)."""
+    if not t.example or not models:
+        return ""
+    return (f"from openai import OpenAI\n\n"
+            f"client = OpenAI(base_url={json.dumps(api)}, api_key={json.dumps(key)})\n\n"
+            + t.example.replace("{model}", json.dumps(models[0]["id"])))
+
+
 class PageHandler(BaseHandler):
     """An HTML page or asset: security headers on every answer, errors as HTML."""
 
@@ -226,9 +236,12 @@ class HomeHandler(PageHandler):
         svc = self.svc
         base = self.public_base()
         models = svc.catalog.listing()
-        groups = [{"type": t.name, "label": t.label, "endpoint": t.blurb,
-                   "models": [m for m in models if m["type"] == t.name]}
-                  for t in MODEL_TYPES.values()]
+        groups = []
+        for t in MODEL_TYPES.values():
+            members = [m for m in models if m["type"] == t.name]
+            groups.append({"type": t.name, "label": t.label, "endpoint": t.blurb,
+                           "models": members,
+                           "example": group_example(t, f"{base}/v1", key, members)})
         model = pick_example_model(models)
         html = self.assets.render(
             "index.html", title="Apiarium · OpenAI-compatible API", key=key, ip=rec.ip,

@@ -66,21 +66,12 @@ class ResponsesHandler(ApiHandler):
                 self.write_json(done)
             return
         chat_body = responses.to_chat(body)
+        events = ResponsesStream(body)
         if stream:
-            events = self._events = ResponsesStream(body)
-
-            async def open_stream() -> AsyncIterator[bytes]:
-                chat = await self.svc.chat.stream(model, chat_body, None, self.key_hash)
-                self.served_by(chat.served)
-                return chat.through(lambda frames: translated(frames, events))
-            await self.relay(open_stream)
-            return
-        answered = await self.guarded(self.svc.chat.complete(model, chat_body, None,
-                                                             self.key_hash))
-        if answered is not None:
-            answer, served = answered
-            self.served_by(served)
-            self.write_json(responses.from_chat(answer, body))
+            self._events = events              # a shutdown mid-stream ends it in this dialect
+        await self.translated_chat(
+            model, chat_body, stream, lambda frames: translated(frames, events),
+            lambda answer: responses.from_chat(answer, body))
 
     async def send_events(self, frames: list[bytes]) -> None:
         """A stream the gateway answers itself, all at once."""

@@ -8,6 +8,9 @@ A provider turns an OpenAI-shaped request into its upstream's wire format and ba
                                                with ``data: [DONE]``
     async def image(model, ImageRequest)    -> list[Media]          (image models)
     async def video(model, VideoRequest)    -> Media                (video models)
+    async def embed(model, EmbeddingRequest) -> dict                OpenAI embeddings ``list``
+                                               (embedding models), vectors encoded as the
+                                               request's ``encoding_format`` asks
 
 Each item a stream yields is exactly one SSE event (``legacy`` and the relay rely on it).
 ``body`` is the parsed client JSON, ``raw`` its bytes (a passthrough may forward them as they
@@ -35,6 +38,8 @@ built-in ones.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import re
 import time
@@ -45,9 +50,11 @@ from typing import Any, ClassVar
 
 import aiohttp
 import orjson
+import yarl
 
-from .. import sse
+from .. import logcontext, redact, sse
 from ..catalog import ModelSpec, ProviderSpec
+from ..embedding import EmbeddingRequest
 from ..errors import (
     ApiError,
     InvalidRequest,
@@ -58,11 +65,16 @@ from ..errors import (
     UpstreamTimeout,
 )
 from ..generation import ImageRequest, Media, VideoRequest
+from ..jsonbody import nesting_error
 from ..metrics import Metrics
 from ..outbound import FetchPolicy, ImageFetcher
 from .signatures import Signatures
 
 MAX_ERROR_BODY = 64 * 1024
+MAX_REDIRECTS = 5            # followed for GET only; credentials only within base_url's origin
+_REDIRECTS = frozenset((301, 302, 303, 307, 308))
+_ABOUT_REQUEST = frozenset((400, 404, 413, 422))   # statuses whose message a client sees
+log = logging.getLogger("apiarium.upstream")
 
 
 class Provider:
@@ -125,6 +137,11 @@ class Provider:
                              f"`{self.kind or self.spec.kind}` provider, which cannot make "
                              f"videos.", param="model")
 
+    async def embed(self, model: ModelSpec, req: EmbeddingRequest) -> dict[str, Any]:
+        raise InvalidRequest(f"`{model.alias}` is served by a "
+                             f"`{self.kind or self.spec.kind}` provider, which cannot make "
+                             f"embeddings.", param="model")
+
     # ------------------------------------------------------------------ the upstream path
     def require_configured(self) -> None:
         """A 503 ``provider_not_configured`` unless the provider can be called: it needs a
@@ -152,14 +169,21 @@ class Provider:
         """One upstream call: ``async with provider.request(...) as resp``.
 
         ``data`` is the body as bytes, or ``json`` an object to encode; ``extra_headers`` go
-        with the provider's (a client's ``anthropic-beta`` flags, say).  ``auth=False`` sends
-        none of the provider's headers (for a URL on someone else's server, such as an image
-        an upstream links to).  Connection failures and timeouts, also while the body is read
-        inside the block, become 502 / 504; an error status is read and raised as
-        ``map_error`` says; the time to the answer's headers is observed per provider.
+        with the provider's (a client's ``anthropic-beta`` flags, say).  The provider's
+        headers (its credential among them) go only to ``base_url``'s origin (scheme, host
+        and port); ``auth=False`` sends them nowhere (a URL on someone else's server, such
+        as an image an upstream links to).  Redirects: a GET follows up to
+        ``MAX_REDIRECTS``, and once it leaves the origin it carries none of those headers
+        (a Veo video is fetched so); any other method's redirect is a 502, never followed.
+        Connection failures and timeouts, also while the body is read inside the block,
+        become 502 / 504; an error status is read and raised as ``map_error`` says; the
+        time to the answer's headers is observed per provider.
         """
         if json is not None:
-            data = orjson.dumps(json)
+            try:
+                data = orjson.dumps(json)
+            except orjson.JSONEncodeError:     # nested deeper than orjson writes
+                raise nesting_error() from None
         if data is not None:
             # orjson leaves ~4 KB allocated behind every result; aiohttp holds the body for
             # as long as the answer streams, so hold an exact-size copy instead
@@ -168,9 +192,22 @@ class Provider:
         if extra_headers and headers is not None:
             headers = {**headers, **extra_headers}
         started = time.perf_counter()
+        credentials = auth
         try:
-            async with self.session.request(method, url, data=data, headers=headers,
-                                            timeout=timeout or self.timeout) as resp:
+            async with contextlib.AsyncExitStack() as stack:
+                for hop in range(MAX_REDIRECTS + 1):
+                    credentials = credentials and self.at_home(url)
+                    resp = await stack.enter_async_context(self.session.request(
+                        method, url, data=data, allow_redirects=False,
+                        headers=headers if credentials else None,
+                        timeout=timeout or self.timeout))
+                    if resp.status not in _REDIRECTS:
+                        break
+                    target = resp.headers.get("Location", "")
+                    if method != "GET" or not target or hop == MAX_REDIRECTS:
+                        raise self.redirect_error(resp.status, target)
+                    url = str(resp.url.join(yarl.URL(target)))
+                    resp.release()
                 if self._latency is not None:
                     self._latency.observe(time.perf_counter() - started)
                 if resp.status >= 400:
@@ -180,6 +217,19 @@ class Provider:
             raise
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             raise self.transport_error(exc) from None
+
+    def at_home(self, url: str) -> bool:
+        """Whether ``url`` is on ``base_url``'s origin (scheme, host and port): the only one
+        that sees the provider's headers.  A URL under base_url is, without parsing."""
+        base = self.spec.base_url
+        return bool(base) and (url.startswith(base + "/") or _origin(url) == _origin(base))
+
+    def redirect_error(self, status: int, target: str) -> UpstreamError:
+        """A redirect the upstream path does not follow (logged with its target)."""
+        log.info("%s upstream `%s` answered HTTP %d to %s; not followed",
+                 logcontext.REQUEST_ID.get(), self.spec.name, status, target[:300] or "nowhere")
+        return UpstreamError(f"The upstream provider `{self.spec.name}` answered with a "
+                             f"redirect (HTTP {status}), which this gateway does not follow.")
 
     async def call_json(self, method: str, url: str, *, data: bytes | None = None,
                         json: Any = None) -> dict[str, Any]:
@@ -274,40 +324,55 @@ class Provider:
     def map_error(self, status: int, data: Any, retry_after: float | None) -> ApiError:
         """The contract's status table: 401/403 → 502 (the gateway's own key), quota and 429
         → 429 ``upstream_rate_limited``, 503/529 → 503, 504 → 504, other 5xx → 502, other
-        4xx passed through with the upstream's message."""
+        4xx passed through with their status.  Only a 4xx about the request itself (400, 404,
+        413, 422) keeps the upstream's message, scrubbed of anything shaped like a key or an
+        organisation id (``redact``); every other answer gets the gateway's own words, since
+        upstreams write account names, org ids and key tails into those.  The upstream's
+        own message is logged (info) with the request id."""
         name = self.spec.name
         said = self.error_message(data).strip().rstrip(".")
         key = self.spec.api_key
-        if key and len(key) >= 4:                    # an upstream may echo the key back
-            said = said.replace(key, "[redacted]")
-        detail = f": {said}" if said else ""
+        if said:                   # for the operator: org ids and all, but never the key
+            log.info("%s upstream `%s` answered HTTP %d: %s", logcontext.REQUEST_ID.get(),
+                     name, status, said.replace(key, redact.REDACTED) if key else said)
         if status in (401, 403):
             return UpstreamError(f"The upstream provider `{name}` refused this gateway's "
-                                 f"credentials (HTTP {status}){detail}. The operator must check "
+                                 f"credentials (HTTP {status}). The operator must check "
                                  f"providers.{name}.api_key.")
         if self.is_quota(status, data):
             return RateLimited(f"The upstream provider `{name}` refused the request: this "
-                               f"gateway's account is out of quota or credit (HTTP {status}"
-                               f"{detail}). Retrying will not help until the operator tops it "
-                               f"up.", code="upstream_rate_limited", retry_after=retry_after,
+                               f"gateway's account is out of quota or credit (HTTP {status}). "
+                               f"Retrying will not help until the operator tops it up.",
+                               code="upstream_rate_limited", retry_after=retry_after,
                                headers={"x-should-retry": "false"})
         if status == 429:
-            return RateLimited(f"The upstream provider `{name}` is rate limiting this gateway"
-                               f"{detail}." + (f" Retry in {math.ceil(retry_after)} s."
-                                               if retry_after else ""),
+            return RateLimited(f"The upstream provider `{name}` is rate limiting this gateway."
+                               + (f" Retry in {math.ceil(retry_after)} s." if retry_after
+                                  else " Retry in a little while."),
                                code="upstream_rate_limited", retry_after=retry_after)
         if status in (503, 529):
             h = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after else {}
-            return ServiceUnavailable(f"The upstream provider `{name}` is overloaded{detail}. "
+            return ServiceUnavailable(f"The upstream provider `{name}` is overloaded. "
                                       f"Retry in a few seconds.", headers=h)
         if status == 504:
-            return UpstreamTimeout(f"The upstream provider `{name}` timed out{detail}.")
+            return UpstreamTimeout(f"The upstream provider `{name}` timed out.")
         if status >= 500:
-            return UpstreamError(f"The upstream provider `{name}` failed with HTTP {status}"
-                                 f"{detail}. Try again later.")
+            return UpstreamError(f"The upstream provider `{name}` failed with HTTP {status}. "
+                                 f"Try again later.")
         code = {404: "model_not_found", 413: "request_too_large"}.get(status)
+        detail = redact.scrub(said, self.spec.api_key) if status in _ABOUT_REQUEST else ""
         return UpstreamPassthrough(f"The upstream provider `{name}` rejected the request"
-                                   f"{detail or f' (HTTP {status})'}.", status=status, code=code)
+                                   f"{f': {detail}' if detail else f' (HTTP {status})'}.",
+                                   status=status, code=code)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of ``url``: who may see the provider's credentials."""
+    try:
+        u = yarl.URL(url)
+    except (TypeError, ValueError):
+        return ("", "", None)
+    return (u.scheme.lower(), (u.host or "").lower(), u.port)
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -1,4 +1,5 @@
-"""`kind: gemini`: Google's generativelanguage API (``v1beta``), chat for now.
+"""`kind: gemini`: Google's generativelanguage API (``v1beta``): chat here; images and Veo in
+``gemini_media``, embeddings (``batchEmbedContents``) in ``gemini_embed``.
 
 Calls ``POST {base_url}/v1beta/models/{upstream}:generateContent`` (or
 ``:streamGenerateContent?alt=sse``) with the ``x-goog-api-key`` header.
@@ -28,10 +29,11 @@ import orjson
 
 from .. import sse
 from ..catalog import ModelSpec
+from ..embedding import EmbeddingRequest
 from ..errors import ApiError, InvalidRequest, UpstreamError
 from ..generation import ImageRequest, Media, VideoRequest
 from ..tokens import TokenUsage
-from . import gemini_media
+from . import gemini_embed, gemini_media
 from .base import Provider, parse_duration
 from .gemini_request import to_gemini
 from .reasoning import wants_reasoning
@@ -100,6 +102,10 @@ class GeminiProvider(Provider):
 
     async def video(self, model: ModelSpec, req: VideoRequest) -> Media:
         return await gemini_media.generate_video(self, model, req)
+
+    # ------------------------------------------------------------------ embeddings (gemini_embed)
+    async def embed(self, model: ModelSpec, req: EmbeddingRequest) -> dict[str, Any]:
+        return await gemini_embed.embed(self, model, req)
 
     # ------------------------------------------------------------------ errors (5.8)
     def error_message(self, data: Any) -> str:
@@ -187,8 +193,9 @@ class GeminiProvider(Provider):
         err = obj.get("error")
         if err is not None:     # {"error": {code, message, status}} mid-stream
             err = err if isinstance(err, dict) else {}
-            code: int = err["code"] if isinstance(err.get("code"), int) else 0
-            code = code if code >= 400 else _STATUS_CODES.get(str(err.get("status")), 502)
+            code = err.get("code")
+            if not (isinstance(code, int) and code >= 400):
+                code = _STATUS_CODES.get(str(err.get("status")), 502)
             raise self.map_error(code, obj, self.retry_hint(resp, obj))
         return obj
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..catalog import ModelSpec
 from ..errors import InvalidRequest, NoOutput, UpstreamError, UpstreamTimeout
 from ..generation import ImageRequest, Media, VideoRequest, nearest
+from ..redact import scrub
 from .base import Provider
 from .shapes import parse_data_url
 
@@ -104,7 +105,8 @@ async def _finished(provider: GeminiProvider, op: dict[str, Any], req: VideoRequ
     name = provider.spec.name
     error = op.get("error")
     if isinstance(error, dict):
-        message = str(error.get("message") or "no reason given")
+        message = scrub(str(error.get("message") or "no reason given")[:500],
+                        provider.spec.api_key)
         if _POLICY.search(message):
             raise InvalidRequest(f"The video was refused by the provider's safety filter: "
                                  f"{message}", code="content_policy_violation", param="prompt")
@@ -113,7 +115,8 @@ async def _finished(provider: GeminiProvider, op: dict[str, Any], req: VideoRequ
     result = (op.get("response") or {}).get("generateVideoResponse") or {}
     samples = result.get("generatedSamples") or []
     if result.get("raiMediaFilteredCount") or not samples:
-        reasons = "; ".join(map(str, result.get("raiMediaFilteredReasons") or []))
+        reasons = scrub("; ".join(map(str, result.get("raiMediaFilteredReasons") or []))[:500],
+                        provider.spec.api_key)
         if result.get("raiMediaFilteredCount"):
             raise InvalidRequest(f"The video was refused by the provider's safety filter"
                                  f"{': ' + reasons if reasons else ''}. Rephrase the prompt.",

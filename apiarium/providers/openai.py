@@ -1,7 +1,8 @@
 """`kind: openai`: any OpenAI-compatible upstream.  Requests and streams pass through.
 
 The client's body is forwarded byte for byte when the alias is the upstream id; otherwise
-only ``model`` is rewritten.  Stream frames are relayed one by one as they arrive; ``model``
+only ``model`` is rewritten (chat, and embeddings at ``{base_url}/embeddings``, token arrays
+included).  Stream frames are relayed one by one as they arrive; ``model``
 inside a frame is swapped back to the alias with a byte replace, not a JSON re-encode.
 
 A model with ``completions: native`` takes legacy ``/v1/completions`` natively
@@ -17,8 +18,9 @@ from typing import Any, ClassVar
 
 import orjson
 
-from .. import sse
+from .. import embedding, sse
 from ..catalog import ModelSpec
+from ..embedding import EmbeddingRequest
 from ..errors import ApiError, NoOutput, UpstreamError
 from ..generation import ImageRequest, Media, nearest
 from .base import Provider
@@ -106,6 +108,37 @@ class OpenAIProvider(Provider):
         status = 429 if "rate_limit" in kind else 400 if "invalid_request" in kind else 500
         return self.map_error(status, obj, None)
 
+    async def embed(self, model: ModelSpec, req: EmbeddingRequest) -> dict[str, Any]:
+        """``embeddings``, passed through; the answer's ``model`` is the alias, its vectors
+        in the encoding asked for (a server that ignores ``encoding_format`` is made to
+        honour it) and its usage estimated if the server gave none."""
+        self.require_configured()
+        data = await self.call_json("POST", f"{self.spec.base_url}/embeddings",
+                                    data=self._payload(model, req.body, req.raw))
+        items = data.get("data")
+        if not isinstance(items, list) or len(items) != len(req.inputs) or not all(
+                isinstance(i, dict) and isinstance(i.get("embedding"), (list, str))
+                for i in items):
+            raise UpstreamError(f"The upstream provider `{self.spec.name}` answered without "
+                                f"one embedding per input; it does not look like an "
+                                f"OpenAI-compatible embeddings server.")
+        items.sort(key=lambda i: i.get("index") if isinstance(i.get("index"), int) else 0)
+        try:
+            for item in items:
+                vector = item["embedding"]
+                if req.encoding_format == "base64" and isinstance(vector, list):
+                    item["embedding"] = embedding.encode(vector, "base64")
+                elif req.encoding_format == "float" and isinstance(vector, str):
+                    item["embedding"] = embedding.decode(vector)
+        except (TypeError, ValueError):       # not numbers, not base64 of float32
+            raise UpstreamError(f"The upstream provider `{self.spec.name}` answered with an "
+                                f"embedding that is not a vector of numbers.") from None
+        counted = data.get("usage")
+        if not (isinstance(counted, dict) and isinstance(counted.get("prompt_tokens"), int)):
+            data["usage"] = embedding.usage(req.estimate())
+        data["model"] = model.alias
+        return data
+
     async def image(self, model: ModelSpec, req: ImageRequest) -> list[Media]:
         """``images/generations``; GPT image models answer ``b64_json`` (a ``url`` answer,
         as dall-e gives, is downloaded), so the gateway can re-host or inline the bytes."""
@@ -145,7 +178,7 @@ def _rename(event: bytes, old: bytes, new: bytes, alias: str) -> bytes:
     _, data = sse.parse(event)
     try:
         obj = orjson.loads(data or b"")
-    except orjson.JSONDecodeError:
+    except (orjson.JSONDecodeError, TypeError):
         return event
     if isinstance(obj, dict) and "model" in obj:
         obj["model"] = alias

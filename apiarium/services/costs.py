@@ -1,9 +1,10 @@
 """What one free key can make the operator pay, bounded before anything is sent upstream.
 
 * **Caps on a request's size**: ``n`` (images: ``limits.max_images``, chat:
-  ``limits.max_chat_choices``) and the output tokens asked for (``max_tokens`` /
+  ``limits.max_chat_choices``), the output tokens asked for (``max_tokens`` /
   ``max_completion_tokens`` / ``max_output_tokens``, at most the model's
-  ``max_output_tokens``).  Over a cap: 400 naming the field.
+  ``max_output_tokens``) and an embedding request's total input
+  (``limits.max_embedding_input_mb``).  Over a cap: 400 naming the field.
 * **The daily credit allowance** (``rate_limit.daily_credits``), reserved before the upstream
   call at the most the request can cost, and settled after (the ledger books the real cost,
   the reservation is released): requests in flight at once cannot overshoot it together.
@@ -55,6 +56,15 @@ def check_images_n(n: int, max_images: int) -> None:
     if n > max_images:
         raise InvalidRequest(f"`n` is {n}; this gateway makes at most {max_images} "
                              f"images per request.", param="n")
+
+
+def check_embedding_size(size: int, limit: int) -> None:
+    """An embedding request's inputs (``size`` bytes of text) against the cap."""
+    if size > limit:
+        mb = round(limit / 1048576, 3)
+        raise InvalidRequest(f"`input` holds {size:,} bytes of text; this gateway embeds at "
+                             f"most {limit:,} bytes ({mb:g} MB) per request. Split it into "
+                             f"several requests.", param="input")
 
 
 def chat_estimate(model: ModelSpec, request_bytes: int, output_tokens: int) -> float:

@@ -2,7 +2,8 @@
 
 * A key is ``api-`` + 16 characters of ``[a-z0-9]``, derived as HMAC(secret, "ip|generation")
   (``keysecret.py``); the database keeps HMAC(secret, key) and ``api-`` + two characters, so
-  without the secret file (``<database>.secret``) it reveals nothing a key can be checked
+  without the secret file (``<database>.secret``, or the ``secret_file`` setting; every process
+  on one database must read the same one) it reveals nothing a key can be checked
   against.  Older databases, which kept a bare SHA-256, are rehashed on open.
 * The same IP gets the same key back, across restarts, by deriving it again.  Revoking or
   rotating moves the IP to its next generation, so its next key is a different one.
@@ -27,13 +28,17 @@ import ipaddress
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import keysecret
 from ..errors import Forbidden, RateLimited
 from ..keysecret import KEY_PREFIX, KeyStoreError
 from ..netguard import Blocklist, network_of, parse_network
 from ..ratelimit import TokenBuckets
-from ..storage import BlockRecord, KeyRecord, NewKey, Storage, locate, open_storage
+from ..storage import BlockRecord, KeyRecord, NewKey, Storage, open_storage, secret_beside
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 DAY_S = 86400
 PREFIX_LEN = 6            # "api-" + 2: how much of a key is stored in the clear, to show
@@ -72,7 +77,7 @@ class KeyService:
 
     def __init__(self, database: str | Path, secret_path: str | Path | None = None) -> None:
         self.database = database
-        self.secret_path = Path(secret_path or f"{locate(database)[1]}.secret")
+        self.secret_path = Path(secret_path) if secret_path else secret_beside(database)
         self._storage: Storage | None = None
         self._secret = b""
         self._by_hash: dict[str, KeyRecord] = {}
@@ -235,6 +240,15 @@ class KeyService:
         rec = self._by_ip.get(ip)
         key = self._known(rec) if rec is not None else None
         return (key, rec) if key and rec else None
+
+    async def issue(self, ip: str, s: Settings) -> tuple[str, KeyRecord]:
+        """A visit that may issue a key (``/v1/keys/me``, the homepage), within the settings'
+        limits: ``security.key_requests_per_minute`` such visits per IPv4 address or IPv6
+        /64, then the new-key caps per /64, /48, /32 and per hour (429 beyond each)."""
+        self.admit(ip, s.key_requests_per_minute)
+        return await self.key_for_ip(ip, caps=IssuanceCaps(
+            per_64=s.new_keys_per_ipv6_64_per_day, per_48=s.new_keys_per_ipv6_48_per_day,
+            per_32=s.new_keys_per_ipv6_32_per_day, per_hour=s.new_keys_per_hour))
 
     async def key_for_ip(self, ip: str, new_per_64: int = 0,
                          caps: IssuanceCaps | None = None) -> tuple[str, KeyRecord]:

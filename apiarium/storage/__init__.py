@@ -1,9 +1,9 @@
 """What the services ask of a database: the repositories as Protocols, the plain records they
 exchange, and ``open_storage``, which picks the engine from the ``database`` setting.
 
-Engines: ``sqlite.py`` (a path, or ``sqlite:PATH``; the default).  A PostgreSQL engine
-(``postgresql://…``) is one more module implementing these Protocols, named in
-``open_storage``.  (Video jobs will get a repository of their own here.)
+Engines: ``sqlite.py`` (a path, or ``sqlite:PATH``; the default) and ``postgres.py``
+(a ``postgresql://`` or ``postgres://`` URL; several processes and hosts share one database).
+(Video jobs will get a repository of their own here.)
 
 Rules every engine keeps, so that several processes (gateway workers, the admin CLI) can
 share one database:
@@ -13,7 +13,11 @@ share one database:
   ``INSERT … ON CONFLICT`` in PostgreSQL), ``UsageRepository.add`` adds to stored totals;
 * no domain logic: key derivation, caching, limits and messages live in ``services/``;
 * ``Storage.changed_elsewhere`` says when another process changed keys or blocks, so a
-  service's in-memory copy can be reloaded (cheaply: it is polled every few seconds).
+  service's in-memory copy can be reloaded (cheaply: it is polled every few seconds);
+* a database that cannot be reached right now (a server stopped, restarting, out of
+  connections) raises ``StorageUnavailable``, an ``ApiError`` the handlers answer 503
+  ``storage_unavailable``; what is cached in memory (known keys) keeps working;
+* a URL's password never appears in a message: ``describe`` names a database.
 """
 from __future__ import annotations
 
@@ -21,10 +25,32 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
+from urllib.parse import urlsplit
+
+from ..errors import ApiError
+
+URL_SCHEMES = ("postgresql", "postgres")
 
 
 class StorageError(Exception):
     """The database cannot be opened or used as configured (the message says why)."""
+
+
+class StorageUnavailable(StorageError, ApiError):
+    """The database cannot be reached right now: 503 ``storage_unavailable``.  Clients get
+    the ``message`` below; ``str()`` is the operator's detail (which database, what failed)."""
+    status = 503
+    type = "server_error"
+    default_code = "storage_unavailable"
+    public = ("The gateway's database cannot be reached right now, so it cannot issue API "
+              "keys. Keys already issued keep working; try again in a minute.")
+
+    def __init__(self, detail: str) -> None:
+        ApiError.__init__(self, self.public)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +149,8 @@ class UsageRepository(Protocol):
 
 class Storage(Protocol):
     """One engine's connection to one database, and its repositories."""
+    found_version: int        # the schema version the database had when opened (0: new)
+
     @property
     def keys(self) -> KeyRepository: ...
 
@@ -142,19 +170,64 @@ class Storage(Protocol):
         key, and file the usage rows of each changed hash under the new one.  The number of
         keys changed (0: nothing to do, as for every database made since)."""
 
+    async def schema_version(self) -> int:
+        """The schema version the database is at now."""
+
     async def close(self) -> None:
         """Close the connection (idempotent)."""
 
 
 async def open_storage(database: str | Path) -> Storage:
     """The storage the ``database`` setting names, opened and migrated to the current schema:
-    a path or ``sqlite:PATH`` → SQLite; ``postgresql://…`` → not built yet (StorageError)."""
-    scheme, path = locate(database)
-    if scheme != "sqlite":
-        raise StorageError("database: a postgresql:// URL names the PostgreSQL engine, which "
-                           "is not built yet; set `database` to a SQLite file path")
+    a path or ``sqlite:PATH`` → SQLite; a ``postgresql://`` URL → PostgreSQL."""
+    url = database_url(database)
+    if url is not None:
+        from .postgres import PostgresStorage
+        return await PostgresStorage.open(url)
     from .sqlite import SqliteStorage
-    return await SqliteStorage.open(path)
+    return await SqliteStorage.open(locate(database)[1])
+
+
+def is_url(database: str | Path) -> bool:
+    """Whether the setting is a PostgreSQL URL as written (``postgresql://…``)."""
+    return isinstance(database, str) and \
+        database.lower().startswith(tuple(f"{scheme}://" for scheme in URL_SCHEMES))
+
+
+def database_url(database: str | Path) -> str | None:
+    """The PostgreSQL URL the setting names (None: a SQLite file).  Also reads a URL that
+    went through an older config's path resolution (``/etc/apiarium/postgresql:/host/db``)."""
+    if is_url(database):
+        return str(database)
+    parts = Path(database).parts
+    for i, part in enumerate(parts):
+        head, sep, _ = part.partition(":")
+        if sep and head.lower() in URL_SCHEMES and part == head + ":":
+            return f"{head}://" + "/".join(parts[i + 1:])
+        if sep and head.lower() == "sqlite":
+            return None
+    return None
+
+
+def describe(database: str | Path) -> str:
+    """How messages name a database: its path, or its URL without password or parameters
+    (``postgresql://apiarium@db.example:5432/apiarium``)."""
+    url = database_url(database)
+    if url is None:
+        return str(locate(database)[1])
+    parts = urlsplit(url)
+    user, at, hosts = parts.netloc.rpartition("@")
+    user = user.partition(":")[0]
+    return f"{parts.scheme}://{user}{at}{hosts}{parts.path}"
+
+
+def secret_beside(database: str | Path) -> Path:
+    """Where the key secret lives by default: ``<database>.secret`` beside a SQLite file.  A
+    PostgreSQL database has no folder of its own: its secret file is a setting."""
+    if database_url(database) is not None:
+        raise StorageError(f"{describe(database)}: a PostgreSQL database needs the key "
+                           f"secret's path (the secret_file setting)")
+    return Path(f"{locate(database)[1]}.secret")
 
 
 def locate(database: str | Path) -> tuple[str, Path]:
@@ -164,7 +237,7 @@ def locate(database: str | Path) -> tuple[str, Path]:
     for i, part in enumerate(parts):
         head, sep, rest = part.partition(":")
         scheme = head.lower()
-        if not sep or scheme not in ("sqlite", "postgresql", "postgres"):
+        if not sep or scheme not in ("sqlite", *URL_SCHEMES):
             continue
         if scheme != "sqlite":
             return "postgresql", Path(database)

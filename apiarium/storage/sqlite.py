@@ -35,8 +35,9 @@ TOUCH_BATCH = 5000        # rows per UPDATE statement when writing last-used tim
 class SqliteStorage:
     """The ``Storage`` of one SQLite file."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: Path, found_version: int = 0) -> None:
         self.path = path
+        self.found_version = found_version
         self._db: aiosqlite.Connection | None = db
         self.write_lock = asyncio.Lock()
         self._data_version = -1
@@ -47,6 +48,7 @@ class SqliteStorage:
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStorage:
+        """Connect, switch to WAL, migrate (several processes may open one file at once)."""
         try:
             private_files(path)
             db = await aiosqlite.connect(path, isolation_level=None)
@@ -54,10 +56,11 @@ class SqliteStorage:
             raise StorageError(f"{path}: cannot open the database: {exc}") from None
         try:
             await db.execute("PRAGMA busy_timeout=5000")
-            await db.execute("PRAGMA journal_mode=WAL")
+            await _wal(db)
             await db.execute("PRAGMA synchronous=NORMAL")
+            found = await user_version(db)
             await migrate(db)
-            storage = cls(db, path)
+            storage = cls(db, path, found)
             await storage.changed_elsewhere()        # what this connection starts from
         except BaseException as exc:
             await db.close()
@@ -89,6 +92,9 @@ class SqliteStorage:
             return False
         self._changes = changes
         return True
+
+    async def schema_version(self) -> int:
+        return await user_version(self.db)
 
     async def upgrade_keys(self, rewrite: Callable[[KeyRecord], KeyRecord]) -> int:
         """Version 1 → 2, once, in one transaction that holds the write lock: store
@@ -248,3 +254,16 @@ class SqliteUsage:
             except BaseException:
                 await db.execute("ROLLBACK")
                 raise
+
+
+async def _wal(db: aiosqlite.Connection, attempts: int = 50) -> None:
+    """``journal_mode=WAL``: switching needs the file to itself and SQLite answers "locked"
+    at once, without its busy handler, while another process opens it too; so retry."""
+    for attempt in range(attempts):
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.02 * (attempt + 1))

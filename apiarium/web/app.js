@@ -5,7 +5,7 @@
   "use strict";
 
   var REFRESH_MS = 60000;
-  var TYPES = ["chat", "image", "video"];
+  var TYPES = ["chat", "image", "video", "embedding"];
   var keyEl = document.getElementById("api-key");
   var apiKey = keyEl ? keyEl.getAttribute("data-key") : "";
   var toast = document.getElementById("toast");

@@ -12,7 +12,17 @@ from .openai import FakeOpenAI, make_png, openai_error
 from .rag import FakeRag
 
 __all__ = [
-    "FakeUpstream", "Recorded", "FakeOpenAI", "FakeAnthropic", "FakeGemini", "FakeRag",
-    "anthropic_error", "google_error", "openai_error", "make_png", "make_mp4",
-    "split_pieces", "words",
+    "FakeAnthropic",
+    "FakeGemini",
+    "FakeOpenAI",
+    "FakeRag",
+    "FakeUpstream",
+    "Recorded",
+    "anthropic_error",
+    "google_error",
+    "make_mp4",
+    "make_png",
+    "openai_error",
+    "split_pieces",
+    "words",
 ]

@@ -160,7 +160,7 @@ class FakeAnthropic(FakeUpstream):
             words(_block_text(m.get("content"))) for m in msgs)
         last_user = next(_user_text(m.get("content")) for m in reversed(msgs)
                          if m["role"] == "user")
-        tool = self.reply_tool_call if body.get("tools") and self.reply_tool_call else None
+        tool = self.tool_for(request, body)
         text = TOOL_PREAMBLE if tool else self.answer_for(last_user)
         thinking = (body.get("thinking") or {}).get("type") == "enabled"
         thought = words(self.thought_text) if thinking else 0

@@ -17,11 +17,17 @@ Conventions shared by all fakes (tests rely on them):
   arguments string when a tool call is answered.
 * Streaming "events" are SSE frames of any kind (role chunk, ping, [DONE] ...):
   ``die_mid_stream_next(k)`` sends the first ``k`` frames, then aborts.
+* Embeddings: ``embedding_vector(text, dims)``, numbers drawn from a generator seeded with
+  the text's SHA-256 and scaled to length 1, so a test can check each output vector against
+  its own input (and so the order).  A token array embeds as the text ``tokens:1,2,3``.
 """
 from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
+import math
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -29,7 +35,8 @@ from dataclasses import dataclass
 import orjson
 from aiohttp import web
 
-_WRITE_ERRORS = (ConnectionError, RuntimeError)  # ClientConnectionResetError is a ConnectionResetError
+# aiohttp's ClientConnectionResetError is a ConnectionResetError
+_WRITE_ERRORS = (ConnectionError, RuntimeError)
 
 
 def _key(name: str):
@@ -74,6 +81,14 @@ def sse_event(name: str, obj) -> bytes:
 
 def words(text: str | None) -> int:
     return len(text.split()) if text else 0
+
+
+def embedding_vector(text: str, dims: int) -> list[float]:
+    """The fakes' full-size embedding of ``text`` (see module doc)."""
+    rng = random.Random(hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest())
+    values = [rng.gauss(0.0, 1.0) for _ in range(dims)]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    return [v / norm for v in values]
 
 
 def split_pieces(text: str, n: int) -> list[str]:
@@ -126,10 +141,10 @@ class FakeUpstream:
 
     # the knobs tests turn; ``reset`` puts back the values they had when the fake started
     KNOBS = ("stream_events", "stream_delay", "reply_text", "reply_tool_call",
-             "veo_polls_until_done", "sources", "image_in_words", "cached_tokens",
-             "thought_text")
+             "veo_polls_until_done", "sources", "image_in_words", "embedding_dims",
+             "embed_delay", "embed_peak", "cached_tokens", "thought_text")
 
-    def reset(self) -> "FakeUpstream":
+    def reset(self) -> FakeUpstream:
         """Forget requests and scripts, and restore every knob: a clean fake for the next
         test, without the cost of a new server."""
         self.clear()
@@ -137,7 +152,7 @@ class FakeUpstream:
             setattr(self, name, copy.deepcopy(value))
         return self
 
-    def start(self) -> "FakeUpstream":
+    def start(self) -> FakeUpstream:
         if self._thread is not None:
             return self
         self._defaults = {k: copy.deepcopy(getattr(self, k)) for k in self.KNOBS
@@ -241,6 +256,20 @@ class FakeUpstream:
     def garbage_next(self, status: int = 200, path_contains: str | None = None) -> None:
         """Next matching request gets ``b"<html>not json"`` as text/html."""
         self._push(path_contains, kind="garbage", status=status)
+
+    def tool_call_next(self, name: str, arguments: str, path_contains: str | None = None) -> None:
+        """Next matching request that declares tools is answered with a call of ``name`` with
+        ``arguments`` (a JSON string), as ``reply_tool_call`` would, once; later requests get
+        text again (an agent's tool round trip: the call, then the answer to its result).
+        A matching request without tools consumes it and gets text."""
+        self._push(path_contains, kind="tool", tool={"name": name, "arguments": arguments})
+
+    def tool_for(self, request: web.Request, body: dict) -> dict | None:
+        """The tool call this request is answered with: a ``tool_call_next`` taken by it, else
+        ``reply_tool_call``; none when the request declares no tools."""
+        b = request.get(BEHAVIOUR)
+        tool = b["tool"] if b and b["kind"] == "tool" else self.reply_tool_call
+        return tool if body.get("tools") and tool else None
 
     def die_mid_stream_next(self, after_events: int, path_contains: str | None = None) -> None:
         """Next stream: send ``after_events`` frames, then abort the TCP connection.

@@ -1,4 +1,5 @@
-"""FakeGemini: generateContent, streamGenerateContent (SSE), image output, Veo long-running ops.
+"""FakeGemini: generateContent, streamGenerateContent (SSE), image output, Veo long-running ops,
+batchEmbedContents.
 
 generateContent bodies are validated with google-genai's types and Gemini's own rules
 (``gemini_checks``): a bad one gets Gemini's 400.  Gemini 3 models (``gemini-3*``) sign their
@@ -9,19 +10,24 @@ budget above 0) thinks: ``thought_text`` is counted as ``thoughtsTokenCount``, a
 reported as read from the cache (``cachedContentTokenCount``, inside ``promptTokenCount``)."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import secrets
 import struct
 
 import orjson
+import pydantic
 from aiohttp import web
+from google.genai import types as genai_types
 
 from . import gemini_checks
-from .base import BEHAVIOUR, JSON, FakeUpstream, split_pieces, sse_data, words
+from .base import BEHAVIOUR, JSON, FakeUpstream, embedding_vector, split_pieces, sse_data, words
 from .openai import make_png
 
 IMAGE_TOKENS = 1290
+EMBED_BATCH = 100                 # Google's limit of requests per batchEmbedContents call
+EMBED_FIELDS = {"model", "content", "taskType", "title", "outputDimensionality"}
 VEO_FILTER_REASON = ("Unfortunately, we can't create videos from this prompt: it may violate "
                      "our policies (fake safety filter).")
 
@@ -79,6 +85,10 @@ class FakeGemini(FakeUpstream):
         self.thought_text = "Weighing the question step by step."
         self.signatures: set[str] = set()     # thought signatures given out (kept by reset)
         self._ops: dict[str, dict] = {}
+        self.embedding_dims = 256     # the native size of every embedding model here
+        self.embed_delay = 0.0        # seconds each batchEmbedContents call takes
+        self.embed_peak = 0           # the most batchEmbedContents calls seen at once
+        self._embed_now = 0
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1beta/models/{tail:.+}", self._post_model)
@@ -96,7 +106,8 @@ class FakeGemini(FakeUpstream):
         period = "PerDay" if per_day else "PerMinute"
         details = [
             {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
-                "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                "quotaMetric": ("generativelanguage.googleapis.com/"
+                                "generate_content_free_tier_requests"),
                 "quotaId": f"GenerateRequests{period}PerProjectPerModel-FreeTier",
                 "quotaDimensions": {"location": "global", "model": "fake-model"},
                 "quotaValue": "250" if per_day else "10"}]},
@@ -149,6 +160,8 @@ class FakeGemini(FakeUpstream):
             return self._bad("Invalid JSON payload received.")
         if action == "predictLongRunning":
             return self._start_veo(request, model, body)
+        if action == "batchEmbedContents":
+            return await self._embed(model, body)
         if action not in ("generateContent", "streamGenerateContent"):
             return self._bad(f"Method {action!r} not found for models/{model}.", 404, "NOT_FOUND")
         contents = body.get("contents")
@@ -167,7 +180,7 @@ class FakeGemini(FakeUpstream):
         text = self.answer_for(last_user)
         gen = body.get("generationConfig") or {}
         image = "IMAGE" in (gen.get("responseModalities") or [])
-        tool = self.reply_tool_call if body.get("tools") and self.reply_tool_call else None
+        tool = self.tool_for(request, body)
         rid = secrets.token_urlsafe(12)
         thinking = gen.get("thinkingConfig") or {}
         thinks = bool(thinking.get("thinkingLevel") or thinking.get("thinkingBudget"))
@@ -224,6 +237,54 @@ class FakeGemini(FakeUpstream):
         if action == "generateContent":
             return self.json_response(chunks[0])
         return await self.stream(request, [sse_data(c) for c in chunks])
+
+    # ---- batchEmbedContents -------------------------------------------------
+    async def _embed(self, model: str, body: dict) -> web.Response:
+        """At most 100 requests a call (a 400 beyond, as Google answers); each request
+        checked with google-genai's types; ``embedding_vector`` of each text, cut to
+        ``outputDimensionality`` and NOT scaled again (Google normalises only the full
+        size).  No token counts (the Developer API gives none)."""
+        requests = body.get("requests")
+        if not isinstance(requests, list) or not requests:
+            return self._bad("* BatchEmbedContentsRequest.requests: requests is not specified")
+        if len(requests) > EMBED_BATCH:
+            return self._bad(f"* BatchEmbedContentsRequest.requests: at most {EMBED_BATCH} "
+                             f"requests can be in one batch")
+        texts, dims = [], None
+        for i, req in enumerate(requests):
+            where = f"* BatchEmbedContentsRequest.requests[{i}]"
+            if not isinstance(req, dict):
+                return self._bad(f"{where}: not an object")
+            if set(req) - EMBED_FIELDS:
+                return self._bad(f"{where}: unknown fields {sorted(set(req) - EMBED_FIELDS)}")
+            if req.get("model") != f"models/{model}":
+                return self._bad(f"{where}.model: {req.get('model')!r} does not match the "
+                                 f"URL's models/{model}")
+            try:
+                content = genai_types.Content.model_validate(req.get("content"))
+                config = genai_types.EmbedContentConfig.model_validate(
+                    {k: v for k, v in req.items() if k not in ("model", "content")})
+            except pydantic.ValidationError as exc:
+                return self._bad(f"{where}: {exc}")
+            text = " ".join(p.text for p in content.parts or [] if p.text)
+            if not text:
+                return self._bad(f"{where}.content: no text to embed")
+            dims = config.output_dimensionality
+            if dims is not None and not 1 <= dims <= self.embedding_dims:
+                return self._bad(f"{where}.outputDimensionality: must be between 1 and "
+                                 f"{self.embedding_dims}")
+            texts.append((text, dims))
+        self._embed_now += 1
+        self.embed_peak = max(self.embed_peak, self._embed_now)
+        try:
+            if self.embed_delay:
+                await asyncio.sleep(self.embed_delay)
+        finally:
+            self._embed_now -= 1
+        answer = {"embeddings": [{"values": embedding_vector(t, self.embedding_dims)[:d]}
+                                 for t, d in texts]}
+        genai_types.EmbedContentResponse.model_validate(answer)
+        return self.json_response(answer)
 
     # ---- Veo -------------------------------------------------------------
     def _start_veo(self, request: web.Request, model: str, body: dict) -> web.Response:

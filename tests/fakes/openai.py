@@ -1,4 +1,5 @@
-"""FakeOpenAI: chat completions, legacy completions, image generation, models list.
+"""FakeOpenAI: chat completions, legacy completions, image generation, embeddings, models
+list.
 
 ``cached_tokens`` of a chat prompt are reported as read from the prompt cache
 (``prompt_tokens_details.cached_tokens``, inside ``prompt_tokens``, as OpenAI counts them)."""
@@ -12,7 +13,7 @@ import zlib
 
 from aiohttp import web
 
-from .base import JSON, FakeUpstream, split_pieces, sse_data, words
+from .base import JSON, FakeUpstream, embedding_vector, split_pieces, sse_data, words
 
 DONE = b"data: [DONE]\n\n"
 SERVER_ERROR = "The server had an error while processing your request."
@@ -52,6 +53,7 @@ class FakeOpenAI(FakeUpstream):
         super().__init__(api_key)
         self.image_bytes = make_png()
         self.models = ["gpt-5", "gpt-4o-mini", "gpt-3.5-turbo-instruct", "gpt-image-1"]
+        self.embedding_dims = 256     # the native size of every embedding model here
         self.cached_tokens = 0
 
     @property
@@ -62,6 +64,7 @@ class FakeOpenAI(FakeUpstream):
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/images/generations", self._images)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
 
     # ---- scripting helpers -------------------------------------------------
@@ -108,12 +111,13 @@ class FakeOpenAI(FakeUpstream):
         last_user = next((_text_of(m.get("content")) for m in reversed(msgs)
                           if m.get("role") == "user"), "")
         text = self.answer_for(last_user)
-        tool = self.reply_tool_call if body.get("tools") and self.reply_tool_call else None
+        tool = self.tool_for(request, body)
         completion = words(tool["arguments"]) if tool else words(text)
         usage = self._usage(prompt, completion)
         if self.cached_tokens:
             usage["prompt_tokens_details"] = {"cached_tokens": min(prompt, self.cached_tokens)}
-        cid, created, model = "chatcmpl-fake" + secrets.token_hex(6), int(time.time()), body["model"]
+        cid, created = "chatcmpl-fake" + secrets.token_hex(6), int(time.time())
+        model = body["model"]
         call = None
         if tool:
             call = {"id": "call_fake01", "type": "function",
@@ -205,6 +209,57 @@ class FakeOpenAI(FakeUpstream):
             "usage": {"input_tokens": prompt_tokens, "output_tokens": 1056 * n,
                       "total_tokens": prompt_tokens + 1056 * n,
                       "input_tokens_details": {"text_tokens": prompt_tokens, "image_tokens": 0}}})
+
+    # ---- embeddings --------------------------------------------------------
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        """OpenAI's embeddings: ``embedding_vector`` of each input (a token array as
+        ``tokens:1,2,3``), cut to ``dimensions`` and scaled to length 1 again (as
+        text-embedding-3 does), as floats or base64 float32; prompt tokens = words (or the
+        token array's length)."""
+        body, err = self._check(request, "model", "input")
+        if err:
+            return err
+
+        def bad(message: str, param: str):
+            return self.json_response(openai_error(message, param=param), 400)
+
+        inputs = body["input"]
+        if isinstance(inputs, str) or (isinstance(inputs, list) and inputs
+                                       and all(isinstance(t, int) for t in inputs)):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not 1 <= len(inputs) <= 2048:
+            return bad("'$.input' is invalid. Please check the API reference.", "input")
+        texts, tokens = [], 0
+        for item in inputs:
+            if isinstance(item, str) and item:
+                texts.append(item)
+                tokens += words(item)
+            elif isinstance(item, list) and item and all(
+                    isinstance(t, int) and not isinstance(t, bool) for t in item):
+                texts.append("tokens:" + ",".join(map(str, item)))
+                tokens += len(item)
+            else:
+                return bad("'$.input' is invalid. Please check the API reference.", "input")
+        fmt = body.get("encoding_format") or "float"
+        if fmt not in ("float", "base64"):
+            return bad(f"Invalid value: '{fmt}'. Supported values are: 'float' and "
+                       f"'base64'.", "encoding_format")
+        dims = body.get("dimensions")
+        if dims is not None and (not isinstance(dims, int) or isinstance(dims, bool)
+                                 or not 1 <= dims <= self.embedding_dims):
+            return bad(f"This model does not support {dims} dimensions.", "dimensions")
+        data = []
+        for i, text in enumerate(texts):
+            vector = embedding_vector(text, self.embedding_dims)
+            if dims:
+                cut = vector[:dims]
+                norm = sum(v * v for v in cut) ** 0.5 or 1.0
+                vector = [v / norm for v in cut]
+            out = (base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+                   if fmt == "base64" else vector)
+            data.append({"object": "embedding", "index": i, "embedding": out})
+        return self.json_response({"object": "list", "data": data, "model": body["model"],
+                                   "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     async def _models(self, request: web.Request) -> web.Response:
         _, err = self._check(request)

@@ -11,8 +11,14 @@ import zlib
 import openai
 import pytest
 
-from tests.fakes import (FakeAnthropic, FakeGemini, FakeOpenAI, FakeRag, anthropic_error,
-                         split_pieces)
+from tests.fakes import (
+    FakeAnthropic,
+    FakeGemini,
+    FakeOpenAI,
+    FakeRag,
+    anthropic_error,
+    split_pieces,
+)
 
 OA_AUTH = {"Authorization": "Bearer sk-fake-openai"}
 AN_AUTH = {"x-api-key": "sk-ant-fake", "anthropic-version": "2023-06-01"}
@@ -123,7 +129,8 @@ def test_openai_sdk_non_stream_and_stream(oa):
     oa.reply_text = "The answer is forty two."
     chunks = list(client.chat.completions.create(
         model="gpt-5", messages=USER, stream=True, stream_options={"include_usage": True}))
-    content = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    content = [c.choices[0].delta.content for c in chunks
+               if c.choices and c.choices[0].delta.content]
     assert len(content) == 5 and "".join(content) == oa.reply_text
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-2].choices[0].finish_reason == "stop"
@@ -150,7 +157,8 @@ def test_openai_sdk_tool_call(oa):
     r = client.chat.completions.create(model="m", messages=USER, tools=tools)
     assert r.choices[0].finish_reason == "tool_calls" and r.choices[0].message.content is None
     assert r.choices[0].message.tool_calls[0].function.arguments == oa.reply_tool_call["arguments"]
-    chunks = list(client.chat.completions.create(model="m", messages=USER, tools=tools, stream=True))
+    chunks = list(client.chat.completions.create(model="m", messages=USER, tools=tools,
+                                                 stream=True))
     frags = [c.choices[0].delta.tool_calls[0] for c in chunks if c.choices[0].delta.tool_calls]
     assert len(frags) == 4 and frags[0].id == "call_fake01"
     assert "".join(f.function.arguments for f in frags) == oa.reply_tool_call["arguments"]
@@ -229,7 +237,8 @@ def test_die_mid_stream(oa):
     conn.close()
     got = frames(ei.value.partial)
     assert len(got) == 3 and b"[DONE]" not in ei.value.partial
-    assert call(oa, "POST", "/v1/chat/completions", {"model": "m", "messages": USER, "stream": True},
+    streamed = {"model": "m", "messages": USER, "stream": True}
+    assert call(oa, "POST", "/v1/chat/completions", streamed,
                 OA_AUTH)[2].endswith(b"data: [DONE]\n\n")  # one-shot
     oa.die_mid_stream_next(1)  # taken by a non-stream request: connection dropped, no response
     with pytest.raises(http.client.RemoteDisconnected):
@@ -271,7 +280,7 @@ def test_anthropic_non_stream_and_validation(an):
     assert msg["usage"]["input_tokens"] == 6 and msg["usage"]["output_tokens"] == 4
     for bad, needle in [({**body, "max_tokens": None}, "max_tokens"),
                         ({**body, "messages": USER * 2}, "alternate"),
-                        ({**body, "messages": [{"role": "system", "content": "x"}] + USER},
+                        ({**body, "messages": [{"role": "system", "content": "x"}, *USER]},
                          "system")]:
         status, _, raw = call(an, "POST", "/v1/messages", bad, AN_AUTH)
         err = json.loads(raw)
@@ -283,7 +292,7 @@ def test_anthropic_non_stream_and_validation(an):
 
 def test_anthropic_stream(an):
     body = {"model": "c", "max_tokens": 9, "messages": USER, "stream": True}
-    status, _, raw = call(an, "POST", "/v1/messages", body, AN_AUTH)
+    _status, _, raw = call(an, "POST", "/v1/messages", body, AN_AUTH)
     fr = frames(raw)
     names = [e for e, _ in fr]
     assert names[:2] == ["message_start", "content_block_start"] and "ping" in names[2:-3]
@@ -311,6 +320,34 @@ def test_anthropic_tool_call(an):
     assert [d["content_block"]["type"] for d in data if d["type"] == "content_block_start"] == \
         ["text", "tool_use"]
     assert data[-2]["delta"]["stop_reason"] == "tool_use"
+
+
+def test_tool_call_next_is_one_shot(oa, an, gm):
+    """``tool_call_next``: the next request with tools gets the call, the one after gets text;
+    on each fake, in its own wire format."""
+    an.tool_call_next("Bash", '{"command": "echo hi"}')
+    body = {"model": "c", "max_tokens": 9, "messages": USER,
+            "tools": [{"name": "Bash", "input_schema": {"type": "object"}}]}
+    first = json.loads(call(an, "POST", "/v1/messages", body, AN_AUTH)[2])
+    assert first["content"][1]["input"] == {"command": "echo hi"}
+    again = json.loads(call(an, "POST", "/v1/messages", body, AN_AUTH)[2])
+    assert again["stop_reason"] == "end_turn" and again["content"][0]["text"].startswith("echo:")
+
+    gm.tool_call_next("Bash", '{"command": "echo hi"}')
+    tbody = {**GM_BODY, "tools": [{"functionDeclarations": [{"name": "Bash"}]}]}
+    path = "/v1beta/models/g:generateContent"
+    parts = json.loads(call(gm, "POST", path, tbody, GM_AUTH)[2])["candidates"][0]["content"]
+    assert parts["parts"] == [{"functionCall": {"name": "Bash", "args": {"command": "echo hi"}}}]
+    parts = json.loads(call(gm, "POST", path, tbody, GM_AUTH)[2])["candidates"][0]["content"]
+    assert "text" in parts["parts"][0]
+
+    oa.tool_call_next("Bash", '{"command": "echo hi"}')
+    obody = {"model": "m", "messages": USER,
+             "tools": [{"type": "function", "function": {"name": "Bash"}}]}
+    msg = json.loads(call(oa, "POST", "/v1/chat/completions", obody, OA_AUTH)[2])
+    assert msg["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "Bash"
+    msg = json.loads(call(oa, "POST", "/v1/chat/completions", obody, OA_AUTH)[2])
+    assert msg["choices"][0]["message"]["content"].startswith("echo:")
 
 
 def test_anthropic_errors(an):
@@ -354,7 +391,8 @@ def test_gemini_generate_and_stream(gm):
 def test_gemini_image_tool_and_auth(gm):
     path = "/v1beta/models/gemini-3-pro-image-preview:generateContent"
     body = {**GM_BODY, "generationConfig": {"responseModalities": ["TEXT", "IMAGE"]}}
-    parts = json.loads(call(gm, "POST", path, body, GM_AUTH)[2])["candidates"][0]["content"]["parts"]
+    answer = json.loads(call(gm, "POST", path, body, GM_AUTH)[2])
+    parts = answer["candidates"][0]["content"]["parts"]
     img = next(p["inlineData"] for p in parts if "inlineData" in p)
     assert img["mimeType"] == "image/png" and base64.b64decode(img["data"]) == gm.image_bytes
     assert any("text" in p for p in parts)
@@ -449,3 +487,45 @@ def test_rag():
         assert rag.last().json == {"query": "q", "model": "g3"}
         assert call(rag, "POST", "/query", {"query": "q", "model": "g3"})[0] == 401
     assert rag.base_url == rag.root
+
+
+def test_openai_embeddings(oa):
+    from tests.fakes.base import embedding_vector
+    client = openai.OpenAI(base_url=oa.base_url, api_key=oa.api_key, max_retries=0)
+    got = client.embeddings.create(model="text-embedding-3-small", input=["a b", "c"])
+    assert oa.last().json["encoding_format"] == "base64"       # the SDK's default, decoded
+    assert [len(d.embedding) for d in got.data] == [256, 256]
+    assert max(abs(a - b) for a, b in zip(got.data[1].embedding, embedding_vector("c", 256),
+                                          strict=True)) < 1e-6
+    assert got.usage.prompt_tokens == 3
+    cut = client.embeddings.create(model="m", input=[1, 2], dimensions=8,
+                                   encoding_format="float")
+    assert len(cut.data[0].embedding) == 8
+    assert abs(sum(v * v for v in cut.data[0].embedding) - 1.0) < 1e-9    # scaled again
+    for bad in ({"input": "x", "dimensions": 257}, {"input": "x", "encoding_format": "hex"},
+                {"input": ["x"] * 2049}, {"input": [["x"]]}):
+        status, _, raw = call(oa, "POST", "/v1/embeddings", {"model": "m", **bad}, OA_AUTH)
+        assert status == 400, (bad, raw)
+
+
+def test_gemini_batch_embed_refuses_over_100_and_checks_with_the_sdk_types(gm):
+    from tests.fakes.base import embedding_vector
+    path = "/v1beta/models/gemini-embedding-001:batchEmbedContents"
+
+    def req(text, **extra):
+        return {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": text}]},
+                **extra}
+
+    status, _, raw = call(gm, "POST", path, {"requests": [req(str(i)) for i in range(101)]},
+                          GM_AUTH)
+    assert status == 400 and b"at most 100 requests" in raw
+    status, _, raw = call(gm, "POST", path, {"requests": [req(str(i), outputDimensionality=8)
+                                                          for i in range(100)]}, GM_AUTH)
+    assert status == 200
+    values = [e["values"] for e in json.loads(raw)["embeddings"]]
+    assert len(values) == 100 and values[7] == embedding_vector("7", 256)[:8]   # not scaled
+    for bad in ([req("x", outputDimensionalty=8)], [req("x", outputDimensionality=257)],
+                [{**req("x"), "model": "models/other"}], [req("")], "nope"):
+        status, _, raw = call(gm, "POST", path, {"requests": bad}, GM_AUTH)
+        assert status == 400, (bad, raw)
+    assert call(gm, "POST", path, {"requests": [req("x")]})[0] == 400        # no key

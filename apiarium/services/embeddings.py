@@ -1,0 +1,67 @@
+"""EmbeddingService: an embeddings request run on a model and its fallbacks, capped,
+paid for and booked.
+
+The request is checked first (``embedding.embedding_request``: 400 naming the field; at most
+2,048 inputs), then a free key's caps (the inputs' total size, ``limits.max_embedding_input_mb``)
+and its daily credits: the estimated prompt tokens are held before anything is sent
+(``costs.CreditBook``) and the real count (the upstream's, or the estimate where it gives
+none) is booked when the answer is there.  The master key (``key_hash`` None) is bound by
+neither the size cap nor the credits.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..catalog import ModelSpec
+from ..embedding import EmbeddingRequest, embedding_request
+from ..usage import Tally, UsageLedger, price
+from .costs import CreditBook, check_embedding_size
+from .fallback import Breakers, first_success
+
+if TYPE_CHECKING:
+    from ..live import Live
+
+
+def prompt_tokens(answer: dict[str, Any], req: EmbeddingRequest) -> int:
+    """The prompt tokens an answer says it used (the estimate if it says nothing)."""
+    counted = answer.get("usage")
+    tokens = counted.get("prompt_tokens") if isinstance(counted, dict) else None
+    if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0:
+        return tokens
+    return req.estimate()
+
+
+class EmbeddingService:
+    def __init__(self, live: Callable[[], Live], breakers: Breakers, usage: UsageLedger,
+                 book: CreditBook):
+        self._live = live
+        self.breakers = breakers
+        self.usage = usage
+        self.credits = book
+
+    def request(self, body: dict[str, Any], raw: bytes | None,
+                key_hash: str | None) -> EmbeddingRequest:
+        """The request in ``body``, checked against the API's rules and a free key's cap."""
+        req = embedding_request(body, raw)
+        if key_hash is not None:
+            check_embedding_size(req.size, self._live().config.settings.max_embedding_input_bytes)
+        return req
+
+    async def create(self, model: ModelSpec, body: dict[str, Any], raw: bytes | None,
+                     key_hash: str | None) -> tuple[dict[str, Any], ModelSpec]:
+        """(the OpenAI ``list`` answer, the model that served it)."""
+        live = self._live()
+        req = self.request(body, raw, key_hash)
+        hold = self.credits.reserve(
+            key_hash, price(model, Tally(requests=1, prompt_tokens=req.estimate())),
+            live.config.settings.daily_credits)
+        try:
+            answer, served = await first_success(
+                live.config.catalog, self.breakers, model,
+                lambda m: live.providers[m.provider.name].embed(m, req), key_hash)
+            self.usage.record(key_hash, served,
+                              Tally(requests=1, prompt_tokens=prompt_tokens(answer, req)))
+        finally:
+            hold.release()
+        return answer, served

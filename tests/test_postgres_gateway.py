@@ -1,0 +1,75 @@
+"""Two real gateway processes on one PostgreSQL database and one shared secret file, driven
+over HTTP from distinct client addresses: the same key from either, an operator's revoke
+reaching both within the refresh (2 s), and PostgreSQL stopping under them: a new visitor gets
+503 ``storage_unavailable``, a known key keeps working, and issuance resumes once the server
+is back.  Nothing they log shows the database password."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.conftest import openai_models
+from tests.support import error_of, request, wait_for
+
+CHAT = {"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def keys_me(gw, ip: str):
+    return request(gw.url + "/v1/keys/me", ip=ip)
+
+
+@pytest.mark.subprocess_gateway("several gateway processes share one PostgreSQL database")
+def test_two_gateways_share_postgresql_and_ride_out_its_outage(
+        make_gateway, fake_openai, postgres_url, postgres_ctl, tmp_path):
+    secret = tmp_path / "shared" / "apiarium.secret"
+    gws = [make_gateway(openai_models(fake_openai), database=postgres_url,
+                        secret_file=str(secret)) for _ in range(2)]
+    one, two = gws
+    key = one.key_for("127.0.0.2")
+    assert two.key_for("127.0.0.2") == key                     # the same key from either
+    other = two.key_for("127.0.0.4")
+    status, _, _ = two.post("/v1/chat/completions", CHAT, key=key, ip="127.0.0.2")
+    assert status == 200
+
+    # an operator's revoke, made with the CLI on the shared database, reaches both
+    out = subprocess.run([sys.executable, "-m", "apiarium", "keys", "revoke", key,
+                          "--config", str(one.config)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    revoked = time.monotonic()
+    for gw in gws:
+        assert wait_for(lambda gw=gw: gw.get("/v1/models", key=key, ip="127.0.0.2")[0] == 401,
+                        timeout=5, interval=0.2)
+    assert time.monotonic() - revoked < 4.5                   # refreshed every 2 s
+
+    postgres_ctl("stop")
+    try:
+        status, _, body = keys_me(one, "127.0.0.3")
+        err = error_of(body)
+        assert (status, err["code"], err["type"]) == (503, "storage_unavailable",
+                                                      "server_error")
+        assert "Keys already issued keep working" in err["message"]
+        for gw in gws:                                        # a known key: from memory
+            status, _, _ = gw.post("/v1/chat/completions", CHAT, key=other, ip="127.0.0.4")
+            assert status == 200
+            assert json.loads(keys_me(gw, "127.0.0.4")[2])["key"] == other
+        time.sleep(2.5)                                       # a refresh fails meanwhile
+    finally:
+        postgres_ctl("start")
+    status, _, body = wait_for(lambda: (r := keys_me(one, "127.0.0.3"))[0] == 200 and r,
+                               timeout=10)
+    assert two.key_for("127.0.0.3") == json.loads(body)["key"]
+
+    password = urlsplit(postgres_url).password
+    for gw in gws:
+        gw.stop()
+        log = "\n".join(gw.log)
+        assert password not in log
+    log = "\n".join(one.log)
+    assert "storage_unavailable" in log and "Traceback" not in log
+    assert "WARNING apiarium: writing usage: postgresql://apiarium@" in log
