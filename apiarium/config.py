@@ -368,22 +368,20 @@ def _check_controls(path: Path, alias: str, m: dict, provider: ProviderSpec, ctx
     def problem(key: str, message: str) -> None:
         problems.append(Problem(str(path), ctx.lines.get(("models", alias, key), 0),
                                 f"models.{alias}.{key}: {message}"))
-    if m["thinking"]:
-        why = thinking_problem(provider.kind, m["thinking"])
-        if why:
-            problem("thinking", why)
+    why = m["thinking"] and thinking_problem(provider.kind, m["thinking"])
+    if why:
+        problem("thinking", why)
     if m["cache"] == "auto" and provider.kind != "anthropic":
         problem("cache", f"`auto` adds Anthropic cache breakpoints; a `{provider.kind}` "
                          f"provider ({provider.name}) caches prompts by itself (remove it)")
-    if m["completions"] == "native":
-        try:
-            native = "completions" in provider_class(provider.kind).native_dialects
-        except KindError:
-            native = True                              # reported with the provider
-        if not native:
-            problem("completions", f"`native` sends /v1/completions to the upstream's own "
-                                   f"/completions, which a `{provider.kind}` provider "
-                                   f"({provider.name}) has not (OpenAI-compatible ones have)")
+    try:
+        native = "completions" in provider_class(provider.kind).native_dialects
+    except KindError:
+        native = True                                  # reported with the provider
+    if m["completions"] == "native" and not native:
+        problem("completions", f"`native` sends /v1/completions to the upstream's own "
+                               f"/completions, which a `{provider.kind}` provider "
+                               f"({provider.name}) has not (OpenAI-compatible ones have)")
 
 
 def _build_catalog(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> Catalog:

@@ -58,7 +58,7 @@ def test_the_translated_path_is_kept_for_other_models(gw, fake_openai):
 
 
 def test_only_a_kind_with_its_own_completions_may_say_native(tmp_path):
-    (tmp_path / "apiarium.yaml").write_text("database: db.sqlite3\nmaster_key: m\n")
+    (tmp_path / "apiarium.yaml").write_text("database: db.sqlite3\n")
     (tmp_path / "models.yaml").write_text(textwrap.dedent("""\
         providers:
           oa: {kind: openai, base_url: "http://127.0.0.1:9", api_key: k}

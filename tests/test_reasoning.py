@@ -122,7 +122,7 @@ def test_which_controls_each_kind_has():
 
 
 def test_the_catalog_checks_thinking_and_cache_with_file_and_line(tmp_path):
-    (tmp_path / "apiarium.yaml").write_text("database: db.sqlite3\nmaster_key: m\n")
+    (tmp_path / "apiarium.yaml").write_text("database: db.sqlite3\n")
     (tmp_path / "models.yaml").write_text(textwrap.dedent("""\
         providers:
           claude: {kind: anthropic, base_url: "http://127.0.0.1:9", api_key: k}
@@ -263,6 +263,11 @@ def test_anthropic_thinking_goes_back_in_front_of_its_tool_call(gw, fake_anthrop
     assistant = sent["messages"][1]["content"]
     assert [b["type"] for b in assistant] == ["thinking", "tool_use"]
     assert assistant[0]["signature"] in fake_anthropic.signatures
+    # without reasoning asked, the kept thinking stays home
+    client.chat.completions.create(messages=turn, model="sonnet", tools=[WEATHER])
+    sent = fake_anthropic.last().json
+    assert "thinking" not in sent and [b["type"] for b in sent["messages"][1]["content"]] == [
+        "tool_use"]
     # history the gateway never saw: Anthropic would refuse thinking there, so none is asked
     turn[1]["tool_calls"][0]["id"] = turn[2]["tool_call_id"] = "toolu_elsewhere"
     client.chat.completions.create(messages=turn, **ask)

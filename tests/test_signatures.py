@@ -171,3 +171,15 @@ def test_a_signature_the_client_sends_back_is_used_and_a_wrong_one_refused(gw, f
     assert "Corrupted thought signature" in str(err.value)
     assert json.loads(fake_gemini.last().body)["contents"][1]["parts"][0][
         "thoughtSignature"] == "d3Jvbmc="
+
+
+def test_extra_content_is_not_passed_on_to_an_openai_upstream(make_gateway, fake_openai):
+    from tests.conftest import openai_models
+    gw = make_gateway(openai_models(fake_openai))
+    tc = {"id": "call_1", "type": "function", "extra_content": {"google": {
+        "thought_signature": "c2ln"}}, "function": {"name": "get_weather", "arguments": "{}"}}
+    messages = [QUESTION, {"role": "assistant", "content": None, "tool_calls": [tc]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "21"}]
+    gw.sdk(MASTER_KEY).chat.completions.create(model="gpt-5", messages=messages)
+    sent = fake_openai.last().json["messages"][1]["tool_calls"][0]
+    assert "extra_content" not in sent and sent["id"] == "call_1"

@@ -101,6 +101,11 @@ def to_anthropic(model: ModelSpec, body: dict, stream: bool,
     thinking, max_tokens = anthropic_thinking(model, body, _max_tokens(body))
     if thinking is not None and not _may_think(turns, body.get("tool_choice")):
         thinking, max_tokens = None, _max_tokens(body)
+    if thinking is None:                    # kept thinking goes back only with thinking on
+        for t in turns:
+            if t["role"] == "assistant" and isinstance(t["content"], list):
+                t["content"] = [b for b in t["content"]
+                                if b.get("type") not in ("thinking", "redacted_thinking")]
     out: dict = {"model": model.upstream, "max_tokens": max_tokens, "messages": turns}
     if thinking is not None:
         out["thinking"] = thinking

@@ -8,7 +8,9 @@ inside a frame is swapped back to the alias with a byte replace, not a JSON re-e
 A model with ``completions: native`` takes legacy ``/v1/completions`` natively
 (``completions`` / ``completions_stream``): the request, raw prompt and all, goes to the
 upstream's own ``/completions``.  A model with ``thinking: none`` never sends
-``reasoning_effort`` (for servers that refuse it).
+``reasoning_effort`` (for servers that refuse it).  The ``extra_content`` this gateway puts
+on tool calls (a Gemini thought signature) is the gateway's: a client that sends it back to
+an OpenAI-compatible model does not pass it on.
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ class OpenAIProvider(Provider):
     def _payload(self, model: ModelSpec, body: dict[str, Any], raw: bytes | None) -> bytes:
         if model.thinking == "none" and "reasoning_effort" in body:
             body, raw = {k: v for k, v in body.items() if k != "reasoning_effort"}, None
+        if (raw is None or b'"extra_content"' in raw) and _has_extra_content(body):
+            body, raw = _without_extra_content(body), None
         if raw is not None and model.upstream == model.alias:
             return raw
         return orjson.dumps({**body, "model": model.upstream})
@@ -166,6 +170,22 @@ class OpenAIProvider(Provider):
                            f"answered without one). Rephrase the prompt, or try again.",
                            param="prompt")
         return out
+
+
+def _has_extra_content(body: dict[str, Any]) -> bool:
+    return any(isinstance(m, dict) and any(isinstance(tc, dict) and "extra_content" in tc
+                                           for tc in m.get("tool_calls") or [])
+               for m in body.get("messages") or [])
+
+
+def _without_extra_content(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` without ``extra_content`` on its assistant messages' tool calls."""
+    def clean(m: Any) -> Any:
+        if not (isinstance(m, dict) and isinstance(m.get("tool_calls"), list)):
+            return m
+        return {**m, "tool_calls": [{k: v for k, v in tc.items() if k != "extra_content"}
+                                    if isinstance(tc, dict) else tc for tc in m["tool_calls"]]}
+    return {**body, "messages": [clean(m) for m in body.get("messages") or []]}
 
 
 def _rename(event: bytes, old: bytes, new: bytes, alias: str) -> bytes:
