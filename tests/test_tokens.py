@@ -219,3 +219,10 @@ def test_the_other_dialects_show_the_cached_tokens(gw, fake_gemini):
     usage = json.loads(body)["usage"]
     # Anthropic's input_tokens EXCLUDES what was read from the cache
     assert (usage["input_tokens"], usage["cache_read_input_tokens"]) == (1, 7)
+
+
+def test_the_messages_dialect_reads_cache_writes_from_the_chat_fields():
+    from apiarium.dialects.anthropic_answer import anthropic_usage
+    assert anthropic_usage(SAME[0][1]) == {"input_tokens": 30, "output_tokens": 30,
+                                           "cache_creation_input_tokens": 10,
+                                           "cache_read_input_tokens": 60}

@@ -72,7 +72,7 @@ def anthropic_usage(usage: dict) -> dict:
         return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
     details = _dict(usage.get("prompt_tokens_details"))
     cached = n(details.get("cached_tokens")) or n(usage.get("cache_read_input_tokens"))
-    created = n(usage.get("cache_creation_input_tokens"))
+    created = n(details.get("cache_write_tokens")) or n(usage.get("cache_creation_input_tokens"))
     return {"input_tokens": max(0, n(usage.get("prompt_tokens")) - cached - created),
             "output_tokens": n(usage.get("completion_tokens")),
             "cache_creation_input_tokens": created, "cache_read_input_tokens": cached}
