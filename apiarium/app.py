@@ -43,6 +43,7 @@ from .metrics import Metrics
 from .netguard import Blocklist, NetGuard
 from .outbound import FetchPolicy, ImageFetcher
 from .providers import build as build_providers
+from .providers.signatures import Signatures
 from .services.keys import KeyService
 from .storage import StorageUnavailable
 from .usage import UsageLedger
@@ -136,7 +137,8 @@ def make_session() -> aiohttp.ClientSession:
 
 def make_live(config: Config, session: aiohttp.ClientSession,
               metrics: Metrics | None = None, fetcher: ImageFetcher | None = None,
-              media: MediaStore | None = None) -> Live:
+              media: MediaStore | None = None,
+              signatures: Signatures | None = None) -> Live:
     s = config.settings
     started = time.perf_counter()
     try:
@@ -153,8 +155,8 @@ def make_live(config: Config, session: aiohttp.ClientSession,
                  len(s.blocklists), time.perf_counter() - started)
     guard = NetGuard(s.trusted_proxies, s.block_proxy_headers, blocklist, s.client_ip_header)
     # user-given image URLs go through the fetcher, never the providers' session
-    return Live.make(config, guard, build_providers(config.catalog, session, metrics, fetcher),
-                     media)
+    return Live.make(config, guard, build_providers(config.catalog, session, metrics, fetcher,
+                                                    signatures), media)
 
 
 class Gateway:
@@ -164,6 +166,9 @@ class Gateway:
         self.server: tornado.httpserver.HTTPServer | None = None
         self._session: aiohttp.ClientSession | None = None
         self.fetcher: ImageFetcher | None = None
+        # Gemini thought signatures and Anthropic thinking by tool call id: one store for the
+        # life of the process, handed to each reload's providers
+        self.signatures = Signatures()
         self.port = 0
         self._tasks: list[asyncio.Task] = []
 
@@ -187,7 +192,8 @@ class Gateway:
         metrics = Metrics(key_count=lambda: len(keys))
         self._session = make_session()
         self.fetcher = ImageFetcher(FetchPolicy.from_settings(s))
-        self._services = Services(live=make_live(config, self.session, metrics, self.fetcher),
+        self._services = Services(live=make_live(config, self.session, metrics, self.fetcher,
+                                                 signatures=self.signatures),
                                   keys=keys, usage=usage, metrics=metrics)
         await self.services.live.media.sweep()        # counts what the media folder holds
         self.access_log = AccessLog()
@@ -266,7 +272,8 @@ class Gateway:
         svc = self.services
         try:
             config = load_config(self.config_path)
-            live = make_live(config, self.session, svc.metrics, self.fetcher, svc.live.media)
+            live = make_live(config, self.session, svc.metrics, self.fetcher, svc.live.media,
+                             self.signatures)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload rejected: %s", problem)

@@ -39,12 +39,38 @@ class ProviderSpec:
 
 @dataclass(frozen=True)
 class Credits:
-    """What one request costs; the defaults depend on the model's type (``for_model``)."""
+    """What one request costs; the defaults depend on the model's type (``for_model``).
+
+    Tokens are priced per 1k: ``input`` (uncached input), ``cached_input`` (read from the
+    provider's prompt cache), ``cache_write`` (written to it) and ``output`` (reasoning
+    included).  ``per_1k_tokens`` is the older single price: what ``input`` and ``output``
+    cost when they are not given; ``cached_input`` and ``cache_write`` cost what ``input``
+    does unless given."""
     request: float = 0.0
     per_1k_tokens: float = 0.0
     image: float = 0.0
     video_second: float = 0.0
     resolution: Mapping[str, float] = field(default_factory=dict)   # video multipliers
+    input: float | None = None
+    cached_input: float | None = None
+    cache_write: float | None = None
+    output: float | None = None
+
+    @property
+    def input_rate(self) -> float:
+        return self.per_1k_tokens if self.input is None else self.input
+
+    @property
+    def cached_input_rate(self) -> float:
+        return self.input_rate if self.cached_input is None else self.cached_input
+
+    @property
+    def cache_write_rate(self) -> float:
+        return self.input_rate if self.cache_write is None else self.cache_write
+
+    @property
+    def output_rate(self) -> float:
+        return self.per_1k_tokens if self.output is None else self.output
 
     @classmethod
     def for_model(cls, alias: str, type_: str, given: Mapping | None = None) -> Credits:
@@ -67,6 +93,10 @@ class ModelSpec:
     credits: Credits = field(default_factory=Credits)
     fallbacks: tuple[str, ...] = ()
     max_output_tokens: int = 0         # the most output tokens a request may ask for (0: any)
+    # reasoning control (providers/reasoning.py): "level", "budget", "none"; "" = by family
+    thinking: str = ""
+    cache: str = ""                    # "auto": the gateway adds cache breakpoints (Anthropic)
+    completions: str = "chat"          # "native": /v1/completions goes to the upstream's own
 
     @property
     def owned_by(self) -> str:

@@ -19,6 +19,7 @@ from .catalog import Catalog, Credits, ModelSpec, ProviderSpec
 from .modeltypes import MODEL_TYPES
 from .providers import KindError, provider_class
 from .providers.base import Provider
+from .providers.reasoning import THINKING, thinking_problem
 from .storage import is_url, secret_beside
 from .yamlschema import Bool, Ctx, Enum, ListOf, MapOf, Num, Problem, Section, Str, parse
 
@@ -97,9 +98,16 @@ CATALOG_SCHEMA = Section({
         "type": Enum(tuple(MODEL_TYPES), "chat"),
         "fallbacks": ListOf(Str()),
         "max_output_tokens": Num(0, 0, 100_000_000, integer=True),
+        "thinking": Enum(THINKING, ""),
+        "cache": Enum(("auto", "off"), ""),
+        "completions": Enum(("chat", "native"), "chat"),
         "credits": Section({
             "request": Num(None, 0, 1e9),
             "per_1k_tokens": Num(None, 0, 1e9),
+            "input": Num(None, 0, 1e9),
+            "cached_input": Num(None, 0, 1e9),
+            "cache_write": Num(None, 0, 1e9),
+            "output": Num(None, 0, 1e9),
             "image": Num(None, 0, 1e9),
             "video_second": Num(None, 0, 1e9),
             "resolution": MapOf(Num(None, 0, 1e6)),
@@ -353,6 +361,29 @@ def _check_serves(path: Path, alias: str, type_name: str, provider: ProviderSpec
                                 f"({provider.name}) cannot serve {type_name} models"))
 
 
+def _check_controls(path: Path, alias: str, m: dict, provider: ProviderSpec, ctx: Ctx,
+                    problems: list[Problem]) -> None:
+    """``thinking`` must be a control the provider's kind has (providers/reasoning.py);
+    ``cache: auto`` is for Anthropic upstreams (the others cache by themselves)."""
+    def problem(key: str, message: str) -> None:
+        problems.append(Problem(str(path), ctx.lines.get(("models", alias, key), 0),
+                                f"models.{alias}.{key}: {message}"))
+    why = m["thinking"] and thinking_problem(provider.kind, m["thinking"])
+    if why:
+        problem("thinking", why)
+    if m["cache"] == "auto" and provider.kind != "anthropic":
+        problem("cache", f"`auto` adds Anthropic cache breakpoints; a `{provider.kind}` "
+                         f"provider ({provider.name}) caches prompts by itself (remove it)")
+    try:
+        native = "completions" in provider_class(provider.kind).native_dialects
+    except KindError:
+        native = True                                  # reported with the provider
+    if m["completions"] == "native" and not native:
+        problem("completions", f"`native` sends /v1/completions to the upstream's own "
+                               f"/completions, which a `{provider.kind}` provider "
+                               f"({provider.name}) has not (OpenAI-compatible ones have)")
+
+
 def _build_catalog(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> Catalog:
     providers = {name: _provider_spec(path, name, p, ctx, problems)
                  for name, p in d["providers"].items()}
@@ -371,11 +402,14 @@ def _build_catalog(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> Ca
                                         f"{m['provider']!r} (defined: {known})"))
             continue
         _check_serves(path, alias, m["type"], provider, ctx, problems)
+        _check_controls(path, alias, m, provider, ctx, problems)
         models[alias] = ModelSpec(alias=alias, provider=provider, upstream=m["upstream"] or alias,
                                   type=m["type"], created=created,
                                   credits=Credits.for_model(alias, m["type"], m["credits"]),
                                   fallbacks=tuple(m["fallbacks"]),
-                                  max_output_tokens=m["max_output_tokens"])
+                                  max_output_tokens=m["max_output_tokens"],
+                                  thinking=m["thinking"], cache=m["cache"],
+                                  completions=m["completions"])
     for alias, m in models.items():
         for i, other in enumerate(m.fallbacks):
             target = models.get(other)
@@ -386,6 +420,10 @@ def _build_catalog(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> Ca
             elif target.type != m.type:
                 problems.append(Problem(str(path), line, f"models.{alias}.fallbacks: {other!r} "
                                         f"is of type {target.type}, not {m.type}"))
+            elif target.completions != m.completions:
+                problems.append(Problem(str(path), line, f"models.{alias}.fallbacks: {other!r} "
+                                        f"has completions: {target.completions}, not "
+                                        f"{m.completions} (a fallback answers the same way)"))
     return Catalog(providers, models)
 
 

@@ -147,7 +147,11 @@ VIDEO_FIELDS = {
 }
 TOKEN = {"type": "integer", "minimum": 0, "maximum": MAX_TOKEN_ID}
 USAGE = obj(["prompt_tokens", "completion_tokens", "total_tokens"],
-            {"prompt_tokens": INT, "completion_tokens": INT, "total_tokens": INT})
+            {"prompt_tokens": INT, "completion_tokens": INT, "total_tokens": INT,
+             "prompt_tokens_details": obj([], {"cached_tokens": INT, "cache_write_tokens": INT}),
+             "completion_tokens_details": obj([], {"reasoning_tokens": INT})},
+            description="prompt_tokens counts every input token, cached and cache-written "
+                        "ones too; completion_tokens counts the reasoning tokens too.")
 
 
 def sse_event(chunk: str) -> dict:

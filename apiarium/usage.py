@@ -6,8 +6,16 @@ shutdown), so nothing is lost on a clean stop.  Today's rows are loaded at start
 credit limit holds across restarts.
 
 Prices come from the model's ``credits`` in models.yaml (``catalog.Credits``):
-``request`` per request, ``per_1k_tokens`` for prompt + completion tokens, ``image`` per
-image, ``video_second`` per second of video, times ``resolution[<res>]`` (default 1).
+``request`` per request; per 1k tokens ``input`` (uncached prompt tokens), ``cached_input``
+(read from the provider's cache), ``cache_write`` (written to it) and ``output`` (completion
+tokens, reasoning included), each ``per_1k_tokens`` when not given; ``image`` per image,
+``video_second`` per second of video, times ``resolution[<res>]`` (default 1).
+
+A Tally's ``prompt_tokens`` counts every input token (cached and cache-written ones too, as
+OpenAI's ``prompt_tokens`` does) and ``completion_tokens`` every output token; the stored
+usage rows keep those two.  ``cached_tokens``, ``cache_write_tokens`` and ``reasoning_tokens``
+say how many of them were which; they are counted in memory (GET /v1/keys/me shows them) and
+not stored, so after a restart they count from then on.
 """
 from __future__ import annotations
 
@@ -18,6 +26,7 @@ from pathlib import Path
 
 from .catalog import ModelSpec
 from .storage import Storage, UsageRow, open_storage
+from .tokens import TokenUsage
 
 MASTER = "master"          # what the master key's usage is filed under
 
@@ -36,6 +45,16 @@ class Tally:
     images: int = 0
     video_seconds: int = 0
     credits: float = 0.0
+    cached_tokens: int = 0         # of prompt_tokens: read from the provider's prompt cache
+    cache_write_tokens: int = 0    # of prompt_tokens: written to it
+    reasoning_tokens: int = 0      # of completion_tokens: thinking
+
+    @classmethod
+    def of(cls, used: TokenUsage, requests: int = 1) -> Tally:
+        """A request's tally from its normalised token counts."""
+        return cls(requests=requests, prompt_tokens=used.prompt, completion_tokens=used.output,
+                   cached_tokens=used.cache_read, cache_write_tokens=used.cache_write,
+                   reasoning_tokens=used.reasoning)
 
     def add(self, other: Tally) -> None:          # spelled out: on every request's path
         self.requests += other.requests
@@ -44,6 +63,9 @@ class Tally:
         self.images += other.images
         self.video_seconds += other.video_seconds
         self.credits += other.credits
+        self.cached_tokens += other.cached_tokens
+        self.cache_write_tokens += other.cache_write_tokens
+        self.reasoning_tokens += other.reasoning_tokens
 
     def as_dict(self) -> dict[str, int | float]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -55,7 +77,11 @@ def price(model: ModelSpec, tally: Tally, resolution: str | None = None) -> floa
     """What ``tally`` costs in credits on ``model`` (video at ``resolution``)."""
     c = model.credits
     cost = c.request * tally.requests
-    cost += c.per_1k_tokens * (tally.prompt_tokens + tally.completion_tokens) / 1000
+    cached = min(tally.cached_tokens, tally.prompt_tokens)
+    written = min(tally.cache_write_tokens, tally.prompt_tokens - cached)
+    cost += (c.input_rate * (tally.prompt_tokens - cached - written)
+             + c.cached_input_rate * cached + c.cache_write_rate * written
+             + c.output_rate * tally.completion_tokens) / 1000
     cost += c.image * tally.images
     cost += c.video_second * tally.video_seconds * c.resolution.get(resolution or "", 1.0)
     return cost

@@ -139,7 +139,8 @@ def test_finish_reason_and_usage_mapping():
     u = openai_usage({"input_tokens": 10, "output_tokens": 5, "cache_creation_input_tokens": 100,
                       "cache_read_input_tokens": 1000})
     assert u == {"prompt_tokens": 1110, "completion_tokens": 5, "total_tokens": 1115,
-                 "prompt_tokens_details": {"cached_tokens": 1000}}
+                 "prompt_tokens_details": {"cached_tokens": 1000, "cache_write_tokens": 100},
+                 "completion_tokens_details": {"reasoning_tokens": 0}}
 
 
 # ---------------------------------------------------------------------- b. tools

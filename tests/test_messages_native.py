@@ -36,11 +36,12 @@ MESSAGES = [{"role": "user", "content": [
 
 def test_the_request_reaches_anthropic_as_sent(gw, fake_anthropic):
     c = client(gw, "127.0.0.71")
-    message = c.messages.create(model="sonnet", max_tokens=300, messages=MESSAGES,
+    message = c.messages.create(model="sonnet", max_tokens=2048, messages=MESSAGES,
                                 system=[{"type": "text", "text": "Be brief.",
                                          "cache_control": {"type": "ephemeral"}}],
                                 thinking={"type": "enabled", "budget_tokens": 1024})
-    assert message.model == "sonnet" and message.content[0].text
+    assert message.model == "sonnet" and message.content[0].type == "thinking"
+    assert message.content[1].text
     sent = fake_anthropic.last()
     assert sent.json["model"] == "claude-sonnet-4-5"                    # the upstream id
     assert sent.json["messages"] == MESSAGES                            # blocks untouched
@@ -50,7 +51,11 @@ def test_the_request_reaches_anthropic_as_sent(gw, fake_anthropic):
     assert sent.headers["x-api-key"] == fake_anthropic.api_key          # ours, not the client's
     me = json.loads(gw.get("/v1/keys/me", ip="127.0.0.71")[2])["usage"]
     assert me["requests"] == 1
-    assert me["prompt_tokens"] == message.usage.input_tokens
+    used = message.usage                 # the breakpoints wrote the prompt to the cache
+    assert used.cache_creation_input_tokens > 0
+    assert me["prompt_tokens"] == (used.input_tokens + used.cache_creation_input_tokens
+                                   + used.cache_read_input_tokens)
+    assert me["cache_write_tokens"] == used.cache_creation_input_tokens
     assert me["completion_tokens"] == message.usage.output_tokens
 
 
@@ -65,7 +70,9 @@ def test_a_stream_is_relayed_event_by_event_and_metered(gw, fake_anthropic):
     assert fake_anthropic.last().json["stream"] is True
     me = json.loads(gw.get("/v1/keys/me", ip="127.0.0.72")[2])["usage"]
     assert (me["requests"], me["completion_tokens"]) == (1, final.usage.output_tokens)
-    assert me["prompt_tokens"] == final.usage.input_tokens > 0
+    used = final.usage
+    assert me["prompt_tokens"] == (used.input_tokens + used.cache_creation_input_tokens
+                                   + used.cache_read_input_tokens) > 0
 
 
 def test_count_tokens_asks_the_upstreams_counter(gw, fake_anthropic):

@@ -72,7 +72,7 @@ def anthropic_usage(usage: dict) -> dict:
         return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
     details = _dict(usage.get("prompt_tokens_details"))
     cached = n(details.get("cached_tokens")) or n(usage.get("cache_read_input_tokens"))
-    created = n(usage.get("cache_creation_input_tokens"))
+    created = n(details.get("cache_write_tokens")) or n(usage.get("cache_creation_input_tokens"))
     return {"input_tokens": max(0, n(usage.get("prompt_tokens")) - cached - created),
             "output_tokens": n(usage.get("completion_tokens")),
             "cache_creation_input_tokens": created, "cache_read_input_tokens": cached}
@@ -215,6 +215,7 @@ _OVERFLOW = re.compile(
     r"context.{0,3}(length|window|size|limit)|prompt is too long|input is too long|"
     r"too many (input )?tokens|maximum context|reduce the length of the (messages|input)|"
     r"exceeds? the maximum number of tokens|exceeds? the available context", re.IGNORECASE)
+_URL = re.compile(r"https?://\S+")
 _PROMPT = (r"prompt is too long:\s*(\d+)", r"resulted in (\d+)", r"\((\d+) in the messages",
            r"request has (\d+) input", r"input token count\D{0,4}(\d+)", r"request \((\d+) tok",
            r"contains (\d+) tokens")
@@ -232,9 +233,10 @@ def prompt_too_long(err: ApiError, request: dict | None = None) -> str | None:
     is ``count_tokens_estimate(request)`` and M is taken as N - 1.  None when ``err`` is not
     an overflow: code ``context_length_exceeded``, or a 4xx that says so in words."""
     said = err.message
+    words = _URL.sub("", said)        # a link to docs on "context-window-size" is no overflow
     if err.code != "context_length_exceeded" and not (
             400 <= err.status < 500 and err.status not in (401, 403, 404, 429)
-            and _OVERFLOW.search(said)):
+            and _OVERFLOW.search(words)):
         return None
     n, m, asked = (_first(patterns, said) for patterns in (_PROMPT, _LIMIT, _ASKED))
     if n is not None and m is not None and asked is not None and n <= m:

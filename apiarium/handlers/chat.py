@@ -86,7 +86,26 @@ class CompletionsHandler(ApiHandler):
         body, _ = self.json_body()
         self.model_alias = str(body.get("model", ""))[:100]
         model = self.svc.catalog.resolve_for(body.get("model"), "/v1/completions")
+        if model.completions == "native":
+            await self.native(model, body)
+            return
         await self.translated_chat(
             model, legacy.to_chat(body), check_stream(body),
             lambda frames: legacy.stream_from_chat(frames, body),
             lambda answer: legacy.from_chat(answer, body))
+
+    async def native(self, model: ModelSpec, body: dict) -> None:
+        """``completions: native``: the request, raw prompt and all, to the upstream's own
+        ``/completions``, and its answer or frames back."""
+        if check_stream(body):
+            async def open_stream() -> AsyncIterator[bytes]:
+                stream = await self.svc.chat.completions_stream(model, body, self.key_hash)
+                self.served_by(stream.served)
+                return stream
+            await self.relay(open_stream)
+            return
+        answered = await self.guarded(self.svc.chat.completions(model, body, self.key_hash))
+        if answered is not None:
+            answer, served = answered
+            self.served_by(served)
+            self.write_json(answer)

@@ -22,6 +22,7 @@ from .base import Provider
 from .gemini import GeminiProvider
 from .openai import OpenAIProvider
 from .rag import RagProvider
+from .signatures import Signatures
 
 KINDS: Mapping[str, type[Provider]] = MappingProxyType({
     cls.kind: cls for cls in (OpenAIProvider, AnthropicProvider, GeminiProvider, RagProvider)})
@@ -54,8 +55,11 @@ def provider_class(kind: str) -> type[Provider]:
 
 
 def build(catalog: Catalog, session: aiohttp.ClientSession, metrics: Metrics | None = None,
-          fetcher: ImageFetcher | None = None) -> dict[str, Provider]:
+          fetcher: ImageFetcher | None = None,
+          signatures: Signatures | None = None) -> dict[str, Provider]:
     """One Provider per provider of the catalog (kinds were checked when it was loaded);
-    ``fetcher`` fetches user-given URLs for them."""
-    return {name: provider_class(spec.kind)(spec, session, metrics, fetcher)
+    ``fetcher`` fetches user-given URLs for them; ``signatures`` is the gateway's store of
+    what upstreams gave with tool calls (one for all of them, kept across reloads)."""
+    signatures = signatures if signatures is not None else Signatures()
+    return {name: provider_class(spec.kind)(spec, session, metrics, fetcher, signatures)
             for name, spec in catalog.providers.items()}

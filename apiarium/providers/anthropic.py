@@ -1,30 +1,23 @@
 """`kind: anthropic`: the Messages API (``POST {base_url}/v1/messages``) behind OpenAI chat.
 
-Request (OpenAI → Anthropic):
+Request (OpenAI → Anthropic): ``anthropic_request.to_anthropic``.
 
-    system / developer turns        → top-level ``system`` (texts joined by a blank line)
-    user / assistant turns          → ``messages``; consecutive same-role turns are merged
-    text parts                      → ``text`` blocks (empty ones dropped)
-    image_url data: / http(s)       → ``image`` block, ``base64`` / ``url`` source
-    assistant ``tool_calls``        → ``tool_use`` blocks (``arguments`` parsed into ``input``)
-    ``tool`` messages               → ``tool_result`` blocks in a user turn
-    max_completion_tokens|max_tokens→ ``max_tokens`` (default 4096)
-    stop                            → ``stop_sequences``
-    temperature (clamped to 0..1), top_p, user → temperature, top_p, metadata.user_id
-    tools                           → tools[{name, description, input_schema}]
-    tool_choice none|auto|required|{function}  → none|auto|any|tool;
-    parallel_tool_calls:false       → disable_parallel_tool_use
-    n > 1                           → 400; other OpenAI-only fields are not sent
-
-Response: text blocks → ``content``; ``tool_use`` blocks → ``tool_calls`` (id kept, input as
-compact JSON); ``stop_reason`` → ``finish_reason`` per ``FINISH``; usage: prompt = input +
-cache_creation + cache_read, cached = cache_read, completion = output.
+Response: text blocks → ``content``; ``thinking`` blocks → ``reasoning_content`` (thinking is
+only on when the client asked for reasoning), and with a tool call they are kept for its id
+(``Signatures``: Anthropic wants them back in front of the call); ``tool_use`` blocks →
+``tool_calls`` (id kept, input as compact JSON); ``stop_reason`` → ``finish_reason`` per
+``FINISH``; usage by ``tokens.TokenUsage.from_anthropic``: prompt = input + cache_creation +
+cache_read, cached = cache_read, cache_write_tokens = cache_creation, completion = output.
 
 Stream: one OpenAI frame per upstream event, sent as it arrives: message_start → role chunk,
-text_delta → content, tool_use start / input_json_delta → tool_calls deltas (index counts tool
-blocks), ping → SSE comment, message_delta → remembered, message_stop → finish chunk, usage
-chunk (if asked) and [DONE].  An ``error`` event, a dropped connection or a stream that ends
-without message_stop raise an ApiError (the handler sends it as the SSE error frame).
+text_delta → content, thinking_delta → reasoning_content, tool_use start / input_json_delta →
+tool_calls deltas (index counts tool blocks), ping → SSE comment, message_delta → remembered,
+message_stop → finish chunk, usage chunk (if asked) and [DONE].  An ``error`` event, a dropped
+connection or a stream that ends without message_stop raise an ApiError (the handler sends it
+as the SSE error frame).
+
+Native Messages requests pass through as they are; a ``cache: auto`` model adds its cache
+breakpoints to one that has none (``anthropic_request.add_cache_breakpoints``).
 
 Errors: the shared mapping in base.py (401/403 → 502, 429 → 429 + Retry-After, 529 → 503,
 413 → 413 request_too_large, other 4xx passed through with the upstream's message); 402 /
@@ -39,12 +32,14 @@ import orjson
 
 from .. import sse
 from ..catalog import ModelSpec
-from ..errors import ApiError, InvalidRequest, UpstreamError
+from ..errors import ApiError, UpstreamError
+from ..tokens import TokenUsage
 from . import shapes
+from .anthropic_request import add_cache_breakpoints, to_anthropic
 from .base import Provider
+from .signatures import Signatures
 
 VERSION = "2023-06-01"
-DEFAULT_MAX_TOKENS = 4096
 
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop",
           "max_tokens": "length", "model_context_window_exceeded": "length",
@@ -72,30 +67,37 @@ class AnthropicProvider(Provider):
                    raw: bytes | None) -> dict[str, Any]:
         self.require_configured()
         data = await self.call_json("POST", f"{self.spec.base_url}/v1/messages",
-                                    json=to_anthropic(model.upstream, body, stream=False))
+                                    json=to_anthropic(model, body, False, self.signatures))
         if not isinstance(data.get("content"), list):
             raise UpstreamError(f"The upstream provider `{self.spec.name}` answered without "
                                 f"`content`; it does not look like the Anthropic Messages API.")
-        text, calls = [], []
+        text: list[str] = []
+        calls: list[dict] = []
+        thinking: list[dict] = []
         for block in data["content"]:
             if not isinstance(block, dict):
                 continue
             if block.get("type") == "text":
                 text.append(block.get("text") or "")
+            elif block.get("type") in ("thinking", "redacted_thinking"):
+                thinking.append(block)
             elif block.get("type") == "tool_use":
+                if not calls:
+                    keep_thinking(self.signatures, str(block.get("id")), thinking)
                 calls.append(shapes.tool_call(str(block.get("id")), str(block.get("name")),
                                               orjson.dumps(block.get("input") or {}).decode()))
         content = "".join(text)
+        thought = "".join(b.get("thinking") or "" for b in thinking)
         return shapes.completion(model.alias, content or (None if calls else ""),
                                  finish_reason(data.get("stop_reason")), calls,
-                                 openai_usage(data.get("usage") or {}))
+                                 openai_usage(data.get("usage") or {}), reasoning=thought or None)
 
     async def chat_stream(self, model: ModelSpec, body: dict[str, Any],
                           raw: bytes | None) -> AsyncGenerator[bytes, None]:
         self.require_configured()
         state = _Stream(self, shapes.Chunks(model.alias, shapes.wants_usage(body)))
         async with self.request("POST", f"{self.spec.base_url}/v1/messages",
-                                json=to_anthropic(model.upstream, body, stream=True)) as resp:
+                                json=to_anthropic(model, body, True, self.signatures)) as resp:
             async for event in self.sse_events(resp):
                 for frame in state.on(event):
                     yield frame
@@ -117,6 +119,8 @@ class AnthropicProvider(Provider):
         """A Messages request passed through; the answer with the alias as its model."""
         self.require_configured()
         payload = {**body, "model": model.upstream, "stream": False}
+        if model.cache == "auto":
+            payload = add_cache_breakpoints(payload)
         async with self.request("POST", f"{self.spec.base_url}/v1/messages", json=payload,
                                 extra_headers=self._beta(beta)) as resp:
             data = await self.read_json(resp)
@@ -129,6 +133,8 @@ class AnthropicProvider(Provider):
         raised (the handler ends the stream in the client's dialect)."""
         self.require_configured()
         payload = {**body, "model": model.upstream, "stream": True}
+        if model.cache == "auto":
+            payload = add_cache_breakpoints(payload)
         old = b'"model":"' + model.upstream.encode() + b'"'
         new = b'"model":"' + model.alias.encode() + b'"'
         async with self.request("POST", f"{self.spec.base_url}/v1/messages", json=payload,
@@ -169,8 +175,9 @@ class AnthropicProvider(Provider):
 
     def stream_error(self, obj: dict[str, Any]) -> ApiError:
         """The ApiError for an ``error`` event that arrived inside a 200 stream."""
-        err = obj.get("error") if isinstance(obj.get("error"), dict) else {}
-        return self.map_error(ERROR_STATUS.get(err.get("type"), 500), obj, None)
+        err = obj.get("error")
+        kind = err.get("type") if isinstance(err, dict) else None
+        return self.map_error(ERROR_STATUS.get(str(kind), 500), obj, None)
 
 
 class _Stream:
@@ -182,6 +189,7 @@ class _Stream:
         self.finish = "stop"
         self.usage: dict = {}
         self.done = False
+        self.thinking: list[dict] = []        # this message's thinking blocks, as they come
 
     def on(self, event: bytes) -> list[bytes]:
         name, data = sse.parse(event)
@@ -196,8 +204,13 @@ class _Stream:
         if kind == "content_block_start":
             block = obj.get("content_block") or {}
             if block.get("type") == "tool_use":
-                k = self.tools[obj.get("index")] = len(self.tools)
+                if not self.tools:
+                    keep_thinking(self.provider.signatures, str(block.get("id")), self.thinking)
+                k = self.tools[_index(obj)] = len(self.tools)
                 return [chunks.tool_start(k, str(block.get("id")), str(block.get("name")))]
+            if block.get("type") in ("thinking", "redacted_thinking"):
+                self.thinking.append(dict(block))
+                return [chunks.reasoning(block["thinking"])] if block.get("thinking") else []
             if block.get("type") == "text" and block.get("text"):
                 return [chunks.content(block["text"])]
             return []
@@ -205,9 +218,18 @@ class _Stream:
             delta = obj.get("delta") or {}
             if delta.get("type") == "text_delta" and delta.get("text"):
                 return [chunks.content(delta["text"])]
+            if delta.get("type") in ("thinking_delta", "signature_delta") and self.thinking:
+                field = "thinking" if delta["type"] == "thinking_delta" else "signature"
+                piece = delta.get(field)
+                if isinstance(piece, str):
+                    block = self.thinking[-1]
+                    block[field] = (block.get(field) or "") + piece
+                    if field == "thinking" and piece:
+                        return [chunks.reasoning(piece)]
+                return []
             if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
-                k = self.tools.get(obj.get("index"))
-                return [] if k is None else [chunks.tool_args(k, delta["partial_json"])]
+                at = self.tools.get(_index(obj))
+                return [] if at is None else [chunks.tool_args(at, delta["partial_json"])]
             return []
         if kind == "ping":
             return [sse.comment("ping")]
@@ -227,173 +249,22 @@ class _Stream:
 
 
 # ---------------------------------------------------------------------- response pieces
+def _index(obj: dict) -> int:
+    index = obj.get("index")
+    return index if isinstance(index, int) else -1
+
+
 def finish_reason(stop_reason: Any) -> str:
     return FINISH.get(stop_reason, "stop")
 
 
 def openai_usage(u: dict) -> dict:
-    def n(key: str) -> int:
-        v = u.get(key)
-        return v if isinstance(v, int) else 0
-    cached = n("cache_read_input_tokens")
-    return shapes.usage(n("input_tokens") + n("cache_creation_input_tokens") + cached,
-                        n("output_tokens"), cached)
+    return TokenUsage.from_anthropic(u).chat()
 
 
-# ---------------------------------------------------------------------- the request
-def to_anthropic(upstream: str, body: dict, stream: bool) -> dict:
-    n = body.get("n")
-    if n is not None and n != 1:
-        raise InvalidRequest("`n` must be 1 for this model: Anthropic models give one choice "
-                             "per request; send several requests instead.", param="n")
-    system, turns = [], []
-    for i, m in enumerate(body.get("messages") or []):
-        role = m.get("role")
-        if role in ("system", "developer"):
-            text = shapes.text_of(m.get("content"))
-            if text:
-                system.append(text)
-            continue
-        if role == "user":
-            blocks = _user_blocks(m.get("content"), f"messages[{i}].content")
-        elif role == "assistant":
-            blocks = _assistant_blocks(m, i)
-        elif role == "tool":
-            if not m.get("tool_call_id"):
-                raise InvalidRequest(f"messages[{i}].tool_call_id is required on a tool "
-                                     f"message.", param=f"messages[{i}].tool_call_id")
-            result = {"type": "tool_result", "tool_use_id": m["tool_call_id"]}
-            text = shapes.text_of(m.get("content"))
-            if text:
-                result["content"] = text
-            role, blocks = "user", [result]
-        else:
-            raise InvalidRequest(f"messages[{i}].role `{role}` is not supported; use system, "
-                                 f"developer, user, assistant or tool.",
-                                 param=f"messages[{i}].role")
-        if not blocks:
-            continue
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"] += blocks
-        else:
-            turns.append({"role": role, "content": blocks})
-    for t in turns:                         # a lone text block reads better as a string
-        if len(t["content"]) == 1 and t["content"][0]["type"] == "text":
-            t["content"] = t["content"][0]["text"]
-
-    out: dict = {"model": upstream, "max_tokens": _max_tokens(body), "messages": turns}
-    if system:
-        out["system"] = "\n\n".join(system)
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop:
-        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-            raise InvalidRequest("`stop` must be a string or a list of strings.", param="stop")
-        out["stop_sequences"] = stop
-    temperature = body.get("temperature")
-    if temperature is not None:
-        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool):
-            raise InvalidRequest("`temperature` must be a number.", param="temperature")
-        out["temperature"] = min(1.0, max(0.0, float(temperature)))
-    if body.get("top_p") is not None:
-        out["top_p"] = body["top_p"]
-    if isinstance(body.get("user"), str) and body["user"]:
-        out["metadata"] = {"user_id": body["user"]}
-    _add_tools(out, body)
-    if stream:
-        out["stream"] = True
-    return out
+def keep_thinking(signatures: Signatures, call_id: str, blocks: list[dict]) -> None:
+    """Keep the thinking blocks in front of a message's first tool call, for its id."""
+    if blocks and call_id:
+        signatures.put(call_id, orjson.dumps(blocks).decode())
 
 
-def _max_tokens(body: dict) -> int:
-    for field in ("max_completion_tokens", "max_tokens"):
-        value = body.get(field)
-        if value is None:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InvalidRequest(f"`{field}` must be a positive integer.", param=field)
-        return value
-    return DEFAULT_MAX_TOKENS
-
-
-def _user_blocks(content: Any, param: str) -> list[dict]:
-    if content is None or isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    if not isinstance(content, list):
-        raise InvalidRequest(f"`{param}` must be a string or a list of parts.", param=param)
-    blocks = []
-    for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind in ("text", "input_text"):
-            if part.get("text"):
-                blocks.append({"type": "text", "text": part["text"]})
-        elif kind == "image_url":
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
-            blocks.append({"type": "image", "source": _image_source(url, f"{param}[{j}]")})
-        else:
-            raise InvalidRequest(f"`{param}[{j}]`: content parts of type `{kind}` are not "
-                                 f"supported for this model (use text or image_url).",
-                                 param=f"{param}[{j}]")
-    return blocks
-
-
-def _image_source(url: Any, param: str) -> dict:
-    if isinstance(url, str) and url.startswith("data:"):
-        mime, data = shapes.parse_data_url(url, f"{param}.image_url.url")
-        return {"type": "base64", "media_type": mime, "data": data}
-    if isinstance(url, str) and url.startswith(("http://", "https://")):
-        return {"type": "url", "url": url}
-    raise InvalidRequest(f"`{param}.image_url.url` must be an http(s) URL or a data: URL.",
-                         param=f"{param}.image_url.url")
-
-
-def _assistant_blocks(m: dict, i: int) -> list[dict]:
-    content = m.get("content")
-    text = shapes.text_of(content) if not isinstance(content, list) else "".join(
-        p.get("text") or p.get("refusal") or "" for p in content if isinstance(p, dict))
-    blocks = [{"type": "text", "text": text}] if text else []
-    for j, (id_, name, args) in enumerate(shapes.assistant_tool_calls(m, f"messages[{i}]")):
-        blocks.append({"type": "tool_use", "id": id_ or f"toolu_{i}_{j}", "name": name,
-                       "input": args})
-    return blocks
-
-
-def _add_tools(out: dict, body: dict) -> None:
-    tools = body.get("tools")
-    if not tools:
-        return
-    converted = []
-    for j, tool in enumerate(tools):
-        fn = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(fn, dict) or tool.get("type", "function") != "function" \
-                or not fn.get("name"):
-            raise InvalidRequest(f"tools[{j}] must be {{\"type\": \"function\", \"function\": "
-                                 f"{{\"name\": ...}}}}.", param=f"tools[{j}]")
-        t = {"name": fn["name"], "input_schema": fn.get("parameters")
-             or {"type": "object", "properties": {}}}
-        if fn.get("description"):
-            t["description"] = fn["description"]
-        converted.append(t)
-    out["tools"] = converted
-    choice = body.get("tool_choice")
-    mapped = _tool_choice("auto" if choice is None else choice)
-    if body.get("parallel_tool_calls") is False and mapped["type"] != "none":
-        mapped["disable_parallel_tool_use"] = True
-    if choice is not None or "disable_parallel_tool_use" in mapped:
-        out["tool_choice"] = mapped
-
-
-def _tool_choice(choice: Any) -> dict:
-    if choice in ("auto", "none", "required"):
-        return {"type": "any" if choice == "required" else choice}
-    if isinstance(choice, dict):
-        fn, allowed = choice.get("function"), choice.get("allowed_tools")
-        if choice.get("type") == "function" and isinstance(fn, dict) and fn.get("name"):
-            return {"type": "tool", "name": fn["name"]}
-        if choice.get("type") == "allowed_tools" and isinstance(allowed, dict):
-            return {"type": "any" if allowed.get("mode") == "required" else "auto"}
-    raise InvalidRequest("`tool_choice` must be \"none\", \"auto\", \"required\" or "
-                         "{\"type\": \"function\", \"function\": {\"name\": ...}}.",
-                         param="tool_choice")

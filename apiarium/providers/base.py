@@ -68,6 +68,7 @@ from ..generation import ImageRequest, Media, VideoRequest
 from ..jsonbody import nesting_error
 from ..metrics import Metrics
 from ..outbound import FetchPolicy, ImageFetcher
+from .signatures import Signatures
 
 MAX_ERROR_BODY = 64 * 1024
 MAX_REDIRECTS = 5            # followed for GET only; credentials only within base_url's origin
@@ -86,9 +87,13 @@ class Provider:
     protocol_headers: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, spec: ProviderSpec, session: aiohttp.ClientSession,
-                 metrics: Metrics | None = None, fetcher: ImageFetcher | None = None) -> None:
+                 metrics: Metrics | None = None, fetcher: ImageFetcher | None = None,
+                 signatures: Signatures | None = None) -> None:
         self.spec = spec
         self.session = session
+        # what upstreams gave with tool calls, by call id: the gateway's one store (it
+        # outlives reloads); a provider built alone gets one of its own
+        self.signatures = signatures if signatures is not None else Signatures()
         # user-given URLs (Veo's image_url) are fetched through this, never ``session``;
         # without one, nothing is fetched
         self.fetcher = fetcher or ImageFetcher(FetchPolicy(enabled=False))

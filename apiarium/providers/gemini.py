@@ -6,12 +6,15 @@ Calls ``POST {base_url}/v1beta/models/{upstream}:generateContent`` (or
 
 Request: see ``gemini_request`` (wire-formats 5.2).
 
-Response (5.3-5.5): text parts joined (``thought`` parts skipped); functionCall parts →
-tool_calls with ``call_…`` ids minted here; finishReason by ``_finish`` (STOP with a call →
-tool_calls); a blocked prompt → content_filter, empty content.  Usage: prompt = prompt +
-toolUsePrompt tokens, completion = candidates + thoughts (= reasoning_tokens), cached =
-cachedContentTokenCount.  Streams are translated event by event, never buffered; Gemini sends
-no [DONE]: finish (last finishReason), usage and [DONE] follow the upstream's EOF.
+Response (5.3-5.5): text parts joined; ``thought`` parts → ``reasoning_content`` when the
+client asked for reasoning (``reasoning.wants_reasoning``), else skipped; functionCall parts →
+tool_calls with ``call_…`` ids minted here, and a part's ``thoughtSignature`` kept for the id
+(``Signatures``) and shown as ``extra_content.google.thought_signature``, as Google's own
+OpenAI endpoint does; finishReason by ``_finish`` (STOP with a call → tool_calls); a blocked
+prompt → content_filter, empty content.  Usage: ``tokens.TokenUsage.from_gemini`` (prompt =
+prompt + toolUsePrompt tokens, cachedContentTokenCount among them; completion = candidates +
+thoughts (= reasoning_tokens)).  Streams are translated event by event, never buffered;
+Gemini sends no [DONE]: finish (last finishReason), usage and [DONE] follow the upstream's EOF.
 Errors (5.8): ``{"error": {code, message, status, details}}``; RetryInfo.retryDelay →
 Retry-After; per-day QuotaFailure = quota; API_KEY_INVALID = the gateway's own key: 502.
 """
@@ -29,10 +32,13 @@ from ..catalog import ModelSpec
 from ..embedding import EmbeddingRequest
 from ..errors import ApiError, InvalidRequest, UpstreamError
 from ..generation import ImageRequest, Media, VideoRequest
+from ..tokens import TokenUsage
 from . import gemini_embed, gemini_media
 from .base import Provider, parse_duration
 from .gemini_request import to_gemini
-from .shapes import Chunks, completion, tool_call, usage, wants_usage
+from .reasoning import wants_reasoning
+from .shapes import Chunks, completion, google_extra, tool_call, wants_usage
+from .signatures import Signatures
 
 _FILTERED = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
              "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION"}
@@ -44,9 +50,17 @@ def _call_id() -> str:
     return f"call_{secrets.token_hex(12)}"
 
 
-def _call(fc: dict) -> tuple[str, str, str]:
-    """(minted id, name, JSON arguments) of a functionCall part."""
-    return _call_id(), str(fc.get("name", "")), orjson.dumps(fc.get("args") or {}).decode()
+def _call(part: dict, signatures: Signatures) -> tuple[str, str, str, dict | None]:
+    """(minted id, name, JSON arguments, extra_content) of a functionCall part; its thought
+    signature, if it has one, is kept for the id."""
+    fc, id_ = part["functionCall"], _call_id()
+    sig = part.get("thoughtSignature")
+    if isinstance(sig, str) and sig:
+        signatures.put(id_, sig)
+    else:
+        sig = None
+    return (id_, str(fc.get("name", "")), orjson.dumps(fc.get("args") or {}).decode(),
+            google_extra(sig))
 
 
 def _finish(reason: str | None, has_calls: bool) -> str:
@@ -58,11 +72,7 @@ def _finish(reason: str | None, has_calls: bool) -> str:
 
 
 def _usage(meta: Any) -> dict:
-    meta = meta if isinstance(meta, dict) else {}
-    thoughts = meta.get("thoughtsTokenCount") or 0
-    return usage((meta.get("promptTokenCount") or 0) + (meta.get("toolUsePromptTokenCount") or 0),
-                 (meta.get("candidatesTokenCount") or 0) + thoughts,
-                 cached=meta.get("cachedContentTokenCount") or 0, reasoning=thoughts)
+    return TokenUsage.from_gemini(meta).chat()
 
 
 def _details(data: Any, type_suffix: str) -> list[dict]:
@@ -129,7 +139,8 @@ class GeminiProvider(Provider):
                    raw: bytes | None) -> dict[str, Any]:
         self.require_configured()
         data = await self.call_json("POST", self.url(f"models/{model.upstream}:generateContent"),
-                                    json=to_gemini(body))
+                                    json=to_gemini(body, model, self.signatures))
+        thoughts = wants_reasoning(body)
         cands = data.get("candidates")
         meta = _usage(data.get("usageMetadata"))
         if not isinstance(cands, list) or not cands:
@@ -141,10 +152,13 @@ class GeminiProvider(Provider):
         for i, cand in enumerate(cands):
             parts = _parts(cand)
             text = "".join(p["text"] for p in parts if isinstance(p.get("text"), str))
-            calls = [tool_call(*_call(p["functionCall"])) for p in parts
+            calls = [tool_call(*_call(p, self.signatures)) for p in parts
                      if isinstance(p.get("functionCall"), dict)]
+            thought = "".join(p["text"] for p in _thoughts(cand)) if thoughts else ""
             one = completion(model.alias, None if calls and not text else text,
-                             _finish(cand.get("finishReason"), bool(calls)), calls, meta)
+                             _finish(cand.get("finishReason"), bool(calls)), calls, meta,
+                             reasoning=thought or None)
+            one["choices"][0]["logprobs"] = _logprobs(cand)
             if out is None:
                 out = one
             else:                       # n > 1: candidateCount candidates, one choice each
@@ -157,11 +171,12 @@ class GeminiProvider(Provider):
     async def chat_stream(self, model: ModelSpec, body: dict[str, Any],
                           raw: bytes | None) -> AsyncGenerator[bytes, None]:
         self.require_configured()
-        payload = to_gemini(body)
+        payload = to_gemini(body, model, self.signatures)
         if (body.get("n") or 1) != 1:
             raise InvalidRequest("Gemini models on this gateway stream one choice only; send "
                                  "n=1 or stream=false.", param="n")
-        state = _StreamState(Chunks(model.alias, wants_usage(body)))
+        state = _StreamState(Chunks(model.alias, wants_usage(body)), self.signatures,
+                             wants_reasoning(body))
         url = self.url(f"models/{model.upstream}:streamGenerateContent?alt=sse")
         async with self.request("POST", url, json=payload) as resp:
             async for event in self.sse_events(resp):
@@ -185,21 +200,53 @@ class GeminiProvider(Provider):
         return obj
 
 
-def _parts(cand: Any) -> list[dict]:
-    """A candidate's parts, without thoughts."""
+def _token(c: Any) -> dict:
+    c = c if isinstance(c, dict) else {}
+    token = str(c.get("token", ""))
+    logprob = c.get("logProbability")
+    return {"token": token, "logprob": float(logprob) if isinstance(logprob, (int, float))
+            else 0.0, "bytes": list(token.encode())}
+
+
+def _logprobs(cand: Any) -> dict | None:
+    """A candidate's ``logprobsResult`` (asked with ``responseLogprobs``) as OpenAI's
+    ``choices[].logprobs``: each chosen token, with the top candidates at its step."""
+    result = cand.get("logprobsResult") if isinstance(cand, dict) else None
+    if not isinstance(result, dict):
+        return None
+    tops = [t.get("candidates") or [] if isinstance(t, dict) else []
+            for t in result.get("topCandidates") or []]
+    content = [{**_token(c), "top_logprobs": [_token(t) for t in (tops[i] if i < len(tops)
+                                                                   else [])]}
+               for i, c in enumerate(result.get("chosenCandidates") or [])]
+    return {"content": content, "refusal": None}
+
+
+def _all_parts(cand: Any) -> list[dict]:
     content = cand.get("content") if isinstance(cand, dict) else None
     parts = content.get("parts") if isinstance(content, dict) else None
-    return [p for p in parts or [] if isinstance(p, dict) and not p.get("thought")]
+    return [p for p in parts or [] if isinstance(p, dict)]
+
+
+def _parts(cand: Any) -> list[dict]:
+    """A candidate's parts, without thoughts."""
+    return [p for p in _all_parts(cand) if not p.get("thought")]
+
+
+def _thoughts(cand: Any) -> list[dict]:
+    """A candidate's thought parts that have text (thought summaries)."""
+    return [p for p in _all_parts(cand) if p.get("thought") and isinstance(p.get("text"), str)]
 
 
 class _StreamState:
     """Turns each upstream stream event into OpenAI chunk frames, remembering what the
     end of the stream needs (the last finishReason, the last usageMetadata)."""
 
-    def __init__(self, chunks: Chunks) -> None:
+    def __init__(self, chunks: Chunks, signatures: Signatures, thoughts: bool = False) -> None:
         self.chunks, self.started, self.tools = chunks, False, 0
         self.finish: str | None = None
         self.meta: Any = None
+        self.signatures, self.thoughts = signatures, thoughts
 
     def feed(self, obj: dict) -> list[bytes]:
         frames = []
@@ -212,12 +259,18 @@ class _StreamState:
         for cand in obj.get("candidates") or []:
             if not isinstance(cand, dict) or cand.get("index", 0) != 0:
                 continue
-            for p in _parts(cand):
+            logprobs = _logprobs(cand)
+            for p in _all_parts(cand):
+                if p.get("thought"):
+                    if self.thoughts and isinstance(p.get("text"), str) and p["text"]:
+                        frames.append(self.chunks.reasoning(p["text"]))
+                    continue
                 if isinstance(p.get("text"), str) and p["text"]:
-                    frames.append(self.chunks.content(p["text"]))
-                fc = p.get("functionCall")
-                if isinstance(fc, dict):
-                    frames.append(self.chunks.tool_start(self.tools, *_call(fc)))
+                    frames.append(self.chunks.content(p["text"], logprobs))
+                    logprobs = None
+                if isinstance(p.get("functionCall"), dict):
+                    frames.append(self.chunks.tool_start(self.tools,
+                                                         *_call(p, self.signatures)))
                     self.tools += 1
             if cand.get("finishReason"):
                 self.finish = _finish(cand["finishReason"], self.tools > 0)

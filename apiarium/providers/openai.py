@@ -4,12 +4,19 @@ The client's body is forwarded byte for byte when the alias is the upstream id; 
 only ``model`` is rewritten (chat, and embeddings at ``{base_url}/embeddings``, token arrays
 included).  Stream frames are relayed one by one as they arrive; ``model``
 inside a frame is swapped back to the alias with a byte replace, not a JSON re-encode.
+
+A model with ``completions: native`` takes legacy ``/v1/completions`` natively
+(``completions`` / ``completions_stream``): the request, raw prompt and all, goes to the
+upstream's own ``/completions``.  A model with ``thinking: none`` never sends
+``reasoning_effort`` (for servers that refuse it).  The ``extra_content`` this gateway puts
+on tool calls (a Gemini thought signature) is the gateway's: a client that sends it back to
+an OpenAI-compatible model does not pass it on.
 """
 from __future__ import annotations
 
 import base64
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -34,7 +41,13 @@ class OpenAIProvider(Provider):
         err = data.get("error") if isinstance(data, dict) else None
         return isinstance(err, dict) and "insufficient_quota" in (err.get("code"), err.get("type"))
 
+    native_dialects: ClassVar[frozenset[str]] = frozenset({"completions"})
+
     def _payload(self, model: ModelSpec, body: dict[str, Any], raw: bytes | None) -> bytes:
+        if model.thinking == "none" and "reasoning_effort" in body:
+            body, raw = {k: v for k, v in body.items() if k != "reasoning_effort"}, None
+        if (raw is None or b'"extra_content"' in raw) and _has_extra_content(body):
+            body, raw = _without_extra_content(body), None
         if raw is not None and model.upstream == model.alias:
             return raw
         return orjson.dumps({**body, "model": model.upstream})
@@ -50,8 +63,26 @@ class OpenAIProvider(Provider):
         data["model"] = model.alias
         return data
 
+    async def completions(self, model: ModelSpec, body: dict[str, Any]) -> dict[str, Any]:
+        """A legacy completions request on the upstream's own ``/completions``."""
+        self.require_configured()
+        data = await self.call_json("POST", f"{self.spec.base_url}/completions",
+                                    json={**body, "model": model.upstream})
+        if not isinstance(data.get("choices"), list):
+            raise UpstreamError(f"The upstream provider `{self.spec.name}` answered /completions "
+                                f"without `choices`.")
+        data["model"] = model.alias
+        return data
+
+    async def completions_stream(self, model: ModelSpec,
+                                 body: dict[str, Any]) -> AsyncGenerator[bytes, None]:
+        """The same, streamed: the upstream's ``text_completion`` frames relayed."""
+        async for frame in self.chat_stream(model, body, None, "completions"):
+            yield frame
+
     async def chat_stream(self, model: ModelSpec, body: dict[str, Any],
-                          raw: bytes | None) -> AsyncGenerator[bytes, None]:
+                          raw: bytes | None, path: str = "chat/completions"
+                          ) -> AsyncGenerator[bytes, None]:
         self.require_configured()
         rewrite = model.upstream != model.alias
         old = b'"model":"' + model.upstream.encode() + b'"'
@@ -59,8 +90,7 @@ class OpenAIProvider(Provider):
         payload: bytes | None = self._payload(model, body, raw)
         del body, raw                # not held for the life of the stream
         done = False
-        async with self.request("POST", f"{self.spec.base_url}/chat/completions",
-                                data=payload) as resp:
+        async with self.request("POST", f"{self.spec.base_url}/{path}", data=payload) as resp:
             payload = None
             async for event in self.sse_events(resp):
                 if event.startswith(b'data: {"error"'):      # the upstream failed mid-way
@@ -140,6 +170,22 @@ class OpenAIProvider(Provider):
                            f"answered without one). Rephrase the prompt, or try again.",
                            param="prompt")
         return out
+
+
+def _has_extra_content(body: dict[str, Any]) -> bool:
+    return any(isinstance(m, dict) and any(isinstance(tc, dict) and "extra_content" in tc
+                                           for tc in m.get("tool_calls") or [])
+               for m in body.get("messages") or [])
+
+
+def _without_extra_content(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` without ``extra_content`` on its assistant messages' tool calls."""
+    def clean(m: Any) -> Any:
+        if not (isinstance(m, dict) and isinstance(m.get("tool_calls"), list)):
+            return m
+        return {**m, "tool_calls": [{k: v for k, v in tc.items() if k != "extra_content"}
+                                    if isinstance(tc, dict) else tc for tc in m["tool_calls"]]}
+    return {**body, "messages": [clean(m) for m in body.get("messages") or []]}
 
 
 def _rename(event: bytes, old: bytes, new: bytes, alias: str) -> bytes:

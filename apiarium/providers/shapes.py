@@ -21,7 +21,7 @@ def new_id(prefix: str = "chatcmpl") -> str:
 
 def usage(prompt: int, completion: int, cached: int | None = None,
           reasoning: int | None = None) -> dict:
-    out = {"prompt_tokens": prompt, "completion_tokens": completion,
+    out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
            "total_tokens": prompt + completion}
     if cached is not None:
         out["prompt_tokens_details"] = {"cached_tokens": cached}
@@ -32,9 +32,12 @@ def usage(prompt: int, completion: int, cached: int | None = None,
 
 def completion(alias: str, content: str | None, finish_reason: str,
                tool_calls: list[dict] | None = None, usage_: dict | None = None,
-               id_: str | None = None) -> dict:
-    """A non-streaming ``chat.completion``.  ``tool_calls`` items are OpenAI-shaped."""
-    message = {"role": "assistant", "content": content, "refusal": None}
+               id_: str | None = None, reasoning: str | None = None) -> dict:
+    """A non-streaming ``chat.completion``.  ``tool_calls`` items are OpenAI-shaped;
+    ``reasoning``: the model's thinking, as ``reasoning_content`` (when the client asked)."""
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    if reasoning:
+        message["reasoning_content"] = reasoning
     if tool_calls:
         message["tool_calls"] = tool_calls
     out = {"id": id_ or new_id(), "object": "chat.completion", "created": int(time.time()),
@@ -45,8 +48,26 @@ def completion(alias: str, content: str | None, finish_reason: str,
     return out
 
 
-def tool_call(id_: str, name: str, arguments: str) -> dict:
-    return {"id": id_, "type": "function", "function": {"name": name, "arguments": arguments}}
+def tool_call(id_: str, name: str, arguments: str, extra: dict | None = None) -> dict:
+    """An OpenAI tool call; ``extra``: its ``extra_content`` (e.g. Google's thought signature,
+    as Google's own OpenAI endpoint carries it)."""
+    call = {"id": id_, "type": "function", "function": {"name": name, "arguments": arguments}}
+    if extra:
+        call["extra_content"] = extra
+    return call
+
+
+def google_extra(signature: str | None) -> dict | None:
+    """``extra_content`` carrying a Gemini thought signature (None without one)."""
+    return {"google": {"thought_signature": signature}} if signature else None
+
+
+def client_signature(call: Any) -> str | None:
+    """The thought signature a client sent back on a tool call (``extra_content.google``)."""
+    extra = call.get("extra_content") if isinstance(call, dict) else None
+    google = extra.get("google") if isinstance(extra, dict) else None
+    sig = google.get("thought_signature") if isinstance(google, dict) else None
+    return sig if isinstance(sig, str) and sig else None
 
 
 class Chunks:
@@ -63,19 +84,28 @@ class Chunks:
     def _frame(self, body: bytes) -> bytes:
         return self._head + body + b"}\n\n"
 
-    def delta(self, delta: dict, finish_reason: str | None = None) -> bytes:
+    def delta(self, delta: dict, finish_reason: str | None = None,
+              logprobs: dict | None = None) -> bytes:
         return self._frame(b'"choices":' + orjson.dumps(
-            [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]))
+            [{"index": 0, "delta": delta, "logprobs": logprobs,
+              "finish_reason": finish_reason}]))
 
     def role(self) -> bytes:
         return self.delta({"role": "assistant", "content": ""})
 
-    def content(self, text: str) -> bytes:
-        return self.delta({"content": text})
+    def content(self, text: str, logprobs: dict | None = None) -> bytes:
+        return self.delta({"content": text}, logprobs=logprobs)
 
-    def tool_start(self, index: int, id_: str, name: str, arguments: str = "") -> bytes:
-        return self.delta({"tool_calls": [{"index": index, "id": id_, "type": "function",
-                                           "function": {"name": name, "arguments": arguments}}]})
+    def reasoning(self, text: str) -> bytes:
+        return self.delta({"reasoning_content": text})
+
+    def tool_start(self, index: int, id_: str, name: str, arguments: str = "",
+                   extra: dict | None = None) -> bytes:
+        call: dict[str, Any] = {"index": index, "id": id_, "type": "function",
+                                "function": {"name": name, "arguments": arguments}}
+        if extra:
+            call["extra_content"] = extra
+        return self.delta({"tool_calls": [call]})
 
     def tool_args(self, index: int, fragment: str) -> bytes:
         return self.delta({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})

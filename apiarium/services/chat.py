@@ -17,6 +17,7 @@ from .. import sse
 from ..catalog import ModelSpec
 from ..errors import ApiError, UpstreamError
 from ..providers.shapes import wants_usage
+from ..tokens import TokenUsage
 from ..usage import Tally, UsageLedger
 from .costs import CHARS_PER_TOKEN, CreditBook, Hold, chat_estimate, chat_output_bound
 from .fallback import Breakers, first_success
@@ -43,10 +44,9 @@ UsageReader = Callable[[object, "Tally | None"], "Tally"]
 
 
 def tally_of(usage: object, so_far: Tally | None = None) -> Tally:
-    """One request's usage from an OpenAI ``usage`` object (missing counts are 0)."""
-    u = usage if isinstance(usage, dict) else {}
-    return Tally(requests=1, prompt_tokens=int(u.get("prompt_tokens") or 0),
-                 completion_tokens=int(u.get("completion_tokens") or 0))
+    """One request's usage from an OpenAI chat ``usage`` object (missing counts are 0; cached,
+    cache-written and reasoning tokens from its details, see ``tokens``)."""
+    return Tally.of(TokenUsage.from_openai(usage))
 
 
 class ChatService:
@@ -113,6 +113,27 @@ class ChatService:
             model, body, _size(body, None), key_hash, True, anthropic_tally,
             lambda m: live.providers[m.provider.name].messages_stream(m, body, beta))  # type: ignore[attr-defined]
 
+    async def completions(self, model: ModelSpec, body: dict,
+                          key_hash: str | None) -> tuple[dict, ModelSpec]:
+        """A legacy completions request on the upstream's own ``/completions`` (a model with
+        ``completions: native``; its fallbacks are too): the ``text_completion``."""
+        live = self._live()
+        return await self._whole(
+            model, body, _size(body, None), key_hash, tally_of,
+            lambda m: live.providers[m.provider.name].completions(m, body))  # type: ignore[attr-defined]
+
+    async def completions_stream(self, model: ModelSpec, body: dict,
+                                 key_hash: str | None) -> ChatStream:
+        """The same, streamed: the upstream's ``text_completion`` frames, metered."""
+        live = self._live()
+        wanted = wants_usage(body)
+        if not wanted:
+            body = {**body, "stream_options": {**(body.get("stream_options") or {}),
+                                               "include_usage": True}}
+        return await self._stream(
+            model, body, _size(body, None), key_hash, wanted, tally_of,
+            lambda m: live.providers[m.provider.name].completions_stream(m, body))  # type: ignore[attr-defined]
+
     async def count_tokens(self, model: ModelSpec, body: dict, beta: str | None) -> int | None:
         """The upstream's own count of a Messages request's input tokens, where the model's
         provider has a counter (None: it has none, estimate instead)."""
@@ -168,14 +189,16 @@ def _size(body: dict, raw: bytes | None) -> int:
 
 def anthropic_tally(usage: object, so_far: Tally | None) -> Tally:
     """Usage from Anthropic's ``usage`` (``message_start`` brings the input, ``message_delta``
-    the output): cached and cache-written input tokens count as input."""
+    the output, both possibly again later: the latest of each counts): cached and
+    cache-written input tokens count as input, and are told apart (``tokens``)."""
     t = so_far or Tally(requests=1)
     u = usage if isinstance(usage, dict) else {}
+    used = TokenUsage.from_anthropic(u)
     if "input_tokens" in u:
-        t.prompt_tokens = sum(int(u.get(k) or 0) for k in (
-            "input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
+        t.prompt_tokens, t.cached_tokens = used.prompt, used.cache_read
+        t.cache_write_tokens = used.cache_write
     if "output_tokens" in u:
-        t.completion_tokens = int(u.get("output_tokens") or 0)
+        t.completion_tokens, t.reasoning_tokens = used.output, used.reasoning
     return t
 
 

@@ -68,9 +68,13 @@ def check_embedding_size(size: int, limit: int) -> None:
 
 
 def chat_estimate(model: ModelSpec, request_bytes: int, output_tokens: int) -> float:
-    """The most a chat request may cost: its whole body as prompt, every output token."""
-    return price(model, Tally(requests=1, prompt_tokens=request_bytes // CHARS_PER_TOKEN,
-                              completion_tokens=output_tokens))
+    """The most a chat request may cost: its whole body as prompt (at the dearer of the
+    uncached and cache-writing prices), every output token."""
+    prompt = request_bytes // CHARS_PER_TOKEN
+    c = model.credits
+    written = prompt if c.cache_write_rate > c.input_rate else 0
+    return price(model, Tally(requests=1, prompt_tokens=prompt, completion_tokens=output_tokens,
+                              cache_write_tokens=written))
 
 
 class Hold:

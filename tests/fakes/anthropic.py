@@ -1,12 +1,30 @@
-"""FakeAnthropic: the Messages API (POST /v1/messages), stream and not."""
+"""FakeAnthropic: the Messages API (POST /v1/messages), stream and not.
+
+Bodies are validated with the anthropic SDK's request types and Anthropic's own rules
+(``anthropic_checks``): a bad one gets Anthropic's 400.  Cache breakpoints are honoured: the
+prefix up to each is remembered, and usage splits the prompt into ``input_tokens``,
+``cache_read_input_tokens`` and ``cache_creation_input_tokens`` as Anthropic does.  With
+``thinking`` enabled the answer starts with a thinking block (``thought_text``, signed with a
+signature remembered in ``signatures``; a thinking block sent back must carry one of them).
+Stream events are built as the SDK's ``Raw*Event`` models."""
 from __future__ import annotations
 
+import base64
 import secrets
 
 import orjson
 from aiohttp import web
+from anthropic import types as at
 
+from . import anthropic_checks
 from .base import JSON, FakeUpstream, split_pieces, sse_event, words
+
+# the SDK's model of each stream event (ping has none)
+EVENTS = {"message_start": at.RawMessageStartEvent,
+          "content_block_start": at.RawContentBlockStartEvent,
+          "content_block_delta": at.RawContentBlockDeltaEvent,
+          "content_block_stop": at.RawContentBlockStopEvent,
+          "message_delta": at.RawMessageDeltaEvent, "message_stop": at.RawMessageStopEvent}
 
 TOOL_PREAMBLE = "Let me check."
 
@@ -44,6 +62,17 @@ def _user_text(content) -> str:
 
 class FakeAnthropic(FakeUpstream):
     default_api_key = "sk-ant-fake"
+
+    def __init__(self, api_key: str | None = None):
+        super().__init__(api_key)
+        self.thought_text = "Considering the request carefully."
+        self.signatures: set[str] = set()     # thinking signatures given out (kept by reset)
+        self.cache: set[str] = set()          # prefixes cached (emptied by reset)
+
+    def reset(self) -> FakeAnthropic:
+        super().reset()
+        self.cache.clear()
+        return self
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/messages", self._messages)
@@ -91,6 +120,10 @@ class FakeAnthropic(FakeUpstream):
         if not isinstance(msgs, list) or not msgs:
             return self._error(400, "invalid_request_error",
                                "messages: at least one message is required")
+        problem = (anthropic_checks.type_problem(body)
+                   or anthropic_checks.rule_problem(body, self.signatures))
+        if problem:
+            return self._error(400, "invalid_request_error", problem)
         for i, m in enumerate(msgs):
             role = m.get("role") if isinstance(m, dict) else None
             if role not in ("user", "assistant"):
@@ -129,44 +162,73 @@ class FakeAnthropic(FakeUpstream):
                          if m["role"] == "user")
         tool = self.tool_for(request, body)
         text = TOOL_PREAMBLE if tool else self.answer_for(last_user)
-        completion = words(text) + (words(tool["arguments"]) if tool else 0)
+        thinking = (body.get("thinking") or {}).get("type") == "enabled"
+        thought = words(self.thought_text) if thinking else 0
+        completion = words(text) + (words(tool["arguments"]) if tool else 0) + thought
         stop_reason = "tool_use" if tool else "end_turn"
         mid, model = "msg_fake" + secrets.token_hex(8), body["model"]
         headers = {"request-id": "req_fake" + secrets.token_hex(8)}
+        uncached, read, written = anthropic_checks.cache_usage(body, prompt, self.cache)
+        usage_in = {"input_tokens": uncached, "cache_creation_input_tokens": written,
+                    "cache_read_input_tokens": read}
+        usage_out: dict = {"output_tokens": completion}
+        if thinking:
+            usage_out["output_tokens_details"] = {"thinking_tokens": thought}
+            signature = base64.b64encode(secrets.token_bytes(24)).decode()
+            self.signatures.add(signature)
+        tool_id = "toolu_fake01"
         if not body.get("stream"):
             content = [{"type": "text", "text": text}]
+            if thinking:
+                content.insert(0, {"type": "thinking", "thinking": self.thought_text,
+                                   "signature": signature})
             if tool:
-                content.append({"type": "tool_use", "id": "toolu_fake01", "name": tool["name"],
+                content.append({"type": "tool_use", "id": tool_id, "name": tool["name"],
                                 "input": orjson.loads(tool["arguments"] or "{}")})
-            return self.json_response({
+            message = at.Message.model_validate({
                 "id": mid, "type": "message", "role": "assistant", "model": model,
                 "content": content, "stop_reason": stop_reason, "stop_sequence": None,
-                "usage": {"input_tokens": prompt, "output_tokens": completion,
-                          "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}},
-                headers=headers)
+                "usage": {**usage_in, **usage_out}})
+            return self.json_response(message.model_dump(mode="json", exclude_unset=True),
+                                      headers=headers)
 
         def ev(name, **data):
-            return sse_event(name, {"type": name, **data})
+            obj = {"type": name, **data}
+            if name in EVENTS:
+                obj = EVENTS[name].model_validate(obj).model_dump(mode="json",
+                                                                  exclude_unset=True)
+            return sse_event(name, obj)
 
+        first = 1 if thinking else 0
         pieces = [text] if tool else split_pieces(text, self.stream_events)
-        deltas = [ev("content_block_delta", index=0, delta={"type": "text_delta", "text": p})
+        deltas = [ev("content_block_delta", index=first, delta={"type": "text_delta", "text": p})
                   for p in pieces]
         deltas.insert(max(1, len(deltas) // 2), ev("ping"))
         frames = [ev("message_start", message={
             "id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": prompt, "output_tokens": 1,
-                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}),
-            ev("content_block_start", index=0, content_block={"type": "text", "text": ""}),
-            *deltas, ev("content_block_stop", index=0)]
+            "usage": {**usage_in, "output_tokens": 1}})]
+        if thinking:
+            frames += [
+                ev("content_block_start", index=0,
+                   content_block={"type": "thinking", "thinking": "", "signature": ""}),
+                *(ev("content_block_delta", index=0,
+                     delta={"type": "thinking_delta", "thinking": part})
+                  for part in split_pieces(self.thought_text, 2)),
+                ev("content_block_delta", index=0,
+                   delta={"type": "signature_delta", "signature": signature}),
+                ev("content_block_stop", index=0)]
+        frames += [ev("content_block_start", index=first,
+                      content_block={"type": "text", "text": ""}),
+                   *deltas, ev("content_block_stop", index=first)]
         if tool:
-            frames.append(ev("content_block_start", index=1, content_block={
-                "type": "tool_use", "id": "toolu_fake01", "name": tool["name"], "input": {}}))
-            frames += [ev("content_block_delta", index=1,
+            frames.append(ev("content_block_start", index=first + 1, content_block={
+                "type": "tool_use", "id": tool_id, "name": tool["name"], "input": {}}))
+            frames += [ev("content_block_delta", index=first + 1,
                           delta={"type": "input_json_delta", "partial_json": part})
                        for part in split_pieces(tool["arguments"], 3)]
-            frames.append(ev("content_block_stop", index=1))
+            frames.append(ev("content_block_stop", index=first + 1))
         frames.append(ev("message_delta", delta={"stop_reason": stop_reason, "stop_sequence": None},
-                         usage={"output_tokens": completion}))
+                         usage=usage_out))
         frames.append(ev("message_stop"))
         return await self.stream(request, frames, headers=headers)

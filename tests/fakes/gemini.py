@@ -1,9 +1,18 @@
 """FakeGemini: generateContent, streamGenerateContent (SSE), image output, Veo long-running ops,
-batchEmbedContents."""
+batchEmbedContents.
+
+generateContent bodies are validated with google-genai's types and Gemini's own rules
+(``gemini_checks``): a bad one gets Gemini's 400.  Gemini 3 models (``gemini-3*``) sign their
+function calls (``thoughtSignature``, remembered in ``signatures``) and refuse a history whose
+calls lack the signature they gave.  A request with a ``thinkingConfig`` (a level, or a
+budget above 0) thinks: ``thought_text`` is counted as ``thoughtsTokenCount``, and sent as a
+``thought`` part when it asks ``includeThoughts``.  ``cached_tokens`` of the prompt are
+reported as read from the cache (``cachedContentTokenCount``, inside ``promptTokenCount``)."""
 from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import secrets
 import struct
 
@@ -12,6 +21,7 @@ import pydantic
 from aiohttp import web
 from google.genai import types as genai_types
 
+from . import gemini_checks
 from .base import BEHAVIOUR, JSON, FakeUpstream, embedding_vector, split_pieces, sse_data, words
 from .openai import make_png
 
@@ -44,6 +54,18 @@ def make_mp4(payload_size: int = 8192) -> bytes:
     return ftyp + box(b"moov", mvhd) + mdat
 
 
+def _logprobs(parts: list, top: int) -> dict:
+    """A made-up ``logprobsResult``: each word of the parts' text (with the spaces after it)
+    chosen at -0.25, and ``top`` candidates per step."""
+    tokens = [w for p in parts if not p.get("thought")
+              for w in re.findall(r"\s*\S+\s*|\s+", p.get("text") or "")]
+    return {"chosenCandidates": [{"token": t, "logProbability": -0.25} for t in tokens],
+            "topCandidates": [{"candidates": [{"token": t, "logProbability": -0.25}] + [
+                {"token": f" alt{k}", "logProbability": -2.0 - k} for k in range(top - 1)]}
+                for t in tokens] if top else [],
+            "logProbabilitySum": -0.25 * len(tokens)}
+
+
 def _parts_text(content) -> str:
     parts = content.get("parts") if isinstance(content, dict) else None
     return " ".join(p["text"] for p in parts or [] if isinstance(p, dict) and p.get("text"))
@@ -59,6 +81,9 @@ class FakeGemini(FakeUpstream):
         self.veo_polls_until_done = 2
         self.veo_polls: dict[str, int] = {}
         self.image_in_words = False   # an image model answers in words only, as they do
+        self.cached_tokens = 0        # prompt tokens reported as read from the cache
+        self.thought_text = "Weighing the question step by step."
+        self.signatures: set[str] = set()     # thought signatures given out (kept by reset)
         self._ops: dict[str, dict] = {}
         self.embedding_dims = 256     # the native size of every embedding model here
         self.embed_delay = 0.0        # seconds each batchEmbedContents call takes
@@ -142,8 +167,14 @@ class FakeGemini(FakeUpstream):
         contents = body.get("contents")
         if not isinstance(contents, list) or not contents:
             return self._bad("* GenerateContentRequest.contents: contents is not specified")
+        problem = (gemini_checks.type_problem(await request.read())
+                   or gemini_checks.thinking_problem(model, body)
+                   or gemini_checks.signature_problem(model, body, self.signatures))
+        if problem:
+            return self._bad(problem)
         prompt = words(_parts_text(body.get("systemInstruction"))) + sum(
             words(_parts_text(c)) for c in contents)
+        cached = min(prompt, self.cached_tokens)
         last_user = next((_parts_text(c) for c in reversed(contents)
                           if isinstance(c, dict) and c.get("role", "user") == "user"), "")
         text = self.answer_for(last_user)
@@ -151,21 +182,41 @@ class FakeGemini(FakeUpstream):
         image = "IMAGE" in (gen.get("responseModalities") or [])
         tool = self.tool_for(request, body)
         rid = secrets.token_urlsafe(12)
+        thinking = gen.get("thinkingConfig") or {}
+        thinks = bool(thinking.get("thinkingLevel") or thinking.get("thinkingBudget"))
+        thoughts = words(self.thought_text) if thinks else 0
+        shown = [{"text": self.thought_text, "thought": True}] \
+            if thinks and thinking.get("includeThoughts") else []
 
         def resp(parts, final=True, out_tokens=0, extra_usage=None):
             cand = {"content": {"role": "model", "parts": parts}, "index": 0}
+            if gen.get("responseLogprobs"):
+                cand["logprobsResult"] = _logprobs(parts, gen.get("logprobs") or 0)
             usage = {"promptTokenCount": prompt, "totalTokenCount": prompt}
+            if cached:
+                usage["cachedContentTokenCount"] = cached
             if final:
                 cand["finishReason"] = "STOP"
-                usage.update(candidatesTokenCount=out_tokens, totalTokenCount=prompt + out_tokens,
+                usage.update(candidatesTokenCount=out_tokens,
+                             totalTokenCount=prompt + out_tokens + thoughts,
                              **(extra_usage or {}))
-            return {"candidates": [cand], "usageMetadata": usage, "modelVersion": model,
-                    "responseId": rid}
+                if thoughts:
+                    usage["thoughtsTokenCount"] = thoughts
+            return gemini_checks.response({"candidates": [cand], "usageMetadata": usage,
+                                           "modelVersion": model, "responseId": rid})
 
         if tool:
             args = orjson.loads(tool["arguments"] or "{}")
-            chunks = [resp([{"functionCall": {"name": tool["name"], "args": args}}],
-                           out_tokens=words(tool["arguments"]))]
+            call = {"functionCall": {"name": tool["name"], "args": args}}
+            if model.startswith("gemini-3"):
+                call["thoughtSignature"] = sig = base64.b64encode(
+                    secrets.token_bytes(24)).decode()
+                self.signatures.add(sig)
+            if shown and action != "generateContent":
+                chunks = [resp(shown, final=False), resp([call], out_tokens=words(
+                    tool["arguments"]))]
+            else:
+                chunks = [resp([*shown, call], out_tokens=words(tool["arguments"]))]
         elif image and self.image_in_words:
             chunks = [resp([{"text": "I can't draw that, but here is a description."}],
                            out_tokens=9)]
@@ -177,10 +228,11 @@ class FakeGemini(FakeUpstream):
                 "candidatesTokensDetails": [{"modality": "TEXT", "tokenCount": n},
                                             {"modality": "IMAGE", "tokenCount": IMAGE_TOKENS}]})]
         elif action == "generateContent":
-            chunks = [resp([{"text": text}], out_tokens=words(text))]
+            chunks = [resp([*shown, {"text": text}], out_tokens=words(text))]
         else:
             pieces = split_pieces(text, self.stream_events)
-            chunks = [resp([{"text": p}], final=False) for p in pieces[:-1]]
+            chunks = [resp(shown, final=False)] if shown else []
+            chunks += [resp([{"text": p}], final=False) for p in pieces[:-1]]
             chunks.append(resp([{"text": pieces[-1]}], out_tokens=words(text)))
         if action == "generateContent":
             return self.json_response(chunks[0])

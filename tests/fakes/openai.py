@@ -1,5 +1,8 @@
 """FakeOpenAI: chat completions, legacy completions, image generation, embeddings, models
-list."""
+list.
+
+``cached_tokens`` of a chat prompt are reported as read from the prompt cache
+(``prompt_tokens_details.cached_tokens``, inside ``prompt_tokens``, as OpenAI counts them)."""
 from __future__ import annotations
 
 import base64
@@ -51,6 +54,7 @@ class FakeOpenAI(FakeUpstream):
         self.image_bytes = make_png()
         self.models = ["gpt-5", "gpt-4o-mini", "gpt-3.5-turbo-instruct", "gpt-image-1"]
         self.embedding_dims = 256     # the native size of every embedding model here
+        self.cached_tokens = 0
 
     @property
     def base_url(self) -> str:
@@ -110,6 +114,8 @@ class FakeOpenAI(FakeUpstream):
         tool = self.tool_for(request, body)
         completion = words(tool["arguments"]) if tool else words(text)
         usage = self._usage(prompt, completion)
+        if self.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": min(prompt, self.cached_tokens)}
         cid, created = "chatcmpl-fake" + secrets.token_hex(6), int(time.time())
         model = body["model"]
         call = None

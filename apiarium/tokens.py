@@ -1,0 +1,97 @@
+"""Token counts, one record for every vendor: ``TokenUsage``.
+
+Each vendor does its own arithmetic, and the gateway's one record undoes it:
+
+    vendor      its input count                               what is cached / written
+    OpenAI      prompt_tokens INCLUDES                        prompt_tokens_details.cached_tokens
+                                                              (.cache_write_tokens on servers
+                                                              that report it)
+    Anthropic   input_tokens EXCLUDES                         cache_read_input_tokens and
+                                                              cache_creation_input_tokens
+    Gemini      promptTokenCount (+ toolUsePromptTokenCount)  cachedContentTokenCount
+                INCLUDES
+
+    output: OpenAI completion_tokens (reasoning_tokens among them); Anthropic output_tokens
+    (output_tokens_details.thinking_tokens among them); Gemini candidatesTokenCount +
+    thoughtsTokenCount (reported apart, added here).
+
+The record holds ``input`` (uncached input only, never negative), ``cache_read``,
+``cache_write``, ``output`` (every token written, reasoning included) and ``reasoning`` (how
+many of those were thinking).  ``chat()`` gives it back in the OpenAI chat fields a client
+reads: ``prompt_tokens`` = all three inputs, ``prompt_tokens_details.cached_tokens`` and
+``.cache_write_tokens``, ``completion_tokens``, ``completion_tokens_details.reasoning_tokens``.
+The chat usage object is what providers hand the services, and ``from_openai`` reads it back.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+def _n(value: Any) -> int:
+    """A count as an upstream sent it: a non-negative int, anything else 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        return 0
+    return int(value)
+
+
+def _d(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    input: int = 0              # input tokens read uncached
+    cache_read: int = 0         # input tokens read from the provider's prompt cache
+    cache_write: int = 0        # input tokens written to it (Anthropic bills these apart)
+    output: int = 0             # every output token, reasoning included
+    reasoning: int = 0          # the thinking among them
+
+    @property
+    def prompt(self) -> int:
+        """Every input token, however it was read (OpenAI's ``prompt_tokens``)."""
+        return self.input + self.cache_read + self.cache_write
+
+    # ------------------------------------------------------------------ from each vendor
+    @classmethod
+    def from_openai(cls, usage: Any) -> TokenUsage:
+        """OpenAI chat ``usage`` (also what every provider of this gateway answers with)."""
+        u = _d(usage)
+        details = _d(u.get("prompt_tokens_details"))
+        prompt = _n(u.get("prompt_tokens"))
+        read = min(prompt, _n(details.get("cached_tokens")))
+        write = min(prompt - read, _n(details.get("cache_write_tokens")))
+        out = _n(u.get("completion_tokens"))
+        reasoning = _n(_d(u.get("completion_tokens_details")).get("reasoning_tokens"))
+        return cls(prompt - read - write, read, write, out, min(out, reasoning))
+
+    @classmethod
+    def from_anthropic(cls, usage: Any) -> TokenUsage:
+        """Anthropic ``usage`` (a Message's, or a stream's merged message_start and
+        message_delta counts)."""
+        u = _d(usage)
+        out = _n(u.get("output_tokens"))
+        thinking = _n(_d(u.get("output_tokens_details")).get("thinking_tokens"))
+        return cls(_n(u.get("input_tokens")), _n(u.get("cache_read_input_tokens")),
+                   _n(u.get("cache_creation_input_tokens")), out, min(out, thinking))
+
+    @classmethod
+    def from_gemini(cls, meta: Any) -> TokenUsage:
+        """Gemini ``usageMetadata``."""
+        m = _d(meta)
+        prompt = _n(m.get("promptTokenCount")) + _n(m.get("toolUsePromptTokenCount"))
+        read = min(prompt, _n(m.get("cachedContentTokenCount")))
+        thoughts = _n(m.get("thoughtsTokenCount"))
+        return cls(prompt - read, read, 0, _n(m.get("candidatesTokenCount")) + thoughts,
+                   thoughts)
+
+    # ------------------------------------------------------------------ to the client
+    def chat(self) -> dict:
+        """The OpenAI chat ``usage`` object."""
+        prompt = self.prompt
+        details: dict[str, int] = {"cached_tokens": self.cache_read}
+        if self.cache_write:
+            details["cache_write_tokens"] = self.cache_write
+        return {"prompt_tokens": prompt, "completion_tokens": self.output,
+                "total_tokens": prompt + self.output, "prompt_tokens_details": details,
+                "completion_tokens_details": {"reasoning_tokens": self.reasoning}}
