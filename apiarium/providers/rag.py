@@ -42,7 +42,8 @@ def estimate_tokens(text: str) -> int:
 
 def format_sources(sources: Any) -> str:
     """``"\\n\\nSources:\\n1. [Title](url)\\n2. ..."``; empty when there is nothing to cite."""
-    lines, seen = [], set()
+    lines: list[str] = []
+    seen: set[tuple[str, str]] = set()
     for src in sources if isinstance(sources, list) else []:
         if not isinstance(src, dict):
             continue
