@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from apiarium.errors import UpstreamError
-
 from apiarium.media import EXTENSIONS, MediaStore
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
