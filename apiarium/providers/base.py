@@ -38,7 +38,6 @@ built-in ones.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import re
@@ -193,30 +192,36 @@ class Provider:
             headers = {**headers, **extra_headers}
         started = time.perf_counter()
         credentials = auth
+        opened: list[aiohttp.ClientResponse] = []
         try:
-            async with contextlib.AsyncExitStack() as stack:
-                for hop in range(MAX_REDIRECTS + 1):
-                    credentials = credentials and self.at_home(url)
-                    resp = await stack.enter_async_context(self.session.request(
-                        method, url, data=data, allow_redirects=False,
-                        headers=headers if credentials else None,
-                        timeout=timeout or self.timeout))
-                    if resp.status not in _REDIRECTS:
-                        break
-                    target = resp.headers.get("Location", "")
-                    if method != "GET" or not target or hop == MAX_REDIRECTS:
-                        raise self.redirect_error(resp.status, target)
-                    url = str(resp.url.join(yarl.URL(target)))
-                    resp.release()
-                if self._latency is not None:
-                    self._latency.observe(time.perf_counter() - started)
-                if resp.status >= 400:
-                    await self.raise_for_status(resp)
-                yield resp
+            for hop in range(MAX_REDIRECTS + 1):
+                credentials = credentials and self.at_home(url)
+                resp = await self.session.request(
+                    method, url, data=data, allow_redirects=False,
+                    headers=headers if credentials else None, timeout=timeout or self.timeout)
+                opened.append(resp)
+                if resp.status not in _REDIRECTS:
+                    break
+                target = resp.headers.get("Location", "")
+                if method != "GET" or not target or hop == MAX_REDIRECTS:
+                    raise self.redirect_error(resp.status, target)
+                url = str(resp.url.join(yarl.URL(target)))
+                resp.release()
+            if self._latency is not None:
+                self._latency.observe(time.perf_counter() - started)
+            if resp.status >= 400:
+                await self.raise_for_status(resp)
+            yield resp
         except ApiError:
             raise
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             raise self.transport_error(exc) from None
+        finally:
+            # an answer read to its end goes back to the pool; one cut short (a client that
+            # left) takes its connection down with it, so the upstream sees the hang-up
+            for answer in opened:
+                answer.release()
+                await answer.wait_for_close()
 
     def at_home(self, url: str) -> bool:
         """Whether ``url`` is on ``base_url``'s origin (scheme, host and port): the only one
