@@ -30,6 +30,7 @@ from apiarium.errors import (
 from apiarium.metrics import Metrics
 from apiarium.providers import KINDS
 from apiarium.providers.base import Provider
+from tests.fakes.base import loopback
 
 KEY = "sk-secret-0123456789"
 CREDENTIALS = ("authorization", "x-api-key", "x-goog-api-key")
@@ -51,19 +52,8 @@ class Upstream:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Upstream]:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        site = web.SockSite(runner, sock)
-        await site.start()
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        try:
+        async with loopback(self._handle) as self.url:
             yield self
-        finally:
-            await runner.cleanup()
 
 
 def answer(status: int = 200, body: Any = None, headers: dict[str, str] | None = None,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -37,6 +36,7 @@ from apiarium.generation import ImageRequest, VideoRequest
 from apiarium.providers import gemini_media
 from apiarium.providers.gemini import GeminiProvider
 from apiarium.providers.gemini_request import to_gemini
+from tests.fakes.base import loopback
 
 KEY = "AIza-test-key-0123456789"
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAE"
@@ -135,19 +135,8 @@ class Upstream:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Upstream]:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        site = web.SockSite(runner, sock)
-        await site.start()
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        try:
+        async with loopback(self._handle) as self.url:
             yield self
-        finally:
-            await runner.cleanup()
 
 
 def json_reply(obj: Any, status: int = 200):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,6 +22,7 @@ from apiarium.catalog import ModelSpec, ProviderSpec
 from apiarium.errors import ApiError, NoOutput, RateLimited, UpstreamError
 from apiarium.generation import ImageRequest
 from apiarium.providers.openai import IMAGE_SIZES, OpenAIProvider
+from tests.fakes.base import loopback
 
 KEY = "sk-test-0123456789abcdef"
 ALIAS, UPSTREAM = "gpt-renamed", "gpt-upstream-id"
@@ -48,19 +48,8 @@ class Upstream:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Upstream]:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        site = web.SockSite(runner, sock)
-        await site.start()
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        try:
+        async with loopback(self._handle) as self.url:
             yield self
-        finally:
-            await runner.cleanup()
 
 
 def json_reply(obj: Any):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,6 +20,7 @@ from apiarium import sse
 from apiarium.catalog import ModelSpec, ProviderSpec
 from apiarium.errors import InvalidRequest, UpstreamError
 from apiarium.providers.rag import RagProvider, estimate_tokens, format_sources, sentences
+from tests.fakes.base import loopback
 
 KEY = "hub-key-0123456789"
 ANSWER = "Bees dance to share where food is. The waggle run points to it!"
@@ -115,19 +115,8 @@ class Service:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Service]:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        site = web.SockSite(runner, sock)
-        await site.start()
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        try:
+        async with loopback(self._handle) as self.url:
             yield self
-        finally:
-            await runner.cleanup()
 
 
 MODEL = ModelSpec(alias="gemini-3", upstream="kb-bees", provider=ProviderSpec(

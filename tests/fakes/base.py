@@ -28,8 +28,11 @@ import copy
 import hashlib
 import math
 import random
+import socket
 import threading
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import orjson
@@ -382,3 +385,22 @@ class FakeUpstream:
         if await self._write(request, resp, mid["frame"]):
             await self._eof(request, resp)
         return resp
+
+
+@asynccontextmanager
+async def loopback(handle: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                   ) -> AsyncIterator[str]:
+    """A throwaway aiohttp server on 127.0.0.1 in the caller's loop, sending every request to
+    ``handle``: its base URL, for the length of the block."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    site = web.SockSite(runner, sock)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        await runner.cleanup()
