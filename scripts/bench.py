@@ -951,6 +951,11 @@ class Bench:
         self.busy0 = machine_busy()
         self.src0 = source_digest()
         phases = set(a.phases.split(","))
+        if a.workers:                       # the scale run only: scripts/bench_scale.py
+            from bench_scale import Scale
+            self.mock = self.start_mock()
+            self.fig["scale"] = Scale(self).run(a.workers, a.state)
+            return
         exe = self.litellm_install() if a.compare_litellm else None
         self.mock = self.start_mock()
         self.bare = self.start_bare()
@@ -1069,7 +1074,11 @@ class Bench:
             lines.append("| " + label.ljust(w0) + " | " + " | ".join(
                 str(vals[c]).rjust(widths[c]) for c in cols) + " |")
         out = [f"machine: {machine()}", f"command: {command}", "", *lines, ""]
-        out += self.verdicts()
+        if F.get("scale"):
+            from bench_scale import report as scale_rows
+            out += [*scale_rows(F["scale"]), ""]
+        else:
+            out += self.verdicts()
         acc = F["apiarium"]["access_log_lines"] = self.access_lines()
         if getattr(self, "busy0", None):
             busy1 = machine_busy()
@@ -1294,6 +1303,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--tr-interval", type=float, default=0.002)
     p.add_argument("--tr-concurrency", type=int, default=100)
     p.add_argument("--keep", action="store_true", help="keep the temp folder (logs, configs)")
+    p.add_argument("--workers", help="instead of the phases: the scale run for these worker "
+                                     "counts, e.g. 1,2 (scripts/bench_scale.py)")
+    p.add_argument("--state", default="memory,redis+postgres",
+                   help="with --workers: state backends to compare, of memory, redis, "
+                        "redis+postgres (scripts/bench runs Redis and PostgreSQL for them)")
     a = p.parse_args(argv)
     full = {"duration": 20, "rounds": 10, "latency_seconds": 5, "streams": 1000, "events": 20,
             "interval": 0.25, "slow_streams": 10000, "slow_seconds": 30, "requests": 200_000,
@@ -1308,6 +1322,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     unknown = set(a.phases.split(",")) - set(PHASES)
     if unknown:
         p.error(f"unknown phases: {', '.join(sorted(unknown))}")
+    a.state = [x for x in a.state.split(",") if x]
+    if a.workers:
+        try:
+            a.workers = [int(x) for x in a.workers.split(",") if x]
+        except ValueError:
+            p.error("--workers takes worker counts, e.g. 1,2")
+        if not a.workers or min(a.workers) < 1:
+            p.error("--workers takes worker counts of at least 1, e.g. 1,2")
+        from bench_scale import Scale
+        why = Scale.check_states(a.state)
+        if why:
+            p.error("; ".join(why))
     return a
 
 
