@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import re
-import time
 
 import orjson
 import tornado.httputil
@@ -45,7 +44,7 @@ def image_type(data: bytes) -> str | None:
 
 class _JobAnswer(ApiHandler):
     def answer(self, job: VideoJob, status: int = 200) -> None:
-        body = view(job, time.time())
+        body = view(job, self.svc.jobs.clock())
         if body["status"] in ("queued", "in_progress"):
             self.set_header("openai-poll-after-ms", str(POLL_AFTER_MS))
         self.write_json(body, status)
@@ -140,7 +139,7 @@ class VideoJobsHandler(_JobAnswer):
                                  param="order")
         after = self.get_query_argument("after", None) or None
         jobs, more = await self.svc.jobs.page(self.key_hash, after, int(limit_arg), order)
-        now = time.time()
+        now = self.svc.jobs.clock()
         data = [view(j, now) for j in jobs]
         self.write_json({"object": "list", "data": data, "has_more": more,
                          "first_id": data[0]["id"] if data else None,
