@@ -302,6 +302,7 @@ def fuzzing_schema(doc: dict, models: dict[str, str], media: str) -> dict:
     wanted = {"ChatCompletionRequest": names("chat", "image", "video"),
               "CompletionRequest": names("chat"), "ImageRequest": names("image"),
               "VideoRequest": names("video"), "ResponseRequest": names("chat"),
+              "VideoJobRequest": names("video"), "VideoJobForm": names("video"),
               "MessagesRequest": names("chat"), "CountTokensRequest": names("chat"),
               "EmbeddingRequest": names("embedding")}
     for name, schema in wanted.items():
