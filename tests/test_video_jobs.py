@@ -5,6 +5,7 @@ or refused; multipart and URL input references; a job started before a restart c
 after it, charged once; expiry; rate limits and credits on both video endpoints."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import subprocess
@@ -225,8 +226,8 @@ def test_a_job_started_before_a_restart_completes_after_it_charged_once(gw, fake
     fake_gemini.veo_polls_until_done = 0                       # Veo finishes meanwhile
     gw.start()
     client = gw.sdk(key, ip=ip)
-    done = client.videos.poll(job.id, poll_interval_ms=FAST)
-    assert done.status == "completed" and done.progress == 100
+    assert wait_for(lambda: client.videos.retrieve(job.id).status == "completed", timeout=10)
+    assert client.videos.retrieve(job.id).progress == 100
     assert client.videos.download_content(job.id).content == fake_gemini.video_bytes
     assert len(veo_starts(fake_gemini)) == 1                   # polled again, not re-rendered
     assert [op for op in fake_gemini.veo_polls if fake_gemini.veo_polls[op] > polls[op]]
@@ -291,3 +292,24 @@ def test_rate_limit_and_credits_apply_to_both_video_endpoints(make_gateway, fake
     assert codes == [200, 200, 429]                          # one bucket: 2 an hour in all
     assert error_of(raw)["code"] == "rate_limit_exceeded"
     assert gw.get("/v1/videos", key=other, ip="127.0.0.76")[0] == 200   # GETs are not limited
+
+
+def test_a_reload_resumes_a_job_no_render_here_waits_on(gw, fake_gemini):
+    """SIGHUP's reload polls again the unfinished jobs that have an operation and no task in
+    this process (here the task is cancelled, as a render of another process that died)."""
+    fake_gemini.veo_polls_until_done = 10 ** 6
+    client = gw.sdk(MASTER_KEY)
+    job = client.videos.create(model="veo-3", prompt="orphan", seconds="4")
+    assert wait_for(lambda: client.videos.retrieve(job.id).status == "in_progress")
+
+    async def drop() -> None:
+        task = gw.app.services.jobs.tasks[job.id]
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    gw._call(drop(), 5)
+    assert job.id not in gw.app.services.jobs.tasks
+    assert client.videos.retrieve(job.id).status == "in_progress"   # nobody polls it now
+    fake_gemini.veo_polls_until_done = 0
+    assert gw.reload()
+    assert wait_for(lambda: client.videos.retrieve(job.id).status == "completed", timeout=10)
+    assert client.videos.download_content(job.id).content == fake_gemini.video_bytes
