@@ -313,3 +313,27 @@ def test_a_reload_resumes_a_job_no_render_here_waits_on(gw, fake_gemini):
     assert gw.reload()
     assert wait_for(lambda: client.videos.retrieve(job.id).status == "completed", timeout=10)
     assert client.videos.download_content(job.id).content == fake_gemini.video_bytes
+
+
+def test_hostile_uploads_and_queries_are_400_naming_the_field(make_gateway, fake_gemini,
+                                                              tmp_path):
+    gw = make_gateway(models(fake_gemini), media={"image_url_max_mb": 0.001})   # ~1 KB
+    big = tmp_path / "big.png"
+    big.write_bytes(make_png(64, 64) + b"\0" * 4096)
+    status, body = curl(gw, "model=veo-3", "prompt=x", f"input_reference=@{big};type=image/png")
+    assert status == 400 and body["error"]["param"] == "input_reference"
+    assert "at most 1,048 bytes (got 4," in body["error"]["message"]
+    status, _, raw = request(f"{gw.url}/v1/videos", "POST", b"--nope\r\n\r\n",
+                             {"Authorization": f"Bearer {MASTER_KEY}",
+                              "Content-Type": "multipart/form-data; boundary=zzz"})
+    assert status == 400 and error_of(raw)["code"] == "invalid_multipart"
+    for query, param in (("limit=0", "limit"), ("limit=101", "limit"), ("limit=x", "limit"),
+                         ("order=sideways", "order")):
+        status, _, raw = gw.get(f"/v1/videos?{query}", key=MASTER_KEY)
+        assert status == 400 and error_of(raw)["param"] == param, query
+    status, _, raw = gw.get("/v1/videos/video_x/content?variant=thumbnail", key=MASTER_KEY)
+    assert status == 400 and error_of(raw)["param"] == "variant"
+    status, _, raw = gw.post("/v1/videos", {"model": "gemini-3-image", "prompt": "x"},
+                             key=MASTER_KEY)
+    assert status == 400 and error_of(raw)["code"] == "model_type_mismatch"
+    assert veo_starts(fake_gemini) == []

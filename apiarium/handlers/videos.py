@@ -123,7 +123,7 @@ class VideoJobsHandler(_JobAnswer):
         mime = image_type(data)
         if mime is None or len(data) > limit:
             raise InvalidRequest(f"`input_reference` must be a PNG, JPEG or WebP image of at "
-                                 f"most {limit / 1048576:g} MB (got {len(data):,} bytes"
+                                 f"most {limit:,} bytes (got {len(data):,} bytes"
                                  f"{'' if mime else ' of another type'}).",
                                  param="input_reference")
         return fields, f"data:{mime};base64,{base64.b64encode(data).decode()}"

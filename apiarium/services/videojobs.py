@@ -183,6 +183,11 @@ class VideoJobService:
         except ApiError as err:
             await self._fail(job.id, err)
             raise
+        except Exception:
+            log.exception("video job %s: unexpected error", job.id)
+            await self._fail(job.id, ApiError("The gateway hit an internal error while "
+                                              "rendering this video; create it again."))
+            raise
         finally:
             release()
 
@@ -250,6 +255,11 @@ class VideoJobService:
         except ApiError as err:
             await self._fail(job.id, err)
             raise
+        except Exception:
+            log.exception("video job %s: unexpected error", job.id)
+            await self._fail(job.id, ApiError("The gateway hit an internal error while "
+                                              "rendering this video; create it again."))
+            raise
 
     # ------------------------------------------------------------------ reading
     async def get(self, job_id: str, key_hash: str | None) -> VideoJob:
@@ -292,8 +302,9 @@ class VideoJobService:
 
 
 def _size_of(req: VideoRequest) -> str:
-    """The SDK-shaped size of a blocking request's aspect ratio and resolution."""
+    """The SDK-shaped size of a blocking request's aspect ratio and resolution (one of the
+    SDK's ``VideoSize`` values)."""
     wide = req.aspect_ratio == "16:9"
     if req.resolution == "1080p":
-        return "1920x1080" if wide else "1080x1920"
+        return "1792x1024" if wide else "1024x1792"
     return "1280x720" if wide else "720x1280"
