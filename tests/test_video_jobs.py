@@ -337,3 +337,25 @@ def test_hostile_uploads_and_queries_are_400_naming_the_field(make_gateway, fake
                              key=MASTER_KEY)
     assert status == 400 and error_of(raw)["code"] == "model_type_mismatch"
     assert veo_starts(fake_gemini) == []
+
+
+def test_jobs_on_postgresql_survive_a_restart(postgres_url, make_gateway, fake_gemini,
+                                              tmp_path):
+    """The database outlives the gateway (it is set up first, dropped last)."""
+    gw = make_gateway(models(fake_gemini), rate_limit=LIMITS, database=postgres_url,
+                      secret_file=str(tmp_path / "shared" / "apiarium.secret"))
+    ip = "127.0.0.77"
+    key = gw.key_for(ip)
+    client = gw.sdk(key, ip=ip)
+    first = client.videos.create_and_poll(model="veo-3", prompt="one", poll_interval_ms=FAST)
+    assert first.status == "completed"
+    fake_gemini.veo_polls_until_done = 10 ** 6
+    second = client.videos.create(model="veo-3", prompt="two", seconds="4")
+    assert wait_for(lambda: client.videos.retrieve(second.id).status == "in_progress")
+    gw.stop()
+    fake_gemini.veo_polls_until_done = 0
+    gw.start()
+    client = gw.sdk(key, ip=ip)
+    assert wait_for(lambda: client.videos.retrieve(second.id).status == "completed", timeout=10)
+    assert [v.id for v in client.videos.list()] == [second.id, first.id]
+    assert usage(gw, ip)["video_seconds"] == 8 + 4
