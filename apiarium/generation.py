@@ -172,7 +172,7 @@ def job_request(fields: dict, upstream: str, image_url: str | None = None) -> Vi
                              f"the video models here make clips of those lengths.",
                              param="seconds", code="invalid_seconds")
     size = fields.get("size") or JOB_DEFAULTS["size"]
-    if size not in JOB_SIZES:
+    if not isinstance(size, str) or size not in JOB_SIZES:
         raise InvalidRequest(f"`size` must be one of {', '.join(JOB_SIZES)} (got "
                              f"{str(size)[:40]!r}): width x height, 16:9 or 9:16, 720p or "
                              f"1080p.", param="size", code="invalid_size")

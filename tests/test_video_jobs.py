@@ -145,6 +145,8 @@ def test_another_key_sees_404_exactly_as_for_a_missing_id(gw, fake_gemini):
     ({"seconds": "12"}, "seconds"),
     ({"seconds": 5}, "seconds"),
     ({"size": "1024x1024"}, "size"),
+    ({"size": ["1280x720"]}, "size"),
+    ({"seconds": {"n": 4}}, "seconds"),
     ({"size": "1024x1792"}, "size"),          # 1080p 9:16: veo-3.0 makes 1080p in 16:9 only
     ({"prompt": ""}, "prompt"),
     ({"input_reference": {"file_id": "file-1"}}, "input_reference"),
