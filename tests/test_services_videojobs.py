@@ -100,6 +100,21 @@ def test_a_job_deleted_mid_render_is_still_charged_and_leaves_no_file(tmp_path):
     run(tmp_path, scenario)
 
 
+def test_a_job_another_process_booked_first_is_not_charged_again(tmp_path):
+    """Two processes that resumed one job (PostgreSQL workers): the second to finish books
+    nothing and keeps no copy of the file."""
+    async def scenario(svc: Services) -> None:
+        job = await svc.jobs.submit(svc.catalog.resolve("reel-1"), request(), "key-d")
+        repo = await svc.jobs.repo()
+        assert await repo.finish(job.id, status="completed", when=1, media="x" * 32 + ".mp4",
+                                 expires_at=2)                  # the other process
+        ReelProvider.go.set()
+        done = await svc.jobs.wait(job.id)
+        assert done.media == "x" * 32 + ".mp4" and media_files(svc) == []
+        assert svc.usage.spent_today("key-d").video_seconds == 0
+    run(tmp_path, scenario)
+
+
 def test_resume_fails_interrupted_jobs_and_leaves_young_ones(tmp_path):
     async def scenario(svc: Services) -> None:
         repo = await svc.jobs.repo()

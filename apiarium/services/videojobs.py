@@ -161,7 +161,8 @@ class VideoJobService:
 
     async def wait(self, job_id: str) -> Rendered:
         """Wait for a job rendering here (the blocking endpoints): its result or its error.
-        Cancelling the wait leaves the render running."""
+        Cancelling the wait leaves the render running.  Called right after ``submit``, with
+        no await between (the task leaves ``tasks`` when it ends)."""
         return await asyncio.shield(self.tasks[job_id])
 
     async def _render(self, job: VideoJob, model: ModelSpec, req: VideoRequest,
@@ -198,9 +199,12 @@ class VideoJobService:
         now = int(self.clock())
         booked = await repo.finish(job.id, status="completed", when=now, media=name,
                                    expires_at=now + int(live.media.ttl_s))
-        if not booked and await repo.get(job.id) is None:
-            booked = True                  # deleted while rendering: the render still cost
-            await live.media.remove(name)
+        if not booked:
+            finished = await repo.get(job.id)
+            await live.media.remove(name)      # deleted meanwhile, or another process's copy
+            if finished is not None:           # another process resumed it and booked it
+                return Rendered(finished.media or name, served, media.revised_prompt)
+            booked = True                      # deleted while rendering: the render still cost
         if booked:
             owner = None if job.owner == MASTER else job.owner
             self.usage.record(owner, served, Tally(requests=1, video_seconds=req.duration_seconds),
