@@ -284,6 +284,7 @@ class Gateway:
             log.error("reload rejected: %s", exc)
             return False
         svc.live = live
+        self._tasks = [t for t in self._tasks if not t.done()]
         self._tasks.append(asyncio.ensure_future(self._resume_jobs()))
         if self.fetcher is not None:
             self.fetcher.configure(FetchPolicy.from_settings(config.settings))
