@@ -24,7 +24,7 @@ from . import __version__
 from .accesslog import AccessLog
 from .catalog import Catalog
 from .config import Config, ConfigError, load_config
-from .handlers import embeddings, messages, pages, responses
+from .handlers import embeddings, messages, pages, responses, videos
 from .handlers.base import BaseHandler
 from .handlers.chat import ChatHandler, CompletionsHandler
 from .handlers.info import (
@@ -70,6 +70,7 @@ def routes() -> list:
         (r"/v1/keys/me", KeysMeHandler),
         (r"/v1/images/generations", ImagesHandler),
         (r"/v1/videos/generations", VideosHandler),
+        *videos.routes,
         *embeddings.routes,
         (r"/media/([^/]+)", MediaFileHandler),
         (r"/metrics", MetricsHandler),
@@ -196,6 +197,7 @@ class Gateway:
                                                  signatures=self.signatures),
                                   keys=keys, usage=usage, metrics=metrics)
         await self.services.live.media.sweep()        # counts what the media folder holds
+        await self.services.jobs.resume()             # video renders a stop interrupted
         self.access_log = AccessLog()
         app = make_app(self.services, self.access_log)
         self.server = tornado.httpserver.HTTPServer(
@@ -282,10 +284,21 @@ class Gateway:
             log.error("reload rejected: %s", exc)
             return False
         svc.live = live
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks.append(asyncio.ensure_future(self._resume_jobs()))
         if self.fetcher is not None:
             self.fetcher.configure(FetchPolicy.from_settings(config.settings))
         log.info("configuration reloaded: %d models", len(config.catalog))
         return True
+
+    async def _resume_jobs(self) -> None:
+        """SIGHUP: poll again the unfinished video jobs no render here is waiting on."""
+        try:
+            await self.services.jobs.resume()
+        except StorageUnavailable as exc:
+            log.warning("resuming video jobs: %s", exc)
+        except Exception:
+            log.exception("resuming video jobs failed")
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting; let requests in flight finish within the grace; then end the
@@ -317,6 +330,7 @@ class Gateway:
         for task in renders:
             task.cancel()
         await asyncio.gather(*renders, return_exceptions=True)
+        await svc.jobs.close()                 # unfinished jobs resume at the next start
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -148,3 +148,41 @@ def video_request(body: dict, upstream: str) -> VideoRequest:
     req = VideoRequest(_prompt(body), duration_i, resolution, ratio, image_url)
     _veo_rules(upstream, req)
     return req
+
+
+# The OpenAI video-job shape (POST /v1/videos): `seconds` and `size` (reference §7) mapped
+# to Veo's duration, aspect ratio and resolution.
+JOB_SIZES = {"1280x720": ("16:9", "720p"), "720x1280": ("9:16", "720p"),
+             "1792x1024": ("16:9", "1080p"), "1024x1792": ("9:16", "1080p"),
+             "1920x1080": ("16:9", "1080p"), "1080x1920": ("9:16", "1080p")}
+JOB_SECONDS = ("4", "6", "8")
+JOB_DEFAULTS = {"seconds": "8", "size": "1280x720"}
+
+
+def job_request(fields: dict, upstream: str, image_url: str | None = None) -> VideoRequest:
+    """A video job's request from its form or JSON fields (``input_reference`` already made
+    an ``image_url`` by the caller): a 400 naming ``seconds`` or ``size`` for anything Veo
+    cannot make."""
+    seconds = fields.get("seconds")
+    seconds = JOB_DEFAULTS["seconds"] if seconds is None else seconds
+    if isinstance(seconds, int) and not isinstance(seconds, bool):
+        seconds = str(seconds)
+    if seconds not in JOB_SECONDS:
+        raise InvalidRequest(f"`seconds` must be \"4\", \"6\" or \"8\" (got {seconds!r}); "
+                             f"the video models here make clips of those lengths.",
+                             param="seconds", code="invalid_seconds")
+    size = fields.get("size") or JOB_DEFAULTS["size"]
+    if not isinstance(size, str) or size not in JOB_SIZES:
+        raise InvalidRequest(f"`size` must be one of {', '.join(JOB_SIZES)} (got "
+                             f"{str(size)[:40]!r}): width x height, 16:9 or 9:16, 720p or "
+                             f"1080p.", param="size", code="invalid_size")
+    ratio, resolution = JOB_SIZES[size]
+    req = VideoRequest(_prompt(fields), int(seconds), resolution, ratio, image_url)
+    try:
+        _veo_rules(upstream, req)
+    except InvalidRequest as err:
+        field = "seconds" if err.param == "duration_seconds" and resolution == "720p" else "size"
+        raise InvalidRequest(f"`seconds` {seconds} with `size` {size} cannot be made by this "
+                             f"model: {err.message}", param=field,
+                             code=f"invalid_{field}") from None
+    return req

@@ -26,6 +26,7 @@ from .services.fallback import Breakers
 from .services.keys import KeyService
 from .services.limits import RequestLimits
 from .services.media import MediaService
+from .services.videojobs import VideoJobService
 from .usage import UsageLedger
 
 
@@ -67,6 +68,7 @@ class Services:
     credits: CreditBook = field(init=False)
     chat: ChatService = field(init=False)
     media: MediaService = field(init=False)
+    jobs: VideoJobService = field(init=False)
     embeddings: EmbeddingService = field(init=False)
 
     def __post_init__(self) -> None:
@@ -74,7 +76,9 @@ class Services:
         self.credits = CreditBook(self.usage)
         self.guesses = FailedGuesses(self.metrics.rate_limited.labels("failed_auth"))
         self.chat = ChatService(lambda: self.live, self.breakers, self.usage, self.credits)
-        self.media = MediaService(lambda: self.live, self.breakers, self.usage, self.credits)
+        self.jobs = VideoJobService(lambda: self.live, self.breakers, self.usage, self.credits)
+        self.media = MediaService(lambda: self.live, self.breakers, self.usage, self.credits,
+                                  self.jobs)
         self.embeddings = EmbeddingService(lambda: self.live, self.breakers, self.usage,
                                            self.credits)
 

@@ -114,6 +114,14 @@ class MediaStore:
             return None
         return path
 
+    async def remove(self, name: str) -> None:
+        """Delete a file now (a deleted video job's); unknown names are ignored."""
+        if NAME.match(name) is None:
+            return
+        self._forget(name)
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(os.unlink, self.folder / name)
+
     # ------------------------------------------------------------------ the sweep
     def _scan(self) -> tuple[int, list[tuple[float, str, int]]]:
         """Delete expired files (and stray ones of types no longer served): how many, and

@@ -15,12 +15,10 @@ from typing import Any
 
 import orjson
 
-from . import __version__
+from . import __version__, openapi_dialects, openapi_videos
 from .embedding import MAX_INPUTS, MAX_TOKEN_ID
 from .generation import OPENAI_SIZES, RATIOS, VIDEO_RATIOS, VIDEO_RESOLUTIONS
 from .modeltypes import MODEL_TYPES
-from .openapi_dialects import SCHEMAS as DIALECT_SCHEMAS
-from .openapi_dialects import paths as dialect_paths
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -46,8 +44,9 @@ ERRORS = {
           "missing_api_key, invalid_api_key, ip_mismatch"),
     403: ("VPN, proxy, blocklisted network, or an address the operator blocked.",
           "vpn_detected"),
-    404: ("Unknown model alias, unknown media file, unknown path.",
-          "model_not_found, media_not_found, not_found"),
+    404: ("Unknown model alias, media file, path, or video job (or another key's).",
+          ("model_not_found, media_not_found, not_found, video_not_found, video_not_ready, "
+           "video_expired")),
     413: ("The body is over `server.max_body_mb`.", "body_too_large"),
     421: ("The request names a host not in `server.allowed_hosts` (when it is set).",
           "misdirected_request"),
@@ -393,7 +392,8 @@ def _paths() -> dict:
                      {JSON: {"schema": ref("EmbeddingList")}}, limited)},
             auth=True, body="EmbeddingRequest", errors=UPSTREAM, passthrough=True)},
         "/media/{name}": {"get": media_get, "head": head_of(media_get, "headMedia")},
-        **dialect_paths(operation, ok, UPSTREAM, AUTHED, limited),
+        **openapi_dialects.paths(operation, ok, UPSTREAM, AUTHED, limited),
+        **openapi_videos.paths(operation, ok, UPSTREAM, AUTHED, limited),
         "/openapi.json": {"get": operation(
             "openapi", "info", "This document",
             {200: ok("OpenAPI 3.1.", {JSON: {"schema": {"type": "object"}}})})},
@@ -424,7 +424,7 @@ def _build() -> dict:
                                        "keys", "media", "info", "pages")],
         "paths": _paths(),
         "components": {
-            "schemas": {**SCHEMAS, **DIALECT_SCHEMAS},
+            "schemas": {**SCHEMAS, **openapi_dialects.SCHEMAS, **openapi_videos.SCHEMAS},
             "headers": HEADERS,
             "responses": {f"E{s}": error_response(s) for s in ERRORS},
             "securitySchemes": {"bearer": {

@@ -11,6 +11,7 @@ from apiarium.generation import (
     Media,
     VideoRequest,
     image_request,
+    job_request,
     nearest,
     size_ratio,
     video_request,
@@ -222,3 +223,29 @@ def test_veo_2_durations_are_5_6_or_8():
     is refused here, naming the field, rather than sent to fail upstream."""
     err = refused(video_request, {"prompt": "p", "duration_seconds": 4}, VEO_2)
     assert err.param == "duration_seconds"
+
+
+@pytest.mark.parametrize(("fields", "expected"), [
+    ({}, (8, "720p", "16:9")),                                  # the defaults
+    ({"seconds": "4", "size": "720x1280"}, (4, "720p", "9:16")),
+    ({"seconds": 6, "size": "1280x720"}, (6, "720p", "16:9")),
+    ({"size": "1792x1024"}, (8, "1080p", "16:9")),
+    ({"size": "1024x1792"}, (8, "1080p", "9:16")),
+    ({"size": "1920x1080"}, (8, "1080p", "16:9")),
+])
+def test_a_job_maps_seconds_and_size_to_veo(fields, expected):
+    req = job_request({"prompt": "a bee", **fields}, "veo-3.1-generate-preview")
+    assert (req.duration_seconds, req.resolution, req.aspect_ratio) == expected
+
+
+@pytest.mark.parametrize(("fields", "upstream", "param"), [
+    ({"seconds": "12"}, "veo-3.1-generate-preview", "seconds"),
+    ({"seconds": "4"}, "veo-2.0-generate-001", "seconds"),      # Veo 2: 6 or 8 s
+    ({"seconds": "4", "size": "1792x1024"}, "veo-3.1-generate-preview", "size"),  # 1080p: 8 s
+    ({"size": "1024x1792"}, "veo-3.0-generate-001", "size"),    # Veo 3: 1080p in 16:9 only
+    ({"size": "640x480"}, "veo-3.1-generate-preview", "size"),
+])
+def test_a_job_veo_cannot_make_is_400_naming_seconds_or_size(fields, upstream, param):
+    with pytest.raises(InvalidRequest) as raised:
+        job_request({"prompt": "a bee", **fields}, upstream)
+    assert raised.value.param == param and f"`{param}`" in raised.value.message

@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from apiarium import openapi, openapi_dialects
+from apiarium import openapi, openapi_dialects, openapi_videos
 from apiarium.app import routes
 from tests.conftest import openai_models
 from tests.support import MASTER_KEY
@@ -99,6 +99,23 @@ def test_the_dialects_schemas_are_all_used_and_their_errors_are_anthropics():
         "$ref": "#/components/schemas/AnthropicError"}
     assert "503" not in post["responses"]                     # Anthropic says 529
     assert {"bearer": []} in post["security"] and {"x-api-key": []} in post["security"]
+
+
+def test_the_video_job_schemas_are_the_sdks_and_all_used():
+    """The job object names exactly the openai SDK's ``Video`` fields; the list, the JSON
+    and the form bodies and the deletion its other types; each schema is referred to."""
+    from openai.types import Video, VideoDeleteResponse
+    schemas = openapi_videos.SCHEMAS
+    assert set(schemas["VideoJob"]["properties"]) == set(Video.model_fields)
+    assert set(schemas["VideoJobDeleted"]["properties"]) == set(VideoDeleteResponse.model_fields)
+    assert set(schemas["VideoJobRequest"]["properties"]) == \
+        set(schemas["VideoJobForm"]["properties"]) == {"model", "prompt", "seconds", "size",
+                                                        "input_reference"}
+    served = json.dumps(openapi.document()["paths"])
+    for name in schemas:
+        assert f"#/components/schemas/{name}" in served, name
+    post = openapi.document()["paths"]["/v1/videos"]["post"]
+    assert set(post["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
 
 
 def test_every_operation_documents_its_errors_and_request_id():
@@ -302,6 +319,7 @@ def fuzzing_schema(doc: dict, models: dict[str, str], media: str) -> dict:
     wanted = {"ChatCompletionRequest": names("chat", "image", "video"),
               "CompletionRequest": names("chat"), "ImageRequest": names("image"),
               "VideoRequest": names("video"), "ResponseRequest": names("chat"),
+              "VideoJobRequest": names("video"), "VideoJobForm": names("video"),
               "MessagesRequest": names("chat"), "CountTokensRequest": names("chat"),
               "EmbeddingRequest": names("embedding")}
     for name, schema in wanted.items():

@@ -108,3 +108,14 @@ def test_embeddings_example_works_as_printed(shipped, fake_openai):
     assert fake_openai.last().json["dimensions"] == 256
     calls = [r for r in gemini.requests if r.path.endswith(":batchEmbedContents")]
     assert len(calls) == 1 and calls[0].json["requests"][0]["outputDimensionality"] == 256
+
+
+def test_video_jobs_example_works_as_printed(shipped):
+    """The openai SDK's video API on the shipped catalog's Veo model (the Veo fake behind)."""
+    url, gemini = shipped
+    [example] = [b for b in blocks("python") if "videos.create_and_poll" in b]
+    lines = run_example(example, url, "python").splitlines()
+    assert lines == ["completed 8 1280x720", f"{len(gemini.video_bytes)} bytes of MP4",
+                     "[True]"]
+    starts = [r for r in gemini.requests if r.path.endswith(":predictLongRunning")]
+    assert starts[-1].json["parameters"]["durationSeconds"] == 8

@@ -132,10 +132,22 @@ def test_migrate_is_a_no_op_on_a_current_database(tmp_path):
     assert scalar(db, "PRAGMA user_version") == 1
 
 
-def test_a_version_2_database_is_left_alone_and_a_newer_one_refused(tmp_path):
+def test_a_version_2_database_gets_video_jobs_only_and_goes_to_3(tmp_path):
+    """Version 3 (``video_jobs``) needs no key secret: ``migrate`` takes 2 to 3."""
     db = tmp_path / "db.sqlite3"
     con = sqlite3.connect(db)
     con.execute("PRAGMA user_version = 2")
+    con.close()
+    on(db, schema.migrate)
+    assert objects(db)["table"] == {"video_jobs"}
+    assert objects(db)["index"] == {"video_jobs_owner", "video_jobs_unfinished"}
+    assert scalar(db, "PRAGMA user_version") == 3 == schema.SCHEMA_VERSION
+
+
+def test_a_version_3_database_is_left_alone_and_a_newer_one_refused(tmp_path):
+    db = tmp_path / "db.sqlite3"
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA user_version = 3")
     con.close()
     on(db, schema.migrate)
     assert objects(db)["table"] == set()                # nothing was created

@@ -8,6 +8,11 @@ A provider turns an OpenAI-shaped request into its upstream's wire format and ba
                                                with ``data: [DONE]``
     async def image(model, ImageRequest)    -> list[Media]          (image models)
     async def video(model, VideoRequest)    -> Media                (video models)
+    async def video_job(model, VideoRequest, started) -> Media      the same, telling
+                                               ``started(operation)`` the upstream operation
+                                               it runs as, once it has one (default: none)
+    async def resume_video(operation, VideoRequest) -> Media       wait on an operation
+                                               started earlier (a restart); default: refused
     async def embed(model, EmbeddingRequest) -> dict                OpenAI embeddings ``list``
                                                (embedding models), vectors encoded as the
                                                request's ``encoding_format`` asks
@@ -42,7 +47,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
@@ -135,6 +140,16 @@ class Provider:
         raise InvalidRequest(f"`{model.alias}` is served by a "
                              f"`{self.kind or self.spec.kind}` provider, which cannot make "
                              f"videos.", param="model")
+
+    async def video_job(self, model: ModelSpec, req: VideoRequest,
+                        started: Callable[[str], Awaitable[None]]) -> Media:
+        """``video``, naming the upstream operation to ``started`` if the kind has one (a
+        job whose render has an operation is polled again after a restart)."""
+        return await self.video(model, req)
+
+    async def resume_video(self, operation: str, req: VideoRequest) -> Media:
+        raise UpstreamError(f"The provider `{self.spec.name}` cannot resume a video render "
+                            f"started before the gateway restarted.", code="video_not_resumable")
 
     async def embed(self, model: ModelSpec, req: EmbeddingRequest) -> dict[str, Any]:
         raise InvalidRequest(f"`{model.alias}` is served by a "

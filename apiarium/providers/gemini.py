@@ -21,7 +21,7 @@ Retry-After; per-day QuotaFailure = quota; API_KEY_INVALID = the gateway's own k
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -102,6 +102,13 @@ class GeminiProvider(Provider):
 
     async def video(self, model: ModelSpec, req: VideoRequest) -> Media:
         return await gemini_media.generate_video(self, model, req)
+
+    async def video_job(self, model: ModelSpec, req: VideoRequest,
+                        started: Callable[[str], Awaitable[None]]) -> Media:
+        return await gemini_media.generate_video(self, model, req, started)
+
+    async def resume_video(self, operation: str, req: VideoRequest) -> Media:
+        return await gemini_media.await_video(self, operation, req)
 
     # ------------------------------------------------------------------ embeddings (gemini_embed)
     async def embed(self, model: ModelSpec, req: EmbeddingRequest) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..catalog import ModelSpec
@@ -26,6 +27,7 @@ if TYPE_CHECKING:                       # gemini imports this module
 # Aspect ratios the Gemini image models accept, as width / height.
 IMAGE_RATIOS = {"1:1": 1.0, "2:3": 2 / 3, "3:2": 1.5, "3:4": 0.75, "4:3": 4 / 3,
                 "9:16": 9 / 16, "16:9": 16 / 9, "21:9": 21 / 9}
+_OPERATION = re.compile(r"^/?models/[\w.-]+/operations/[\w.-]+$")   # Veo's, as stored
 _POLICY = re.compile(r"safety|polic|guideline|blocked|filtered|prohibited|responsible ai",
                      re.I)
 
@@ -75,9 +77,10 @@ async def _first_frame(provider: Provider, url: str) -> dict:
     return {"bytesBase64Encoded": base64.b64encode(image.data).decode(), "mimeType": image.mime}
 
 
-async def generate_video(provider: GeminiProvider, model: ModelSpec,
-                         req: VideoRequest) -> Media:
-    """Start a Veo operation, poll it until it is done, and fetch the video's bytes."""
+async def generate_video(provider: GeminiProvider, model: ModelSpec, req: VideoRequest,
+                         started: Callable[[str], Awaitable[None]] | None = None) -> Media:
+    """Start a Veo operation, poll it until it is done, and fetch the video's bytes.
+    ``started`` hears the operation's name as soon as Veo gives it (a job stores it)."""
     provider.require_configured()
     instance: dict[str, Any] = {"prompt": req.prompt}
     if req.image_url:
@@ -91,7 +94,23 @@ async def generate_video(provider: GeminiProvider, model: ModelSpec,
     if not isinstance(name, str) or not name:
         raise UpstreamError(f"The upstream provider `{provider.spec.name}` did not start a "
                             f"video operation (no operation name in its answer).")
+    if started is not None:
+        await started(name)
+    return await await_video(provider, name, req, op)
+
+
+async def await_video(provider: GeminiProvider, name: str, req: VideoRequest,
+                      op: dict[str, Any] | None = None) -> Media:
+    """Poll the operation ``name`` until it is done (``op``: its last answer, if any), and
+    fetch the video.  A restart resumes a job here, with the name it stored."""
+    provider.require_configured()
     deadline = time.monotonic() + provider.spec.timeout_s
+    if op is None:                        # resumed: the name comes from the database
+        if not _OPERATION.match(name):
+            raise UpstreamError(f"The stored video operation of provider "
+                                f"`{provider.spec.name}` is not one this gateway polls.",
+                                code="video_not_resumable")
+        op = await provider.call_json("GET", provider.url(name.lstrip("/")))
     while not op.get("done"):
         if time.monotonic() >= deadline:
             raise UpstreamTimeout(f"The video was not ready within {provider.spec.timeout_s:g} s "

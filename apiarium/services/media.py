@@ -21,6 +21,7 @@ from ..providers.shapes import Chunks, completion, flatten_prompt, usage, wants_
 from ..usage import Tally, UsageLedger, price
 from .costs import CreditBook, check_images_n
 from .fallback import Breakers, first_success
+from .videojobs import VideoJobService
 
 if TYPE_CHECKING:
     from ..live import Live
@@ -33,8 +34,9 @@ EARLY_ERROR_S = 2.0       # failures this early are plain HTTP errors, not SSE e
 
 class MediaService:
     def __init__(self, live: Callable[[], Live], breakers: Breakers, usage: UsageLedger,
-                 book: CreditBook):
+                 book: CreditBook, jobs: VideoJobService):
         self._live = live
+        self.jobs = jobs
         self.breakers = breakers
         self.usage = usage
         self.credits = book
@@ -93,19 +95,12 @@ class MediaService:
 
     async def _video(self, model: ModelSpec, req: VideoRequest, key_hash: str | None,
                      base_url: str) -> tuple[dict, ModelSpec]:
-        live = self._live()
-        tally = Tally(requests=1, video_seconds=req.duration_seconds)
-        hold = self.credits.reserve(key_hash, price(model, tally, req.resolution),
-                                    live.config.settings.daily_credits)
-        try:
-            media, served = await first_success(
-                live.config.catalog, self.breakers, model,
-                lambda m: live.providers[m.provider.name].video(m, req), key_hash)
-            self.usage.record(key_hash, served, tally, req.resolution)
-        finally:
-            hold.release()
-        return {"url": await self.host(media, base_url),
-                "revised_prompt": media.revised_prompt}, served
+        """A video job (``services.videojobs``), waited on: it is stored, listed by
+        GET /v1/videos, and completed and charged even if this request goes away."""
+        job = await self.jobs.submit(model, req, key_hash)
+        done = await self.jobs.wait(job.id)
+        return {"url": f"{base_url}/media/{done.media}",
+                "revised_prompt": done.revised_prompt}, done.served
 
     def as_chat(self, model: ModelSpec, body: dict, key_hash: str | None,
                 base_url: str) -> MediaChat:

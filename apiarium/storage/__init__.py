@@ -3,7 +3,7 @@ exchange, and ``open_storage``, which picks the engine from the ``database`` set
 
 Engines: ``sqlite.py`` (a path, or ``sqlite:PATH``; the default) and ``postgres.py``
 (a ``postgresql://`` or ``postgres://`` URL; several processes and hosts share one database).
-(Video jobs will get a repository of their own here.)
+(Video jobs, ``VideoJobRepository``: ``sqlite_jobs.py`` and ``postgres_jobs.py``.)
 
 Rules every engine keeps, so that several processes (gateway workers, the admin CLI) can
 share one database:
@@ -147,6 +147,62 @@ class UsageRepository(Protocol):
         """Add each row to the stored totals of its (key, day), all or none."""
 
 
+@dataclass(frozen=True, slots=True)
+class VideoJob:
+    """One video job (``POST /v1/videos``, or a blocking request waiting on one), as stored.
+    ``owner`` is the key's hash (``master`` for the master key); ``provider``, ``operation``
+    and ``served`` say where the render runs once it started upstream (a restart polls that
+    operation again); ``media`` is the finished file's name in the media store."""
+    id: str
+    owner: str
+    model: str            # the alias asked for
+    prompt: str
+    seconds: int
+    size: str             # as the SDK shows it (``1280x720``)
+    resolution: str
+    aspect_ratio: str
+    status: str           # queued, in_progress, completed, failed
+    progress: int
+    created_at: int
+    completed_at: int | None = None
+    expires_at: int | None = None
+    provider: str | None = None
+    operation: str | None = None
+    served: str | None = None
+    media: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+class VideoJobRepository(Protocol):
+    async def create(self, job: VideoJob) -> None:
+        """Insert a new job (its id is new)."""
+
+    async def get(self, job_id: str, owner: str | None = None) -> VideoJob | None:
+        """The job with this id (and, when given, this owner), or None."""
+
+    async def page(self, owner: str, after: str | None, limit: int,
+                   newest_first: bool = True) -> list[VideoJob]:
+        """Up to ``limit`` of the owner's jobs in creation order (newest first, or oldest),
+        after the job ``after`` (None: from the start; an id that is not the owner's: none)."""
+
+    async def started(self, job_id: str, provider: str, operation: str, served: str,
+                      progress: int) -> bool:
+        """Record the upstream operation a job's render runs as (status in_progress)."""
+
+    async def finish(self, job_id: str, *, status: str, when: int, media: str | None = None,
+                     expires_at: int | None = None, error_code: str | None = None,
+                     error_message: str | None = None) -> bool:
+        """Move an unfinished job to ``completed`` or ``failed``; False if it was finished
+        already (by another process) or is gone: only one writer ever books a job."""
+
+    async def delete(self, job_id: str, owner: str) -> VideoJob | None:
+        """Delete the owner's job; what it was (None: no such job of this owner)."""
+
+    async def unfinished(self) -> list[VideoJob]:
+        """Every job still queued or in progress, oldest first."""
+
+
 class Storage(Protocol):
     """One engine's connection to one database, and its repositories."""
     found_version: int        # the schema version the database had when opened (0: new)
@@ -159,6 +215,9 @@ class Storage(Protocol):
 
     @property
     def usage(self) -> UsageRepository: ...
+
+    @property
+    def videos(self) -> VideoJobRepository: ...
 
     async def changed_elsewhere(self) -> bool:
         """True if another connection changed keys or blocks since the last call (or since

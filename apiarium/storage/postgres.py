@@ -41,6 +41,7 @@ from . import (
     UsageRow,
     describe,
 )
+from .postgres_jobs import PostgresVideoJobs
 from .postgres_schema import (
     ADD_USAGE,
     INSERT_KEY,
@@ -104,6 +105,7 @@ class PostgresStorage:
         self.keys = PostgresKeys(self)
         self.blocks = PostgresBlocks(self)
         self.usage = PostgresUsage(self)
+        self.videos = PostgresVideoJobs(self)
 
     @classmethod
     async def open(cls, url: str) -> PostgresStorage:

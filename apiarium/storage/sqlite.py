@@ -16,12 +16,14 @@ from typing import Any
 import aiosqlite
 
 from . import BlockRecord, KeyRecord, NewKey, StorageError, UsageRow
+from .sqlite_jobs import SqliteVideoJobs
 from .sqlite_schema import (
     ADD_USAGE,
     SCHEMA_VERSION,
     SELECT_KEYS,
     SELECT_USAGE,
     migrate,
+    migrate_to_3,
     private_files,
     rewrite_keys,
     user_version,
@@ -45,6 +47,7 @@ class SqliteStorage:
         self.keys = SqliteKeys(self)
         self.blocks = SqliteBlocks(self)
         self.usage = SqliteUsage(self)
+        self.videos = SqliteVideoJobs(self)
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStorage:
@@ -99,9 +102,10 @@ class SqliteStorage:
     async def upgrade_keys(self, rewrite: Callable[[KeyRecord], KeyRecord]) -> int:
         """Version 1 → 2, once, in one transaction that holds the write lock: store
         ``rewrite(record)``'s ``key_hash`` and ``key_prefix`` for every key, and file the
-        usage rows of each changed hash under the new one.  The number of keys changed."""
+        usage rows of each changed hash under the new one; then on to 3 (``video_jobs``).
+        The number of keys changed."""
         db = self.db
-        if await user_version(db) >= 2:
+        if await user_version(db) >= 3:
             return 0
         async with self.write_lock:
             await db.execute("BEGIN IMMEDIATE")
@@ -112,6 +116,8 @@ class SqliteStorage:
                     await db.execute("UPDATE key_changes SET n = n + 1 WHERE id = 1")
                     await db.execute("PRAGMA user_version = 2")
                     self._changes = await value(db, "SELECT n FROM key_changes WHERE id = 1")
+                if await user_version(db) == 2:
+                    await migrate_to_3(db)
                 await db.execute("COMMIT")
             except BaseException:
                 await db.execute("ROLLBACK")

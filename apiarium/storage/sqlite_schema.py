@@ -10,6 +10,9 @@ Schema versions (``PRAGMA user_version``; databases made before versions existed
    (the key service computes them) and files its usage rows under the new hash.  It needs
    the secret, so the key service runs it on open (``SqliteStorage.upgrade_keys``);
    ``migrate`` goes up to version 1.
+3. ``video_jobs``: the jobs of ``POST /v1/videos`` (and of the blocking video requests),
+   with the upstream operation each render runs as.  It needs no secret: ``migrate`` takes a
+   version-2 database to 3, and ``upgrade_keys`` goes on from 2 to 3 in its transaction.
 
 The database, its -wal and -shm files are created 0600 (SQLite gives the latter two the
 database's mode), in a folder created 0700; files made looser by older versions are
@@ -27,7 +30,7 @@ import aiosqlite
 
 from . import KeyRecord, StorageError
 
-SCHEMA_VERSION = 2        # the newest this code knows; ``migrate`` goes up to 1, see above
+SCHEMA_VERSION = 3        # the newest this code knows; ``migrate`` skips 2, see above
 
 _SCHEMA_V1 = [
     """CREATE TABLE IF NOT EXISTS keys (
@@ -111,6 +114,41 @@ async def _migrate_to_1(db: aiosqlite.Connection) -> None:
         await db.execute(statement)
 
 
+VIDEO_JOBS = [
+    """CREATE TABLE IF NOT EXISTS video_jobs (
+        seq           INTEGER PRIMARY KEY,
+        id            TEXT NOT NULL UNIQUE,
+        owner         TEXT NOT NULL,
+        model         TEXT NOT NULL,
+        prompt        TEXT NOT NULL,
+        seconds       INTEGER NOT NULL,
+        size          TEXT NOT NULL,
+        resolution    TEXT NOT NULL,
+        aspect_ratio  TEXT NOT NULL,
+        status        TEXT NOT NULL,
+        progress      INTEGER NOT NULL DEFAULT 0,
+        created_at    INTEGER NOT NULL,
+        completed_at  INTEGER,
+        expires_at    INTEGER,
+        provider      TEXT,
+        operation     TEXT,
+        served        TEXT,
+        media         TEXT,
+        error_code    TEXT,
+        error_message TEXT)""",
+    "CREATE INDEX IF NOT EXISTS video_jobs_owner ON video_jobs(owner, seq)",
+    ("CREATE INDEX IF NOT EXISTS video_jobs_unfinished ON video_jobs(status) "
+     "WHERE status IN ('queued', 'in_progress')"),
+]
+
+
+async def migrate_to_3(db: aiosqlite.Connection) -> None:
+    """Version 2 → 3 (the caller holds the transaction): the ``video_jobs`` table."""
+    for statement in VIDEO_JOBS:
+        await db.execute(statement)
+    await db.execute("PRAGMA user_version = 3")
+
+
 _MIGRATIONS = {1: _migrate_to_1}
 
 
@@ -127,7 +165,7 @@ async def user_version(db: aiosqlite.Connection) -> int:
 
 
 async def migrate(db: aiosqlite.Connection) -> None:
-    """Bring the database to the last version that needs no key secret (1), in one
+    """Bring the database to the last version that needs no key secret (1; 3 from 2), in one
     transaction that holds the write lock (another process opening it at the same moment
     waits, then finds the work done).  A version newer than this code knows is refused."""
     version = await user_version(db)
@@ -135,13 +173,15 @@ async def migrate(db: aiosqlite.Connection) -> None:
         raise StorageError(f"the database has schema version {version}, made by a newer "
                            f"apiarium (this one knows up to {SCHEMA_VERSION}); upgrade it")
     last = max(_MIGRATIONS)
-    if version >= last:
+    if version >= last and version != 2:
         return
     await db.execute("BEGIN IMMEDIATE")
     try:
         for target in range(await user_version(db) + 1, last + 1):
             await _MIGRATIONS[target](db)
             await db.execute(f"PRAGMA user_version = {target}")
+        if await user_version(db) == 2:          # keys rehashed: on to 3, which needs no secret
+            await migrate_to_3(db)
         await db.execute("COMMIT")
     except BaseException:
         await db.execute("ROLLBACK")

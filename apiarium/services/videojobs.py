@@ -1,0 +1,314 @@
+"""Video jobs: ``POST /v1/videos`` in the OpenAI SDK's shape, and the one way every video is
+made (the blocking ``/v1/videos/generations`` and video models in chat submit a job and
+wait on it).
+
+Life of a job (a row of ``storage.VideoJobRepository``, so it outlives the process):
+
+* ``submit``: checked, the credits held (429 when the key's daily credits cannot cover it),
+  stored ``queued``, and its render started as a task of its own (a client that leaves
+  does not stop it);
+* the render runs on the model or its fallbacks (``first_success``); as soon as the upstream
+  names its operation the job is ``in_progress`` with that operation stored;
+* it ends ``completed`` (the file in the media store, ``expires_at`` = now +
+  ``media.ttl_hours``) or ``failed`` (``error``: the code and message a blocking client gets
+  as its error).  Only the move out of queued/in_progress books usage, and only one writer
+  makes it, so a job is charged exactly once, whoever polls (nobody needs to);
+* ``resume`` (at start and on SIGHUP): every unfinished job that has an upstream operation
+  and no task here is polled again (never rendered twice); a job the gateway stopped before
+  the upstream named an operation has nothing to poll: it is failed as
+  ``video_interrupted`` once ``QUEUED_STALE_S`` old (younger ones may be another process's
+  submit under way), and is not charged;
+* a completed job shows ``expired`` once ``expires_at`` has passed (its file is gone too).
+
+A job belongs to the key that made it: every read is by id *and* owner, so another key's job
+is the same 404 as an id that never existed.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..catalog import ModelSpec
+from ..errors import ApiError, InvalidRequest, NotFound
+from ..generation import Media, VideoRequest
+from ..storage import Storage, VideoJob, VideoJobRepository, open_storage
+from ..usage import MASTER, Tally, UsageLedger, price
+from .costs import CreditBook
+from .fallback import Breakers, first_success
+
+if TYPE_CHECKING:
+    from ..live import Live
+
+log = logging.getLogger("apiarium")
+POLL_AFTER_MS = 2000          # the openai-poll-after-ms header on unfinished jobs
+QUEUED_STALE_S = 120          # a job queued this long without an operation was interrupted
+LIST_MAX = 100
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A finished render: the media file's name, the model that served, its prompt."""
+    media: str
+    served: ModelSpec
+    revised_prompt: str
+
+
+def not_found(job_id: str) -> NotFound:
+    return NotFound(f"No video job `{job_id[:60]}` for this API key: the id is wrong, the job "
+                    f"was deleted, or another key created it. GET /v1/videos lists yours.",
+                    code="video_not_found", param="video_id")
+
+
+def view(job: VideoJob, now: float) -> dict[str, Any]:
+    """The job as the SDK's ``Video`` object (``expired`` once its media is gone)."""
+    status = job.status
+    if status == "completed" and job.expires_at is not None and now >= job.expires_at:
+        status = "expired"
+    error = ({"code": job.error_code or "video_failed", "message": job.error_message or ""}
+             if job.status == "failed" else None)
+    return {"id": job.id, "object": "video", "model": job.model, "status": status,
+            "progress": job.progress, "created_at": job.created_at,
+            "completed_at": job.completed_at, "expires_at": job.expires_at,
+            "prompt": job.prompt, "seconds": str(job.seconds), "size": job.size,
+            "remixed_from_video_id": None, "error": error}
+
+
+class VideoJobService:
+    def __init__(self, live: Callable[[], Live], breakers: Breakers, usage: UsageLedger,
+                 book: CreditBook, clock: Callable[[], float] = time.time):
+        self._live = live
+        self.breakers = breakers
+        self.usage = usage
+        self.credits = book
+        self.clock = clock
+        self.tasks: dict[str, asyncio.Task[Rendered]] = {}    # renders under way here
+        self._storage: Storage | None = None
+        self._opening = asyncio.Lock()
+
+    # ------------------------------------------------------------------ storage
+    async def repo(self) -> VideoJobRepository:
+        """The jobs' repository (the database is opened on first use)."""
+        if self._storage is None:
+            async with self._opening:
+                if self._storage is None:
+                    self._storage = await open_storage(self._live().config.settings.database)
+        return self._storage.videos
+
+    async def close(self) -> None:
+        """Stop the renders under way here (their jobs resume after a restart) and close."""
+        tasks = list(self.tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._storage is not None:
+            storage, self._storage = self._storage, None
+            await storage.close()
+
+    # ------------------------------------------------------------------ submitting
+    async def reference(self, model: ModelSpec, url: str) -> str:
+        """An ``input_reference`` image URL fetched now, as a data: URL (a private address,
+        a non-image or an oversize file is a 400 naming ``input_reference`` here, not a
+        failed job later)."""
+        fetcher = self._live().providers[model.provider.name].fetcher
+        try:
+            if url.startswith("data:"):
+                fetcher.check_data_url(url)
+                return url
+            image = await fetcher.fetch(url)
+        except InvalidRequest as err:
+            raise InvalidRequest(err.message.replace("`image_url`", "`input_reference`"),
+                                 param="input_reference", code=err.code) from None
+        return f"data:{image.mime};base64,{base64.b64encode(image.data).decode()}"
+
+    async def submit(self, model: ModelSpec, req: VideoRequest, key_hash: str | None,
+                     size: str | None = None) -> VideoJob:
+        """Store a new job and start its render; the job as stored (``queued``)."""
+        live = self._live()
+        if not model.fallbacks:           # a misconfigured provider: a plain 503 now
+            live.providers[model.provider.name].require_configured()
+        hold = self.credits.reserve(
+            key_hash, price(model, Tally(requests=1, video_seconds=req.duration_seconds),
+                            req.resolution), live.config.settings.daily_credits)
+        job = VideoJob(id="video_" + secrets.token_urlsafe(24), owner=key_hash or MASTER,
+                       model=model.alias, prompt=req.prompt, seconds=req.duration_seconds,
+                       size=size or _size_of(req), resolution=req.resolution,
+                       aspect_ratio=req.aspect_ratio, status="queued", progress=0,
+                       created_at=int(self.clock()))
+        try:
+            await (await self.repo()).create(job)
+        except BaseException:
+            hold.release()
+            raise
+        self._track(job.id, self._render(job, model, req, key_hash, hold.release))
+        return job
+
+    def _track(self, job_id: str, work: Any) -> asyncio.Task[Rendered]:
+        task: asyncio.Task[Rendered] = asyncio.ensure_future(work)
+        self.tasks[job_id] = task
+
+        def done(t: asyncio.Task[Rendered]) -> None:
+            self.tasks.pop(job_id, None)
+            if not t.cancelled() and t.exception() is not None:
+                log.info("video job %s failed: %s", job_id, t.exception())
+        task.add_done_callback(done)
+        return task
+
+    async def wait(self, job_id: str) -> Rendered:
+        """Wait for a job rendering here (the blocking endpoints): its result or its error.
+        Cancelling the wait leaves the render running.  Called right after ``submit``, with
+        no await between (the task leaves ``tasks`` when it ends)."""
+        return await asyncio.shield(self.tasks[job_id])
+
+    async def _render(self, job: VideoJob, model: ModelSpec, req: VideoRequest,
+                      key_hash: str | None, release: Callable[[], None]) -> Rendered:
+        live = self._live()
+        repo = await self.repo()
+
+        def on(m: ModelSpec) -> Any:
+            async def started(operation: str) -> None:
+                served = next((c for c in live.config.catalog.chain(model)
+                               if c.provider.name == m.provider.name
+                               and c.upstream == m.upstream), model)
+                await repo.started(job.id, m.provider.name, operation, served.alias, 10)
+            return live.providers[m.provider.name].video_job(m, req, started)
+        try:
+            media, served = await first_success(live.config.catalog, self.breakers, model, on,
+                                                key_hash)
+            return await self._complete(job, served, media, req)
+        except ApiError as err:
+            await self._fail(job.id, err)
+            raise
+        except Exception:
+            log.exception("video job %s: unexpected error", job.id)
+            await self._fail(job.id, ApiError("The gateway hit an internal error while "
+                                              "rendering this video; create it again."))
+            raise
+        finally:
+            release()
+
+    async def _complete(self, job: VideoJob, served: ModelSpec, media: Media,
+                        req: VideoRequest) -> Rendered:
+        live, repo = self._live(), await self.repo()
+        name = await live.media.save(media.data, media.mime)
+        now = int(self.clock())
+        booked = await repo.finish(job.id, status="completed", when=now, media=name,
+                                   expires_at=now + int(live.media.ttl_s))
+        if not booked:
+            finished = await repo.get(job.id)
+            await live.media.remove(name)      # deleted meanwhile, or another process's copy
+            if finished is not None:           # another process resumed it and booked it
+                return Rendered(finished.media or name, served, media.revised_prompt)
+            booked = True                      # deleted while rendering: the render still cost
+        if booked:
+            owner = None if job.owner == MASTER else job.owner
+            self.usage.record(owner, served, Tally(requests=1, video_seconds=req.duration_seconds),
+                              req.resolution)
+        return Rendered(name, served, media.revised_prompt)
+
+    async def _fail(self, job_id: str, err: ApiError) -> None:
+        try:
+            await (await self.repo()).finish(job_id, status="failed", when=int(self.clock()),
+                                             error_code=err.code or "video_failed",
+                                             error_message=err.message)
+        except ApiError as exc:             # the database is down: the job resumes later
+            log.warning("video job %s: cannot record its failure: %s", job_id, exc)
+
+    # ------------------------------------------------------------------ after a restart
+    async def resume(self) -> int:
+        """Poll again every unfinished job that has an upstream operation and no render
+        here; fail those interrupted before they had one.  How many were resumed."""
+        repo = await self.repo()
+        live = self._live()
+        resumed = 0
+        for job in await repo.unfinished():
+            if job.id in self.tasks:
+                continue
+            provider = live.providers.get(job.provider or "")
+            if job.operation is None or provider is None:
+                if job.operation is None and self.clock() - job.created_at < QUEUED_STALE_S:
+                    continue
+                await self._fail(job.id, ApiError(
+                    "The gateway restarted before this video's render started upstream "
+                    "(or its provider is no longer configured); nothing was charged. Create "
+                    "the video again.", code="video_interrupted"))
+                continue
+            req = VideoRequest(job.prompt, job.seconds, job.resolution, job.aspect_ratio)
+            served = live.config.catalog.models.get(job.served or "") or \
+                live.config.catalog.models.get(job.model)
+            self._track(job.id, self._resumed(job, provider.resume_video(job.operation, req),
+                                              served, req))
+            resumed += 1
+        if resumed:
+            log.info("video jobs: %d unfinished renders resumed", resumed)
+        return resumed
+
+    async def _resumed(self, job: VideoJob, render: Any, served: ModelSpec | None,
+                       req: VideoRequest) -> Rendered:
+        try:
+            media = await render
+            if served is None:
+                raise ApiError("The video's model is no longer configured on this gateway.",
+                               code="video_interrupted")
+            return await self._complete(job, served, media, req)
+        except ApiError as err:
+            await self._fail(job.id, err)
+            raise
+        except Exception:
+            log.exception("video job %s: unexpected error", job.id)
+            await self._fail(job.id, ApiError("The gateway hit an internal error while "
+                                              "rendering this video; create it again."))
+            raise
+
+    # ------------------------------------------------------------------ reading
+    async def get(self, job_id: str, key_hash: str | None) -> VideoJob:
+        job = await (await self.repo()).get(job_id, key_hash or MASTER)
+        if job is None:
+            raise not_found(job_id)
+        return job
+
+    async def page(self, key_hash: str | None, after: str | None, limit: int,
+                   order: str) -> tuple[list[VideoJob], bool]:
+        """A page of the key's jobs, and whether more follow."""
+        jobs = await (await self.repo()).page(key_hash or MASTER, after, limit + 1,
+                                              newest_first=order == "desc")
+        return jobs[:limit], len(jobs) > limit
+
+    async def delete(self, job_id: str, key_hash: str | None) -> None:
+        """Delete the key's job and its file (a render under way goes on, and is charged:
+        the provider bills it)."""
+        job = await (await self.repo()).delete(job_id, key_hash or MASTER)
+        if job is None:
+            raise not_found(job_id)
+        if job.media:
+            await self._live().media.remove(job.media)
+
+    async def content(self, job_id: str, key_hash: str | None) -> str:
+        """The media file name of the key's completed job (404 until then, and once
+        expired)."""
+        job = await self.get(job_id, key_hash)
+        media = self._live().media
+        if job.status != "completed" or job.media is None:
+            raise NotFound(f"Video `{job_id[:60]}` has no content: it is {job.status}. Wait "
+                           f"for status `completed` (GET /v1/videos/{{id}}).",
+                           code="video_not_ready", param="video_id")
+        if (job.expires_at is not None and self.clock() >= job.expires_at) or \
+                media.path_of(job.media) is None:
+            raise NotFound(f"Video `{job_id[:60]}` has expired (videos are kept "
+                           f"{media.ttl_s / 3600:g} hours). Create it again.",
+                           code="video_expired", param="video_id")
+        return job.media
+
+
+def _size_of(req: VideoRequest) -> str:
+    """The SDK-shaped size of a blocking request's aspect ratio and resolution (one of the
+    SDK's ``VideoSize`` values)."""
+    wide = req.aspect_ratio == "16:9"
+    if req.resolution == "1080p":
+        return "1792x1024" if wide else "1024x1792"
+    return "1280x720" if wide else "720x1280"

@@ -1,0 +1,77 @@
+"""``VideoJobRepository`` on PostgreSQL's ``video_jobs`` table (schema version 2,
+``postgres_schema._V2``).  Every method is one statement; ``finish`` moves a job out of
+queued/in_progress only once, so of several processes resuming one job one books it."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import VideoJob
+from .sqlite_jobs import COLUMNS, SELECT, UNFINISHED
+
+if TYPE_CHECKING:                       # postgres imports this module
+    from .postgres import PostgresStorage
+
+
+def job_of(row: Any) -> VideoJob:
+    return VideoJob(*row.values())
+
+
+class PostgresVideoJobs:
+    def __init__(self, storage: PostgresStorage) -> None:
+        self._s = storage
+
+    async def create(self, job: VideoJob) -> None:
+        values = (job.id, job.owner, job.model, job.prompt, job.seconds, job.size,
+                  job.resolution, job.aspect_ratio, job.status, job.progress, job.created_at,
+                  job.completed_at, job.expires_at, job.provider, job.operation, job.served,
+                  job.media, job.error_code, job.error_message)
+        marks = ", ".join(f"${i}" for i in range(1, len(values) + 1))
+        await self._s.write(f"INSERT INTO video_jobs ({COLUMNS}) VALUES ({marks})",  # noqa: S608
+                            *values, counted=False)
+
+    async def get(self, job_id: str, owner: str | None = None) -> VideoJob | None:
+        if owner is None:
+            rows = await self._s.fetch(SELECT + " WHERE id = $1", job_id)
+        else:
+            rows = await self._s.fetch(SELECT + " WHERE id = $1 AND owner = $2", job_id, owner)
+        return job_of(rows[0]) if rows else None
+
+    async def page(self, owner: str, after: str | None, limit: int,
+                   newest_first: bool = True) -> list[VideoJob]:
+        order, cmp = ("DESC", "<") if newest_first else ("ASC", ">")
+        if after is None:
+            rows = await self._s.fetch(f"{SELECT} WHERE owner = $1 ORDER BY seq {order} "
+                                       "LIMIT $2", owner, limit)
+        else:
+            rows = await self._s.fetch(
+                f"{SELECT} WHERE owner = $1 AND seq {cmp} (SELECT seq FROM video_jobs "  # noqa: S608
+                f"WHERE id = $2 AND owner = $1) ORDER BY seq {order} LIMIT $3",
+                owner, after, limit)
+        return [job_of(r) for r in rows]
+
+    async def started(self, job_id: str, provider: str, operation: str, served: str,
+                      progress: int) -> bool:
+        return await self._s.write(
+            "UPDATE video_jobs SET status = 'in_progress', provider = $1, operation = $2, "  # noqa: S608
+            f"served = $3, progress = $4 WHERE id = $5 AND {UNFINISHED}",
+            provider, operation, served, progress, job_id, counted=False) > 0
+
+    async def finish(self, job_id: str, *, status: str, when: int, media: str | None = None,
+                     expires_at: int | None = None, error_code: str | None = None,
+                     error_message: str | None = None) -> bool:
+        progress = 100 if status == "completed" else 0
+        return await self._s.write(
+            "UPDATE video_jobs SET status = $1, progress = $2, completed_at = $3, media = $4, "  # noqa: S608
+            "expires_at = $5, error_code = $6, error_message = $7 "
+            f"WHERE id = $8 AND {UNFINISHED}",
+            status, progress, when, media, expires_at, error_code, error_message, job_id,
+            counted=False) > 0
+
+    async def delete(self, job_id: str, owner: str) -> VideoJob | None:
+        rows = await self._s.fetch(f"DELETE FROM video_jobs WHERE id = $1 AND owner = $2 "  # noqa: S608
+                                   f"RETURNING {COLUMNS}", job_id, owner)
+        return job_of(rows[0]) if rows else None
+
+    async def unfinished(self) -> list[VideoJob]:
+        return [job_of(r) for r in await self._s.fetch(
+            f"{SELECT} WHERE {UNFINISHED} ORDER BY seq")]

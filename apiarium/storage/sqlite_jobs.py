@@ -1,0 +1,84 @@
+"""``VideoJobRepository`` on SQLite's ``video_jobs`` table (schema version 3,
+``sqlite_schema.VIDEO_JOBS``).  Paging is by ``seq``, the row's insertion order."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import VideoJob
+
+if TYPE_CHECKING:                       # sqlite imports this module
+    from .sqlite import SqliteStorage
+
+COLUMNS = ("id, owner, model, prompt, seconds, size, resolution, aspect_ratio, status, "
+           "progress, created_at, completed_at, expires_at, provider, operation, served, "
+           "media, error_code, error_message")
+SELECT = f"SELECT {COLUMNS} FROM video_jobs"  # noqa: S608  (a constant)
+UNFINISHED = "status IN ('queued', 'in_progress')"
+
+
+def job_of(row: Any) -> VideoJob:
+    return VideoJob(*row)
+
+
+class SqliteVideoJobs:
+    def __init__(self, storage: SqliteStorage) -> None:
+        self._s = storage
+
+    async def create(self, job: VideoJob) -> None:
+        values = (job.id, job.owner, job.model, job.prompt, job.seconds, job.size,
+                  job.resolution, job.aspect_ratio, job.status, job.progress, job.created_at,
+                  job.completed_at, job.expires_at, job.provider, job.operation, job.served,
+                  job.media, job.error_code, job.error_message)
+        async with self._s.write_lock:
+            await self._s.write(f"INSERT INTO video_jobs ({COLUMNS}) VALUES "  # noqa: S608
+                                f"({', '.join('?' * len(values))})", values, counted=False)
+
+    async def get(self, job_id: str, owner: str | None = None) -> VideoJob | None:
+        if owner is None:
+            rows = await self._s.fetch(SELECT + " WHERE id = ?", (job_id,))
+        else:
+            rows = await self._s.fetch(SELECT + " WHERE id = ? AND owner = ?", (job_id, owner))
+        return job_of(rows[0]) if rows else None
+
+    async def page(self, owner: str, after: str | None, limit: int,
+                   newest_first: bool = True) -> list[VideoJob]:
+        order, cmp = ("DESC", "<") if newest_first else ("ASC", ">")
+        if after is None:
+            sql = f"{SELECT} WHERE owner = ? ORDER BY seq {order} LIMIT ?"
+            args: tuple[Any, ...] = (owner, limit)
+        else:
+            sql = (f"{SELECT} WHERE owner = ? AND seq {cmp} (SELECT seq FROM video_jobs "  # noqa: S608
+                   f"WHERE id = ? AND owner = ?) ORDER BY seq {order} LIMIT ?")
+            args = (owner, after, owner, limit)
+        return [job_of(r) for r in await self._s.fetch(sql, args)]
+
+    async def started(self, job_id: str, provider: str, operation: str, served: str,
+                      progress: int) -> bool:
+        async with self._s.write_lock:
+            return await self._s.write(
+                "UPDATE video_jobs SET status = 'in_progress', provider = ?, operation = ?, "  # noqa: S608
+                f"served = ?, progress = ? WHERE id = ? AND {UNFINISHED}",
+                (provider, operation, served, progress, job_id), counted=False) > 0
+
+    async def finish(self, job_id: str, *, status: str, when: int, media: str | None = None,
+                     expires_at: int | None = None, error_code: str | None = None,
+                     error_message: str | None = None) -> bool:
+        progress = 100 if status == "completed" else 0
+        async with self._s.write_lock:
+            return await self._s.write(
+                "UPDATE video_jobs SET status = ?, progress = ?, completed_at = ?, media = ?, "  # noqa: S608
+                "expires_at = ?, error_code = ?, error_message = ? "
+                f"WHERE id = ? AND {UNFINISHED}",
+                (status, progress, when, media, expires_at, error_code, error_message,
+                 job_id), counted=False) > 0
+
+    async def delete(self, job_id: str, owner: str) -> VideoJob | None:
+        async with self._s.write_lock:
+            rows = await self._s.fetch(
+                f"DELETE FROM video_jobs WHERE id = ? AND owner = ? RETURNING {COLUMNS}",  # noqa: S608
+                (job_id, owner))
+        return job_of(rows[0]) if rows else None
+
+    async def unfinished(self) -> list[VideoJob]:
+        return [job_of(r) for r in await self._s.fetch(
+            f"{SELECT} WHERE {UNFINISHED} ORDER BY seq")]

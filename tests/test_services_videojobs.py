@@ -1,0 +1,163 @@
+"""services/videojobs.py without HTTP: a job is charged once when its render ends, whether
+anyone polls or not, and also when it was deleted mid-render (the provider bills it); the
+resumer at start-up fails jobs stopped before they had an upstream operation (not charged)
+and leaves young ones; a provider that cannot resume fails its job clearly; the SDK view
+(``expired``); the input-reference checks of handlers/videos.py (``image_type``).  The
+provider is a toy kind (named in models.yaml by its import path) whose renders wait on an
+event."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apiarium.catalog import ModelSpec
+from apiarium.errors import ApiError, NotFound
+from apiarium.generation import Media, VideoRequest, job_request
+from apiarium.handlers.videos import image_type
+from apiarium.live import Services
+from apiarium.providers.base import Provider
+from apiarium.services.videojobs import QUEUED_STALE_S, view
+from apiarium.storage import VideoJob
+from tests.fakes import make_mp4, make_png
+from tests.inprocess import InProcess, write_config
+
+MP4 = make_mp4()
+
+
+class ReelProvider(Provider):
+    """Renders a video once ``go`` is set; no upstream operation (it cannot resume)."""
+
+    kind = "reel"
+    go: asyncio.Event | None = None
+
+    async def video(self, model: ModelSpec, req: VideoRequest) -> Media:
+        if ReelProvider.go is not None:
+            await ReelProvider.go.wait()
+        return Media(MP4, "video/mp4", req.prompt)
+
+
+def models() -> dict:
+    return {"providers": {"reel": {"kind": f"{__name__}:ReelProvider",
+                                   "base_url": "http://reel.invalid", "api_key": "k"}},
+            "models": {"reel-1": {"provider": "reel", "type": "video", "upstream": "veo-3.1-x",
+                                  "credits": {"video_second": 2.0}}}}
+
+
+def run(tmp_path: Path, scenario) -> None:
+    async def main() -> None:
+        ReelProvider.go = asyncio.Event()
+        try:
+            async with InProcess(write_config(tmp_path, models())) as env:
+                await scenario(env.services)
+        finally:
+            ReelProvider.go = None
+    asyncio.run(main())
+
+
+def request(seconds: str = "8") -> VideoRequest:
+    return job_request({"prompt": "a bee", "seconds": seconds}, "veo-3.1-x")
+
+
+def media_files(svc: Services) -> list[str]:
+    folder = svc.live.media.folder
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_a_job_nobody_polls_is_completed_and_charged_once(tmp_path):
+    async def scenario(svc: Services) -> None:
+        model = svc.catalog.resolve("reel-1")
+        job = await svc.jobs.submit(model, request("6"), "key-a")
+        assert job.status == "queued" and job.size == "1280x720"
+        assert svc.credits.held("key-a") == 12.0                 # 6 s at 2 credits held
+        ReelProvider.go.set()
+        done = await svc.jobs.wait(job.id)
+        assert done.served.alias == "reel-1" and media_files(svc) == [done.media]
+        stored = await svc.jobs.get(job.id, "key-a")
+        assert (stored.status, stored.progress, stored.media) == ("completed", 100, done.media)
+        spent = svc.usage.spent_today("key-a")
+        assert (spent.video_seconds, spent.credits, svc.credits.held("key-a")) == (6, 12.0, 0)
+        assert await svc.jobs.resume() == 0                      # nothing left to resume
+        assert svc.usage.spent_today("key-a").video_seconds == 6
+    run(tmp_path, scenario)
+
+
+def test_a_job_deleted_mid_render_is_still_charged_and_leaves_no_file(tmp_path):
+    async def scenario(svc: Services) -> None:
+        job = await svc.jobs.submit(svc.catalog.resolve("reel-1"), request(), "key-b")
+        with pytest.raises(NotFound):
+            await svc.jobs.delete(job.id, "key-other")           # not theirs
+        await svc.jobs.delete(job.id, "key-b")
+        ReelProvider.go.set()
+        await svc.jobs.wait(job.id)
+        assert svc.usage.spent_today("key-b").video_seconds == 8
+        assert media_files(svc) == []
+        with pytest.raises(NotFound) as raised:
+            await svc.jobs.get(job.id, "key-b")
+        assert raised.value.code == "video_not_found"
+    run(tmp_path, scenario)
+
+
+def test_a_job_another_process_booked_first_is_not_charged_again(tmp_path):
+    """Two processes that resumed one job (PostgreSQL workers): the second to finish books
+    nothing and keeps no copy of the file."""
+    async def scenario(svc: Services) -> None:
+        job = await svc.jobs.submit(svc.catalog.resolve("reel-1"), request(), "key-d")
+        repo = await svc.jobs.repo()
+        assert await repo.finish(job.id, status="completed", when=1, media="x" * 32 + ".mp4",
+                                 expires_at=2)                  # the other process
+        ReelProvider.go.set()
+        done = await svc.jobs.wait(job.id)
+        assert done.media == "x" * 32 + ".mp4" and media_files(svc) == []
+        assert svc.usage.spent_today("key-d").video_seconds == 0
+    run(tmp_path, scenario)
+
+
+def test_resume_fails_interrupted_jobs_and_leaves_young_ones(tmp_path):
+    async def scenario(svc: Services) -> None:
+        repo = await svc.jobs.repo()
+        now = svc.jobs.clock()
+
+        def stored(n: int, age: float, status: str = "queued", **kw: Any) -> VideoJob:
+            return VideoJob(f"video_{n}", "key-c", "reel-1", "p", 8, "1280x720", "720p",
+                            "16:9", status, 0, int(now - age), **kw)
+        await repo.create(stored(1, QUEUED_STALE_S + 5))                  # stopped mid-submit
+        await repo.create(stored(2, 1))                                  # another's submit?
+        await repo.create(stored(3, 60, provider="reel", operation="ops/3", served="reel-1",
+                                 status="in_progress"))
+        assert await svc.jobs.resume() == 1                               # job 3 only
+        with pytest.raises(ApiError) as raised:
+            await svc.jobs.wait("video_3")
+        assert raised.value.code == "video_not_resumable"
+        jobs = {j.id: j for j in [await repo.get(f"video_{n}") for n in (1, 2, 3)] if j}
+        assert jobs["video_1"].status == "failed"
+        assert jobs["video_1"].error_code == "video_interrupted"
+        assert "nothing was charged" in (jobs["video_1"].error_message or "")
+        assert jobs["video_2"].status == "queued"
+        assert jobs["video_3"].status == "failed"
+        assert svc.usage.spent_today("key-c").video_seconds == 0
+        shown = view(jobs["video_1"], now)
+        assert shown["error"]["code"] == "video_interrupted" and shown["status"] == "failed"
+    run(tmp_path, scenario)
+
+
+def test_the_view_shows_expired_after_expires_at():
+    job = VideoJob("video_x", "o", "m", "p", 4, "720x1280", "720p", "9:16", "completed", 100,
+                   10, completed_at=20, expires_at=100)
+    assert view(job, 99)["status"] == "completed"
+    assert view(job, 100)["status"] == "expired"
+    assert view(job, 100)["seconds"] == "4" and view(job, 100)["error"] is None
+
+
+@pytest.mark.parametrize(("data", "mime"), [
+    (make_png(), "image/png"),
+    (b"\xff\xd8\xff\xe0" + b"\0" * 20, "image/jpeg"),
+    (b"RIFF\x10\0\0\0WEBPVP8 " + b"\0" * 8, "image/webp"),
+    (b"GIF89a" + b"\0" * 8, None),
+    (b"<svg/>", None),
+    (b"", None),
+])
+def test_image_type_by_magic_bytes(data, mime):
+    assert image_type(data) == mime
