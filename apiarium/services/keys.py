@@ -26,6 +26,7 @@ import asyncio
 import hmac
 import ipaddress
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,7 +36,15 @@ from ..errors import Forbidden, RateLimited
 from ..keysecret import KEY_PREFIX, KeyStoreError
 from ..netguard import Blocklist, network_of, parse_network
 from ..ratelimit import TokenBuckets
-from ..storage import BlockRecord, KeyRecord, NewKey, Storage, open_storage, secret_beside
+from ..storage import (
+    BlockRecord,
+    KeyRecord,
+    NewKey,
+    Storage,
+    database_url,
+    open_storage,
+    secret_beside,
+)
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -45,6 +54,7 @@ PREFIX_LEN = 6            # "api-" + 2: how much of a key is stored in the clear
 
 
 HOUR_S = 3600
+UNSEEN_GENERATIONS = 4    # how far past its known key an IP's new key is looked for
 
 
 def identity_of(ip: str) -> str:
@@ -165,6 +175,16 @@ class KeyService:
             await self._reload()
             return True
 
+    @property
+    def engine(self) -> str:
+        """``sqlite`` or ``postgresql``: what the key store is."""
+        return "sqlite" if database_url(self.database) is None else "postgresql"
+
+    async def listen(self, on_change: Callable[[], None]) -> bool:
+        """Have ``on_change()`` called when another process changes keys or blocks (then
+        ``refresh``); False: the engine cannot tell (SQLite) or not now: poll ``refresh``."""
+        return await self.storage.listen(on_change)
+
     async def flush(self) -> int:
         """Write the last-use times counted since the previous flush (off the request path)."""
         if not self._used or self._storage is None:
@@ -190,6 +210,21 @@ class KeyService:
             raise self._blocked_error(rec.ip)
         self._used[rec.id] = int(time.time())
         return rec
+
+    def unseen(self, key: str, ip: str) -> bool:
+        """Whether ``key``, not in the index, is one another process may just have issued to
+        ``ip``: one of its identity's next ``UNSEEN_GENERATIONS`` keys (an HMAC each; a
+        guessed key never is one, so guesses never reach the database)."""
+        ident = identity_of(ip)
+        rec = self._by_ip.get(ident)
+        start = rec.generation + 1 if rec is not None else 0
+        return any(hmac.compare_digest(self.derive(ident, generation), key)
+                   for generation in range(start, start + UNSEEN_GENERATIONS))
+
+    async def load(self, key: str) -> None:
+        """Index the key another process issued (``unseen``), if it is active."""
+        for rec in await self.storage.keys.find(key_hash=self._hash(key), status="active"):
+            self._remember(rec)
 
     def is_blocked(self, ip: str) -> bool:
         if not self._blocked:
