@@ -17,6 +17,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -27,8 +28,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from apiarium.config import load_config
 from apiarium.metrics import Metrics, fold_dead
 from apiarium.supervisor import describe_exit
+from apiarium.workers import serve_workers
 from tests.conftest import openai_models
 from tests.support import MASTER_KEY, wait_for
 
@@ -364,3 +367,27 @@ def test_metrics_of_exited_workers_are_folded_and_gauges_dropped(tmp_path):
 def test_exit_statuses_are_described_in_words():
     assert describe_exit(3 << 8) == "exited with status 3"
     assert describe_exit(signal.SIGKILL) == "was killed by SIGKILL"
+
+
+@pytest.mark.parametrize("problem", ["port in use", "database unusable"])
+def test_what_fails_once_fails_in_the_supervisor_before_any_fork(make_gateway, fake_openai,
+                                                                 tmp_path, capsys, problem):
+    """Nothing is forked (this runs in the test process) when the port or the database fails."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    database = tmp_path / "a-folder"
+    database.mkdir()
+    settings = {"database": str(database)} if problem == "database unusable" else {}
+    gw = make_gateway(openai_models(fake_openai), start=False, **settings)
+    try:
+        code = serve_workers(gw.config, load_config(gw.config).settings, "127.0.0.1",
+                             busy.getsockname()[1], 4)
+    finally:
+        busy.close()
+    err = capsys.readouterr().err
+    assert code == 1
+    if problem == "port in use":
+        assert err.startswith("apiarium: cannot listen: ") and "in use" in err
+    else:
+        assert err.startswith(f"apiarium: {database}: cannot ")

@@ -248,8 +248,7 @@ class ApiHandler(BaseHandler):
         return None
 
     async def _authenticate_late(self, token: str) -> None:
-        """A key another process (a worker, another host) issued a moment ago, that this
-        one has not reloaded yet: read from the database, then checked as any other."""
+        """A key another process issued a moment ago: read from the database, then checked."""
         await self.svc.keys.load(token)
         rec = self.authenticate(token, unseen_ok=False)
         if rec is not None:
