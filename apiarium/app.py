@@ -48,7 +48,7 @@ from .outbound import FetchPolicy, ImageFetcher
 from .providers import build as build_providers
 from .providers.signatures import Signatures
 from .services.keys import KeyService
-from .storage import StorageUnavailable
+from .storage import StorageUnavailable, database_url
 from .usage import UsageLedger
 from .yamlschema import Problem
 
@@ -59,6 +59,7 @@ PUSHED_POLL_S = 2.0      # ... while PostgreSQL's LISTEN tells at once (the fall
 HOUSEKEEPING_S = 2.0     # last-used times written; buckets and media pruned every minute
 USAGE_FLUSH_S = 2.0      # how often usage counted in memory is written
 METRICS_SAVE_S = 1.0     # with workers: how often a worker's metrics are shared
+RELOAD_SLOW_S = 0.1      # a reload of keys longer than this waits 3 times as long after it
 LOG_FLUSH_S = 0.25       # how often access-log lines are written
 LISTEN_BACKLOG = 4096    # a burst of new connections waits here, not in SYN retries
 
@@ -211,7 +212,8 @@ class Gateway:
         self._services = Services(live=make_live(config, self.session, metrics, self.fetcher,
                                                  signatures=self.signatures),
                                   keys=keys, usage=usage, metrics=metrics,
-                                  worker=self.worker)
+                                  worker=self.worker, database_engine="sqlite"
+                                  if database_url(s.database) is None else "postgresql")
         await self.services.live.media.sweep()        # counts what the media folder holds
         self.access_log = AccessLog()
         app = make_app(self.services, self.access_log)
@@ -260,8 +262,12 @@ class Gateway:
                 await asyncio.wait_for(changed.wait(), PUSHED_POLL_S if pushed else CHANGE_POLL_S)
             changed.clear()
             try:
+                began = time.monotonic()
                 if await svc.keys.refresh():
+                    took = time.monotonic() - began
                     log.info("key store changed: %d active keys", len(svc.keys))
+                    if took > RELOAD_SLOW_S:     # a big table: reloading at most 1/4 of the time
+                        await asyncio.sleep(3 * took)
                 if not svc.database_ok:
                     log.info("key store reachable again")
                 svc.database_ok = True

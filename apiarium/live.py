@@ -73,6 +73,7 @@ class Services:
     stopping: bool = False                          # SIGTERM: finishing what is in flight
     breakers: Breakers = field(default_factory=Breakers)    # kept across reloads
     worker: WorkerInfo | None = None                # None: the one process (no --workers)
+    database_engine: str = "sqlite"                 # or postgresql
     database_ok: bool = True                        # the last refresh reached the key store
     limits: RequestLimits = field(init=False)
     guesses: FailedGuesses = field(init=False)       # at the master key, per network

@@ -97,14 +97,14 @@ def serve_workers(config_path: Path, settings: Settings, host: str | None,
                   port: int | None, count: int) -> int:
     """``count`` workers under a supervisor, until SIGTERM/SIGINT (0) or until they keep
     crashing (1); 1 if they cannot start (the reason on stderr)."""
+    before = set(threading.enumerate())
     try:
         asyncio.run(_prepare(settings))
     except (KeyStoreError, StorageError) as exc:
         print(f"apiarium: {exc}", file=sys.stderr)
         return 1
-    for thread in threading.enumerate():         # the database's helper threads: done
-        if thread is not threading.main_thread():  # before any fork
-            thread.join(5)
+    for thread in set(threading.enumerate()) - before:   # the database's helper threads:
+        thread.join(5)                                   # ended before any fork
     host = host or settings.host
     try:
         sockets = bind_sockets(host, settings.port if port is None else port)

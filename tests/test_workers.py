@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from apiarium.config import load_config
 from apiarium.metrics import Metrics, fold_dead
+from apiarium.services.keys import KeyService
 from apiarium.supervisor import describe_exit
 from apiarium.workers import serve_workers
 from tests.conftest import openai_models
@@ -391,3 +392,30 @@ def test_what_fails_once_fails_in_the_supervisor_before_any_fork(make_gateway, f
         assert err.startswith("apiarium: cannot listen: ") and "in use" in err
     else:
         assert err.startswith(f"apiarium: {database}: cannot ")
+
+
+def test_a_key_another_process_just_issued_is_read_once_guesses_never(tmp_path):
+    """``unseen``: a key not in this process's memory that is the caller's own next key (one
+    another process just issued) is looked up in the database once; anything else is not."""
+    async def go():
+        db = tmp_path / "keys.sqlite3"
+        here = await KeyService(db).open()
+        there = await KeyService(db).open()
+        try:
+            key, _ = await there.key_for_ip("127.0.0.9")
+            assert here.verify(key) is None                     # not reloaded yet
+            assert not here.unseen(key, "127.0.0.10")           # not that address's key
+            assert not here.unseen("api-" + "a" * 16, "127.0.0.9")     # a guess
+            assert here.unseen(key, "127.0.0.9")
+            await here.load(key)
+            assert here.verify(key).ip == "127.0.0.9"
+            revoked = await there.find(key)
+            await there.revoke(revoked[0])
+            gone = here.derive("127.0.0.11", 0)                 # never issued
+            assert here.unseen(gone, "127.0.0.11")
+            await here.load(gone)
+            assert not here.unseen(gone, "127.0.0.11")          # asked once, remembered
+        finally:
+            await here.close()
+            await there.close()
+    asyncio.run(go())

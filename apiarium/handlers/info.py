@@ -17,7 +17,7 @@ class HealthHandler(BaseHandler):
                          "uptime_s": round(time.time() - svc.started, 1),
                          "models": len(svc.catalog), "keys": len(svc.keys),
                          "backends": {
-                             "database": {"engine": svc.keys.engine,
+                             "database": {"engine": svc.database_engine,
                                           "state": "ok" if svc.database_ok else "down"},
                              "limiter": {"engine": "memory", "state": "ok"}},
                          "workers": {"count": worker.count if worker else 1,

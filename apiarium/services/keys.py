@@ -36,15 +36,7 @@ from ..errors import Forbidden, RateLimited
 from ..keysecret import KEY_PREFIX, KeyStoreError
 from ..netguard import Blocklist, network_of, parse_network
 from ..ratelimit import TokenBuckets
-from ..storage import (
-    BlockRecord,
-    KeyRecord,
-    NewKey,
-    Storage,
-    database_url,
-    open_storage,
-    secret_beside,
-)
+from ..storage import BlockRecord, KeyRecord, NewKey, Storage, open_storage, secret_beside
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -55,6 +47,7 @@ PREFIX_LEN = 6            # "api-" + 2: how much of a key is stored in the clear
 
 HOUR_S = 3600
 UNSEEN_GENERATIONS = 4    # how far past its known key an IP's new key is looked for
+ABSENT_MAX = 65536        # hashes looked for in the database and not found, remembered
 
 
 def identity_of(ip: str) -> str:
@@ -98,6 +91,7 @@ class KeyService:
         self._recent: dict[str, list[int]] = {}  # IPv6 /64, /48, /32 -> creation times today
         self._hourly: list[int] = []             # creation times of the last hour, any IP
         self._used: dict[int, int] = {}          # key id -> last use, not yet written
+        self._absent: set[str] = set()           # unseen keys the database had not either
         self.visits = TokenBuckets()             # per network: visits that may issue a key
 
     # ------------------------------------------------------------------ lifecycle
@@ -159,6 +153,7 @@ class KeyService:
                 recent.setdefault(_supernet(ip, bits), []).append(created)
         hourly = [created for _, created in await repo.issued_since(now - HOUR_S)]
         self._by_hash, self._by_ip = by_hash, by_ip
+        self._absent = set()
         self._recent, self._hourly = recent, hourly
         await self._reload_blocks()
 
@@ -174,11 +169,6 @@ class KeyService:
                 return False
             await self._reload()
             return True
-
-    @property
-    def engine(self) -> str:
-        """``sqlite`` or ``postgresql``: what the key store is."""
-        return "sqlite" if database_url(self.database) is None else "postgresql"
 
     async def listen(self, on_change: Callable[[], None]) -> bool:
         """Have ``on_change()`` called when another process changes keys or blocks (then
@@ -215,6 +205,10 @@ class KeyService:
         """Whether ``key``, not in the index, is one another process may just have issued to
         ``ip``: one of its identity's next ``UNSEEN_GENERATIONS`` keys (an HMAC each; a
         guessed key never is one, so guesses never reach the database)."""
+        if len(self._absent) > ABSENT_MAX:
+            self._absent.clear()
+        if keysecret.hash_key(self._secret, key) in self._absent:
+            return False                     # asked already: revoked, or never issued
         ident = identity_of(ip)
         rec = self._by_ip.get(ident)
         start = rec.generation + 1 if rec is not None else 0
@@ -223,8 +217,12 @@ class KeyService:
 
     async def load(self, key: str) -> None:
         """Index the key another process issued (``unseen``), if it is active."""
-        for rec in await self.storage.keys.find(key_hash=self._hash(key), status="active"):
+        h = self._hash(key)
+        found = await self.storage.keys.find(key_hash=h, status="active")
+        for rec in found:
             self._remember(rec)
+        if not found:
+            self._absent.add(h)
 
     def is_blocked(self, ip: str) -> bool:
         if not self._blocked:

@@ -14,10 +14,12 @@ statement, atomic on its own:
   per row changed in keys or blocks; this storage adds its own writes to what it knows, so
   only other processes' writes count;
 * ``listen``: a connection of its own LISTENs on ``apiarium_changes``, on which every write
-  that changes keys or blocks (``write``, a new key) sends a NOTIFY once committed, so the
-  other processes reload within milliseconds; the gateway still polls the counter every
-  2 s (a write made with plain SQL sends none), and every 0.5 s while the listening
-  connection is down, which it opens again on its next ``listen``.
+  through ``write`` (a revoke, a block, an rpm: what must reach every process at once) sends
+  a NOTIFY once committed, so the other processes reload within milliseconds.  A new key
+  sends none (another process finds it when it is first used, ``KeyService.unseen``: a
+  burst of new keys does not make every process reload); the gateway still polls the
+  counter every 2 s (a write made with plain SQL sends none either), and every 0.5 s while
+  the listening connection is down, which it opens again on its next ``listen``.
 
 The pool opens up to ``POOL_MAX`` connections per storage as they are needed (the gateway
 opens two storages: keys and usage; mind the server's ``max_connections`` for many
@@ -273,8 +275,6 @@ class PostgresKeys:
                 row = None
             if row is not None:
                 s.changes += row["inserted"]
-                if row["inserted"]:
-                    await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
                 return KeyRecord(*list(row.values())[:-1])
             found = await conn.fetchrow(SELECT_KEYS + " WHERE ip = $1 AND status = 'active'",
                                         new.ip)
