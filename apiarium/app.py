@@ -252,12 +252,17 @@ class Gateway:
         ``PRAGMA data_version``: one cheap read every 0.5 s)."""
         svc = self.services
         changed = asyncio.Event()
+        was_pushed = False
         while True:
             try:
                 pushed = await svc.keys.listen(changed.set)
             except Exception:
                 log.exception("listening for key changes failed; polling")
                 pushed = False
+            if pushed != was_pushed:
+                log.info("key changes: %s", "the database tells at once (LISTEN)" if pushed
+                         else f"looked for every {CHANGE_POLL_S:g} s until it can tell again")
+                was_pushed = pushed
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), PUSHED_POLL_S if pushed else CHANGE_POLL_S)
             changed.clear()
