@@ -114,9 +114,8 @@ class Supervisor:
 
     def _loop(self) -> int:
         while True:
-            self._reap(stopping=False)
-            while self._signals:
-                sig = self._signals.pop(0)
+            while self._signals:             # first: a worker that exits on a SIGTERM
+                sig = self._signals.pop(0)   # everyone got (systemd's stop) is not replaced
                 if sig in (signal.SIGTERM, signal.SIGINT):
                     log.info("supervisor: %s: stopping %d workers (grace %gs)",
                              signal.Signals(sig).name, len(self.pids), self.grace_s)
@@ -124,6 +123,7 @@ class Supervisor:
                 if sig == signal.SIGHUP:
                     log.info("supervisor: SIGHUP: every worker reloads its configuration")
                     self._send_all(signal.SIGHUP)
+            self._reap(stopping=False)
             if len(self._crashes) >= MAX_CRASHES:
                 log.error("supervisor: workers crashed %d times in %gs: giving up",
                           len(self._crashes), CRASH_WINDOW_S)
