@@ -27,11 +27,12 @@ import logging
 import os
 import select
 import signal
+import socket
 import sys
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .metrics import fold_dead
@@ -74,8 +75,10 @@ class Supervisor:
     too often (1)."""
 
     def __init__(self, count: int, start: Callable[[int, int], int], grace_s: float,
-                 url: str, metrics_dir: Path | None = None) -> None:
+                 url: str, metrics_dir: Path | None = None,
+                 sockets: Sequence[socket.socket] = ()) -> None:
         self.count = count
+        self.sockets = sockets              # the listening ones: closed when stopping
         self.start = start
         self.grace_s = grace_s
         self.url = url
@@ -244,6 +247,8 @@ class Supervisor:
         """SIGTERM to every worker; wait for them within the grace (and a margin); kill the
         rest.  Returns ``code``."""
         self._restart_at.clear()
+        for sock in self.sockets:            # with the workers', the port closes: refused
+            sock.close()
         self._send_all(signal.SIGTERM)
         deadline = time.monotonic() + self.grace_s + STOP_MARGIN_S
         while True:

@@ -121,7 +121,8 @@ def serve_workers(config_path: Path, settings: Settings, host: str | None,
                          WorkerInfo(slot, count, metrics_dir), ready)
 
     supervisor = Supervisor(count, start, settings.shutdown_grace_s,
-                            f"http://{shown}:{sockets[0].getsockname()[1]}", metrics_dir)
+                            f"http://{shown}:{sockets[0].getsockname()[1]}", metrics_dir,
+                            sockets)
     try:
         return supervisor.run()
     finally:

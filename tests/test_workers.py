@@ -107,6 +107,14 @@ def until_every_worker(conns: dict[int, http.client.HTTPConnection], path: str,
     return time.monotonic() - started
 
 
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
 def cli(gw, *args: str) -> str:
     out = subprocess.run([sys.executable, "-m", "apiarium", "keys", *args, "--config",
                           str(gw.config)], capture_output=True, text=True, timeout=60)
@@ -231,6 +239,7 @@ def test_four_workers_reload_revoke_block_count_and_drain(make_gateway, fake_ope
         streams = [pool.submit(stream_on, conn) for conn in conns.values()]
         assert wait_for(lambda: len(fake_openai.requests) >= 5, timeout=5)
         gw.proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: refused(gw.port), timeout=2)    # no longer accepting
         results = [s.result(timeout=20) for s in streams]
     assert gw.proc.wait(20) == 0
     for frames in results:
@@ -394,9 +403,9 @@ def test_what_fails_once_fails_in_the_supervisor_before_any_fork(make_gateway, f
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()
-    database = tmp_path / "a-folder"
-    database.mkdir()
-    settings = {"database": str(database)} if problem == "database unusable" else {}
+    database = "postgresql://apiarium@127.0.0.1:9/nowhere"      # nothing listens there
+    settings = {"database": database, "secret_file": str(tmp_path / "s")} \
+        if problem == "database unusable" else {}
     gw = make_gateway(openai_models(fake_openai), start=False, **settings)
     try:
         code = serve_workers(gw.config, load_config(gw.config).settings, "127.0.0.1",
@@ -408,7 +417,7 @@ def test_what_fails_once_fails_in_the_supervisor_before_any_fork(make_gateway, f
     if problem == "port in use":
         assert err.startswith("apiarium: cannot listen: ") and "in use" in err
     else:
-        assert err.startswith(f"apiarium: {database}: cannot ")
+        assert err.startswith(f"apiarium: {database}: the database cannot be reached")
 
 
 def test_a_key_another_process_just_issued_is_read_once_guesses_never(tmp_path):
