@@ -215,7 +215,7 @@ class Gateway:
                                   worker=self.worker, database_engine="sqlite"
                                   if database_url(s.database) is None else "postgresql")
         await self.services.live.media.sweep()        # counts what the media folder holds
-        self.access_log = AccessLog()
+        self.access_log = AccessLog(shared=self.worker is not None)
         app = make_app(self.services, self.access_log)
         self.server = tornado.httpserver.HTTPServer(
             # 64 KB for every path that takes no body; ApiHandler.prepare raises it to

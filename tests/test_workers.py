@@ -28,6 +28,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from apiarium.accesslog import PIPE_BUF, AccessLog
 from apiarium.config import load_config
 from apiarium.metrics import Metrics, fold_dead
 from apiarium.services.keys import KeyService
@@ -445,3 +446,28 @@ def test_a_key_another_process_just_issued_is_read_once_guesses_never(tmp_path):
             await here.close()
             await there.close()
     asyncio.run(go())
+
+
+def test_a_workers_access_log_goes_out_in_whole_lines_a_pipe_keeps_whole():
+    class Writes:
+        def __init__(self):
+            self.writes: list[str] = []
+
+        def write(self, text: str) -> int:
+            self.writes.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+    out = Writes()
+    log = AccessLog(out, shared=True)
+    for n in range(500):
+        log.write(f"req_{n} GET /health 200 0.5ms ip=127.0.0.1 key=- model=- bytes=202")
+    log.write("x" * 5000)                       # a line longer than PIPE_BUF: alone
+    log.flush()
+    assert len(out.writes) > 1
+    assert all(w.endswith("\n") for w in out.writes)
+    assert all(len(w.encode()) <= PIPE_BUF for w in out.writes if "x" * 5000 not in w)
+    lines = "".join(out.writes).splitlines()
+    assert len(lines) == 501 and lines[0].endswith("req_0 GET /health 200 0.5ms ip=127.0.0.1 "
+                                                   "key=- model=- bytes=202")
