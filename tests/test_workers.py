@@ -61,6 +61,15 @@ def children(pid: int) -> set[int]:
     return found
 
 
+def alive(pid: int) -> bool:
+    """Whether the process runs (not gone, not a zombie left to reap)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 def call(conn: http.client.HTTPConnection, method: str, path: str, body=None,
          headers: dict | None = None) -> tuple[int, bytes]:
     data = None if body is None else json.dumps(body)
@@ -290,6 +299,18 @@ def test_kill_9_mid_stream_replaces_the_worker_and_spares_the_others(make_gatewa
     assert gw.proc.wait(20) == 0
     log = "\n".join(gw.log)
     assert "starting another" not in log and "supervisor: stopped" in log
+
+
+def test_workers_drain_and_exit_when_their_supervisor_is_killed(make_gateway, fake_openai,
+                                                               tmp_path):
+    gw = make_gateway(openai_models(fake_openai), server={"workers": 2},
+                      env={"TMPDIR": str(tmp_path)})          # its metrics folder: kept here
+    workers = children(gw.proc.pid)
+    assert len(workers) == 2
+    os.kill(gw.proc.pid, signal.SIGKILL)
+    gw.proc.wait(5)
+    assert wait_for(lambda: not any(alive(pid) for pid in workers), timeout=10)
+    assert wait_for(lambda: sum("apiarium: stopped" in ln for ln in gw.log) == 2)  # drained
 
 
 def test_workers_that_keep_crashing_make_the_supervisor_exit_1(make_gateway, fake_openai,
