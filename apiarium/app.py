@@ -64,10 +64,11 @@ LOG_FLUSH_S = 0.25       # how often access-log lines are written
 LISTEN_BACKLOG = 4096    # a burst of new connections waits here, not in SYN retries
 
 
-def bind_sockets(host: str, port: int) -> list[socket.socket]:
+def bind_sockets(host: str, port: int, reuse_port: bool = False) -> list[socket.socket]:
     """The listening sockets for ``host``:``port`` (every address family the name has; port 0:
-    one free port, the same for all)."""
-    return tornado.netutil.bind_sockets(port, host, backlog=LISTEN_BACKLOG)
+    one free port, the same for all); ``reuse_port``: SO_REUSEPORT (workers)."""
+    return tornado.netutil.bind_sockets(port, host, backlog=LISTEN_BACKLOG,
+                                        reuse_port=reuse_port)
 
 
 def routes() -> list:
