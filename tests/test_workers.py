@@ -386,8 +386,8 @@ def test_two_gateways_of_two_workers_on_postgresql(make_gateway, fake_openai, po
         for c in conns:
             close_all(c)
 
-    for gw in gws:
-        gw.restart()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:    # everything, at once
+        list(pool.map(lambda gw: gw.restart(), gws))
     again = first_visits([gw.port for gw in gws], IPS[2:], per_ip=1)
     assert again == {ip: keys[ip] for ip in IPS[2:]}
 
