@@ -8,9 +8,12 @@ The only module that knows every other one.  ``Gateway`` owns the lifecycle:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
+import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +40,7 @@ from .handlers.info import (
 from .handlers.media import ImagesHandler, MediaFileHandler, VideosHandler
 from .handlers.openapi import OpenApiHandler
 from .handlers.ops import MetricsHandler
-from .live import Live, Services
+from .live import Live, Services, WorkerInfo
 from .media import MediaStore
 from .metrics import Metrics
 from .netguard import Blocklist, NetGuard
@@ -45,16 +48,27 @@ from .outbound import FetchPolicy, ImageFetcher
 from .providers import build as build_providers
 from .providers.signatures import Signatures
 from .services.keys import KeyService
-from .storage import StorageUnavailable
+from .storage import StorageUnavailable, database_url
 from .usage import UsageLedger
 from .yamlschema import Problem
 
 log = logging.getLogger("apiarium")
 
-KEY_REFRESH_S = 2.0      # how often the admin CLI's writes are picked up
+CHANGE_POLL_S = 0.5      # how often other processes' writes (the CLI's) are looked for
+PUSHED_POLL_S = 2.0      # ... while PostgreSQL's LISTEN tells at once (the fallback poll)
+HOUSEKEEPING_S = 2.0     # last-used times written; buckets and media pruned every minute
 USAGE_FLUSH_S = 2.0      # how often usage counted in memory is written
+METRICS_SAVE_S = 1.0     # with workers: how often a worker's metrics are shared
+RELOAD_SLOW_S = 0.1      # a reload of keys longer than this waits 3 times as long after it
 LOG_FLUSH_S = 0.25       # how often access-log lines are written
 LISTEN_BACKLOG = 4096    # a burst of new connections waits here, not in SYN retries
+
+
+def bind_sockets(host: str, port: int, reuse_port: bool = False) -> list[socket.socket]:
+    """The listening sockets for ``host``:``port`` (every address family the name has; port 0:
+    one free port, the same for all); ``reuse_port``: SO_REUSEPORT (workers)."""
+    return tornado.netutil.bind_sockets(port, host, backlog=LISTEN_BACKLOG,
+                                        reuse_port=reuse_port)
 
 
 def routes() -> list:
@@ -161,8 +175,9 @@ def make_live(config: Config, session: aiohttp.ClientSession,
 
 
 class Gateway:
-    def __init__(self, config_path: str | Path):
+    def __init__(self, config_path: str | Path, worker: WorkerInfo | None = None):
         self.config_path = Path(config_path)
+        self.worker = worker                # None: the one process (no --workers)
         self._services: Services | None = None
         self.server: tornado.httpserver.HTTPServer | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -185,20 +200,25 @@ class Gateway:
             raise RuntimeError("the gateway has not been started")
         return self._session
 
-    async def start(self, host: str | None = None, port: int | None = None) -> None:
+    async def start(self, host: str | None = None, port: int | None = None,
+                    sockets: list[socket.socket] | None = None) -> None:
+        """Serve on ``sockets`` (a worker: the supervisor's), or bind ``host``:``port``."""
         config = load_config(self.config_path)        # raises ConfigError: nothing started
         s = config.settings
         keys = await KeyService(s.database, s.secret_file).open()
         usage = await UsageLedger(s.database).open()
-        metrics = Metrics(key_count=lambda: len(keys))
+        metrics = Metrics(key_count=lambda: len(keys),
+                          shared_dir=self.worker.metrics_dir if self.worker else None)
         self._session = make_session()
         self.fetcher = ImageFetcher(FetchPolicy.from_settings(s))
         self._services = Services(live=make_live(config, self.session, metrics, self.fetcher,
                                                  signatures=self.signatures),
-                                  keys=keys, usage=usage, metrics=metrics)
+                                  keys=keys, usage=usage, metrics=metrics,
+                                  worker=self.worker, database_engine="sqlite"
+                                  if database_url(s.database) is None else "postgresql")
         await self.services.live.media.sweep()        # counts what the media folder holds
         await self.services.jobs.resume()             # video renders a stop interrupted
-        self.access_log = AccessLog()
+        self.access_log = AccessLog(shared=self.worker is not None)
         app = make_app(self.services, self.access_log)
         self.server = tornado.httpserver.HTTPServer(
             # 64 KB for every path that takes no body; ApiHandler.prepare raises it to
@@ -207,14 +227,21 @@ class Gateway:
             idle_connection_timeout=s.header_timeout_s,   # also Tornado's whole-head limit
             body_timeout=s.body_timeout_s)
         host = host or s.host
-        sockets = tornado.netutil.bind_sockets(s.port if port is None else port, host,
-                                               backlog=LISTEN_BACKLOG)
+        if sockets is None:
+            sockets = bind_sockets(host, s.port if port is None else port)
         self.server.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
+        self._tasks.append(asyncio.ensure_future(self._watch_changes()))
         self._tasks.append(asyncio.ensure_future(self._housekeeping()))
         self._tasks.append(asyncio.ensure_future(self._flush_usage()))
         self._tasks.append(asyncio.ensure_future(self._flush_log()))
+        if self.worker is not None:
+            self._tasks.append(asyncio.ensure_future(self._save_metrics()))
         shown = f"[{host}]" if ":" in host else host
+        if self.worker is not None:          # the supervisor says "listening" for them all
+            log.info("worker %d (pid %d) serving http://%s:%d", self.worker.slot,
+                     os.getpid(), shown, self.port)
+            return
         if _every_address(host) and not (s.public_url or s.allowed_hosts):
             log.warning("listening on every address (%s) without server.public_url: the "
                         "homepage and media URLs take their host name from each request's "
@@ -222,15 +249,59 @@ class Gateway:
                         "server.allowed_hosts)", host or "*")
         log.info("apiarium listening on http://%s:%d", shown, self.port)
 
+    async def _watch_changes(self) -> None:
+        """Reload keys and blocks when another process (a worker, another host, the CLI)
+        changed them: told at once by PostgreSQL's LISTEN, else by polling (SQLite's
+        ``PRAGMA data_version``: one cheap read every 0.5 s)."""
+        svc = self.services
+        changed = asyncio.Event()
+        was_pushed = False
+        while True:
+            try:
+                pushed = await svc.keys.listen(changed.set)
+            except Exception:
+                log.exception("listening for key changes failed; polling")
+                pushed = False
+            if pushed != was_pushed:
+                log.info("key changes: %s", "the database tells at once (LISTEN)" if pushed
+                         else f"looked for every {CHANGE_POLL_S:g} s until it can tell again")
+                was_pushed = pushed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), PUSHED_POLL_S if pushed else CHANGE_POLL_S)
+            changed.clear()
+            try:
+                began = time.monotonic()
+                if await svc.keys.refresh():
+                    took = time.monotonic() - began
+                    log.info("key store changed: %d active keys", len(svc.keys))
+                    if took > RELOAD_SLOW_S:     # a big table: reloading at most 1/4 of the time
+                        await asyncio.sleep(3 * took)
+                if not svc.database_ok:
+                    log.info("key store reachable again")
+                svc.database_ok = True
+            except StorageUnavailable as exc:          # an outage: one line, not a traceback
+                if svc.database_ok:
+                    log.warning("reading key changes: %s; will retry", exc)
+                svc.database_ok = False
+            except Exception:
+                log.exception("reading key changes failed; will retry")
+                await asyncio.sleep(HOUSEKEEPING_S)
+
+    async def _save_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(METRICS_SAVE_S)
+            try:
+                self.services.metrics.save()
+            except OSError as exc:
+                log.warning("sharing metrics: %s", exc)
+
     async def _housekeeping(self) -> None:
         last_prune = time.monotonic()
         svc = self.services
         while True:
-            await asyncio.sleep(KEY_REFRESH_S)
+            await asyncio.sleep(HOUSEKEEPING_S)
             try:
                 await svc.keys.flush()                 # when each key was last used
-                if await svc.keys.refresh():
-                    log.info("key store changed on disk: %d active keys", len(svc.keys))
                 if time.monotonic() - last_prune > 60:
                     last_prune = time.monotonic()
                     await self._prune()
@@ -339,6 +410,8 @@ class Gateway:
         if self.fetcher is not None:
             await self.fetcher.close()
         self.access_log.flush()
+        with contextlib.suppress(OSError):
+            svc.metrics.save()                 # a worker's last counts, for the others
         await svc.usage.close()
         await svc.keys.close()
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import gc
 import ipaddress
 import logging
 import sys
-from collections.abc import Coroutine, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -20,7 +19,6 @@ if TYPE_CHECKING:                 # imported where used: check-config stays ligh
     from .services.keys import KeyService
     from .storage import KeyRecord, Storage
 
-T = TypeVar("T")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", parents=[common], help="run the gateway in the foreground")
     serve.add_argument("--host", help="listen address (default: server.host)")
     serve.add_argument("--port", type=int, help="listen port (default: server.port; 0 = any)")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="N worker processes sharing the port, under a supervisor "
+                            "(default: server.workers, 1: no supervisor)")
 
     sub.add_parser("check-config", parents=[common], help="validate both YAML files")
     sub.add_parser("migrate", parents=[common],
@@ -69,48 +70,25 @@ def _setup_logging() -> None:
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
 
 
-def _tune_gc() -> None:
-    """What is alive once the server has started (modules, config, the catalog) lives as long
-    as the process: freeze it out of the collector's scans, and collect the young generation
-    less often (a request allocates a few hundred short-lived containers)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 50)
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
-
-
 def _serve(args: argparse.Namespace) -> int:
-    from .app import Gateway
-    from .keysecret import KeyStoreError
-    from .storage import StorageError
+    from .workers import serve_one, serve_workers
     _setup_logging()
-    gateway = Gateway(config_path(getattr(args, "config", None)))
-
-    async def main() -> int:
-        try:
-            await gateway.start(args.host, args.port)
-            _tune_gc()
-        except ConfigError as exc:
-            for problem in exc.problems:
-                print(problem, file=sys.stderr)
-            return 1
-        except (KeyStoreError, StorageError) as exc:
-            print(f"apiarium: {exc}", file=sys.stderr)
-            return 1
-        except OSError as exc:
-            print(f"apiarium: cannot listen: {exc}", file=sys.stderr)
-            return 1
-        await gateway.run_until_signalled()
-        return 0
-    return _run(main())
+    path = config_path(getattr(args, "config", None))
+    if args.workers is not None and not 1 <= args.workers <= 256:
+        print("apiarium: --workers must be from 1 to 256", file=sys.stderr)
+        return 2
+    if args.workers == 1:
+        return serve_one(path, args.host, args.port)
+    try:
+        settings = load_config(path).settings
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    count = settings.workers if args.workers is None else args.workers
+    if count == 1:
+        return serve_one(path, args.host, args.port)
+    return serve_workers(path, settings, args.host, args.port, count)
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -47,6 +47,7 @@ SETTINGS_SCHEMA = Section({
         "client_ip_header": Enum(("X-Forwarded-For", "X-Real-IP"), "X-Forwarded-For"),
         "max_body_mb": Num(25, 0.001, 4096),
         "shutdown_grace_s": Num(30, 0, 86400),
+        "workers": Num(1, 1, 256, integer=True),
         "header_timeout_s": Num(30, 0.1, 3600),
         "body_timeout_s": Num(120, 0.1, 86400),
     }),
@@ -158,6 +159,7 @@ class Settings:
     max_embedding_input_bytes: int = 2 * 1024 * 1024   # an embeddings request's text, in all
     media_max_bytes: int = 5 * 1024 ** 3      # the media folder's cap (oldest files go first)
     master_key_guesses_per_minute: int = 10   # failed non-key tokens per network (0: no limit)
+    workers: int = 1                          # gateway processes (apiarium serve --workers)
     metrics_allow_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     metrics_token: str = ""                   # empty: only metrics_allow_cidrs may scrape
 
@@ -284,15 +286,14 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
         trusted_proxies=_networks(s["trusted_proxies"], ctx, problems),
         client_ip_header=s["client_ip_header"],
         max_body_bytes=int(s["max_body_mb"] * 1024 * 1024),
-        shutdown_grace_s=float(s["shutdown_grace_s"]),
+        shutdown_grace_s=float(s["shutdown_grace_s"]), workers=s["workers"],
         database=database, catalog_path=_resolve(base, d["catalog"]),
         secret_file=_secret_file(base, d["secret_file"], database, media_dir),
         master_key=_secret(d["master_key"], "master_key", MIN_MASTER_KEY, ctx, problems),
         rpm=d["rate_limit"]["rpm"],
         daily_credits=float(d["rate_limit"]["daily_credits"]),
         endpoint_limits=_endpoint_limits(d["rate_limit"]["endpoints"], ctx, problems),
-        max_images=d["limits"]["max_images"],
-        max_chat_choices=d["limits"]["max_chat_choices"],
+        max_images=d["limits"]["max_images"], max_chat_choices=d["limits"]["max_chat_choices"],
         media_dir=media_dir, media_ttl_hours=float(d["media"]["ttl_hours"]),
         block_proxy_headers=sec["block_proxy_headers"],
         blocklists=_blocklists(base, sec["blocklists"], ctx, problems),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 
@@ -53,6 +54,15 @@ class Live:
         return cls(config, guard, providers, media, body)
 
 
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One worker of ``apiarium serve --workers N``: its slot (0..N-1), N, and the folder
+    where the workers share their metrics."""
+    slot: int
+    count: int
+    metrics_dir: Path
+
+
 @dataclass
 class Services:
     live: Live
@@ -63,6 +73,9 @@ class Services:
     inflight: set = field(default_factory=set)      # handlers not yet finished
     stopping: bool = False                          # SIGTERM: finishing what is in flight
     breakers: Breakers = field(default_factory=Breakers)    # kept across reloads
+    worker: WorkerInfo | None = None                # None: the one process (no --workers)
+    database_engine: str = "sqlite"                 # or postgresql
+    database_ok: bool = True                        # the last refresh reached the key store
     limits: RequestLimits = field(init=False)
     guesses: FailedGuesses = field(init=False)       # at the master key, per network
     credits: CreditBook = field(init=False)

@@ -11,13 +11,25 @@
 The values are plain numbers the event loop adds to (one thread touches them: no locks);
 prometheus_client renders them at scrape time through a collector.  Its own metric classes
 take a lock per increment, and a request makes seven of them: measurable on the hot path.
+
+With workers (``apiarium serve --workers N``), each worker ``save``s its values every second
+(and when it stops) to ``<shared_dir>/<pid>.json``, a private folder the supervisor made; a
+worker's ``/metrics`` is the sum of its own values, the other workers' files, and
+``dead.json``, where the supervisor folds the counters of each worker that exits
+(``fold_dead``), so totals never go back when a worker is replaced.  Gauges are summed over
+live workers only; ``apiarium_keys`` is the answering worker's count (every worker has the
+same keys).
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar, cast
+from pathlib import Path
+from typing import Any, Generic, TypeVar, cast
 
+import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -28,6 +40,10 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+DEAD = "dead.json"        # the folded totals of workers that exited
+# a snapshot: family name -> {"kind": counter|gauge|histogram, "values": [[labels, value]]}
+# (a histogram's value: [bucket counts..., sum])
+Snapshot = dict[str, dict[str, Any]]
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -85,6 +101,31 @@ class Family(Generic[_Child]):
                 _Histogram(self.buckets) if self.kind == "histogram" else _Count()))
         return child
 
+    def snapshot(self) -> dict[str, Any]:
+        values: list[list[Any]] = []
+        for labels, child in list(self._children.items()):
+            if isinstance(child, _Histogram):
+                values.append([list(labels), [*child.counts, child.sum]])
+            else:
+                values.append([list(labels), cast(_Count, child).value])
+        return {"kind": self.kind, "values": values}
+
+    def add(self, values: list[list[Any]]) -> None:
+        """Add a snapshot's values (another worker's) to this family's."""
+        for labels, value in values:
+            child = self.labels(*labels)
+            if isinstance(child, _Histogram):
+                if len(value) != len(child.counts) + 1:
+                    continue                   # another version's buckets: not comparable
+                for i, n in enumerate(value[:-1]):
+                    child.counts[i] += int(n)
+                child.sum += float(value[-1])
+            else:
+                cast(_Count, child).inc(float(value))
+
+    def empty(self) -> Family[_Child]:
+        return Family(self.kind, self.name, self.doc, self.labelnames, self.buckets)
+
     def collect(self) -> Metric:
         names = list(self.labelnames)
         if self.kind == "histogram":
@@ -108,7 +149,8 @@ class Metrics:
     _streams: Family[_Count]
     rate_limited: Family[_Count]
 
-    def __init__(self, key_count: Callable[[], int] = lambda: 0):
+    def __init__(self, key_count: Callable[[], int] = lambda: 0,
+                 shared_dir: Path | None = None):
         self.requests = Family("counter", "apiarium_requests", "Requests answered",
                                ("endpoint", "model", "status"))
         self.duration = Family("histogram", "apiarium_request_duration_seconds",
@@ -124,6 +166,8 @@ class Metrics:
         self.rate_limited = Family("counter", "apiarium_rate_limited",
                                    "429s given by the gateway", ("reason",))
         self._key_count = key_count
+        self.shared_dir = shared_dir
+        self._own = f"{os.getpid()}.json"
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
@@ -132,11 +176,66 @@ class Metrics:
         self.requests.labels(endpoint, model, str(status)).inc()
         self.duration.labels(endpoint).observe(seconds)
 
+    def _families(self) -> tuple[Family, ...]:
+        return (self.requests, self.duration, self.upstream_latency, self.upstream_ttfb,
+                self._streams, self.rate_limited)
+
+    def snapshot(self) -> Snapshot:
+        return {fam.name: fam.snapshot() for fam in self._families()}
+
+    def save(self) -> None:
+        """Write this worker's values where the others read them (with workers only)."""
+        if self.shared_dir is not None:
+            _write(self.shared_dir / self._own, self.snapshot())
+
     def collect(self) -> Iterator[Metric]:
-        for fam in (self.requests, self.duration, self.upstream_latency, self.upstream_ttfb,
-                    self._streams, self.rate_limited):
-            yield fam.collect()
+        if self.shared_dir is None:
+            for fam in self._families():
+                yield fam.collect()
+        else:
+            others = [(path.name != DEAD, _read(path))
+                      for path in sorted(self.shared_dir.glob("*.json"))
+                      if path.name != self._own]
+            for fam in self._families():
+                total = fam.empty()
+                total.add(fam.snapshot()["values"])
+                for alive, snap in others:
+                    if fam.name in snap and (alive or fam.kind != "gauge"):
+                        total.add(snap[fam.name]["values"])
+                yield total.collect()
         yield GaugeMetricFamily("apiarium_keys", "Active API keys", value=self._key_count())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _read(path: Path) -> Snapshot:
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):      # gone meanwhile (folded), or foreign
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write(path: Path, snap: Snapshot) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(orjson.dumps(snap))
+    os.replace(tmp, path)                          # readers see the old file or the new one
+
+
+def fold_dead(shared_dir: Path, pid: int) -> None:
+    """A worker exited: add its counters and histograms (not its gauges) to ``dead.json``
+    and remove its file (the supervisor calls this, one worker at a time)."""
+    path = shared_dir / f"{pid}.json"
+    snap = _read(path)
+    dead = _read(shared_dir / DEAD)
+    for name, fam in snap.items():
+        if not isinstance(fam, dict) or fam.get("kind") == "gauge":
+            continue
+        template: Family[Any] = Family(str(fam.get("kind")), name, "")
+        template.add(dead.get(name, {}).get("values", []))
+        template.add(fam.get("values", []))
+        dead[name] = template.snapshot()
+    _write(shared_dir / DEAD, dead)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

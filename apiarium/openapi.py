@@ -175,7 +175,8 @@ SCHEMAS = {
             "properties": {"message": STR, "type": STR, "param": nullable(STR),
                            "code": nullable(STR)}}}},
     "Health": obj(["status"], {"status": {"const": "ok"}, "version": STR, "uptime_s": NUM,
-                               "models": INT, "keys": INT}),
+                               "models": INT, "keys": INT, "backends": {"type": "object"},
+                               "workers": obj(["count", "pid"], {"count": INT, "pid": INT})}),
     "ApiKey": obj(["object", "key", "ip", "created", "rate_limit"], {
         "object": {"const": "api_key"},
         "key": {"type": "string", "pattern": "^api-[a-z0-9]{16}$"},

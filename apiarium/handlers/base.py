@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import itertools
 import logging
+import os
 import re
 import secrets
 import time
@@ -45,6 +46,15 @@ log = logging.getLogger("apiarium")
 
 _RID_PREFIX = "req_" + secrets.token_hex(5)
 _rid_counter = itertools.count(1)
+
+
+def _new_request_ids() -> None:
+    """A forked worker (``--workers``) numbers its requests under a prefix of its own."""
+    global _RID_PREFIX, _rid_counter
+    _RID_PREFIX, _rid_counter = "req_" + secrets.token_hex(5), itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_request_ids)
 _JSON = "application/json"
 _WITH_BODY = frozenset(("POST", "PUT", "PATCH"))
 _SSE_HEADERS = (("Content-Type", "text/event-stream; charset=utf-8"),
@@ -207,7 +217,7 @@ class ApiHandler(BaseHandler):
     _started = 0.0
     _work: asyncio.Future | None = None
 
-    def prepare(self) -> None:          # not async: nothing here waits, so no coroutine
+    def prepare(self) -> Awaitable[None] | None:   # a coroutine only when it must wait
         self._chunks: list[bytes] = []
         self._size = 0
         self._too_large = False
@@ -229,21 +239,39 @@ class ApiHandler(BaseHandler):
             conn = self.request.connection
             if isinstance(conn, tornado.http1connection.HTTP1Connection):
                 conn.set_max_body_size(limit + 1 if length else 1 << 62)
-        if not master:
-            self.key_record = self.authenticate(token)
-            if self.limited:
-                headers = self.svc.limits.admit(self.key_record, self.endpoint,
-                                                self.svc.settings)
-                self._limit_headers = headers
-                for name, value in headers.items():
-                    self.set_header(name, value)
+        if master:
+            return None
+        rec = self.authenticate(token)
+        if rec is None:
+            return self._authenticate_late(token or "")   # the one path that waits
+        self._admit(rec)
+        return None
 
-    def authenticate(self, token: str | None) -> KeyRecord:
+    async def _authenticate_late(self, token: str) -> None:
+        """A key another process issued a moment ago: read from the database, then checked."""
+        await self.svc.keys.load(token)
+        rec = self.authenticate(token, unseen_ok=False)
+        if rec is not None:
+            self._admit(rec)
+
+    def _admit(self, rec: KeyRecord) -> None:
+        self.key_record = rec
+        if self.limited:
+            headers = self.svc.limits.admit(rec, self.endpoint, self.svc.settings)
+            self._limit_headers = headers
+            for name, value in headers.items():
+                self.set_header(name, value)
+
+    def authenticate(self, token: str | None, unseen_ok: bool = True) -> KeyRecord | None:
+        """The token's key record; None (with ``unseen_ok``) when it is not known here but
+        may be a key another process just issued: ask the database (``keys.load``)."""
         if not token:
             raise AuthError("Missing API key. Send it as `Authorization: Bearer <key>`; "
                             "GET /v1/keys/me gives you one.", code="missing_api_key")
         rec = self.svc.keys.verify(token)
         if rec is None:
+            if unseen_ok and self.svc.keys.unseen(token, self.client_ip):
+                return None
             if not _KEY_SHAPE.match(token):        # a guess at the master key
                 self.svc.guesses.fail(self.client_ip,
                                       self.svc.settings.master_key_guesses_per_minute)

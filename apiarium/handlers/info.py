@@ -1,6 +1,7 @@
 """GET /health, GET /v1/models, GET /v1/keys/me, and the JSON 404 for every unknown path."""
 from __future__ import annotations
 
+import os
 import time
 
 from .. import __version__
@@ -11,9 +12,16 @@ from .base import ApiHandler, BaseHandler
 class HealthHandler(BaseHandler):
     def get(self) -> None:
         svc = self.svc
+        worker = svc.worker
         self.write_json({"status": "ok", "version": __version__,
                          "uptime_s": round(time.time() - svc.started, 1),
-                         "models": len(svc.catalog), "keys": len(svc.keys)})
+                         "models": len(svc.catalog), "keys": len(svc.keys),
+                         "backends": {
+                             "database": {"engine": svc.database_engine,
+                                          "state": "ok" if svc.database_ok else "down"},
+                             "limiter": {"engine": "memory", "state": "ok"}},
+                         "workers": {"count": worker.count if worker else 1,
+                                     "pid": os.getpid()}})
 
 
 class ModelsHandler(ApiHandler):

@@ -26,6 +26,7 @@ import asyncio
 import hmac
 import ipaddress
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,6 +46,8 @@ PREFIX_LEN = 6            # "api-" + 2: how much of a key is stored in the clear
 
 
 HOUR_S = 3600
+UNSEEN_GENERATIONS = 4    # how far past its known key an IP's new key is looked for
+ABSENT_MAX = 65536        # hashes looked for in the database and not found, remembered
 
 
 def identity_of(ip: str) -> str:
@@ -88,6 +91,7 @@ class KeyService:
         self._recent: dict[str, list[int]] = {}  # IPv6 /64, /48, /32 -> creation times today
         self._hourly: list[int] = []             # creation times of the last hour, any IP
         self._used: dict[int, int] = {}          # key id -> last use, not yet written
+        self._absent: set[str] = set()           # unseen keys the database had not either
         self.visits = TokenBuckets()             # per network: visits that may issue a key
 
     # ------------------------------------------------------------------ lifecycle
@@ -149,6 +153,7 @@ class KeyService:
                 recent.setdefault(_supernet(ip, bits), []).append(created)
         hourly = [created for _, created in await repo.issued_since(now - HOUR_S)]
         self._by_hash, self._by_ip = by_hash, by_ip
+        self._absent = set()
         self._recent, self._hourly = recent, hourly
         await self._reload_blocks()
 
@@ -164,6 +169,11 @@ class KeyService:
                 return False
             await self._reload()
             return True
+
+    async def listen(self, on_change: Callable[[], None]) -> bool:
+        """Have ``on_change()`` called when another process changes keys or blocks (then
+        ``refresh``); False: the engine cannot tell (SQLite) or not now: poll ``refresh``."""
+        return await self.storage.listen(on_change)
 
     async def flush(self) -> int:
         """Write the last-use times counted since the previous flush (off the request path)."""
@@ -190,6 +200,29 @@ class KeyService:
             raise self._blocked_error(rec.ip)
         self._used[rec.id] = int(time.time())
         return rec
+
+    def unseen(self, key: str, ip: str) -> bool:
+        """Whether ``key``, not in the index, is one another process may just have issued to
+        ``ip``: one of its identity's next ``UNSEEN_GENERATIONS`` keys (an HMAC each; a
+        guessed key never is one, so guesses never reach the database)."""
+        if len(self._absent) > ABSENT_MAX:
+            self._absent.clear()
+        if keysecret.hash_key(self._secret, key) in self._absent:
+            return False                     # asked already: revoked, or never issued
+        ident = identity_of(ip)
+        rec = self._by_ip.get(ident)
+        start = rec.generation + 1 if rec is not None else 0
+        return any(hmac.compare_digest(self.derive(ident, generation), key)
+                   for generation in range(start, start + UNSEEN_GENERATIONS))
+
+    async def load(self, key: str) -> None:
+        """Index the key another process issued (``unseen``), if it is active."""
+        h = self._hash(key)
+        found = await self.storage.keys.find(key_hash=h, status="active")
+        for rec in found:
+            self._remember(rec)
+        if not found:
+            self._absent.add(h)
 
     def is_blocked(self, ip: str) -> bool:
         if not self._blocked:

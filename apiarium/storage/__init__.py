@@ -13,7 +13,9 @@ share one database:
   ``INSERT … ON CONFLICT`` in PostgreSQL), ``UsageRepository.add`` adds to stored totals;
 * no domain logic: key derivation, caching, limits and messages live in ``services/``;
 * ``Storage.changed_elsewhere`` says when another process changed keys or blocks, so a
-  service's in-memory copy can be reloaded (cheaply: it is polled every few seconds);
+  service's in-memory copy can be reloaded (cheaply: it is polled, every 0.5 s on SQLite);
+  ``Storage.listen`` asks to be told at once instead, where the engine can (PostgreSQL's
+  LISTEN/NOTIFY), polling staying the fallback;
 * a database that cannot be reached right now (a server stopped, restarting, out of
   connections) raises ``StorageUnavailable``, an ``ApiError`` the handlers answer 503
   ``storage_unavailable``; what is cached in memory (known keys) keeps working;
@@ -222,6 +224,12 @@ class Storage(Protocol):
     async def changed_elsewhere(self) -> bool:
         """True if another connection changed keys or blocks since the last call (or since
         the storage was opened).  Usage rows and last-used times do not count."""
+
+    async def listen(self, on_change: Callable[[], None]) -> bool:
+        """Call ``on_change()`` whenever another process changes keys or blocks, and once
+        at the start (what changed before is caught up); idempotent.  True while the
+        notices can arrive; False when the caller must poll ``changed_elsewhere`` (SQLite;
+        PostgreSQL while its listening connection is down: call again to reconnect)."""
 
     async def upgrade_keys(self, rewrite: Callable[[KeyRecord], KeyRecord]) -> int:
         """Once per database made before keys were hashed with the key secret, in one

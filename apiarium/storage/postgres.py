@@ -12,7 +12,14 @@ statement, atomic on its own:
   stored totals (rows in one order, so concurrent batches never deadlock);
 * ``changed_elsewhere``: one read of the ``key_changes`` counter, which triggers bump once
   per row changed in keys or blocks; this storage adds its own writes to what it knows, so
-  only other processes' writes count (polled every refresh, every 2 s in the gateway).
+  only other processes' writes count;
+* ``listen``: a connection of its own LISTENs on ``apiarium_changes``, on which every write
+  through ``write`` (a revoke, a block, an rpm: what must reach every process at once) sends
+  a NOTIFY once committed, so the other processes reload within milliseconds.  A new key
+  sends none (another process finds it when it is first used, ``KeyService.unseen``: a
+  burst of new keys does not make every process reload); the gateway still polls the
+  counter every 2 s (a write made with plain SQL sends none either), and every 0.5 s while
+  the listening connection is down, which it opens again on its next ``listen``.
 
 The pool opens up to ``POOL_MAX`` connections per storage as they are needed (the gateway
 opens two storages: keys and usage; mind the server's ``max_connections`` for many
@@ -59,6 +66,7 @@ CONNECT_TIMEOUT_S = 5.0         # to open a connection
 ACQUIRE_TIMEOUT_S = 10.0        # to wait for a free one
 STATEMENT_TIMEOUT_S = 10.0      # for one statement's answer
 IDLE_S = 300.0                  # an idle connection is closed after this
+CHANNEL = "apiarium_changes"    # NOTIFY'd after each write to keys or blocks
 # the server is down, restarting, out of connections, or too slow to answer
 _UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
                 asyncpg.exceptions.OperatorInterventionError,
@@ -95,8 +103,10 @@ class PostgresStorage:
     """The ``Storage`` of one PostgreSQL database."""
 
     def __init__(self, pool: asyncpg.Pool, name: str, scrub: Callable[[object], str],
-                 found_version: int) -> None:
+                 found_version: int, url: str = "") -> None:
         self.name = name
+        self._url = url
+        self._listener: asyncpg.Connection | None = None
         self.found_version = found_version
         self._pool: asyncpg.Pool | None = pool
         self._scrub = scrub
@@ -121,7 +131,7 @@ class PostgresStorage:
         try:
             async with cls._acquired(pool, name, scrub) as conn:
                 found = await migrate(conn)
-            storage = cls(pool, name, scrub, found)
+            storage = cls(pool, name, scrub, found, url)
             await storage.changed_elsewhere()        # what this storage starts from
         except BaseException:
             pool.terminate()
@@ -151,6 +161,7 @@ class PostgresStorage:
         return self._acquired(self.pool, self.name, self._scrub)
 
     async def close(self) -> None:
+        await self._drop_listener()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:
@@ -168,14 +179,44 @@ class PostgresStorage:
 
     async def write(self, sql: str, *args: Any, counted: bool = True) -> int:
         """One statement; the rows it changed.  ``counted``: the change triggers count them,
-        so this storage's own writes do not look like another process's."""
+        so this storage's own writes do not look like another process's, and the listening
+        processes are told (once it is committed: each statement is its own transaction)."""
         if not counted:
             async with self.connection() as conn:
                 return _rows(await conn.execute(sql, *args))
         async with self.count_lock, self.connection() as conn:
             n = _rows(await conn.execute(sql, *args))
             self.changes += n
+            if n:
+                await conn.execute("SELECT pg_notify($1, '')", CHANNEL)
         return n
+
+    async def listen(self, on_change: Callable[[], None]) -> bool:
+        if self._listener is not None and not self._listener.is_closed():
+            return True
+        await self._drop_listener()
+        try:
+            conn = await asyncpg.connect(self._url, timeout=CONNECT_TIMEOUT_S,
+                                         command_timeout=STATEMENT_TIMEOUT_S,
+                                         server_settings={"application_name": "apiarium"})
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, ValueError, *_UNREACHABLE):
+            return False                   # the outage the pool reports; polled meanwhile
+        try:
+            await conn.add_listener(CHANNEL, lambda *_: on_change())
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, *_UNREACHABLE):
+            conn.terminate()
+            return False
+        self._listener = conn
+        on_change()                        # what changed while no one listened
+        return True
+
+    async def _drop_listener(self) -> None:
+        conn, self._listener = self._listener, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await asyncio.wait_for(conn.close(), CONNECT_TIMEOUT_S)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                conn.terminate()
 
     async def changed_elsewhere(self) -> bool:
         async with self.count_lock:

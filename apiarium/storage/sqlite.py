@@ -96,6 +96,10 @@ class SqliteStorage:
         self._changes = changes
         return True
 
+    async def listen(self, on_change: Callable[[], None]) -> bool:
+        """SQLite cannot tell: the caller polls (``PRAGMA data_version`` is one cheap read)."""
+        return False
+
     async def schema_version(self) -> int:
         return await user_version(self.db)
 
