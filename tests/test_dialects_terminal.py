@@ -179,3 +179,20 @@ def test_spent_credits_are_refused_in_the_dialect(make_gateway, dialect, fake_op
         assert refused.headers.get("x-should-retry") == "false"
     assert "credits" in err["message"]
     assert len(fake_gemini.requests) == 1                 # refused before it was sent
+
+
+def test_the_request_metrics_carry_the_dialect(gw, fake_gemini):
+    key = gw.key_for()
+    assert post(gw, "responses", key).status_code == 200
+    assert post(gw, "messages", key).status_code == 200
+    assert gw.post("/v1/chat/completions", {"model": "gem", "messages": [
+        {"role": "user", "content": "hi"}]}, key=key)[0] == 200
+    status, _, text = gw.get("/metrics")
+    assert status == 200
+    lines = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+             for line in text.decode().splitlines() if line and not line.startswith("#")}
+    for endpoint, dialect in (("responses", "responses"), ("messages", "anthropic"),
+                              ("chat", "openai")):
+        labels = f'dialect="{dialect}",endpoint="{endpoint}"'     # sorted, as rendered
+        assert lines[f'apiarium_requests_total{{{labels},model="gem",status="200"}}'] == 1
+        assert lines[f"apiarium_request_duration_seconds_count{{{labels}}}"] == 1

@@ -43,6 +43,7 @@ async def translated(frames: AsyncIterator[bytes],
 
 class ResponsesHandler(ApiHandler):
     endpoint = "responses"
+    dialect = "responses"
     limited = True
     _events: ResponsesStream | None = None
     _request: dict | None = None
@@ -85,6 +86,7 @@ class CompactHandler(ApiHandler):
     """``POST /v1/responses/compact``: the conversation as one compaction item (no model
     is called, so no rate-limit token is taken)."""
     endpoint = "responses_compact"
+    dialect = "responses"
 
     def post(self) -> None:
         body, _ = self.json_body()
