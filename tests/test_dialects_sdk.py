@@ -115,7 +115,8 @@ def _weather_tools() -> list[dict]:
 def _round_trip_input(first) -> list:
     """The conversation a client sends back: the question, the answer's items, the result."""
     call = next(i for i in first.output if i.type == "function_call")
-    items = [i.model_dump(mode="json", exclude_none=True) for i in first.output]
+    items = [i.model_dump(mode="json", exclude_none=True, exclude={"parsed_arguments"},
+                          warnings=False) for i in first.output]     # the SDK's own field
     return [{"role": "user", "content": "What is the weather in Paris?"}, *items,
             {"type": "function_call_output", "call_id": call.call_id, "output": RESULT}]
 

@@ -18,6 +18,14 @@ LONG = " ".join(f"word{i}" for i in range(200))
 CASES = [("responses", "gem"), ("responses", "gpt"), ("messages", "gpt"),
          ("messages", "claude")]
 PATHS = {"responses": "/v1/responses", "messages": "/v1/messages"}
+NATIVE = {("responses", "gpt"), ("messages", "claude")}      # passed through as sent
+
+
+def assert_route(dialect: str, model: str, fake) -> None:
+    """A native case reached the upstream's own endpoint for the dialect; the others its
+    chat (or Gemini) endpoint."""
+    native = fake.last().path == PATHS[dialect]
+    assert native == ((dialect, model) in NATIVE), fake.last().path
 
 
 def body_for(dialect: str, model: str, **extra) -> dict:
@@ -88,6 +96,7 @@ def test_an_upstream_cut_mid_stream_ends_with_the_terminal_event(gw, request, di
                                  body_for(dialect, model, stream=True))
     assert status == 200 and len(events) > 2
     assert_terminal_failure(dialect, events, "upstream")
+    assert_route(dialect, model, fake)
 
 
 @pytest.mark.parametrize("dialect, model", CASES)
@@ -106,6 +115,7 @@ def test_a_shutdown_mid_stream_ends_with_the_terminal_event(gw, request, dialect
     assert status == 200
     assert_terminal_failure(dialect, events, "shutting down")
     assert len(events) < 100
+    assert_route(dialect, model, fake)
 
 
 # ------------------------------------------------------------------- the gateway's own rules

@@ -1,5 +1,5 @@
-"""FakeOpenAI: chat completions, legacy completions, image generation, embeddings, models
-list.
+"""FakeOpenAI: chat completions, legacy completions, the Responses API (``openai_responses``),
+image generation, embeddings, models list.
 
 ``cached_tokens`` of a chat prompt are reported as read from the prompt cache
 (``prompt_tokens_details.cached_tokens``, inside ``prompt_tokens``, as OpenAI counts them)."""
@@ -13,6 +13,7 @@ import zlib
 
 from aiohttp import web
 
+from . import openai_responses
 from .base import JSON, FakeUpstream, embedding_vector, split_pieces, sse_data, words
 
 DONE = b"data: [DONE]\n\n"
@@ -63,6 +64,7 @@ class FakeOpenAI(FakeUpstream):
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/responses", self._responses)
         app.router.add_post("/v1/images/generations", self._images)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
@@ -155,6 +157,11 @@ class FakeOpenAI(FakeUpstream):
             frames.append(chunk(None, choices=False))
         frames.append(DONE)
         return await self.stream(request, frames)
+
+    # ---- the Responses API -------------------------------------------------
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        _, err = self._check(request, "model", "input")
+        return err or await openai_responses.responses(self, request)
 
     # ---- legacy completions ---------------------------------------------
     async def _completions(self, request: web.Request) -> web.StreamResponse:
