@@ -146,7 +146,10 @@ class OpenAIProvider(Provider):
             async for event in self.sse_events(resp):
                 name, data = sse.parse(event)
                 if not name and data:                # no ``event:`` line: the JSON's type
-                    name = str(self.parse_json(data, "sent a stream event").get("type"))
+                    obj = self.parse_json(data, "sent a stream event")
+                    if "error" in obj and "type" not in obj:     # chat's in-band error frame
+                        raise self.stream_error(event)
+                    name = str(obj.get("type"))
                 if name == "error":
                     raise self.stream_error(b"data: " + orjson.dumps(
                         {"error": self.parse_json(data, "sent an error event")}))

@@ -14,7 +14,15 @@ import zlib
 from aiohttp import web
 
 from . import openai_responses
-from .base import JSON, FakeUpstream, embedding_vector, split_pieces, sse_data, words
+from .base import (
+    JSON,
+    FakeUpstream,
+    embedding_vector,
+    split_pieces,
+    sse_data,
+    sse_event,
+    words,
+)
 
 DONE = b"data: [DONE]\n\n"
 SERVER_ERROR = "The server had an error while processing your request."
@@ -75,6 +83,13 @@ class FakeOpenAI(FakeUpstream):
         A non-streaming request that takes it gets a 500 with the same body."""
         self._push(path_contains, kind="error", after=after_events,
                    frame=sse_data(openai_error(SERVER_ERROR, "server_error")))
+
+    def responses_error_next(self, after_events: int, code: str = "server_error") -> None:
+        """Next Responses stream: ``after_events`` events, then the Responses API's own
+        ``error`` event (``{"type": "error", "code", "message"}``), then a clean end."""
+        self._push("/responses", kind="error", after=after_events, frame=sse_event(
+            "error", {"type": "error", "sequence_number": after_events, "code": code,
+                      "message": SERVER_ERROR, "param": None}))
 
     def mid_stream_fallback(self, b: dict):
         return self.json_response(openai_error(SERVER_ERROR, "server_error"), 500)
