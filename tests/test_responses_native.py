@@ -9,7 +9,10 @@ import json
 
 import openai
 import pytest
+import yaml
 
+from apiarium.config import ConfigError, load_config
+from tests.inprocess import write_config
 from tests.test_dialects_sdk import kinds_models
 
 HOSTED = [{"type": "web_search"}, {"type": "code_interpreter", "container": {"type": "auto"}},
@@ -21,10 +24,13 @@ def gw(make_gateway, fake_openai, fake_anthropic, fake_gemini):
     models = kinds_models(fake_openai, fake_anthropic, fake_gemini)
     models["providers"]["oa2"] = {"kind": "openai", "base_url": fake_openai.base_url,
                                   "api_key": fake_openai.api_key}
+    models["providers"]["vllm"] = {"kind": "openai", "base_url": fake_openai.base_url,
+                                   "api_key": fake_openai.api_key, "responses": False}
     models["models"].update({
         "gpt-mini": {"provider": "oa2", "upstream": "gpt-5-mini"},
         "gpt-then-mini": {"provider": "oa", "upstream": "gpt-5", "fallbacks": ["gpt-mini"]},
         "gpt-then-claude": {"provider": "oa", "upstream": "gpt-5", "fallbacks": ["claude"]},
+        "local": {"provider": "vllm", "upstream": "qwen3"},
     })
     return make_gateway(models, rate_limit={"rpm": 1000})
 
@@ -168,3 +174,25 @@ def test_the_gateways_compaction_items_are_expanded_before_openai_sees_them(gw, 
     sent = fake_openai.last().json["input"]
     assert sent[:2] == history and sent[2] == theirs         # ours expanded, OpenAI's kept
     assert sent[-1] == {"role": "user", "content": "which word?"}
+
+
+def test_a_provider_without_responses_gets_them_translated(gw, fake_openai):
+    client = gw.sdk(gw.key_for())
+    assert client.responses.create(model="local", input="hi").output_text == "echo: hi"
+    sent = fake_openai.last()
+    assert sent.path == "/v1/chat/completions" and sent.json["model"] == "qwen3"
+    with pytest.raises(openai.BadRequestError) as exc:          # so hosted tools are refused
+        client.responses.create(model="local", input="hi", tools=HOSTED[1:2])
+    assert exc.value.body["param"] == "tools[0]"
+
+
+def test_the_responses_setting_is_a_boolean(tmp_path, fake_openai):
+    models = {"providers": {"up": {"kind": "openai", "base_url": fake_openai.base_url,
+                                   "responses": "sometimes"}},
+              "models": {"m": {"provider": "up"}}}
+    with pytest.raises(ConfigError) as exc:
+        load_config(write_config(tmp_path, models))
+    assert "models.yaml:" in str(exc.value) and "responses" in str(exc.value)
+    models["providers"]["up"]["responses"] = False
+    (tmp_path / "models.yaml").write_text(yaml.safe_dump(models))
+    assert load_config(tmp_path / "apiarium.yaml").catalog.providers["up"].responses is False
