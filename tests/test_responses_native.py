@@ -6,6 +6,8 @@ tool."""
 from __future__ import annotations
 
 import json
+import socket
+import time
 
 import openai
 import pytest
@@ -13,6 +15,7 @@ import yaml
 
 from apiarium.config import ConfigError, load_config
 from tests.inprocess import write_config
+from tests.support import wait_for
 from tests.test_dialects_sdk import kinds_models
 
 HOSTED = [{"type": "web_search"}, {"type": "code_interpreter", "container": {"type": "auto"}},
@@ -196,3 +199,24 @@ def test_the_responses_setting_is_a_boolean(tmp_path, fake_openai):
     models["providers"]["up"]["responses"] = False
     (tmp_path / "models.yaml").write_text(yaml.safe_dump(models))
     assert load_config(tmp_path / "apiarium.yaml").catalog.providers["up"].responses is False
+
+
+def test_a_client_that_drops_the_stream_closes_the_upstream_request(gw, fake_openai):
+    fake_openai.stream_events, fake_openai.stream_delay = 50, 0.2
+    fake_openai.reply_text = " ".join(f"w{i}" for i in range(200))
+    key = gw.key_for()
+    body = json.dumps({"model": "gpt", "stream": True, "input": "long"}).encode()
+    sock = socket.create_connection(("127.0.0.1", gw.port))
+    sock.sendall(b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                 + key.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                 + str(len(body)).encode() + b"\r\n\r\n" + body)
+    got = b""
+    while got.count(b"response.output_text.delta") < 2:      # the text is flowing
+        got += sock.recv(65536)
+    dropped = time.monotonic()
+    sock.close()
+    assert wait_for(lambda: fake_openai.disconnects, timeout=3)
+    assert fake_openai.disconnects[0] - dropped < 1.0
+    assert fake_openai.last().path == "/v1/responses" and len(fake_openai.requests) == 1
+    used = wait_for(lambda: usage_today(gw)["requests"] and usage_today(gw), timeout=3)
+    assert used["requests"] == 1 and used["prompt_tokens"] > 0      # booked, estimated
