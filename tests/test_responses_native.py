@@ -220,3 +220,28 @@ def test_a_client_that_drops_the_stream_closes_the_upstream_request(gw, fake_ope
     assert fake_openai.last().path == "/v1/responses" and len(fake_openai.requests) == 1
     used = wait_for(lambda: usage_today(gw)["requests"] and usage_today(gw), timeout=3)
     assert used["requests"] == 1 and used["prompt_tokens"] > 0      # booked, estimated
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"input": [{"type": "item_reference", "id": "msg_theirs"}]}, "input[0]"),
+    ({"input": [{"id": "msg_theirs"}]}, "input[0]"),
+    ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}]},
+     "input[0].content[0].file_id"),
+    ({"input": [{"role": "user", "content": [
+        {"type": "input_text", "text": "see"}, {"type": "input_image", "file_id": "file-2",
+                                                "detail": "auto"}]}]},
+     "input[0].content[1].file_id"),
+    ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_operator"]}]}, "tools[0]"),
+    ({"tools": [{"type": "code_interpreter", "container": "cntr_operator"}]},
+     "tools[0].container"),
+    ({"tools": [{"type": "code_interpreter", "container": {"type": "auto",
+                                                            "file_ids": ["file-3"]}}]},
+     "tools[0].container"),
+])
+def test_what_is_stored_in_the_gateways_openai_account_is_out_of_reach(gw, fake_openai,
+                                                                        extra, param):
+    client = gw.sdk(gw.key_for())
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.responses.create(**{"model": "gpt", "input": "hi", **extra})
+    assert exc.value.body["param"] == param, exc.value.body
+    assert fake_openai.requests == []

@@ -137,10 +137,12 @@ def compact(body: dict) -> dict:
 # ---------------------------------------------------------------------- native passthrough
 def native_body(body: dict) -> dict:
     """The request as an OpenAI upstream gets it on its own ``/responses``: the stateful
-    fields refused (``check_stateless``), the gateway's own compaction items expanded (only
-    it can read them; OpenAI's are kept), ``store`` false.  Hosted tools, ``include``,
+    fields refused (``check_stateless``), and what would reach this gateway's own OpenAI
+    account (``check_unowned``); the gateway's own compaction items expanded (only it can
+    read them; OpenAI's are kept), ``store`` false.  Hosted tools, ``include``,
     ``reasoning`` and the rest pass as the client sent them."""
     check_stateless(body)
+    check_unowned(body)
     items = body.get("input")
     if isinstance(items, list) and any(isinstance(i, dict) and i.get("type") == "compaction"
                                        for i in items):
@@ -193,3 +195,38 @@ def _data(frame: bytes | None) -> dict:
     except orjson.JSONDecodeError:
         obj = None
     return obj if isinstance(obj, dict) else {}
+
+
+def check_unowned(body: dict) -> None:
+    """Refuse what names things stored in the gateway's OpenAI account, which a key holder
+    must not reach: item references, uploaded files (``file_id``), ``file_search`` (it
+    searches the account's vector stores) and an existing code-interpreter container."""
+    items = body.get("input")
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        if not isinstance(item, dict):
+            continue
+        if item.get("type") == "item_reference" or ("role" not in item and "type" not in item):
+            raise InvalidRequest(f"`input[{i}]`: item references need responses stored on "
+                                 f"the server, and this gateway stores none; send the item "
+                                 f"itself.", param=f"input[{i}]")
+        content = item.get("content") if item.get("type") in (None, "message") else None
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            if isinstance(part, dict) and part.get("file_id"):
+                raise InvalidRequest(
+                    f"`input[{i}].content[{j}].file_id`: uploaded files are not kept here; "
+                    f"send the file inline (`file_data`, or an image's `image_url`).",
+                    param=f"input[{i}].content[{j}].file_id")
+    tools = body.get("tools")
+    for i, tool in enumerate(tools if isinstance(tools, list) else []):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind == "file_search":
+            raise InvalidRequest(f"`tools[{i}]`: `file_search` searches vector stores of this "
+                                 f"gateway's own OpenAI account, which are not yours to "
+                                 f"search; send the documents in `input` instead.",
+                                 param=f"tools[{i}]")
+        box = tool.get("container") if kind == "code_interpreter" else {}
+        if not isinstance(box, dict) or (box or {}).get("file_ids"):
+            raise InvalidRequest(f"`tools[{i}].container`: only a new container without "
+                                 f"uploaded files ({{\"type\": \"auto\"}}) can be used here, "
+                                 f"not an existing one or the account's files.",
+                                 param=f"tools[{i}].container")
