@@ -245,3 +245,21 @@ def test_what_is_stored_in_the_gateways_openai_account_is_out_of_reach(gw, fake_
         client.responses.create(**{"model": "gpt", "input": "hi", **extra})
     assert exc.value.body["param"] == param, exc.value.body
     assert fake_openai.requests == []
+
+
+def test_a_stream_that_ends_without_its_terminal_event_gets_response_failed(gw, fake_openai):
+    created = {"type": "response.created", "sequence_number": 0, "response": {
+        "id": "resp_cut", "object": "response", "created_at": 1767225600,
+        "status": "in_progress", "model": "gpt-5", "output": []}}
+    fake_openai.fail_next(200, "event: response.created\ndata: " + json.dumps(created)
+                          + "\n\n", headers={"Content-Type": "text/event-stream"},
+                          path_contains="/responses")
+    client = gw.sdk(gw.key_for())
+    with client.responses.stream(model="gpt", input="hi") as stream:
+        events = list(stream)
+    assert [e.type for e in events] == ["response.created", "response.failed"]
+    assert events[0].response.model == "gpt"                     # the alias, not gpt-5
+    failed = events[1]
+    assert failed.sequence_number == 1 and failed.response.id == "resp_cut"
+    assert failed.response.error.code == "server_error"
+    assert "ended the stream before it was complete" in failed.response.error.message

@@ -136,8 +136,8 @@ class OpenAIProvider(Provider):
                                body: dict[str, Any]) -> AsyncGenerator[bytes, None]:
         """The same, streamed: the upstream's events relayed up to its terminal one."""
         self.require_configured()
-        old = b'"model":"' + model.upstream.encode() + b'"'
-        new = b'"model":"' + model.alias.encode() + b'"'
+        upstream, new = model.upstream.encode(), b'"model":"' + model.alias.encode() + b'"'
+        names = (b'"model":"' + upstream + b'"', b'"model": "' + upstream + b'"')
         payload: bytes | None = self._responses_payload(model, body, True)
         del body
         async with self.request("POST", f"{self.spec.base_url}/responses",
@@ -153,8 +153,9 @@ class OpenAIProvider(Provider):
                 if name == "error":
                     raise self.stream_error(b"data: " + orjson.dumps(
                         {"error": self.parse_json(data, "sent an error event")}))
-                if old != new and old in event:
-                    event = event.replace(old, new)
+                if model.upstream != model.alias and b'"model"' in event:
+                    for old in names:                   # compact JSON, or spaced
+                        event = event.replace(old, new)
                 yield event + b"\n\n"
                 if name in RESPONSES_TERMINAL:
                     return
