@@ -263,3 +263,15 @@ def test_a_stream_that_ends_without_its_terminal_event_gets_response_failed(gw, 
     assert failed.sequence_number == 1 and failed.response.id == "resp_cut"
     assert failed.response.error.code == "server_error"
     assert "ended the stream before it was complete" in failed.response.error.message
+
+
+def test_local_shell_history_is_a_400_on_a_translated_model(gw, fake_gemini):
+    client = gw.sdk(gw.key_for())
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.responses.create(model="gem", input=[
+            {"role": "user", "content": "list the files"},
+            {"type": "local_shell_call", "id": "lsh_1", "call_id": "call_ls",
+             "status": "completed", "action": {"type": "exec", "command": ["ls"], "env": {}}}])
+    assert exc.value.body["param"] == "input[1].type"
+    assert "local_shell_call" in exc.value.body["message"]
+    assert fake_gemini.requests == []

@@ -208,7 +208,7 @@ def check_unowned(body: dict) -> None:
         if item.get("type") == "item_reference" or ("role" not in item and "type" not in item):
             raise InvalidRequest(f"`input[{i}]`: item references need responses stored on "
                                  f"the server, and this gateway stores none; send the item "
-                                 f"itself.", param=f"input[{i}]")
+                                 f"itself.", param=f"input[{i}]", code="unsupported_parameter")
         content = item.get("content") if item.get("type") in (None, "message") else None
         for j, part in enumerate(content if isinstance(content, list) else []):
             if isinstance(part, dict) and part.get("file_id"):
