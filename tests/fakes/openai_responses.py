@@ -3,8 +3,11 @@
 Every body is validated as the `openai` SDK's ``ResponseCreateParams`` (pydantic over the
 SDK's TypedDicts, unknown fields refused, nested lists walked), and what the gateway must not
 send is refused on top: ``store`` other than false (the gateway keeps no state), and the
-stateful fields (``previous_response_id``, ``conversation``).  The answer is built as the
-SDK's ``Response`` and each stream event as its ``ResponseStreamEvent``, validated.
+stateful fields (``previous_response_id``, ``conversation``).  What OpenAI takes beyond the
+SDK's types, as Codex CLI sends it to OpenAI (``CLIENT_EXTRAS``: a top-level
+``client_metadata``, client ``id``s on input messages), is set aside before validating.  The
+answer is built as the SDK's ``Response`` and each stream event as its
+``ResponseStreamEvent``, validated.
 
 Text: ``answer_for`` the last user text (``echo: …``); a tool call when the request declares
 tools and ``tool_call_next`` / ``reply_tool_call`` says so.  Usage: input tokens = words of
@@ -27,6 +30,7 @@ from .anthropic_checks import _walk
 from .base import JSON, split_pieces, sse_event, words
 
 REASONING_TOKENS = 4
+CLIENT_EXTRAS = ("client_metadata",)
 _PARAMS = {
     False: TypeAdapter(list[rcp.ResponseCreateParamsNonStreaming],
                        config=ConfigDict(extra="forbid")),
@@ -44,8 +48,13 @@ def request_problem(body: Any) -> str | None:
     for field in ("previous_response_id", "conversation"):
         if body.get(field):
             return f"the gateway must not send `{field}`"
+    typed = {k: v for k, v in body.items() if k not in CLIENT_EXTRAS}
+    if isinstance(typed.get("input"), list):
+        typed["input"] = [{k: v for k, v in i.items() if k != "id"} if isinstance(i, dict)
+                          and i.get("type", "message") == "message" else i
+                          for i in typed["input"]]
     try:
-        _walk(_PARAMS[bool(body.get("stream"))].validate_python([body])[0], ())
+        _walk(_PARAMS[bool(body.get("stream"))].validate_python([typed])[0], ())
     except pydantic.ValidationError as exc:
         errors = exc.errors()     # a field no branch of a union knows is the likeliest fault
         err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
