@@ -275,3 +275,35 @@ def test_local_shell_history_is_a_400_on_a_translated_model(gw, fake_gemini):
     assert exc.value.body["param"] == "input[1].type"
     assert "local_shell_call" in exc.value.body["message"]
     assert fake_gemini.requests == []
+
+
+def _cut_stream(fake_openai, *events: dict) -> None:
+    """The next /responses stream: ``response.created``, then ``events``, then the end."""
+    created = {"type": "response.created", "sequence_number": 0, "response": {
+        "id": "resp_up", "object": "response", "created_at": 1767225600,
+        "status": "in_progress", "model": "gpt-5", "output": []}}
+    fake_openai.fail_next(200, "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n"
+                                       for e in (created, *events)),
+                          headers={"Content-Type": "text/event-stream"},
+                          path_contains="/responses")
+
+
+@pytest.mark.parametrize("code, message, status_words", [
+    ("rate_limit_exceeded", ("Rate limit reached for gpt-5 in organization org-SECRET123 on "
+                             "tokens per min. Please try again in 1.5s."), "rate limiting"),
+    ("context_length_exceeded", "Your input exceeds the context window of this model.",
+     "context window"),
+    ("server_error", "Internal failure at shard 7 of org-SECRET123.", "failed with HTTP 500"),
+])
+def test_an_upstream_response_failed_is_told_in_the_gateways_words(gw, fake_openai, code,
+                                                                    message, status_words):
+    _cut_stream(fake_openai, {"type": "response.failed", "sequence_number": 1, "response": {
+        "id": "resp_up", "object": "response", "created_at": 1767225600, "status": "failed",
+        "model": "gpt-5", "output": [], "error": {"code": code, "message": message}}})
+    client = gw.sdk(gw.key_for())
+    with client.responses.stream(model="gpt", input="hi") as stream:
+        events = list(stream)
+    assert [e.type for e in events] == ["response.created", "response.failed"]
+    error = events[1].response.error
+    assert error.code == code and status_words in error.message
+    assert "org-SECRET123" not in error.message and events[1].response.id == "resp_up"

@@ -171,10 +171,10 @@ class NativeTail:
             yield frame
 
     def fail(self, err: ApiError) -> bytes:
-        last, first = _data(self.last), _data(self.first)
         if self.done or (self.last is not None and any(t in self.last[:60] for t in TERMINAL)):
             return b""
         self.done = True
+        last, first = _data(self.last), _data(self.first)
         seq = last.get("sequence_number")
         opened = first.get("response")
         opened = opened if isinstance(opened, dict) else {}

@@ -10,8 +10,11 @@ The Responses API (``/v1/responses``) is passed through to the upstream's own
 ``responses: false`` (an OpenAI-compatible server without that endpoint: the request is then
 translated to chat like on any other kind).  ``store`` is forced false (the gateway keeps
 no state); the events are relayed as they come, ``model`` swapped back to the alias; a stream
-ends after its terminal event, and one that ends before it (or sends an ``error`` event)
-raises, so the handler can end it with ``response.failed``.
+ends after its terminal event, and one that ends before it raises, so the handler can end it
+with ``response.failed``.  An upstream ``response.failed`` or ``error`` event is raised too
+(``responses_failure``: its code read as the status it stands for), so that what the client
+sees is the gateway's words (OpenAI writes organisation ids into rate-limit messages), with
+the code Codex acts on kept.
 
 A model with ``completions: native`` takes legacy ``/v1/completions`` natively
 (``completions`` / ``completions_stream``): the request, raw prompt and all, goes to the
@@ -35,8 +38,10 @@ from ..errors import ApiError, NoOutput, UpstreamError
 from ..generation import ImageRequest, Media, nearest
 from .base import Provider
 
-# The events that end a Responses stream.
-RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# The events that end a Responses stream (``response.failed`` is raised instead).
+RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete"})
+# Responses error codes that are not about the request (the others are 400s)
+_SERVER_CODES = frozenset({"", "server_error", "vector_store_timeout"})
 # Sizes the GPT image models accept, as width / height.
 IMAGE_SIZES = {"1024x1024": 1.0, "1536x1024": 1.5, "1024x1536": 2 / 3}
 
@@ -150,9 +155,11 @@ class OpenAIProvider(Provider):
                     if "error" in obj and "type" not in obj:     # chat's in-band error frame
                         raise self.stream_error(event)
                     name = str(obj.get("type"))
-                if name == "error":
-                    raise self.stream_error(b"data: " + orjson.dumps(
-                        {"error": self.parse_json(data, "sent an error event")}))
+                if name in ("error", "response.failed"):
+                    obj = self.parse_json(data, "sent an error event")
+                    failed = obj.get("response") if name != "error" else None
+                    raise self.responses_failure(
+                        failed.get("error") if isinstance(failed, dict) else obj)
                 if model.upstream != model.alias and b'"model"' in event:
                     for old in names:                   # compact JSON, or spaced
                         event = event.replace(old, new)
@@ -160,6 +167,19 @@ class OpenAIProvider(Provider):
                 if name in RESPONSES_TERMINAL:
                     return
         raise self.incomplete()
+
+    def responses_failure(self, error: Any) -> ApiError:
+        """The ApiError for a Responses ``error`` (of an ``error`` event or a failed
+        response): 429 for rate limits and quota, 500 for server errors, else 400 (about the
+        request: its message kept, scrubbed); ``context_length_exceeded`` keeps its code."""
+        e = error if isinstance(error, dict) else {}
+        code = str(e.get("code") or "")
+        status = (429 if code in ("rate_limit_exceeded", "insufficient_quota")
+                  else 500 if code in _SERVER_CODES else 400)
+        err = self.map_error(status, {"error": e}, None)
+        if code == "context_length_exceeded":
+            err.code = code
+        return err
 
     def stream_error(self, event: bytes) -> ApiError:
         """The error an in-band ``data: {"error": …}`` frame stands for (booked on the
