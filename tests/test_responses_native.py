@@ -307,3 +307,16 @@ def test_an_upstream_response_failed_is_told_in_the_gateways_words(gw, fake_open
     error = events[1].response.error
     assert error.code == code and status_words in error.message
     assert "org-SECRET123" not in error.message and events[1].response.id == "resp_up"
+
+
+def test_a_whole_failed_response_is_an_error_in_the_gateways_words(gw, fake_openai):
+    fake_openai.fail_next(200, {"id": "resp_up", "object": "response", "status": "failed",
+                                "created_at": 1767225600, "model": "gpt-5", "output": [],
+                                "error": {"code": "rate_limit_exceeded",
+                                          "message": "Slow down, org-SECRET123."}},
+                          path_contains="/responses")
+    client = gw.sdk(gw.key_for())
+    with pytest.raises(openai.RateLimitError) as exc:
+        client.responses.create(model="gpt", input="hi")
+    assert exc.value.body["code"] == "upstream_rate_limited"
+    assert "org-SECRET123" not in exc.value.body["message"]

@@ -134,6 +134,8 @@ class OpenAIProvider(Provider):
             raise UpstreamError(f"The upstream provider `{self.spec.name}` answered /responses "
                                 f"without a Response; if it has no Responses API, set "
                                 f"`responses: false` on it in models.yaml.")
+        if data.get("status") == "failed":
+            raise self.responses_failure(data.get("error"))
         data["model"] = model.alias
         return data
 
