@@ -118,12 +118,13 @@ def log_request(handler: BaseHandler) -> None:
     """Tornado's per-request hook: metrics, then one access-log line."""
     settings = handler.application.settings
     metrics = settings["services"].metrics
-    endpoint = handler.endpoint if isinstance(handler, BaseHandler) else "other"
+    ours = isinstance(handler, BaseHandler)
+    endpoint, dialect = (handler.endpoint, handler.dialect) if ours else ("other", "openai")
     status = handler.get_status()
     model = model_label(handler, settings["services"].catalog)
     req = handler.request
     elapsed = req.request_time()
-    metrics.observe_request(endpoint, model, status, elapsed)
+    metrics.observe_request(endpoint, dialect, model, status, elapsed)
     rec = getattr(handler, "key_record", None)
     upstream = getattr(handler, "upstream_ms", None)
     settings["access_log"].write(

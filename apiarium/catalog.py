@@ -30,6 +30,7 @@ class ProviderSpec:
     breaker_failures: int = 3          # consecutive failures that open the circuit (0: never)
     breaker_cooldown_s: float = 30.0   # how long an open circuit skips the provider
     auth: str = "key"                  # "none": no credential is sent, no api_key needed
+    responses: bool = True             # openai kind: /v1/responses goes to its own /responses
     owned_by: str = ""
 
     @property

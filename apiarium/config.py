@@ -86,12 +86,12 @@ CATALOG_SCHEMA = Section({
         "base_url": Str(""),
         "api_key": Str(""),
         "auth": Enum(("key", "none"), "key"),
-        "timeout_s": Num(600, 0.001, 86400),
-        "connect_timeout_s": Num(10, 0.001, 3600),
+        "timeout_s": Num(600, 0.001, 86400), "connect_timeout_s": Num(10, 0.001, 3600),
         "headers": MapOf(Str()),
         "poll_interval_s": Num(10, 0.001, 3600),
         "breaker_failures": Num(3, 0, 1000, integer=True),
         "breaker_cooldown_s": Num(30, 0, 86400),
+        "responses": Bool(True),       # openai kind: the upstream has its own /responses
     }, required=("kind",))),
     "models": MapOf(Section({
         "provider": Str(),
@@ -343,7 +343,7 @@ def _provider_spec(path: Path, name: str, p: dict, ctx: Ctx,
         name=name, kind=p["kind"], base_url=url, api_key=p["api_key"], auth=p["auth"],
         timeout_s=float(p["timeout_s"]), connect_timeout_s=float(p["connect_timeout_s"]),
         headers=dict(p["headers"]), poll_interval_s=float(p["poll_interval_s"]),
-        breaker_failures=p["breaker_failures"],
+        breaker_failures=p["breaker_failures"], responses=p["responses"],
         breaker_cooldown_s=float(p["breaker_cooldown_s"]), owned_by=owned_by)
 
 

@@ -1,7 +1,7 @@
 """Prometheus metrics, in a registry of the gateway's own (no process-global state).
 
-    apiarium_requests_total{endpoint, model, status}     every answered request
-    apiarium_request_duration_seconds{endpoint}          time to the last byte
+    apiarium_requests_total{endpoint, dialect, model, status}   every answered request
+    apiarium_request_duration_seconds{endpoint, dialect}        time to the last byte
     apiarium_upstream_latency_seconds{provider}          request sent → upstream headers
     apiarium_upstream_ttfb_seconds{provider}             request sent → first relayed byte
     apiarium_active_streams                              SSE responses in progress
@@ -152,9 +152,9 @@ class Metrics:
     def __init__(self, key_count: Callable[[], int] = lambda: 0,
                  shared_dir: Path | None = None):
         self.requests = Family("counter", "apiarium_requests", "Requests answered",
-                               ("endpoint", "model", "status"))
+                               ("endpoint", "dialect", "model", "status"))
         self.duration = Family("histogram", "apiarium_request_duration_seconds",
-                               "Time from request to last byte", ("endpoint",))
+                               "Time from request to last byte", ("endpoint", "dialect"))
         self.upstream_latency = Family("histogram", "apiarium_upstream_latency_seconds",
                                        "Upstream request sent to response headers",
                                        ("provider",))
@@ -171,10 +171,12 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
-    def observe_request(self, endpoint: str, model: str, status: int, seconds: float) -> None:
-        """Count one answered request."""
-        self.requests.labels(endpoint, model, str(status)).inc()
-        self.duration.labels(endpoint).observe(seconds)
+    def observe_request(self, endpoint: str, dialect: str, model: str, status: int,
+                        seconds: float) -> None:
+        """Count one answered request (``dialect``: the API it spoke, openai / responses /
+        anthropic)."""
+        self.requests.labels(endpoint, dialect, model, str(status)).inc()
+        self.duration.labels(endpoint, dialect).observe(seconds)
 
     def _families(self) -> tuple[Family, ...]:
         return (self.requests, self.duration, self.upstream_latency, self.upstream_ttfb,

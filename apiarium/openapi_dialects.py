@@ -43,7 +43,10 @@ SCHEMAS: dict[str, Any] = {
         "temperature": {"anyOf": [NUM, {"type": "null"}]},
         "top_p": {"anyOf": [NUM, {"type": "null"}]}, "store": BOOL},
         description="The Responses API, stateless: `previous_response_id` and `conversation` "
-                    "are refused (400 naming the field); `store` is accepted and ignored."),
+                    "are refused (400 naming the field); `store` is accepted and sent as "
+                    "false.  Passed through as sent to an `openai` provider's own "
+                    "`/responses` (hosted tools included); translated for other kinds, "
+                    "where a hosted tool is a 400 naming it."),
     "Response": _obj(["id", "object", "created_at", "status", "output"], {
         "id": STR, "object": {"const": "response"}, "created_at": INT, "status": STR,
         "model": STR, "output": {"type": "array", "items": {"type": "object"}},

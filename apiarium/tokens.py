@@ -66,6 +66,17 @@ class TokenUsage:
         return cls(prompt - read - write, read, write, out, min(out, reasoning))
 
     @classmethod
+    def from_responses(cls, usage: Any) -> TokenUsage:
+        """OpenAI Responses ``usage``: ``input_tokens`` (``input_tokens_details.cached_tokens``
+        of them from the cache), ``output_tokens`` (``output_tokens_details.reasoning_tokens``
+        of them thinking)."""
+        u = _d(usage)
+        return cls.from_openai({"prompt_tokens": u.get("input_tokens"),
+                                "prompt_tokens_details": u.get("input_tokens_details"),
+                                "completion_tokens": u.get("output_tokens"),
+                                "completion_tokens_details": u.get("output_tokens_details")})
+
+    @classmethod
     def from_anthropic(cls, usage: Any) -> TokenUsage:
         """Anthropic ``usage`` (a Message's, or a stream's merged message_start and
         message_delta counts)."""

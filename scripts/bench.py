@@ -567,9 +567,11 @@ class Bench:
         (d / "models.yaml").write_text(json.dumps({
             "providers": {
                 # connect_timeout_s: the mock shares the load core; a slow accept there
-                # is the rig's problem, not the gateway's
+                # is the rig's problem, not the gateway's; responses: false keeps the
+                # dialects phase measuring the translation (the mock has no /responses)
                 "mock": {"kind": "openai", "base_url": self.mock.url + "/v1",
-                         "api_key": "sk-bench-upstream", "connect_timeout_s": 120},
+                         "api_key": "sk-bench-upstream", "connect_timeout_s": 120,
+                         "responses": False},
                 "mockant": {"kind": "anthropic", "base_url": self.mock.url,
                             "api_key": "sk-ant-bench-upstream", "connect_timeout_s": 120}},
             "models": models}, indent=1))

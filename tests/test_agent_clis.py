@@ -139,9 +139,11 @@ def client_requests(gw, count: int) -> list[str]:
 
 
 @pytest.fixture
-def agent_gateway(make_gateway, fake_anthropic, fake_gemini):
+def agent_gateway(make_gateway, fake_anthropic, fake_gemini, fake_openai):
     gw = make_gateway({
         "providers": {
+            "oa": {"kind": "openai", "base_url": fake_openai.base_url,
+                   "api_key": fake_openai.api_key, "timeout_s": 30},
             "claude": {"kind": "anthropic", "base_url": fake_anthropic.base_url,
                        "api_key": fake_anthropic.api_key, "timeout_s": 30},
             "google": {"kind": "gemini", "base_url": fake_gemini.base_url,
@@ -149,6 +151,7 @@ def agent_gateway(make_gateway, fake_anthropic, fake_gemini):
         },
         "models": {
             "claude-sonnet": {"provider": "claude", "upstream": "claude-sonnet-4-5"},
+            "gpt": {"provider": "oa", "upstream": "gpt-5"},
             "gem": {"provider": "google", "upstream": "gemini-2.5-flash"},
         },
     }, rate_limit={"rpm": 1000, "daily_credits": 0})
@@ -158,7 +161,7 @@ def agent_gateway(make_gateway, fake_anthropic, fake_gemini):
 
 # ---------------------------------------------------------------------------- Codex CLI
 CODEX_CONFIG = """\
-model = "claude-sonnet"
+model = "{model}"
 model_provider = "apiarium"
 approval_policy = "never"
 sandbox_mode = "danger-full-access"
@@ -186,12 +189,13 @@ daemon_auto_start = false
 """
 
 
-def codex(binary: Path, gw, sink, tmp_path: Path, prompt: str):
+def codex(binary: Path, gw, sink, tmp_path: Path, prompt: str, model: str = "claude-sonnet"):
     home, work = tmp_path / "home", tmp_path / "work"
     env = base_env(home, sink)
     codex_home = home / ".codex"
     codex_home.mkdir()
-    (codex_home / "config.toml").write_text(CODEX_CONFIG.format(base_url=gw.base_url_for()))
+    (codex_home / "config.toml").write_text(CODEX_CONFIG.format(base_url=gw.base_url_for(),
+                                                                model=model))
     env.update(CODEX_HOME=str(codex_home), APIARIUM_API_KEY=gw.free_key)
     work.mkdir()
     last = tmp_path / "last-message.txt"
@@ -245,6 +249,29 @@ def test_codex_tool_turn(codex_bin, agent_gateway, fake_anthropic, sink, tmp_pat
     assert FINAL in proc.stdout and last.strip() == FINAL, why
     assert sink.seen == [], why
     print(f"codex tool turn: {took:.1f} s")
+
+
+def test_codex_tool_turn_on_openai_is_passed_through(codex_bin, agent_gateway, fake_openai,
+                                                     sink, tmp_path):
+    """On an OpenAI-kind model Codex's requests reach the upstream's own /responses as sent:
+    its hosted web_search tool included, the tool round trip in Responses items."""
+    fake_openai.tool_call_next("exec_command", json.dumps({"cmd": f"echo {MARK}"}))
+    fake_openai.reply_text = FINAL
+    proc, took, last = codex(codex_bin, agent_gateway, sink, tmp_path,
+                             "Run the marker command.", model="gpt")
+    why = explain(proc, agent_gateway, fake_openai, sink)
+    assert proc.returncode == 0, why
+    assert [r.path for r in fake_openai.requests] == ["/v1/responses"] * 2, why
+    first, second = (r.json for r in fake_openai.requests)
+    assert first["model"] == "gpt-5" and first["store"] is False and first["stream"], why
+    assert "web_search" in [t["type"] for t in first["tools"]], why
+    call = next(i for i in second["input"] if i.get("type") == "function_call")
+    output = next(i for i in second["input"] if i.get("type") == "function_call_output")
+    assert call["name"] == "exec_command" and output["call_id"] == call["call_id"], why
+    assert f"Output:\n{MARK}\n" in json.dumps(output["output"]).replace("\\n", "\n"), why
+    assert FINAL in proc.stdout and last.strip() == FINAL, why
+    assert sink.seen == [], why
+    print(f"codex tool turn on openai: {took:.1f} s")
 
 
 def blocks(message: dict, kind: str, why: str) -> list[dict]:

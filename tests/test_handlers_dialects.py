@@ -1,7 +1,9 @@
 """The two other ingress dialects in-process (pytest-tornado, fake OpenAI upstream on
 loopback): handlers/messages.py (Anthropic Messages: ``x-api-key``, Anthropic's error
 envelope and statuses, count_tokens, streams) and handlers/responses.py (OpenAI Responses:
-stateless only, streams that always end with a terminal event, Codex compaction)."""
+stateless only, streams that always end with a terminal event, Codex compaction).  The
+provider says ``responses: false`` (an OpenAI-compatible server without /responses), so
+Responses requests are translated to chat here too."""
 from __future__ import annotations
 
 import json
@@ -18,7 +20,7 @@ def models(fake) -> dict:
     return {
         "providers": {
             "up": {"kind": "openai", "base_url": fake.base_url, "api_key": fake.api_key,
-                   "timeout_s": 5},
+                   "timeout_s": 5, "responses": False},
             "nokey": {"kind": "openai", "base_url": fake.base_url, "api_key": ""},
         },
         "models": {

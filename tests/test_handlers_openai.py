@@ -318,8 +318,9 @@ async def test_metrics_count_the_requests_answered(app, http_client, base_url):
     text = resp.body.decode()
     lines = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
              for line in text.splitlines() if line and not line.startswith("#")}
-    assert lines['apiarium_requests_total{endpoint="chat",model="gpt-5",status="200"}'] == 2
-    assert lines['apiarium_requests_total{endpoint="chat",model="gpt-5",status="400"}'] == 1
+    chat = 'apiarium_requests_total{dialect="openai",endpoint="chat",model="gpt-5",status='
+    assert lines[chat + '"200"}'] == 2
+    assert lines[chat + '"400"}'] == 1
     assert lines["apiarium_keys"] == len(services(app).keys) == 1
     assert lines["apiarium_active_streams"] == 0
     assert any(k.startswith('apiarium_upstream_latency_seconds_count{provider="up"}')

@@ -9,6 +9,8 @@ gateway's compaction items) and ``responses_stream`` (the Response object and th
                                      the first)
     from_chat(answer, body)          chat.completion → Response
     ResponsesStream(body)            chat.completion.chunk frames → Responses SSE events
+    native_body(body)                the request as an OpenAI upstream gets it natively
+    NativeTail(body)                 watches a natively relayed stream, to end it if it is cut
     failed_event(err, body)          one ``response.failed`` event, for an error outside a stream
     compact(body)                    ``/responses/compact`` → one compaction item
     is_compaction_trigger(body), compaction_response(body), stream_response(response)
@@ -23,9 +25,13 @@ or ``custom_tool_call`` items for the request's custom tools (namespace restored
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 
+import orjson
+
+from .. import sse
 from ..errors import ApiError, InvalidRequest
-from .responses_compaction import compaction_item, is_compaction_trigger
+from .responses_compaction import compaction_item, expand_compactions, is_compaction_trigger
 from .responses_input import check_stateless, compaction_of, to_chat
 from .responses_stream import (
     ResponsesStream,
@@ -41,9 +47,11 @@ from .responses_stream import (
 )
 from .responses_tools import SKIPPED_HOSTED_TOOLS, check_portable, tool_map
 
-__all__ = ["SKIPPED_HOSTED_TOOLS", "ResponsesStream", "check_portable", "check_stateless",
-           "compact", "compaction_item", "compaction_response", "failed_event", "failure",
-           "from_chat", "is_compaction_trigger", "stream_response", "to_chat", "usage_of"]
+__all__ = ["SKIPPED_HOSTED_TOOLS", "NativeTail", "ResponsesStream", "check_portable",
+           "check_stateless", "compact", "compaction_item", "compaction_response",
+           "failed_event", "failure", "from_chat", "is_compaction_trigger", "native_body",
+           "stream_response", "to_chat", "usage_of"]
+TERMINAL = (b"response.completed", b"response.incomplete", b"response.failed")
 
 
 def from_chat(answer: dict, request: dict) -> dict:
@@ -124,3 +132,101 @@ def compact(body: dict) -> dict:
     return {"id": new_id("resp"), "object": "response.compaction",
             "created_at": int(time.time()), "output": [compaction_of(body)],
             "usage": _no_usage()}
+
+
+# ---------------------------------------------------------------------- native passthrough
+def native_body(body: dict) -> dict:
+    """The request as an OpenAI upstream gets it on its own ``/responses``: the stateful
+    fields refused (``check_stateless``), and what would reach this gateway's own OpenAI
+    account (``check_unowned``); the gateway's own compaction items expanded (only it can
+    read them; OpenAI's are kept), ``store`` false.  Hosted tools, ``include``,
+    ``reasoning`` and the rest pass as the client sent them."""
+    check_stateless(body)
+    check_unowned(body)
+    items = body.get("input")
+    if isinstance(items, list) and any(isinstance(i, dict) and i.get("type") == "compaction"
+                                       for i in items):
+        body = {**body, "input": [x for _, x in expand_compactions(items, keep_foreign=True)]}
+    return {**body, "store": False}
+
+
+class NativeTail:
+    """Watches the events of a Responses stream relayed as the upstream sent them, so that the
+    gateway can end it in the dialect when it is cut (upstream gone, shutdown): ``fail(err)``
+    is a ``response.failed`` for the same response, numbered after the last event relayed
+    (nothing once a terminal event went out).  Only references are kept per event; the
+    first and last are parsed when (and if) a failure needs them."""
+
+    def __init__(self, request: dict) -> None:
+        self.request = request
+        self.first: bytes | None = None
+        self.last: bytes | None = None
+        self.done = False
+
+    async def watch(self, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for frame in frames:
+            if self.first is None:
+                self.first = frame
+            self.last = frame
+            yield frame
+
+    def fail(self, err: ApiError) -> bytes:
+        if self.done or (self.last is not None and any(t in self.last[:60] for t in TERMINAL)):
+            return b""
+        self.done = True
+        last, first = _data(self.last), _data(self.first)
+        seq = last.get("sequence_number")
+        opened = first.get("response")
+        opened = opened if isinstance(opened, dict) else {}
+        created = opened.get("created_at")
+        response = response_object(
+            self.request, response_id=str(opened.get("id") or new_id("resp")),
+            created_at=created if isinstance(created, int) else int(time.time()),
+            status="failed", output=[], error=failure(err))
+        return event("response.failed", seq + 1 if isinstance(seq, int) else 0,
+                     {"response": response})
+
+
+def _data(frame: bytes | None) -> dict:
+    """The JSON object of one SSE event ({} when there is none)."""
+    data = sse.parse(frame)[1] if frame else None
+    try:
+        obj = orjson.loads(data) if data else None
+    except orjson.JSONDecodeError:
+        obj = None
+    return obj if isinstance(obj, dict) else {}
+
+
+def check_unowned(body: dict) -> None:
+    """Refuse what names things stored in the gateway's OpenAI account, which a key holder
+    must not reach: item references, uploaded files (``file_id``), ``file_search`` (it
+    searches the account's vector stores) and an existing code-interpreter container."""
+    items = body.get("input")
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        if not isinstance(item, dict):
+            continue
+        if item.get("type") == "item_reference" or ("role" not in item and "type" not in item):
+            raise InvalidRequest(f"`input[{i}]`: item references need responses stored on "
+                                 f"the server, and this gateway stores none; send the item "
+                                 f"itself.", param=f"input[{i}]", code="unsupported_parameter")
+        content = item.get("content") if item.get("type") in (None, "message") else None
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            if isinstance(part, dict) and part.get("file_id"):
+                raise InvalidRequest(
+                    f"`input[{i}].content[{j}].file_id`: uploaded files are not kept here; "
+                    f"send the file inline (`file_data`, or an image's `image_url`).",
+                    param=f"input[{i}].content[{j}].file_id")
+    tools = body.get("tools")
+    for i, tool in enumerate(tools if isinstance(tools, list) else []):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind == "file_search":
+            raise InvalidRequest(f"`tools[{i}]`: `file_search` searches vector stores of this "
+                                 f"gateway's own OpenAI account, which are not yours to "
+                                 f"search; send the documents in `input` instead.",
+                                 param=f"tools[{i}]")
+        box = tool.get("container") if kind == "code_interpreter" else {}
+        if not isinstance(box, dict) or (box or {}).get("file_ids"):
+            raise InvalidRequest(f"`tools[{i}].container`: only a new container without "
+                                 f"uploaded files ({{\"type\": \"auto\"}}) can be used here, "
+                                 f"not an existing one or the account's files.",
+                                 param=f"tools[{i}].container")

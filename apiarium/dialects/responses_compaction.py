@@ -75,12 +75,12 @@ def _decode_compaction(item: dict, where: str) -> list | None:
                          f"or it was altered.", param=f"{where}.encrypted_content")
 
 
-def expand_compactions(items: list) -> list[tuple[str, Any]]:
+def expand_compactions(items: list, *, keep_foreign: bool = False) -> list[tuple[str, Any]]:
     """(path, item) of each input item, our compaction items replaced by what they hold.  The
     items a client kept from before the compaction (Codex keeps its prompts, or sends them
     again) are dropped where they stand, because the compaction holds them in their original
-    places.  Someone else's
-    compaction items are dropped: only OpenAI can read them."""
+    places.  Someone else's compaction items are dropped (only OpenAI can read them), or kept
+    with ``keep_foreign`` (the request goes to OpenAI itself)."""
     out: list[tuple[str, Any]] = []
     for i, item in enumerate(items):
         where = f"input[{i}]"
@@ -89,6 +89,8 @@ def expand_compactions(items: list) -> list[tuple[str, Any]]:
             continue
         held = _decode_compaction(item, where)
         if held is None:
+            if keep_foreign:
+                out.append((where, item))
             continue
         keys = {_canonical(h) for h in held}
         out = [(w, x) for w, x in out if _canonical(x) not in keys]

@@ -65,6 +65,7 @@ _KEY_SHAPE = re.compile(r"^api-[a-z0-9]{16}$")     # an issued key's shape: no m
 
 class BaseHandler(tornado.web.RequestHandler):
     endpoint = "other"            # the metrics label for this handler's requests
+    dialect = "openai"            # ... and for the API it speaks (responses, anthropic)
     request_id: str = ""
     client_ip: str = ""
     peer_trusted: bool = False

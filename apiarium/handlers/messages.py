@@ -24,6 +24,7 @@ from .base import ApiHandler, as_api_error
 
 class MessagesBase(ApiHandler):
     """What both Messages endpoints share: the key header, and Anthropic's error shapes."""
+    dialect = "anthropic"
     _events: MessagesStream | None = None
     _request: dict | None = None
 

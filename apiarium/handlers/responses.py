@@ -1,9 +1,11 @@
 """The OpenAI Responses dialect: POST /v1/responses and POST /v1/responses/compact, stateless.
 
-The request is translated to the internal chat request and run by the chat service on
-whatever provider serves the model; the answer is a ``Response``, the stream the Responses
-events with ``event:`` lines, always ending with ``response.completed``, ``.incomplete`` or
-``.failed`` (also when the upstream fails mid-stream or the gateway shuts down).  Errors
+On a model served (with each of its fallbacks) by an OpenAI provider the request is passed
+through to the upstream's own ``/responses`` (``ChatService.responses*``; hosted tools and
+all, ``store`` false); on any other it is translated to the internal chat request and run by
+the chat service.  The answer is a ``Response``, the stream the Responses events with
+``event:`` lines, always ending with ``response.completed``, ``.incomplete`` or ``.failed``
+(also when the upstream fails mid-stream or the gateway shuts down).  Errors
 before a stream starts are OpenAI's envelope with their status, as the real API answers.
 Codex's compaction (a ``compaction_trigger`` input, or ``/responses/compact``) is answered
 by the gateway itself: one compaction item that later requests carry back.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from ..catalog import ModelSpec
 from ..dialects import responses
 from ..dialects.responses import ResponsesStream
 from ..errors import ApiError, InvalidRequest
@@ -43,13 +46,17 @@ async def translated(frames: AsyncIterator[bytes],
 
 class ResponsesHandler(ApiHandler):
     endpoint = "responses"
+    dialect = "responses"
     limited = True
     _events: ResponsesStream | None = None
+    _native: responses.NativeTail | None = None
     _request: dict | None = None
 
     def error_frame(self, err: ApiError) -> bytes:
         if self._events is not None:
             return b"".join(self._events.fail(err))
+        if self._native is not None:
+            return self._native.fail(err)
         return responses.failed_event(err, self._request)
 
     async def post(self) -> None:
@@ -65,6 +72,9 @@ class ResponsesHandler(ApiHandler):
             else:
                 self.write_json(done)
             return
+        if self.svc.chat.native(model, "responses"):
+            await self.passthrough(model, responses.native_body(body), stream)
+            return
         chat_body = responses.to_chat(body)
         events = ResponsesStream(body)
         if stream:
@@ -72,6 +82,23 @@ class ResponsesHandler(ApiHandler):
         await self.translated_chat(
             model, chat_body, stream, lambda frames: translated(frames, events),
             lambda answer: responses.from_chat(answer, body))
+
+    async def passthrough(self, model: ModelSpec, body: dict, stream: bool) -> None:
+        """An OpenAI upstream gets the request on its own ``/responses`` (the gateway's rules
+        still apply: key, limits, credits, usage, fallbacks, breakers)."""
+        if stream:
+            tail = self._native = responses.NativeTail(body)
+
+            async def open_stream() -> AsyncIterator[bytes]:
+                events = await self.svc.chat.responses_stream(model, body, self.key_hash)
+                self.served_by(events.served)
+                return events.through(tail.watch)
+            await self.relay(open_stream)
+            return
+        answered = await self.guarded(self.svc.chat.responses(model, body, self.key_hash))
+        if answered is not None:
+            self.served_by(answered[1])
+            self.write_json(answered[0])
 
     async def send_events(self, frames: list[bytes]) -> None:
         """A stream the gateway answers itself, all at once."""
@@ -85,6 +112,7 @@ class CompactHandler(ApiHandler):
     """``POST /v1/responses/compact``: the conversation as one compaction item (no model
     is called, so no rate-limit token is taken)."""
     endpoint = "responses_compact"
+    dialect = "responses"
 
     def post(self) -> None:
         body, _ = self.json_body()

@@ -121,6 +121,11 @@ class Provider:
     # methods, e.g. ``messages`` / ``messages_stream`` / ``count_tokens``)
     native_dialects: ClassVar[frozenset[str]] = frozenset()
 
+    def takes(self, dialect: str) -> bool:
+        """Whether this provider takes ``dialect`` as it is (its kind can, and its entry in
+        models.yaml does not say otherwise)."""
+        return dialect in self.native_dialects
+
     # ------------------------------------------------------------------ the interface
     async def chat(self, model: ModelSpec, body: dict[str, Any],
                    raw: bytes | None) -> dict[str, Any]:

@@ -5,6 +5,17 @@ only ``model`` is rewritten (chat, and embeddings at ``{base_url}/embeddings``, 
 included).  Stream frames are relayed one by one as they arrive; ``model``
 inside a frame is swapped back to the alias with a byte replace, not a JSON re-encode.
 
+The Responses API (``/v1/responses``) is passed through to the upstream's own
+``{base_url}/responses`` (``responses`` / ``responses_stream``) unless the provider says
+``responses: false`` (an OpenAI-compatible server without that endpoint: the request is then
+translated to chat like on any other kind).  ``store`` is forced false (the gateway keeps
+no state); the events are relayed as they come, ``model`` swapped back to the alias; a stream
+ends after its terminal event, and one that ends before it raises, so the handler can end it
+with ``response.failed``.  An upstream ``response.failed`` or ``error`` event is raised too
+(``responses_failure``: its code read as the status it stands for), so that what the client
+sees is the gateway's words (OpenAI writes organisation ids into rate-limit messages), with
+the code Codex acts on kept.
+
 A model with ``completions: native`` takes legacy ``/v1/completions`` natively
 (``completions`` / ``completions_stream``): the request, raw prompt and all, goes to the
 upstream's own ``/completions``.  A model with ``thinking: none`` never sends
@@ -27,6 +38,10 @@ from ..errors import ApiError, NoOutput, UpstreamError
 from ..generation import ImageRequest, Media, nearest
 from .base import Provider
 
+# The events that end a Responses stream (``response.failed`` is raised instead).
+RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete"})
+# Responses error codes that are not about the request (the others are 400s)
+_SERVER_CODES = frozenset({"", "server_error", "vector_store_timeout"})
 # Sizes the GPT image models accept, as width / height.
 IMAGE_SIZES = {"1024x1024": 1.0, "1536x1024": 1.5, "1024x1536": 2 / 3}
 
@@ -41,7 +56,10 @@ class OpenAIProvider(Provider):
         err = data.get("error") if isinstance(data, dict) else None
         return isinstance(err, dict) and "insufficient_quota" in (err.get("code"), err.get("type"))
 
-    native_dialects: ClassVar[frozenset[str]] = frozenset({"completions"})
+    native_dialects: ClassVar[frozenset[str]] = frozenset({"completions", "responses"})
+
+    def takes(self, dialect: str) -> bool:
+        return super().takes(dialect) and (dialect != "responses" or self.spec.responses)
 
     def _payload(self, model: ModelSpec, body: dict[str, Any], raw: bytes | None) -> bytes:
         if model.thinking == "none" and "reasoning_effort" in body:
@@ -102,6 +120,68 @@ class OpenAIProvider(Provider):
                 yield event + b"\n\n"
         if not done:
             raise self.incomplete()
+
+    # ------------------------------------------------------------------ native Responses
+    def _responses_payload(self, model: ModelSpec, body: dict[str, Any], stream: bool) -> bytes:
+        return orjson.dumps({**body, "model": model.upstream, "stream": stream, "store": False})
+
+    async def responses(self, model: ModelSpec, body: dict[str, Any]) -> dict[str, Any]:
+        """A Responses request on the upstream's own ``/responses``: the ``Response``."""
+        self.require_configured()
+        data = await self.call_json("POST", f"{self.spec.base_url}/responses",
+                                    data=self._responses_payload(model, body, False))
+        if data.get("object") != "response" or not isinstance(data.get("output"), list):
+            raise UpstreamError(f"The upstream provider `{self.spec.name}` answered /responses "
+                                f"without a Response; if it has no Responses API, set "
+                                f"`responses: false` on it in models.yaml.")
+        if data.get("status") == "failed":
+            raise self.responses_failure(data.get("error"))
+        data["model"] = model.alias
+        return data
+
+    async def responses_stream(self, model: ModelSpec,
+                               body: dict[str, Any]) -> AsyncGenerator[bytes, None]:
+        """The same, streamed: the upstream's events relayed up to its terminal one."""
+        self.require_configured()
+        upstream, new = model.upstream.encode(), b'"model":"' + model.alias.encode() + b'"'
+        names = (b'"model":"' + upstream + b'"', b'"model": "' + upstream + b'"')
+        payload: bytes | None = self._responses_payload(model, body, True)
+        del body
+        async with self.request("POST", f"{self.spec.base_url}/responses",
+                                data=payload) as resp:
+            payload = None
+            async for event in self.sse_events(resp):
+                name, data = sse.parse(event)
+                if not name and data:                # no ``event:`` line: the JSON's type
+                    obj = self.parse_json(data, "sent a stream event")
+                    if "error" in obj and "type" not in obj:     # chat's in-band error frame
+                        raise self.stream_error(event)
+                    name = str(obj.get("type"))
+                if name in ("error", "response.failed"):
+                    obj = self.parse_json(data, "sent an error event")
+                    failed = obj.get("response") if name != "error" else None
+                    raise self.responses_failure(
+                        failed.get("error") if isinstance(failed, dict) else obj)
+                if model.upstream != model.alias and b'"model"' in event:
+                    for old in names:                   # compact JSON, or spaced
+                        event = event.replace(old, new)
+                yield event + b"\n\n"
+                if name in RESPONSES_TERMINAL:
+                    return
+        raise self.incomplete()
+
+    def responses_failure(self, error: Any) -> ApiError:
+        """The ApiError for a Responses ``error`` (of an ``error`` event or a failed
+        response): 429 for rate limits and quota, 500 for server errors, else 400 (about the
+        request: its message kept, scrubbed); ``context_length_exceeded`` keeps its code."""
+        e = error if isinstance(error, dict) else {}
+        code = str(e.get("code") or "")
+        status = (429 if code in ("rate_limit_exceeded", "insufficient_quota")
+                  else 500 if code in _SERVER_CODES else 400)
+        err = self.map_error(status, {"error": e}, None)
+        if code == "context_length_exceeded":
+            err.code = code
+        return err
 
     def stream_error(self, event: bytes) -> ApiError:
         """The error an in-band ``data: {"error": …}`` frame stands for (booked on the

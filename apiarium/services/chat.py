@@ -94,7 +94,7 @@ class ChatService:
         """Whether the model, and each of its fallbacks, is served by a provider that takes
         ``dialect`` (e.g. ``messages``) as it is: then the request is passed through."""
         live = self._live()
-        return all(dialect in live.providers[c.provider.name].native_dialects
+        return all(live.providers[c.provider.name].takes(dialect)
                    for c in live.config.catalog.chain(model))
 
     async def messages(self, model: ModelSpec, body: dict, key_hash: str | None,
@@ -112,6 +112,23 @@ class ChatService:
         return await self._stream(
             model, body, _size(body, None), key_hash, True, anthropic_tally,
             lambda m: live.providers[m.provider.name].messages_stream(m, body, beta))  # type: ignore[attr-defined]
+
+    async def responses(self, model: ModelSpec, body: dict,
+                        key_hash: str | None) -> tuple[dict, ModelSpec]:
+        """An OpenAI Responses request passed through (see ``native``): the ``Response``."""
+        live = self._live()
+        return await self._whole(
+            model, body, _size(body, None), key_hash, responses_tally,
+            lambda m: live.providers[m.provider.name].responses(m, body))  # type: ignore[attr-defined]
+
+    async def responses_stream(self, model: ModelSpec, body: dict,
+                               key_hash: str | None) -> ChatStream:
+        """A streamed Responses request passed through: the upstream's own events, metered
+        from the terminal event's ``response.usage``."""
+        live = self._live()
+        return await self._stream(
+            model, body, _size(body, None), key_hash, True, responses_tally,
+            lambda m: live.providers[m.provider.name].responses_stream(m, body))  # type: ignore[attr-defined]
 
     async def completions(self, model: ModelSpec, body: dict,
                           key_hash: str | None) -> tuple[dict, ModelSpec]:
@@ -138,7 +155,7 @@ class ChatService:
         """The upstream's own count of a Messages request's input tokens, where the model's
         provider has a counter (None: it has none, estimate instead)."""
         provider = self._live().providers[model.provider.name]
-        if "messages" not in provider.native_dialects:
+        if not provider.takes("messages"):
             return None
         return await provider.count_tokens(model, body, beta)  # type: ignore[attr-defined]
 
@@ -185,6 +202,11 @@ class ChatService:
 
 def _size(body: dict, raw: bytes | None) -> int:
     return len(raw) if raw is not None else len(orjson.dumps(body))
+
+
+def responses_tally(usage: object, so_far: Tally | None) -> Tally:
+    """Usage from a Responses ``usage`` (the whole answer's, or the terminal event's)."""
+    return Tally.of(TokenUsage.from_responses(usage))
 
 
 def anthropic_tally(usage: object, so_far: Tally | None) -> Tally:
@@ -250,7 +272,8 @@ class ChatStream:
                     raise
             if b'"usage":{' in frame or b'"usage": {' in frame:
                 chunk = orjson.loads(sse.parse(frame)[1] or b"{}")
-                usage = chunk.get("usage") or (chunk.get("message") or {}).get("usage")
+                usage = (chunk.get("usage") or (chunk.get("message") or {}).get("usage")
+                         or (chunk.get("response") or {}).get("usage"))
                 self._tally = self._read_usage(usage, self._tally)
                 if not self._wanted and not chunk.get("choices"):
                     continue

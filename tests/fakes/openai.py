@@ -1,5 +1,5 @@
-"""FakeOpenAI: chat completions, legacy completions, image generation, embeddings, models
-list.
+"""FakeOpenAI: chat completions, legacy completions, the Responses API (``openai_responses``),
+image generation, embeddings, models list.
 
 ``cached_tokens`` of a chat prompt are reported as read from the prompt cache
 (``prompt_tokens_details.cached_tokens``, inside ``prompt_tokens``, as OpenAI counts them)."""
@@ -13,7 +13,16 @@ import zlib
 
 from aiohttp import web
 
-from .base import JSON, FakeUpstream, embedding_vector, split_pieces, sse_data, words
+from . import openai_responses
+from .base import (
+    JSON,
+    FakeUpstream,
+    embedding_vector,
+    split_pieces,
+    sse_data,
+    sse_event,
+    words,
+)
 
 DONE = b"data: [DONE]\n\n"
 SERVER_ERROR = "The server had an error while processing your request."
@@ -63,6 +72,7 @@ class FakeOpenAI(FakeUpstream):
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/responses", self._responses)
         app.router.add_post("/v1/images/generations", self._images)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
@@ -73,6 +83,13 @@ class FakeOpenAI(FakeUpstream):
         A non-streaming request that takes it gets a 500 with the same body."""
         self._push(path_contains, kind="error", after=after_events,
                    frame=sse_data(openai_error(SERVER_ERROR, "server_error")))
+
+    def responses_error_next(self, after_events: int, code: str = "server_error") -> None:
+        """Next Responses stream: ``after_events`` events, then the Responses API's own
+        ``error`` event (``{"type": "error", "code", "message"}``), then a clean end."""
+        self._push("/responses", kind="error", after=after_events, frame=sse_event(
+            "error", {"type": "error", "sequence_number": after_events, "code": code,
+                      "message": SERVER_ERROR, "param": None}))
 
     def mid_stream_fallback(self, b: dict):
         return self.json_response(openai_error(SERVER_ERROR, "server_error"), 500)
@@ -155,6 +172,11 @@ class FakeOpenAI(FakeUpstream):
             frames.append(chunk(None, choices=False))
         frames.append(DONE)
         return await self.stream(request, frames)
+
+    # ---- the Responses API -------------------------------------------------
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        _, err = self._check(request, "model", "input")
+        return err or await openai_responses.responses(self, request)
 
     # ---- legacy completions ---------------------------------------------
     async def _completions(self, request: web.Request) -> web.StreamResponse:

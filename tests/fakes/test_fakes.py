@@ -138,6 +138,32 @@ def test_openai_sdk_non_stream_and_stream(oa):
     assert len({c.id for c in chunks}) == 1
 
 
+def test_openai_responses_with_the_sdk_and_its_checks(oa):
+    """``/v1/responses``: the SDK reads the answer and the events; what OpenAI (or the
+    gateway's own rules) would refuse is a 400 naming it."""
+    client = openai.OpenAI(base_url=oa.base_url, api_key="sk-fake-openai", max_retries=0)
+    r = client.responses.create(model="gpt-5", input="hello there world", store=False,
+                                reasoning={"effort": "low"}, tools=[{"type": "web_search"}])
+    assert r.output_text == "echo: hello there world" and r.model == "gpt-5"
+    assert (r.usage.input_tokens, r.usage.output_tokens) == (3, 4 + 4)
+    assert r.usage.output_tokens_details.reasoning_tokens == 4
+    oa.tool_call_next("f", '{"a": 1}')
+    with client.responses.stream(model="gpt-5", input="x", store=False, tools=[
+            {"type": "function", "name": "f", "parameters": {}, "strict": False}]) as stream:
+        kinds = [e.type for e in stream]
+        final = stream.get_final_response()
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert final.output[0].type == "function_call" and final.output[0].arguments == '{"a": 1}'
+    for body, says in [({"model": "m", "input": "x"}, "store: false"),
+                       ({"model": "m", "input": "x", "store": False, "bogus": 1}, "bogus"),
+                       ({"model": "m", "input": [{"type": "function_call_output"}],
+                         "store": False}, "input"),
+                       ({"model": "m", "input": "x", "store": False,
+                         "previous_response_id": "resp_1"}, "previous_response_id")]:
+        status, _, raw = call(oa, "POST", "/v1/responses", body, OA_AUTH)
+        assert status == 400 and says in json.loads(raw)["error"]["message"], raw
+
+
 def test_openai_raw_stream_framing(oa):
     oa.stream_events = 3
     status, headers, raw = call(oa, "POST", "/v1/chat/completions",
