@@ -397,19 +397,22 @@ def test_two_gateways_of_two_workers_on_postgresql(make_gateway, fake_openai, po
 def test_metrics_of_exited_workers_are_folded_and_gauges_dropped(tmp_path):
     a, b = Metrics(shared_dir=tmp_path), Metrics(shared_dir=tmp_path)
     b._own = "999999.json"                     # another worker's file, as a worker writes it
-    a.observe_request("chat", "gpt-5", 200, 0.2)
-    b.observe_request("chat", "gpt-5", 200, 0.3)
+    a.observe_request("chat", "openai", "gpt-5", 200, 0.2)
+    b.observe_request("chat", "openai", "gpt-5", 200, 0.3)
     b.active_streams.inc(2)
     a.save()
     b.save()
     text = a.render().decode()
-    assert 'apiarium_requests_total{endpoint="chat",model="gpt-5",status="200"} 2.0' in text
+    assert ('apiarium_requests_total{dialect="openai",endpoint="chat",model="gpt-5",'
+            'status="200"} 2.0') in text
     assert "apiarium_active_streams 2.0" in text
     fold_dead(tmp_path, 999999)               # b exited: its counts stay, its gauge goes
     assert not (tmp_path / "999999.json").exists()
     text = a.render().decode()
-    assert 'apiarium_requests_total{endpoint="chat",model="gpt-5",status="200"} 2.0' in text
-    assert 'apiarium_request_duration_seconds_count{endpoint="chat"} 2.0' in text
+    assert ('apiarium_requests_total{dialect="openai",endpoint="chat",model="gpt-5",'
+            'status="200"} 2.0') in text
+    assert ('apiarium_request_duration_seconds_count{dialect="openai",endpoint="chat"} 2.0'
+            in text)
     assert "apiarium_active_streams 0.0" in text
 
 
