@@ -577,3 +577,30 @@ async def flushdb(url: str) -> None:
         await client.flushdb()
     finally:
         await client.aclose()
+
+
+@needs_redis
+@pytest.mark.subprocess_gateway("workers are processes")
+def test_forty_requests_over_four_worker_processes_let_exactly_four_through(make_gateway,
+                                                                             fake_openai):
+    gw = make_gateway(openai_models(fake_openai), server={"workers": 4},
+                      rate_limit={"rpm": 4, "backend": REDIS_URL})
+    key = gw.key_for()
+
+    async def go() -> tuple[list[int], set[int]]:
+        # a new connection per request: the kernel spreads them over the workers
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as h:
+            async def chat() -> int:
+                async with h.post(gw.url + "/v1/chat/completions", json=CHAT,
+                                  headers={"Authorization": f"Bearer {key}"}) as resp:
+                    return resp.status
+
+            async def pid() -> int:
+                async with h.get(gw.url + "/health") as resp:
+                    return (await resp.json())["workers"]["pid"]
+            statuses = await asyncio.gather(*(chat() for _ in range(40)))
+            pids = set(await asyncio.gather(*(pid() for _ in range(20))))
+            return statuses, pids
+    statuses, pids = asyncio.run(go())
+    assert len(pids) >= 2                                  # several processes answered
+    assert statuses.count(200) == 4 and statuses.count(429) == 36, statuses
