@@ -30,7 +30,13 @@ from apiarium.errors import LimiterUnavailable, QuotaExceeded, RateLimited
 from apiarium.metrics import Metrics
 from apiarium.services.credits_redis import RedisCredits
 from apiarium.services.keys import IssuanceCaps
-from apiarium.services.limits_redis import RedisBackend, RedisLimits, SharedIssuance, bucket_key
+from apiarium.services.limits_redis import (
+    RedisBackend,
+    RedisLimits,
+    SharedIssuance,
+    bucket_key,
+    spent_key,
+)
 from apiarium.storage import KeyRecord
 from apiarium.usage import Tally, UsageLedger, today
 from tests.conftest import openai_models
@@ -131,9 +137,8 @@ def test_daily_credits_are_checked_in_the_same_script(tmp_path):
     s, rec = settings(tmp_path, rpm=100, daily_credits=5), key("daily")
 
     async def test(lim, backend):
-        await lim.admit(rec, "chat", s)
-        today = next(k for k in await backend.client.keys(bucket_key(rec.key_hash, "spent:*")))
-        await backend.client.set(today, "5")                  # spent by other processes
+        await lim.admit(rec, "chat", s)                      # no counter yet: this process's 0
+        await backend.client.set(spent_key(rec.key_hash), "5")   # spent by other processes
         with pytest.raises(QuotaExceeded) as exc:
             await lim.admit(rec, "chat", s)
         assert exc.value.code == "insufficient_quota" and "midnight UTC" in exc.value.message

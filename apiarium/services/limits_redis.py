@@ -61,7 +61,8 @@ SPENT_TTL_S = 2 * 86400   # a day's spent-credits counter outlives its day, then
 
 # KEYS: the key's bucket, its endpoint bucket, its credits spent today
 # ARGV: requests a minute, the endpoint's limit (0: none) and period (ms), the daily
-#       credits (0: none), this process's count of today's spending (seeds a new counter)
+#       credits (0: none), this process's count of today's spending (what counts while the
+#       shared counter does not exist yet: the credit scripts create it)
 # -> {refused by (0: admitted, 1: the key's bucket, 2: the endpoint's, 3: the credits),
 #     requests left in the key's bucket, wait until a request is allowed (ms), until the
 #     refusing (or the key's) bucket is full again (ms)}
@@ -88,11 +89,7 @@ if limit > 0 then
 end
 local daily = tonumber(ARGV[4])
 if daily > 0 then
-  local spent = redis.call('GET', KEYS[3])
-  if not spent then
-    spent = ARGV[5]
-    redis.call('SET', KEYS[3], spent, 'EX', tonumber(ARGV[6]))
-  end
+  local spent = redis.call('GET', KEYS[3]) or ARGV[5]
   if tonumber(spent) >= daily then return {3, 0, 0, 0} end
 end
 keep(KEYS[1], tat1)
@@ -204,7 +201,7 @@ class RedisLimits:
         keys = (bucket_key(h, "rpm"), bucket_key(h, f"ep:{endpoint}"),
                 spent_key(h))
         args = (rpm, count, int(period * 1000), s.daily_credits,
-                repr(self.usage.spent_today(h).credits) if s.daily_credits else 0, SPENT_TTL_S)
+                repr(self.usage.spent_today(h).credits) if s.daily_credits else 0)
         try:
             refused, remaining, wait_ms, full_ms = await self.backend.run(self._script, keys,
                                                                           args)
@@ -276,7 +273,7 @@ class SharedIssuance:
         keys = [f"apiarium:{{visits:{net}}}:{name}" for name in ("rpm", "-", "-")]
         try:
             refused, _, wait_ms, full_ms = await self.backend.run(
-                self._bucket, keys, (per_minute, 0, 1000, 0, 0, SPENT_TTL_S))
+                self._bucket, keys, (per_minute, 0, 1000, 0, 0))
         except BackendDown:
             s = self._settings()
             if s.limiter_on_down != "local":
