@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -47,7 +46,9 @@ from .netguard import Blocklist, NetGuard
 from .outbound import FetchPolicy, ImageFetcher
 from .providers import build as build_providers
 from .providers.signatures import Signatures
+from .services.credits_redis import RedisCredits
 from .services.keys import KeyService
+from .services.limits_redis import RedisBackend, where
 from .storage import StorageUnavailable, database_url
 from .usage import UsageLedger
 from .yamlschema import Problem
@@ -98,10 +99,6 @@ def _every_address(host: str) -> bool:
         return not host or ipaddress.ip_address(host).is_unspecified
     except ValueError:
         return False
-
-
-def _always(n: int) -> Callable[[str], int]:
-    return lambda _: n
 
 
 def model_label(handler: tornado.web.RequestHandler, catalog: Catalog) -> str:
@@ -212,11 +209,22 @@ class Gateway:
                           shared_dir=self.worker.metrics_dir if self.worker else None)
         self._session = make_session()
         self.fetcher = ImageFetcher(FetchPolicy.from_settings(s))
+        shared = None
+        if s.limiter_backend != "memory":
+            shared = RedisBackend(s.limiter_backend, metrics)
+            await shared.ping()
+            log.info("rate limits: shared in Redis at %s (if it is down: %s)",
+                     where(s.limiter_backend), s.limiter_on_down)
+            if s.limiter_on_down == "local" and s.limiter_instances == 1:
+                log.warning("rate_limit.on_backend_down is local and rate_limit.instances is "
+                            "1: while Redis is down each process allows a key its whole limit; "
+                            "set instances to the number of gateway processes")
         self._services = Services(live=make_live(config, self.session, metrics, self.fetcher,
                                                  signatures=self.signatures),
                                   keys=keys, usage=usage, metrics=metrics,
                                   worker=self.worker, database_engine="sqlite"
-                                  if database_url(s.database) is None else "postgresql")
+                                  if database_url(s.database) is None else "postgresql",
+                                  shared=shared)
         await self.services.live.media.sweep()        # counts what the media folder holds
         await self.services.jobs.resume()             # video renders a stop interrupted
         self.access_log = AccessLog(shared=self.worker is not None)
@@ -315,13 +323,10 @@ class Gateway:
         """Drop refilled buckets (they equal fresh ones) and expired media."""
         svc = self.services
         s = svc.settings
-        svc.limits.buckets.prune(lambda h: svc.keys.rpm_of(h, s.rpm))
+        svc.limits.prune(lambda h: svc.keys.rpm_of(h, s.rpm), s)
         visits = s.key_requests_per_minute or 1
         svc.keys.visits.prune(lambda _: visits)
         svc.guesses.prune(s.master_key_guesses_per_minute)
-        for endpoint, buckets in svc.limits.endpoint_buckets.items():
-            count, period = s.endpoint_limits.get(endpoint, (1, 1.0))
-            buckets.prune(_always(count), period)
         removed = await svc.live.media.sweep()
         if removed:
             log.info("media sweep: %d expired files removed", removed)
@@ -336,6 +341,8 @@ class Gateway:
             await asyncio.sleep(USAGE_FLUSH_S)
             try:     # shielded: a shutdown never cuts a write in half (close() waits for it)
                 await asyncio.shield(self.services.usage.flush())
+                if isinstance(self.services.credits, RedisCredits):
+                    await self.services.credits.flush()     # bookings to the shared counter
             except StorageUnavailable as exc:
                 log.warning("writing usage: %s; will retry", exc)
             except Exception:
@@ -355,6 +362,8 @@ class Gateway:
         except OSError as exc:
             log.error("reload rejected: %s", exc)
             return False
+        if config.settings.limiter_backend != svc.settings.limiter_backend:
+            log.warning("rate_limit.backend changed: it takes effect at the next restart")
         svc.live = live
         self._tasks = [t for t in self._tasks if not t.done()]
         self._tasks.append(asyncio.ensure_future(self._resume_jobs()))
@@ -415,6 +424,10 @@ class Gateway:
             svc.metrics.save()                 # a worker's last counts, for the others
         await svc.usage.close()
         await svc.keys.close()
+        if svc.shared is not None:
+            if isinstance(svc.credits, RedisCredits):
+                await svc.credits.flush()
+            await svc.shared.close()
 
     async def run_until_signalled(self) -> None:
         loop = asyncio.get_running_loop()

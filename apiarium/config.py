@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import hosts
 from .catalog import Catalog, Credits, ModelSpec, ProviderSpec
+from .config_limits import endpoint_limits, limiter_backend
 from .modeltypes import MODEL_TYPES
 from .providers import KindError, provider_class
 from .providers.base import Provider
@@ -57,7 +58,9 @@ SETTINGS_SCHEMA = Section({
     "master_key": Str(""),
     "rate_limit": Section({"rpm": Num(4, 1, 1_000_000, integer=True),
                            "daily_credits": Num(200, 0, 1e12),
-                           "endpoints": MapOf(Str())}),
+                           "endpoints": MapOf(Str()), "backend": Str("memory"),
+                           "on_backend_down": Enum(("closed", "local"), "closed"),
+                           "instances": Num(1, 1, 100_000, integer=True)}),
     "limits": Section({"max_images": Num(4, 1, 100, integer=True),
                        "max_chat_choices": Num(1, 1, 128, integer=True),
                        "max_embedding_input_mb": Num(2, 0.001, 4096)}),
@@ -162,6 +165,9 @@ class Settings:
     workers: int = 1                          # gateway processes (apiarium serve --workers)
     metrics_allow_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     metrics_token: str = ""                   # empty: only metrics_allow_cidrs may scrape
+    limiter_backend: str = "memory"           # or a redis:// / rediss:// URL (config_limits)
+    limiter_on_down: str = "closed"           # Redis unreachable: "closed" (503) or "local"
+    limiter_instances: int = 1                # gateways sharing the backend (local: limit/N)
 
 
 @dataclass(frozen=True)
@@ -204,36 +210,6 @@ def _networks(values: Sequence[str], ctx: Ctx, problems: list[Problem],
             problems.append(Problem(str(ctx.file), ctx.lines.get((*key, i), 0),
                                     f"{'.'.join(key)}: {v!r} is not an IP address or CIDR"))
     return tuple(nets)
-
-
-LIMITED_ENDPOINTS = ("chat", "completions", "responses", "messages", "images", "videos",
-                     "embeddings")
-DEFAULT_ENDPOINT_LIMITS = {"videos": "2/hour", "images": "20/hour"}
-PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
-
-
-def _endpoint_limits(given: Mapping[str, str], ctx: Ctx,
-                     problems: list[Problem]) -> dict[str, tuple[int, float]]:
-    """``rate_limit.endpoints``: ``{videos: "2/hour", …}`` on top of the defaults; ``off``
-    (or ``0``) lifts an endpoint's limit."""
-    out: dict[str, tuple[int, float]] = {}
-    for name, spec in {**DEFAULT_ENDPOINT_LIMITS, **given}.items():
-        line = ctx.lines.get(("rate_limit", "endpoints", name), 0)
-        if name not in LIMITED_ENDPOINTS:
-            problems.append(Problem(str(ctx.file), line, f"rate_limit.endpoints: {name!r} is "
-                                    f"not one of {', '.join(LIMITED_ENDPOINTS)}"))
-            continue
-        if spec.strip() in ("off", "0"):
-            continue
-        m = _RATE.match(spec)
-        if m is None or int(m.group(1)) < 1:
-            problems.append(Problem(str(ctx.file), line, f"rate_limit.endpoints.{name}: "
-                                    f"{spec!r} is not like '10/hour' (N per second, minute, "
-                                    f"hour or day; 'off' for none)"))
-            continue
-        out[name] = (int(m.group(1)), PERIODS[m.group(2)])
-    return out
 
 
 def _blocklists(base: Path, values: Sequence[str], ctx: Ctx,
@@ -292,7 +268,10 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
         master_key=_secret(d["master_key"], "master_key", MIN_MASTER_KEY, ctx, problems),
         rpm=d["rate_limit"]["rpm"],
         daily_credits=float(d["rate_limit"]["daily_credits"]),
-        endpoint_limits=_endpoint_limits(d["rate_limit"]["endpoints"], ctx, problems),
+        endpoint_limits=endpoint_limits(d["rate_limit"]["endpoints"], ctx, problems),
+        limiter_backend=limiter_backend(d["rate_limit"]["backend"], ctx, problems),
+        limiter_on_down=d["rate_limit"]["on_backend_down"],
+        limiter_instances=d["rate_limit"]["instances"],
         max_images=d["limits"]["max_images"], max_chat_choices=d["limits"]["max_chat_choices"],
         media_dir=media_dir, media_ttl_hours=float(d["media"]["ttl_hours"]),
         block_proxy_headers=sec["block_proxy_headers"],

@@ -18,6 +18,7 @@ raise.  ``ApiError.envelope()`` is the body every client sees:
     │   │                                                       upstream_rate_limited
     │   └── QuotaExceeded             429 insufficient_quota    insufficient_quota
     ├── storage.StorageUnavailable    503 server_error          storage_unavailable (the database)
+    ├── LimiterUnavailable            503 server_error          rate_limiter_unavailable (Redis)
     └── UpstreamFailure               (the upstream did not give a usable answer)
         ├── UpstreamError             502 upstream_error        upstream_unreachable, upstream_error
         ├── UpstreamPassthrough       4xx as the upstream said  (its own message, about the request)
@@ -125,6 +126,20 @@ class QuotaExceeded(RateLimited):
     def __init__(self, message: str, **kw: Any):
         super().__init__(message, **kw)
         self.headers.setdefault("x-should-retry", "false")
+
+
+class LimiterUnavailable(ApiError):
+    """The shared rate limiter (Redis) cannot be reached and ``rate_limit.on_backend_down``
+    is ``closed``: no request is let through uncounted."""
+    status = 503
+    type = "server_error"
+    default_code = "rate_limiter_unavailable"
+
+    def __init__(self, retry_after: float = 1.0) -> None:
+        super().__init__("The gateway cannot check its rate limits right now (its limiter "
+                         "store is unreachable), so it is not taking requests. Retry in a "
+                         "few seconds.",
+                         headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
 
 
 class UpstreamFailure(ApiError):

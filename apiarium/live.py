@@ -22,10 +22,12 @@ from .providers.base import Provider
 from .ratelimit import FailedGuesses
 from .services.chat import ChatService
 from .services.costs import CreditBook
+from .services.credits_redis import RedisCredits
 from .services.embeddings import EmbeddingService
 from .services.fallback import Breakers
 from .services.keys import KeyService
-from .services.limits import RequestLimits
+from .services.limits import Limiter, RequestLimits
+from .services.limits_redis import RedisBackend, RedisLimits, SharedIssuance
 from .services.media import MediaService
 from .services.videojobs import VideoJobService
 from .usage import UsageLedger
@@ -76,17 +78,23 @@ class Services:
     worker: WorkerInfo | None = None                # None: the one process (no --workers)
     database_engine: str = "sqlite"                 # or postgresql
     database_ok: bool = True                        # the last refresh reached the key store
-    limits: RequestLimits = field(init=False)
+    shared: RedisBackend | None = None     # rate_limit.backend: Redis (None: this process)
+    limits: Limiter = field(init=False)
     guesses: FailedGuesses = field(init=False)       # at the master key, per network
-    credits: CreditBook = field(init=False)
+    credits: CreditBook | RedisCredits = field(init=False)
     chat: ChatService = field(init=False)
     media: MediaService = field(init=False)
     jobs: VideoJobService = field(init=False)
     embeddings: EmbeddingService = field(init=False)
 
     def __post_init__(self) -> None:
-        self.limits = RequestLimits(self.usage, self.metrics)
-        self.credits = CreditBook(self.usage)
+        self.limits = (RequestLimits(self.usage, self.metrics) if self.shared is None
+                       else RedisLimits(self.shared, self.usage, self.metrics))
+        self.credits = CreditBook(self.usage) if self.shared is None else \
+            RedisCredits(self.shared, self.usage, self.metrics, lambda: self.settings)
+        if self.shared is not None:
+            issuance = SharedIssuance(self.shared, lambda: self.settings, self.keys.admit)
+            self.keys.shared_caps, self.keys.shared_visits = issuance, issuance.visit
         self.guesses = FailedGuesses(self.metrics.rate_limited.labels("failed_auth"))
         self.chat = ChatService(lambda: self.live, self.breakers, self.usage, self.credits)
         self.jobs = VideoJobService(lambda: self.live, self.breakers, self.usage, self.credits)

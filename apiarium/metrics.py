@@ -7,6 +7,10 @@
     apiarium_active_streams                              SSE responses in progress
     apiarium_rate_limited_total{reason}                  429s the gateway itself gave
     apiarium_keys                                        active keys
+    apiarium_limiter_backend_errors_total                calls to the shared limiter (Redis)
+                                                         that failed or timed out
+    apiarium_limiter_fallback_total{mode}                requests decided without it, while
+                                                         it was down: closed (503) or local
 
 The values are plain numbers the event loop adds to (one thread touches them: no locks);
 prometheus_client renders them at scrape time through a collector.  Its own metric classes
@@ -148,6 +152,8 @@ class Metrics:
     upstream_ttfb: Family[_Histogram]
     _streams: Family[_Count]
     rate_limited: Family[_Count]
+    limiter_errors: Family[_Count]
+    limiter_fallback: Family[_Count]
 
     def __init__(self, key_count: Callable[[], int] = lambda: 0,
                  shared_dir: Path | None = None):
@@ -165,6 +171,11 @@ class Metrics:
         self.active_streams = self._streams.labels()
         self.rate_limited = Family("counter", "apiarium_rate_limited",
                                    "429s given by the gateway", ("reason",))
+        self.limiter_errors = Family("counter", "apiarium_limiter_backend_errors",
+                                     "Shared limiter (Redis) calls that failed or timed out")
+        self.limiter_fallback = Family("counter", "apiarium_limiter_fallback",
+                                       "Requests decided while the shared limiter was down",
+                                       ("mode",))
         self._key_count = key_count
         self.shared_dir = shared_dir
         self._own = f"{os.getpid()}.json"
@@ -180,7 +191,7 @@ class Metrics:
 
     def _families(self) -> tuple[Family, ...]:
         return (self.requests, self.duration, self.upstream_latency, self.upstream_ttfb,
-                self._streams, self.rate_limited)
+                self._streams, self.rate_limited, self.limiter_errors, self.limiter_fallback)
 
     def snapshot(self) -> Snapshot:
         return {fam.name: fam.snapshot() for fam in self._families()}

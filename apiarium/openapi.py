@@ -60,8 +60,9 @@ ERRORS = {
            "own provider key, or made a file of a type the gateway does not serve."),
           "upstream_unreachable, upstream_error, upstream_bad_media"),
     503: (("The upstream is overloaded, its provider has no API key here, its circuit is open, "
-           "or the gateway is shutting down."),
-          "upstream_overloaded, provider_not_configured, server_shutting_down"),
+           "the gateway is shutting down, or its shared rate limiter (Redis) is down."),
+          ("upstream_overloaded, provider_not_configured, server_shutting_down, "
+           "rate_limiter_unavailable")),
     504: ("No answer within the provider's `timeout_s`.", "upstream_timeout"),
 }
 AUTHED = (401, 403, 413, 421, 429)             # any bearer endpoint
@@ -92,9 +93,7 @@ def ok(description: str, content: dict | None, headers: dict | None = None) -> d
     out = {"description": description,
            "headers": {"x-request-id": {"$ref": "#/components/headers/RequestId"},
                        **(headers or {})}}
-    if content:
-        out["content"] = content
-    return out
+    return {**out, "content": content} if content else out
 
 
 def operation(op_id: str, tag: str, summary: str, responses: dict, *, auth: bool = False,
@@ -109,9 +108,7 @@ def operation(op_id: str, tag: str, summary: str, responses: dict, *, auth: bool
     out["responses"] = {str(s): r for s, r in responses.items()}
     for status in errors:
         out["responses"].setdefault(str(status), {"$ref": f"#/components/responses/E{status}"})
-    if passthrough:
-        out["responses"]["4XX"] = PASSTHROUGH
-    return out
+    return {**out, "responses": {**out["responses"], "4XX": PASSTHROUGH}} if passthrough else out
 
 
 # ------------------------------------------------------------------------------ schemas

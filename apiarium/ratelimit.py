@@ -32,8 +32,9 @@ class Decision:
         h = {"x-ratelimit-limit-requests": str(self.limit),
              "x-ratelimit-remaining-requests": str(self.remaining),
              "x-ratelimit-reset-requests": _duration(self.reset)}
-        if not self.allowed:
+        if not self.allowed:       # whole seconds (at least 1), and the exact wait in ms
             h["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
+            h["retry-after-ms"] = str(math.ceil(self.retry_after * 1000))
         return h
 
 

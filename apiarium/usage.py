@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -98,6 +99,8 @@ class UsageLedger:
         self._day = ""
         self._day_number = -1                                  # the day ``_day`` names
         self._flushing = asyncio.Lock()        # one write at a time, and close() waits for it
+        # told of each key's credits as they are booked (the shared counter in Redis)
+        self.booked: Callable[[str, float], None] | None = None
 
     async def open(self) -> UsageLedger:
         self._storage = await open_storage(self.database)
@@ -116,6 +119,8 @@ class UsageLedger:
         key = key_hash or MASTER
         self._today.setdefault(key, Tally()).add(tally)
         self._pending.setdefault((key, day), Tally()).add(tally)
+        if self.booked is not None and key_hash is not None:
+            self.booked(key_hash, tally.credits)
         return tally.credits
 
     def _roll(self) -> str:

@@ -245,23 +245,31 @@ class ApiHandler(BaseHandler):
         rec = self.authenticate(token)
         if rec is None:
             return self._authenticate_late(token or "")   # the one path that waits
-        self._admit(rec)
-        return None
+        return self._admit(rec)
 
     async def _authenticate_late(self, token: str) -> None:
         """A key another process issued a moment ago: read from the database, then checked."""
         await self.svc.keys.load(token)
         rec = self.authenticate(token, unseen_ok=False)
-        if rec is not None:
-            self._admit(rec)
+        if rec is not None and (pending := self._admit(rec)) is not None:
+            await pending
 
-    def _admit(self, rec: KeyRecord) -> None:
+    def _admit(self, rec: KeyRecord) -> Awaitable[None] | None:
+        """The limits: at once in memory; a shared limiter (Redis) hands back an awaitable."""
         self.key_record = rec
         if self.limited:
             headers = self.svc.limits.admit(rec, self.endpoint, self.svc.settings)
+            if not isinstance(headers, dict):
+                return self._admitted(headers)
             self._limit_headers = headers
             for name, value in headers.items():
                 self.set_header(name, value)
+        return None
+
+    async def _admitted(self, pending: Awaitable[dict[str, str]]) -> None:
+        self._limit_headers = headers = await pending
+        for name, value in headers.items():
+            self.set_header(name, value)
 
     def authenticate(self, token: str | None, unseen_ok: bool = True) -> KeyRecord | None:
         """The token's key record; None (with ``unseen_ok``) when it is not known here but

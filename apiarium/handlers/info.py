@@ -19,7 +19,9 @@ class HealthHandler(BaseHandler):
                          "backends": {
                              "database": {"engine": svc.database_engine,
                                           "state": "ok" if svc.database_ok else "down"},
-                             "limiter": {"engine": "memory", "state": "ok"}},
+                             "limiter": {"engine": "memory", "state": "ok"}
+                             if svc.shared is None else
+                             {"engine": "redis", "state": svc.shared.state}},
                          "workers": {"count": worker.count if worker else 1,
                                      "pid": os.getpid()}})
 
@@ -62,10 +64,11 @@ class KeysMeHandler(BaseHandler):
         s = self.svc.settings
         usage = self.svc.usage.spent_today(rec.key_hash).as_dict()     # today, UTC
         limit = s.daily_credits or None
+        spent = await self.svc.credits.spent(rec.key_hash)     # every process's, with Redis
         self.write_json({"object": "api_key", "key": key, "ip": rec.ip, "created": rec.created,
                          "rate_limit": {"rpm": rec.rpm or s.rpm}, "usage": usage,
                          "credits": {"daily_limit": limit, "remaining": None if limit is None
-                                     else round(max(0.0, limit - usage["credits"]), 4)}})
+                                     else round(max(0.0, limit - spent), 4)}})
 
 
 class NotFoundHandler(BaseHandler):

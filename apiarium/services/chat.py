@@ -19,7 +19,7 @@ from ..errors import ApiError, UpstreamError
 from ..providers.shapes import wants_usage
 from ..tokens import TokenUsage
 from ..usage import Tally, UsageLedger
-from .costs import CHARS_PER_TOKEN, CreditBook, Hold, chat_estimate, chat_output_bound
+from .costs import CHARS_PER_TOKEN, Books, Hold, chat_estimate, chat_output_bound
 from .fallback import Breakers, first_success
 
 if TYPE_CHECKING:
@@ -51,21 +51,22 @@ def tally_of(usage: object, so_far: Tally | None = None) -> Tally:
 
 class ChatService:
     def __init__(self, live: Callable[[], Live], breakers: Breakers, usage: UsageLedger,
-                 book: CreditBook):
+                 book: Books):
         self._live = live
         self.breakers = breakers
         self.usage = usage
         self.credits = book
 
-    def hold(self, model: ModelSpec, body: dict, size: int, key_hash: str | None) -> Hold:
+    async def hold(self, model: ModelSpec, body: dict, size: int,
+                   key_hash: str | None) -> Hold:
         """Check the request's caps and set aside the most it can cost (``size``: its bytes;
         a free key's: the master key, ``key_hash`` None, is bound by neither)."""
         if key_hash is None:
-            return self.credits.reserve(None, 0.0, 0.0)
+            return await self.credits.take(None, 0.0, 0.0)
         s = self._live().config.settings
         bound = chat_output_bound(body, model, s.max_chat_choices)
-        return self.credits.reserve(key_hash, chat_estimate(model, size, bound),
-                                    s.daily_credits)
+        return await self.credits.take(key_hash, chat_estimate(model, size, bound),
+                                       s.daily_credits)
 
     async def complete(self, model: ModelSpec, body: dict, raw: bytes | None,
                        key_hash: str | None) -> tuple[dict, ModelSpec]:
@@ -163,7 +164,7 @@ class ChatService:
     async def _whole(self, model: ModelSpec, body: dict, size: int, key_hash: str | None,
                      read_usage: UsageReader,
                      call: Callable[[ModelSpec], Awaitable[dict]]) -> tuple[dict, ModelSpec]:
-        hold = self.hold(model, body, size, key_hash)
+        hold = await self.hold(model, body, size, key_hash)
         try:
             answer, served = await first_success(self._live().config.catalog, self.breakers,
                                                  model, call, key_hash)
@@ -175,7 +176,7 @@ class ChatService:
     async def _stream(self, model: ModelSpec, body: dict, size: int, key_hash: str | None,
                       wanted: bool, read_usage: UsageReader,
                       open_events: Callable[[ModelSpec], Frames]) -> ChatStream:
-        hold = self.hold(model, body, size, key_hash)
+        hold = await self.hold(model, body, size, key_hash)
 
         async def start(m: ModelSpec) -> tuple[bytes, Frames]:
             events = open_events(m)

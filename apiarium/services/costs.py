@@ -13,6 +13,8 @@ The master key bypasses all of these (its ``key_hash`` is None).
 """
 from __future__ import annotations
 
+from typing import Protocol
+
 from ..catalog import ModelSpec
 from ..errors import InvalidRequest, QuotaExceeded
 from ..usage import Tally, UsageLedger, price
@@ -77,17 +79,38 @@ def chat_estimate(model: ModelSpec, request_bytes: int, output_tokens: int) -> f
                               cache_write_tokens=written))
 
 
+class Books(Protocol):
+    """Where holds are kept: ``CreditBook`` (this process) or ``credits_redis.RedisCredits``
+    (a Redis every gateway process shares)."""
+
+    async def take(self, key_hash: str | None, amount: float, limit: float) -> Hold:
+        """``reserve``, for a caller that may wait on a shared store."""
+
+    def release(self, key_hash: str, amount: float, ident: str = "") -> None: ...
+
+    async def spent(self, key_hash: str) -> float: ...
+
+
 class Hold:
     """Credits set aside for one request in flight; ``release()`` once it is booked."""
-    __slots__ = ("_book", "amount", "key_hash")
+    __slots__ = ("_book", "amount", "ident", "key_hash")
 
-    def __init__(self, book: CreditBook, key_hash: str | None, amount: float):
-        self._book, self.key_hash, self.amount = book, key_hash, amount
+    def __init__(self, book: Books, key_hash: str | None, amount: float, ident: str = ""):
+        self._book, self.key_hash, self.amount, self.ident = book, key_hash, amount, ident
 
     def release(self) -> None:
         if self.amount and self.key_hash is not None:
-            self._book.release(self.key_hash, self.amount)
+            self._book.release(self.key_hash, self.amount, self.ident)
         self.amount = 0.0
+
+
+def refused(amount: float, left: float, limit: float) -> QuotaExceeded:
+    return QuotaExceeded(
+        f"This request may cost up to {amount:.4g} credits and this key has "
+        f"{max(0.0, left):.4g} of its {limit:g} daily credits left (UTC day; requests in "
+        f"flight hold theirs until they end). Ask for a shorter answer "
+        f"(max_tokens) or fewer items, or wait for midnight UTC; GET /v1/keys/me "
+        f"shows today's usage.")
 
 
 class CreditBook:
@@ -109,17 +132,18 @@ class CreditBook:
         spent = self.usage.spent_today(key_hash).credits
         held = self.held(key_hash)
         if spent + held + amount > limit + 1e-9:
-            left = max(0.0, limit - spent - held)
-            raise QuotaExceeded(
-                f"This request may cost up to {amount:.4g} credits and this key has "
-                f"{left:.4g} of its {limit:g} daily credits left (UTC day; requests in "
-                f"flight hold theirs until they end). Ask for a shorter answer "
-                f"(max_tokens) or fewer items, or wait for midnight UTC; GET /v1/keys/me "
-                f"shows today's usage.")
+            raise refused(amount, limit - spent - held, limit)
         self._held[key_hash] = held + amount
         return Hold(self, key_hash, amount)
 
-    def release(self, key_hash: str, amount: float) -> None:
+    async def take(self, key_hash: str | None, amount: float, limit: float) -> Hold:
+        return self.reserve(key_hash, amount, limit)
+
+    async def spent(self, key_hash: str) -> float:
+        """The key's credits spent today (UTC)."""
+        return self.usage.spent_today(key_hash).credits
+
+    def release(self, key_hash: str, amount: float, ident: str = "") -> None:
         left = self._held.get(key_hash, 0.0) - amount
         if left > 1e-9:
             self._held[key_hash] = left

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..catalog import ModelSpec
 from ..embedding import EmbeddingRequest, embedding_request
 from ..usage import Tally, UsageLedger, price
-from .costs import CreditBook, check_embedding_size
+from .costs import Books, check_embedding_size
 from .fallback import Breakers, first_success
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ def prompt_tokens(answer: dict[str, Any], req: EmbeddingRequest) -> int:
 
 class EmbeddingService:
     def __init__(self, live: Callable[[], Live], breakers: Breakers, usage: UsageLedger,
-                 book: CreditBook):
+                 book: Books):
         self._live = live
         self.breakers = breakers
         self.usage = usage
@@ -53,7 +53,7 @@ class EmbeddingService:
         """(the OpenAI ``list`` answer, the model that served it)."""
         live = self._live()
         req = self.request(body, raw, key_hash)
-        hold = self.credits.reserve(
+        hold = await self.credits.take(
             key_hash, price(model, Tally(requests=1, prompt_tokens=req.estimate())),
             live.config.settings.daily_credits)
         try:

@@ -26,17 +26,18 @@ import asyncio
 import hmac
 import ipaddress
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import keysecret
-from ..errors import Forbidden, RateLimited
+from ..errors import Forbidden
 from ..keysecret import KEY_PREFIX, KeyStoreError
 from ..netguard import Blocklist, network_of, parse_network
 from ..ratelimit import TokenBuckets
 from ..storage import BlockRecord, KeyRecord, NewKey, Storage, open_storage, secret_beside
+from .limits import hourly_cap, network_cap, visits_refused
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -55,7 +56,7 @@ def identity_of(ip: str) -> str:
     return network_of(ip)
 
 
-def _supernet(identity: str, bits: int) -> str:
+def supernet(identity: str, bits: int) -> str:
     """The IPv6 /``bits`` an identity (an address or a /64) lies in."""
     net = ipaddress.ip_network(identity if "/" in identity else f"{identity}/128", strict=False)
     return str(net.supernet(new_prefix=bits)) if net.prefixlen > bits else str(net)
@@ -93,6 +94,9 @@ class KeyService:
         self._used: dict[int, int] = {}          # key id -> last use, not yet written
         self._absent: set[str] = set()           # unseen keys the database had not either
         self.visits = TokenBuckets()             # per network: visits that may issue a key
+        # the caps checked and counted in Redis too (rate_limit.backend), across processes
+        self.shared_caps: Callable[[str, IssuanceCaps], Awaitable[None]] | None = None
+        self.shared_visits: Callable[[str, int], Awaitable[None]] | None = None   # and visits
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -150,7 +154,7 @@ class KeyService:
         recent: dict[str, list[int]] = {}
         for ip, created in await repo.issued_since(now - DAY_S, ipv6_only=True):
             for bits in (64, 48, 32):
-                recent.setdefault(_supernet(ip, bits), []).append(created)
+                recent.setdefault(supernet(ip, bits), []).append(created)
         hourly = [created for _, created in await repo.issued_since(now - HOUR_S)]
         self._by_hash, self._by_ip = by_hash, by_ip
         self._absent = set()
@@ -251,11 +255,7 @@ class KeyService:
             return
         decision = self.visits.take(network_of(ip), per_minute)
         if not decision.allowed:
-            wait = decision.headers()["Retry-After"]
-            raise RateLimited(f"Too many requests for an API key from {ip}: at most "
-                              f"{per_minute} a minute. Wait {wait} s; your key does not "
-                              f"change, so keep the one you already have.",
-                              retry_after=decision.retry_after)
+            raise visits_refused(ip, decision)
 
     def derive(self, ip: str, generation: int) -> str:
         """The IP's key of that generation."""
@@ -278,7 +278,10 @@ class KeyService:
         """A visit that may issue a key (``/v1/keys/me``, the homepage), within the settings'
         limits: ``security.key_requests_per_minute`` such visits per IPv4 address or IPv6
         /64, then the new-key caps per /64, /48, /32 and per hour (429 beyond each)."""
-        self.admit(ip, s.key_requests_per_minute)
+        if self.shared_visits is None:
+            self.admit(ip, s.key_requests_per_minute)
+        elif s.key_requests_per_minute > 0:
+            await self.shared_visits(ip, s.key_requests_per_minute)
         return await self.key_for_ip(ip, caps=IssuanceCaps(
             per_64=s.new_keys_per_ipv6_64_per_day, per_48=s.new_keys_per_ipv6_48_per_day,
             per_32=s.new_keys_per_ipv6_32_per_day, per_hour=s.new_keys_per_hour))
@@ -300,35 +303,31 @@ class KeyService:
             if hit is not None:
                 return hit
             self._check_caps(ip, caps)
+            if self.shared_caps is not None:
+                await self.shared_caps(ip, caps)
             rec = self._by_ip.get(ip)
             if rec is not None:          # the secret file was replaced: the old key cannot
                 await self._revoke_record(rec)       # be given back, so it makes way
             return await self._issue(ip)
 
     def _check_caps(self, ident: str, caps: IssuanceCaps) -> None:
+        """The caps against this process's record (the database's, as of the last
+        refresh); ``shared_caps`` (Redis) checks and counts them across processes too."""
         now = int(time.time())
         if caps.per_hour > 0:
             self._hourly = [t for t in self._hourly if t > now - HOUR_S]
             if len(self._hourly) >= caps.per_hour:
-                wait = self._hourly[0] + HOUR_S - now
-                raise RateLimited(f"This gateway has issued {caps.per_hour} new API keys in the "
-                                  f"last hour, the most it issues. Try again in about "
-                                  f"{_waiting(wait)}.", retry_after=wait)
+                raise hourly_cap(caps.per_hour, self._hourly[0] + HOUR_S - now)
         if ":" not in ident:
             return
         for bits, limit in ((64, caps.per_64), (48, caps.per_48), (32, caps.per_32)):
             if limit <= 0:
                 continue
-            net = _supernet(ident, bits)
+            net = supernet(ident, bits)
             recent = [t for t in self._recent.get(net, ()) if t > now - DAY_S]
             self._recent[net] = recent
             if len(recent) >= limit:
-                wait = recent[0] + DAY_S - now
-                raise RateLimited(f"The IPv6 network {net} has received {limit} new API keys "
-                                  f"in the last 24 hours, the most this gateway issues per "
-                                  f"/{bits}. Use a key already issued to your network (a key "
-                                  f"works from every address of its /64), or try again in "
-                                  f"about {_waiting(wait)}.", retry_after=wait)
+                raise network_cap(net, bits, limit, recent[0] + DAY_S - now)
 
     async def _issue(self, ip: str, rpm: int | None = None) -> tuple[str, KeyRecord]:
         """Insert the IP's next key (the caller holds ``_lock``); if another process (the
@@ -347,7 +346,7 @@ class KeyService:
                 self._hourly.append(rec.created)
                 if ":" in ip:
                     for bits in (64, 48, 32):
-                        self._recent.setdefault(_supernet(ip, bits), []).append(rec.created)
+                        self._recent.setdefault(supernet(ip, bits), []).append(rec.created)
                 return key, rec
             hit = self._current(ip)
             if hit is None:
@@ -434,8 +433,3 @@ class KeyService:
             removed = await self.storage.blocks.remove(net)
             await self._reload_blocks()
             return removed
-
-
-def _waiting(seconds: int) -> str:
-    return f"{seconds / 3600:.0f} hours" if seconds >= 5400 else \
-        f"{max(1, seconds // 60)} minutes"

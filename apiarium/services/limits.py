@@ -1,55 +1,126 @@
 """The per-key limits checked before a request runs: the token bucket (``rate_limit.rpm``, a
 key may carry its own), the per-endpoint buckets (``rate_limit.endpoints``) and the daily
 credit allowance.  No Tornado: the handler asks ``admit`` and sets the headers it returns.
-Buckets live in this process (the Redis-backed limiter of a multi-process deployment would
-be another implementation of the same ``admit``)."""
+
+Two implementations of ``Limiter``: ``RequestLimits`` here (buckets in this process; its
+``admit`` answers at once, with no await) and ``limits_redis.RedisLimits`` (one Lua script
+on a Redis that every gateway process shares; its ``admit`` returns an awaitable)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import QuotaExceeded, RateLimited
 from ..metrics import Metrics
-from ..ratelimit import TokenBuckets
+from ..ratelimit import Decision, TokenBuckets
 from ..storage import KeyRecord
 from ..usage import UsageLedger
 
 if TYPE_CHECKING:
     from ..config import Settings
 
-_UNITS = {60.0: "minute", 3600.0: "hour", 86400.0: "day"}
+_UNITS = {1.0: "second", 60.0: "minute", 3600.0: "hour", 86400.0: "day"}
+
+
+class Limiter(Protocol):
+    def admit(self, rec: KeyRecord, endpoint: str,
+              s: Settings) -> dict[str, str] | Awaitable[dict[str, str]]:
+        """The ``x-ratelimit-*`` headers of an admitted request (or an awaitable of them),
+        or raise the 429 (or 503 when a shared backend cannot answer and fails closed)."""
+
+    def prune(self, rpm_of: Callable[[str], int], s: Settings) -> None:
+        """Drop what this process holds that equals nothing held (refilled buckets)."""
+
+
+def rpm_refused(metrics: Metrics, d: Decision) -> RateLimited:
+    metrics.rate_limited.labels("rpm").inc()
+    headers = d.headers()
+    return RateLimited(f"Rate limit reached: {d.limit} requests per minute for this key. Wait "
+                       f"{headers['Retry-After']} s before the next request.",
+                       retry_after=d.retry_after, headers=headers)
+
+
+def endpoint_refused(metrics: Metrics, endpoint: str, period: float,
+                     d: Decision) -> RateLimited:
+    metrics.rate_limited.labels(endpoint).inc()
+    h = d.headers()
+    wait = h["Retry-After"]
+    return RateLimited(f"Rate limit reached: {d.limit} {endpoint} requests per "
+                       f"{_UNITS.get(period, 'second')} for this key. Wait {wait} s before "
+                       f"the next one.", retry_after=d.retry_after,
+                       headers={"Retry-After": wait, "retry-after-ms": h["retry-after-ms"]})
+
+
+def credits_refused(metrics: Metrics, daily: float) -> QuotaExceeded:
+    metrics.rate_limited.labels("daily_credits").inc()
+    return QuotaExceeded(f"This key has used its {daily:g} credits for today (UTC). The "
+                         f"allowance resets at midnight UTC; GET /v1/keys/me shows today's "
+                         f"usage.")
+
+
+def visits_refused(ip: str, d: Decision) -> RateLimited:
+    return RateLimited(f"Too many requests for an API key from {ip}: at most {d.limit} a "
+                       f"minute. Wait {d.headers()['Retry-After']} s; your key does not "
+                       f"change, so keep the one you already have.", retry_after=d.retry_after)
+
+
+def hourly_cap(limit: int, wait: int) -> RateLimited:
+    return RateLimited(f"This gateway has issued {limit} new API keys in the last hour, the "
+                       f"most it issues. Try again in about {_waiting(wait)}.",
+                       retry_after=wait)
+
+
+def network_cap(net: str, bits: int, limit: int, wait: int) -> RateLimited:
+    return RateLimited(f"The IPv6 network {net} has received {limit} new API keys in the last "
+                       f"24 hours, the most this gateway issues per /{bits}. Use a key already "
+                       f"issued to your network (a key works from every address of its /64), "
+                       f"or try again in about {_waiting(wait)}.", retry_after=wait)
+
+
+def _waiting(seconds: int) -> str:
+    return f"{seconds / 3600:.0f} hours" if seconds >= 5400 else \
+        f"{max(1, seconds // 60)} minutes"
 
 
 class RequestLimits:
-    def __init__(self, usage: UsageLedger, metrics: Metrics) -> None:
-        self.usage, self.metrics = usage, metrics
+    """Buckets in this process.  ``share`` > 1 divides every limit (rounded up): the local
+    fallback of a shared backend, when ``share`` gateways each hold a part of the limit."""
+
+    def __init__(self, usage: UsageLedger, metrics: Metrics, share: int = 1) -> None:
+        self.usage, self.metrics, self.share = usage, metrics, share
         self.buckets = TokenBuckets()                        # per key, requests a minute
         self.endpoint_buckets: dict[str, TokenBuckets] = {}  # per endpoint, per key
 
     def admit(self, rec: KeyRecord, endpoint: str, s: Settings) -> dict[str, str]:
         """Let one request of ``rec`` on ``endpoint`` through, or raise the 429; the
         ``x-ratelimit-*`` headers of the key's bucket."""
-        decision = self.buckets.take(rec.key_hash, rec.rpm or s.rpm)
-        headers = decision.headers()
+        rpm = rec.rpm or s.rpm
+        if self.share > 1:
+            rpm = math.ceil(rpm / self.share)
+        decision = self.buckets.take(rec.key_hash, rpm)
         if not decision.allowed:
-            self.metrics.rate_limited.labels("rpm").inc()
-            raise RateLimited(f"Rate limit reached: {decision.limit} requests per minute for "
-                              f"this key. Wait {headers['Retry-After']} s before the next "
-                              f"request.", retry_after=decision.retry_after, headers=headers)
+            raise rpm_refused(self.metrics, decision)
         limit = s.endpoint_limits.get(endpoint)
         if limit is not None:
             count, period = limit
+            if self.share > 1:
+                count = math.ceil(count / self.share)
             buckets = self.endpoint_buckets.setdefault(endpoint, TokenBuckets())
             taken = buckets.take(rec.key_hash, count, period)
             if not taken.allowed:
-                self.metrics.rate_limited.labels(endpoint).inc()
-                wait = taken.headers()["Retry-After"]
-                raise RateLimited(f"Rate limit reached: {count} {endpoint} requests per "
-                                  f"{_UNITS.get(period, 'second')} for this key. Wait {wait} s "
-                                  f"before the next one.", retry_after=taken.retry_after,
-                                  headers={"Retry-After": wait})
+                raise endpoint_refused(self.metrics, endpoint, period, taken)
         if s.daily_credits and self.usage.spent_today(rec.key_hash).credits >= s.daily_credits:
-            self.metrics.rate_limited.labels("daily_credits").inc()
-            raise QuotaExceeded(f"This key has used its {s.daily_credits:g} credits for today "
-                                f"(UTC). The allowance resets at midnight UTC; GET /v1/keys/me "
-                                f"shows today's usage.")
-        return headers
+            raise credits_refused(self.metrics, s.daily_credits)
+        return decision.headers()
+
+    def prune(self, rpm_of: Callable[[str], int], s: Settings) -> None:
+        share = self.share
+        self.buckets.prune(lambda h: math.ceil(rpm_of(h) / share))
+        for endpoint, buckets in self.endpoint_buckets.items():
+            count, period = s.endpoint_limits.get(endpoint, (1, 1.0))
+            buckets.prune(_always(math.ceil(count / share)), period)
+
+
+def _always(n: int) -> Callable[[str], int]:
+    return lambda _: n

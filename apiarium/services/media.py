@@ -19,7 +19,7 @@ from ..errors import InvalidRequest
 from ..generation import ImageRequest, Media, VideoRequest, image_request, video_request
 from ..providers.shapes import Chunks, completion, flatten_prompt, usage, wants_usage
 from ..usage import Tally, UsageLedger, price
-from .costs import CreditBook, check_images_n
+from .costs import Books, check_images_n
 from .fallback import Breakers, first_success
 from .videojobs import VideoJobService
 
@@ -34,7 +34,7 @@ EARLY_ERROR_S = 2.0       # failures this early are plain HTTP errors, not SSE e
 
 class MediaService:
     def __init__(self, live: Callable[[], Live], breakers: Breakers, usage: UsageLedger,
-                 book: CreditBook, jobs: VideoJobService):
+                 book: Books, jobs: VideoJobService):
         self._live = live
         self.jobs = jobs
         self.breakers = breakers
@@ -70,7 +70,7 @@ class MediaService:
         tally = Tally(requests=1, images=req.n)
         if key_hash is not None:
             check_images_n(req.n, live.config.settings.max_images)
-        hold = self.credits.reserve(key_hash, price(model, tally),
+        hold = await self.credits.take(key_hash, price(model, tally),
                                     live.config.settings.daily_credits)
         try:
             made, served = await first_success(

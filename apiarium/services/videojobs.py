@@ -39,7 +39,7 @@ from ..errors import ApiError, InvalidRequest, NotFound
 from ..generation import Media, VideoRequest
 from ..storage import Storage, VideoJob, VideoJobRepository, open_storage
 from ..usage import MASTER, Tally, UsageLedger, price
-from .costs import CreditBook
+from .costs import Books
 from .fallback import Breakers, first_success
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ def view(job: VideoJob, now: float) -> dict[str, Any]:
 
 class VideoJobService:
     def __init__(self, live: Callable[[], Live], breakers: Breakers, usage: UsageLedger,
-                 book: CreditBook, clock: Callable[[], float] = time.time):
+                 book: Books, clock: Callable[[], float] = time.time):
         self._live = live
         self.breakers = breakers
         self.usage = usage
@@ -132,7 +132,7 @@ class VideoJobService:
         live = self._live()
         if not model.fallbacks:           # a misconfigured provider: a plain 503 now
             live.providers[model.provider.name].require_configured()
-        hold = self.credits.reserve(
+        hold = await self.credits.take(
             key_hash, price(model, Tally(requests=1, video_seconds=req.duration_seconds),
                             req.resolution), live.config.settings.daily_credits)
         job = VideoJob(id="video_" + secrets.token_urlsafe(24), owner=key_hash or MASTER,
