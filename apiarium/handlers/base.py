@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import itertools
 import logging
-import os
 import re
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
@@ -24,7 +21,7 @@ import tornado.httputil
 import tornado.iostream
 import tornado.web
 
-from .. import hosts, logcontext, sse
+from .. import hosts, logcontext, requestids, sse
 from ..catalog import ModelSpec
 from ..errors import (
     ApiError,
@@ -44,17 +41,6 @@ from ..storage import KeyRecord
 
 log = logging.getLogger("apiarium")
 
-_RID_PREFIX = "req_" + secrets.token_hex(5)
-_rid_counter = itertools.count(1)
-
-
-def _new_request_ids() -> None:
-    """A forked worker (``--workers``) numbers its requests under a prefix of its own."""
-    global _RID_PREFIX, _rid_counter
-    _RID_PREFIX, _rid_counter = "req_" + secrets.token_hex(5), itertools.count(1)
-
-
-os.register_at_fork(after_in_child=_new_request_ids)
 _JSON = "application/json"
 _WITH_BODY = frozenset(("POST", "PUT", "PATCH"))
 _SSE_HEADERS = (("Content-Type", "text/event-stream; charset=utf-8"),
@@ -92,7 +78,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def set_default_headers(self) -> None:
         if not self.request_id:
-            self.request_id = f"{_RID_PREFIX}{next(_rid_counter):07x}"
+            self.request_id = requestids.next_id()
         self.set_header("x-request-id", self.request_id)
         self.clear_header("Server")
 
