@@ -90,7 +90,10 @@ class Scale:
             rate["backend"] = self.redis_url
             rate["instances"] = c.workers
         database = self.pg_url if "postgres" in c.state else str(d / "data" / "apiarium.sqlite3")
-        (d / "apiarium.yaml").write_text(json.dumps({
+        extra: dict[str, Any] = {}
+        if "postgres" in c.state:       # gateways sharing a database share its key secret
+            extra["secret_file"] = str(self.b.tmp / "shared" / "apiarium.secret")
+        (d / "apiarium.yaml").write_text(json.dumps({**extra,
             "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 2,
                        "workers": c.workers},
             "database": database, "catalog": "models.yaml",
@@ -119,6 +122,8 @@ class Scale:
         for c in configs:
             run_wrk(b.tmp, c.server.url, body, c.key, a.connections, 1)          # warm-up
         rpid = redis_pid(self.redis_url) if self.redis_url else None
+        if rpid:            # Redis beside the load, off the core the one-worker gateway has
+            os.sched_setaffinity(rpid, {int(bench.LOAD_CORE)})
         slice_s = max(1, round(a.duration / a.rounds))
         for r in range(a.rounds):
             for c in (configs if r % 2 == 0 else configs[::-1]):
