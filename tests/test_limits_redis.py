@@ -190,10 +190,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def gateways(make_gateway, fake_openai, tmp_path: Path, n: int, **rate_limit) -> list:
+def gateways(make_gateway, fake_openai, tmp_path: Path, n: int, database: str | None = None,
+             **rate_limit) -> list:
     """``n`` in-process gateways on one database (one key secret) and one Redis; the test
     key is issued by the first (the others read it when they open the database)."""
-    shared = {"database": str(tmp_path / "shared" / "apiarium.sqlite3"),
+    shared = {"database": database or str(tmp_path / "shared" / "apiarium.sqlite3"),
+              "secret_file": str(tmp_path / "shared" / "apiarium.secret"),
               "rate_limit": {"rpm": 4, "backend": REDIS_URL, **rate_limit}}
     first = make_gateway(openai_models(fake_openai), **shared)
     first.key = first.key_for()
@@ -213,10 +215,21 @@ async def burst(urls: list[str], key: str, count: int, path: str = "/v1/chat/com
         return await asyncio.gather(*(one(i) for i in range(count)))
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_database(request) -> str | None:
+    """None: one SQLite file; else a new database on the test PostgreSQL (set up before the
+    gateways, so that it outlives them)."""
+    return request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+
+
 @needs_redis
-def test_forty_requests_over_three_gateways_let_exactly_four_through(make_gateway,
-                                                                      fake_openai, tmp_path):
-    gws = gateways(make_gateway, fake_openai, tmp_path, 3)
+def test_forty_requests_over_three_gateways_let_exactly_four_through(shared_database,
+                                                                      make_gateway, fake_openai,
+                                                                      tmp_path):
+    """Three gateways on different ports, sharing Redis and one database (SQLite, or the
+    PostgreSQL server as gateways on several hosts share it)."""
+    gws = gateways(make_gateway, fake_openai, tmp_path, 3, shared_database)
+    assert len({g.url for g in gws}) == 3
     started = time.monotonic()
     answers = asyncio.run(burst([g.url for g in gws], gws[0].key, 40))
     took = time.monotonic() - started
