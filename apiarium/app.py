@@ -117,7 +117,9 @@ def log_request(handler: BaseHandler) -> None:
     metrics = settings["services"].metrics
     ours = isinstance(handler, BaseHandler)
     endpoint, dialect = (handler.endpoint, handler.dialect) if ours else ("other", "openai")
-    status = handler.get_status()
+    # 499 (nginx's "client closed request"): the client left before the answer was whole,
+    # whatever status its first bytes carried
+    status = 499 if getattr(handler, "client_gone", False) else handler.get_status()
     model = model_label(handler, settings["services"].catalog)
     req = handler.request
     elapsed = req.request_time()

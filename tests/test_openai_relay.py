@@ -143,3 +143,6 @@ def test_client_that_drops_a_stream_closes_the_upstream_request(gateway, fake_op
     assert fake_openai.disconnects[0] - dropped < 1.0
     # and the upstream did not keep streaming to nobody for the remaining ~9 s
     assert len(fake_openai.requests) == 1
+    # the access log says the client left (499), not the 200 its first bytes carried
+    assert wait_for(lambda: any(" POST /v1/chat/completions 499 " in line
+                                for line in gateway.log), timeout=3), gateway.log[-5:]
