@@ -43,8 +43,8 @@ import math
 import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from email.utils import parsedate_to_datetime
+from types import TracebackType
 from typing import Any, ClassVar
 
 import aiohttp
@@ -159,12 +159,10 @@ class Provider:
                 f"`auth: none` if the upstream takes no key.",
                 code="provider_not_configured")
 
-    @asynccontextmanager
-    async def request(self, method: str, url: str, *, data: bytes | None = None,
-                      json: Any = None, auth: bool = True,
-                      timeout: aiohttp.ClientTimeout | None = None,
-                      extra_headers: Mapping[str, str] | None = None
-                      ) -> AsyncIterator[aiohttp.ClientResponse]:
+    def request(self, method: str, url: str, *, data: bytes | None = None,
+                json: Any = None, auth: bool = True,
+                timeout: aiohttp.ClientTimeout | None = None,
+                extra_headers: Mapping[str, str] | None = None) -> UpstreamCall:
         """One upstream call: ``async with provider.request(...) as resp``.
 
         ``data`` is the body as bytes, or ``json`` an object to encode; ``extra_headers`` go
@@ -190,38 +188,32 @@ class Provider:
         headers = self.headers if auth else None
         if extra_headers and headers is not None:
             headers = {**headers, **extra_headers}
+        return UpstreamCall(self, method, url, data, headers, timeout or self.timeout)
+
+    async def _open(self, call: UpstreamCall) -> aiohttp.ClientResponse:
+        """Send ``call``, following redirects as ``request`` says; every answer opened is
+        put in ``call.opened`` (the call releases them)."""
+        method, url, data, headers = call.method, call.url, call.data, call.headers
         started = time.perf_counter()
-        credentials = auth
-        opened: list[aiohttp.ClientResponse] = []
-        try:
-            for hop in range(MAX_REDIRECTS + 1):
-                credentials = credentials and self.at_home(url)
-                resp = await self.session.request(
-                    method, url, data=data, allow_redirects=False,
-                    headers=headers if credentials else None, timeout=timeout or self.timeout)
-                opened.append(resp)
-                if resp.status not in _REDIRECTS:
-                    break
-                target = resp.headers.get("Location", "")
-                if method != "GET" or not target or hop == MAX_REDIRECTS:
-                    raise self.redirect_error(resp.status, target)
-                url = str(resp.url.join(yarl.URL(target)))
-                resp.release()
-            if self._latency is not None:
-                self._latency.observe(time.perf_counter() - started)
-            if resp.status >= 400:
-                await self.raise_for_status(resp)
-            yield resp
-        except ApiError:
-            raise
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            raise self.transport_error(exc) from None
-        finally:
-            # an answer read to its end goes back to the pool; one cut short (a client that
-            # left) takes its connection down with it, so the upstream sees the hang-up
-            for answer in opened:
-                answer.release()
-                await answer.wait_for_close()
+        credentials = headers is not None
+        for hop in range(MAX_REDIRECTS + 1):
+            credentials = credentials and self.at_home(url)
+            resp = await self.session.request(
+                method, url, data=data, allow_redirects=False,
+                headers=headers if credentials else None, timeout=call.timeout)
+            call.opened.append(resp)
+            if resp.status not in _REDIRECTS:
+                break
+            target = resp.headers.get("Location", "")
+            if method != "GET" or not target or hop == MAX_REDIRECTS:
+                raise self.redirect_error(resp.status, target)
+            url = str(resp.url.join(yarl.URL(target)))
+            resp.release()
+        if self._latency is not None:
+            self._latency.observe(time.perf_counter() - started)
+        if resp.status >= 400:
+            await self.raise_for_status(resp)
+        return resp
 
     def at_home(self, url: str) -> bool:
         """Whether ``url`` is on ``base_url``'s origin (scheme, host and port): the only one
@@ -369,6 +361,38 @@ class Provider:
         return UpstreamPassthrough(f"The upstream provider `{name}` rejected the request"
                                    f"{f': {detail}' if detail else f' (HTTP {status})'}.",
                                    status=status, code=code)
+
+
+class UpstreamCall:
+    """``Provider.request``'s context manager (a class, not a generator: it is on every
+    request's path and lives as long as a stream).  Entering sends the request; leaving
+    releases every answer it opened, and turns a transport failure (also one raised while
+    the body was read inside the block) into the client's 502 / 504."""
+    __slots__ = ("data", "headers", "method", "opened", "provider", "timeout", "url")
+
+    def __init__(self, provider: Provider, method: str, url: str, data: bytes | None,
+                 headers: Mapping[str, str] | None, timeout: aiohttp.ClientTimeout) -> None:
+        self.provider, self.method, self.url, self.data = provider, method, url, data
+        self.headers, self.timeout = headers, timeout
+        self.opened: list[aiohttp.ClientResponse] = []
+
+    async def __aenter__(self) -> aiohttp.ClientResponse:
+        try:
+            return await self.provider._open(self)
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, None)
+            raise
+
+    async def __aexit__(self, typ: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        # an answer read to its end goes back to the pool; one cut short (a client that
+        # left) takes its connection down with it, so the upstream sees the hang-up
+        opened, self.opened, self.data = self.opened, [], None
+        for answer in opened:
+            answer.release()
+            await answer.wait_for_close()
+        if isinstance(exc, (TimeoutError, aiohttp.ClientError, ValueError)):
+            raise self.provider.transport_error(exc) from None
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
