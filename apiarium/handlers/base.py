@@ -406,6 +406,7 @@ class ApiHandler(BaseHandler):
                 self.set_header(name, value)
             if first is not None:
                 self.write(first)
+                del first          # not held for the life of the stream
             await self.flush()
             try:
                 async for frame in events:

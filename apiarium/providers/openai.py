@@ -99,7 +99,8 @@ class OpenAIProvider(Provider):
                     done = True
                 elif rewrite:
                     event = _rename(event, old, new, model.alias)
-                yield event + b"\n\n"
+                event += b"\n\n"       # one copy held while it is relayed, not two
+                yield event
         if not done:
             raise self.incomplete()
 
