@@ -42,10 +42,10 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import aiohttp
 import orjson
@@ -74,6 +74,20 @@ MAX_REDIRECTS = 5            # followed for GET only; credentials only within ba
 _REDIRECTS = frozenset((301, 302, 303, 307, 308))
 _ABOUT_REQUEST = frozenset((400, 404, 413, 422))   # statuses whose message a client sees
 log = logging.getLogger("apiarium.upstream")
+
+
+class EventStream(Protocol):
+    """What ``chat_stream`` returns: an async generator, or an iterator of that shape that
+    must be closed however it ends."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+    async def __anext__(self) -> bytes:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
 
 
 class Provider:
@@ -122,7 +136,7 @@ class Provider:
         raise InvalidRequest(f"`{model.alias}` cannot answer chat requests.", param="model")
 
     async def chat_stream(self, model: ModelSpec, body: dict[str, Any],
-                          raw: bytes | None) -> AsyncGenerator[bytes, None]:
+                          raw: bytes | None) -> EventStream:
         raise InvalidRequest(f"`{model.alias}` cannot stream chat.", param="model")
         yield b""          # unreachable: makes this an async generator, like the overrides
 
@@ -237,17 +251,21 @@ class Provider:
     async def sse_events(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         """The raw events of an event-stream answer, each as soon as it is complete
         (without its blank-line terminator); a 502 if the answer is not an event stream."""
-        ctype = resp.headers.get("Content-Type", "")
-        if not ctype.startswith("text/event-stream"):
-            raise UpstreamError(f"The upstream provider `{self.spec.name}` did not answer "
-                                f"the stream request with an event stream "
-                                f"({ctype or 'no content type'}).")
+        self.check_event_stream(resp)
         decoder = sse.SSEDecoder()
         async for chunk in resp.content.iter_any():
             for event in decoder.feed(chunk):
                 yield event
         for event in decoder.close():
             yield event
+
+    def check_event_stream(self, resp: aiohttp.ClientResponse) -> None:
+        """A 502 unless ``resp`` is an event stream."""
+        ctype = resp.headers.get("Content-Type", "")
+        if not ctype.startswith("text/event-stream"):
+            raise UpstreamError(f"The upstream provider `{self.spec.name}` did not answer "
+                                f"the stream request with an event stream "
+                                f"({ctype or 'no content type'}).")
 
     def incomplete(self) -> UpstreamError:
         """The error for an upstream stream that ended without its terminal event."""
