@@ -37,6 +37,7 @@ SCRIPTS = ROOT / "scripts"
 PY = sys.executable
 MASTER = "bench-master-key-0123456789abcdef"
 SLOW_MODEL = "bench-e3600-i1000"
+STREAM_MODEL = "bench-e20-i0"          # 20 content events, sent at once
 sys.path.insert(0, str(SCRIPTS))
 from bench import Server, chat_body  # noqa: E402
 
@@ -59,7 +60,8 @@ def gateway_config(tmp: Path, mock_url: str) -> Path:
     (d / "models.yaml").write_text(json.dumps({
         "providers": {"mock": {"kind": "openai", "base_url": mock_url + "/v1",
                                "api_key": "sk-bench-upstream", "connect_timeout_s": 120}},
-        "models": {m: {"provider": "mock"} for m in ("bench", SLOW_MODEL)}}, indent=1))
+        "models": {m: {"provider": "mock"} for m in ("bench", SLOW_MODEL, STREAM_MODEL)}},
+        indent=1))
     return d / "apiarium.yaml"
 
 
@@ -109,9 +111,16 @@ def load_client(args: list[str]) -> int:
     return 0 if bad == 0 else 1
 
 
-def run_load(url: str, key: str, n: int, conns: int) -> None:
-    out = subprocess.run([PY, __file__, "_load", url, key, str(n), str(conns)],
-                         capture_output=True, text=True, timeout=3600)
+def run_load(url: str, key: str, n: int, conns: int, stream: bool = False) -> None:
+    if stream:                 # bench.py's stream client: it checks every event
+        spec = {"url": url, "key": key, "model": STREAM_MODEL, "n": n, "events": 20,
+                "concurrency": conns, "timeout": 3000}
+        cmd = [PY, str(SCRIPTS / "bench.py"), "_streams", json.dumps(spec)]
+    else:
+        cmd = [PY, __file__, "_load", url, key, str(n), str(conns)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if stream and '"failed": 0' not in out.stdout:
+        raise RuntimeError(f"stream client failed: {out.stdout[-2000:]} {out.stderr[-2000:]}")
     if out.returncode != 0:
         raise RuntimeError(f"load client failed: {out.stdout} {out.stderr[-2000:]}")
 
@@ -140,13 +149,13 @@ def measure_cpu(name: str, cmd: list[str], ready: str, tmp: Path, a: argparse.Na
     try:
         if key == "issued":
             key = issue_key(srv.url)
-        run_load(srv.url, key, a.warmup, a.connections)                 # warm-up
+        run_load(srv.url, key, a.warmup, a.connections, a.stream)       # warm-up
         time.sleep(3)                  # the gateway's deferred writes (log, usage) happen
         control(srv.pid, "-z")
         time.sleep(a.idle)             # what the server does idle: its timers (log, usage
         control(srv.pid, "-d", "idle")  # and key-store ticks), paid per second of wall time
         t0 = time.monotonic()
-        run_load(srv.url, key, a.requests, a.connections)
+        run_load(srv.url, key, a.requests, a.connections, a.stream)
         control(srv.pid, "-d", "measured")
         seconds = time.monotonic() - t0
         time.sleep(1)
@@ -367,6 +376,9 @@ def main() -> int:
     c.add_argument("--warmup", type=int, default=300)
     c.add_argument("--connections", type=int, default=8)
     c.add_argument("--idle", type=float, default=10.0, help="seconds of idle measured")
+    c.add_argument("--stream", action="store_true",
+                   help="streamed requests of 20 content events each (per request: /20 "
+                        "for per event)")
     c.add_argument("--only", choices=("gateway", "bare"))
     c.add_argument("--key", choices=("master", "issued"), default="master")
     c.add_argument("--annotate", help="keep the callgrind dumps in this folder")
