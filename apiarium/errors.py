@@ -31,6 +31,7 @@ Domain code raises these; only ``handlers/`` turns them into HTTP responses.
 from __future__ import annotations
 
 import math
+from http import HTTPStatus
 from typing import Any
 
 
@@ -168,3 +169,26 @@ class UpstreamTimeout(UpstreamFailure):
     status = 504
     type = "server_error"
     default_code = "upstream_timeout"
+
+
+def for_status(exc: BaseException | None, status: int, method: str, path: str) -> ApiError:
+    """The error a client sees for ``exc`` (an ``ApiError`` stays itself) or, for what the
+    web framework raised on its own, for the bare ``status`` of ``method path``."""
+    if isinstance(exc, ApiError):
+        return exc
+    if status == 404:
+        return NotFound(f"Unknown path {method} {path}. The API lives under /v1 (see GET "
+                        f"/openapi.json).")
+    if status == 405:
+        return MethodNotAllowed(f"{method} is not allowed on {path}.")
+    if status == 413:
+        return BodyTooLarge("The request body is too large.")
+    if 400 <= status < 500:
+        reason = getattr(exc, "log_message", None)
+        if not reason:
+            try:
+                reason = HTTPStatus(status).phrase
+            except ValueError:
+                reason = ""
+        return InvalidRequest(f"Bad request: {reason}.", status=status)
+    return ApiError("The gateway hit an internal error; the operator can find it in the log")

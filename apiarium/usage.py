@@ -117,8 +117,14 @@ class UsageLedger:
         tally.credits = price(model, tally, resolution)
         day = self._roll()
         key = key_hash or MASTER
-        self._today.setdefault(key, Tally()).add(tally)
-        self._pending.setdefault((key, day), Tally()).add(tally)
+        today = self._today.get(key)
+        if today is None:
+            today = self._today[key] = Tally()
+        today.add(tally)
+        pending = self._pending.get((key, day))
+        if pending is None:
+            pending = self._pending[key, day] = Tally()
+        pending.add(tally)
         if self.booked is not None and key_hash is not None:
             self.booked(key_hash, tally.credits)
         return tally.credits

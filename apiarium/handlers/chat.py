@@ -49,7 +49,16 @@ class ChatHandler(ApiHandler):
         if model.type != "chat":
             await self.media_chat(model, body, stream)
         elif stream:
-            await self.stream_chat(model, body, raw)
+            # the stream holds neither the body nor its bytes once it is open (a long
+            # chat history would otherwise stay in memory for the stream's whole life)
+            opening = self.svc.chat.stream(model, body, raw, self.key_hash)
+            del body, raw
+
+            async def open_stream() -> AsyncIterator[bytes]:
+                stream = await opening
+                self.served_by(stream.served)
+                return stream
+            await self.relay(open_stream)
         else:
             answered = await self.guarded(self.svc.chat.complete(model, body, raw,
                                                                  self.key_hash))
@@ -57,13 +66,6 @@ class ChatHandler(ApiHandler):
                 answer, served = answered
                 self.served_by(served)
                 self.write_json(answer)
-
-    async def stream_chat(self, model: ModelSpec, body: dict, raw: bytes | None) -> None:
-        async def open_stream() -> AsyncIterator[bytes]:
-            stream = await self.svc.chat.stream(model, body, raw, self.key_hash)
-            self.served_by(stream.served)
-            return stream
-        await self.relay(open_stream)
 
     async def media_chat(self, model: ModelSpec, body: dict, stream: bool) -> None:
         chat = self.svc.media.as_chat(model, body, self.key_hash, self.public_base())

@@ -45,12 +45,10 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
-from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import Any, ClassVar, Protocol
 
 import aiohttp
 import orjson
@@ -73,12 +71,27 @@ from ..jsonbody import nesting_error
 from ..metrics import Metrics
 from ..outbound import FetchPolicy, ImageFetcher
 from .signatures import Signatures
+from .upstream_hints import origin, parse_retry_after
 
 MAX_ERROR_BODY = 64 * 1024
 MAX_REDIRECTS = 5            # followed for GET only; credentials only within base_url's origin
 _REDIRECTS = frozenset((301, 302, 303, 307, 308))
 _ABOUT_REQUEST = frozenset((400, 404, 413, 422))   # statuses whose message a client sees
 log = logging.getLogger("apiarium.upstream")
+
+
+class EventStream(Protocol):
+    """What ``chat_stream`` returns: an async generator, or an iterator of that shape that
+    must be closed however it ends."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+    async def __anext__(self) -> bytes:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
 
 
 class Provider:
@@ -132,7 +145,7 @@ class Provider:
         raise InvalidRequest(f"`{model.alias}` cannot answer chat requests.", param="model")
 
     async def chat_stream(self, model: ModelSpec, body: dict[str, Any],
-                          raw: bytes | None) -> AsyncGenerator[bytes, None]:
+                          raw: bytes | None) -> EventStream:
         raise InvalidRequest(f"`{model.alias}` cannot stream chat.", param="model")
         yield b""          # unreachable: makes this an async generator, like the overrides
 
@@ -179,12 +192,10 @@ class Provider:
                 f"`auth: none` if the upstream takes no key.",
                 code="provider_not_configured")
 
-    @asynccontextmanager
-    async def request(self, method: str, url: str, *, data: bytes | None = None,
-                      json: Any = None, auth: bool = True,
-                      timeout: aiohttp.ClientTimeout | None = None,
-                      extra_headers: Mapping[str, str] | None = None
-                      ) -> AsyncIterator[aiohttp.ClientResponse]:
+    def request(self, method: str, url: str, *, data: bytes | None = None,
+                json: Any = None, auth: bool = True,
+                timeout: aiohttp.ClientTimeout | None = None,
+                extra_headers: Mapping[str, str] | None = None) -> UpstreamCall:
         """One upstream call: ``async with provider.request(...) as resp``.
 
         ``data`` is the body as bytes, or ``json`` an object to encode; ``extra_headers`` go
@@ -210,44 +221,38 @@ class Provider:
         headers = self.headers if auth else None
         if extra_headers and headers is not None:
             headers = {**headers, **extra_headers}
+        return UpstreamCall(self, method, url, data, headers, timeout or self.timeout)
+
+    async def _open(self, call: UpstreamCall) -> aiohttp.ClientResponse:
+        """Send ``call``, following redirects as ``request`` says; every answer opened is
+        put in ``call.opened`` (the call releases them)."""
+        method, url, data, headers = call.method, call.url, call.data, call.headers
         started = time.perf_counter()
-        credentials = auth
-        opened: list[aiohttp.ClientResponse] = []
-        try:
-            for hop in range(MAX_REDIRECTS + 1):
-                credentials = credentials and self.at_home(url)
-                resp = await self.session.request(
-                    method, url, data=data, allow_redirects=False,
-                    headers=headers if credentials else None, timeout=timeout or self.timeout)
-                opened.append(resp)
-                if resp.status not in _REDIRECTS:
-                    break
-                target = resp.headers.get("Location", "")
-                if method != "GET" or not target or hop == MAX_REDIRECTS:
-                    raise self.redirect_error(resp.status, target)
-                url = str(resp.url.join(yarl.URL(target)))
-                resp.release()
-            if self._latency is not None:
-                self._latency.observe(time.perf_counter() - started)
-            if resp.status >= 400:
-                await self.raise_for_status(resp)
-            yield resp
-        except ApiError:
-            raise
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            raise self.transport_error(exc) from None
-        finally:
-            # an answer read to its end goes back to the pool; one cut short (a client that
-            # left) takes its connection down with it, so the upstream sees the hang-up
-            for answer in opened:
-                answer.release()
-                await answer.wait_for_close()
+        credentials = headers is not None
+        for hop in range(MAX_REDIRECTS + 1):
+            credentials = credentials and self.at_home(url)
+            resp = await self.session.request(
+                method, url, data=data, allow_redirects=False,
+                headers=headers if credentials else None, timeout=call.timeout)
+            call.opened.append(resp)
+            if resp.status not in _REDIRECTS:
+                break
+            target = resp.headers.get("Location", "")
+            if method != "GET" or not target or hop == MAX_REDIRECTS:
+                raise self.redirect_error(resp.status, target)
+            url = str(resp.url.join(yarl.URL(target)))
+            resp.release()
+        if self._latency is not None:
+            self._latency.observe(time.perf_counter() - started)
+        if resp.status >= 400:
+            await self.raise_for_status(resp)
+        return resp
 
     def at_home(self, url: str) -> bool:
         """Whether ``url`` is on ``base_url``'s origin (scheme, host and port): the only one
         that sees the provider's headers.  A URL under base_url is, without parsing."""
         base = self.spec.base_url
-        return bool(base) and (url.startswith(base + "/") or _origin(url) == _origin(base))
+        return bool(base) and (url.startswith(base + "/") or origin(url) == origin(base))
 
     def redirect_error(self, status: int, target: str) -> UpstreamError:
         """A redirect the upstream path does not follow (logged with its target)."""
@@ -265,17 +270,21 @@ class Provider:
     async def sse_events(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         """The raw events of an event-stream answer, each as soon as it is complete
         (without its blank-line terminator); a 502 if the answer is not an event stream."""
-        ctype = resp.headers.get("Content-Type", "")
-        if not ctype.startswith("text/event-stream"):
-            raise UpstreamError(f"The upstream provider `{self.spec.name}` did not answer "
-                                f"the stream request with an event stream "
-                                f"({ctype or 'no content type'}).")
+        self.check_event_stream(resp)
         decoder = sse.SSEDecoder()
         async for chunk in resp.content.iter_any():
             for event in decoder.feed(chunk):
                 yield event
         for event in decoder.close():
             yield event
+
+    def check_event_stream(self, resp: aiohttp.ClientResponse) -> None:
+        """A 502 unless ``resp`` is an event stream."""
+        ctype = resp.headers.get("Content-Type", "")
+        if not ctype.startswith("text/event-stream"):
+            raise UpstreamError(f"The upstream provider `{self.spec.name}` did not answer "
+                                f"the stream request with an event stream "
+                                f"({ctype or 'no content type'}).")
 
     def incomplete(self) -> UpstreamError:
         """The error for an upstream stream that ended without its terminal event."""
@@ -391,33 +400,34 @@ class Provider:
                                    status=status, code=code)
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
-    """(scheme, host, port) of ``url``: who may see the provider's credentials."""
-    try:
-        u = yarl.URL(url)
-    except (TypeError, ValueError):
-        return ("", "", None)
-    return (u.scheme.lower(), (u.host or "").lower(), u.port)
+class UpstreamCall:
+    """``Provider.request``'s context manager (a class, not a generator: it is on every
+    request's path and lives as long as a stream).  Entering sends the request; leaving
+    releases every answer it opened, and turns a transport failure (also one raised while
+    the body was read inside the block) into the client's 502 / 504."""
+    __slots__ = ("data", "headers", "method", "opened", "provider", "timeout", "url")
 
+    def __init__(self, provider: Provider, method: str, url: str, data: bytes | None,
+                 headers: Mapping[str, str] | None, timeout: aiohttp.ClientTimeout) -> None:
+        self.provider, self.method, self.url, self.data = provider, method, url, data
+        self.headers, self.timeout = headers, timeout
+        self.opened: list[aiohttp.ClientResponse] = []
 
-def parse_retry_after(value: str | None) -> float | None:
-    """A ``Retry-After`` header (seconds, or an HTTP date) as seconds from now."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
+    async def __aenter__(self) -> aiohttp.ClientResponse:
+        try:
+            return await self.provider._open(self)
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, None)
+            raise
 
+    async def __aexit__(self, typ: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        # an answer read to its end goes back to the pool; one cut short (a client that
+        # left) takes its connection down with it, so the upstream sees the hang-up
+        opened, self.opened, self.data = self.opened, [], None
+        for answer in opened:
+            answer.release()
+            await answer.wait_for_close()
+        if isinstance(exc, (TimeoutError, aiohttp.ClientError, ValueError)):
+            raise self.provider.transport_error(exc) from None
 
-_DURATION = re.compile(r"^\s*([0-9.]+)s\s*$")
-
-
-def parse_duration(value: Any) -> float | None:
-    """Google's ``"37s"`` / ``"1.2s"`` durations."""
-    m = _DURATION.match(str(value or ""))
-    return float(m.group(1)) if m else None

@@ -34,11 +34,12 @@ from ..errors import ApiError, InvalidRequest, UpstreamError
 from ..generation import ImageRequest, Media, VideoRequest
 from ..tokens import TokenUsage
 from . import gemini_embed, gemini_media
-from .base import Provider, parse_duration
+from .base import Provider
 from .gemini_request import to_gemini
 from .reasoning import wants_reasoning
 from .shapes import Chunks, completion, google_extra, tool_call, wants_usage
 from .signatures import Signatures
+from .upstream_hints import parse_duration
 
 _FILTERED = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
              "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION"}

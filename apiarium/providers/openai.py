@@ -29,6 +29,7 @@ import base64
 from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
+import aiohttp
 import orjson
 
 from .. import embedding, sse
@@ -36,7 +37,7 @@ from ..catalog import ModelSpec
 from ..embedding import EmbeddingRequest
 from ..errors import ApiError, NoOutput, UpstreamError
 from ..generation import ImageRequest, Media, nearest
-from .base import Provider
+from .base import Provider, UpstreamCall
 
 # The events that end a Responses stream (``response.failed`` is raised instead).
 RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete"})
@@ -92,34 +93,16 @@ class OpenAIProvider(Provider):
         data["model"] = model.alias
         return data
 
-    async def completions_stream(self, model: ModelSpec,
-                                 body: dict[str, Any]) -> AsyncGenerator[bytes, None]:
+    def completions_stream(self, model: ModelSpec, body: dict[str, Any]) -> Passthrough:
         """The same, streamed: the upstream's ``text_completion`` frames relayed."""
-        async for frame in self.chat_stream(model, body, None, "completions"):
-            yield frame
+        return self.chat_stream(model, body, None, "completions")
 
-    async def chat_stream(self, model: ModelSpec, body: dict[str, Any],
-                          raw: bytes | None, path: str = "chat/completions"
-                          ) -> AsyncGenerator[bytes, None]:
+    def chat_stream(self, model: ModelSpec, body: dict[str, Any],
+                    raw: bytes | None, path: str = "chat/completions") -> Passthrough:
         self.require_configured()
-        rewrite = model.upstream != model.alias
-        old = b'"model":"' + model.upstream.encode() + b'"'
-        new = b'"model":"' + model.alias.encode() + b'"'
-        payload: bytes | None = self._payload(model, body, raw)
-        del body, raw                # not held for the life of the stream
-        done = False
-        async with self.request("POST", f"{self.spec.base_url}/{path}", data=payload) as resp:
-            payload = None
-            async for event in self.sse_events(resp):
-                if event.startswith(b'data: {"error"'):      # the upstream failed mid-way
-                    raise self.stream_error(event)
-                if event.startswith(b"data: [DONE]"):
-                    done = True
-                elif rewrite:
-                    event = _rename(event, old, new, model.alias)
-                yield event + b"\n\n"
-        if not done:
-            raise self.incomplete()
+        call = self.request("POST", f"{self.spec.base_url}/{path}",
+                            data=self._payload(model, body, raw))
+        return Passthrough(self, call, model)
 
     # ------------------------------------------------------------------ native Responses
     def _responses_payload(self, model: ModelSpec, body: dict[str, Any], stream: bool) -> bytes:
@@ -283,3 +266,79 @@ def _rename(event: bytes, old: bytes, new: bytes, alias: str) -> bytes:
     if isinstance(obj, dict) and "model" in obj:
         obj["model"] = alias
     return sse.encode(obj)[:-2]
+
+
+class Passthrough:
+    """An OpenAI-compatible upstream's stream relayed frame by frame: ``data: [DONE]``
+    must end it (else a 502), an in-band ``data: {"error": …}`` event is raised as the error
+    it stands for, and ``model`` is set back to the alias.  One class-based iterator in
+    place of two stacked async generators (the provider's and ``sse_events``): each of those
+    held a frame, and a weakref in the loop's registry of generators, for the life of every
+    stream.  ``aclose`` releases the upstream answer (also on a stream cut short)."""
+    __slots__ = ("_alias", "_call", "_decoder", "_done", "_eof", "_events", "_new", "_old",
+                 "_provider", "_resp")
+
+    def __init__(self, provider: OpenAIProvider, call: UpstreamCall, model: ModelSpec):
+        self._provider, self._alias = provider, model.alias
+        self._call: UpstreamCall | None = call      # None once released
+        self._old = self._new = b""
+        if model.upstream != model.alias:
+            self._old = b'"model":"' + model.upstream.encode() + b'"'
+            self._new = b'"model":"' + model.alias.encode() + b'"'
+        self._resp: aiohttp.ClientResponse | None = None
+        self._decoder = sse.SSEDecoder()
+        self._events: list[bytes] = []        # decoded and not yet relayed, last first
+        self._done = self._eof = False
+
+    def __aiter__(self) -> Passthrough:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._call is None:                      # ended, failed or closed
+            raise StopAsyncIteration
+        try:
+            event = await self._next_event()
+            if event is not None and event.startswith(b'data: {"error"'):
+                raise self._provider.stream_error(event)    # the upstream failed mid-way
+        except BaseException as exc:
+            await self._release(exc)     # a transport failure is raised as the 502 / 504
+            raise
+        if event is None:
+            await self._release(None)
+            if not self._done:
+                raise self._provider.incomplete()
+            raise StopAsyncIteration
+        if event.startswith(b"data: [DONE]"):
+            self._done = True
+        elif self._old:
+            event = _rename(event, self._old, self._new, self._alias)
+        return event + b"\n\n"
+
+    async def _next_event(self) -> bytes | None:
+        """The next raw event; None once the answer has ended."""
+        if self._resp is None and self._call is not None:
+            call, self._call = self._call, None      # a failed send releases itself
+            self._resp = await call.__aenter__()
+            self._call, call.data = call, None       # not held for the life of the stream
+            self._provider.check_event_stream(self._resp)
+        if self._resp is None:
+            return None
+        while not self._events:
+            if self._eof:
+                return None
+            chunk = await self._resp.content.readany()
+            if chunk:
+                self._events = self._decoder.feed(chunk)
+            else:
+                self._events, self._eof = self._decoder.close(), True
+            self._events.reverse()
+        return self._events.pop()
+
+    async def _release(self, exc: BaseException | None) -> None:
+        call, self._call = self._call, None
+        if call is not None:
+            await call.__aexit__(type(exc) if exc else None, exc, None)
+
+    async def aclose(self) -> None:
+        """Release the upstream answer (a stream cut short takes its connection down)."""
+        await self._release(None)
