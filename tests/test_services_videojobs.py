@@ -4,7 +4,9 @@ resumer at start-up fails jobs stopped before they had an upstream operation (no
 and leaves young ones; a provider that cannot resume fails its job clearly; the SDK view
 (``expired``); the input-reference checks of handlers/videos.py (``image_type``).  The
 provider is a toy kind (named in models.yaml by its import path) whose renders wait on an
-event."""
+event.  Leases, on SQLite and the real PostgreSQL, with the Veo fake: of two gateways on one
+database resuming a job one polls it; a dead one's job is taken over once its lease expires;
+a stalled one that lost its lease stops polling; booked once."""
 from __future__ import annotations
 
 import asyncio
