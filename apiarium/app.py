@@ -58,6 +58,7 @@ log = logging.getLogger("apiarium")
 CHANGE_POLL_S = 0.5      # how often other processes' writes (the CLI's) are looked for
 PUSHED_POLL_S = 2.0      # ... while PostgreSQL's LISTEN tells at once (the fallback poll)
 HOUSEKEEPING_S = 2.0     # last-used times written; buckets and media pruned every minute
+TAKEOVER_S = 10.0        # how often expired video-job leases are looked for (lease: 60 s)
 USAGE_FLUSH_S = 2.0      # how often usage counted in memory is written
 METRICS_SAVE_S = 1.0     # with workers: how often a worker's metrics are shared
 RELOAD_SLOW_S = 0.1      # a reload of keys longer than this waits 3 times as long after it
@@ -307,12 +308,15 @@ class Gateway:
                 log.warning("sharing metrics: %s", exc)
 
     async def _housekeeping(self) -> None:
-        last_prune = time.monotonic()
+        last_prune = last_takeover = time.monotonic()
         svc = self.services
         while True:
             await asyncio.sleep(HOUSEKEEPING_S)
             try:
                 await svc.keys.flush()                 # when each key was last used
+                if time.monotonic() - last_takeover > TAKEOVER_S:
+                    last_takeover = time.monotonic()
+                    await svc.jobs.resume()            # video jobs of a process that died
                 if time.monotonic() - last_prune > 60:
                     last_prune = time.monotonic()
                     await self._prune()

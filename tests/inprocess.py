@@ -52,7 +52,7 @@ class InProcess:
 
     async def open(self) -> InProcess:
         self.config = config = load_config(self.config_path)
-        keys = await KeyService(config.settings.database).open()
+        keys = await KeyService(config.settings.database, config.settings.secret_file).open()
         usage = await UsageLedger(config.settings.database).open()
         metrics = Metrics(key_count=lambda: len(keys))
         self._session = make_session()

@@ -4,10 +4,14 @@ resumer at start-up fails jobs stopped before they had an upstream operation (no
 and leaves young ones; a provider that cannot resume fails its job clearly; the SDK view
 (``expired``); the input-reference checks of handlers/videos.py (``image_type``).  The
 provider is a toy kind (named in models.yaml by its import path) whose renders wait on an
-event."""
+event.  Leases, on SQLite and the real PostgreSQL, with the Veo fake: of two gateways on one
+database resuming a job one polls it; a dead one's job is taken over once its lease expires;
+a stalled one that lost its lease stops polling; booked once."""
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +24,8 @@ from apiarium.handlers.videos import image_type
 from apiarium.live import Services
 from apiarium.providers.base import Provider
 from apiarium.services.videojobs import QUEUED_STALE_S, view
-from apiarium.storage import VideoJob
-from tests.fakes import make_mp4, make_png
+from apiarium.storage import VideoJob, open_storage
+from tests.fakes import FakeGemini, make_mp4, make_png
 from tests.inprocess import InProcess, write_config
 
 MP4 = make_mp4()
@@ -161,3 +165,137 @@ def test_the_view_shows_expired_after_expires_at():
 ])
 def test_image_type_by_magic_bytes(data, mime):
     assert image_type(data) == mime
+
+
+# ------------------------------------------------------------------ leases: one poller
+
+def veo_models(fake: FakeGemini, gateway: str) -> dict:
+    """The Veo fake as provider ``google``; every request of this gateway carries
+    ``X-Gateway: <gateway>`` (the fake records headers: it tells who polled)."""
+    return {"providers": {"google": {"kind": "gemini", "base_url": fake.base_url,
+                                     "api_key": fake.api_key, "poll_interval_s": 0.02,
+                                     "timeout_s": 30, "headers": {"X-Gateway": gateway}}},
+            "models": {"veo-3": {"provider": "google", "type": "video",
+                                 "upstream": "veo-3.0-generate-001"}}}
+
+
+def pollers(fake: FakeGemini, op: str, since: int = 0) -> list[str]:
+    """Who polled the operation ``op``, request by request, from request number ``since``."""
+    return [r.headers.get("x-gateway", "?") for r in fake.requests[since:]
+            if r.method == "GET" and r.path.endswith(f"/operations/{op}")]
+
+
+async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait (on the loop, a tick at a time) until ``check()`` is true."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_database(request, tmp_path) -> dict:
+    """The settings of gateways sharing one database (PostgreSQL: and one key secret)."""
+    if request.param == "sqlite":
+        return {"database": str(tmp_path / "shared.sqlite3")}
+    return {"database": request.getfixturevalue("postgres_url"),
+            "secret_file": str(tmp_path / "shared" / "apiarium.secret")}
+
+
+def test_two_gateways_on_one_database_poll_a_job_once_and_take_over_a_dead_ones(
+        tmp_path, fake_gemini, shared_database):
+    """A job left unfinished (its gateway stopped) is resumed by two gateways at once: one
+    claims it and only that one polls Veo; killed without a word (its lease stays), the
+    other cannot take it until the lease expires (its clock moved past it), then takes it
+    over and completes it; it is booked once, in the shared database."""
+    fake_gemini.veo_polls_until_done = 10 ** 6               # Veo holds it unfinished
+
+    async def main() -> None:
+        configs = {name: write_config(tmp_path / name, veo_models(fake_gemini, name),
+                                      **shared_database) for name in ("s", "a", "b")}
+        async with InProcess(configs["s"]) as s:           # the submitter, stopped after
+            model = s.services.catalog.resolve("veo-3")
+            job = await s.services.jobs.submit(model, job_request(
+                {"prompt": "a bee", "seconds": "8"}, model.upstream), "key-l")
+            repo = await s.services.jobs.repo()
+            while (stored := await repo.get(job.id)).operation is None:
+                await asyncio.sleep(0.01)
+        op = stored.operation.rsplit("/", 1)[-1]
+        mark = len(fake_gemini.requests)
+        async with InProcess(configs["a"]) as a, InProcess(configs["b"]) as b:
+            gateways = {"a": a.services, "b": b.services}
+            resumed = await asyncio.gather(*(g.jobs.resume() for g in gateways.values()))
+            assert sorted(resumed) == [0, 1]
+            winner, other = ("a", "b") if resumed[0] else ("b", "a")
+            await until(lambda: len(pollers(fake_gemini, op, mark)) >= 5)
+            assert await gateways[other].jobs.resume() == 0            # a live lease
+            assert set(pollers(fake_gemini, op, mark)) == {winner}     # one poller only
+            assert not gateways[other].jobs.tasks
+
+            task = gateways[winner].jobs.tasks[job.id]                 # kill -9, as it were:
+            task.cancel()                                              # no release
+            await asyncio.gather(task, return_exceptions=True)
+            assert await gateways[other].jobs.resume() == 0            # not expired yet
+            later = gateways[other].jobs
+            later.clock = lambda: time.time() + later.lease_s + 1      # the lease expired
+            mark = len(fake_gemini.requests)
+            fake_gemini.veo_polls_until_done = 0                       # Veo is done now
+            assert await later.resume() == 1
+            done = await later.wait(job.id)
+            assert set(pollers(fake_gemini, op, mark)) == {other}
+            assert done.served.alias == "veo-3"
+            finished = await (await later.repo()).get(job.id)
+            assert (finished.status, finished.media) == ("completed", done.media)
+            assert not await (await later.repo()).claim(job.id, "someone", 2e9, 2e9 + 60)
+            assert await gateways[winner].jobs.resume() == 0
+        st = await open_storage(shared_database["database"])
+        try:
+            booked = [r for r in await st.usage.day(time.strftime("%Y-%m-%d", time.gmtime()))
+                      if r.video_seconds]
+        finally:
+            await st.close()
+        assert [(r.key_hash, r.video_seconds) for r in booked] == [("key-l", 8)]   # once
+    asyncio.run(main())
+
+
+def test_a_stalled_gateway_that_lost_its_lease_stops_polling_and_a_submit_is_leased(
+        tmp_path, fake_gemini, shared_database):
+    """The submitting gateway holds its job's lease from the row's creation: another one,
+    even far in its future, leaves the job alone while the lease lasts.  When the lease is
+    taken over anyway (the holder stalled past it), the holder sees it at its next renewal
+    and stops polling (its waiter hears ``video_moved``); the new holder alone books it."""
+    fake_gemini.veo_polls_until_done = 10 ** 6
+
+    async def main() -> None:
+        configs = {name: write_config(tmp_path / name, veo_models(fake_gemini, name),
+                                      **shared_database) for name in ("a", "b")}
+        async with InProcess(configs["a"]) as a, InProcess(configs["b"]) as b:
+            first, later = a.services.jobs, b.services.jobs
+            first.lease_s = 1.0                                  # renewed every 1/3 s
+            model = a.services.catalog.resolve("veo-3")
+            job = await first.submit(model, job_request({"prompt": "a bee", "seconds": "4"},
+                                                        model.upstream), "key-s")
+            repo = await later.repo()
+            assert not await repo.claim(job.id, "intruder", time.time(), time.time() + 9)
+            later.clock = lambda: time.time() + 0.2                  # inside the lease
+            while (stored := await repo.get(job.id)).operation is None:
+                await asyncio.sleep(0.01)
+            op = stored.operation.rsplit("/", 1)[-1]
+            await until(lambda: len(pollers(fake_gemini, op)) >= 5)   # renewed meanwhile
+            assert await later.resume() == 0 and not later.tasks
+            assert set(pollers(fake_gemini, op)) == {"a"}
+            polling = first.tasks[job.id]
+            later.clock = lambda: time.time() + 5                     # a's lease: expired
+            assert await later.resume() == 1
+            with pytest.raises(ApiError) as moved:
+                await polling                                        # a stops at renewal
+            assert (moved.value.code, moved.value.status) == ("video_moved", 503)
+            mark = len(fake_gemini.requests)
+            fake_gemini.veo_polls_until_done = 0
+            done = await later.wait(job.id)
+            assert set(pollers(fake_gemini, op, mark)) == {"b"}
+            assert (await repo.get(job.id)).status == "completed" and done.media
+            assert a.services.usage.spent_today("key-s").video_seconds == 0
+            assert b.services.usage.spent_today("key-s").video_seconds == 4
+            assert a.services.credits.held("key-s") == 0                 # its hold let go
+    asyncio.run(main())

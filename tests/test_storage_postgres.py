@@ -24,6 +24,7 @@ from apiarium.catalog import ModelSpec, ProviderSpec
 from apiarium.services.keys import KeyService
 from apiarium.storage import NewKey, StorageError, StorageUnavailable, UsageRow, open_storage
 from apiarium.storage.postgres import PostgresStorage
+from apiarium.storage.postgres_schema import _MIGRATIONS as MIGRATIONS
 from apiarium.storage.postgres_schema import SCHEMA_VERSION, migrate
 from apiarium.usage import Tally, UsageLedger
 
@@ -79,11 +80,39 @@ def test_migration_is_versioned_idempotent_and_safe_for_processes_opening_at_onc
                                           "WHERE indexname = 'keys_one_active_per_ip'")
         return found, versions, rows, tables, index
     found, versions, rows, tables, index = run(go())
-    assert found == [0, 2, 2, 2] and versions == {SCHEMA_VERSION}      # one made it
+    assert found == [0, 3, 3, 3] and versions == {SCHEMA_VERSION}      # one made it
     assert [r["version"] for r in rows] == [SCHEMA_VERSION]
     assert [t["tablename"] for t in tables] == ["blocks", "key_changes", "keys",
                                                 "schema_version", "usage", "video_jobs"]
     assert "UNIQUE" in index[0]["indexdef"] and "WHERE (status = 'active'" in index[0]["indexdef"]
+
+
+def test_a_version_2_database_gets_the_lease_columns_keeping_its_jobs(postgres_url):
+    """Version 3: ``video_jobs.lease_owner`` and ``lease_until`` added to a version-2
+    database (its jobs kept, unleased, so any process may claim them)."""
+    async def go():
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            await conn.execute("CREATE TABLE schema_version (id integer PRIMARY KEY CHECK "
+                               "(id = 1), version integer NOT NULL)")
+            for target in (1, 2):
+                await conn.execute(MIGRATIONS[target])
+            await conn.execute("INSERT INTO schema_version VALUES (1, 2)")
+            await conn.execute(
+                "INSERT INTO video_jobs (id, owner, model, prompt, seconds, size, resolution, "
+                "aspect_ratio, status, created_at, operation) VALUES ('video_old', 'o', 'veo', "
+                "'p', 8, '1280x720', '720p', '16:9', 'in_progress', 1, 'ops/1')")
+        finally:
+            await conn.close()
+        st = await open_storage(postgres_url)
+        try:
+            assert (st.found_version, await st.schema_version()) == (2, SCHEMA_VERSION) == (2, 3)
+            assert [j.id for j in await st.videos.claimable("me", 5.0)] == ["video_old"]
+            assert await st.videos.claim("video_old", "me", 5.0, 65.0)
+        finally:
+            await st.close()
+        return await query(postgres_url, "SELECT lease_owner, lease_until FROM video_jobs")
+    assert [tuple(r) for r in run(go())] == [("me", 65.0)]
 
 
 def test_a_newer_schema_is_refused(postgres_url):

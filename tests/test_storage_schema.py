@@ -132,8 +132,17 @@ def test_migrate_is_a_no_op_on_a_current_database(tmp_path):
     assert scalar(db, "PRAGMA user_version") == 1
 
 
-def test_a_version_2_database_gets_video_jobs_only_and_goes_to_3(tmp_path):
-    """Version 3 (``video_jobs``) needs no key secret: ``migrate`` takes 2 to 3."""
+def columns(path: Path, table: str) -> list[str]:
+    con = sqlite3.connect(path)
+    try:
+        return [r[1] for r in con.execute(f"PRAGMA table_info({table})")]
+    finally:
+        con.close()
+
+
+def test_a_version_2_database_gets_video_jobs_only_and_goes_to_4(tmp_path):
+    """Versions 3 (``video_jobs``) and 4 (its leases) need no key secret: ``migrate`` takes
+    2 to 4."""
     db = tmp_path / "db.sqlite3"
     con = sqlite3.connect(db)
     con.execute("PRAGMA user_version = 2")
@@ -141,13 +150,31 @@ def test_a_version_2_database_gets_video_jobs_only_and_goes_to_3(tmp_path):
     on(db, schema.migrate)
     assert objects(db)["table"] == {"video_jobs"}
     assert objects(db)["index"] == {"video_jobs_owner", "video_jobs_unfinished"}
-    assert scalar(db, "PRAGMA user_version") == 3 == schema.SCHEMA_VERSION
+    assert columns(db, "video_jobs")[-2:] == ["lease_owner", "lease_until"]
+    assert scalar(db, "PRAGMA user_version") == 4 == schema.SCHEMA_VERSION
 
 
-def test_a_version_3_database_is_left_alone_and_a_newer_one_refused(tmp_path):
+def test_a_version_3_database_gets_the_lease_columns_keeping_its_jobs(tmp_path):
     db = tmp_path / "db.sqlite3"
     con = sqlite3.connect(db)
+    for statement in schema.VIDEO_JOBS:
+        con.execute(statement)
+    con.execute("INSERT INTO video_jobs (id, owner, model, prompt, seconds, size, resolution, "
+                "aspect_ratio, status, created_at) VALUES ('video_old', 'o', 'veo', 'p', 8, "
+                "'1280x720', '720p', '16:9', 'queued', 1)")
     con.execute("PRAGMA user_version = 3")
+    con.commit()
+    con.close()
+    on(db, schema.migrate)
+    assert scalar(db, "PRAGMA user_version") == 4
+    assert scalar(db, "SELECT id || ':' || coalesce(lease_owner, 'free') FROM video_jobs") == \
+        "video_old:free"
+
+
+def test_a_version_4_database_is_left_alone_and_a_newer_one_refused(tmp_path):
+    db = tmp_path / "db.sqlite3"
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA user_version = 4")
     con.close()
     on(db, schema.migrate)
     assert objects(db)["table"] == set()                # nothing was created

@@ -2,7 +2,7 @@
 SQLite on a temporary file, PostgreSQL on a database of its own (skipped, saying why,
 without scripts/test-services).  Owner-scoped reads, cursor paging, the one-way move out of
 queued/in_progress that books a job once (also from two connections at once), delete,
-unfinished."""
+unfinished; the lease one process at a time holds (claim, renew, release, claimable)."""
 from __future__ import annotations
 
 import asyncio
@@ -90,4 +90,43 @@ def test_started_finish_once_delete_and_unfinished(database):
         finally:
             await st.close()
             await other.close()
+    asyncio.run(go())
+
+
+def test_a_lease_is_won_by_one_renewed_by_its_owner_and_taken_once_expired(database):
+    """``claim`` from three connections at once: one wins; the lease keeps the others out
+    until it expires (``now`` past ``until``), its owner may claim and renew it again;
+    ``release`` and ``finish`` free it; a finished job is nobody's to claim."""
+    async def go():
+        stores = [await opened(database) for _ in range(3)]     # three processes, as it were
+        try:
+            a, b, c = (st.videos for st in stores)
+            await a.create(job(1), "A", 100.0)                  # the submitter's, from the start
+            await a.create(job(2))                              # unleased (an older version's)
+            assert [j.id for j in await b.claimable("B", 50.0)] == ["video_0002"]
+            assert [j.id for j in await a.claimable("A", 50.0)] == ["video_0001", "video_0002"]
+            assert not await b.claim("video_0001", "B", 50.0, 110.0)        # A holds it
+            won = await asyncio.gather(*(r.claim("video_0002", o, 50.0, 110.0)
+                                         for r, o in ((a, "A"), (b, "B"), (c, "C"))))
+            assert sorted(won) == [False, False, True]
+            holder = "ABC"[won.index(True)]
+            assert await a.claim("video_0001", "A", 60.0, 120.0)           # its owner again
+            assert await a.renew("video_0001", "A", 130.0)
+            assert not await b.renew("video_0001", "B", 130.0)             # not B's
+            assert not await b.claim("video_0001", "B", 129.0, 190.0)
+            assert await b.claim("video_0001", "B", 131.0, 190.0)          # expired: B's now
+            assert not await a.renew("video_0001", "A", 200.0)             # A sees it lost
+            assert not await a.release("video_0001", "A")
+            assert await b.release("video_0001", "B")
+            assert await c.claim("video_0001", "C", 132.0, 190.0)          # free at once
+            assert await c.finish("video_0001", status="failed", when=133, error_code="x")
+            assert not await c.renew("video_0001", "C", 200.0)
+            assert not await a.claim("video_0001", "A", 999.0, 1000.0)     # finished
+            assert [j.id for j in await a.claimable("A", 999.0)] == ["video_0002"]
+            assert [j.id for j in await a.claimable(holder, 60.0)] == ["video_0002"]
+            for other in {"A", "B", "C"} - {holder}:
+                assert await a.claimable(other, 60.0) == []             # the holder's lease
+        finally:
+            for st in stores:
+                await st.close()
     asyncio.run(go())

@@ -2,18 +2,22 @@
 /v1/videos/{id}/content, driven by the ``openai`` SDK and curl against the Veo fake; the
 answers checked with the SDK's own types; jobs owned by their key; seconds and size mapped
 or refused; multipart and URL input references; a job started before a restart completes
-after it, charged once; expiry; rate limits and credits on both video endpoints."""
+after it, charged once; a killed gateway's job taken over by housekeeping once its lease
+expires; expiry; rate limits and credits on both video endpoints."""
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
+import sqlite3
 import subprocess
+import time
 
 import openai
 import pytest
 from openai.types import Video, VideoDeleteResponse
 
+from apiarium import app as app_module
 from tests.fakes import make_png
 from tests.support import MASTER_KEY, error_of, request, wait_for
 
@@ -238,6 +242,32 @@ def test_a_job_started_before_a_restart_completes_after_it_charged_once(gw, fake
     gw.start()
     assert usage(gw, ip)["video_seconds"] == 6
     assert gw.sdk(key, ip=ip).videos.retrieve(job.id).status == "completed"
+
+
+def test_housekeeping_takes_over_a_job_whose_gateway_was_killed(gw, fake_gemini, monkeypatch):
+    """A gateway killed outright leaves its job leased (as written here, to a process that
+    is gone, for 1.5 s more): the gateway started next leaves it at start-up, then its
+    housekeeping takes it over once the lease expires, completes it, charges it once."""
+    monkeypatch.setattr(app_module, "TAKEOVER_S", 0.0)       # every round (2 s), not 10 s
+    ip = "127.0.0.78"
+    key = gw.key_for(ip)
+    fake_gemini.veo_polls_until_done = 10 ** 6
+    job = gw.sdk(key, ip=ip).videos.create(model="veo-3", prompt="orphan", seconds="4")
+    assert wait_for(lambda: json.loads(raw_job(gw, job.id, key, ip)[2])["status"] ==
+                    "in_progress")
+    gw.stop()
+    con = sqlite3.connect(gw.dir.parent / "data" / "apiarium.sqlite3")
+    con.execute("UPDATE video_jobs SET lease_owner = 'gone:1:dead', lease_until = ?",
+                (time.time() + 1.5,))
+    con.commit()
+    con.close()
+    fake_gemini.veo_polls_until_done = 0
+    gw.start()
+    assert job.id not in gw.app.services.jobs.tasks            # leased to the dead one
+    client = gw.sdk(key, ip=ip)
+    assert client.videos.retrieve(job.id).status == "in_progress"
+    assert wait_for(lambda: client.videos.retrieve(job.id).status == "completed", timeout=10)
+    assert usage(gw, ip)["video_seconds"] == 4
 
 
 def test_a_job_shows_expired_once_its_media_is_gone(gw, fake_gemini):

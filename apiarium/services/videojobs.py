@@ -13,11 +13,18 @@ Life of a job (a row of ``storage.VideoJobRepository``, so it outlives the proce
   ``media.ttl_hours``) or ``failed`` (``error``: the code and message a blocking client gets
   as its error).  Only the move out of queued/in_progress books usage, and only one writer
   makes it, so a job is charged exactly once, whoever polls (nobody needs to);
-* ``resume`` (at start and on SIGHUP): every unfinished job that has an upstream operation
-  and no task here is polled again (never rendered twice); a job the gateway stopped before
-  the upstream named an operation has nothing to poll: it is failed as
-  ``video_interrupted`` once ``QUEUED_STALE_S`` old (younger ones may be another process's
-  submit under way), and is not charged;
+* one process at a time renders or polls a job: the one holding its lease (``owner``, this
+  service's ``host:pid:random``, in the job's row until ``lease_until``).  The submitting
+  process takes it with the row; whoever renders or polls renews it every ``lease_s / 3``
+  and lets it go when the job ends or the gateway stops.  A process that sees its lease
+  taken (it stalled past ``lease_s``) stops polling: the new holder books the job;
+* ``resume`` (at start, on SIGHUP, and every few seconds from the gateway's housekeeping):
+  every unfinished job whose lease is free or expired (its process stopped or was killed)
+  is claimed, then polled again if it has an upstream operation (never rendered twice); so
+  of N workers or gateways on one database one polls each job, and a dead one's jobs are
+  taken over within about ``lease_s``.  A job the gateway stopped before the upstream named
+  an operation has nothing to poll: it is failed as ``video_interrupted`` once
+  ``QUEUED_STALE_S`` old and unleased, and is not charged;
 * a completed job shows ``expired`` once ``expires_at`` has passed (its file is gone too).
 
 A job belongs to the key that made it: every read is by id *and* owner, so another key's job
@@ -28,9 +35,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import secrets
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +57,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("apiarium")
 POLL_AFTER_MS = 2000          # the openai-poll-after-ms header on unfinished jobs
 QUEUED_STALE_S = 120          # a job queued this long without an operation was interrupted
+LEASE_S = 60.0                # a job's lease: how long a process that stopped renewing holds it
+UNFINISHED = ("queued", "in_progress")
 LIST_MAX = 100
 
 
@@ -88,6 +99,8 @@ class VideoJobService:
         self.credits = book
         self.clock = clock
         self.tasks: dict[str, asyncio.Task[Rendered]] = {}    # renders under way here
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.lease_s = LEASE_S
         self._storage: Storage | None = None
         self._opening = asyncio.Lock()
 
@@ -101,13 +114,19 @@ class VideoJobService:
         return self._storage.videos
 
     async def close(self) -> None:
-        """Stop the renders under way here (their jobs resume after a restart) and close."""
-        tasks = list(self.tasks.values())
-        for task in tasks:
+        """Stop the renders under way here and let their leases go (another process, or
+        this gateway's next start, resumes them at once), and close."""
+        leased = dict(self.tasks)
+        for task in leased.values():
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*leased.values(), return_exceptions=True)
         if self._storage is not None:
             storage, self._storage = self._storage, None
+            for job_id in leased:
+                try:
+                    await storage.videos.release(job_id, self.owner)
+                except ApiError as exc:      # the database is down: the lease expires
+                    log.warning("video job %s: cannot release its lease: %s", job_id, exc)
             await storage.close()
 
     # ------------------------------------------------------------------ submitting
@@ -141,15 +160,15 @@ class VideoJobService:
                        aspect_ratio=req.aspect_ratio, status="queued", progress=0,
                        created_at=int(self.clock()))
         try:
-            await (await self.repo()).create(job)
+            await (await self.repo()).create(job, self.owner, self.clock() + self.lease_s)
         except BaseException:
             hold.release()
             raise
         self._track(job.id, self._render(job, model, req, key_hash, hold.release))
         return job
 
-    def _track(self, job_id: str, work: Any) -> asyncio.Task[Rendered]:
-        task: asyncio.Task[Rendered] = asyncio.ensure_future(work)
+    def _track(self, job_id: str, work: Coroutine[Any, Any, Rendered]) -> asyncio.Task[Rendered]:
+        task: asyncio.Task[Rendered] = asyncio.ensure_future(self._leased(job_id, work))
         self.tasks[job_id] = task
 
         def done(t: asyncio.Task[Rendered]) -> None:
@@ -158,6 +177,45 @@ class VideoJobService:
                 log.info("video job %s failed: %s", job_id, t.exception())
         task.add_done_callback(done)
         return task
+
+    async def _leased(self, job_id: str, work: Coroutine[Any, Any, Rendered]) -> Rendered:
+        """Run a job's render or poll while renewing its lease; stop it if another process
+        took the job over (that one polls it and books it)."""
+        inner = asyncio.ensure_future(work)
+        keeper = asyncio.ensure_future(self._keep(job_id, inner))
+        try:
+            return await inner
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if (me is None or not me.cancelling()) and keeper.done() and \
+                    not keeper.cancelled() and keeper.result():
+                raise ApiError(f"Another gateway process took over video `{job_id}` (this "
+                               f"one stalled past its lease); it goes on there: GET "
+                               f"/v1/videos/{job_id} shows it.", code="video_moved",
+                               status=503) from None
+            raise
+        finally:
+            keeper.cancel()
+
+    async def _keep(self, job_id: str, inner: asyncio.Future[Rendered]) -> bool:
+        """Renew the lease of a job while ``inner`` works on it; True if the lease was
+        lost to another process (``inner`` is then cancelled)."""
+        repo = await self.repo()
+        while not inner.done():
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                if await repo.renew(job_id, self.owner, self.clock() + self.lease_s):
+                    continue
+                job = await repo.get(job_id)
+            except ApiError as exc:          # the database is down: try again next time
+                log.warning("video job %s: cannot renew its lease: %s", job_id, exc)
+                continue
+            if job is None or job.status not in UNFINISHED or inner.done():
+                return False     # finished, or deleted (its render goes on: it is charged)
+            log.warning("video job %s: another process took it over; stopping here", job_id)
+            inner.cancel()
+            return True
+        return False
 
     async def wait(self, job_id: str) -> Rendered:
         """Wait for a job rendering here (the blocking endpoints): its result or its error.
@@ -221,18 +279,22 @@ class VideoJobService:
 
     # ------------------------------------------------------------------ after a restart
     async def resume(self) -> int:
-        """Poll again every unfinished job that has an upstream operation and no render
-        here; fail those interrupted before they had one.  How many were resumed."""
+        """Claim every unfinished job whose lease is free or expired (or this process's,
+        with no render here), and poll it again if it has an upstream operation; fail those
+        interrupted before they had one.  How many were resumed."""
         repo = await self.repo()
         live = self._live()
         resumed = 0
-        for job in await repo.unfinished():
+        now = self.clock()
+        for job in await repo.claimable(self.owner, now):
             if job.id in self.tasks:
                 continue
+            if job.operation is None and now - job.created_at < QUEUED_STALE_S:
+                continue                    # perhaps a submit of an older version under way
+            if not await repo.claim(job.id, self.owner, now, now + self.lease_s):
+                continue                    # another process claimed it first
             provider = live.providers.get(job.provider or "")
             if job.operation is None or provider is None:
-                if job.operation is None and self.clock() - job.created_at < QUEUED_STALE_S:
-                    continue
                 await self._fail(job.id, ApiError(
                     "The gateway restarted before this video's render started upstream "
                     "(or its provider is no longer configured); nothing was charged. Create "

@@ -177,8 +177,28 @@ class VideoJob:
 
 
 class VideoJobRepository(Protocol):
-    async def create(self, job: VideoJob) -> None:
-        """Insert a new job (its id is new)."""
+    """Jobs, and their leases: the one process that polls an unfinished job (``lease_owner``,
+    e.g. ``host:pid:random``) holds it until ``lease_until`` (epoch seconds) unless it renews;
+    an expired lease is anyone's to claim, so a dead process's jobs are taken over."""
+
+    async def create(self, job: VideoJob, lease_owner: str | None = None,
+                     lease_until: float | None = None) -> None:
+        """Insert a new job (its id is new), leased to ``lease_owner`` when given."""
+
+    async def claimable(self, owner: str, now: float) -> list[VideoJob]:
+        """The unfinished jobs whose lease is free, expired at ``now`` or ``owner``'s,
+        oldest first."""
+
+    async def claim(self, job_id: str, owner: str, now: float, until: float) -> bool:
+        """Lease an unfinished job to ``owner`` until ``until`` if its lease is free, expired
+        at ``now`` or already the owner's, in one statement: whether it was won."""
+
+    async def renew(self, job_id: str, owner: str, until: float) -> bool:
+        """Extend the owner's lease of an unfinished job; False if the lease is lost (taken
+        over, the job finished or deleted)."""
+
+    async def release(self, job_id: str, owner: str) -> bool:
+        """Give up the owner's lease (another process may claim the job at once)."""
 
     async def get(self, job_id: str, owner: str | None = None) -> VideoJob | None:
         """The job with this id (and, when given, this owner), or None."""
@@ -195,8 +215,9 @@ class VideoJobRepository(Protocol):
     async def finish(self, job_id: str, *, status: str, when: int, media: str | None = None,
                      expires_at: int | None = None, error_code: str | None = None,
                      error_message: str | None = None) -> bool:
-        """Move an unfinished job to ``completed`` or ``failed``; False if it was finished
-        already (by another process) or is gone: only one writer ever books a job."""
+        """Move an unfinished job to ``completed`` or ``failed`` (its lease released); False
+        if it was finished already (by another process) or is gone: only one writer ever
+        books a job."""
 
     async def delete(self, job_id: str, owner: str) -> VideoJob | None:
         """Delete the owner's job; what it was (None: no such job of this owner)."""

@@ -1,12 +1,15 @@
-"""``VideoJobRepository`` on PostgreSQL's ``video_jobs`` table (schema version 2,
-``postgres_schema._V2``).  Every method is one statement; ``finish`` moves a job out of
-queued/in_progress only once, so of several processes resuming one job one books it."""
+"""``VideoJobRepository`` on PostgreSQL's ``video_jobs`` table (schema versions 2 and 3,
+``postgres_schema._V2`` and ``_V3``).  Every method is one statement; ``claim`` leases a job
+to one process at a time (row-locked: of several claiming at once one wins), and ``finish``
+moves a job out of queued/in_progress only once, so one process books it."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from . import VideoJob
 from .sqlite_jobs import COLUMNS, SELECT, UNFINISHED
+
+FREE = "(lease_until IS NULL OR lease_until < $1 OR lease_owner = $2)"    # now, owner
 
 if TYPE_CHECKING:                       # postgres imports this module
     from .postgres import PostgresStorage
@@ -20,14 +23,37 @@ class PostgresVideoJobs:
     def __init__(self, storage: PostgresStorage) -> None:
         self._s = storage
 
-    async def create(self, job: VideoJob) -> None:
+    async def create(self, job: VideoJob, lease_owner: str | None = None,
+                     lease_until: float | None = None) -> None:
         values = (job.id, job.owner, job.model, job.prompt, job.seconds, job.size,
                   job.resolution, job.aspect_ratio, job.status, job.progress, job.created_at,
                   job.completed_at, job.expires_at, job.provider, job.operation, job.served,
-                  job.media, job.error_code, job.error_message)
+                  job.media, job.error_code, job.error_message, lease_owner, lease_until)
         marks = ", ".join(f"${i}" for i in range(1, len(values) + 1))
-        await self._s.write(f"INSERT INTO video_jobs ({COLUMNS}) VALUES ({marks})",  # noqa: S608
-                            *values, counted=False)
+        await self._s.write(f"INSERT INTO video_jobs ({COLUMNS}, lease_owner, lease_until) "  # noqa: S608
+                            f"VALUES ({marks})", *values, counted=False)
+
+    async def claimable(self, owner: str, now: float) -> list[VideoJob]:
+        return [job_of(r) for r in await self._s.fetch(
+            f"{SELECT} WHERE {UNFINISHED} AND {FREE} ORDER BY seq", now, owner)]
+
+    async def claim(self, job_id: str, owner: str, now: float, until: float) -> bool:
+        return await self._s.write(
+            "UPDATE video_jobs SET lease_owner = $1, lease_until = $2 "  # noqa: S608
+            f"WHERE id = $3 AND {UNFINISHED} AND (lease_until IS NULL OR lease_until < $4 "
+            "OR lease_owner = $1)",
+            owner, until, job_id, now, counted=False) > 0
+
+    async def renew(self, job_id: str, owner: str, until: float) -> bool:
+        return await self._s.write(
+            "UPDATE video_jobs SET lease_until = $1 "  # noqa: S608
+            f"WHERE id = $2 AND lease_owner = $3 AND {UNFINISHED}",
+            until, job_id, owner, counted=False) > 0
+
+    async def release(self, job_id: str, owner: str) -> bool:
+        return await self._s.write(
+            "UPDATE video_jobs SET lease_owner = NULL, lease_until = NULL "
+            "WHERE id = $1 AND lease_owner = $2", job_id, owner, counted=False) > 0
 
     async def get(self, job_id: str, owner: str | None = None) -> VideoJob | None:
         if owner is None:
@@ -62,8 +88,8 @@ class PostgresVideoJobs:
         progress = 100 if status == "completed" else 0
         return await self._s.write(
             "UPDATE video_jobs SET status = $1, progress = $2, completed_at = $3, media = $4, "  # noqa: S608
-            "expires_at = $5, error_code = $6, error_message = $7 "
-            f"WHERE id = $8 AND {UNFINISHED}",
+            "expires_at = $5, error_code = $6, error_message = $7, lease_owner = NULL, "
+            f"lease_until = NULL WHERE id = $8 AND {UNFINISHED}",
             status, progress, when, media, expires_at, error_code, error_message, job_id,
             counted=False) > 0
 

@@ -9,6 +9,8 @@ Schema versions (the one row of ``schema_version``; a database without that tabl
    rehash of bare SHA-256 hashes) has nothing to do here.
 2. ``video_jobs``: the jobs of ``POST /v1/videos`` (and of the blocking video requests),
    with the upstream operation each render runs as (SQLite's version 3).
+3. ``video_jobs.lease_owner`` and ``lease_until``: the process that polls a job, and until
+   when (epoch seconds) its claim holds unless renewed (SQLite's version 4).
 
 ``migrate`` runs in one transaction, under an advisory lock, so processes that open a new
 database at the same moment take turns: the first creates it, the others find it done.  It
@@ -21,7 +23,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from . import StorageError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIGRATION_LOCK = 0x61706961     # pg_advisory_lock's key: "apia"
 
 _V1 = """
@@ -111,7 +113,11 @@ CREATE INDEX video_jobs_unfinished ON video_jobs (status)
     WHERE status IN ('queued', 'in_progress');
 """
 
-_MIGRATIONS = {1: _V1, 2: _V2}
+_V3 = """
+ALTER TABLE video_jobs ADD COLUMN lease_owner text, ADD COLUMN lease_until double precision;
+"""
+
+_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3}
 
 SELECT_KEYS = ("SELECT id, key_hash, key_prefix, ip, generation, created, rpm, status, "
                "last_used FROM keys")

@@ -23,7 +23,7 @@ from .sqlite_schema import (
     SELECT_KEYS,
     SELECT_USAGE,
     migrate,
-    migrate_to_3,
+    migrate_past_2,
     private_files,
     rewrite_keys,
     user_version,
@@ -106,10 +106,11 @@ class SqliteStorage:
     async def upgrade_keys(self, rewrite: Callable[[KeyRecord], KeyRecord]) -> int:
         """Version 1 → 2, once, in one transaction that holds the write lock: store
         ``rewrite(record)``'s ``key_hash`` and ``key_prefix`` for every key, and file the
-        usage rows of each changed hash under the new one; then on to 3 (``video_jobs``).
+        usage rows of each changed hash under the new one; then on to 4 (``video_jobs``, its
+        leases).
         The number of keys changed."""
         db = self.db
-        if await user_version(db) >= 3:
+        if await user_version(db) >= SCHEMA_VERSION:
             return 0
         async with self.write_lock:
             await db.execute("BEGIN IMMEDIATE")
@@ -120,8 +121,7 @@ class SqliteStorage:
                     await db.execute("UPDATE key_changes SET n = n + 1 WHERE id = 1")
                     await db.execute("PRAGMA user_version = 2")
                     self._changes = await value(db, "SELECT n FROM key_changes WHERE id = 1")
-                if await user_version(db) == 2:
-                    await migrate_to_3(db)
+                await migrate_past_2(db)
                 await db.execute("COMMIT")
             except BaseException:
                 await db.execute("ROLLBACK")

@@ -1,5 +1,6 @@
-"""``VideoJobRepository`` on SQLite's ``video_jobs`` table (schema version 3,
-``sqlite_schema.VIDEO_JOBS``).  Paging is by ``seq``, the row's insertion order."""
+"""``VideoJobRepository`` on SQLite's ``video_jobs`` table (schema versions 3 and 4,
+``sqlite_schema.VIDEO_JOBS`` and ``VIDEO_LEASE``).  Paging is by ``seq``, the row's
+insertion order; a lease is claimed, renewed and released by one UPDATE each."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ COLUMNS = ("id, owner, model, prompt, seconds, size, resolution, aspect_ratio, s
            "media, error_code, error_message")
 SELECT = f"SELECT {COLUMNS} FROM video_jobs"  # noqa: S608  (a constant)
 UNFINISHED = "status IN ('queued', 'in_progress')"
+FREE = "(lease_until IS NULL OR lease_until < ? OR lease_owner = ?)"    # now, owner
 
 
 def job_of(row: Any) -> VideoJob:
@@ -24,14 +26,40 @@ class SqliteVideoJobs:
     def __init__(self, storage: SqliteStorage) -> None:
         self._s = storage
 
-    async def create(self, job: VideoJob) -> None:
+    async def create(self, job: VideoJob, lease_owner: str | None = None,
+                     lease_until: float | None = None) -> None:
         values = (job.id, job.owner, job.model, job.prompt, job.seconds, job.size,
                   job.resolution, job.aspect_ratio, job.status, job.progress, job.created_at,
                   job.completed_at, job.expires_at, job.provider, job.operation, job.served,
-                  job.media, job.error_code, job.error_message)
+                  job.media, job.error_code, job.error_message, lease_owner, lease_until)
         async with self._s.write_lock:
-            await self._s.write(f"INSERT INTO video_jobs ({COLUMNS}) VALUES "  # noqa: S608
-                                f"({', '.join('?' * len(values))})", values, counted=False)
+            await self._s.write(f"INSERT INTO video_jobs ({COLUMNS}, lease_owner, "  # noqa: S608
+                                f"lease_until) VALUES ({', '.join('?' * len(values))})",
+                                values, counted=False)
+
+    async def claimable(self, owner: str, now: float) -> list[VideoJob]:
+        return [job_of(r) for r in await self._s.fetch(
+            f"{SELECT} WHERE {UNFINISHED} AND {FREE} ORDER BY seq", (now, owner))]
+
+    async def claim(self, job_id: str, owner: str, now: float, until: float) -> bool:
+        async with self._s.write_lock:
+            return await self._s.write(
+                "UPDATE video_jobs SET lease_owner = ?, lease_until = ? "  # noqa: S608
+                f"WHERE id = ? AND {UNFINISHED} AND {FREE}",
+                (owner, until, job_id, now, owner), counted=False) > 0
+
+    async def renew(self, job_id: str, owner: str, until: float) -> bool:
+        async with self._s.write_lock:
+            return await self._s.write(
+                "UPDATE video_jobs SET lease_until = ? "  # noqa: S608
+                f"WHERE id = ? AND lease_owner = ? AND {UNFINISHED}",
+                (until, job_id, owner), counted=False) > 0
+
+    async def release(self, job_id: str, owner: str) -> bool:
+        async with self._s.write_lock:
+            return await self._s.write(
+                "UPDATE video_jobs SET lease_owner = NULL, lease_until = NULL "
+                "WHERE id = ? AND lease_owner = ?", (job_id, owner), counted=False) > 0
 
     async def get(self, job_id: str, owner: str | None = None) -> VideoJob | None:
         if owner is None:
@@ -67,8 +95,8 @@ class SqliteVideoJobs:
         async with self._s.write_lock:
             return await self._s.write(
                 "UPDATE video_jobs SET status = ?, progress = ?, completed_at = ?, media = ?, "  # noqa: S608
-                "expires_at = ?, error_code = ?, error_message = ? "
-                f"WHERE id = ? AND {UNFINISHED}",
+                "expires_at = ?, error_code = ?, error_message = ?, lease_owner = NULL, "
+                f"lease_until = NULL WHERE id = ? AND {UNFINISHED}",
                 (status, progress, when, media, expires_at, error_code, error_message,
                  job_id), counted=False) > 0
 

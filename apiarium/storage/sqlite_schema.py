@@ -13,6 +13,9 @@ Schema versions (``PRAGMA user_version``; databases made before versions existed
 3. ``video_jobs``: the jobs of ``POST /v1/videos`` (and of the blocking video requests),
    with the upstream operation each render runs as.  It needs no secret: ``migrate`` takes a
    version-2 database to 3, and ``upgrade_keys`` goes on from 2 to 3 in its transaction.
+4. ``video_jobs.lease_owner`` and ``lease_until``: the process that polls a job, and until
+   when (epoch seconds) its claim holds unless renewed (``VideoJobRepository.claim``).  No
+   secret either: ``migrate`` and ``upgrade_keys`` take 2 or 3 on to 4 (``migrate_past_2``).
 
 The database, its -wal and -shm files are created 0600 (SQLite gives the latter two the
 database's mode), in a folder created 0700; files made looser by older versions are
@@ -30,7 +33,7 @@ import aiosqlite
 
 from . import KeyRecord, StorageError
 
-SCHEMA_VERSION = 3        # the newest this code knows; ``migrate`` skips 2, see above
+SCHEMA_VERSION = 4        # the newest this code knows; ``migrate`` skips 2, see above
 
 _SCHEMA_V1 = [
     """CREATE TABLE IF NOT EXISTS keys (
@@ -142,11 +145,21 @@ VIDEO_JOBS = [
 ]
 
 
-async def migrate_to_3(db: aiosqlite.Connection) -> None:
-    """Version 2 → 3 (the caller holds the transaction): the ``video_jobs`` table."""
-    for statement in VIDEO_JOBS:
-        await db.execute(statement)
-    await db.execute("PRAGMA user_version = 3")
+VIDEO_LEASE = ["ALTER TABLE video_jobs ADD COLUMN lease_owner TEXT",
+               "ALTER TABLE video_jobs ADD COLUMN lease_until REAL"]
+
+
+async def migrate_past_2(db: aiosqlite.Connection) -> None:
+    """Version 2 → 3 → 4 (the caller holds the transaction): the ``video_jobs`` table, then
+    its lease columns.  Nothing to do below 2 or at 4."""
+    if await user_version(db) == 2:
+        for statement in VIDEO_JOBS:
+            await db.execute(statement)
+        await db.execute("PRAGMA user_version = 3")
+    if await user_version(db) == 3:
+        for statement in VIDEO_LEASE:
+            await db.execute(statement)
+        await db.execute("PRAGMA user_version = 4")
 
 
 _MIGRATIONS = {1: _migrate_to_1}
@@ -165,7 +178,7 @@ async def user_version(db: aiosqlite.Connection) -> int:
 
 
 async def migrate(db: aiosqlite.Connection) -> None:
-    """Bring the database to the last version that needs no key secret (1; 3 from 2), in one
+    """Bring the database to the last version that needs no key secret (1; 4 from 2), in one
     transaction that holds the write lock (another process opening it at the same moment
     waits, then finds the work done).  A version newer than this code knows is refused."""
     version = await user_version(db)
@@ -173,15 +186,14 @@ async def migrate(db: aiosqlite.Connection) -> None:
         raise StorageError(f"the database has schema version {version}, made by a newer "
                            f"apiarium (this one knows up to {SCHEMA_VERSION}); upgrade it")
     last = max(_MIGRATIONS)
-    if version >= last and version != 2:
+    if version == last or version >= SCHEMA_VERSION:
         return
     await db.execute("BEGIN IMMEDIATE")
     try:
         for target in range(await user_version(db) + 1, last + 1):
             await _MIGRATIONS[target](db)
             await db.execute(f"PRAGMA user_version = {target}")
-        if await user_version(db) == 2:          # keys rehashed: on to 3, which needs no secret
-            await migrate_to_3(db)
+        await migrate_past_2(db)                 # keys rehashed: on to 4, which needs no secret
         await db.execute("COMMIT")
     except BaseException:
         await db.execute("ROLLBACK")
