@@ -1310,6 +1310,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--state", default="memory,redis+postgres",
                    help="with --workers: state backends to compare, of memory, redis, "
                         "redis+postgres (scripts/bench runs Redis and PostgreSQL for them)")
+    p.add_argument("--credits", action="store_true",
+                   help="with --workers: a daily credit allowance, so every request also "
+                        "takes a credit hold (shared in Redis by the redis states)")
     a = p.parse_args(argv)
     full = {"duration": 20, "rounds": 10, "latency_seconds": 5, "streams": 1000, "events": 20,
             "interval": 0.25, "slow_streams": 10000, "slow_seconds": 30, "requests": 200_000,

@@ -2,11 +2,13 @@
 
 For each worker count (``--workers 1,2``) and each state backend (``--state
 memory,redis+postgres``) one gateway runs; wrk sends non-stream chat requests with an
-ordinary key (the master key skips the limiter, so it would measure nothing), rpm and daily
-credits set so high that every request passes but still goes through the limiter and the
-credit hold.  Rounds are interleaved across the configurations, so that a neighbour's load
-lands on all of them alike; a configuration's CPU is its whole process tree (supervisor and
-workers), read from /proc, and the Redis server's CPU is reported beside it.
+ordinary key (the master key skips the limiter, so it would measure nothing), rpm set so
+high that every request passes but still goes through the limiter (the key bucket and the
+chat endpoint's bucket); with ``--credits`` a daily credit allowance too, so that every
+request also takes and settles a credit hold.  Rounds are interleaved across the
+configurations, so that a neighbour's load lands on all of them alike; a configuration's
+CPU is its whole process tree (supervisor and workers), read from /proc, and the Redis
+server's CPU is reported beside it.
 
     memory           SQLite + in-process buckets (the default)
     redis+postgres   rate_limit.backend: redis://..., database: postgresql://...
@@ -84,7 +86,10 @@ class Scale:
     def start(self, c: Config, n: int) -> Server:
         d = self.b.tmp / f"scale{n}"
         (d / "data").mkdir(parents=True, exist_ok=True)
-        rate: dict[str, Any] = {"rpm": 1_000_000, "daily_credits": 1e12,
+        # daily_credits 0: no credit holds, the limiter alone; --credits: a hold per request
+        # (reserved before, settled after), shared in Redis by the redis states
+        rate: dict[str, Any] = {"rpm": 1_000_000,
+                                "daily_credits": 1e12 if self.a.credits else 0,
                                 "endpoints": {"chat": "1000000/second"}}
         if "redis" in c.state:
             rate["backend"] = self.redis_url
