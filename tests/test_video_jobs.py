@@ -90,6 +90,15 @@ def test_sdk_create_and_poll_download_list_retrieve_delete(gw, fake_gemini):
                                              "Range": "bytes=100-199"})
     assert status == 206 and body == fake_gemini.video_bytes[100:200]
     assert headers["content-range"] == f"bytes 100-199/{len(fake_gemini.video_bytes)}"
+    size = len(fake_gemini.video_bytes)
+    status, headers, body = request(f"{gw.url}/v1/videos/{video.id}/content", ip=ip,
+                                    headers={"Authorization": f"Bearer {key}",
+                                             "Range": f"bytes={size}-"})
+    assert status == 416 and headers["content-range"] == f"bytes */{size}"
+    assert json.loads(body)["error"]["code"] == "range_not_satisfiable"
+    status, _, body = request(f"{gw.url}/v1/videos/{video.id}/content", ip=ip,  # ignored
+                              headers={"Authorization": f"Bearer {key}", "Range": "bytes=9-3"})
+    assert status == 200 and body == fake_gemini.video_bytes
 
     # two more, left rendering: a job answer tells the SDK how long to wait
     fake_gemini.veo_polls_until_done = 10 ** 6

@@ -1,17 +1,14 @@
 """POST /v1/images/generations, POST /v1/videos/generations, and GET /media/{name}."""
 from __future__ import annotations
 
-import re
 import time
 
-import orjson
 import tornado.web
 
-from ..errors import InvalidRequest, NotFound
+from .. import byteranges
+from ..errors import NotFound
 from ..generation import image_request, video_request
 from .base import ApiHandler, BaseHandler
-
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 class ImagesHandler(ApiHandler):
@@ -64,17 +61,11 @@ class MediaFileHandler(BaseHandler, tornado.web.StaticFileHandler):
                            f"expired (files are kept {media.ttl_s / 3600:g} hours). Generate "
                            f"it again.", code="media_not_found")
         spec = self.request.headers.get("Range", "")
-        if spec:
-            m = _RANGE.match(spec)
-            first, last = m.groups() if m else ("", "")
-            if not (first or last) or (first and last and int(last) < int(first)):
-                del self.request.headers["Range"]    # an invalid Range is ignored (RFC 9110)
+        if spec and not byteranges.usable(spec):
+            del self.request.headers["Range"]    # an invalid Range is ignored (RFC 9110)
         await super().get(name, include_body)
         if self.get_status() == 416 and not self._finished:
-            err = InvalidRequest(f"The requested range ({spec}) lies outside the file.",
-                                 status=416, code="range_not_satisfiable")
-            self.set_header("Content-Type", "application/json")
-            self.finish(orjson.dumps(err.envelope()))
+            self.write_json(byteranges.outside(spec).envelope(), 416)
 
     def compute_etag(self) -> str | None:
         return f'"{self.path_args[0]}"' if self.path_args else None   # names are immutable

@@ -15,10 +15,10 @@ from __future__ import annotations
 import base64
 import re
 
-import orjson
 import tornado.httputil
 import tornado.web
 
+from .. import byteranges
 from ..errors import InvalidRequest
 from ..generation import job_request
 from ..jsonbody import parse_object
@@ -26,7 +26,6 @@ from ..services.videojobs import LIST_MAX, POLL_AFTER_MS, view
 from ..storage import VideoJob
 from .base import ApiHandler
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"))
 _TEXT_FIELDS = ("prompt", "model", "seconds", "size", "input_reference",
                 "input_reference[image_url]", "input_reference[file_id]")
@@ -174,18 +173,12 @@ class VideoContentHandler(ApiHandler, tornado.web.StaticFileHandler):
                                  f"keeps the video only (variant=video).", param="variant")
         name = await self.svc.jobs.content(job_id, self.key_hash)
         spec = self.request.headers.get("Range", "")
-        if spec:
-            m = _RANGE.match(spec)
-            first, last = m.groups() if m else ("", "")
-            if not (first or last) or (first and last and int(last) < int(first)):
-                del self.request.headers["Range"]    # an invalid Range is ignored (RFC 9110)
+        if spec and not byteranges.usable(spec):
+            del self.request.headers["Range"]    # an invalid Range is ignored (RFC 9110)
         self.path_args = [name]
         await tornado.web.StaticFileHandler.get(self, name, include_body)
         if self.get_status() == 416 and not self._finished:
-            err = InvalidRequest(f"The requested range ({spec}) lies outside the file.",
-                                 status=416, code="range_not_satisfiable")
-            self.set_header("Content-Type", "application/json")
-            self.finish(orjson.dumps(err.envelope()))
+            self.write_json(byteranges.outside(spec).envelope(), 416)
 
     def compute_etag(self) -> str | None:
         return f'"{self.path_args[0]}"' if self.path_args else None   # names are immutable

@@ -9,13 +9,14 @@ with what was relayed until then (the upstream's counts if they came, else an es
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import orjson
 
 from .. import sse
 from ..catalog import ModelSpec
 from ..errors import ApiError, UpstreamError
+from ..providers.base import EventStream as Frames  # SSE frames, closed however they end
 from ..providers.shapes import wants_usage
 from ..tokens import TokenUsage
 from ..usage import Tally, UsageLedger
@@ -24,20 +25,6 @@ from .fallback import Breakers, first_success
 
 if TYPE_CHECKING:
     from ..live import Live
-
-
-class Frames(Protocol):
-    """SSE frames, one event each, that must be closed however they end (an async
-    generator is one; so is ``ChatStream``)."""
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        raise NotImplementedError
-
-    async def __anext__(self) -> bytes:
-        raise NotImplementedError
-
-    async def aclose(self) -> None:
-        raise NotImplementedError
 
 
 UsageReader = Callable[[object, "Tally | None"], "Tally"]

@@ -39,7 +39,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -235,20 +235,28 @@ class VideoJobService:
                                and c.upstream == m.upstream), model)
                 await repo.started(job.id, m.provider.name, operation, served.alias, 10)
             return live.providers[m.provider.name].video_job(m, req, started)
-        try:
+
+        async def run() -> Rendered:
             media, served = await first_success(live.config.catalog, self.breakers, model, on,
                                                 key_hash)
             return await self._complete(job, served, media, req)
-        except ApiError as err:
-            await self._fail(job.id, err)
-            raise
-        except Exception:
-            log.exception("video job %s: unexpected error", job.id)
-            await self._fail(job.id, ApiError("The gateway hit an internal error while "
-                                              "rendering this video; create it again."))
-            raise
+        try:
+            return await self._failing(job.id, run())
         finally:
             release()
+
+    async def _failing(self, job_id: str, work: Awaitable[Rendered]) -> Rendered:
+        """``work``'s result; a failure is recorded on the job (an unexpected one logged)."""
+        try:
+            return await work
+        except ApiError as err:
+            await self._fail(job_id, err)
+            raise
+        except Exception:
+            log.exception("video job %s: unexpected error", job_id)
+            await self._fail(job_id, ApiError("The gateway hit an internal error while "
+                                              "rendering this video; create it again."))
+            raise
 
     async def _complete(self, job: VideoJob, served: ModelSpec, media: Media,
                         req: VideoRequest) -> Rendered:
@@ -312,20 +320,13 @@ class VideoJobService:
 
     async def _resumed(self, job: VideoJob, render: Any, served: ModelSpec | None,
                        req: VideoRequest) -> Rendered:
-        try:
+        async def run() -> Rendered:
             media = await render
             if served is None:
                 raise ApiError("The video's model is no longer configured on this gateway.",
                                code="video_interrupted")
             return await self._complete(job, served, media, req)
-        except ApiError as err:
-            await self._fail(job.id, err)
-            raise
-        except Exception:
-            log.exception("video job %s: unexpected error", job.id)
-            await self._fail(job.id, ApiError("The gateway hit an internal error while "
-                                              "rendering this video; create it again."))
-            raise
+        return await self._failing(job.id, run())
 
     # ------------------------------------------------------------------ reading
     async def get(self, job_id: str, key_hash: str | None) -> VideoJob:
