@@ -108,7 +108,8 @@ class Site:
         app.router.add_get("/empty", self._empty)
         app.router.add_get("/slow", self._slow)
         app.router.add_get("/hold", self._hold)
-        self._runner = web.AppRunner(app, access_log=None)
+        # a handler still holding a connection (/hold, /slow) is cut at once on stop
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
         server = self._runner.server
 

@@ -394,7 +394,7 @@ async def loopback(handle: Callable[[web.Request], Awaitable[web.StreamResponse]
     ``handle``: its base URL, for the length of the block."""
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, shutdown_timeout=0.2)   # a held request does not delay the end
     await runner.setup()
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
