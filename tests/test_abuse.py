@@ -329,21 +329,21 @@ def test_cli_and_server_write_at_once(make_gateway, fake_openai):
     errors: list = []
 
     def visitors():
-        for i in range(120):
+        for i in range(80):
             status = me_raw(gw, f"127.2.0.{i + 1}")[0]
             if status != 200:
                 errors.append(status)
     t = threading.Thread(target=visitors)
     t.start()
-    for i in range(6):
+    for i in range(4):
         assert cli(gw, "block", f"127.3.{i}.0/24").returncode == 0
         assert cli(gw, "rotate", f"127.2.0.{i + 1}").returncode == 0
     t.join()
     assert errors == []
-    assert wait_for(lambda: me_raw(gw, "127.3.5.1")[0] == 403, timeout=5)
+    assert wait_for(lambda: me_raw(gw, "127.3.3.1")[0] == 403, timeout=5)
     out = cli(gw, "list", "--json")
     ips = [json.loads(line)["ip"] for line in out.stdout.splitlines()]
-    assert len(ips) == len(set(ips)) >= 120
+    assert len(ips) == len(set(ips)) >= 80
 
 
 # --------------------------------------------------------------------------- issuance limits

@@ -142,15 +142,15 @@ def test_chunked_body_over_the_limit_gets_413_without_being_buffered(make_gatewa
     assert status == 413 and error_of(body)["code"] == "body_too_large"
 
 
-def trickle(sock: socket.socket, data: bytes, between=None) -> float | None:
-    """Send ``data`` one byte a second; the seconds until the server hung up (None: never).
-    ``between(i)`` runs after byte i."""
+def trickle(sock: socket.socket, data: bytes, between=None, pace: float = 1.0) -> float | None:
+    """Send ``data`` one byte every ``pace`` seconds; the seconds until the server hung up
+    (None: never).  ``between(i)`` runs after byte i."""
     started = time.monotonic()
     try:
         for i in range(len(data)):
             try:
                 sock.sendall(data[i:i + 1])
-                sock.settimeout(1.0)
+                sock.settimeout(pace)
                 if sock.recv(1024) == b"":                  # the server hung up
                     return time.monotonic() - started
             except TimeoutError:
@@ -166,24 +166,26 @@ def trickle(sock: socket.socket, data: bytes, between=None) -> float | None:
 
 def test_slow_headers_are_cut_off(make_gateway, fake_openai):
     gw = make_gateway(openai_models(fake_openai),
-                      server={**SERVER, "header_timeout_s": 3, "body_timeout_s": 3})
+                      server={**SERVER, "header_timeout_s": 1, "body_timeout_s": 1})
     head = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: slowloris/1.0\r\n\r\n"
 
     def others_are_served(i: int) -> None:                 # meanwhile everyone else is served
         if i == 2:
             assert gw.get("/health")[0] == 200
-    cut = trickle(socket.create_connection(("127.0.0.1", gw.port)), head, others_are_served)
-    print(f"\nslowloris (1 byte/s, header_timeout_s 3): cut off after {cut} s "
-          f"(sending the whole head would take {len(head)} s)")
-    assert cut is not None and cut < 3 + 3, cut
+    cut = trickle(socket.create_connection(("127.0.0.1", gw.port)), head, others_are_served,
+                  pace=0.25)
+    print(f"\nslowloris (4 bytes/s, header_timeout_s 1): cut off after {cut} s "
+          f"(sending the whole head would take {len(head) / 4:g} s)")
+    assert cut is not None and 0.9 < cut < 1 + 1.5, cut
 
 
 def test_slow_body_is_cut_off(make_gateway, fake_openai):
     gw = make_gateway(openai_models(fake_openai),
-                      server={**SERVER, "header_timeout_s": 3, "body_timeout_s": 3})
-    cut = trickle(post_head(gw.port, "Content-Length: 100\r\n"), b" " * 100)
-    print(f"\nslow body (1 byte/s, body_timeout_s 3): cut off after {cut} s")
-    assert cut is not None and cut < 3 + 3, cut
+                      server={**SERVER, "header_timeout_s": 1, "body_timeout_s": 1})
+    cut = trickle(post_head(gw.port, "Content-Length: 100\r\n"), b" " * 100, pace=0.25)
+    print(f"\nslow body (4 bytes/s, body_timeout_s 1): cut off after {cut} s (the whole "
+          f"body would take 25 s)")
+    assert cut is not None and 0.9 < cut < 1 + 1.5, cut
 
 
 # --------------------------------------------------------------------------- kill -9
