@@ -342,6 +342,6 @@ def test_a_client_that_leaves_stops_the_gemini_calls(gw, fake_gemini):
     with pytest.raises(TimeoutError):
         request(gw.url + "/v1/embeddings", "POST", body, timeout=0.2, headers={
             "Authorization": f"Bearer {MASTER_KEY}", "Content-Type": "application/json"})
-    time.sleep(1.6)                       # three rounds, had it gone on
+    time.sleep(1.2)                       # two more rounds, had it gone on
     assert len(batch_calls(fake_gemini)) == 4
     assert fake_gemini.embed_peak == 4

@@ -34,7 +34,7 @@ from tests.support import MASTER_KEY
 FUZZ = os.environ.get("APIARIUM_FUZZ", "")
 SCALE = int(FUZZ.partition(":")[2] or 1)
 FUZZ_BUDGET_S = 40.0 * SCALE             # the whole fuzzing run stops generating after this
-EXAMPLES = {GenerationMode.POSITIVE: 14 * SCALE, GenerationMode.NEGATIVE: 8 * SCALE}
+EXAMPLES = {GenerationMode.POSITIVE: 12 * SCALE, GenerationMode.NEGATIVE: 7 * SCALE}
 CHECKS = [status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance]
 UPSTREAM_5XX = {502, 503, 504}

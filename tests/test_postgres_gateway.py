@@ -65,7 +65,7 @@ def test_two_gateways_share_postgresql_and_ride_out_its_outage(
             assert json.loads(keys_me(gw, "127.0.0.4")[2])["key"] == other
         for gw in gws:                                        # /health says so
             assert wait_for(lambda gw=gw: database_state(gw) == "down", timeout=3)
-        time.sleep(1.0)                                       # refreshes fail meanwhile
+        time.sleep(0.6)                          # refreshes (every 0.5 s) fail meanwhile
     finally:
         postgres_ctl("start")
     status, _, body = wait_for(lambda: (r := keys_me(one, "127.0.0.3"))[0] == 200 and r,
