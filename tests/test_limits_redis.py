@@ -230,6 +230,8 @@ def test_forty_requests_over_three_gateways_let_exactly_four_through(shared_data
     PostgreSQL server as gateways on several hosts share it)."""
     gws = gateways(make_gateway, fake_openai, tmp_path, 3, shared_database)
     assert len({g.url for g in gws}) == 3
+    for gw in gws:       # each knows the key (read from the database) before the burst
+        assert gw.get("/v1/models", key=gws[0].key)[0] == 200
     started = time.monotonic()
     answers = asyncio.run(burst([g.url for g in gws], gws[0].key, 40))
     took = time.monotonic() - started
