@@ -4,6 +4,7 @@ to one process at a time (row-locked: of several claiming at once one wins), and
 moves a job out of queued/in_progress only once, so one process books it."""
 from __future__ import annotations
 
+from dataclasses import astuple
 from typing import TYPE_CHECKING, Any
 
 from . import VideoJob
@@ -25,10 +26,7 @@ class PostgresVideoJobs:
 
     async def create(self, job: VideoJob, lease_owner: str | None = None,
                      lease_until: float | None = None) -> None:
-        values = (job.id, job.owner, job.model, job.prompt, job.seconds, job.size,
-                  job.resolution, job.aspect_ratio, job.status, job.progress, job.created_at,
-                  job.completed_at, job.expires_at, job.provider, job.operation, job.served,
-                  job.media, job.error_code, job.error_message, lease_owner, lease_until)
+        values = (*astuple(job), lease_owner, lease_until)    # the fields in COLUMNS' order
         marks = ", ".join(f"${i}" for i in range(1, len(values) + 1))
         await self._s.write(f"INSERT INTO video_jobs ({COLUMNS}, lease_owner, lease_until) "  # noqa: S608
                             f"VALUES ({marks})", *values, counted=False)

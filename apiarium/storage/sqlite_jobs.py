@@ -3,6 +3,7 @@
 insertion order; a lease is claimed, renewed and released by one UPDATE each."""
 from __future__ import annotations
 
+from dataclasses import astuple
 from typing import TYPE_CHECKING, Any
 
 from . import VideoJob
@@ -28,10 +29,7 @@ class SqliteVideoJobs:
 
     async def create(self, job: VideoJob, lease_owner: str | None = None,
                      lease_until: float | None = None) -> None:
-        values = (job.id, job.owner, job.model, job.prompt, job.seconds, job.size,
-                  job.resolution, job.aspect_ratio, job.status, job.progress, job.created_at,
-                  job.completed_at, job.expires_at, job.provider, job.operation, job.served,
-                  job.media, job.error_code, job.error_message, lease_owner, lease_until)
+        values = (*astuple(job), lease_owner, lease_until)    # the fields in COLUMNS' order
         async with self._s.write_lock:
             await self._s.write(f"INSERT INTO video_jobs ({COLUMNS}, lease_owner, "  # noqa: S608
                                 f"lease_until) VALUES ({', '.join('?' * len(values))})",
