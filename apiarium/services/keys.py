@@ -211,7 +211,7 @@ class KeyService:
         guessed key never is one, so guesses never reach the database)."""
         if len(self._absent) > ABSENT_MAX:
             self._absent.clear()
-        if keysecret.hash_key(self._secret, key) in self._absent:
+        if self._hash(key) in self._absent:
             return False                     # asked already: revoked, or never issued
         ident = identity_of(ip)
         rec = self._by_ip.get(ident)
