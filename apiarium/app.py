@@ -46,7 +46,6 @@ from .netguard import Blocklist, NetGuard
 from .outbound import FetchPolicy, ImageFetcher
 from .providers import build as build_providers
 from .providers.signatures import Signatures
-from .services.credits_redis import RedisCredits
 from .services.keys import KeyService
 from .services.limits_redis import RedisBackend, where
 from .storage import StorageUnavailable, database_url
@@ -347,8 +346,7 @@ class Gateway:
             await asyncio.sleep(USAGE_FLUSH_S)
             try:     # shielded: a shutdown never cuts a write in half (close() waits for it)
                 await asyncio.shield(self.services.usage.flush())
-                if isinstance(self.services.credits, RedisCredits):
-                    await self.services.credits.flush()     # bookings to the shared counter
+                await self.services.credits.flush()     # bookings to a shared counter
             except StorageUnavailable as exc:
                 log.warning("writing usage: %s; will retry", exc)
             except Exception:
@@ -430,9 +428,8 @@ class Gateway:
             svc.metrics.save()                 # a worker's last counts, for the others
         await svc.usage.close()
         await svc.keys.close()
+        await svc.credits.flush()
         if svc.shared is not None:
-            if isinstance(svc.credits, RedisCredits):
-                await svc.credits.flush()
             await svc.shared.close()
 
     async def run_until_signalled(self) -> None:

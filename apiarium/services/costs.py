@@ -90,6 +90,9 @@ class Books(Protocol):
 
     async def spent(self, key_hash: str) -> float: ...
 
+    async def flush(self) -> None:
+        """Hand on what is pending (every 2 s and at shutdown); nothing for a local book."""
+
 
 class Hold:
     """Credits set aside for one request in flight; ``release()`` once it is booked."""
@@ -142,6 +145,9 @@ class CreditBook:
     async def spent(self, key_hash: str) -> float:
         """The key's credits spent today (UTC)."""
         return self.usage.spent_today(key_hash).credits
+
+    async def flush(self) -> None:
+        """Nothing to hand on: the ledger is the book."""
 
     def release(self, key_hash: str, amount: float, ident: str = "") -> None:
         left = self._held.get(key_hash, 0.0) - amount
