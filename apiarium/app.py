@@ -26,7 +26,7 @@ from . import __version__
 from .accesslog import AccessLog
 from .catalog import Catalog
 from .config import Config, ConfigError, load_config
-from .handlers import embeddings, messages, pages, responses, videos
+from .handlers import bodies, embeddings, messages, pages, responses, videos
 from .handlers.base import BaseHandler
 from .handlers.chat import ChatHandler, CompletionsHandler
 from .handlers.info import (
@@ -246,6 +246,7 @@ class Gateway:
         self._tasks.append(asyncio.ensure_future(self._housekeeping()))
         self._tasks.append(asyncio.ensure_future(self._flush_usage()))
         self._tasks.append(asyncio.ensure_future(self._flush_log()))
+        self._tasks.append(asyncio.ensure_future(bodies.watch(self.services)))
         if self.worker is not None:
             self._tasks.append(asyncio.ensure_future(self._save_metrics()))
         shown = f"[{host}]" if ":" in host else host

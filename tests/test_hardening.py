@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import signal
 import socket
@@ -16,6 +17,7 @@ import time
 
 import pytest
 
+from apiarium.handlers import bodies
 from apiarium.keysecret import KeyStoreError
 from apiarium.services.keys import KeyService
 from tests.conftest import openai_models
@@ -70,9 +72,9 @@ def push(sock: socket.socket, total: int, chunked: bool = False) -> int:
     return sent
 
 
-def post_head(port: int, extra: str) -> socket.socket:
+def post_head(port: int, extra: str, path: str = "/v1/chat/completions") -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+    sock.sendall((f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                   f"Authorization: Bearer {MASTER_KEY}\r\nContent-Type: application/json\r\n"
                   f"{extra}\r\n").encode())
     return sock
@@ -179,13 +181,40 @@ def test_slow_headers_are_cut_off(make_gateway, fake_openai):
     assert cut is not None and 0.9 < cut < 1 + 1.5, cut
 
 
-def test_slow_body_is_cut_off(make_gateway, fake_openai):
+@pytest.mark.parametrize(("path", "framing", "keeper"), [
+    # an API body of known length: its deadline is kept by handlers/bodies.py's sweep
+    ("/v1/chat/completions", "Content-Length: 100", "the sweep"),
+    # no length (chunked), or a route that takes no body: Tornado's timer per request
+    ("/v1/chat/completions", "Transfer-Encoding: chunked", "Tornado's timer"),
+    ("/no/such/route", "Content-Length: 100", "Tornado's timer")])
+def test_slow_body_is_cut_off(make_gateway, fake_openai, caplog, path, framing, keeper):
     gw = make_gateway(openai_models(fake_openai),
                       server={**SERVER, "header_timeout_s": 1, "body_timeout_s": 1})
-    cut = trickle(post_head(gw.port, "Content-Length: 100\r\n"), b" " * 100, pace=0.25)
-    print(f"\nslow body (4 bytes/s, body_timeout_s 1): cut off after {cut} s (the whole "
-          f"body would take 25 s)")
+    body = (b"64\r\n" if "chunked" in framing else b"") + b" " * 100
+    with caplog.at_level(logging.INFO):
+        cut = trickle(post_head(gw.port, framing + "\r\n", path), body, pace=0.25)
+    print(f"\nslow body to {path} ({framing}; 4 bytes/s, body_timeout_s 1): cut off after "
+          f"{cut} s by {keeper} (the whole body would take 25 s)")
     assert cut is not None and 0.9 < cut < 1 + 1.5, cut
+    swept = [r for r in caplog.records if "the body did not arrive within" in r.getMessage()]
+    assert len(swept) == (1 if keeper == "the sweep" else 0), swept
+    assert gw.get("/health")[0] == 200                      # and the gateway serves on
+
+
+def test_body_sweep_leaves_whole_and_unwatched_bodies_alone(make_gateway, fake_openai):
+    """The sweep closes nothing but an overdue body: a finished request, a request still
+    reading within its time, and an answer being streamed are left alone."""
+    gw = make_gateway(openai_models(fake_openai),
+                      server={**SERVER, "header_timeout_s": 5, "body_timeout_s": 3})
+    sock = post_head(gw.port, "Content-Length: 100\r\n")
+    sock.sendall(b" " * 10)                                  # 10 of 100 bytes, in time
+    deadline = time.monotonic() + 5
+    while len(gw.app.services.inflight) < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    services = gw.app.services
+    assert bodies.sweep(services) == 0                       # within its 3 s: left alone
+    assert gw.post("/v1/chat/completions", CHAT, key=MASTER_KEY)[0] == 200
+    sock.close()
 
 
 # --------------------------------------------------------------------------- kill -9

@@ -47,9 +47,8 @@ _KEY_SHAPE = re.compile(r"^api-[a-z0-9]{16}$")     # an issued key's shape: no m
 
 
 class BaseHandler(tornado.web.RequestHandler):
-    # What the gateway keeps per request lives in slots: Tornado's own attributes fill the
-    # instance dict, and ours on top made it grow into a larger table on every request
-    # (~1.5 KB per open stream, measured with scripts/cpu_profile.py memory).
+    # Ours live in slots: on top of Tornado's attributes they grew the instance dict into a
+    # larger table on every request (~1.5 KB per open stream, scripts/cpu_profile.py memory)
     __slots__ = ("_limit_headers", "_visitor", "bytes_out", "client_ip", "key_record",
                  "model_alias", "peer_trusted", "provider_name", "svc", "upstream_ms")
     endpoint = "other"            # the metrics label for this handler's requests
@@ -64,7 +63,6 @@ class BaseHandler(tornado.web.RequestHandler):
     upstream_ms: float | None
     bytes_out: int
     _limit_headers: dict[str, str]
-
     svc: Services
 
     def initialize(self) -> None:
@@ -224,6 +222,8 @@ class ApiHandler(BaseHandler):
             conn = self.request.connection
             if isinstance(conn, tornado.http1connection.HTTP1Connection):
                 conn.set_max_body_size(limit + 1 if length else 1 << 62)
+                if length:         # its deadline is kept by bodies.sweep, not a timer
+                    conn.set_body_timeout(None)  # type: ignore[arg-type]  # as the params
         if master:
             return None
         rec = self.authenticate(token)
@@ -287,20 +287,26 @@ class ApiHandler(BaseHandler):
         if self._too_large:
             return
         self._size += len(chunk)
-        limit = self.svc.settings.max_body_bytes
-        if self._size > limit:
+        if self._size > self.svc.settings.max_body_bytes:
             self._too_large = True
             self._chunks.clear()
-            err = BodyTooLarge(f"The request body is over this gateway's limit of "
-                               f"{limit / 1048576:g} MB.")
-            self.send_error(413, exc_info=(BodyTooLarge, err, None))
+            self.send_error(413, exc_info=(BodyTooLarge, self._over_limit(), None))
         else:
             self._chunks.append(chunk)
 
+    def _over_limit(self) -> BodyTooLarge:
+        return BodyTooLarge(f"The request body is over this gateway's limit of "
+                            f"{self.svc.settings.max_body_bytes / 1048576:g} MB.")
+
+    def body_overdue(self, limit: float) -> bool:
+        """Whether this POST's body, of a known length, is still not whole ``limit`` s on."""
+        length = self.request.headers.get("Content-Length", "")
+        return (self.request.method in _WITH_BODY and length.isdigit() and not self._too_large
+                and self._size < int(length) and self.request.request_time() > limit)
+
     def raw_body(self) -> bytes:
         if self._too_large:
-            raise BodyTooLarge(f"The request body is over this gateway's limit of "
-                               f"{self.svc.settings.max_body_bytes / 1048576:g} MB.")
+            raise self._over_limit()
         raw = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         self._chunks = []            # handed over once: the caller holds it only as needed
         return raw
