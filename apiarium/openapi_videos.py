@@ -13,7 +13,7 @@ JSON = "application/json"
 MULTIPART = "multipart/form-data"
 INT, STR, BOOL = {"type": "integer"}, {"type": "string"}, {"type": "boolean"}
 TEXT = {"type": "string", "minLength": 1, "pattern": r"\S"}
-STATUSES = ["queued", "in_progress", "completed", "failed", "expired"]
+STATUSES = ["queued", "in_progress", "completed", "failed"]
 
 
 def _ref(name: str) -> dict:
@@ -53,8 +53,8 @@ SCHEMAS: dict[str, Any] = {
         ["id", "object", "model", "status", "progress", "created_at", "seconds", "size"], {
             "id": {"type": "string", "pattern": "^video_"},
             "object": {"const": "video"}, "model": STR,
-            "status": {"enum": STATUSES, "description": "`expired`: completed, and its "
-                       "file is gone (kept `media.ttl_hours`)."},
+            "status": {"enum": STATUSES, "description": "A completed job's file is kept "
+                       "`media.ttl_hours` (until `expires_at`), then its content is a 404."},
             "progress": {"type": "integer", "minimum": 0, "maximum": 100},
             "created_at": INT, "completed_at": _null(INT), "expires_at": _null(INT),
             "prompt": _null(STR), "seconds": STR, "size": STR,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from openai.types import Video
 
 from apiarium.catalog import ModelSpec
 from apiarium.errors import ApiError, NotFound
@@ -142,17 +143,20 @@ def test_resume_fails_interrupted_jobs_and_leaves_young_ones(tmp_path):
         assert jobs["video_2"].status == "queued"
         assert jobs["video_3"].status == "failed"
         assert svc.usage.spent_today("key-c").video_seconds == 0
-        shown = view(jobs["video_1"], now)
+        shown = view(jobs["video_1"])
         assert shown["error"]["code"] == "video_interrupted" and shown["status"] == "failed"
     run(tmp_path, scenario)
 
 
-def test_the_view_shows_expired_after_expires_at():
-    job = VideoJob("video_x", "o", "m", "p", 4, "720x1280", "720p", "9:16", "completed", 100,
-                   10, completed_at=20, expires_at=100)
-    assert view(job, 99)["status"] == "completed"
-    assert view(job, 100)["status"] == "expired"
-    assert view(job, 100)["seconds"] == "4" and view(job, 100)["error"] is None
+def test_the_view_is_the_sdks_video_type_for_every_status():
+    """Every job, expired ones too, is a ``Video`` the SDK validates: a status it knows (an
+    expired job stays ``completed``; its ``expires_at`` says when the content went)."""
+    for status in ("queued", "in_progress", "completed", "failed"):
+        job = VideoJob("video_x", "o", "m", "p", 4, "720x1280", "720p", "9:16", status, 100,
+                       10, completed_at=20, expires_at=100)
+        shown = Video.model_validate(view(job))
+        assert shown.status == status and shown.seconds == "4" and shown.expires_at == 100
+        assert (shown.error is not None) == (status == "failed")
 
 
 @pytest.mark.parametrize(("data", "mime"), [

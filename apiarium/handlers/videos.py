@@ -43,7 +43,7 @@ def image_type(data: bytes) -> str | None:
 
 class _JobAnswer(ApiHandler):
     def answer(self, job: VideoJob, status: int = 200) -> None:
-        body = view(job, self.svc.jobs.clock())
+        body = view(job)
         if body["status"] in ("queued", "in_progress"):
             self.set_header("openai-poll-after-ms", str(POLL_AFTER_MS))
         self.write_json(body, status)
@@ -138,8 +138,7 @@ class VideoJobsHandler(_JobAnswer):
                                  param="order")
         after = self.get_query_argument("after", None) or None
         jobs, more = await self.svc.jobs.page(self.key_hash, after, int(limit_arg), order)
-        now = self.svc.jobs.clock()
-        data = [view(j, now) for j in jobs]
+        data = [view(j) for j in jobs]
         self.write_json({"object": "list", "data": data, "has_more": more,
                          "first_id": data[0]["id"] if data else None,
                          "last_id": data[-1]["id"] if data else None})

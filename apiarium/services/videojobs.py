@@ -25,7 +25,7 @@ Life of a job (a row of ``storage.VideoJobRepository``, so it outlives the proce
   taken over within about ``lease_s``.  A job the gateway stopped before the upstream named
   an operation has nothing to poll: it is failed as ``video_interrupted`` once
   ``QUEUED_STALE_S`` old and unleased, and is not charged;
-* a completed job shows ``expired`` once ``expires_at`` has passed (its file is gone too).
+* a completed job's content is gone once ``expires_at`` has passed (404 ``video_expired``).
 
 A job belongs to the key that made it: every read is by id *and* owner, so another key's job
 is the same 404 as an id that never existed.
@@ -76,11 +76,11 @@ def not_found(job_id: str) -> NotFound:
                     code="video_not_found", param="video_id")
 
 
-def view(job: VideoJob, now: float) -> dict[str, Any]:
-    """The job as the SDK's ``Video`` object (``expired`` once its media is gone)."""
+def view(job: VideoJob) -> dict[str, Any]:
+    """The job as the SDK's ``Video`` object.  Past ``expires_at`` a completed job stays
+    ``completed`` (the SDK knows no other status; OpenAI's own jobs do the same) and its content
+    is gone: ``content`` answers 404 ``video_expired``."""
     status = job.status
-    if status == "completed" and job.expires_at is not None and now >= job.expires_at:
-        status = "expired"
     error = ({"code": job.error_code or "video_failed", "message": job.error_message or ""}
              if job.status == "failed" else None)
     return {"id": job.id, "object": "video", "model": job.model, "status": status,
