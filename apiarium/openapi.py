@@ -60,9 +60,10 @@ ERRORS = {
            "own provider key, or made a file of a type the gateway does not serve."),
           "upstream_unreachable, upstream_error, upstream_bad_media"),
     503: (("The upstream is overloaded, its provider has no API key here, its circuit is open, "
-           "the gateway is shutting down, or its shared rate limiter (Redis) is down."),
+           "the gateway is shutting down, its shared rate limiter (Redis) is down, or another "
+           "gateway process took over the video job this request waited on."),
           ("upstream_overloaded, provider_not_configured, server_shutting_down, "
-           "rate_limiter_unavailable")),
+           "rate_limiter_unavailable, video_moved")),
     504: ("No answer within the provider's `timeout_s`.", "upstream_timeout"),
 }
 AUTHED = (401, 403, 413, 421, 429)             # any bearer endpoint
