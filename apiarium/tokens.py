@@ -28,10 +28,20 @@ from typing import Any, NamedTuple
 
 
 def _n(value: Any) -> int:
-    """A count as an upstream sent it: a non-negative int, anything else 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        return 0
-    return int(value)
+    """A count as an upstream sent it: a non-negative int, anything else 0 (a bool, a string,
+    a negative or non-finite number).  The usual JSON integer is decided first: this runs a
+    few times on every request."""
+    if type(value) is int:
+        return value if value > 0 else 0
+    if isinstance(value, float) and 0 < value < 1e18:
+        return int(value)
+    return 0
+
+
+def _at_most(value: Any, most: int) -> int:
+    """``_n(value)``, but no more than ``most`` (a part of a count cannot exceed it)."""
+    n = _n(value)
+    return n if n < most else most
 
 
 def _d(value: Any) -> dict:
@@ -58,13 +68,14 @@ class TokenUsage(NamedTuple):
     def from_openai(cls, usage: Any) -> TokenUsage:
         """OpenAI chat ``usage`` (also what every provider of this gateway answers with)."""
         u = _d(usage)
-        details = _d(u.get("prompt_tokens_details"))
-        prompt = _n(u.get("prompt_tokens"))
-        read = min(prompt, _n(details.get("cached_tokens")))
-        write = min(prompt - read, _n(details.get("cache_write_tokens")))
-        out = _n(u.get("completion_tokens"))
-        reasoning = _n(_d(u.get("completion_tokens_details")).get("reasoning_tokens"))
-        return cls(prompt - read - write, read, write, out, min(out, reasoning))
+        prompt, out = _n(u.get("prompt_tokens")), _n(u.get("completion_tokens"))
+        read = write = reasoning = 0
+        if details := _d(u.get("prompt_tokens_details")):
+            read = _at_most(details.get("cached_tokens"), prompt)
+            write = _at_most(details.get("cache_write_tokens"), prompt - read)
+        if details := _d(u.get("completion_tokens_details")):
+            reasoning = _at_most(details.get("reasoning_tokens"), out)
+        return cls(prompt - read - write, read, write, out, reasoning)
 
     @classmethod
     def from_responses(cls, usage: Any) -> TokenUsage:

@@ -53,9 +53,9 @@ class Tally:
     @classmethod
     def of(cls, used: TokenUsage, requests: int = 1) -> Tally:
         """A request's tally from its normalised token counts."""
-        return cls(requests=requests, prompt_tokens=used.prompt, completion_tokens=used.output,
-                   cached_tokens=used.cache_read, cache_write_tokens=used.cache_write,
-                   reasoning_tokens=used.reasoning)
+        # positional (the fields' order): on every request's path, where keywords cost more
+        return cls(requests, used.prompt, used.output, 0, 0, 0.0, used.cache_read,
+                   used.cache_write, used.reasoning)
 
     def add(self, other: Tally) -> None:          # spelled out: on every request's path
         self.requests += other.requests

@@ -59,6 +59,17 @@ def test_gemini_arithmetic(meta, expected):
     ({"prompt_tokens": -4, "completion_tokens": "lots", "prompt_tokens_details": None},
      TokenUsage()),
     (None, TokenUsage()),
+    # what an upstream may write for a count: a bool, a float (kept whole), an infinity or a
+    # number past any real count, a string, a list: never a crash, never a bogus count
+    ({"prompt_tokens": True, "completion_tokens": 7.9,
+      "prompt_tokens_details": {"cached_tokens": False}}, TokenUsage(output=7)),
+    ({"prompt_tokens": float("inf"), "completion_tokens": 1e30,
+      "completion_tokens_details": {"reasoning_tokens": float("nan")}}, TokenUsage()),
+    ({"prompt_tokens": "12", "completion_tokens": [3],
+      "prompt_tokens_details": {"cached_tokens": 4.0}}, TokenUsage()),
+    ({"prompt_tokens": 12, "prompt_tokens_details": {"cached_tokens": 4.0,
+                                                    "cache_write_tokens": 20}},
+     TokenUsage(input=0, cache_read=4, cache_write=8)),
 ])
 def test_odd_counts_are_clamped(usage, expected):
     assert TokenUsage.from_openai(usage) == expected

@@ -307,19 +307,22 @@ class Provider:
     async def read_json(self, resp: aiohttp.ClientResponse) -> dict[str, Any]:
         """The whole answer as a JSON object (a 502 if it is not one)."""
         body = await resp.read()
-        ctype = resp.headers.get("Content-Type") or "no content type"
-        return self.parse_json(body, f"answered with something ({ctype}, {len(body)} bytes)")
+        obj = json_object(body)
+        if obj is None:
+            ctype = resp.headers.get("Content-Type") or "no content type"
+            raise self.not_json(f"answered with something ({ctype}, {len(body)} bytes)")
+        return obj
 
     def parse_json(self, data: bytes | None, what: str) -> dict[str, Any]:
         """``data`` as a JSON object, or a 502 saying the upstream ``what`` that is not one."""
-        try:
-            obj = orjson.loads(data) if data else None
-        except orjson.JSONDecodeError:
-            obj = None
-        if not isinstance(obj, dict):
-            raise UpstreamError(f"The upstream provider `{self.spec.name}` {what} that is not "
-                                f"a JSON object.")
+        obj = json_object(data)
+        if obj is None:
+            raise self.not_json(what)
         return obj
+
+    def not_json(self, what: str) -> UpstreamError:
+        return UpstreamError(f"The upstream provider `{self.spec.name}` {what} that is not a "
+                             f"JSON object.")
 
     # ------------------------------------------------------------------ error mapping
     def error_message(self, data: Any) -> str:
@@ -398,6 +401,15 @@ class Provider:
         return UpstreamPassthrough(f"The upstream provider `{name}` rejected the request"
                                    f"{f': {detail}' if detail else f' (HTTP {status})'}.",
                                    status=status, code=code)
+
+
+def json_object(data: bytes | None) -> dict[str, Any] | None:
+    """``data`` parsed, if it is a JSON object (else None)."""
+    try:
+        obj = orjson.loads(data) if data else None
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 class UpstreamCall:

@@ -49,7 +49,7 @@ class ChatService:
         """Check the request's caps and set aside the most it can cost (``size``: its bytes;
         a free key's: the master key, ``key_hash`` None, is bound by neither)."""
         if key_hash is None:
-            return await self.credits.take(None, 0.0, 0.0)
+            return Hold(self.credits, None, 0.0)
         s = self._live().config.settings
         bound = chat_output_bound(body, model, s.max_chat_choices)
         return await self.credits.take(key_hash, chat_estimate(model, size, bound),
