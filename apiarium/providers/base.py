@@ -223,31 +223,6 @@ class Provider:
             headers = {**headers, **extra_headers}
         return UpstreamCall(self, method, url, data, headers, timeout or self.timeout)
 
-    async def _open(self, call: UpstreamCall) -> aiohttp.ClientResponse:
-        """Send ``call``, following redirects as ``request`` says; every answer opened is
-        put in ``call.opened`` (the call releases them)."""
-        method, url, data, headers = call.method, call.url, call.data, call.headers
-        started = time.perf_counter()
-        credentials = headers is not None
-        for hop in range(MAX_REDIRECTS + 1):
-            credentials = credentials and self.at_home(url)
-            resp = await self.session.request(
-                method, url, data=data, allow_redirects=False,
-                headers=headers if credentials else None, timeout=call.timeout)
-            call.opened.append(resp)
-            if resp.status not in _REDIRECTS:
-                break
-            target = resp.headers.get("Location", "")
-            if method != "GET" or not target or hop == MAX_REDIRECTS:
-                raise self.redirect_error(resp.status, target)
-            url = str(resp.url.join(yarl.URL(target)))
-            resp.release()
-        if self._latency is not None:
-            self._latency.observe(time.perf_counter() - started)
-        if resp.status >= 400:
-            await self.raise_for_status(resp)
-        return resp
-
     def at_home(self, url: str) -> bool:
         """Whether ``url`` is on ``base_url``'s origin (scheme, host and port): the only one
         that sees the provider's headers.  A URL under base_url is, without parsing."""
@@ -426,11 +401,34 @@ class UpstreamCall:
         self.opened: list[aiohttp.ClientResponse] = []
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
+        """Send the request, following redirects as ``Provider.request`` says; every answer
+        opened is kept in ``opened`` (``__aexit__`` releases them)."""
+        p = self.provider
+        method, url = self.method, self.url
+        started = time.perf_counter()
+        credentials = self.headers is not None
         try:
-            return await self.provider._open(self)
+            for hop in range(MAX_REDIRECTS + 1):
+                credentials = credentials and p.at_home(url)
+                resp = await p.session.request(
+                    method, url, data=self.data, allow_redirects=False,
+                    headers=self.headers if credentials else None, timeout=self.timeout)
+                self.opened.append(resp)
+                if resp.status not in _REDIRECTS:
+                    break
+                target = resp.headers.get("Location", "")
+                if method != "GET" or not target or hop == MAX_REDIRECTS:
+                    raise p.redirect_error(resp.status, target)
+                url = str(resp.url.join(yarl.URL(target)))
+                resp.release()
+            if p._latency is not None:
+                p._latency.observe(time.perf_counter() - started)
+            if resp.status >= 400:
+                await p.raise_for_status(resp)
         except BaseException as exc:
             await self.__aexit__(type(exc), exc, None)
             raise
+        return resp
 
     async def __aexit__(self, typ: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
