@@ -240,6 +240,7 @@ async def test_media_files_ranges_and_unknown_names(app, http_client, base_url, 
     whole = await http_client.fetch(url)
     assert whole.headers["Cache-Control"] == "private, max-age=3600, immutable"
     assert whole.headers["X-Content-Type-Options"] == "nosniff"
+    assert whole.headers["Content-Security-Policy"] == "default-src 'none'; sandbox"
     part = await http_client.fetch(url, headers={"Range": "bytes=0-7"})
     assert part.code == 206 and part.body == png[:8]
     assert part.headers["Content-Range"] == f"bytes 0-7/{len(png)}"

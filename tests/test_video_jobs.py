@@ -18,6 +18,8 @@ import pytest
 from openai.types import Video, VideoDeleteResponse
 
 from apiarium import app as app_module
+from apiarium.handlers.files import StoredFile
+from apiarium.handlers.videos import VideoContentHandler
 from tests.fakes import make_png
 from tests.support import MASTER_KEY, error_of, request, wait_for
 
@@ -96,9 +98,19 @@ def test_sdk_create_and_poll_download_list_retrieve_delete(gw, fake_gemini):
                                              "Range": f"bytes={size}-"})
     assert status == 416 and headers["content-range"] == f"bytes */{size}"
     assert json.loads(body)["error"]["code"] == "range_not_satisfiable"
-    status, _, body = request(f"{gw.url}/v1/videos/{video.id}/content", ip=ip,  # ignored
-                              headers={"Authorization": f"Bearer {key}", "Range": "bytes=9-3"})
+    status, headers, body = request(f"{gw.url}/v1/videos/{video.id}/content", ip=ip,
+                                    headers={"Authorization": f"Bearer {key}",
+                                             "Range": "bytes=9-3"})         # ignored
     assert status == 200 and body == fake_gemini.video_bytes
+    # the stored-file rules (handlers/files.py), as /media/{name} serves them too
+    assert headers["cache-control"] == "private, max-age=3600, immutable"
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["content-security-policy"] == "default-src 'none'; sandbox"
+    status, _, body = request(f"{gw.url}/v1/videos/{video.id}/content", ip=ip,
+                              headers={"Authorization": f"Bearer {key}",
+                                       "If-None-Match": headers["etag"]})
+    assert status == 304 and body == b""
+    assert issubclass(VideoContentHandler, StoredFile)
 
     # two more, left rendering: a job answer tells the SDK how long to wait
     fake_gemini.veo_polls_until_done = 10 ** 6

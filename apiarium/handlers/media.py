@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import time
 
-import tornado.web
-
-from .. import byteranges
 from ..errors import NotFound
 from ..generation import image_request, video_request
-from .base import ApiHandler, BaseHandler
+from .base import ApiHandler
+from .files import StoredFile
 
 
 class ImagesHandler(ApiHandler):
@@ -45,14 +43,10 @@ class VideosHandler(ApiHandler):
             self.write_json({"created": int(time.time()), "data": [item]})
 
 
-class MediaFileHandler(BaseHandler, tornado.web.StaticFileHandler):
-    """Generated files: Content-Type, Content-Length and Range from StaticFileHandler;
-    unknown and expired names are a JSON 404 (an expired file is deleted on the way)."""
+class MediaFileHandler(StoredFile):
+    """Generated files (``files.StoredFile``); unknown and expired names are a JSON 404 (an
+    expired file is deleted on the way)."""
     endpoint = "media"
-
-    def initialize(self) -> None:  # type: ignore[override]  # the folder is the live one
-        BaseHandler.initialize(self)
-        tornado.web.StaticFileHandler.initialize(self, path=str(self.svc.live.media.folder))
 
     async def get(self, name: str, include_body: bool = True) -> None:
         media = self.svc.live.media
@@ -60,19 +54,4 @@ class MediaFileHandler(BaseHandler, tornado.web.StaticFileHandler):
             raise NotFound(f"No media file `{name[:40]}`: the name is wrong, or the file "
                            f"expired (files are kept {media.ttl_s / 3600:g} hours). Generate "
                            f"it again.", code="media_not_found")
-        spec = self.request.headers.get("Range", "")
-        if spec and not byteranges.usable(spec):
-            del self.request.headers["Range"]    # an invalid Range is ignored (RFC 9110)
-        await super().get(name, include_body)
-        if self.get_status() == 416 and not self._finished:
-            self.write_json(byteranges.outside(spec).envelope(), 416)
-
-    def compute_etag(self) -> str | None:
-        return f'"{self.path_args[0]}"' if self.path_args else None   # names are immutable
-
-    def set_extra_headers(self, path: str) -> None:
-        self.set_header("Cache-Control", "private, max-age=3600, immutable")
-        # served as what its extension says, never sniffed, and never able to run script
-        # or reach anything should a browser render it as a document
-        self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("Content-Security-Policy", "default-src 'none'; sandbox")
+        await self.send_stored(name, include_body)

@@ -16,15 +16,14 @@ import base64
 import re
 
 import tornado.httputil
-import tornado.web
 
-from .. import byteranges
 from ..errors import InvalidRequest
 from ..generation import job_request
 from ..jsonbody import parse_object
 from ..services.videojobs import LIST_MAX, POLL_AFTER_MS, view
 from ..storage import VideoJob
 from .base import ApiHandler
+from .files import StoredFile
 
 _IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"))
 _TEXT_FIELDS = ("prompt", "model", "seconds", "size", "input_reference",
@@ -155,37 +154,16 @@ class VideoJobHandler(_JobAnswer):
         self.write_json({"id": job_id, "object": "video.deleted", "deleted": True})
 
 
-class VideoContentHandler(ApiHandler, tornado.web.StaticFileHandler):
-    """The MP4 of a completed job, from the media store: Content-Type, Content-Length and
-    Range by StaticFileHandler (an invalid Range is ignored; one outside the file is a
-    JSON 416)."""
+class VideoContentHandler(StoredFile, ApiHandler):
+    """The MP4 of a completed job, from the media store (``files.StoredFile``)."""
     endpoint = "video_jobs"
-
-    def initialize(self) -> None:  # type: ignore[override]  # the folder is the live one
-        ApiHandler.initialize(self)
-        tornado.web.StaticFileHandler.initialize(self, path=str(self.svc.live.media.folder))
 
     async def get(self, job_id: str, include_body: bool = True) -> None:
         variant = self.get_query_argument("variant", "video")
         if variant != "video":
             raise InvalidRequest(f"`variant` {variant[:20]!r} is not available: this gateway "
                                  f"keeps the video only (variant=video).", param="variant")
-        name = await self.svc.jobs.content(job_id, self.key_hash)
-        spec = self.request.headers.get("Range", "")
-        if spec and not byteranges.usable(spec):
-            del self.request.headers["Range"]    # an invalid Range is ignored (RFC 9110)
-        self.path_args = [name]
-        await tornado.web.StaticFileHandler.get(self, name, include_body)
-        if self.get_status() == 416 and not self._finished:
-            self.write_json(byteranges.outside(spec).envelope(), 416)
-
-    def compute_etag(self) -> str | None:
-        return f'"{self.path_args[0]}"' if self.path_args else None   # names are immutable
-
-    def set_extra_headers(self, path: str) -> None:
-        self.set_header("Cache-Control", "private, max-age=3600, immutable")
-        self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("Content-Security-Policy", "default-src 'none'; sandbox")
+        await self.send_stored(await self.svc.jobs.content(job_id, self.key_hash), include_body)
 
 
 routes = [
