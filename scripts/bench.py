@@ -1141,12 +1141,16 @@ class Bench:
         if "slow" in g:
             s = g["slow"]
             kb = s["kb_per_stream"]
-            ok = s["failed"] == 0 and kb is not None and kb <= 25
+            # the target is relative (issue 12: <= 1.15x the bare relay's, same run; the
+            # older 25 KB was withdrawn, the bare relay itself needs 26-30 KB on this stack)
             bare_kb = (b.get("slow") or {}).get("kb_per_stream")
+            ratio = kb / bare_kb if kb is not None and bare_kb else None
+            ok = None if ratio is None else s["failed"] == 0 and ratio <= 1.15
             verdict(4, ok, f"{s['ok']}/{s['n']} slow streams ok, "
-                           f"{'?' if kb is None else f'{kb:.1f}'} KB per open stream (<= 25; "
-                           f"{s['open_sampled']} open at the sample)"
-                    + (f"; bare relay {bare_kb:.1f} KB" if bare_kb else ""))
+                           f"{'?' if kb is None else f'{kb:.1f}'} KB per open stream "
+                           f"({s['open_sampled']} open at the sample); "
+                    + (f"bare relay {bare_kb:.1f} KB: {ratio:.2f}x (<= 1.15)" if ratio
+                       else "no bare relay figure to compare with (--bare-slow)"))
         else:
             verdict(4, None, "slow streams not measured")
         if "memory" in g:
