@@ -213,7 +213,7 @@ class Gateway:
         self.fetcher = ImageFetcher(FetchPolicy.from_settings(s))
         shared = None
         if s.limiter_backend != "memory":
-            shared = RedisBackend(s.limiter_backend, metrics)
+            shared = RedisBackend(s.limiter_backend, metrics, timeout_s=s.limiter_timeout_s)
             await shared.ping()
             log.info("rate limits: shared in Redis at %s (if it is down: %s)",
                      where(s.limiter_backend), s.limiter_on_down)

@@ -60,7 +60,8 @@ SETTINGS_SCHEMA = Section({
                            "daily_credits": Num(200, 0, 1e12),
                            "endpoints": MapOf(Str()), "backend": Str("memory"),
                            "on_backend_down": Enum(("closed", "local"), "closed"),
-                           "instances": Num(1, 1, 100_000, integer=True)}),
+                           "instances": Num(1, 1, 100_000, integer=True),
+                           "backend_timeout_ms": Num(250, 10, 10_000, integer=True)}),
     "limits": Section({"max_images": Num(4, 1, 100, integer=True),
                        "max_chat_choices": Num(1, 1, 128, integer=True),
                        "max_embedding_input_mb": Num(2, 0.001, 4096)}),
@@ -168,6 +169,7 @@ class Settings:
     limiter_backend: str = "memory"           # or a redis:// / rediss:// URL (config_limits)
     limiter_on_down: str = "closed"           # Redis unreachable: "closed" (503) or "local"
     limiter_instances: int = 1                # gateways sharing the backend (local: limit/N)
+    limiter_timeout_s: float = 0.25           # connect / answer, then it counts as down
 
 
 @dataclass(frozen=True)
@@ -272,6 +274,7 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
         limiter_backend=limiter_backend(d["rate_limit"]["backend"], ctx, problems),
         limiter_on_down=d["rate_limit"]["on_backend_down"],
         limiter_instances=d["rate_limit"]["instances"],
+        limiter_timeout_s=d["rate_limit"]["backend_timeout_ms"] / 1000,
         max_images=d["limits"]["max_images"], max_chat_choices=d["limits"]["max_chat_choices"],
         media_dir=media_dir, media_ttl_hours=float(d["media"]["ttl_hours"]),
         block_proxy_headers=sec["block_proxy_headers"],

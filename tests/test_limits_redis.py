@@ -624,3 +624,28 @@ def test_forty_requests_over_four_worker_processes_let_exactly_four_through(make
     statuses, pids = asyncio.run(go())
     assert len(pids) >= 2                                  # several processes answered
     assert statuses.count(200) == 4 and statuses.count(429) == 36, statuses
+
+
+def test_backend_timeout_ms_is_how_long_a_request_waits_for_a_silent_redis(make_gateway,
+                                                                           fake_openai):
+    """A Redis that accepts connections and never answers (a stalled server, a black-holed
+    route): each request waits ``rate_limit.backend_timeout_ms`` for it, no more, then the
+    configured answer (503); the next second's requests do not wait at all (the circuit)."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        gw = make_gateway(openai_models(fake_openai), rate_limit={
+            "rpm": 4, "backend": f"redis://127.0.0.1:{silent.getsockname()[1]}/0",
+            "backend_timeout_ms": 600})
+        assert gw.app.services.settings.limiter_timeout_s == 0.6
+        started = time.monotonic()                       # a new key's caps are counted there
+        status, _, raw = request(gw.url + "/v1/keys/me")
+        waited = time.monotonic() - started
+        assert status == 503 and error_of(raw)["code"] == "rate_limiter_unavailable"
+        assert 0.55 < waited < 3.0, waited               # the setting's 600 ms, not 250
+        started = time.monotonic()
+        assert request(gw.url + "/v1/keys/me")[0] == 503
+        assert time.monotonic() - started < 0.3           # tried again only after a second
+    finally:
+        silent.close()

@@ -55,7 +55,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("apiarium")
 
-TIMEOUT_S = 0.25          # connect and read: a dead Redis must not hold requests up
+TIMEOUT_S = 0.25          # connect and read (rate_limit.backend_timeout_ms): a dead Redis
+                          # must not hold requests up
 RETRY_S = 1.0             # while it is down, how often one request tries it again
 SPENT_TTL_S = 2 * 86400   # a day's spent-credits counter outlives its day, then vanishes
 
