@@ -201,6 +201,20 @@ def test_slow_body_is_cut_off(make_gateway, fake_openai, caplog, path, framing, 
     assert gw.get("/health")[0] == 200                      # and the gateway serves on
 
 
+def test_a_request_refused_on_its_head_does_not_wait_for_its_body(make_gateway, fake_openai):
+    """A POST refused before its body is read (a wrong key) is answered at once and its
+    connection closed: the unread body, whose deadline no timer and no sweep watches once
+    the request is answered, holds nothing open."""
+    gw = make_gateway(openai_models(fake_openai), server={**SERVER, "body_timeout_s": 60})
+    sock = socket.create_connection(("127.0.0.1", gw.port))
+    sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\n"
+                 f"Authorization: Bearer api-0000000000000000\r\n"
+                 f"Content-Length: 100\r\n\r\n".encode())
+    cut = trickle(sock, b" " * 100, pace=0.25)
+    print(f"\nslow body after a 401: connection closed after {cut} s (body_timeout_s 60)")
+    assert cut is not None and cut < 2, cut
+
+
 def test_body_sweep_leaves_whole_and_unwatched_bodies_alone(make_gateway, fake_openai):
     """The sweep closes nothing but an overdue body: a finished request, a request still
     reading within its time, and an answer being streamed are left alone."""
