@@ -222,8 +222,8 @@ class ApiHandler(BaseHandler):
             conn = self.request.connection
             if isinstance(conn, tornado.http1connection.HTTP1Connection):
                 conn.set_max_body_size(limit + 1 if length else 1 << 62)
-                if length:         # its deadline is kept by bodies.sweep, not a timer
-                    conn.set_body_timeout(None)  # type: ignore[arg-type]  # as the params
+                if length:   # its deadline is kept by bodies.sweep: no timer (None, as the
+                    conn.set_body_timeout(None)  # type: ignore[arg-type]  # params allow)
         if master:
             return None
         rec = self.authenticate(token)
