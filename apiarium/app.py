@@ -25,7 +25,7 @@ import tornado.web
 from . import __version__
 from .accesslog import AccessLog
 from .catalog import Catalog
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, changed_at_start, load_config
 from .handlers import bodies, embeddings, messages, pages, responses, videos
 from .handlers.base import BaseHandler
 from .handlers.chat import ChatHandler, CompletionsHandler
@@ -246,7 +246,7 @@ class Gateway:
         self._tasks.append(asyncio.ensure_future(self._housekeeping()))
         self._tasks.append(asyncio.ensure_future(self._flush_usage()))
         self._tasks.append(asyncio.ensure_future(self._flush_log()))
-        self._tasks.append(asyncio.ensure_future(bodies.watch(self.services)))
+        self._tasks.append(asyncio.ensure_future(bodies.watch(self.services, s.body_timeout_s)))
         if self.worker is not None:
             self._tasks.append(asyncio.ensure_future(self._save_metrics()))
         shown = f"[{host}]" if ":" in host else host
@@ -367,8 +367,9 @@ class Gateway:
         except OSError as exc:
             log.error("reload rejected: %s", exc)
             return False
-        if config.settings.limiter_backend != svc.settings.limiter_backend:
-            log.warning("rate_limit.backend changed: it takes effect at the next restart")
+        for name in changed_at_start(svc.settings, config.settings):
+            log.warning("%s changed: it is read at start, so it takes effect at the next "
+                        "restart", name)
         svc.live = live
         self._tasks = [t for t in self._tasks if not t.done()]
         self._tasks.append(asyncio.ensure_future(self._resume_jobs()))

@@ -180,6 +180,22 @@ class Config:
 
 # --------------------------------------------------------------------------- loading
 
+# settings a running gateway took at start (its sockets, servers, stores and clients were
+# made from them): a reload that changes one says so, and it applies from the next restart
+READ_AT_START = {"host": "server.host", "port": "server.port", "workers": "server.workers",
+                 "header_timeout_s": "server.header_timeout_s",
+                 "body_timeout_s": "server.body_timeout_s", "database": "database",
+                 "secret_file": "secret_file", "media_dir": "media.dir",
+                 "limiter_backend": "rate_limit.backend",
+                 "limiter_timeout_s": "rate_limit.backend_timeout_ms"}
+
+
+def changed_at_start(old: Settings, new: Settings) -> list[str]:
+    """The settings of ``READ_AT_START`` that differ between ``old`` and ``new``."""
+    return [name for field, name in READ_AT_START.items()
+            if getattr(old, field) != getattr(new, field)]
+
+
 def _resolve(base: Path, value: str) -> Path:
     p = Path(value).expanduser()
     return p if p.is_absolute() else (base / p)

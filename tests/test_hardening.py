@@ -226,7 +226,7 @@ def test_body_sweep_leaves_whole_and_unwatched_bodies_alone(make_gateway, fake_o
     while len(gw.app.services.inflight) < 1 and time.monotonic() < deadline:
         time.sleep(0.02)
     services = gw.app.services
-    assert bodies.sweep(services) == 0                       # within its 3 s: left alone
+    assert bodies.sweep(services, 3) == 0                    # within its 3 s: left alone
     assert gw.post("/v1/chat/completions", CHAT, key=MASTER_KEY)[0] == 200
     sock.close()
 

@@ -10,6 +10,7 @@ import time
 
 import aiohttp
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import openai_models
@@ -241,3 +242,23 @@ def test_chat_tokens_are_metered_streamed_or_not(make_gateway, fake_openai):
     assert me["usage"]["prompt_tokens"] == 4 and me["usage"]["completion_tokens"] == 6
     assert me["usage"]["credits"] == pytest.approx(10 / 1000)     # 1 credit per 1k tokens
     assert me["credits"] == {"daily_limit": None, "remaining": None}
+
+
+def test_a_reload_says_which_changes_wait_for_a_restart(make_gateway, fake_openai):
+    """SIGHUP applies what it can; a setting the running gateway took at start (its port,
+    its timeouts, its stores) is named in a warning and keeps its old value until a restart."""
+    gw = make_gateway(openai_models(fake_openai))
+    before = gw.app.services.settings
+    settings = yaml.safe_load(gw.config.read_text())
+    settings["server"].update(port=before.port + 1, body_timeout_s=7)
+    settings["rate_limit"] = {**settings.get("rate_limit", {}), "rpm": 9,
+                              "backend_timeout_ms": 900}
+    gw.config.write_text(yaml.safe_dump(settings))
+    assert gw.reload() is True
+    warned = [line for line in gw.log if "it is read at start" in line]
+    named = {name for name in ("server.port", "server.body_timeout_s",
+                               "rate_limit.backend_timeout_ms", "rate_limit.rpm")
+             if any(f"{name} changed" in line for line in warned)}
+    assert named == {"server.port", "server.body_timeout_s", "rate_limit.backend_timeout_ms"}
+    assert gw.app.services.settings.rpm == 9                    # applied by the reload
+    assert gw.get("/health")[0] == 200                           # still on its old port

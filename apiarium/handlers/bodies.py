@@ -21,9 +21,8 @@ from .base import ApiHandler
 log = logging.getLogger("apiarium")
 
 
-def sweep(services: Services) -> int:
-    """Close the connections of the bodies past their deadline; how many were closed."""
-    limit = services.settings.body_timeout_s
+def sweep(services: Services, limit: float) -> int:
+    """Close the connections of the bodies not whole ``limit`` s on; how many were closed."""
     cut = 0
     for handler in list(services.inflight):
         if isinstance(handler, ApiHandler) and handler.body_overdue(limit):
@@ -36,8 +35,10 @@ def sweep(services: Services) -> int:
     return cut
 
 
-async def watch(services: Services) -> None:
-    """``sweep`` every quarter of the deadline (at most every second), for ever."""
+async def watch(services: Services, limit: float) -> None:
+    """``sweep`` every quarter of the deadline ``limit`` (at most every second), for ever.
+    ``limit`` is ``server.body_timeout_s`` as the gateway started with it, the value
+    Tornado's timer keeps for the other bodies too (a reload changes neither)."""
     while True:
-        await asyncio.sleep(min(1.0, services.settings.body_timeout_s / 4))
-        sweep(services)
+        await asyncio.sleep(min(1.0, limit / 4))
+        sweep(services, limit)
