@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -46,7 +47,8 @@ class Credits:
     provider's prompt cache), ``cache_write`` (written to it) and ``output`` (reasoning
     included).  ``per_1k_tokens`` is the older single price: what ``input`` and ``output``
     cost when they are not given; ``cached_input`` and ``cache_write`` cost what ``input``
-    does unless given."""
+    does unless given.  The four rates are worked out once per model (a reload makes new
+    Credits): they are read on every metered request."""
     request: float = 0.0
     per_1k_tokens: float = 0.0
     image: float = 0.0
@@ -57,19 +59,19 @@ class Credits:
     cache_write: float | None = None
     output: float | None = None
 
-    @property
+    @cached_property
     def input_rate(self) -> float:
         return self.per_1k_tokens if self.input is None else self.input
 
-    @property
+    @cached_property
     def cached_input_rate(self) -> float:
         return self.input_rate if self.cached_input is None else self.cached_input
 
-    @property
+    @cached_property
     def cache_write_rate(self) -> float:
         return self.input_rate if self.cache_write is None else self.cache_write
 
-    @property
+    @cached_property
     def output_rate(self) -> float:
         return self.per_1k_tokens if self.output is None else self.output
 

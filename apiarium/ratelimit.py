@@ -9,8 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .errors import RateLimited
 from .netguard import network_of
@@ -20,8 +19,9 @@ class Counter(Protocol):
     def inc(self, amount: float = 1) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
+    """One bucket's answer (a tuple: made on every request, where a frozen dataclass's
+    ``__init__`` costs several times as much)."""
     allowed: bool
     limit: int
     remaining: int
