@@ -115,7 +115,7 @@ class UsageLedger:
                resolution: str | None = None) -> float:
         """Count one request's usage; returns the credits it cost."""
         tally.credits = price(model, tally, resolution)
-        day = self._roll()
+        day = self.day()
         key = key_hash or MASTER
         today = self._today.get(key)
         if today is None:
@@ -129,8 +129,9 @@ class UsageLedger:
             self.booked(key_hash, tally.credits)
         return tally.credits
 
-    def _roll(self) -> str:
-        """Today's date; at midnight UTC a new day starts at zero (checked cheaply)."""
+    def day(self) -> str:
+        """Today's date (UTC), as usage rows and the shared spent counters name it; at
+        midnight a new day starts at zero (checked cheaply: the date is made once a day)."""
         number = int(time.time() // 86400)
         if number != self._day_number:
             self._day_number = number
@@ -140,7 +141,7 @@ class UsageLedger:
         return self._day
 
     def spent_today(self, key_hash: str) -> Tally:
-        self._roll()
+        self.day()
         return self._today.get(key_hash) or Tally()
 
     async def flush(self) -> int:

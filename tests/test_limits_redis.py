@@ -138,7 +138,7 @@ def test_daily_credits_are_checked_in_the_same_script(tmp_path):
 
     async def test(lim, backend):
         await lim.admit(rec, "chat", s)                      # no counter yet: this process's 0
-        await backend.client.set(spent_key(rec.key_hash), "5")   # spent by other processes
+        await backend.client.set(spent_key(rec.key_hash, today()), "5")   # spent by other processes
         with pytest.raises(QuotaExceeded) as exc:
             await lim.admit(rec, "chat", s)
         assert exc.value.code == "insufficient_quota" and "midnight UTC" in exc.value.message

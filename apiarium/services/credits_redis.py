@@ -112,7 +112,7 @@ class RedisCredits:
         if key_hash is None or limit <= 0:
             return Hold(self, None, 0.0)
         ident = next(self._ids)
-        keys = (spent_key(key_hash), bucket_key(key_hash, "held"))
+        keys = (spent_key(key_hash, self.usage.day()), bucket_key(key_hash, "held"))
         delta, ended = self._pending(key_hash)
         seed = repr(self.usage.spent_today(key_hash).credits)
         try:
@@ -136,7 +136,7 @@ class RedisCredits:
         is down, or before the key's counter exists)."""
         local = self.usage.spent_today(key_hash).credits
         try:
-            shared = await self.backend.run(self._get, (spent_key(key_hash),), ())
+            shared = await self.backend.run(self._get, (spent_key(key_hash, self.usage.day()),), ())
         except BackendDown:
             return local
         return max(local, float(shared)) if shared is not None else local
@@ -168,7 +168,7 @@ class RedisCredits:
         delta, ended = self._pending(key_hash)
         if not delta and not ended:
             return
-        keys = (spent_key(key_hash), bucket_key(key_hash, "held"))
+        keys = (spent_key(key_hash, self.usage.day()), bucket_key(key_hash, "held"))
         try:
             await self.backend.run(self._settle, keys, (
                 repr(delta), repr(self.usage.spent_today(key_hash).credits), SPENT_TTL_S,

@@ -38,7 +38,7 @@ from ..netguard import network_of
 from ..ratelimit import Decision
 from ..resp import ReplyError, RespClient, Script, Unreachable
 from ..storage import KeyRecord
-from ..usage import UsageLedger, today
+from ..usage import UsageLedger
 from .keys import IssuanceCaps, supernet
 from .limits import (
     RequestLimits,
@@ -175,15 +175,9 @@ def bucket_key(key_hash: str, name: str) -> str:
     return f"apiarium:{{{key_hash}}}:{name}"
 
 
-_DAY = [-1, ""]
-
-
-def spent_key(key_hash: str) -> str:
-    """The key's spent-credits counter of today (UTC; the date made once a day)."""
-    n = int(time.time() // 86400)
-    if n != _DAY[0]:
-        _DAY[:] = [n, today()]
-    return f"apiarium:{{{key_hash}}}:spent:{_DAY[1]}"
+def spent_key(key_hash: str, day: str) -> str:
+    """The key's spent-credits counter of ``day`` (``UsageLedger.day()``: today, UTC)."""
+    return f"apiarium:{{{key_hash}}}:spent:{day}"
 
 
 class RedisLimits:
@@ -200,7 +194,7 @@ class RedisLimits:
         rpm = rec.rpm or s.rpm
         count, period = s.endpoint_limits.get(endpoint, (0, 1.0))
         keys = (bucket_key(h, "rpm"), bucket_key(h, f"ep:{endpoint}"),
-                spent_key(h))
+                spent_key(h, self.usage.day()))
         args = (rpm, count, int(period * 1000), s.daily_credits,
                 repr(self.usage.spent_today(h).credits) if s.daily_credits else 0)
         try:
