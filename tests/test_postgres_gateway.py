@@ -29,6 +29,21 @@ def database_state(gw) -> str:
 
 
 @pytest.mark.subprocess_gateway("several gateway processes share one PostgreSQL database")
+def revoke_reaches_all(gws: list, key: str, ip: str) -> None:
+    """``apiarium keys revoke KEY`` (the CLI, on the first gateway's configuration and so on
+    the shared database): every gateway refuses the key within 2 s (told at once by
+    LISTEN/NOTIFY)."""
+    out = subprocess.run([sys.executable, "-m", "apiarium", "keys", "revoke", key,
+                          "--config", str(gws[0].config)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    revoked = time.monotonic()
+    for gw in gws:
+        assert wait_for(lambda gw=gw: gw.get("/v1/models", key=key, ip=ip)[0] == 401,
+                        timeout=5, interval=0.05)
+    assert time.monotonic() - revoked < 2.0
+
+
 def test_two_gateways_share_postgresql_and_ride_out_its_outage(
         make_gateway, fake_openai, postgres_url, postgres_ctl, tmp_path):
     secret = tmp_path / "shared" / "apiarium.secret"
@@ -42,15 +57,7 @@ def test_two_gateways_share_postgresql_and_ride_out_its_outage(
     assert status == 200
 
     # an operator's revoke, made with the CLI on the shared database, reaches both
-    out = subprocess.run([sys.executable, "-m", "apiarium", "keys", "revoke", key,
-                          "--config", str(one.config)], capture_output=True, text=True,
-                         timeout=60)
-    assert out.returncode == 0, out.stderr
-    revoked = time.monotonic()
-    for gw in gws:
-        assert wait_for(lambda gw=gw: gw.get("/v1/models", key=key, ip="127.0.0.2")[0] == 401,
-                        timeout=5, interval=0.2)
-    assert time.monotonic() - revoked < 2.0                   # told at once (LISTEN/NOTIFY)
+    revoke_reaches_all(gws, key, "127.0.0.2")
 
     postgres_ctl("stop")
     try:
@@ -76,15 +83,7 @@ def test_two_gateways_share_postgresql_and_ride_out_its_outage(
         assert wait_for(lambda gw=gw: [ln for ln in gw.log if "key changes: the database "
                                        "tells at once" in ln][1:], timeout=5)   # listening again
     # listening again: a revoke after the outage reaches both at once too
-    out = subprocess.run([sys.executable, "-m", "apiarium", "keys", "revoke", other,
-                          "--config", str(one.config)], capture_output=True, text=True,
-                         timeout=60)
-    assert out.returncode == 0, out.stderr
-    revoked = time.monotonic()
-    for gw in gws:
-        assert wait_for(lambda gw=gw: gw.get("/v1/models", key=other, ip="127.0.0.4")[0] == 401,
-                        timeout=5, interval=0.05)
-    assert time.monotonic() - revoked < 2.0
+    revoke_reaches_all(gws, other, "127.0.0.4")
 
     password = urlsplit(postgres_url).password
     for gw in gws:
