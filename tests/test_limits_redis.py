@@ -62,16 +62,21 @@ def key(name: str, rpm: int | None = None) -> KeyRecord:
     return KeyRecord(1, f"{name}-{time.time_ns()}", "api-ab", "192.0.2.1", 0, 0, rpm)
 
 
-def run(test):
-    """Run ``test(limits, backend)`` on a fresh loop with its own client."""
+def on_redis(make, test):
+    """Run ``test(make(backend), backend)`` on a fresh loop with a backend of its own (its
+    own client), closed however the test ends."""
     async def go():
         backend = RedisBackend(REDIS_URL, Metrics())
         try:
-            return await test(RedisLimits(backend, UsageLedger("unused.sqlite3"),
-                                          backend.metrics), backend)
+            return await test(make(backend), backend)
         finally:
             await backend.close()
     return asyncio.run(go())
+
+
+def run(test):
+    """Run ``test(limits, backend)``: the Redis limiter."""
+    return on_redis(lambda b: RedisLimits(b, UsageLedger("unused.sqlite3"), b.metrics), test)
 
 
 # --------------------------------------------------------------------------- the script
@@ -413,15 +418,9 @@ def test_redis_down_with_local_fallback_gives_each_gateway_its_share(make_gatewa
 # --------------------------------------------------------------------------- credits
 
 def credits_run(test, usage=None):
-    async def go():
-        backend = RedisBackend(REDIS_URL, Metrics())
-        ledger = usage or UsageLedger("unused.sqlite3")
-        try:
-            book = RedisCredits(backend, ledger, backend.metrics, lambda: None)
-            return await test(book, backend)
-        finally:
-            await backend.close()
-    return asyncio.run(go())
+    """Run ``test(book, backend)``: the Redis credit book (over ``usage``'s ledger)."""
+    return on_redis(lambda b: RedisCredits(b, usage or UsageLedger("unused.sqlite3"),
+                                           b.metrics, lambda: None), test)
 
 
 @needs_redis
@@ -533,25 +532,20 @@ def test_issuance_caps_are_counted_once_across_processes():
     ident = f"2001:db8:{time.time_ns() % 65536:x}:1::/64"
     caps = IssuanceCaps(per_64=2, per_48=3, per_hour=0)
 
-    async def go():
-        backend = RedisBackend(REDIS_URL, Metrics())
-        check = SharedIssuance(backend, lambda: None, lambda ip, n: None)
-        try:
-            results = await asyncio.gather(*(check(ident, caps) for _ in range(5)),
-                                           return_exceptions=True)
-            assert results.count(None) == 2
-            refusal = next(r for r in results if r is not None)
-            assert isinstance(refusal, RateLimited) and "/64" in refusal.message
-            assert 86_300 < refusal.retry_after <= 86_400
-            # another /64 of the same /48: one more, then the /48 is full
-            sibling = ident.replace(":1::/64", ":2::/64")
+    async def test(check, backend):
+        results = await asyncio.gather(*(check(ident, caps) for _ in range(5)),
+                                       return_exceptions=True)
+        assert results.count(None) == 2
+        refusal = next(r for r in results if r is not None)
+        assert isinstance(refusal, RateLimited) and "/64" in refusal.message
+        assert 86_300 < refusal.retry_after <= 86_400
+        # another /64 of the same /48: one more, then the /48 is full
+        sibling = ident.replace(":1::/64", ":2::/64")
+        await check(sibling, caps)
+        with pytest.raises(RateLimited) as exc:
             await check(sibling, caps)
-            with pytest.raises(RateLimited) as exc:
-                await check(sibling, caps)
-            assert "/48" in exc.value.message
-        finally:
-            await backend.close()
-    asyncio.run(go())
+        assert "/48" in exc.value.message
+    on_redis(lambda b: SharedIssuance(b, lambda: None, lambda ip, n: None), test)
 
 
 @needs_redis
