@@ -417,6 +417,11 @@ def test_redis_down_with_local_fallback_gives_each_gateway_its_share(make_gatewa
 
 # --------------------------------------------------------------------------- credits
 
+# a model whose every request costs one credit, and nothing per token
+ONE_CREDIT = ModelSpec("m", ProviderSpec("p", "openai", "", ""), "m",
+                       credits=Credits(request=1.0, per_1k_tokens=0))
+
+
 def credits_run(test, usage=None):
     """Run ``test(book, backend)``: the Redis credit book (over ``usage``'s ledger)."""
     return on_redis(lambda b: RedisCredits(b, usage or UsageLedger("unused.sqlite3"),
@@ -426,8 +431,6 @@ def credits_run(test, usage=None):
 @needs_redis
 def test_reservations_are_atomic_and_settle_what_was_booked():
     key_hash = f"credits-{time.time_ns()}"
-    flat = ModelSpec("m", ProviderSpec("p", "openai", "", ""), "m",
-                     credits=Credits(request=1.0, per_1k_tokens=0))
 
     async def test(book, backend):
         holds = await asyncio.gather(*(book.take(key_hash, 1.0, 3) for _ in range(8)),
@@ -438,7 +441,7 @@ def test_reservations_are_atomic_and_settle_what_was_booked():
         assert "0 of its 3 daily credits left" in next(
             h for h in holds if h not in taken).message
         # one request ends: its 1 credit booked, its hold dropped, in one script
-        book.usage.record(key_hash, flat, Tally(requests=1, credits=0))
+        book.usage.record(key_hash, ONE_CREDIT, Tally(requests=1, credits=0))
         taken[0].release()
         await book.flush()
         spent_key = bucket_key(key_hash, f"spent:{today()}")
@@ -457,13 +460,11 @@ def test_reservations_are_atomic_and_settle_what_was_booked():
 @needs_redis
 def test_far_from_the_limit_an_ended_hold_rides_on_the_next_reservation():
     key_hash = f"ride-{time.time_ns()}"
-    flat = ModelSpec("m", ProviderSpec("p", "openai", "", ""), "m",
-                     credits=Credits(request=1.0, per_1k_tokens=0))
 
     async def test(book, backend):
         held, spent = bucket_key(key_hash, "held"), bucket_key(key_hash, f"spent:{today()}")
         first = await book.take(key_hash, 2.0, 100)
-        book.usage.record(key_hash, flat, Tally(requests=1))
+        book.usage.record(key_hash, ONE_CREDIT, Tally(requests=1))
         first.release()                                    # no round trip of its own...
         await asyncio.sleep(0)
         assert await backend.client.hget(held, first.ident) is not None
