@@ -26,7 +26,7 @@ from . import __version__
 from .accesslog import AccessLog
 from .catalog import Catalog
 from .config import Config, ConfigError, changed_at_start, load_config
-from .handlers import bodies, embeddings, messages, pages, responses, videos
+from .handlers import admission, bodies, embeddings, messages, pages, responses, videos
 from .handlers.base import BaseHandler
 from .handlers.chat import ChatHandler, CompletionsHandler
 from .handlers.info import (
@@ -136,7 +136,9 @@ def log_request(handler: BaseHandler) -> None:
 
 def make_app(services: Services,
              access_log: AccessLog | None = None) -> tornado.web.Application:
-    return tornado.web.Application(routes(), services=services,
+    table = routes()
+    admission.check_routes([route[1] for route in table] + [NotFoundHandler])
+    return tornado.web.Application(table, services=services,
                                    access_log=access_log or AccessLog(),
                                    default_handler_class=NotFoundHandler,
                                    log_function=log_request, xsrf_cookies=False)
@@ -333,6 +335,7 @@ class Gateway:
         visits = s.key_requests_per_minute or 1
         svc.keys.visits.prune(lambda _: visits)
         svc.guesses.prune(s.master_key_guesses_per_minute)
+        svc.public.prune(s.public_requests_per_minute)
         removed = await svc.live.media.sweep()
         if removed:
             log.info("media sweep: %d expired files removed", removed)

@@ -61,7 +61,8 @@ SETTINGS_SCHEMA = Section({
                            "endpoints": MapOf(Str()), "backend": Str("memory"),
                            "on_backend_down": Enum(("closed", "local"), "closed"),
                            "instances": Num(1, 1, 100_000, integer=True),
-                           "backend_timeout_ms": Num(250, 10, 10_000, integer=True)}),
+                           "backend_timeout_ms": Num(250, 10, 10_000, integer=True),
+                           "lookups_per_minute": Num(60, 1, 1_000_000, integer=True)}),
     "limits": Section({"max_images": Num(4, 1, 100, integer=True),
                        "max_chat_choices": Num(1, 1, 128, integer=True),
                        "max_embedding_input_mb": Num(2, 0.001, 4096)}),
@@ -79,7 +80,9 @@ SETTINGS_SCHEMA = Section({
                          "new_keys_per_ipv6_48_per_day": Num(32, 0, 1_000_000, integer=True),
                          "new_keys_per_ipv6_32_per_day": Num(1024, 0, 10_000_000, integer=True),
                          "new_keys_per_hour": Num(1000, 0, 10_000_000, integer=True),
-                         "master_key_guesses_per_minute": Num(10, 0, 1_000_000, integer=True)}),
+                         "master_key_guesses_per_minute": Num(10, 0, 1_000_000, integer=True),
+                         "public_requests_per_minute": Num(600, 1, 10_000_000,
+                                                           integer=True)}),
     "metrics": Section({"allow_cidrs": ListOf(Str(), default=METRICS_CIDRS),
                         "token": Str("")}),
 })
@@ -170,6 +173,8 @@ class Settings:
     limiter_on_down: str = "closed"           # Redis unreachable: "closed" (503) or "local"
     limiter_instances: int = 1                # gateways sharing the backend (local: limit/N)
     limiter_timeout_s: float = 0.25           # connect / answer, then it counts as down
+    lookups_per_minute: int = 60              # per key: reads that reach no model
+    public_requests_per_minute: int = 600     # per network (each process): what needs no key
 
 
 @dataclass(frozen=True)
@@ -291,6 +296,8 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
         limiter_on_down=d["rate_limit"]["on_backend_down"],
         limiter_instances=d["rate_limit"]["instances"],
         limiter_timeout_s=d["rate_limit"]["backend_timeout_ms"] / 1000,
+        lookups_per_minute=d["rate_limit"]["lookups_per_minute"],
+        public_requests_per_minute=sec["public_requests_per_minute"],
         max_images=d["limits"]["max_images"], max_chat_choices=d["limits"]["max_chat_choices"],
         media_dir=media_dir, media_ttl_hours=float(d["media"]["ttl_hours"]),
         block_proxy_headers=sec["block_proxy_headers"],

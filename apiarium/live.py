@@ -19,7 +19,7 @@ from .media import MediaStore
 from .metrics import Metrics
 from .netguard import NetGuard
 from .providers.base import Provider
-from .ratelimit import FailedGuesses
+from .ratelimit import FailedGuesses, PublicRequests
 from .services.chat import ChatService
 from .services.costs import CreditBook
 from .services.credits_redis import RedisCredits
@@ -81,6 +81,7 @@ class Services:
     shared: RedisBackend | None = None     # rate_limit.backend: Redis (None: this process)
     limits: Limiter = field(init=False)
     guesses: FailedGuesses = field(init=False)       # at the master key, per network
+    public: PublicRequests = field(init=False)       # what needs no key, per network
     credits: CreditBook | RedisCredits = field(init=False)
     chat: ChatService = field(init=False)
     media: MediaService = field(init=False)
@@ -96,6 +97,7 @@ class Services:
             issuance = SharedIssuance(self.shared, lambda: self.settings, self.keys.admit)
             self.keys.shared_caps, self.keys.shared_visits = issuance, issuance.visit
         self.guesses = FailedGuesses(self.metrics.rate_limited.labels("failed_auth"))
+        self.public = PublicRequests(self.metrics.rate_limited.labels("public"))
         self.chat = ChatService(lambda: self.live, self.breakers, self.usage, self.credits)
         self.jobs = VideoJobService(lambda: self.live, self.breakers, self.usage, self.credits)
         self.media = MediaService(lambda: self.live, self.breakers, self.usage, self.credits,

@@ -124,3 +124,27 @@ class FailedGuesses:
 
     def prune(self, per_minute: int) -> int:
         return self.buckets.prune(lambda _: per_minute or 1)
+
+
+class PublicRequests:
+    """The requests that need no key (the homepage's assets, /health, /media, /openapi.json,
+    unknown paths), per network (an IPv4 address or an IPv6 /64) in this process: a bucket
+    of ``per_minute``, refilled over a minute; an empty one answers 429 with the wait."""
+
+    def __init__(self, refused: Counter | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.buckets = TokenBuckets(clock)
+        self.refused = refused
+
+    def take(self, ip: str, per_minute: int) -> None:
+        d = self.buckets.take(network_of(ip), per_minute)
+        if not d.allowed:
+            if self.refused is not None:
+                self.refused.inc()
+            wait = max(1, math.ceil(d.retry_after))
+            raise RateLimited(f"Too many requests from this address: at most {per_minute} a "
+                              f"minute to the pages and files that need no key. Wait {wait} s.",
+                              retry_after=d.retry_after)
+
+    def prune(self, per_minute: int) -> int:
+        return self.buckets.prune(lambda _: per_minute)

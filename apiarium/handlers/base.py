@@ -1,8 +1,9 @@
 """What every handler shares: request ids, JSON errors, client IP, auth, limits, SSE relay.
 
-``BaseHandler`` answers every error as the OpenAI envelope (no traceback ever leaves).
-``ApiHandler`` adds, in ``prepare``: client IP and VPN/proxy checks, bearer auth, the body
-size limit (checked before the body is read) and, for POST endpoints, the token bucket.
+``BaseHandler`` answers every error as the OpenAI envelope (no traceback ever leaves) and
+takes a public route's bucket.  ``ApiHandler`` adds, in ``prepare``: client IP and VPN/proxy
+checks, bearer auth, the route's body cap (checked before the body is read) and its bucket,
+as the route declares them (``admission``).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import orjson
 import tornado.http1connection
@@ -35,6 +36,7 @@ from ..live import Services
 from ..netguard import Visitor
 from ..services.keys import identity_of
 from ..storage import KeyRecord
+from .admission import ADDRESS, LOOKUPS, REQUESTS, Admission
 
 log = logging.getLogger("apiarium")
 
@@ -51,6 +53,7 @@ class BaseHandler(tornado.web.RequestHandler):
     # larger table on every request (~1.5 KB per open stream, scripts/cpu_profile.py memory)
     __slots__ = ("_limit_headers", "_visitor", "bytes_out", "client_ip", "key_record",
                  "model_alias", "peer_trusted", "provider_name", "svc", "upstream_ms")
+    admission: ClassVar[dict[str, Admission]] = {}   # per method: admission.admits
     endpoint = "other"            # the metrics label for this handler's requests
     dialect = "openai"            # ... and for the API it speaks (responses, anthropic)
     request_id: str = ""          # set by set_default_headers, which runs before initialize
@@ -72,6 +75,17 @@ class BaseHandler(tornado.web.RequestHandler):
         self.bytes_out = 0
         self.svc = self.application.settings["services"]
         self.svc.inflight.add(self)
+
+    def prepare(self) -> Awaitable[None] | None:
+        """A method the route declares nothing for is a 405; a public route takes its
+        network's bucket (``security.public_requests_per_minute``)."""
+        adm = self.admission.get(self.request.method or "")
+        if adm is None:
+            raise tornado.web.HTTPError(405)
+        if adm.bucket == ADDRESS:
+            self.resolve_visitor(check=False)
+            self.svc.public.take(self.client_ip, self.svc.settings.public_requests_per_minute)
+        return None
 
     def on_finish(self) -> None:
         self.svc.inflight.discard(self)
@@ -189,9 +203,9 @@ def as_api_error(exc: BaseException | None, status: int,
 
 @tornado.web.stream_request_body
 class ApiHandler(BaseHandler):
-    """An authenticated /v1 endpoint.  Subclasses set ``limited`` for rate-limited POSTs."""
-    __slots__ = ("_chunks", "_size", "_started", "_too_large", "_work", "client_gone")
-    limited = False
+    """An authenticated /v1 endpoint, admitted as its route declares (``admission``)."""
+    __slots__ = ("_cap", "_chunks", "_size", "_started", "_too_large", "_work", "client_gone")
+    _cap: int
     client_gone: bool
     _started: float
     _work: asyncio.Future | None
@@ -209,14 +223,16 @@ class ApiHandler(BaseHandler):
         logcontext.REQUEST_ID.set(self.request_id)
         # a network out of failed guesses gets 429 before the master key is compared
         self.svc.guesses.check(self.client_ip, self.svc.settings.master_key_guesses_per_minute)
+        adm = self.admission.get(self.request.method or "")
+        if adm is None:
+            raise tornado.web.HTTPError(405)
         master = self.is_master(token)
         if not master:
             self.svc.live.guard.check(self._visitor, self.request.headers)
-        limit = self.svc.settings.max_body_bytes
+        self._cap = limit = adm.body_cap(self.svc.settings.max_body_bytes)
         length = self.request.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > limit:
-            raise BodyTooLarge(f"The request body is {int(length) / 1048576:.1f} MB; this "
-                               f"gateway accepts at most {limit / 1048576:g} MB.")
+            raise self._over_limit(int(length))
         if self.request.method in _WITH_BODY:
             # a chunked body has no length: data_received enforces the limit (with a 413)
             conn = self.request.connection
@@ -228,20 +244,23 @@ class ApiHandler(BaseHandler):
             return None
         rec = self.authenticate(token)
         if rec is None:
-            return self._authenticate_late(token or "")   # the one path that waits
-        return self._admit(rec)
+            return self._authenticate_late(token or "", adm)   # the one path that waits
+        return self._admit(rec, adm)
 
-    async def _authenticate_late(self, token: str) -> None:
+    async def _authenticate_late(self, token: str, adm: Admission) -> None:
         """A key another process issued a moment ago: read from the database, then checked."""
         await self.svc.keys.load(token)
         rec = self.authenticate(token, unseen_ok=False)
-        if rec is not None and (pending := self._admit(rec)) is not None:
+        if rec is not None and (pending := self._admit(rec, adm)) is not None:
             await pending
 
-    def _admit(self, rec: KeyRecord) -> Awaitable[None] | None:
-        """The limits: at once in memory; a shared limiter (Redis) hands back an awaitable."""
+    def _admit(self, rec: KeyRecord, adm: Admission) -> Awaitable[None] | None:
+        """The route's bucket: at once in memory; a shared limiter (Redis) hands back an
+        awaitable."""
         self.key_record = rec
-        if self.limited:
+        if adm.bucket == LOOKUPS:
+            return self.svc.limits.lookup(rec, self.svc.settings)
+        if adm.bucket == REQUESTS:
             headers = self.svc.limits.admit(rec, self.endpoint, self.svc.settings)
             if not isinstance(headers, dict):
                 return self._admitted(headers)
@@ -287,16 +306,25 @@ class ApiHandler(BaseHandler):
         if self._too_large:
             return
         self._size += len(chunk)
-        if self._size > self.svc.settings.max_body_bytes:
+        if self._size > self._cap:
             self._too_large = True
             self._chunks.clear()
             self.send_error(413, exc_info=(BodyTooLarge, self._over_limit(), None))
         else:
             self._chunks.append(chunk)
 
-    def _over_limit(self) -> BodyTooLarge:
-        return BodyTooLarge(f"The request body is over this gateway's limit of "
-                            f"{self.svc.settings.max_body_bytes / 1048576:g} MB.")
+    def _over_limit(self, size: int | None = None) -> BodyTooLarge:
+        cap = self._cap
+        if not cap:
+            return BodyTooLarge(f"{self.request.method} {self.request.path} takes no request "
+                                f"body; send the request without one.")
+        where = ("this gateway" if cap == self.svc.settings.max_body_bytes
+                 else str(self.request.path))
+        if size is None:
+            return BodyTooLarge(f"The request body is over the limit of {where}: "
+                                f"{cap / 1048576:g} MB.")
+        return BodyTooLarge(f"The request body is {size / 1048576:.1f} MB; {where} accepts "
+                            f"at most {cap / 1048576:g} MB.")
 
     def body_overdue(self, limit: float) -> bool:
         """Whether this POST's body, of a known length, is still not whole ``limit`` s on."""

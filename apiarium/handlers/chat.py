@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from .. import legacy
 from ..catalog import ModelSpec
 from ..errors import InvalidRequest
+from .admission import CHAT_CALL, admits, request
 from .base import ApiHandler
 
 
@@ -36,9 +37,9 @@ def check_messages(body: dict) -> list:
     return messages
 
 
+@admits(POST=request(CHAT_CALL))
 class ChatHandler(ApiHandler):
     endpoint = "chat"
-    limited = True
 
     async def post(self) -> None:
         body, raw = self.json_body()
@@ -80,9 +81,9 @@ class ChatHandler(ApiHandler):
             self.write_json(answer)
 
 
+@admits(POST=request(CHAT_CALL))
 class CompletionsHandler(ApiHandler):
     endpoint = "completions"
-    limited = True
 
     async def post(self) -> None:
         body, _ = self.json_body()

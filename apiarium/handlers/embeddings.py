@@ -1,12 +1,14 @@
 """POST /v1/embeddings: parse, call the embeddings service, write the answer."""
 from __future__ import annotations
 
+from .admission import admits, request
 from .base import ApiHandler
 
 
+@admits(POST=request("one embeddings call per model tried (its provider's timeout_s); "
+                     "limits.max_embedding_input_mb of input text"))
 class EmbeddingsHandler(ApiHandler):
     endpoint = "embeddings"
-    limited = True
 
     async def post(self) -> None:
         body, raw = self.json_body()

@@ -6,9 +6,11 @@ import time
 
 from .. import __version__
 from ..errors import NotFound
+from .admission import FREE, ISSUANCE, METHODS, NO_BODY, Admission, admits, lookup, public
 from .base import ApiHandler, BaseHandler
 
 
+@admits(GET=public("the answer from memory"))
 class HealthHandler(BaseHandler):
     def get(self) -> None:
         svc = self.svc
@@ -26,6 +28,7 @@ class HealthHandler(BaseHandler):
                                      "pid": os.getpid()}})
 
 
+@admits(GET=lookup("the catalog from memory"))
 class ModelsHandler(ApiHandler):
     """OpenAI's list shape; Anthropic's (``type: model``, ``display_name``, paging fields)
     for a client that sends ``anthropic-version`` or pages with ``?limit=``."""
@@ -50,6 +53,7 @@ def anthropic_list(models: list[dict], limit: str) -> dict:
             "last_id": data[-1]["id"] if data else None}
 
 
+@admits(GET=lookup("one model from memory"))
 class ModelHandler(ApiHandler):
     def get(self, alias: str) -> None:
         model = self.svc.catalog.resolve(alias)
@@ -57,6 +61,8 @@ class ModelHandler(ApiHandler):
                          "owned_by": model.owned_by, "type": model.type})
 
 
+@admits(GET=Admission(ISSUANCE, FREE, NO_BODY, "the visitor's key: at most one new key, "
+                                                    "within the issuance caps"))
 class KeysMeHandler(BaseHandler):
     async def get(self) -> None:
         key, rec = await self.issue_key()
@@ -71,7 +77,9 @@ class KeysMeHandler(BaseHandler):
                                      else round(max(0.0, limit - spent), 4)}})
 
 
+@admits(**dict.fromkeys(METHODS, public("an error answer")))
 class NotFoundHandler(BaseHandler):
     def prepare(self) -> None:
+        super().prepare()
         raise NotFound(f"Unknown path {self.request.method} {self.request.path}. The API lives "
                        f"under /v1: see GET /openapi.json, or the homepage at /.")

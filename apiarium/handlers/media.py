@@ -5,13 +5,15 @@ import time
 
 from ..errors import NotFound
 from ..generation import image_request, video_request
+from .admission import admits, public, request
 from .base import ApiHandler
 from .files import StoredFile
 
 
+@admits(POST=request("limits.max_images images from one call per model tried (its "
+                     "provider's timeout_s); an image_url fetched within media.* bounds"))
 class ImagesHandler(ApiHandler):
     endpoint = "images"
-    limited = True
 
     async def post(self) -> None:
         body, _ = self.json_body()
@@ -26,9 +28,9 @@ class ImagesHandler(ApiHandler):
             self.write_json({"created": int(time.time()), "data": data})
 
 
+@admits(POST=request("one video render, polled until done or the provider's timeout_s"))
 class VideosHandler(ApiHandler):
     endpoint = "videos"
-    limited = True
 
     async def post(self) -> None:
         body, _ = self.json_body()
@@ -43,6 +45,8 @@ class VideosHandler(ApiHandler):
             self.write_json({"created": int(time.time()), "data": [item]})
 
 
+@admits(GET=public("one stored file, read in chunks"),
+        HEAD=public("one stored file's headers"))
 class MediaFileHandler(StoredFile):
     """Generated files (``files.StoredFile``); unknown and expired names are a JSON 404 (an
     expired file is deleted on the way)."""

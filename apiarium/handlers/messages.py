@@ -19,6 +19,7 @@ from ..dialects.anthropic_answer import count_tokens_estimate, error_body, error
 from ..dialects.anthropic_messages import to_chat
 from ..dialects.anthropic_stream import MessagesStream, stream_from_chat
 from ..errors import ApiError, InvalidRequest
+from .admission import CHAT_CALL, COUNT_TOKENS_BODY, admits, lookup, request
 from .base import ApiHandler, as_api_error
 
 
@@ -51,9 +52,9 @@ class MessagesBase(ApiHandler):
         return body
 
 
+@admits(POST=request(CHAT_CALL))
 class MessagesHandler(MessagesBase):
     endpoint = "messages"
-    limited = True
 
     async def post(self) -> None:
         body = self.messages_body()
@@ -91,6 +92,8 @@ class MessagesHandler(MessagesBase):
             self.write_json(answer)
 
 
+@admits(POST=lookup("one upstream count (free at the vendor), or a local estimate",
+                    body=COUNT_TOKENS_BODY))
 class CountTokensHandler(MessagesBase):
     endpoint = "count_tokens"
 

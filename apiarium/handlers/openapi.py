@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from ..openapi import document_bytes
+from .admission import admits, public
 from .base import BaseHandler
 
 
+@admits(GET=public("the document built once"))
 class OpenApiHandler(BaseHandler):
     endpoint = "openapi"
 

@@ -8,9 +8,11 @@ import ipaddress
 
 from ..errors import AuthError, Forbidden
 from ..metrics import CONTENT_TYPE
+from .admission import admits, public
 from .base import BaseHandler
 
 
+@admits(GET=public("the metrics from memory (with workers: the shared files)"))
 class MetricsHandler(BaseHandler):
     endpoint = "metrics"
 

@@ -28,6 +28,7 @@ from .. import __version__
 from ..errors import ApiError, Forbidden, NotFound
 from ..modeltypes import MODEL_TYPES, ModelType
 from ..services.keys import AddressBlocked
+from .admission import FREE, ISSUANCE, NO_BODY, Admission, admits, public
 from .base import BaseHandler, as_api_error
 
 log = logging.getLogger("apiarium")
@@ -223,6 +224,9 @@ class PageHandler(BaseHandler):
         self.send_html(html, err.status)
 
 
+@admits(GET=Admission(ISSUANCE, FREE, NO_BODY, "the visitor's key (at most one new key, "
+                                                    "within the issuance caps) and the page"),
+        HEAD=public("the headers alone: no key issued"))
 class HomeHandler(PageHandler):
     def head(self) -> None:
         """Agent clients (Claude Code) probe the base URL with HEAD /: answered without
@@ -251,6 +255,7 @@ class HomeHandler(PageHandler):
         self.send_html(html)
 
 
+@admits(GET=public("one asset from memory"), HEAD=public("one asset's headers"))
 class StaticHandler(PageHandler):
     def get(self, name: str) -> None:
         self.serve(name, include_body=True)

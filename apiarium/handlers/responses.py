@@ -18,6 +18,7 @@ from ..catalog import ModelSpec
 from ..dialects import responses
 from ..dialects.responses import ResponsesStream
 from ..errors import ApiError, InvalidRequest
+from .admission import CHAT_CALL, MAX_BODY, admits, lookup, request
 from .base import ApiHandler
 
 
@@ -44,10 +45,10 @@ async def translated(frames: AsyncIterator[bytes],
         yield b"".join(events.finish())
 
 
+@admits(POST=request(CHAT_CALL + "; compactions within their caps"))
 class ResponsesHandler(ApiHandler):
     endpoint = "responses"
     dialect = "responses"
-    limited = True
     _events: ResponsesStream | None = None
     _native: responses.NativeTail | None = None
     _request: dict | None = None
@@ -108,6 +109,8 @@ class ResponsesHandler(ApiHandler):
         self.finish()
 
 
+@admits(POST=lookup("no model call: one compaction item of the given input, within the "
+                    "compaction caps", body=MAX_BODY))
 class CompactHandler(ApiHandler):
     """``POST /v1/responses/compact``: the conversation as one compaction item (no model
     is called, so no rate-limit token is taken)."""

@@ -22,6 +22,7 @@ from ..generation import job_request
 from ..jsonbody import parse_object
 from ..services.videojobs import LIST_MAX, POLL_AFTER_MS, view
 from ..storage import VideoJob
+from .admission import admits, lookup, request
 from .base import ApiHandler
 from .files import StoredFile
 
@@ -48,12 +49,11 @@ class _JobAnswer(ApiHandler):
         self.write_json(body, status)
 
 
+@admits(POST=request("one video render job, run in the background and polled until done "
+                     "(the provider's timeout_s)"),
+        GET=lookup("one page of the key's jobs, at most LIST_MAX"))
 class VideoJobsHandler(_JobAnswer):
     endpoint = "videos"
-
-    def prepare(self) -> None:
-        self.limited = self.request.method == "POST"     # the GET list is not limited
-        super().prepare()
 
     async def post(self) -> None:
         fields, upload = self._fields()
@@ -143,6 +143,7 @@ class VideoJobsHandler(_JobAnswer):
                          "last_id": data[-1]["id"] if data else None})
 
 
+@admits(GET=lookup("one job of the key's"), DELETE=lookup("one job of the key's, and its file"))
 class VideoJobHandler(_JobAnswer):
     endpoint = "video_jobs"
 
@@ -154,6 +155,8 @@ class VideoJobHandler(_JobAnswer):
         self.write_json({"id": job_id, "object": "video.deleted", "deleted": True})
 
 
+@admits(GET=lookup("one stored file of the key's, read in chunks"),
+        HEAD=lookup("one stored file's headers"))
 class VideoContentHandler(StoredFile, ApiHandler):
     """The MP4 of a completed job, from the media store (``files.StoredFile``)."""
     endpoint = "video_jobs"

@@ -29,6 +29,10 @@ class Limiter(Protocol):
         """The ``x-ratelimit-*`` headers of an admitted request (or an awaitable of them),
         or raise the 429 (or 503 when a shared backend cannot answer and fails closed)."""
 
+    def lookup(self, rec: KeyRecord, s: Settings) -> Awaitable[None] | None:
+        """Let one lookup of ``rec`` through (``rate_limit.lookups_per_minute``), or raise
+        the 429; a shared backend hands back an awaitable."""
+
     def prune(self, rpm_of: Callable[[str], int], s: Settings) -> None:
         """Drop what this process holds that equals nothing held (refilled buckets)."""
 
@@ -50,6 +54,14 @@ def endpoint_refused(metrics: Metrics, endpoint: str, period: float,
                        f"{_UNITS.get(period, 'second')} for this key. Wait {wait} s before "
                        f"the next one.", retry_after=d.retry_after,
                        headers={"Retry-After": wait, "retry-after-ms": h["retry-after-ms"]})
+
+
+def lookups_refused(metrics: Metrics, d: Decision) -> RateLimited:
+    metrics.rate_limited.labels("lookups").inc()
+    wait = d.headers()["Retry-After"]
+    return RateLimited(f"Rate limit reached: {d.limit} lookups (model lists, video jobs, "
+                       f"token counts, compactions) per minute for this key. Wait {wait} s "
+                       f"before the next one.", retry_after=d.retry_after)
 
 
 def credits_refused(metrics: Metrics, daily: float) -> QuotaExceeded:
@@ -91,6 +103,7 @@ class RequestLimits:
         self.usage, self.metrics, self.share = usage, metrics, share
         self.buckets = TokenBuckets()                        # per key, requests a minute
         self.endpoint_buckets: dict[str, TokenBuckets] = {}  # per endpoint, per key
+        self.lookups = TokenBuckets()                        # per key, lookups a minute
 
     def admit(self, rec: KeyRecord, endpoint: str, s: Settings) -> dict[str, str]:
         """Let one request of ``rec`` on ``endpoint`` through, or raise the 429; the
@@ -114,9 +127,16 @@ class RequestLimits:
             raise credits_refused(self.metrics, s.daily_credits)
         return decision.headers()
 
+    def lookup(self, rec: KeyRecord, s: Settings) -> None:
+        per_minute = math.ceil(s.lookups_per_minute / self.share)
+        decision = self.lookups.take(rec.key_hash, per_minute)
+        if not decision.allowed:
+            raise lookups_refused(self.metrics, decision)
+
     def prune(self, rpm_of: Callable[[str], int], s: Settings) -> None:
         share = self.share
         self.buckets.prune(lambda h: math.ceil(rpm_of(h) / share))
+        self.lookups.prune(_always(math.ceil(s.lookups_per_minute / share)))
         for endpoint, buckets in self.endpoint_buckets.items():
             count, period = s.endpoint_limits.get(endpoint, (1, 1.0))
             buckets.prune(_always(math.ceil(count / share)), period)

@@ -45,6 +45,7 @@ from .limits import (
     credits_refused,
     endpoint_refused,
     hourly_cap,
+    lookups_refused,
     network_cap,
     rpm_refused,
     visits_refused,
@@ -211,6 +212,26 @@ class RedisLimits:
             raise endpoint_refused(self.metrics, endpoint, period,
                                    Decision(False, count, 0, wait_ms / 1000, full_ms / 1000))
         raise credits_refused(self.metrics, s.daily_credits)
+
+    async def lookup(self, rec: KeyRecord, s: Settings) -> None:
+        """The key's lookups bucket: the admit script, its first bucket alone."""
+        per_minute = s.lookups_per_minute
+        keys = tuple(bucket_key(rec.key_hash, name) for name in ("lookups", "-", "-"))
+        try:
+            refused, _, wait_ms, full_ms = await self.backend.run(
+                self._script, keys, (per_minute, 0, 1000, 0, 0))
+        except BackendDown:
+            if s.limiter_on_down != "local":
+                self.metrics.limiter_fallback.labels(s.limiter_on_down).inc()
+                raise LimiterUnavailable(self.backend.retry_in()) from None
+            self.metrics.limiter_fallback.labels("local").inc()
+            if self.local.share != s.limiter_instances:
+                self.local = RequestLimits(self.usage, self.metrics, s.limiter_instances)
+            self.local.lookup(rec, s)
+            return
+        if refused:
+            raise lookups_refused(self.metrics, Decision(False, per_minute, 0, wait_ms / 1000,
+                                                         full_ms / 1000))
 
     def fallback(self, rec: KeyRecord, endpoint: str, s: Settings) -> dict[str, str]:
         """Redis is down: 503 (``closed``), or this process's share of each limit."""
