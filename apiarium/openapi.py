@@ -53,7 +53,9 @@ ERRORS = {
     429: (("Over the key's rate limit (with `Retry-After` and `x-ratelimit-*`), over its daily "
            "credits, the upstream's own rate limit or quota; on /v1/keys/me, too many key "
            "requests from the caller's network; too many wrong tokens from the caller's "
-           "network (whatever it sends, until `Retry-After`)."),
+           "network (whatever it sends, until `Retry-After`); on a route that needs no key, "
+           "too many requests from the caller's network "
+           "(`security.public_requests_per_minute`)."),
           ("rate_limit_exceeded, insufficient_quota, upstream_rate_limited, "
            "too_many_failed_attempts")),
     502: (("The upstream cannot be reached, answered garbage or a 5xx, refused the gateway's "
@@ -330,11 +332,11 @@ def _paths() -> dict:
          304: ok("Not modified (ETag).", None),
          416: ok("The range is outside the file (`code`: range_not_satisfiable).",
                  {JSON: {"schema": ref("Error")}}, {"Content-Range": {"schema": STR}})},
-        params=[media_name, range_header], errors=(404,))
+        params=[media_name, range_header], errors=(404, 429))
     static_get = operation(
         "getStatic", "pages", "A static file of the homepage (CSS, JS, icons)",
         {200: ok("The file.", static_ok), 304: ok("Not modified (ETag).", None)},
-        params=[static_name], errors=(404,))
+        params=[static_name], errors=(404, 429))
     return {
         "/": {"get": operation(
             "homepage", "pages", "Homepage: the visitor's key, base URL, examples, catalog",
@@ -345,10 +347,11 @@ def _paths() -> dict:
                      {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}})}),
               "head": operation("probe", "pages",
                                 "A probe of the base URL (agent clients): no key is issued",
-                                {200: ok("Up.", None)})},
+                                {200: ok("Up.", None)}, errors=(429,))},
         "/static/{name}": {"get": static_get, "head": head_of(static_get, "headStatic")},
         "/health": {"get": operation("health", "info", "Liveness",
-                                     {200: ok("Up.", {JSON: {"schema": ref("Health")}})})},
+                                     {200: ok("Up.", {JSON: {"schema": ref("Health")}})},
+                                     errors=(429,))},
         "/v1/keys/me": {"get": operation(
             "keysMe", "keys", "The caller's IP's key (created on the first call)",
             {200: ok("The key, bound to the caller's IP.", {JSON: {"schema": ref("ApiKey")}})},
@@ -395,7 +398,8 @@ def _paths() -> dict:
         **openapi_videos.paths(operation, ok, UPSTREAM, AUTHED, limited),
         "/openapi.json": {"get": operation(
             "openapi", "info", "This document",
-            {200: ok("OpenAPI 3.1.", {JSON: {"schema": {"type": "object"}}})})},
+            {200: ok("OpenAPI 3.1.", {JSON: {"schema": {"type": "object"}}})},
+            errors=(429,))},
         "/metrics": {"get": operation(
             "metrics", "info", "Prometheus metrics: for `metrics.allow_cidrs` (loopback by "
             "default), or with `metrics.token` as a bearer token",
@@ -415,8 +419,10 @@ def _build() -> dict:
                 "Point any OpenAI SDK at `<base>/v1`. GET /v1/keys/me gives the caller's key "
                 "(bound to its IP); send it as `Authorization: Bearer <key>`. Every error is "
                 "OpenAI's envelope `{\"error\": {\"message\", \"type\", \"param\", \"code\"}}` "
-                "and every response carries `x-request-id`. The generating POST endpoints "
-                "are rate limited per key (429 with `Retry-After`)."),
+                "and every response carries `x-request-id`. Every route is rate limited (429 "
+                "with `Retry-After`): the generating POST endpoints per key "
+                "(`rate_limit.rpm`), the other authenticated ones per key "
+                "(`rate_limit.lookups_per_minute`), the rest per network."),
             "license": {"name": "MIT", "identifier": "MIT"},
         },
         "tags": [{"name": t} for t in ("generation", "responses", "anthropic", "models",

@@ -86,7 +86,7 @@ def batch_calls(gm) -> list:
 
 def test_the_route_is_a_rate_limited_endpoint_named_embeddings():
     assert [r for r in routes() if r[0] == "/v1/embeddings"] == handler.routes
-    assert handler.EmbeddingsHandler.limited
+    assert handler.EmbeddingsHandler.admission["POST"].bucket == "requests"
     assert handler.EmbeddingsHandler.endpoint == "embeddings"
 
 
