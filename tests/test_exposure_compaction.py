@@ -317,3 +317,47 @@ def test_600_deep_items_are_a_400_direct_and_compacted(gw, fake_openai):
             assert err["param"] == "input[0].encrypted_content"
             assert f"more than {MAX_DEPTH} levels" in err["message"]
     assert fake_openai.requests == []
+
+
+def deep_call_body(path: str, model: str) -> dict:
+    """A conversation whose tool call's ``arguments`` (a string) hold JSON 600 levels deep."""
+    args = json.dumps({"x": nested(600)})
+    weather = {"name": "get_weather", "parameters": {"type": "object"}}
+    if path == "/v1/responses":
+        return {"model": model, "tools": [{"type": "function", **weather}], "input": [
+            {"role": "user", "content": "weather?"},
+            {"type": "function_call", "call_id": "call_1", "name": "get_weather",
+             "arguments": args},
+            {"type": "function_call_output", "call_id": "call_1", "output": "sunny"}]}
+    return {"model": model, "tools": [{"type": "function", "function": weather}], "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": args}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]}
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
+def test_deep_tool_arguments_are_a_400_on_every_translation(make_gateway, fake_openai,
+                                                            fake_anthropic, fake_gemini, path):
+    """Decoded on its way to Anthropic or Gemini, such ``arguments`` nest deeper than a body
+    may; the search for cache breakpoints (``cache: auto``) walked them by recursion and died
+    in a 500.  Each is a 400 now, and nothing is sent."""
+    catalog = models(fake_openai)
+    catalog["providers"].update({
+        "claude": {"kind": "anthropic", "base_url": fake_anthropic.base_url,
+                   "api_key": fake_anthropic.api_key},
+        "gem": {"kind": "gemini", "base_url": fake_gemini.base_url,
+                "api_key": fake_gemini.api_key}})
+    catalog["models"].update({"claude-cached": {"provider": "claude", "cache": "auto"},
+                              "claude-x": {"provider": "claude"},
+                              "gemini-x": {"provider": "gem"}})
+    gw = make_gateway(catalog, rate_limit={"rpm": 1000})
+    key = gw.key_for(A)
+    for model in ("claude-cached", "claude-x", "gemini-x"):
+        for stream in (False, True):
+            status, _, raw = gw.post(path, {**deep_call_body(path, model), "stream": stream},
+                                     key=key, ip=A)
+            assert status == 400, (model, stream, raw)
+            assert "too deeply" in error_of(raw)["message"]
+    assert fake_anthropic.requests == [] and fake_gemini.requests == []
