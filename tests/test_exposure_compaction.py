@@ -258,24 +258,28 @@ def signed(seal: CompactionSeal, raw: bytes) -> dict:
 @pytest.mark.parametrize(("name", "stored"), STORED, ids=[n for n, _ in STORED])
 def test_stored_objects_cannot_be_compacted_or_smuggled(gw, fake_openai, name, stored):
     key = gw.key_for(A)
-    # /compact (and Codex's trigger) refuse them, as a direct request does: no signed item
-    # can hold them
+    seal = gateway_seal(gw, key)
     for model in ("gpt-5", "local"):
-        direct = gw.post("/v1/responses", {"model": model, "input": [HISTORY[0], stored]},
-                         key=key, ip=A)
+        # /compact (and Codex's trigger) refuse them as a direct request does, by the same
+        # path: no signed item can hold them
+        direct = error_of(gw.post("/v1/responses", {"model": model, "input": [
+            HISTORY[0], stored]}, key=key, ip=A)[2])
+        assert direct["param"].startswith("input[1]"), direct
         compact = gw.post("/v1/responses/compact", {"model": model, "input": [
             HISTORY[0], stored]}, key=key, ip=A)
         trigger = gw.post("/v1/responses", {"model": model, "input": [
             HISTORY[0], stored, {"type": "compaction_trigger"}]}, key=key, ip=A)
-        for status, _, raw in (direct, compact, trigger):
+        for status, _, raw in (compact, trigger):
             assert status == 400, raw
             assert error_of(raw)["param"].startswith("input[1]"), raw
-    # and were one signed anyway, what it holds is checked as direct input, on both paths
-    item = signed(gateway_seal(gw, key), orjson.dumps({"items": [HISTORY[0], stored]}))
-    for model in ("gpt-5", "local"):
+        # and were one signed anyway (with the gateway's own secret), what it holds is
+        # refused exactly as it is sent directly, at the compaction item's path
+        item = signed(seal, orjson.dumps({"items": [HISTORY[0], stored]}))
         status, _, raw = follow_up(gw, item, key, A, model)
         assert status == 400, raw
-        assert error_of(raw)["param"].startswith("input[0]"), raw
+        smuggled = error_of(raw)
+        assert smuggled["param"] == direct["param"].replace("input[1]", "input[0]", 1)
+        assert smuggled["code"] == direct["code"] != "invalid_encrypted_content"
     # a forged one never gets that far
     forged = orjson.dumps({"items": [stored]})
     v1 = "apiarium.compaction.v1:" + base64.urlsafe_b64encode(zlib.compress(forged)).decode()
