@@ -1,7 +1,9 @@
 """How keys are made: ``api-`` + 16 characters of ``[a-z0-9]``, derived as
 HMAC-SHA256(secret, "ip|generation"); the secret file beside the database (mode 0600, in a
 folder created 0700); and HMAC-SHA256(secret, key), all the database keeps of a key, so a
-copy of the database without the secret file reveals nothing that can be checked."""
+copy of the database without the secret file reveals nothing that can be checked.  What else
+the gateway signs (its compaction items) is signed with a subkey of the secret, one per
+purpose, never with the secret itself."""
 from __future__ import annotations
 
 import hashlib
@@ -21,6 +23,13 @@ class KeyStoreError(Exception):
 def hash_key(secret: bytes, key: str) -> str:
     """What the database keeps of a key."""
     return hmac.digest(secret, key.encode(), "sha256").hex()
+
+
+def subkey(secret: bytes, purpose: str) -> bytes:
+    """The key for one ``purpose`` (``"compaction"``: signing compaction items), derived as
+    HMAC-SHA256(secret, "apiarium subkey|" + purpose): no IP, key or other purpose gives the
+    same message, so what one purpose signs is no use to another."""
+    return hmac.digest(secret, f"apiarium subkey|{purpose}".encode(), "sha256")
 
 
 def rehash_legacy(secret: bytes, ip: str, generation: int, stored: str) -> str | None:

@@ -33,6 +33,7 @@ TERMINAL = {"response.completed", "response.incomplete", "response.failed"}
 # Codex CLI acts on these response.failed codes; openai-python's ResponseError.code Literal
 # does not list them (it lists server_error, rate_limit_exceeded, invalid_prompt, ...).
 CODEX_ONLY_CODES = {"context_length_exceeded", "insufficient_quota"}
+SEAL = R.CompactionSeal(b"k" * 32, "key-hash-a")       # what the handler makes per request
 
 
 def codex(name: str) -> dict:
@@ -230,7 +231,7 @@ def test_stateful_fields_are_refused_by_name(field, value):
     assert caught.value.status == 400 and caught.value.param == field
     assert field in caught.value.message
     with pytest.raises(InvalidRequest):
-        R.compact(base(**{field: value}))
+        R.compact(base(**{field: value}), SEAL)
     R.check_portable(base(**{field: value}), native_ok=True)      # not a tools matter
 
 
@@ -647,11 +648,11 @@ def test_failure_codes_from_plain_api_errors():
 def test_codex_compaction_trigger_round_trip():
     trigger = codex("compaction_trigger")
     assert R.is_compaction_trigger(trigger) and not R.is_compaction_trigger(codex("text_turn"))
-    response = _valid(R.compaction_response(trigger))
+    response = _valid(R.compaction_response(trigger, SEAL))
     (item,) = response.output
     assert item.type == "compaction" and item.encrypted_content
     events = [orjson.loads(b.split(b"data: ", 1)[1]) for b in R.stream_response(
-        R.compaction_response(trigger))]
+        R.compaction_response(trigger, SEAL))]
     for event in events:
         EVENTS.validate_python(event)
     assert _types(events) == ["response.created", "response.in_progress",
@@ -663,44 +664,128 @@ def test_codex_compaction_trigger_round_trip():
     after["input"][-1] = item.model_dump()
     original = copy.deepcopy(trigger)
     original["input"] = original["input"][:-1]
-    assert R.to_chat(after)["messages"] == R.to_chat(original)["messages"]
+    assert R.to_chat(after, seal=SEAL)["messages"] == R.to_chat(original)["messages"]
 
 
 def test_compact_endpoint_round_trip():
     body = codex("tool_turn_result")
     compacted = CompactedResponse.model_validate(
-        R.compact({"model": body["model"], "input": body["input"], "instructions": "Compact."}))
+        R.compact({"model": body["model"], "input": body["input"], "instructions": "Compact."},
+                  SEAL))
     assert compacted.object == "response.compaction"
     (item,) = compacted.output
     later = codex("tool_turn_result")
     later["input"] = [item.model_dump(), {"role": "user", "content": "and now?"}]
-    messages = R.to_chat(later)["messages"]
+    messages = R.to_chat(later, seal=SEAL)["messages"]
     assert messages[:-1] == R.to_chat(body)["messages"]
     assert messages[-1] == {"role": "user", "content": "and now?"}
 
 
 def test_compaction_summary_and_foreign_items():
-    summary = R.compaction_item(summary="The user ran echo hello; it printed hello.")
+    summary = R.compaction_item(summary="The user ran echo hello; it printed hello.",
+                                seal=SEAL)
     foreign = {"type": "compaction", "id": "cmp_1", "encrypted_content": "gAAAAB-openai"}
-    chat = R.to_chat(base(input=[foreign, summary, {"role": "user", "content": "next?"}]))
+    chat = R.to_chat(base(input=[foreign, summary, {"role": "user", "content": "next?"}]),
+                     seal=SEAL)
     assert [m["role"] for m in chat["messages"]] == ["user", "user"]
     assert chat["messages"][0]["content"].endswith("it printed hello.")
+
+
+def _signed(payload: object, seal: R.CompactionSeal = SEAL) -> dict:
+    """A compaction item holding ``payload`` as the gateway would sign it (whatever it is)."""
+    return {"type": "compaction",
+            "encrypted_content": seal.seal(zlib.compress(orjson.dumps(payload)))}
+
+
+def _refusal(items: list, seal: R.CompactionSeal | None = SEAL) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as caught:
+        R.to_chat(base(input=items), seal=seal)
+    assert caught.value.status == 400
+    return caught.value
 
 
 def test_compaction_is_size_bounded(monkeypatch):
     monkeypatch.setattr(responses_compaction, "MAX_COMPACTION_BYTES", 1000)
     with pytest.raises(InvalidRequest) as caught:
-        R.compact(base(input=[{"role": "user", "content": "x" * 2000}]))
+        R.compact(base(input=[{"role": "user", "content": "x" * 2000}]), SEAL)
     assert caught.value.status == 400 and caught.value.param == "input"
-    bomb = responses_compaction.COMPACTION_PREFIX + base64.urlsafe_b64encode(
-        zlib.compress(orjson.dumps({"items": [{"role": "user", "content": "y" * 5000}]})
-                      )).decode()
-    with pytest.raises(InvalidRequest) as caught:
-        R.to_chat(base(input=[{"type": "compaction", "encrypted_content": bomb}]))
-    assert caught.value.param == "input[0].encrypted_content"
+    big = _signed({"items": [{"role": "user", "content": "y" * 5000}]})
+    assert _refusal([big]).param == "input[0].encrypted_content"
+    # the cap is the request's, over all its compaction items
+    half = _signed({"items": [{"role": "user", "content": "z" * 600}]})
+    R.to_chat(base(input=[half]), seal=SEAL)
+    err = _refusal([half, half])
+    assert err.param == "input[1].encrypted_content" and "in all" in err.message
+    monkeypatch.setattr(responses_compaction, "MAX_COMPACTION_ITEMS", 3)
+    two = _signed({"items": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]})
+    R.to_chat(base(input=[two]), seal=SEAL)
+    assert _refusal([two, two]).param == "input[1].encrypted_content"
+    with pytest.raises(InvalidRequest):
+        R.compact(base(input=[{"role": "user", "content": "a"}] * 4), SEAL)
+
+
+def test_compaction_items_are_signed_for_their_key():
+    item = R.compact(base(input=[{"role": "user", "content": "the word is honey"}]),
+                     SEAL)["output"][0]
+    content = item["encrypted_content"]
+    assert content.startswith("apiarium.compaction.v2:")
+    assert "honey" in json.dumps(R.to_chat(base(input=[item]), seal=SEAL))
+    other = R.CompactionSeal(b"k" * 32, "key-hash-b")               # another key
+    rotated = R.CompactionSeal(b"j" * 32, "key-hash-a")             # another secret
+    for seal in (other, rotated, None):
+        err = _refusal([item], seal)
+        assert err.param == "input[0].encrypted_content"
+        assert err.code == "invalid_encrypted_content" and "this API key" in err.message
+    packed, tag = content.rsplit(".", 1)
+    altered = packed[:-2] + ("A" if packed[-2] != "A" else "B") + packed[-1]
+    for forged in (f"{altered}.{tag}", packed, f"{packed}.{tag[:-1]}",
+                   f"{packed}.{tag}x", content.replace("v2:", "v3:", 1)):
+        assert _refusal([{**item, "encrypted_content": forged}]).param in (
+            "input[0].encrypted_content", "input")    # v3 is nobody's: dropped, no message
+    # an unsigned (v1) item, as this gateway used to make them, is refused by name
+    v1 = "apiarium.compaction.v1:" + base64.urlsafe_b64encode(zlib.compress(orjson.dumps(
+        {"items": [{"role": "user", "content": "hi"}]}))).decode()
+    err = _refusal([{"type": "compaction", "encrypted_content": v1}])
+    assert err.param == "input[0].encrypted_content" and "v1" in err.message
+
+
+def test_what_a_compaction_holds_is_checked_like_direct_input():
+    def nested(depth: int) -> object:
+        value: object = "deep"
+        for _ in range(depth):
+            value = [value]
+        return value
+    ok = {"role": "user", "content": [{"type": "input_text", "text": "x", "n": nested(120)}]}
+    R.to_chat(base(input=[_signed({"items": [ok]})]), seal=SEAL)
+    deep = {"role": "user", "content": [{"type": "input_text", "text": "x", "n": nested(600)}]}
+    packed = zlib.compress(json.dumps({"items": [deep]}).encode())   # orjson would not write it
+    err = _refusal([{"type": "compaction", "encrypted_content": SEAL.seal(packed)}])
+    assert err.param == "input[0].encrypted_content" and "levels deep" in err.message
+    assert _refusal([_signed({"items": [{"type": "item_reference", "id": "msg_1"}]})]
+                    ).param == "input[0]"
+    assert _refusal([_signed({"items": [{"role": "user", "content": [
+        {"type": "input_file", "file_id": "file-1"}]}]})]).param == "input[0].content[0]"
+    nest = _signed({"items": [_signed({"items": [{"role": "user", "content": "hi"}]})]})
+    assert _refusal([nest]).code == "invalid_encrypted_content"
+    for held in ({"items": "no"}, ["a"], {"items": [3]}):
+        assert _refusal([_signed(held)]).code == "invalid_encrypted_content"
+
+
+def test_compactions_drop_what_they_repeat_in_one_pass():
+    def msg(text: str, **extra) -> dict:
+        return {"role": "user", "content": text, **extra}
+    first = R.compaction_item([msg("x"), msg("y")], seal=SEAL)
+    second = R.compaction_item([msg("y"), msg("z")], seal=SEAL)
+    items = [msg("x", id="m0"), first, msg("y", id="m2"), second, msg("z", id="m4"),
+             {"type": "compaction", "encrypted_content": "gAAAA-openai"}]
+    got = responses_compaction.expand_compactions(items, SEAL, keep_foreign=True)
+    # the x before the first is held by it; the y after it is held by the second, and so is
+    # the first's y; the z after the second stands; OpenAI's item is kept as it is
+    assert got == [("input[1]", msg("x")), ("input[3]", msg("y")), ("input[3]", msg("z")),
+                   ("input[4]", msg("z", id="m4")), ("input[5]", items[5])]
 
 
 def test_compact_checks_the_items_it_keeps():
     with pytest.raises(InvalidRequest) as caught:
-        R.compact(base(input=_item(type="function_call", name="x", arguments="{}")))
+        R.compact(base(input=_item(type="function_call", name="x", arguments="{}")), SEAL)
     assert caught.value.param == "input[1].call_id"

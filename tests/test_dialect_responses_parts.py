@@ -21,6 +21,7 @@ from openai.types.responses import (
     ResponseUsage,
 )
 
+from apiarium.dialects import responses_compaction as rcmp
 from apiarium.dialects import responses_input as rin
 from apiarium.dialects import responses_stream as rst
 from apiarium.dialects import responses_tools as rtools
@@ -36,6 +37,7 @@ from apiarium.errors import (
 EVENTS = pydantic.TypeAdapter(ResponseStreamEvent)
 CHAT_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")      # chat function names (wire-formats §1.2)
 FN = {"type": "function", "name": "sh", "parameters": {"type": "object", "properties": {}}}
+SEAL = rcmp.CompactionSeal(b"k" * 32, "master")
 
 
 def refused(call, *args, **kwargs) -> InvalidRequest:
@@ -273,11 +275,11 @@ def test_instructions_alone_are_no_conversation():
 
 def test_compaction_of_drops_the_trigger_and_checks_the_rest():
     item = rin.compaction_of({"input": [{"role": "user", "content": "a"},
-                                        {"type": "compaction_trigger"}]})
+                                        {"type": "compaction_trigger"}]}, SEAL)
     assert item["type"] == "compaction" and isinstance(item.get("encrypted_content"), str)
-    err = refused(rin.compaction_of, {"input": [{"role": "robot", "content": "a"}]})
+    err = refused(rin.compaction_of, {"input": [{"role": "robot", "content": "a"}]}, SEAL)
     assert err.param == "input[0].role"
-    assert refused(rin.compaction_of, {"input": "a", "previous_response_id": "r"}
+    assert refused(rin.compaction_of, {"input": "a", "previous_response_id": "r"}, SEAL
                    ).param == "previous_response_id"
 
 

@@ -3,18 +3,20 @@ internal chat shape.  The handler imports this module only.  Behind it: ``respon
 (request → chat), ``responses_tools`` (tools both ways), ``responses_compaction`` (the
 gateway's compaction items) and ``responses_stream`` (the Response object and the stream).
 
-    to_chat(body)                    Responses request → internal chat body (InvalidRequest on
+    to_chat(body, seal=)             Responses request → internal chat body (InvalidRequest on
                                      anything it cannot carry, naming the field's path)
     check_stateless / check_portable the refusals alone (the native OpenAI path needs only
                                      the first)
     from_chat(answer, body)          chat.completion → Response
     ResponsesStream(body)            chat.completion.chunk frames → Responses SSE events
-    native_body(body)                the request as an OpenAI upstream gets it natively
+    native_body(body, seal)          the request as an OpenAI upstream gets it natively
     NativeTail(body)                 watches a natively relayed stream, to end it if it is cut
     failed_event(err, body)          one ``response.failed`` event, for an error outside a stream
-    compact(body)                    ``/responses/compact`` → one compaction item
-    is_compaction_trigger(body), compaction_response(body), stream_response(response)
+    compact(body, seal)              ``/responses/compact`` → one compaction item
+    is_compaction_trigger(body), compaction_response(body, seal), stream_response(response)
                                      Codex's remote compaction v2 on ``/responses``
+    CompactionSeal(key, owner)       signs the compaction items one API key makes and opens
+                                     only those (the handler makes one per request)
 
 Every event is ``event: <type>\\ndata: <json>\\n\\n`` with an increasing ``sequence_number``, and
 a stream ends with exactly one of ``response.completed``, ``response.incomplete`` or
@@ -26,12 +28,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 
 from .. import sse
 from ..errors import ApiError, InvalidRequest
-from .responses_compaction import compaction_item, expand_compactions, is_compaction_trigger
+from .responses_compaction import (
+    SEAL_PURPOSE,
+    CompactionSeal,
+    compaction_item,
+    expand_compactions,
+    is_compaction_trigger,
+)
 from .responses_input import check_stateless, compaction_of, to_chat
 from .responses_stream import (
     ResponsesStream,
@@ -47,7 +56,8 @@ from .responses_stream import (
 )
 from .responses_tools import SKIPPED_HOSTED_TOOLS, check_portable, tool_map
 
-__all__ = ["SKIPPED_HOSTED_TOOLS", "NativeTail", "ResponsesStream", "check_portable",
+__all__ = ["SEAL_PURPOSE", "SKIPPED_HOSTED_TOOLS", "CompactionSeal", "NativeTail",
+           "ResponsesStream", "check_portable",
            "check_stateless", "compact", "compaction_item", "compaction_response",
            "failed_event", "failure", "from_chat", "is_compaction_trigger", "native_body",
            "stream_response", "to_chat", "usage_of"]
@@ -116,37 +126,42 @@ def _no_usage() -> dict:
     return usage_of({}) or {}
 
 
-def compaction_response(body: dict) -> dict:
+def compaction_response(body: dict, seal: CompactionSeal) -> dict:
     """The ``Response`` to a compaction-trigger request: exactly one ``compaction`` item
-    holding the conversation (no model is called)."""
+    holding the conversation, signed with ``seal`` (no model is called)."""
     return response_object(body, response_id=new_id("resp"), created_at=int(time.time()),
-                           status="completed", output=[compaction_of(body)],
+                           status="completed", output=[compaction_of(body, seal)],
                            usage=_no_usage())
 
 
-def compact(body: dict) -> dict:
+def compact(body: dict, seal: CompactionSeal) -> dict:
     """``POST /v1/responses/compact`` ``{model, input, instructions}`` → the compacted
-    response: one ``compaction`` item that ``to_chat`` expands when it comes back."""
+    response: one ``compaction`` item, signed with ``seal``, that ``to_chat`` expands when it
+    comes back with the same key."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return {"id": new_id("resp"), "object": "response.compaction",
-            "created_at": int(time.time()), "output": [compaction_of(body)],
+            "created_at": int(time.time()), "output": [compaction_of(body, seal)],
             "usage": _no_usage()}
 
 
 # ---------------------------------------------------------------------- native passthrough
-def native_body(body: dict) -> dict:
+def native_body(body: dict, seal: CompactionSeal) -> dict:
     """The request as an OpenAI upstream gets it on its own ``/responses``: the stateful
-    fields refused (``check_stateless``), and what would reach this gateway's own OpenAI
-    account (``check_unowned``); the gateway's own compaction items expanded (only it can
-    read them; OpenAI's are kept), ``store`` false.  Hosted tools, ``include``,
-    ``reasoning`` and the rest pass as the client sent them."""
+    fields refused (``check_stateless``); the gateway's own compaction items expanded (only it
+    can read them, with ``seal``, the requesting key's; OpenAI's are kept); then what would
+    reach this gateway's own OpenAI account refused (``check_unowned``), in the items the
+    client sent and in those its compactions held alike; ``store`` false.  Hosted tools,
+    ``include``, ``reasoning`` and the rest pass as the client sent them."""
     check_stateless(body)
-    check_unowned(body)
     items = body.get("input")
     if isinstance(items, list) and any(isinstance(i, dict) and i.get("type") == "compaction"
                                        for i in items):
-        body = {**body, "input": [x for _, x in expand_compactions(items, keep_foreign=True)]}
+        expanded = expand_compactions(items, seal, keep_foreign=True)
+        check_unowned(body, expanded)
+        body = {**body, "input": [x for _, x in expanded]}
+    else:
+        check_unowned(body)
     return {**body, "store": False}
 
 
@@ -197,25 +212,30 @@ def _data(frame: bytes | None) -> dict:
     return obj if isinstance(obj, dict) else {}
 
 
-def check_unowned(body: dict) -> None:
+def check_unowned(body: dict, items: list[tuple[str, Any]] | None = None) -> None:
     """Refuse what names things stored in the gateway's OpenAI account, which a key holder
     must not reach: item references, uploaded files (``file_id``), ``file_search`` (it
-    searches the account's vector stores) and an existing code-interpreter container."""
-    items = body.get("input")
-    for i, item in enumerate(items if isinstance(items, list) else []):
+    searches the account's vector stores) and an existing code-interpreter container.
+    ``items`` are the (path, item) of the input to check, if not the body's own ``input``
+    (its compactions expanded)."""
+    if items is None:
+        value = body.get("input")
+        items = [(f"input[{i}]", x) for i, x in enumerate(value if isinstance(value, list)
+                                                           else [])]
+    for where, item in items:
         if not isinstance(item, dict):
             continue
         if item.get("type") == "item_reference" or ("role" not in item and "type" not in item):
-            raise InvalidRequest(f"`input[{i}]`: item references need responses stored on "
+            raise InvalidRequest(f"`{where}`: item references need responses stored on "
                                  f"the server, and this gateway stores none; send the item "
-                                 f"itself.", param=f"input[{i}]", code="unsupported_parameter")
+                                 f"itself.", param=where, code="unsupported_parameter")
         content = item.get("content") if item.get("type") in (None, "message") else None
         for j, part in enumerate(content if isinstance(content, list) else []):
             if isinstance(part, dict) and part.get("file_id"):
                 raise InvalidRequest(
-                    f"`input[{i}].content[{j}].file_id`: uploaded files are not kept here; "
+                    f"`{where}.content[{j}].file_id`: uploaded files are not kept here; "
                     f"send the file inline (`file_data`, or an image's `image_url`).",
-                    param=f"input[{i}].content[{j}].file_id")
+                    param=f"{where}.content[{j}].file_id")
     tools = body.get("tools")
     for i, tool in enumerate(tools if isinstance(tools, list) else []):
         kind = tool.get("type") if isinstance(tool, dict) else None

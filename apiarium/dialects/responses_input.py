@@ -12,7 +12,8 @@ chat body, the refusals that come first, and the gateway's own compaction items.
     reasoning {summary, content}          → ``reasoning_content`` of the next assistant message
                                             (encrypted-only reasoning is dropped: only OpenAI
                                             can read it, and OpenAI is served natively)
-    compaction made here                  → the items it encodes, expanded in place
+    compaction made here (for this key)   → the items it encodes, expanded in place and
+                                            checked as if sent directly
     tools: function / custom / namespace  → chat function tools; a custom tool takes one
                                             ``input`` string, a namespace member gets a
                                             flattened name; ``tool_map`` restores both
@@ -29,7 +30,7 @@ import orjson
 
 from ..errors import InvalidRequest
 from ..providers.shapes import parse_data_url
-from .responses_compaction import compaction_item, expand_compactions
+from .responses_compaction import CompactionSeal, compaction_item, expand_compactions
 from .responses_tools import (
     SKIPPED_HOSTED_TOOLS,
     ToolRef,
@@ -250,23 +251,25 @@ class _History:
         return self.messages
 
 
-def input_items(body: dict) -> list[tuple[str, Any]]:
-    """(path, item) of the request's ``input``, compactions expanded."""
+def input_items(body: dict, seal: CompactionSeal | None = None) -> list[tuple[str, Any]]:
+    """(path, item) of the request's ``input``, the compactions ``seal`` opens expanded (a
+    compaction of ours it does not open is a 400)."""
     value = body.get("input")
     if isinstance(value, str):
         return [("input", {"type": "message", "role": "user", "content": value})]
     if value is None:
         raise bad("`input` is required: a string or an array of items.", "input")
-    return expand_compactions(list_at(value, "input"))
+    return expand_compactions(list_at(value, "input"), seal)
 
 
-def history(body: dict) -> list[dict]:
-    """``instructions`` and ``input`` as chat messages, checked."""
+def history(body: dict, seal: CompactionSeal | None = None) -> list[dict]:
+    """``instructions`` and ``input`` as chat messages, checked (compactions opened with
+    ``seal``)."""
     built = _History()
     if body.get("instructions") is not None:
         built.push({"role": "system",
                     "content": str_at(body["instructions"], "instructions", empty=True)})
-    for where, item in input_items(body):
+    for where, item in input_items(body, seal):
         built.item(item, where)
     messages = built.finish()
     if not any(m["role"] != "system" for m in messages):
@@ -274,16 +277,17 @@ def history(body: dict) -> list[dict]:
     return messages
 
 
-def compaction_of(body: dict) -> dict:
+def compaction_of(body: dict, seal: CompactionSeal) -> dict:
     """The compaction item for a ``/responses/compact`` body or a compaction-trigger request:
-    every input item but the trigger, checked now (a bad item fails here, by its path)."""
+    every input item but the trigger, checked now (a bad item fails here, by its path), and
+    signed with ``seal`` (the requesting key's)."""
     check_stateless(body)
-    items = [(w, x) for w, x in input_items(body)
+    items = [(w, x) for w, x in input_items(body, seal)
              if not (isinstance(x, dict) and x.get("type") == "compaction_trigger")]
     built = _History()
     for where, item in items:
         built.item(item, where)
-    return compaction_item([x for _, x in items])
+    return compaction_item([x for _, x in items], seal=seal)
 
 
 # --------------------------------------------------------------------------------- to_chat
@@ -319,8 +323,10 @@ def _response_format(text: Any) -> dict | None:
     return {"type": "json_schema", "json_schema": schema}
 
 
-def to_chat(body: dict, *, skip: Collection[str] = SKIPPED_HOSTED_TOOLS) -> dict:
-    """A Responses request → the internal chat body (the OpenAI chat-completions shape).
+def to_chat(body: dict, *, skip: Collection[str] = SKIPPED_HOSTED_TOOLS,
+            seal: CompactionSeal | None = None) -> dict:
+    """A Responses request → the internal chat body (the OpenAI chat-completions shape);
+    ``seal`` (the requesting key's) opens the gateway's compaction items.
 
     Beyond plain chat fields, an assistant message may carry ``reasoning_content`` (the text
     of the reasoning items before it).  Ignored on purpose: ``store``, ``include``,
@@ -331,7 +337,7 @@ def to_chat(body: dict, *, skip: Collection[str] = SKIPPED_HOSTED_TOOLS) -> dict
     check_stateless(body)
     check_portable(body, skip=skip)
     chat: dict[str, Any] = {"model": str_at(body.get("model"), "model"),
-                            "messages": history(body)}
+                            "messages": history(body, seal)}
     tools: list[dict] = []
     refs: dict[str, ToolRef] = {}
     for tool, ref in walk_tools(body, skip):

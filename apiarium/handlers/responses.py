@@ -8,7 +8,8 @@ the chat service.  The answer is a ``Response``, the stream the Responses events
 (also when the upstream fails mid-stream or the gateway shuts down).  Errors
 before a stream starts are OpenAI's envelope with their status, as the real API answers.
 Codex's compaction (a ``compaction_trigger`` input, or ``/responses/compact``) is answered
-by the gateway itself: one compaction item that later requests carry back.
+by the gateway itself: one compaction item that later requests carry back, signed for the key
+that asked (``seal_for``), and opened only for that key.
 """
 from __future__ import annotations
 
@@ -20,6 +21,13 @@ from ..dialects.responses import ResponsesStream
 from ..errors import ApiError, InvalidRequest
 from .admission import CHAT_CALL, MAX_BODY, admits, lookup, request
 from .base import ApiHandler
+
+
+def seal_for(handler: ApiHandler) -> responses.CompactionSeal:
+    """The compaction seal of the request's key: the key secret's compaction subkey, bound to
+    the key's hash (the master key's requests to ``"master"``)."""
+    return responses.CompactionSeal(handler.svc.keys.subkey(responses.SEAL_PURPOSE),
+                                    handler.key_hash or "master")
 
 
 def _stream_flag(body: dict) -> bool:
@@ -67,16 +75,16 @@ class ResponsesHandler(ApiHandler):
         model = self.svc.catalog.resolve_for(body.get("model"), "/v1/responses")
         stream = _stream_flag(body)
         if responses.is_compaction_trigger(body):
-            done = responses.compaction_response(body)
+            done = responses.compaction_response(body, seal_for(self))
             if stream:
                 await self.send_events(responses.stream_response(done))
             else:
                 self.write_json(done)
             return
         if self.svc.chat.native(model, "responses"):
-            await self.passthrough(model, responses.native_body(body), stream)
+            await self.passthrough(model, responses.native_body(body, seal_for(self)), stream)
             return
-        chat_body = responses.to_chat(body)
+        chat_body = responses.to_chat(body, seal=seal_for(self))
         events = ResponsesStream(body)
         if stream:
             self._events = events              # a shutdown mid-stream ends it in this dialect
@@ -121,7 +129,7 @@ class CompactHandler(ApiHandler):
         body, _ = self.json_body()
         self.model_alias = str(body.get("model", ""))[:100]
         self.svc.catalog.resolve_for(body.get("model"), "/v1/responses")
-        self.write_json(responses.compact(body))
+        self.write_json(responses.compact(body, seal_for(self)))
 
 
 routes = [

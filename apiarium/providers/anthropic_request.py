@@ -173,11 +173,18 @@ def _may_think(turns: list[dict], tool_choice: Any) -> bool:
 
 
 def has_cache_control(obj: Any) -> bool:
-    """Whether a Messages request (or any part of it) already carries a cache breakpoint."""
-    if isinstance(obj, dict):
-        return "cache_control" in obj or any(has_cache_control(v) for v in obj.values())
-    if isinstance(obj, list):
-        return any(has_cache_control(v) for v in obj)
+    """Whether a Messages request (or any part of it) already carries a cache breakpoint.
+    A walk with a list, not recursion: a tool call's decoded arguments may nest deeper than
+    Python's recursion limit (the request then fails as too deep, a 400, when encoded)."""
+    pending = [obj]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            if "cache_control" in value:
+                return True
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
     return False
 
 

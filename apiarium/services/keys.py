@@ -84,6 +84,7 @@ class KeyService:
         self.secret_path = Path(secret_path) if secret_path else secret_beside(database)
         self._storage: Storage | None = None
         self._secret = b""
+        self._subkeys: dict[str, bytes] = {}     # purpose -> keysecret.subkey, made once
         self._by_hash: dict[str, KeyRecord] = {}
         self._by_ip: dict[str, KeyRecord] = {}
         self._lock = asyncio.Lock()          # every write and every reload, one at a time
@@ -129,6 +130,16 @@ class KeyService:
 
     def _hash(self, key: str) -> str:
         return keysecret.hash_key(self._secret, key)
+
+    def subkey(self, purpose: str) -> bytes:
+        """The secret's subkey for ``purpose`` (``keysecret.subkey``), e.g. the key that
+        signs compaction items; the secret itself never leaves this service."""
+        key = self._subkeys.get(purpose)
+        if key is None:
+            if not self._secret:
+                raise KeyStoreError("the key store is not open")
+            key = self._subkeys[purpose] = keysecret.subkey(self._secret, purpose)
+        return key
 
     def _known(self, rec: KeyRecord) -> str | None:
         """The record's key, if this secret derives it (None: made with another secret)."""
