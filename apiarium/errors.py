@@ -22,8 +22,10 @@ raise.  ``ApiError.envelope()`` is the body every client sees:
     └── UpstreamFailure               (the upstream did not give a usable answer)
         ├── UpstreamError             502 upstream_error        upstream_unreachable, upstream_error
         ├── UpstreamPassthrough       4xx as the upstream said  (its own message, about the request)
-        ├── ServiceUnavailable        503 server_error          upstream_overloaded,
-        │                                                       provider_not_configured
+        ├── ServiceUnavailable        503 server_error          upstream_overloaded
+        │   └── Unserved              503 server_error          provider_not_configured,
+        │                                                       upstream_cooling_down,
+        │                                                       server_shutting_down
         └── UpstreamTimeout           504 server_error          upstream_timeout
 
 Domain code raises these; only ``handlers/`` turns them into HTTP responses.
@@ -163,6 +165,12 @@ class ServiceUnavailable(UpstreamFailure):
     status = 503
     type = "server_error"
     default_code = "upstream_overloaded"
+
+
+class Unserved(ServiceUnavailable):
+    """The gateway could not serve the request through no fault of the caller, before any
+    upstream work: the provider has no key here, its circuit is open, the gateway is
+    shutting down.  Such a request is not counted against the key's rpm or credits."""
 
 
 class UpstreamTimeout(UpstreamFailure):

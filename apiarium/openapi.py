@@ -64,7 +64,8 @@ ERRORS = {
     503: (("The upstream is overloaded, its provider has no API key here, its circuit is open, "
            "the gateway is shutting down, its shared rate limiter (Redis) is down, or another "
            "gateway process took over the video job this request waited on."),
-          ("upstream_overloaded, provider_not_configured, server_shutting_down, "
+          ("upstream_overloaded, provider_not_configured, upstream_cooling_down, "
+           "server_shutting_down, "
            "rate_limiter_unavailable, video_moved")),
     504: ("No answer within the provider's `timeout_s`.", "upstream_timeout"),
 }

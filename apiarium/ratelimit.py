@@ -68,6 +68,12 @@ class TokenBuckets:
             return Decision(True, rpm, int(b[0]), 0.0, (rpm - b[0]) / rate)
         return Decision(False, rpm, 0, (1.0 - b[0]) / rate, (rpm - b[0]) / rate)
 
+    def give_back(self, key: str, rpm: int) -> None:
+        """Return one token taken from ``key``'s bucket (never past its capacity)."""
+        b = self._buckets.get(key)
+        if b is not None:
+            b[0] = min(float(rpm), b[0] + 1.0)
+
     def wait(self, key: str, rpm: int, period_s: float = 60.0) -> float:
         """Seconds until ``key``'s bucket holds a token (0: it holds one now); nothing taken."""
         b = self._buckets.get(key)

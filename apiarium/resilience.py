@@ -16,7 +16,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from .errors import ApiError, RateLimited, ServiceUnavailable, UpstreamError, UpstreamTimeout
+from .errors import (
+    ApiError,
+    RateLimited,
+    ServiceUnavailable,
+    Unserved,
+    UpstreamError,
+    UpstreamTimeout,
+)
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 
@@ -80,8 +87,8 @@ def counts_against(err: ApiError) -> bool:
     return moves_on(err) and err.code != "provider_not_configured"
 
 
-def open_error(name: str, breaker: Breaker) -> ServiceUnavailable:
+def open_error(name: str, breaker: Breaker) -> Unserved:
     wait = max(1, round(breaker.retry_in()))
-    return ServiceUnavailable(f"The upstream provider `{name}` is failing and is skipped for "
-                              f"{wait} more s; retry then.",
-                              headers={"Retry-After": str(wait)})
+    return Unserved(f"The upstream provider `{name}` is failing and is skipped for {wait} "
+                    f"more s; retry then (this request was not counted against your key).",
+                    code="upstream_cooling_down", headers={"Retry-After": str(wait)})

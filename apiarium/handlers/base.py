@@ -29,7 +29,7 @@ from ..errors import (
     AuthError,
     BodyTooLarge,
     RateLimited,
-    ServiceUnavailable,
+    Unserved,
 )
 from ..jsonbody import parse_object
 from ..live import Services
@@ -301,6 +301,17 @@ class ApiHandler(BaseHandler):
         """Whose usage this request is (None: the master key's)."""
         return self.key_record.key_hash if self.key_record else None
 
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        """An error answer; a request the gateway could not serve through no fault of the
+        caller (``Unserved``: no provider key, an open circuit, a shutdown) gives its token
+        back to the key's request bucket."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, Unserved) and self.key_record is not None:
+            adm = self.admission.get(self.request.method or "")
+            if adm is not None and adm.bucket == REQUESTS:
+                self.svc.limits.refund(self.key_record, self.endpoint, self.svc.settings)
+        super().send_error(status_code, **kwargs)
+
     # ------------------------------------------------------------------ the body
     def data_received(self, chunk: bytes) -> None:
         if self._too_large:
@@ -398,8 +409,8 @@ class ApiHandler(BaseHandler):
         return elapsed * 1000
 
     def _shutdown_answer(self) -> None:
-        err = ServiceUnavailable("The gateway is shutting down; retry in a few seconds.",
-                                 code="server_shutting_down")
+        err = Unserved("The gateway is shutting down; retry in a few seconds.",
+                       code="server_shutting_down")
         if self._finished:
             return
         if self._headers_written:

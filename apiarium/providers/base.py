@@ -62,6 +62,7 @@ from ..errors import (
     InvalidRequest,
     RateLimited,
     ServiceUnavailable,
+    Unserved,
     UpstreamError,
     UpstreamPassthrough,
     UpstreamTimeout,
@@ -180,12 +181,12 @@ class Provider:
         ``base_url``, and an ``api_key`` unless it says ``auth: none``."""
         name = self.spec.name
         if not self.spec.base_url:
-            raise ServiceUnavailable(
+            raise Unserved(
                 f"The provider `{name}` has no base_url configured on this gateway; "
                 f"the operator must set providers.{name}.base_url in models.yaml.",
                 code="provider_not_configured")
         if not self.spec.api_key and self.spec.auth != "none":
-            raise ServiceUnavailable(
+            raise Unserved(
                 f"The provider `{name}` has no API key configured on this gateway; "
                 f"the operator must set providers.{name}.api_key in models.yaml "
                 f"(usually through an environment variable) and reload, or say "

@@ -29,6 +29,10 @@ class Limiter(Protocol):
         """The ``x-ratelimit-*`` headers of an admitted request (or an awaitable of them),
         or raise the 429 (or 503 when a shared backend cannot answer and fails closed)."""
 
+    def refund(self, rec: KeyRecord, endpoint: str, s: Settings) -> None:
+        """Give back the tokens an admitted request of ``rec`` on ``endpoint`` took (it was
+        not served, through no fault of the caller)."""
+
     def lookup(self, rec: KeyRecord, s: Settings) -> Awaitable[None] | None:
         """Let one lookup of ``rec`` through (``rate_limit.lookups_per_minute``), or raise
         the 429; a shared backend hands back an awaitable."""
@@ -62,6 +66,13 @@ def lookups_refused(metrics: Metrics, d: Decision) -> RateLimited:
     return RateLimited(f"Rate limit reached: {d.limit} lookups (model lists, video jobs, "
                        f"token counts, compactions) per minute for this key. Wait {wait} s "
                        f"before the next one.", retry_after=d.retry_after)
+
+
+def credits_headers(headers: dict[str, str], daily: float, spent: float) -> None:
+    """The key's daily credits and what is left of them (before the request's own hold)."""
+    headers["x-ratelimit-limit-credits"] = f"{daily:g}"
+    headers["x-ratelimit-remaining-credits"] = f"{max(0.0, daily - spent):.4f}".rstrip(
+        "0").rstrip(".")
 
 
 def credits_refused(metrics: Metrics, daily: float) -> QuotaExceeded:
@@ -123,9 +134,21 @@ class RequestLimits:
             taken = buckets.take(rec.key_hash, count, period)
             if not taken.allowed:
                 raise endpoint_refused(self.metrics, endpoint, period, taken)
-        if s.daily_credits and self.usage.spent_today(rec.key_hash).credits >= s.daily_credits:
-            raise credits_refused(self.metrics, s.daily_credits)
-        return decision.headers()
+        headers = decision.headers()
+        if s.daily_credits:
+            spent = self.usage.spent_today(rec.key_hash).credits
+            if spent >= s.daily_credits:
+                raise credits_refused(self.metrics, s.daily_credits)
+            credits_headers(headers, s.daily_credits, spent)
+        return headers
+
+    def refund(self, rec: KeyRecord, endpoint: str, s: Settings) -> None:
+        rpm = rec.rpm or s.rpm
+        self.buckets.give_back(rec.key_hash, math.ceil(rpm / self.share))
+        limit = s.endpoint_limits.get(endpoint)
+        buckets = self.endpoint_buckets.get(endpoint)
+        if limit is not None and buckets is not None:
+            buckets.give_back(rec.key_hash, math.ceil(limit[0] / self.share))
 
     def lookup(self, rec: KeyRecord, s: Settings) -> None:
         per_minute = math.ceil(s.lookups_per_minute / self.share)

@@ -21,6 +21,8 @@ Redis Cluster slot, as one script needs).
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -42,6 +44,7 @@ from ..usage import UsageLedger
 from .keys import IssuanceCaps, supernet
 from .limits import (
     RequestLimits,
+    credits_headers,
     credits_refused,
     endpoint_refused,
     hourly_cap,
@@ -67,7 +70,7 @@ SPENT_TTL_S = 2 * 86400   # a day's spent-credits counter outlives its day, then
 #       shared counter does not exist yet: the credit scripts create it)
 # -> {refused by (0: admitted, 1: the key's bucket, 2: the endpoint's, 3: the credits),
 #     requests left in the key's bucket, wait until a request is allowed (ms), until the
-#     refusing (or the key's) bucket is full again (ms)}
+#     refusing (or the key's) bucket is full again (ms)[, admitted: the credits spent today]}
 ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -90,13 +93,33 @@ if limit > 0 then
   keep(KEYS[2], tat2)
 end
 local daily = tonumber(ARGV[4])
+local spent = '0'
 if daily > 0 then
-  local spent = redis.call('GET', KEYS[3]) or ARGV[5]
+  spent = redis.call('GET', KEYS[3]) or ARGV[5]
   if tonumber(spent) >= daily then return {3, 0, 0, 0} end
 end
 keep(KEYS[1], tat1)
 local full = tat1 - now
-return {0, math.floor((60000 - full) * rpm / 60000 + 1e-6), 0, math.ceil(full)}
+return {0, math.floor((60000 - full) * rpm / 60000 + 1e-6), 0, math.ceil(full), spent}
+"""
+
+# KEYS: buckets to give one request back to; ARGV: each one's limit and period (ms)
+REFUND = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+for i = 1, #KEYS do
+  local limit = tonumber(ARGV[2 * i - 1])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or 0)
+  if limit > 0 and tat > now then
+    local back = tat - tonumber(ARGV[2 * i]) / limit
+    if back <= now then
+      redis.call('DEL', KEYS[i])
+    else
+      redis.call('SET', KEYS[i], string.format('%.3f', back), 'PX', math.ceil(back - now))
+    end
+  end
+end
+return 0
 """
 
 
@@ -188,6 +211,8 @@ class RedisLimits:
     def __init__(self, backend: RedisBackend, usage: UsageLedger, metrics: Metrics) -> None:
         self.backend, self.usage, self.metrics = backend, usage, metrics
         self._script = backend.script(ADMIT)
+        self._refund = backend.script(REFUND)
+        self._refunds: set[asyncio.Task] = set()      # held until done (not collected)
         self.local = RequestLimits(usage, metrics)
 
     async def admit(self, rec: KeyRecord, endpoint: str, s: Settings) -> dict[str, str]:
@@ -199,12 +224,15 @@ class RedisLimits:
         args = (rpm, count, int(period * 1000), s.daily_credits,
                 repr(self.usage.spent_today(h).credits) if s.daily_credits else 0)
         try:
-            refused, remaining, wait_ms, full_ms = await self.backend.run(self._script, keys,
-                                                                          args)
+            answer = await self.backend.run(self._script, keys, args)
         except BackendDown:
             return self.fallback(rec, endpoint, s)
+        refused, remaining, wait_ms, full_ms = answer[:4]
         if refused == 0:
-            return Decision(True, rpm, remaining, 0.0, full_ms / 1000).headers()
+            headers = Decision(True, rpm, remaining, 0.0, full_ms / 1000).headers()
+            if s.daily_credits:
+                credits_headers(headers, s.daily_credits, float(answer[4]))
+            return headers
         if refused == 1:
             raise rpm_refused(self.metrics, Decision(False, rpm, 0, wait_ms / 1000,
                                                      full_ms / 1000))
@@ -213,13 +241,28 @@ class RedisLimits:
                                    Decision(False, count, 0, wait_ms / 1000, full_ms / 1000))
         raise credits_refused(self.metrics, s.daily_credits)
 
+    def refund(self, rec: KeyRecord, endpoint: str, s: Settings) -> None:
+        """Give the request's tokens back, in the background (its answer does not wait)."""
+        self.local.refund(rec, endpoint, s)         # counted here while Redis was down
+        h = rec.key_hash
+        count, period = s.endpoint_limits.get(endpoint, (0, 1.0))
+        task = asyncio.ensure_future(self._give_back(
+            (bucket_key(h, "rpm"), bucket_key(h, f"ep:{endpoint}")),
+            (rec.rpm or s.rpm, 60000, count, int(period * 1000))))
+        self._refunds.add(task)
+        task.add_done_callback(self._refunds.discard)
+
+    async def _give_back(self, keys: tuple[str, str], args: tuple[int, ...]) -> None:
+        with contextlib.suppress(BackendDown):    # down: the token comes back with time
+            await self.backend.run(self._refund, keys, args)
+
     async def lookup(self, rec: KeyRecord, s: Settings) -> None:
         """The key's lookups bucket: the admit script, its first bucket alone."""
         per_minute = s.lookups_per_minute
         keys = tuple(bucket_key(rec.key_hash, name) for name in ("lookups", "-", "-"))
         try:
-            refused, _, wait_ms, full_ms = await self.backend.run(
-                self._script, keys, (per_minute, 0, 1000, 0, 0))
+            refused, _, wait_ms, full_ms = (await self.backend.run(
+                self._script, keys, (per_minute, 0, 1000, 0, 0)))[:4]
         except BackendDown:
             if s.limiter_on_down != "local":
                 self.metrics.limiter_fallback.labels(s.limiter_on_down).inc()
@@ -288,8 +331,8 @@ class SharedIssuance:
         net = network_of(ip)
         keys = [f"apiarium:{{visits:{net}}}:{name}" for name in ("rpm", "-", "-")]
         try:
-            refused, _, wait_ms, full_ms = await self.backend.run(
-                self._bucket, keys, (per_minute, 0, 1000, 0, 0))
+            refused, _, wait_ms, full_ms = (await self.backend.run(
+                self._bucket, keys, (per_minute, 0, 1000, 0, 0)))[:4]
         except BackendDown:
             s = self._settings()
             if s.limiter_on_down != "local":
