@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
+import os
 import signal
 import sqlite3
 import threading
@@ -59,11 +61,11 @@ class Dies:
 
 
 class Ledgers:
-    """Ledgers on one SQLite database, each on a storage of its own (all closed at the end);
-    ``open(dying=…)`` gives one whose storage's next ``add`` dies."""
+    """Ledgers on one database and journal folder, each on a storage of its own (all closed
+    at the end); ``open(dying=…)`` gives one whose storage's next ``add`` dies."""
 
-    def __init__(self, db: Path, monkeypatch) -> None:
-        self.db, self.storages, self._dying = db, [], ""
+    def __init__(self, db: Path | str, folder: Path, monkeypatch) -> None:
+        self.db, self.folder, self.storages, self._dying = db, folder, [], ""
         monkeypatch.setattr(usage_module, "open_storage", self._open_storage)
 
     async def _open_storage(self, database):
@@ -75,7 +77,7 @@ class Ledgers:
 
     async def open(self, dying: str = "") -> UsageLedger:
         self._dying = dying
-        return await UsageLedger(self.db).open()
+        return await UsageLedger(self.db, self.folder).open()
 
     @staticmethod
     def die(ledger: UsageLedger) -> None:
@@ -90,23 +92,30 @@ class Ledgers:
         finally:
             await storage.close()
 
-    @property
-    def folder(self) -> Path:
-        return journal_folder(self.db)
-
     def files(self) -> list[str]:
         return sorted(p.name for p in self.folder.iterdir()) if self.folder.exists() else []
 
-    async def close(self) -> None:
-        for storage in self.storages:
-            await storage.close()
+    def run(self, go) -> None:
+        """``go()`` on a loop of its own, then every storage opened closed on that loop."""
+        async def whole() -> None:
+            try:
+                await go()
+            finally:
+                for storage in self.storages:
+                    await storage.close()
+        asyncio.run(whole())
 
 
-@pytest.fixture
-def ledgers(tmp_path, monkeypatch):
-    made = Ledgers(tmp_path / "usage.sqlite3", monkeypatch)
-    yield made
-    asyncio.run(made.close())
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledgers(request, tmp_path, monkeypatch):
+    """On SQLite, the journal where the gateway keeps it; on PostgreSQL (a database of its
+    own, skipped without scripts/test-services), a folder of the test's."""
+    if request.param == "sqlite":
+        db: Path | str = tmp_path / "usage.sqlite3"
+        folder = journal_folder(db)
+    else:
+        db, folder = request.getfixturevalue("postgres_url"), tmp_path / "usage-journal"
+    return Ledgers(db, folder, monkeypatch)
 
 
 def serve(ledger: UsageLedger, key: str | None, prompt: int, output: int, book=None):
@@ -167,7 +176,7 @@ def test_records_are_lines_appended_and_a_flush_rotates_and_deletes(ledgers):
         rows = await ledgers.rows()
         assert rows["k1"] == UsageRow("k1", day, 1, 100, 20, 0, 0, cost(100, 20))
         assert rows[MASTER].credits == 0.5
-    asyncio.run(go())
+    ledgers.run(go)
 
 
 def test_a_hold_still_open_is_carried_into_each_new_segment(ledgers):
@@ -185,7 +194,7 @@ def test_a_hold_still_open_is_carried_into_each_new_segment(ledgers):
         await ledger.close()
         rows = await ledgers.rows()
         assert rows["k1"].credits == pytest.approx(cost(3, 0)) and rows["k2"].requests == 1
-    asyncio.run(go())
+    ledgers.run(go)
 
 
 # ---------------------------------------------------------------------- death, and recovery
@@ -214,7 +223,7 @@ def test_a_death_before_any_flush_loses_nothing(ledgers, caplog):
         assert ledgers.files() == [f"{again.journal.name}.1{SEGMENT}",
                                    f"{again.journal.name}{LOCK}"]
         await again.close()
-    asyncio.run(go())
+    ledgers.run(go)
     assert ("usage journal: 5 records recovered from 1 stopped process(es): 4 settled, 1 "
             "requests in flight booked at their whole hold") in caplog.text
 
@@ -238,7 +247,7 @@ def test_a_death_in_a_flush_before_or_after_its_commit_books_each_record_once(le
         assert rows["k2"] == UsageRow("k2", today(), requests=1, credits=3.0)
         await again.close()
         assert await ledgers.rows() == rows            # and nothing more at a clean stop
-    asyncio.run(go())
+    ledgers.run(go)
 
 
 def test_a_death_after_a_whole_flush_books_only_what_came_after(ledgers):
@@ -254,7 +263,7 @@ def test_a_death_after_a_whole_flush_books_only_what_came_after(ledgers):
         assert rows["k1"].requests == 2 and rows["k1"].credits == pytest.approx(first + later)
         assert rows["k2"] == UsageRow("k2", today(), requests=1, credits=6.0)
         assert hold.amount == 6.0                      # never let go: it died in flight
-    asyncio.run(go())
+    ledgers.run(go)
 
 
 def test_a_failed_flush_then_a_death_books_everything_once(ledgers):
@@ -271,7 +280,7 @@ def test_a_failed_flush_then_a_death_books_everything_once(ledgers):
         assert again.spent_today("k1").requests == 2
         assert again.spent_today("k1").credits == pytest.approx(spent)
         await again.close()
-    asyncio.run(go())
+    ledgers.run(go)
 
 
 def test_a_death_in_a_recovery_after_its_commit_is_finished_once_by_the_next(ledgers):
@@ -290,7 +299,7 @@ def test_a_death_in_a_recovery_after_its_commit_is_finished_once_by_the_next(led
         assert await ledgers.rows() == rows            # not booked twice
         assert not [f for f in ledgers.files() if f.startswith(dead)]
         await third.close()
-    asyncio.run(go())
+    ledgers.run(go)
 
 
 def test_a_live_process_journal_is_never_replayed_by_another(ledgers):
@@ -308,7 +317,7 @@ def test_a_live_process_journal_is_never_replayed_by_another(ledgers):
         await second.close()
         assert (await ledgers.rows())["k1"].requests == 1
         assert ledgers.files() == []
-    asyncio.run(go())
+    ledgers.run(go)
 
 
 def test_a_torn_line_is_skipped_and_counted(ledgers):
@@ -328,7 +337,7 @@ def test_a_torn_line_is_skipped_and_counted(ledgers):
         assert "1 unreadable lines skipped" in str(found)
         assert (await ledgers.rows())["k1"].credits == pytest.approx(spent)
         assert ledgers.files() == []
-    asyncio.run(go())
+    ledgers.run(go)
 
 
 # ---------------------------------------------------------------------- a real kill -9
@@ -391,3 +400,37 @@ def test_kill_9_with_a_request_in_flight_books_its_whole_hold(make_gateway, fake
     usage = json.loads(gw.get("/v1/keys/me", ip=ip)[2])["usage"]
     assert usage["requests"] == 1
     assert usage["credits"] == pytest.approx(hold, abs=1e-4)
+
+
+@pytest.mark.subprocess_gateway("kills one worker with SIGKILL; the supervisor replaces it")
+def test_a_killed_workers_journal_is_booked_by_its_replacement(make_gateway, fake_openai,
+                                                                tmp_path):
+    gw = make_gateway(openai_models(fake_openai), server={"workers": 2},
+                      rate_limit={"rpm": 100})
+    ip = "127.0.3.3"
+    key = gw.key_for(ip)
+    lock = sqlite3.connect(tmp_path / "gw0" / "data" / "apiarium.sqlite3", isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")                   # as above: no flush can commit
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30, source_address=(ip, 0))
+    try:
+        for _ in range(3):                             # one keep-alive connection: one worker
+            conn.request("POST", "/v1/chat/completions", body=json.dumps(
+                {"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}),
+                headers={"Authorization": f"Bearer {key}",
+                         "Content-Type": "application/json"})
+            resp = conn.getresponse()
+            assert resp.status == 200, resp.read()
+            resp.read()
+        conn.request("GET", "/health")
+        victim = json.loads(conn.getresponse().read())["workers"]["pid"]
+    finally:
+        conn.close()
+    os.kill(victim, signal.SIGKILL)
+    assert wait_for(lambda: any(f"(pid {victim}) was killed" in ln for ln in gw.log), timeout=10)
+    assert lock.execute("SELECT count(*) FROM usage").fetchone()[0] == 0
+    lock.execute("ROLLBACK")
+    lock.close()
+    assert wait_for(lambda: any("usage journal: 3 records recovered from 1 stopped" in ln
+                                for ln in gw.log), timeout=20), gw.log
+    with contextlib.closing(sqlite3.connect(tmp_path / "gw0" / "data" / "apiarium.sqlite3")) as db:
+        assert db.execute("SELECT requests FROM usage").fetchall() == [(3,)]
