@@ -34,6 +34,11 @@ A flush (``UsageLedger.flush``) neither loses nor doubles a record, wherever the
 3. the segments up to the mark are deleted.
 
 Dying before 2 leaves segments to book; dying after it, segments the mark says are booked.
+Why a mark in the database: no deletion of a file can be made one with a commit, so a
+journal deleted after its rows are committed is booked twice if the process dies between the
+two; the mark is written in the rows' own transaction, so the database alone says which
+segments its totals hold.  Segments rather than one file truncated: a hold in flight must
+survive the flush, and a segment is deleted whole (the holds still open are copied forward).
 
 ``recover`` (when a ledger opens, before it reads today's totals) takes over the journal of
 every dead process, found by its lock: the segments after its mark are read in order; settles
@@ -98,8 +103,9 @@ class Journal:
         self._segment = 0                     # the segment written
         self._dropped = 0                     # segments up to this one are deleted
         self._fd = -1
-        self.fresh = 0                        # bytes written to it since it opened (the
-        self._failing = False                 # holds carried over not counted)
+        self.fresh = 0                        # bytes written to it since it opened, the
+                                              # holds carried over into it not counted
+        self._failing = False                 # the last write failed (logged once)
         self._next_segment()
 
     @classmethod
