@@ -50,6 +50,7 @@ from .services.keys import KeyService
 from .services.limits_redis import RedisBackend, where
 from .storage import StorageUnavailable, database_url
 from .usage import UsageLedger
+from .usagejournal import journal_folder
 from .yamlschema import Problem
 
 log = logging.getLogger("apiarium")
@@ -208,7 +209,7 @@ class Gateway:
         config = load_config(self.config_path)        # raises ConfigError: nothing started
         s = config.settings
         keys = await KeyService(s.database, s.secret_file).open()
-        usage = await UsageLedger(s.database).open()
+        usage = await UsageLedger(s.database, journal_folder(s.database, s.media_dir)).open()
         metrics = Metrics(key_count=lambda: len(keys),
                           shared_dir=self.worker.metrics_dir if self.worker else None)
         self._session = make_session()

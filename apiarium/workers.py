@@ -43,6 +43,7 @@ from .services.keys import KeyService
 from .storage import StorageError
 from .supervisor import Supervisor
 from .usage import UsageLedger
+from .usagejournal import journal_folder
 
 T = TypeVar("T")
 # each worker listens on its own socket, the kernel spreading connections over them
@@ -121,7 +122,7 @@ def _reserve(listening: list[socket.socket]) -> list[socket.socket]:
 async def _prepare(s: Settings) -> None:
     keys = await KeyService(s.database, s.secret_file).open()
     await keys.close()
-    usage = await UsageLedger(s.database).open()
+    usage = await UsageLedger(s.database, journal_folder(s.database, s.media_dir)).open()
     await usage.close()
 
 

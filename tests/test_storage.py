@@ -136,6 +136,29 @@ def test_usage_rows_add_up(database):
     run(go())
 
 
+def test_a_usage_journal_mark_is_written_with_its_rows(database):
+    """``add`` with a journal name records its last segment in the same transaction (never
+    going back); ``forget_journal`` drops it.  A mark may come without rows."""
+    async def go():
+        st = await open_storage(database)
+        try:
+            assert await st.usage.journal_segment("p1-a") == 0
+            await st.usage.add([UsageRow("h1", "2030-01-01", requests=1, credits=0.5)],
+                               "p1-a", 3)
+            await st.usage.add([UsageRow("h1", "2030-01-01", requests=2)], "p1-a", 2)
+            await st.usage.add([], "p2-b", 7)
+            assert (await st.usage.journal_segment("p1-a"),
+                    await st.usage.journal_segment("p2-b")) == (3, 7)
+            assert await st.usage.day("2030-01-01") == [
+                UsageRow("h1", "2030-01-01", requests=3, credits=0.5)]
+            await st.usage.forget_journal("p1-a")
+            assert await st.usage.journal_segment("p1-a") == 0
+            assert await st.usage.journal_segment("p2-b") == 7
+        finally:
+            await st.close()
+    run(go())
+
+
 def test_changed_elsewhere_sees_only_other_connections_key_and_block_writes(database):
     async def go():
         a = await open_storage(database)

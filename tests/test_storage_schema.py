@@ -39,7 +39,7 @@ INSERT INTO usage VALUES ('h-cur', '2030-01-01', 3, 10, 20, 1, 0, 1.5),
                          ('h-cur', '2030-01-02', 1, 1, 1, 0, 8, 4.0),
                          ('h-b',   '2030-01-01', 2, 5, 5, 0, 0, 0.5);
 """
-TABLES = {"keys", "blocks", "usage", "key_changes"}
+TABLES = {"keys", "blocks", "usage", "key_changes", "usage_journals"}
 INDEXES = {"keys_one_active_per_ip", "keys_ip", "keys_created"}
 TRIGGERS = {"keys_ins", "keys_upd", "keys_del", "blocks_ins", "blocks_upd", "blocks_del"}
 
@@ -140,18 +140,19 @@ def columns(path: Path, table: str) -> list[str]:
         con.close()
 
 
-def test_a_version_2_database_gets_video_jobs_only_and_goes_to_4(tmp_path):
-    """Versions 3 (``video_jobs``) and 4 (its leases) need no key secret: ``migrate`` takes
-    2 to 4."""
+def test_a_version_2_database_gets_video_jobs_and_usage_journals_only_and_goes_to_5(tmp_path):
+    """Versions 3 (``video_jobs``), 4 (its leases) and 5 (``usage_journals``) need no key
+    secret: ``migrate`` takes 2 to 5."""
     db = tmp_path / "db.sqlite3"
     con = sqlite3.connect(db)
     con.execute("PRAGMA user_version = 2")
     con.close()
     on(db, schema.migrate)
-    assert objects(db)["table"] == {"video_jobs"}
+    assert objects(db)["table"] == {"video_jobs", "usage_journals"}
     assert objects(db)["index"] == {"video_jobs_owner", "video_jobs_unfinished"}
     assert columns(db, "video_jobs")[-2:] == ["lease_owner", "lease_until"]
-    assert scalar(db, "PRAGMA user_version") == 4 == schema.SCHEMA_VERSION
+    assert columns(db, "usage_journals") == ["journal", "segment"]
+    assert scalar(db, "PRAGMA user_version") == 5 == schema.SCHEMA_VERSION
 
 
 def test_a_version_3_database_gets_the_lease_columns_keeping_its_jobs(tmp_path):
@@ -166,15 +167,28 @@ def test_a_version_3_database_gets_the_lease_columns_keeping_its_jobs(tmp_path):
     con.commit()
     con.close()
     on(db, schema.migrate)
-    assert scalar(db, "PRAGMA user_version") == 4
+    assert scalar(db, "PRAGMA user_version") == 5
     assert scalar(db, "SELECT id || ':' || coalesce(lease_owner, 'free') FROM video_jobs") == \
         "video_old:free"
 
 
-def test_a_version_4_database_is_left_alone_and_a_newer_one_refused(tmp_path):
+def test_a_version_4_database_gets_usage_journals_keeping_its_rows(tmp_path):
     db = tmp_path / "db.sqlite3"
+    first_release(db)
     con = sqlite3.connect(db)
     con.execute("PRAGMA user_version = 4")
+    con.commit()
+    con.close()
+    on(db, schema.migrate)
+    assert scalar(db, "PRAGMA user_version") == 5
+    assert columns(db, "usage_journals") == ["journal", "segment"]
+    assert scalar(db, "SELECT sum(credits) FROM usage") == 6.0
+
+
+def test_a_version_5_database_is_left_alone_and_a_newer_one_refused(tmp_path):
+    db = tmp_path / "db.sqlite3"
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA user_version = 5")
     con.close()
     on(db, schema.migrate)
     assert objects(db)["table"] == set()                # nothing was created

@@ -52,8 +52,8 @@ class ChatService:
             return Hold(self.credits, None, 0.0)
         s = self._live().config.settings
         bound = chat_output_bound(body, model, s.max_chat_choices)
-        return await self.credits.take(key_hash, chat_estimate(model, size, bound),
-                                       s.daily_credits)
+        return self.usage.ahead(await self.credits.take(
+            key_hash, chat_estimate(model, size, bound), s.daily_credits), model)
 
     async def complete(self, model: ModelSpec, body: dict, raw: bytes | None,
                        key_hash: str | None) -> tuple[dict, ModelSpec]:
@@ -155,7 +155,8 @@ class ChatService:
         try:
             answer, served = await first_success(self._live().config.catalog, self.breakers,
                                                  model, call, key_hash)
-            self.usage.record(key_hash, served, read_usage(answer.get("usage"), None))
+            self.usage.record(key_hash, served, read_usage(answer.get("usage"), None),
+                              hold=hold)
         finally:
             hold.release()
         return answer, served
@@ -273,7 +274,7 @@ class ChatStream:
         if self._hold is not None:
             tally = self._tally or Tally(requests=1, prompt_tokens=self._prompt,
                                          completion_tokens=self._relayed)
-            self._svc.usage.record(self._key_hash, self.served, tally)
+            self._svc.usage.record(self._key_hash, self.served, tally, hold=self._hold)
             self._hold.release()
             self._hold = None
         await self._events.aclose()

@@ -18,6 +18,7 @@ from typing import Protocol
 from ..catalog import ModelSpec
 from ..errors import InvalidRequest, QuotaExceeded
 from ..usage import Tally, UsageLedger, price
+from ..usagejournal import Ahead
 
 CHARS_PER_TOKEN = 4
 OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
@@ -95,13 +96,18 @@ class Books(Protocol):
 
 
 class Hold:
-    """Credits set aside for one request in flight; ``release()`` once it is booked."""
-    __slots__ = ("_book", "amount", "ident", "key_hash")
+    """Credits set aside for one request in flight; ``release()`` once it is booked.
+    ``ahead``: its record in the usage journal (``UsageLedger.ahead``)."""
+    __slots__ = ("_book", "ahead", "amount", "ident", "key_hash")
 
     def __init__(self, book: Books, key_hash: str | None, amount: float, ident: str = ""):
         self._book, self.key_hash, self.amount, self.ident = book, key_hash, amount, ident
+        self.ahead: Ahead | None = None
 
     def release(self) -> None:
+        if self.ahead is not None:        # let go without usage, unless it was booked
+            self.ahead.end()
+            self.ahead = None
         if self.amount and self.key_hash is not None:
             self._book.release(self.key_hash, self.amount, self.ident)
         self.amount = 0.0

@@ -53,15 +53,16 @@ class EmbeddingService:
         """(the OpenAI ``list`` answer, the model that served it)."""
         live = self._live()
         req = self.request(body, raw, key_hash)
-        hold = await self.credits.take(
+        hold = self.usage.ahead(await self.credits.take(
             key_hash, price(model, Tally(requests=1, prompt_tokens=req.estimate())),
-            live.config.settings.daily_credits)
+            live.config.settings.daily_credits), model)
         try:
             answer, served = await first_success(
                 live.config.catalog, self.breakers, model,
                 lambda m: live.providers[m.provider.name].embed(m, req), key_hash)
             self.usage.record(key_hash, served,
-                              Tally(requests=1, prompt_tokens=prompt_tokens(answer, req)))
+                              Tally(requests=1, prompt_tokens=prompt_tokens(answer, req)),
+                              hold=hold)
         finally:
             hold.release()
         return answer, served

@@ -70,13 +70,13 @@ class MediaService:
         tally = Tally(requests=1, images=req.n)
         if key_hash is not None:
             check_images_n(req.n, live.config.settings.max_images)
-        hold = await self.credits.take(key_hash, price(model, tally),
-                                    live.config.settings.daily_credits)
+        hold = self.usage.ahead(await self.credits.take(
+            key_hash, price(model, tally), live.config.settings.daily_credits), model)
         try:
             made, served = await first_success(
                 live.config.catalog, self.breakers, model,
                 lambda m: live.providers[m.provider.name].image(m, req), key_hash)
-            self.usage.record(key_hash, served, tally)
+            self.usage.record(key_hash, served, tally, hold=hold)
         finally:
             hold.release()
         items = (made * req.n)[:req.n]    # a Gemini model makes one image: repeated n times

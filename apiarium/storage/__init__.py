@@ -145,8 +145,16 @@ class UsageRepository(Protocol):
     async def day(self, day: str) -> list[UsageRow]:
         """Every key's totals for one UTC day."""
 
-    async def add(self, rows: Sequence[UsageRow]) -> None:
-        """Add each row to the stored totals of its (key, day), all or none."""
+    async def add(self, rows: Sequence[UsageRow], journal: str = "", segment: int = 0) -> None:
+        """Add each row to the stored totals of its (key, day), all or none; with a
+        ``journal`` name, record in the same transaction that its segments up to
+        ``segment`` are in these totals (a higher number already recorded stays)."""
+
+    async def journal_segment(self, journal: str) -> int:
+        """The last segment of a usage journal recorded by ``add`` (0: none)."""
+
+    async def forget_journal(self, journal: str) -> None:
+        """Drop a journal's record (its files are gone)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,8 @@ statement, atomic on its own:
   per IP, returning the row that is there, so N processes' first visits from one IP at once
   leave one key, and each of them gets it back;
 * ``usage.add``: one ``INSERT … SELECT unnest(…) ON CONFLICT DO UPDATE`` adding to the
-  stored totals (rows in one order, so concurrent batches never deadlock);
+  stored totals (rows in one order, so concurrent batches never deadlock), in one
+  transaction with the usage journal's mark when it names one;
 * ``changed_elsewhere``: one read of the ``key_changes`` counter, which triggers bump once
   per row changed in keys or blocks; this storage adds its own writes to what it knows, so
   only other processes' writes count;
@@ -52,6 +53,7 @@ from .postgres_jobs import PostgresVideoJobs
 from .postgres_schema import (
     ADD_USAGE,
     INSERT_KEY,
+    MARK_JOURNAL,
     SCHEMA_VERSION,
     SELECT_KEYS,
     SELECT_USAGE,
@@ -325,12 +327,30 @@ class PostgresUsage:
         rows = await self._s.fetch(SELECT_USAGE + " WHERE day = $1 ORDER BY key_hash", day)
         return [UsageRow(*row) for row in rows]
 
-    async def add(self, rows: Sequence[UsageRow]) -> None:
-        if not rows:
+    async def add(self, rows: Sequence[UsageRow], journal: str = "", segment: int = 0) -> None:
+        if not journal:
+            if rows:
+                await self._s.write(ADD_USAGE, *_columns(rows), counted=False)
             return
-        merged = sorted(_merged(rows).items())
-        columns = list(zip(*(key + totals for key, totals in merged), strict=True))
-        await self._s.write(ADD_USAGE, *columns, counted=False)
+        async with self._s.connection() as conn, conn.transaction():
+            if rows:
+                await conn.execute(ADD_USAGE, *_columns(rows))
+            await conn.execute(MARK_JOURNAL, journal, segment)
+
+    async def journal_segment(self, journal: str) -> int:
+        found = await self._s.fetchval("SELECT segment FROM usage_journals WHERE journal = $1",
+                                       journal)
+        return int(found or 0)
+
+    async def forget_journal(self, journal: str) -> None:
+        await self._s.write("DELETE FROM usage_journals WHERE journal = $1", journal,
+                            counted=False)
+
+
+def _columns(rows: Iterable[UsageRow]) -> list[tuple[Any, ...]]:
+    """ADD_USAGE's arrays: one row per (key, day), in that order."""
+    merged = sorted(_merged(rows).items())
+    return list(zip(*(key + totals for key, totals in merged), strict=True))
 
 
 def _merged(rows: Iterable[UsageRow]) -> dict[tuple[str, str], tuple[Any, ...]]:

@@ -11,6 +11,9 @@ Schema versions (the one row of ``schema_version``; a database without that tabl
    with the upstream operation each render runs as (SQLite's version 3).
 3. ``video_jobs.lease_owner`` and ``lease_until``: the process that polls a job, and until
    when (epoch seconds) its claim holds unless renewed (SQLite's version 4).
+4. ``usage_journals``: per usage journal (``apiarium/usagejournal.py``), the last of its
+   segments whose usage is in the ``usage`` rows, written in the same transaction as them
+   (SQLite's version 5).
 
 ``migrate`` runs in one transaction, under an advisory lock, so processes that open a new
 database at the same moment take turns: the first creates it, the others find it done.  It
@@ -23,7 +26,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from . import StorageError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MIGRATION_LOCK = 0x61706961     # pg_advisory_lock's key: "apia"
 
 _V1 = """
@@ -117,7 +120,14 @@ _V3 = """
 ALTER TABLE video_jobs ADD COLUMN lease_owner text, ADD COLUMN lease_until double precision;
 """
 
-_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3}
+_V4 = """
+CREATE TABLE usage_journals (
+    journal     text PRIMARY KEY,
+    segment     bigint NOT NULL
+);
+"""
+
+_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 
 SELECT_KEYS = ("SELECT id, key_hash, key_prefix, ip, generation, created, rpm, status, "
                "last_used FROM keys")
@@ -145,6 +155,9 @@ ADD_USAGE = (
     "images = usage.images + excluded.images, "
     "video_seconds = usage.video_seconds + excluded.video_seconds, "
     "credits = usage.credits + excluded.credits")
+MARK_JOURNAL = ("INSERT INTO usage_journals (journal, segment) VALUES ($1, $2) "
+                "ON CONFLICT (journal) DO UPDATE "
+                "SET segment = GREATEST(usage_journals.segment, excluded.segment)")
 # the latest time wins: two processes may write the same key's in either order
 TOUCH = ("UPDATE keys SET last_used = GREATEST(keys.last_used, t.ts) "
          "FROM unnest($1::bigint[], $2::bigint[]) AS t(id, ts) WHERE keys.id = t.id")

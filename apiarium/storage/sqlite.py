@@ -19,6 +19,7 @@ from . import BlockRecord, KeyRecord, NewKey, StorageError, UsageRow
 from .sqlite_jobs import SqliteVideoJobs
 from .sqlite_schema import (
     ADD_USAGE,
+    MARK_JOURNAL,
     SCHEMA_VERSION,
     SELECT_KEYS,
     SELECT_USAGE,
@@ -106,8 +107,8 @@ class SqliteStorage:
     async def upgrade_keys(self, rewrite: Callable[[KeyRecord], KeyRecord]) -> int:
         """Version 1 → 2, once, in one transaction that holds the write lock: store
         ``rewrite(record)``'s ``key_hash`` and ``key_prefix`` for every key, and file the
-        usage rows of each changed hash under the new one; then on to 4 (``video_jobs``, its
-        leases).
+        usage rows of each changed hash under the new one; then on to 5 (``video_jobs``, its
+        leases, ``usage_journals``).
         The number of keys changed."""
         db = self.db
         if await user_version(db) >= SCHEMA_VERSION:
@@ -249,8 +250,8 @@ class SqliteUsage:
         rows = await self._s.fetch(SELECT_USAGE + " WHERE day = ?", (day,))
         return [UsageRow(*row) for row in rows]
 
-    async def add(self, rows: Sequence[UsageRow]) -> None:
-        if not rows:
+    async def add(self, rows: Sequence[UsageRow], journal: str = "", segment: int = 0) -> None:
+        if not rows and not journal:
             return
         db = self._s.db
         async with self._s.write_lock:
@@ -260,10 +261,22 @@ class SqliteUsage:
                     ADD_USAGE,
                     [(r.key_hash, r.day, r.requests, r.prompt_tokens, r.completion_tokens,
                       r.images, r.video_seconds, r.credits) for r in rows])
+                if journal:
+                    await db.execute(MARK_JOURNAL, (journal, segment))
                 await db.execute("COMMIT")
             except BaseException:
                 await db.execute("ROLLBACK")
                 raise
+
+    async def journal_segment(self, journal: str) -> int:
+        rows = await self._s.fetch("SELECT segment FROM usage_journals WHERE journal = ?",
+                                   (journal,))
+        return int(rows[0][0]) if rows else 0
+
+    async def forget_journal(self, journal: str) -> None:
+        async with self._s.write_lock:
+            await self._s.write("DELETE FROM usage_journals WHERE journal = ?", (journal,),
+                                counted=False)
 
 
 async def _wal(db: aiosqlite.Connection, attempts: int = 50) -> None:

@@ -16,6 +16,10 @@ Schema versions (``PRAGMA user_version``; databases made before versions existed
 4. ``video_jobs.lease_owner`` and ``lease_until``: the process that polls a job, and until
    when (epoch seconds) its claim holds unless renewed (``VideoJobRepository.claim``).  No
    secret either: ``migrate`` and ``upgrade_keys`` take 2 or 3 on to 4 (``migrate_past_2``).
+5. ``usage_journals``: per usage journal (``apiarium/usagejournal.py``), the last of its
+   segments whose usage is in the ``usage`` rows, written in the same transaction as them.
+   No secret: ``migrate`` and ``upgrade_keys`` take 2, 3 or 4 on to 5; a new database gets
+   the table with version 1 (a usage ledger may open it before the key service).
 
 The database, its -wal and -shm files are created 0600 (SQLite gives the latter two the
 database's mode), in a folder created 0700; files made looser by older versions are
@@ -33,8 +37,11 @@ import aiosqlite
 
 from . import KeyRecord, StorageError
 
-SCHEMA_VERSION = 4        # the newest this code knows; ``migrate`` skips 2, see above
+SCHEMA_VERSION = 5        # the newest this code knows; ``migrate`` skips 2, see above
 
+USAGE_JOURNALS = """CREATE TABLE IF NOT EXISTS usage_journals (
+        journal     TEXT PRIMARY KEY,
+        segment     INTEGER NOT NULL)"""
 _SCHEMA_V1 = [
     """CREATE TABLE IF NOT EXISTS keys (
         id          INTEGER PRIMARY KEY,
@@ -81,6 +88,7 @@ _SCHEMA_V1 = [
      "BEGIN UPDATE key_changes SET n = n + 1 WHERE id = 1; END"),
     ("CREATE TRIGGER IF NOT EXISTS blocks_del AFTER DELETE ON blocks "
      "BEGIN UPDATE key_changes SET n = n + 1 WHERE id = 1; END"),
+    USAGE_JOURNALS,
 ]
 SELECT_KEYS = ("SELECT id, key_hash, key_prefix, ip, generation, created, rpm, status, "
                "last_used FROM keys")
@@ -149,9 +157,13 @@ VIDEO_LEASE = ["ALTER TABLE video_jobs ADD COLUMN lease_owner TEXT",
                "ALTER TABLE video_jobs ADD COLUMN lease_until REAL"]
 
 
+MARK_JOURNAL = ("INSERT INTO usage_journals (journal, segment) VALUES (?, ?) "
+                "ON CONFLICT (journal) DO UPDATE SET segment = max(segment, excluded.segment)")
+
+
 async def migrate_past_2(db: aiosqlite.Connection) -> None:
-    """Version 2 → 3 → 4 (the caller holds the transaction): the ``video_jobs`` table, then
-    its lease columns.  Nothing to do below 2 or at 4."""
+    """Version 2 → 3 → 4 → 5 (the caller holds the transaction): the ``video_jobs`` table,
+    its lease columns, then ``usage_journals``.  Nothing to do below 2 or at 5."""
     if await user_version(db) == 2:
         for statement in VIDEO_JOBS:
             await db.execute(statement)
@@ -160,6 +172,9 @@ async def migrate_past_2(db: aiosqlite.Connection) -> None:
         for statement in VIDEO_LEASE:
             await db.execute(statement)
         await db.execute("PRAGMA user_version = 4")
+    if await user_version(db) == 4:
+        await db.execute(USAGE_JOURNALS)
+        await db.execute("PRAGMA user_version = 5")
 
 
 _MIGRATIONS = {1: _migrate_to_1}
@@ -178,7 +193,7 @@ async def user_version(db: aiosqlite.Connection) -> int:
 
 
 async def migrate(db: aiosqlite.Connection) -> None:
-    """Bring the database to the last version that needs no key secret (1; 4 from 2), in one
+    """Bring the database to the last version that needs no key secret (1; 5 from 2), in one
     transaction that holds the write lock (another process opening it at the same moment
     waits, then finds the work done).  A version newer than this code knows is refused."""
     version = await user_version(db)
@@ -193,7 +208,7 @@ async def migrate(db: aiosqlite.Connection) -> None:
         for target in range(await user_version(db) + 1, last + 1):
             await _MIGRATIONS[target](db)
             await db.execute(f"PRAGMA user_version = {target}")
-        await migrate_past_2(db)                 # keys rehashed: on to 4, which needs no secret
+        await migrate_past_2(db)                 # keys rehashed: on to 5, which needs no secret
         await db.execute("COMMIT")
     except BaseException:
         await db.execute("ROLLBACK")
