@@ -105,8 +105,8 @@ def test_ready_and_cooling_down_tiles_after_the_live_refresh(browser, make_gatew
         tiles = page.evaluate(TILES_JS)
         assert tiles["dead-model"] == ["cooling_down", f"Cooling down until {until}"]
         assert tiles["gpt-5"] == ["ready", "Ready"]
-        assert tiles["nokey-model"] == ["not_configured", "Not configured: set "
-                                        "providers.nokey.api_key in models.yaml"]
+        assert tiles["nokey-model"] == [
+            "not_configured", "Not configured: set providers.nokey.api_key in models.yaml"]
         line = page.locator("#catalog-status")
         assert line.get_attribute("class").split() == ["status", "status-ok"]
         assert line.text_content().startswith("3 of 5 models ready · updated ")

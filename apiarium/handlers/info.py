@@ -64,8 +64,8 @@ def anthropic_list(models: list[dict], limit: str) -> dict:
 class ModelHandler(ApiHandler):
     def get(self, alias: str) -> None:
         model = self.svc.catalog.resolve(alias)
-        self.write_json(status.model_object(model,
-                                            status.cooling_until(self.svc.breakers, model)))
+        until = status.cooling_until(self.svc.breakers, model.provider)
+        self.write_json(status.model_object(model, until))
 
 
 @admits(GET=Admission(ISSUANCE, FREE, NO_BODY, "the visitor's key: at most one new key, "

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from ..catalog import Catalog, ModelSpec
+from ..catalog import Catalog, ModelSpec, ProviderSpec
 from ..resilience import OPEN
 from .fallback import Breakers
 
@@ -33,10 +33,10 @@ READY, NOT_CONFIGURED, DEMO, COOLING_DOWN = "ready", "not_configured", "demo", "
 DEMO_DETAIL = "answers come from the built-in demo provider, not from a real model"
 
 
-def cooling_until(breakers: Breakers, model: ModelSpec) -> float | None:
-    """When (wall clock) the breaker in front of ``model`` lets requests through again, or
-    None if it does now.  The one place that reads breaker state."""
-    breaker = breakers.of(model.provider)
+def cooling_until(breakers: Breakers, provider: ProviderSpec) -> float | None:
+    """When (wall clock) the breaker in front of ``provider`` lets requests through again,
+    or None if it does now.  The one place that reads breaker state."""
+    breaker = breakers.of(provider)
     if breaker.state != OPEN:
         return None
     wait = breaker.retry_in()
@@ -44,13 +44,17 @@ def cooling_until(breakers: Breakers, model: ModelSpec) -> float | None:
 
 
 def cooling(catalog: Catalog, breakers: Breakers) -> dict[str, float]:
-    """The models whose provider is cooling down now: alias -> ``cooling_until``."""
-    out = {}
-    for alias, model in catalog.models.items():
-        until = cooling_until(breakers, model)
+    """The models whose provider is cooling down now: alias -> ``cooling_until``.  One look
+    per provider (a handful), not per model: this runs on every ``GET /v1/models``."""
+    hot = {}
+    for spec in catalog.providers.values():
+        until = cooling_until(breakers, spec)
         if until is not None:
-            out[alias] = until
-    return out
+            hot[spec.name] = until
+    if not hot:
+        return {}
+    return {alias: hot[m.provider.name] for alias, m in catalog.models.items()
+            if m.provider.name in hot}
 
 
 def status_fields(model: ModelSpec, until: float | None = None) -> dict[str, Any]:
