@@ -105,6 +105,8 @@ def test_ready_and_cooling_down_tiles_after_the_live_refresh(browser, make_gatew
         tiles = page.evaluate(TILES_JS)
         assert tiles["dead-model"] == ["cooling_down", f"Cooling down until {until}"]
         assert tiles["gpt-5"] == ["ready", "Ready"]
+        assert page.get_attribute(".tile[data-model='dead-model']", "aria-label") == \
+            f"Copy model id dead-model (Cooling down until {until})"
         assert tiles["nokey-model"] == [
             "not_configured", "Not configured: set providers.nokey.api_key in models.yaml"]
         line = page.locator("#catalog-status")

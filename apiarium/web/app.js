@@ -80,7 +80,9 @@
     tile.setAttribute("role", "button");
     tile.setAttribute("tabindex", "0");
     tile.setAttribute("title", "Copy " + id);
-    tile.setAttribute("aria-label", "Copy model id " + id);
+    var state = tile.querySelector(".tile-status");      // read out with the id
+    tile.setAttribute("aria-label", "Copy model id " + id +
+                      (state ? " (" + state.textContent + ")" : ""));
   }
 
   function two(n) { return (n < 10 ? "0" : "") + n; }
