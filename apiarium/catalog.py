@@ -33,10 +33,28 @@ class ProviderSpec:
     auth: str = "key"                  # "none": no credential is sent, no api_key needed
     responses: bool = True             # openai kind: /v1/responses goes to its own /responses
     owned_by: str = ""
+    # the environment variables models.yaml filled base_url and api_key from (none: written
+    # there as they are): what an operator sets to change them
+    base_url_vars: tuple[str, ...] = ()
+    api_key_vars: tuple[str, ...] = ()
 
     @property
     def configured(self) -> bool:
         return bool(self.base_url and (self.api_key or self.auth == "none"))
+
+    def setting(self, key: str) -> str:
+        """Where ``key`` (``base_url`` or ``api_key``) is set: its environment variable
+        (``OPENAI_API_KEY``), else ``providers.NAME.KEY in models.yaml``."""
+        names = self.base_url_vars if key == "base_url" else self.api_key_vars
+        return " or ".join(names) if names else f"providers.{self.name}.{key} in models.yaml"
+
+    def setup_hint(self) -> str:
+        """"" when the provider can be called; else what is missing, as an instruction:
+        ``set OPENAI_API_KEY``, ``set GEMINI_HUB_URL and GEMINI_HUB_KEY``."""
+        missing = [self.setting(key) for key, value in (("base_url", self.base_url),
+                                                        ("api_key", self.api_key))
+                   if not value and (key == "base_url" or self.auth != "none")]
+        return f"set {' and '.join(missing)}" if missing else ""
 
 
 @dataclass(frozen=True)

@@ -349,7 +349,9 @@ def _provider_spec(path: Path, name: str, p: dict, ctx: Ctx,
         timeout_s=float(p["timeout_s"]), connect_timeout_s=float(p["connect_timeout_s"]),
         headers=dict(p["headers"]), poll_interval_s=float(p["poll_interval_s"]),
         breaker_failures=p["breaker_failures"], responses=p["responses"],
-        breaker_cooldown_s=float(p["breaker_cooldown_s"]), owned_by=owned_by)
+        breaker_cooldown_s=float(p["breaker_cooldown_s"]), owned_by=owned_by,
+        base_url_vars=ctx.variables.get(("providers", name, "base_url"), ()),
+        api_key_vars=ctx.variables.get(("providers", name, "api_key"), ()))
 
 
 def _check_serves(path: Path, alias: str, type_name: str, provider: ProviderSpec, ctx: Ctx,

@@ -11,8 +11,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
-
 from .catalog import Catalog
 from .config import Config, Settings
 from .media import MediaStore
@@ -20,6 +18,7 @@ from .metrics import Metrics
 from .netguard import NetGuard
 from .providers.base import Provider
 from .ratelimit import FailedGuesses, PublicRequests
+from .services import status
 from .services.chat import ChatService
 from .services.costs import CreditBook
 from .services.credits_redis import RedisCredits
@@ -47,7 +46,7 @@ class Live:
              media: MediaStore | None = None) -> Live:
         """``media``: the running store, kept (with what it counted) when a reload leaves
         ``media.dir`` as it was."""
-        body = orjson.dumps({"object": "list", "data": config.catalog.listing()})
+        body = status.list_body(config.catalog)        # as long as no breaker is open
         s = config.settings
         if media is not None and media.folder == s.media_dir:
             media.configure(s.media_ttl_hours, s.media_max_bytes)

@@ -184,9 +184,22 @@ SCHEMAS = {
         "ip": STR, "created": INT,
         "rate_limit": obj(["rpm"], {"rpm": {"type": "integer", "minimum": 1}}),
         "usage": {"type": "object", "description": "Today's (UTC) usage of this key."}}),
-    "Model": obj(["id", "object", "created", "owned_by", "type"], {
+    "Model": obj(["id", "object", "created", "owned_by", "type", "status", "status_detail",
+                  "available_at"], {
         "id": STR, "object": {"const": "model"}, "created": INT, "owned_by": STR,
-        "type": {"type": "string", "enum": list(MODEL_TYPES)}}),
+        "type": {"type": "string", "enum": list(MODEL_TYPES)},
+        "status": {"type": "string",
+                   "enum": ["ready", "not_configured", "demo", "cooling_down"],
+                   "description": "Whether the model answers now: ready; not_configured "
+                                  "(its provider has no base URL or key); demo (canned "
+                                  "answers from the built-in demo provider); cooling_down "
+                                  "(its provider is failing and is skipped for a while)."},
+        "status_detail": nullable({"type": "string", "description":
+                                   "What the status means or what to do, e.g. `set "
+                                   "OPENAI_API_KEY`; null when ready."}),
+        "available_at": nullable({"type": "integer", "description":
+                                  "cooling_down: when (Unix seconds) the provider is tried "
+                                  "again; else null."})}),
     "ModelList": obj(["object", "data"], {"object": {"const": "list"},
                                           "data": {"type": "array", "items": ref("Model")}}),
     "Message": obj(["role"], {

@@ -3,7 +3,9 @@ every problem as ``FILE:LINE: message``; fill in ``${VAR}`` / ``${VAR:-default}`
 
 A schema is a tree of ``Field``s: ``Section`` (fixed keys; unknown ones are problems),
 ``MapOf`` (free-form names), ``ListOf``, and the scalars ``Str``, ``Num``, ``Bool``, ``Enum``.
-``Ctx.lines`` maps each checked path to its line, for checks that span fields.
+``Ctx.lines`` maps each checked path to its line, for checks that span fields;
+``Ctx.variables`` maps each path whose value used ``${VAR}`` to the variables' names (what
+to set, an error text can say).
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ class Ctx:
         self.file, self.env = file, env
         self.problems: list[Problem] = []
         self.lines: dict[tuple, int] = {}
+        self.variables: dict[tuple, tuple[str, ...]] = {}
 
     def err(self, node: Node, message: str) -> None:
         self.problems.append(Problem(str(self.file), node.start_mark.line + 1, message))
@@ -74,6 +77,7 @@ class Field:
             return self.default
         value = _constructor.construct_object(node)
         if isinstance(value, str) and "${" in value:
+            ctx.variables[path] = tuple(m.group(1) for m in _VAR.finditer(value))
             value = ctx.interpolate(node, value)
             if not isinstance(self, Str):  # `port: ${PORT:-8080}` is a number once filled in
                 value = yaml.safe_load(value) if value.strip() else None

@@ -266,7 +266,8 @@ async def test_health_models_and_one_model(app, http_client, base_url):
     assert [m["id"] for m in json.loads(resp.body)["data"]] == list(models_of(app))
     one = json.loads((await get(http_client, base_url, "/v1/models/spare")).body)
     assert one == {"id": "spare", "object": "model", "created": one["created"],
-                   "owned_by": "openai", "type": "chat"}
+                   "owned_by": "openai", "type": "chat", "status": "ready",
+                   "status_detail": None, "available_at": None}
     missing = await get(http_client, base_url, "/v1/models/no-such-model")
     assert missing.code == 404 and error_of(missing)["code"] == "model_not_found"
     anonymous = await get(http_client, base_url, "/v1/models", key=None)

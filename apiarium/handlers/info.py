@@ -6,6 +6,7 @@ import time
 
 from .. import __version__
 from ..errors import NotFound
+from ..services import status
 from .admission import FREE, ISSUANCE, METHODS, NO_BODY, Admission, admits, lookup, public
 from .base import ApiHandler, BaseHandler
 
@@ -34,19 +35,25 @@ class ModelsHandler(ApiHandler):
     for a client that sends ``anthropic-version`` or pages with ``?limit=``."""
 
     def get(self) -> None:
+        svc = self.svc
+        live = svc.live
+        catalog = live.config.catalog
         if self.request.headers.get("anthropic-version") or self.get_argument("limit", ""):
-            self.write_json(anthropic_list(self.svc.catalog.listing(),
-                                           self.get_argument("limit", "")))
+            models = status.listing(catalog, status.cooling(catalog, svc.breakers))
+            self.write_json(anthropic_list(models, self.get_argument("limit", "")))
             return
         self.set_header("Content-Type", "application/json")
-        self.finish(self.svc.live.models_body)
+        self.finish(status.models_body(catalog, live.models_body, svc.breakers))
 
 
 def anthropic_list(models: list[dict], limit: str) -> dict:
-    """The catalog as Anthropic's ``GET /v1/models`` answers (all of it: one page)."""
+    """The catalog as Anthropic's ``GET /v1/models`` answers (all of it: one page), with the
+    status fields of ``services.status``."""
     n = int(limit) if limit.isdigit() and int(limit) > 0 else len(models)
     data = [{"type": "model", "id": m["id"], "display_name": m["id"], "lifecycle": "active",
-             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(m["created"]))}
+             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(m["created"])),
+             "status": m["status"], "status_detail": m["status_detail"],
+             "available_at": m["available_at"]}
             for m in models[:n]]
     return {"data": data, "has_more": len(models) > n,
             "first_id": data[0]["id"] if data else None,
@@ -57,8 +64,8 @@ def anthropic_list(models: list[dict], limit: str) -> dict:
 class ModelHandler(ApiHandler):
     def get(self, alias: str) -> None:
         model = self.svc.catalog.resolve(alias)
-        self.write_json({"id": model.alias, "object": "model", "created": model.created,
-                         "owned_by": model.owned_by, "type": model.type})
+        until = status.cooling_until(self.svc.breakers, model.provider)
+        self.write_json(status.model_object(model, until))
 
 
 @admits(GET=Admission(ISSUANCE, FREE, NO_BODY, "the visitor's key: at most one new key, "

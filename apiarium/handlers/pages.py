@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import shlex
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import tornado.template
 from .. import __version__
 from ..errors import ApiError, Forbidden, NotFound
 from ..modeltypes import MODEL_TYPES, ModelType
+from ..services import status
 from ..services.keys import AddressBlocked
 from .admission import FREE, ISSUANCE, NO_BODY, Admission, admits, public
 from .base import BaseHandler, as_api_error
@@ -174,6 +176,38 @@ def group_example(t: ModelType, api: str, key: str, models: list[dict]) -> str:
             + t.example.replace("{model}", json.dumps(models[0]["id"])))
 
 
+TILE_LABELS = {status.READY: "Ready", status.NOT_CONFIGURED: "Not configured",
+               status.DEMO: "Demo", status.COOLING_DOWN: "Cooling down"}
+
+
+def tile_status(model: dict) -> str:
+    """What a model's tile says of its status (``services.status``), as ``app.js`` does."""
+    label = TILE_LABELS.get(model["status"], model["status"])
+    if model["status"] == status.NOT_CONFIGURED:
+        return f"{label}: {model['status_detail']}"
+    if model["status"] == status.COOLING_DOWN:
+        at = time.strftime("%H:%M:%S", time.gmtime(model["available_at"]))
+        return f"{label} until {at} UTC"
+    return label
+
+
+def catalog_summary(models: list[dict]) -> tuple[str, str]:
+    """(state, text) above the tiles: ``ok`` (a green dot) only while some model is ready;
+    ``demo`` when only demo models answer; ``down`` when none answers.  ``app.js`` says
+    the same after each refresh."""
+    ready = sum(m["status"] == status.READY for m in models)
+    demo = sum(m["status"] == status.DEMO for m in models)
+    if ready:
+        return "ok", (f"All {ready} models ready" if ready == len(models) else
+                      f"{ready} of {len(models)} models ready")
+    if demo:
+        return "demo", (f"Demo: {demo} of {len(models)} models give canned answers from the "
+                        f"built-in demo provider; none is connected to a real one")
+    if not models:
+        return "down", "No models on this gateway yet"
+    return "down", "No model is ready: each one below says why"
+
+
 class PageHandler(BaseHandler):
     """An HTML page or asset: security headers on every answer, errors as HTML."""
 
@@ -239,7 +273,8 @@ class HomeHandler(PageHandler):
         key, rec = await self.issue_key()        # 403, 429 -> write_error -> an HTML page
         svc = self.svc
         base = self.public_base()
-        models = svc.catalog.listing()
+        catalog = svc.catalog
+        models = status.listing(catalog, status.cooling(catalog, svc.breakers))
         groups = []
         for t in MODEL_TYPES.values():
             members = [m for m in models if m["type"] == t.name]
@@ -251,6 +286,7 @@ class HomeHandler(PageHandler):
             "index.html", title="Apiarium · OpenAI-compatible API", key=key, ip=rec.ip,
             rpm=rec.rpm or svc.settings.rpm, base=base, api=f"{base}/v1", groups=groups,
             model_count=len(models), example_model=model, examples=examples(base, key, model),
+            summary=catalog_summary(models), tile_status=tile_status,
             max_mb=f"{svc.settings.max_body_bytes / 1048576:g}")
         self.send_html(html)
 

@@ -178,20 +178,26 @@ class Provider:
     # ------------------------------------------------------------------ the upstream path
     def require_configured(self) -> None:
         """A 503 ``provider_not_configured`` unless the provider can be called: it needs a
-        ``base_url``, and an ``api_key`` unless it says ``auth: none``."""
-        name = self.spec.name
-        if not self.spec.base_url:
-            raise Unserved(
-                f"The provider `{name}` has no base_url configured on this gateway; "
-                f"the operator must set providers.{name}.base_url in models.yaml.",
-                code="provider_not_configured")
-        if not self.spec.api_key and self.spec.auth != "none":
-            raise Unserved(
-                f"The provider `{name}` has no API key configured on this gateway; "
-                f"the operator must set providers.{name}.api_key in models.yaml "
-                f"(usually through an environment variable) and reload, or say "
-                f"`auth: none` if the upstream takes no key.",
-                code="provider_not_configured")
+        ``base_url``, and an ``api_key`` unless it says ``auth: none``.  The message names
+        what to set: the environment variable models.yaml reads it from, if any."""
+        spec = self.spec
+        hint = spec.setup_hint()
+        if not hint:
+            return
+        missing = [(what, names) for what, value, names in (
+            ("base_url", spec.base_url, spec.base_url_vars),
+            ("API key", spec.api_key or spec.auth == "none", spec.api_key_vars)) if not value]
+        # an environment variable is read at start; models.yaml again on a reload (SIGHUP)
+        if any(names for _, names in missing):
+            then = "restart the gateway"
+        else:
+            then = "reload the gateway" + (" (an upstream that takes no key: say `auth: none`)"
+                                           if spec.base_url else "")
+        raise Unserved(
+            f"The provider `{spec.name}` has no "
+            f"{' and no '.join(what for what, _ in missing)} configured on this gateway. To use "
+            f"it, {hint} and {then}, or start the gateway with --demo.",
+            code="provider_not_configured")
 
     def request(self, method: str, url: str, *, data: bytes | None = None,
                 json: Any = None, auth: bool = True,
@@ -351,7 +357,7 @@ class Provider:
         if status in (401, 403):
             return UpstreamError(f"The upstream provider `{name}` refused this gateway's "
                                  f"credentials (HTTP {status}). The operator must check "
-                                 f"providers.{name}.api_key.")
+                                 f"{self.spec.setting('api_key')}.")
         if self.is_quota(status, data):
             return RateLimited(f"The upstream provider `{name}` refused the request: this "
                                f"gateway's account is out of quota or credit (HTTP {status}). "

@@ -139,7 +139,7 @@ class GeminiProvider(Provider):
                 for d in _details(data, "google.rpc.ErrorInfo")):
             return UpstreamError(f"The upstream provider `{self.spec.name}` rejected this "
                                  f"gateway's API key as invalid. The operator must check "
-                                 f"providers.{self.spec.name}.api_key.")
+                                 f"{self.spec.setting('api_key')}.")
         return super().map_error(status, data, retry_after)
 
     # ------------------------------------------------------------------ chat

@@ -1,4 +1,5 @@
-/* Apiarium homepage: copy buttons, click-a-tile-to-copy and the live model catalog.
+/* Apiarium homepage: copy buttons, click-a-tile-to-copy and the live model catalog (with
+ * each model's status: ready, not configured, demo, cooling down).
  * Everything else on the page works without this file.  Data is only ever inserted
  * with textContent / attributes, never as HTML. */
 (function () {
@@ -6,6 +7,9 @@
 
   var REFRESH_MS = 60000;
   var TYPES = ["chat", "image", "video", "embedding"];
+  // GET /v1/models `status` -> what a tile says (as the server renders it: pages.py)
+  var LABELS = { ready: "Ready", not_configured: "Not configured", demo: "Demo",
+                 cooling_down: "Cooling down" };
   var keyEl = document.getElementById("api-key");
   var apiKey = keyEl ? keyEl.getAttribute("data-key") : "";
   var toast = document.getElementById("toast");
@@ -76,7 +80,26 @@
     tile.setAttribute("role", "button");
     tile.setAttribute("tabindex", "0");
     tile.setAttribute("title", "Copy " + id);
-    tile.setAttribute("aria-label", "Copy model id " + id);
+    var state = tile.querySelector(".tile-status");      // read out with the id
+    tile.setAttribute("aria-label", "Copy model id " + id +
+                      (state ? " (" + state.textContent + ")" : ""));
+  }
+
+  function two(n) { return (n < 10 ? "0" : "") + n; }
+
+  function clockOf(d) {
+    return two(d.getHours()) + ":" + two(d.getMinutes()) + ":" + two(d.getSeconds());
+  }
+
+  function statusText(model) {
+    var label = LABELS[model.status] || String(model.status);
+    if (model.status === "not_configured" && model.status_detail) {
+      return label + ": " + model.status_detail;
+    }
+    if (model.status === "cooling_down" && typeof model.available_at === "number") {
+      return label + " until " + clockOf(new Date(model.available_at * 1000));
+    }
+    return label;
   }
 
   function makeTile(model) {
@@ -91,8 +114,35 @@
     meta.textContent = model.owned_by || "";
     li.appendChild(id);
     li.appendChild(meta);
+    if (typeof model.status === "string") {
+      li.setAttribute("data-status", model.status);
+      var state = document.createElement("span");
+      state.className = "tile-status";
+      state.textContent = statusText(model);
+      li.appendChild(state);
+    }
     enhanceTile(li);
     return li;
+  }
+
+  // the line above the tiles: a green dot only while some model is ready (as pages.py)
+  function summary(models) {
+    var ready = 0, demo = 0;
+    models.forEach(function (m) {
+      if (m.status === "ready") ready += 1;
+      else if (m.status === "demo") demo += 1;
+    });
+    var total = models.length;
+    if (ready) {
+      return { state: "ok", text: ready === total ? "All " + ready + " models ready"
+                                                  : ready + " of " + total + " models ready" };
+    }
+    if (demo) {
+      return { state: "demo", text: "Demo: " + demo + " of " + total + " models give canned " +
+               "answers from the built-in demo provider; none is connected to a real one" };
+    }
+    return { state: "down", text: total ? "No model is ready: each one below says why"
+                                        : "No models on this gateway yet" };
   }
 
   function tileFrom(event) {
@@ -122,18 +172,21 @@
     });
   }
 
-  function setStatus(text, isError) {
+  function setStatus(text, state) {
     if (!statusEl) return;
     statusEl.textContent = text;
-    statusEl.classList.toggle("status-error", !!isError);
-    statusEl.classList.toggle("status-live", !isError);
+    statusEl.className = "status status-" + state;
   }
 
   function render(list) {
     var groups = {};
+    var shown = [];
     TYPES.forEach(function (t) { groups[t] = []; });
     (list.data || []).forEach(function (m) {
-      if (m && typeof m.id === "string" && groups[m.type]) groups[m.type].push(m);
+      if (m && typeof m.id === "string" && groups[m.type]) {
+        groups[m.type].push(m);
+        shown.push(m);
+      }
     });
     TYPES.forEach(function (t) {
       var ul = catalog.querySelector('ul.tiles[data-type="' + t + '"]');
@@ -148,12 +201,7 @@
       if (empty) empty.hidden = groups[t].length > 0;
     });
     catalog.setAttribute("data-live", "true");
-  }
-
-  function clock() {
-    var d = new Date();
-    function two(n) { return (n < 10 ? "0" : "") + n; }
-    return two(d.getHours()) + ":" + two(d.getMinutes()) + ":" + two(d.getSeconds());
+    return shown;
   }
 
   function refresh() {
@@ -168,10 +216,11 @@
       if (!resp.ok) throw new Error("HTTP " + resp.status);
       return resp.json();
     }).then(function (list) {
-      render(list);
-      setStatus("Live · updated " + clock(), false);
+      var now = summary(render(list));
+      setStatus(now.text + " · updated " + clockOf(new Date()), now.state);
     }).catch(function (err) {
-      setStatus("Could not refresh (" + err.message + "); showing the list from page load.", true);
+      setStatus("Could not refresh (" + err.message + "); showing the list from page load.",
+                "error");
     }).then(function () {
       inFlight = false;
       if (refreshBtn) refreshBtn.disabled = false;
