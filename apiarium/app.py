@@ -56,8 +56,9 @@ log = logging.getLogger("apiarium")
 
 CHANGE_POLL_S = 0.5      # how often other processes' writes (the CLI's) are looked for
 PUSHED_POLL_S = 2.0      # ... while PostgreSQL's LISTEN tells at once (the fallback poll)
-HOUSEKEEPING_S = 2.0     # last-used times written; buckets and media pruned every minute
+HOUSEKEEPING_S = 2.0     # last-used times written (and, every PRUNE_S, the prune)
 TAKEOVER_S = 10.0        # how often expired video-job leases are looked for (lease: 60 s)
+PRUNE_S = 60.0           # how often buckets, media and dead video jobs are pruned
 USAGE_FLUSH_S = 2.0      # how often usage counted in memory is written
 METRICS_SAVE_S = 1.0     # with workers: how often a worker's metrics are shared
 RELOAD_SLOW_S = 0.1      # a reload of keys longer than this waits 3 times as long after it
@@ -317,7 +318,7 @@ class Gateway:
                 if time.monotonic() - last_takeover > TAKEOVER_S:
                     last_takeover = time.monotonic()
                     await svc.jobs.resume()            # video jobs of a process that died
-                if time.monotonic() - last_prune > 60:
+                if time.monotonic() - last_prune > PRUNE_S:
                     last_prune = time.monotonic()
                     await self._prune()
             except StorageUnavailable as exc:          # an outage: one line, not a traceback
@@ -326,7 +327,8 @@ class Gateway:
                 log.exception("housekeeping failed; will retry")
 
     async def _prune(self) -> None:
-        """Drop refilled buckets (they equal fresh ones) and expired media."""
+        """Drop refilled buckets (they equal fresh ones), expired media, and video jobs dead
+        for ``media.ttl_hours``."""
         svc = self.services
         s = svc.settings
         svc.limits.prune(lambda h: svc.keys.rpm_of(h, s.rpm), s)
@@ -336,6 +338,9 @@ class Gateway:
         removed = await svc.live.media.sweep()
         if removed:
             log.info("media sweep: %d expired files removed", removed)
+        pruned = await svc.jobs.prune()
+        if pruned:
+            log.info("video jobs: %d failed or expired jobs removed", pruned)
 
     async def _flush_log(self) -> None:
         while True:

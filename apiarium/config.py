@@ -67,6 +67,7 @@ SETTINGS_SCHEMA = Section({
                        "max_embedding_input_mb": Num(2, 0.001, 4096)}),
     "media": Section({"dir": Str("../data/media"), "ttl_hours": Num(24, 0.001, 100_000),
                       "max_gb": Num(5, 0.000001, 1_000_000),
+                      "max_prompt_bytes": Num(8192, 1, 100_000_000, integer=True),
                       "fetch_image_urls": Bool(True),
                       "fetch_allow_cidrs": ListOf(Str()),
                       "image_url_max_mb": Num(20, 0.001, 1024),
@@ -162,6 +163,7 @@ class Settings:
     fetch_concurrency: int = 8
     max_embedding_input_bytes: int = 2 * 1024 * 1024   # an embeddings request's text, in all
     media_max_bytes: int = 5 * 1024 ** 3      # the media folder's cap (oldest files go first)
+    max_prompt_bytes: int = 8192              # an image or video prompt, in bytes of UTF-8
     master_key_guesses_per_minute: int = 10   # failed non-key tokens per network (0: no limit)
     workers: int = 1                          # gateway processes (apiarium serve --workers)
     metrics_allow_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -310,6 +312,7 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
         fetch_concurrency=media["fetch_concurrency"],
         max_embedding_input_bytes=int(d["limits"]["max_embedding_input_mb"] * 1024 * 1024),
         media_max_bytes=int(media["max_gb"] * 1024 ** 3),
+        max_prompt_bytes=media["max_prompt_bytes"],
         master_key_guesses_per_minute=sec["master_key_guesses_per_minute"],
         metrics_allow_cidrs=_networks(d["metrics"]["allow_cidrs"], ctx, problems,
                                       ("metrics", "allow_cidrs")),

@@ -16,6 +16,7 @@ OPENAI_SIZES = ("1024x1024", "1792x1024", "1024x1792", "1536x1024", "1024x1536",
 VIDEO_DURATIONS = (4, 6, 8)
 VIDEO_RESOLUTIONS = ("720p", "1080p")
 VIDEO_RATIOS = ("16:9", "9:16")
+PROMPT_MAX_BYTES = 8192          # media.max_prompt_bytes's default
 
 
 @dataclass(frozen=True)
@@ -68,16 +69,28 @@ def nearest(ratio: float | None, choices: dict[str, float], default: str) -> str
     return min(choices, key=lambda c: abs(choices[c] - ratio))
 
 
-def _prompt(body: dict) -> str:
+def bounded_prompt(prompt: str, max_bytes: int, param: str = "prompt") -> str:
+    """``prompt`` if it is at most ``max_bytes`` of UTF-8, else a 400 naming ``param`` (a
+    video job keeps its prompt, and every list of the key's jobs answers it again)."""
+    if len(prompt) > max_bytes or len(prompt.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise InvalidRequest(f"The prompt (`{param}`) is {len(prompt):,} characters; this "
+                             f"gateway takes prompts of at most {max_bytes:,} bytes of UTF-8 "
+                             f"(media.max_prompt_bytes). Shorten it.", param=param,
+                             code="string_above_max_length")
+    return prompt
+
+
+def _prompt(body: dict, max_bytes: int) -> str:
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidRequest("`prompt` is required: a non-empty string describing what to make.",
                              param="prompt", code="missing_prompt" if prompt is None else
                              "invalid_prompt")
-    return prompt
+    return bounded_prompt(prompt, max_bytes)
 
 
-def image_request(body: dict, alias: str) -> ImageRequest:
+def image_request(body: dict, alias: str,
+                  max_prompt_bytes: int = PROMPT_MAX_BYTES) -> ImageRequest:
     n = body.get("n", 1)
     if n is None:
         n = 1
@@ -94,7 +107,7 @@ def image_request(body: dict, alias: str) -> ImageRequest:
     if fmt not in ("url", "b64_json"):
         raise InvalidRequest(f"`response_format` must be `url` or `b64_json` (got {fmt!r}).",
                              param="response_format")
-    return ImageRequest(_prompt(body), n, size, fmt, alias.endswith("-pro"))
+    return ImageRequest(_prompt(body, max_prompt_bytes), n, size, fmt, alias.endswith("-pro"))
 
 
 # Per-model rules (reference §6.4), by the upstream id's prefix.
@@ -116,7 +129,8 @@ def _veo_rules(upstream: str, req: VideoRequest) -> None:
                                  "model (allowed: 720p).", param="resolution")
 
 
-def video_request(body: dict, upstream: str) -> VideoRequest:
+def video_request(body: dict, upstream: str,
+                  max_prompt_bytes: int = PROMPT_MAX_BYTES) -> VideoRequest:
     duration = body.get("duration_seconds", 8)
     if duration is None:
         duration = 8
@@ -145,7 +159,8 @@ def video_request(body: dict, upstream: str) -> VideoRequest:
                                                           r"(;[^,;]*)*;base64,)", image_url):
             raise InvalidRequest("`image_url` must be an http(s) URL or a base64 data: URL "
                                  "of an image (data:image/png;base64,...).", param="image_url")
-    req = VideoRequest(_prompt(body), duration_i, resolution, ratio, image_url)
+    req = VideoRequest(_prompt(body, max_prompt_bytes), duration_i, resolution, ratio,
+                       image_url)
     _veo_rules(upstream, req)
     return req
 
@@ -159,7 +174,8 @@ JOB_SECONDS = ("4", "6", "8")
 JOB_DEFAULTS = {"seconds": "8", "size": "1280x720"}
 
 
-def job_request(fields: dict, upstream: str, image_url: str | None = None) -> VideoRequest:
+def job_request(fields: dict, upstream: str, image_url: str | None = None,
+                max_prompt_bytes: int = PROMPT_MAX_BYTES) -> VideoRequest:
     """A video job's request from its form or JSON fields (``input_reference`` already made
     an ``image_url`` by the caller): a 400 naming ``seconds`` or ``size`` for anything Veo
     cannot make."""
@@ -177,7 +193,8 @@ def job_request(fields: dict, upstream: str, image_url: str | None = None) -> Vi
                              f"{str(size)[:40]!r}): width x height, 16:9 or 9:16, 720p or "
                              f"1080p.", param="size", code="invalid_size")
     ratio, resolution = JOB_SIZES[size]
-    req = VideoRequest(_prompt(fields), int(seconds), resolution, ratio, image_url)
+    req = VideoRequest(_prompt(fields, max_prompt_bytes), int(seconds), resolution, ratio,
+                       image_url)
     try:
         _veo_rules(upstream, req)
     except InvalidRequest as err:
