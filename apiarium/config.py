@@ -64,7 +64,8 @@ SETTINGS_SCHEMA = Section({
                            "backend_timeout_ms": Num(250, 10, 10_000, integer=True)}),
     "limits": Section({"max_images": Num(4, 1, 100, integer=True),
                        "max_chat_choices": Num(1, 1, 128, integer=True),
-                       "max_embedding_input_mb": Num(2, 0.001, 4096)}),
+                       "max_embedding_input_mb": Num(2, 0.001, 4096),
+                       "max_embedding_floats": Num(262_144, 1, 1_000_000_000, integer=True)}),
     "media": Section({"dir": Str("../data/media"), "ttl_hours": Num(24, 0.001, 100_000),
                       "max_gb": Num(5, 0.000001, 1_000_000),
                       "max_prompt_bytes": Num(8192, 1, 100_000_000, integer=True),
@@ -162,6 +163,7 @@ class Settings:
     fetch_connect_timeout_s: float = 10.0
     fetch_concurrency: int = 8
     max_embedding_input_bytes: int = 2 * 1024 * 1024   # an embeddings request's text, in all
+    max_embedding_floats: int = 262_144       # ... and its answer: inputs x dimensions
     media_max_bytes: int = 5 * 1024 ** 3      # the media folder's cap (oldest files go first)
     max_prompt_bytes: int = 8192              # an image or video prompt, in bytes of UTF-8
     master_key_guesses_per_minute: int = 10   # failed non-key tokens per network (0: no limit)
@@ -311,6 +313,7 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
         fetch_connect_timeout_s=float(media["fetch_connect_timeout_s"]),
         fetch_concurrency=media["fetch_concurrency"],
         max_embedding_input_bytes=int(d["limits"]["max_embedding_input_mb"] * 1024 * 1024),
+        max_embedding_floats=d["limits"]["max_embedding_floats"],
         media_max_bytes=int(media["max_gb"] * 1024 ** 3),
         max_prompt_bytes=media["max_prompt_bytes"],
         master_key_guesses_per_minute=sec["master_key_guesses_per_minute"],

@@ -3,17 +3,24 @@ gateway and the fakes on loopback:
 
 - M7: a video (or image) prompt is at most ``media.max_prompt_bytes``; failed and expired video
   jobs are pruned ``media.ttl_hours`` later, so what a key lists stays bounded.
+- M8: an embeddings request's answer is at most ``limits.max_embedding_floats`` numbers
+  (inputs x dimensions); vectors are asked of an OpenAI-compatible upstream as base64 and
+  decoded only for a client that wants floats.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
+import struct
 import time
 import uuid
 
 import pytest
 
 from apiarium import app as app_module
+from tests.conftest import openai_models
+from tests.fakes.base import embedding_vector
 from tests.support import MASTER_KEY, error_of, request, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")
@@ -138,3 +145,97 @@ def test_failed_and_expired_jobs_are_pruned_a_ttl_later(make_gateway, fake_gemin
     assert media_files(gw) == []
     assert [v.id for v in client.videos.list()] == [fresh.id]
     assert any("failed or expired jobs removed" in line for line in gw.log)
+
+
+# ---------------------------------------------------------------------------- M8: embeddings
+
+EMBED = "text-embedding-3-large"
+
+
+def embedding_gateway(make_gateway, oa, gm, **settings):
+    return make_gateway(openai_models(oa, providers={
+        "google": {"kind": "gemini", "base_url": gm.base_url, "api_key": gm.api_key}},
+        models={EMBED: {"provider": "up", "type": "embedding"},
+                "gem-embed": {"provider": "google", "upstream": "gemini-embedding-001",
+                              "type": "embedding"}}),
+        rate_limit={"rpm": 1000}, **settings)
+
+
+def float32(values: list[float]) -> bytes:
+    return struct.pack(f"<{len(values)}f", *values)
+
+
+def test_inputs_times_dimensions_over_the_cap_is_a_400_before_anything_is_sent(
+        make_gateway, fake_openai, fake_gemini):
+    gw = embedding_gateway(make_gateway, fake_openai, fake_gemini)
+    ip = "127.0.6.2"
+    key = gw.key_for(ip)
+    for model in (EMBED, "gem-embed"):
+        # the issue's 18 KB request that made a 138 MB answer
+        status, _, raw = gw.post("/v1/embeddings", {"model": model, "input": ["a"] * 2048,
+                                                    "dimensions": 3072}, key=key, ip=ip)
+        err = error_of(raw)
+        assert (status, err["param"]) == (400, "input"), err
+        for number in ("2,048 inputs of 3,072 numbers each (`dimensions`)", "6,291,456 in all",
+                       "at most 262,144 numbers", "limits.max_embedding_floats",
+                       "at most 85 inputs"):
+            assert number in err["message"], err["message"]
+        # without `dimensions` a vector counts 3,072 numbers
+        status, _, raw = gw.post("/v1/embeddings", {"model": model, "input": ["a"] * 86},
+                                 key=key, ip=ip)
+        assert status == 400 and "(counted so when `dimensions` is not given)" in \
+            error_of(raw)["message"]
+        status, _, raw = gw.post("/v1/embeddings", {"model": model, "input": "a",
+                                                    "dimensions": 10 ** 9}, key=key, ip=ip)
+        err = error_of(raw)
+        assert (status, err["param"]) == (400, "dimensions") and "at most 262,144 `dimensions`" \
+            in err["message"]
+    assert fake_openai.requests == [] and fake_gemini.requests == []
+    # at the cap: 2,048 vectors of 128 numbers, ~5.5 MB as floats, ~1.5 MB as base64
+    for fmt, most in (("float", 7_000_000), ("base64", 2_000_000)):
+        status, _, raw = gw.post("/v1/embeddings", {
+            "model": EMBED, "input": ["a"] * 2048, "dimensions": 128, "encoding_format": fmt},
+            key=key, ip=ip)
+        assert status == 200 and len(raw) < most, (fmt, status, len(raw))
+        assert len(json.loads(raw)["data"]) == 2048
+    # the setting; the master key is not bound by it
+    status, _, raw = gw.post("/v1/embeddings", {"model": EMBED, "input": ["a"] * 3,
+                                                "dimensions": 200}, key=MASTER_KEY)
+    assert status == 200, raw
+    small = embedding_gateway(make_gateway, fake_openai, fake_gemini,
+                              limits={"max_embedding_floats": 500})
+    status, _, raw = small.post("/v1/embeddings", {"model": EMBED, "input": ["a"] * 3,
+                                                   "dimensions": 200}, key=small.key_for(ip),
+                                ip=ip)
+    assert status == 400 and "at most 500 numbers per request" in error_of(raw)["message"]
+
+
+def test_vectors_are_asked_as_base64_and_decoded_only_for_float_clients(
+        make_gateway, fake_openai, fake_gemini):
+    gw = embedding_gateway(make_gateway, fake_openai, fake_gemini)
+    ip = "127.0.6.3"
+    key = gw.key_for(ip)
+    texts = ["the waggle dance", "a comb of wax", "pollen baskets"]
+    want = {t: float32(embedding_vector(t, 256))
+            for t in texts}
+    # the openai SDK asks for base64 and decodes it: the float32 values the upstream sent
+    client = gw.sdk(key, ip=ip)
+    got = client.embeddings.create(model=EMBED, input=texts)
+    assert [float32(d.embedding) for d in got.data] == [want[t] for t in texts]
+    assert fake_openai.last().json["encoding_format"] == "base64"
+    # base64 asked: the upstream's strings, relayed as they came
+    status, _, raw = gw.post("/v1/embeddings", {"model": EMBED, "input": texts,
+                                                "encoding_format": "base64"}, key=key, ip=ip)
+    assert status == 200
+    assert [d["embedding"] for d in json.loads(raw)["data"]] == \
+        [base64.b64encode(want[t]).decode() for t in texts]
+    # floats asked (or the default): asked as base64 upstream all the same, decoded here
+    for extra in ({"encoding_format": "float"}, {}):
+        status, _, raw = gw.post("/v1/embeddings", {"model": EMBED, "input": texts, **extra},
+                                 key=key, ip=ip)
+        assert status == 200 and fake_openai.last().json["encoding_format"] == "base64"
+        vectors = [d["embedding"] for d in json.loads(raw)["data"]]
+        assert all(isinstance(v, list) and len(v) == 256 for v in vectors)
+        assert [float32(v) for v in vectors] == [want[t] for t in texts]
+    floats = client.embeddings.create(model=EMBED, input=texts, encoding_format="float")
+    assert [float32(d.embedding) for d in floats.data] == [want[t] for t in texts]
