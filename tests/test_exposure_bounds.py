@@ -6,6 +6,8 @@ gateway and the fakes on loopback:
 - M8: an embeddings request's answer is at most ``limits.max_embedding_floats`` numbers
   (inputs x dimensions); vectors are asked of an OpenAI-compatible upstream as base64 and
   decoded only for a client that wants floats.
+- L1: a ``Range`` of thousands of digits on ``/media/{name}`` (no key) or a video's content is
+  never a 500: an absurd last position is the rest of the file, an absurd first one a 416.
 """
 from __future__ import annotations
 
@@ -239,3 +241,39 @@ def test_vectors_are_asked_as_base64_and_decoded_only_for_float_clients(
         assert [float32(v) for v in vectors] == [want[t] for t in texts]
     floats = client.embeddings.create(model=EMBED, input=texts, encoding_format="float")
     assert [float32(d.embedding) for d in floats.data] == [want[t] for t in texts]
+
+
+# ---------------------------------------------------------------------------- L1: Range
+
+def test_a_range_of_5000_digits_is_never_a_500(make_gateway, fake_gemini):
+    gw = make_gateway(media_models(fake_gemini), rate_limit={"rpm": 100})
+    status, _, raw = gw.post("/v1/videos/generations", {"model": "veo-3", "prompt": "a bee"},
+                             key=MASTER_KEY)
+    assert status == 200, raw
+    name = json.loads(raw)["data"][0]["url"].rsplit("/", 1)[1]
+    (job,) = json.loads(gw.get("/v1/videos", key=MASTER_KEY)[2])["data"]
+    huge = "9" * 5000
+    for path, headers in ((f"/media/{name}", {}),
+                          (f"/v1/videos/{job['id']}/content",
+                           {"Authorization": f"Bearer {MASTER_KEY}"})):
+        status, _, whole = request(gw.url + path, headers=headers, ip="127.0.6.4")
+        assert status == 200 and len(whole) > 1000
+        for spec, want in ((f"bytes=0-{huge}", 200), (f"bytes=-{huge}", 200),
+                           (f"bytes=1-{huge}", 206), (f"bytes={huge}-", 416),
+                           (f"bytes={huge}-{huge}1", 416), (f"bytes={huge}-3", 200),
+                           ("bytes=0-9", 206)):
+            status, got, body = request(gw.url + path, headers={**headers, "Range": spec},
+                                        ip="127.0.6.4")
+            assert status == want, (path, spec[:20], status, body[:200])
+            if status == 416:
+                err = error_of(body)
+                assert err["code"] == "range_not_satisfiable" and len(body) < 400
+                assert got["content-range"] == f"bytes */{len(whole)}"
+            elif spec == "bytes=0-9":
+                assert body == whole[:10]
+            elif status == 206:
+                assert body == whole[1:] and got["content-range"] == \
+                    f"bytes 1-{len(whole) - 1}/{len(whole)}"
+            else:
+                assert body == whole
+    assert not any("Traceback" in line or "unexpected error" in line for line in gw.log)
