@@ -26,6 +26,7 @@ from . import __version__
 from .accesslog import AccessLog
 from .catalog import Catalog
 from .config import Config, ConfigError, changed_at_start, load_config
+from .errors import echo
 from .handlers import bodies, embeddings, messages, pages, responses, videos
 from .handlers.base import BaseHandler
 from .handlers.chat import ChatHandler, CompletionsHandler
@@ -127,8 +128,9 @@ def log_request(handler: BaseHandler) -> None:
     metrics.observe_request(endpoint, dialect, model, status, elapsed)
     rec = getattr(handler, "key_record", None)
     upstream = getattr(handler, "upstream_ms", None)
-    settings["access_log"].write(
-        f"{getattr(handler, 'request_id', '-')} {req.method} {req.path} {status} "
+    settings["access_log"].write(      # the method and path a client's: cut (errors.echo)
+        f"{getattr(handler, 'request_id', '-')} {echo(req.method, quote=False)} "
+        f"{echo(req.path, quote=False)} {status} "
         f"{1000.0 * elapsed:.1f}ms ip={getattr(handler, 'client_ip', '') or req.remote_ip} "
         f"key={rec.key_prefix if rec else '-'} model={model} "
         f"bytes={getattr(handler, 'bytes_out', 0)} "

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidRequest
+from .errors import InvalidRequest, echo
 
 MAX_INPUTS = 2048
 DEFAULT_DIMENSIONS = 3072
@@ -123,12 +123,12 @@ def embedding_request(body: dict[str, Any], raw: bytes | None = None) -> Embeddi
     if isinstance(dims, float) and dims.is_integer():
         dims = int(dims)
     if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims < 1):
-        raise InvalidRequest(f"`dimensions` must be a positive whole number (got {dims!r}).",
+        raise InvalidRequest(f"`dimensions` must be a positive whole number (got {echo(dims)}).",
                              param="dimensions")
     fmt = body.get("encoding_format")
     fmt = "float" if fmt is None else fmt
     if fmt not in ENCODINGS:
-        raise InvalidRequest(f"`encoding_format` must be `float` or `base64` (got {fmt!r}).",
+        raise InvalidRequest(f"`encoding_format` must be `float` or `base64` (got {echo(fmt)}).",
                              param="encoding_format")
     user = body.get("user")
     if user is not None and not isinstance(user, str):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import InvalidRequest
+from .errors import InvalidRequest, echo
 from .media import extension_for
 
 RATIOS = ("1:1", "16:9", "9:16", "4:3", "3:4")
@@ -97,15 +97,15 @@ def image_request(body: dict, alias: str,
     if isinstance(n, float) and n.is_integer():
         n = int(n)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 10:
-        raise InvalidRequest(f"`n` must be a whole number from 1 to 10 (got {n!r}).", param="n")
+        raise InvalidRequest(f"`n` must be a whole number from 1 to 10 (got {echo(n)}).", param="n")
     size = body.get("size") or "auto"
     if size not in RATIOS and size not in OPENAI_SIZES:
-        raise InvalidRequest(f"`size` {size!r} is not supported; use a ratio "
+        raise InvalidRequest(f"`size` {echo(size)} is not supported; use a ratio "
                              f"({', '.join(RATIOS)}) or an OpenAI size "
                              f"({', '.join(OPENAI_SIZES)}).", param="size")
     fmt = body.get("response_format") or "url"
     if fmt not in ("url", "b64_json"):
-        raise InvalidRequest(f"`response_format` must be `url` or `b64_json` (got {fmt!r}).",
+        raise InvalidRequest(f"`response_format` must be `url` or `b64_json` (got {echo(fmt)}).",
                              param="response_format")
     return ImageRequest(_prompt(body, max_prompt_bytes), n, size, fmt, alias.endswith("-pro"))
 
@@ -141,16 +141,16 @@ def video_request(body: dict, upstream: str,
     else:
         duration_i = -1
     if duration_i not in VIDEO_DURATIONS:
-        raise InvalidRequest(f"`duration_seconds` must be 4, 6 or 8 (got {duration!r}).",
+        raise InvalidRequest(f"`duration_seconds` must be 4, 6 or 8 (got {echo(duration)}).",
                              param="duration_seconds")
     resolution = body.get("resolution") or "720p"
     if resolution not in VIDEO_RESOLUTIONS:
-        raise InvalidRequest(f"`resolution` must be 720p or 1080p (got {resolution!r}).",
+        raise InvalidRequest(f"`resolution` must be 720p or 1080p (got {echo(resolution)}).",
                              param="resolution")
     field = "aspect_ratio" if body.get("aspect_ratio") is not None else "size"
     ratio = body.get(field) or "16:9"
     if ratio not in VIDEO_RATIOS:
-        raise InvalidRequest(f"`{field}` must be 16:9 or 9:16 (got {ratio!r}).", param=field)
+        raise InvalidRequest(f"`{field}` must be 16:9 or 9:16 (got {echo(ratio)}).", param=field)
     image_url = body.get("image_url")
     if image_url is not None:
         if isinstance(image_url, dict):          # {"url": ...} as in chat content parts
@@ -184,13 +184,13 @@ def job_request(fields: dict, upstream: str, image_url: str | None = None,
     if isinstance(seconds, int) and not isinstance(seconds, bool):
         seconds = str(seconds)
     if seconds not in JOB_SECONDS:
-        raise InvalidRequest(f"`seconds` must be \"4\", \"6\" or \"8\" (got {seconds!r}); "
+        raise InvalidRequest(f"`seconds` must be \"4\", \"6\" or \"8\" (got {echo(seconds)}); "
                              f"the video models here make clips of those lengths.",
                              param="seconds", code="invalid_seconds")
     size = fields.get("size") or JOB_DEFAULTS["size"]
     if not isinstance(size, str) or size not in JOB_SIZES:
         raise InvalidRequest(f"`size` must be one of {', '.join(JOB_SIZES)} (got "
-                             f"{str(size)[:40]!r}): width x height, 16:9 or 9:16, 720p or "
+                             f"{echo(size)}): width x height, 16:9 or 9:16, 720p or "
                              f"1080p.", param="size", code="invalid_size")
     ratio, resolution = JOB_SIZES[size]
     req = VideoRequest(_prompt(fields, max_prompt_bytes), int(seconds), resolution, ratio,

@@ -8,6 +8,8 @@ gateway and the fakes on loopback:
   decoded only for a client that wants floats.
 - L1: a ``Range`` of thousands of digits on ``/media/{name}`` (no key) or a video's content is
   never a 500: an absurd last position is the rest of the file, an absurd first one a 416.
+- L3: a value a client sent is quoted in an error or a log line cut to 200 characters
+  (``errors.echo``): a 1 MB field makes a small 400 and a short log line.
 """
 from __future__ import annotations
 
@@ -277,3 +279,57 @@ def test_a_range_of_5000_digits_is_never_a_500(make_gateway, fake_gemini):
             else:
                 assert body == whole
     assert not any("Traceback" in line or "unexpected error" in line for line in gw.log)
+
+
+# ---------------------------------------------------------------------------- L3: echoes
+
+MB = 1024 * 1024
+
+
+def test_a_1_mb_value_is_echoed_cut_in_the_error_and_the_log(make_gateway, fake_openai,
+                                                             fake_gemini):
+    gw = make_gateway(openai_models(fake_openai, providers={
+        "google": {"kind": "gemini", "base_url": fake_gemini.base_url,
+                   "api_key": fake_gemini.api_key}},
+        models={EMBED: {"provider": "up", "type": "embedding"},
+                "gem-chat": {"provider": "google", "upstream": "gemini-2.5-flash"},
+                "gem-image": {"provider": "google", "type": "image",
+                              "upstream": "gemini-3-pro-image-preview"}}),
+        rate_limit={"rpm": 1000, "daily_credits": 0, "endpoints": {"images": "1000/hour"}})
+    ip = "127.0.6.5"
+    key = gw.key_for(ip)
+    big = "Z" * MB
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    attempts = [
+        ("/v1/embeddings", {"model": EMBED, "input": "a", "encoding_format": big},
+         400, "encoding_format"),
+        ("/v1/embeddings", {"model": EMBED, "input": "a", "dimensions": [7] * (MB // 3)},
+         400, "dimensions"),
+        ("/v1/chat/completions", {"model": big, **chat}, 404, "model"),
+        ("/v1/images/generations", {"model": "gem-image", "prompt": "x", "size": big},
+         400, "size"),
+        ("/v1/images/generations", {"model": "gem-image", "prompt": "x",
+                                    "response_format": big}, 400, "response_format"),
+        ("/v1/chat/completions", {"model": "gem-chat", **chat,
+                                  "google": {"thinking_config": {big: 1}}}, 400,
+         "google.thinking_config." + "Z" * 200 + f"… ({MB:,} characters)"),
+        ("/v1/chat/completions", {"model": "gem-chat", "messages": [
+            {"role": big, "content": "hi"}]}, 400, "messages[0].role"),
+        ("/v1/responses", {"model": "gem-chat", "input": [{"type": big}]}, 400,
+         "input[0].type"),
+    ]
+    for path, body, status, param in attempts:
+        got, _, raw = gw.post(path, body, key=key, ip=ip)
+        err = error_of(raw)
+        assert (got, err["param"]) == (status, param), (path, err["message"][:300])
+        assert len(raw) < 1200, (path, len(raw))
+        assert "Z" * 190 in err["message"] or "[7, 7, 7" in err["message"], err["message"]
+        assert "Z" * 201 not in err["message"]
+    # a client's path, as long as a request head may be: cut in the 404 and in the log
+    status, _, raw = gw.get("/" + "p" * 60_000, key=key, ip=ip)
+    assert status == 404 and len(raw) < 1000 and "p" * 199 in error_of(raw)["message"]
+    assert fake_openai.requests == [] and fake_gemini.requests == []
+    # the gateway's lines: each refusal logged (its message), and each request's access line
+    assert wait_for(lambda: sum(" -> 40" in line for line in gw.log) == len(attempts) + 1
+                    and any(" GET /ppp" in line for line in gw.log))
+    assert all(len(line) < 1500 for line in gw.log), max(map(len, gw.log))

@@ -15,6 +15,7 @@ import logging
 
 import tornado.http1connection
 
+from ..errors import echo
 from ..live import Services
 from .base import ApiHandler
 
@@ -29,7 +30,7 @@ def sweep(services: Services, limit: float) -> int:
             conn = handler.request.connection
             if isinstance(conn, tornado.http1connection.HTTP1Connection) and conn.stream:
                 log.info("%s %s: the body did not arrive within %g s; connection closed",
-                         handler.request_id, handler.request.path, limit)
+                         handler.request_id, echo(handler.request.path, quote=False), limit)
                 conn.stream.close()
                 cut += 1
     return cut
