@@ -51,6 +51,7 @@ SETTINGS_SCHEMA = Section({
         "workers": Num(1, 1, 256, integer=True),
         "header_timeout_s": Num(30, 0.1, 3600),
         "body_timeout_s": Num(120, 0.1, 86400),
+        "write_timeout_s": Num(60, 0.1, 86400),
     }),
     "database": Str("../data/apiarium.sqlite3"),
     "secret_file": Str(""),
@@ -174,6 +175,7 @@ class Settings:
     limiter_on_down: str = "closed"           # Redis unreachable: "closed" (503) or "local"
     limiter_instances: int = 1                # gateways sharing the backend (local: limit/N)
     limiter_timeout_s: float = 0.25           # connect / answer, then it counts as down
+    write_timeout_s: float = 60.0             # a client that reads nothing this long is cut
 
 
 @dataclass(frozen=True)
@@ -300,6 +302,7 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
         block_proxy_headers=sec["block_proxy_headers"],
         blocklists=_blocklists(base, sec["blocklists"], ctx, problems),
         header_timeout_s=float(s["header_timeout_s"]), body_timeout_s=float(s["body_timeout_s"]),
+        write_timeout_s=float(s["write_timeout_s"]),
         key_requests_per_minute=sec["key_requests_per_minute"],
         new_keys_per_ipv6_64_per_day=sec["new_keys_per_ipv6_64_per_day"],
         new_keys_per_ipv6_48_per_day=sec["new_keys_per_ipv6_48_per_day"],

@@ -10,12 +10,15 @@ gateway and the fakes on loopback:
   never a 500: an absurd last position is the rest of the file, an absurd first one a 416.
 - L3: a value a client sent is quoted in an error or a log line cut to 200 characters
   (``errors.echo``): a 1 MB field makes a small 400 and a short log line.
+- L4: a client that stops reading a stream is cut after ``server.write_timeout_s``, and the
+  stream's upstream connection closed (its usage booked).
 """
 from __future__ import annotations
 
 import base64
 import json
 import os
+import socket
 import struct
 import time
 import uuid
@@ -333,3 +336,64 @@ def test_a_1_mb_value_is_echoed_cut_in_the_error_and_the_log(make_gateway, fake_
     assert wait_for(lambda: sum(" -> 40" in line for line in gw.log) == len(attempts) + 1
                     and any(" GET /ppp" in line for line in gw.log))
     assert all(len(line) < 1500 for line in gw.log), max(map(len, gw.log))
+
+
+# ---------------------------------------------------------------------------- L4: writes
+
+def stream_request(gw, key: str, ip: str) -> socket.socket:
+    """A chat stream asked on a socket whose receive buffer is small, from ``ip``."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.bind((ip, 0))
+    sock.connect(("127.0.0.1", gw.port))
+    body = json.dumps({"model": "gpt-long", "stream": True,
+                       "messages": [{"role": "user", "content": "talk"}]}).encode()
+    sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    return sock
+
+
+def test_a_client_that_stops_reading_is_cut_and_the_upstream_closed(make_gateway,
+                                                                    fake_openai):
+    fake_openai.reply_text = "b" * 40_000_000             # 40 MB: more than every buffer
+    fake_openai.stream_events = 4_000                      # of 10 KB frames
+    gw = make_gateway(openai_models(fake_openai, providers={"patient": {
+        "kind": "openai", "base_url": fake_openai.base_url, "api_key": fake_openai.api_key}},
+        models={"gpt-long": {"provider": "patient", "upstream": "gpt-5"}}),
+        server={"write_timeout_s": 1}, rate_limit={"rpm": 100, "daily_credits": 0})
+
+    def cuts() -> list[str]:
+        return [line for line in gw.log if "the client read nothing for 1 s" in line]
+
+    # a slow but steady reader is never cut
+    slow_ip = "127.0.6.7"
+    sock = stream_request(gw, gw.key_for(slow_ip), slow_ip)
+    sock.settimeout(20)
+    got = len(sock.recv(2048))                            # the stream has begun
+    until = time.monotonic() + 3                          # 3 write deadlines at ~20 KB/s
+    while time.monotonic() < until:
+        time.sleep(0.1)
+        got += len(sock.recv(2048))
+    sock.close()
+    assert got > 20_000 and cuts() == []
+    assert wait_for(lambda: len(fake_openai.disconnects) == 1, timeout=10)
+    # a reader that reads nothing is cut after about write_timeout_s
+    ip = "127.0.6.6"
+    key = gw.key_for(ip)
+    sock = stream_request(gw, key, ip)
+    started = time.monotonic()
+    try:
+        assert wait_for(cuts, timeout=20), gw.log[-5:]
+        took = time.monotonic() - started
+        assert 1.0 <= took < 8, took
+        assert "server.write_timeout_s" in cuts()[0]
+        # the upstream stream is closed, mid-answer, and what was relayed is booked
+        assert wait_for(lambda: len(fake_openai.disconnects) == 2, timeout=10)
+        usage = json.loads(gw.get("/v1/keys/me", ip=ip)[2])["usage"]
+        assert usage["requests"] == 1 and usage["completion_tokens"] > 0, usage
+        assert wait_for(lambda: any(" POST /v1/chat/completions 499 " in line and
+                                    f"ip={ip}" in line for line in gw.log))
+    finally:
+        sock.close()
+    assert gw.get("/health")[0] == 200
