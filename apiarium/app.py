@@ -22,11 +22,10 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from . import __version__
+from . import __version__, errors
 from .accesslog import AccessLog
 from .catalog import Catalog
 from .config import Config, ConfigError, changed_at_start, load_config
-from .errors import echo
 from .handlers import bodies, embeddings, messages, pages, responses, videos
 from .handlers.base import BaseHandler
 from .handlers.chat import ChatHandler, CompletionsHandler
@@ -129,8 +128,8 @@ def log_request(handler: BaseHandler) -> None:
     rec = getattr(handler, "key_record", None)
     upstream = getattr(handler, "upstream_ms", None)
     settings["access_log"].write(      # the method and path a client's: cut (errors.echo)
-        f"{getattr(handler, 'request_id', '-')} {echo(req.method, quote=False)} "
-        f"{echo(req.path, quote=False)} {status} "
+        f"{getattr(handler, 'request_id', '-')} {errors.echo(req.method, quote=False)} "
+        f"{errors.echo(req.path, quote=False)} {status} "
         f"{1000.0 * elapsed:.1f}ms ip={getattr(handler, 'client_ip', '') or req.remote_ip} "
         f"key={rec.key_prefix if rec else '-'} model={model} "
         f"bytes={getattr(handler, 'bytes_out', 0)} "
@@ -329,8 +328,7 @@ class Gateway:
                 log.exception("housekeeping failed; will retry")
 
     async def _prune(self) -> None:
-        """Drop refilled buckets (they equal fresh ones), expired media, and video jobs dead
-        for ``media.ttl_hours``."""
+        """Drop refilled buckets (they equal fresh ones), expired media, dead video jobs."""
         svc = self.services
         s = svc.settings
         svc.limits.prune(lambda h: svc.keys.rpm_of(h, s.rpm), s)
@@ -340,9 +338,7 @@ class Gateway:
         removed = await svc.live.media.sweep()
         if removed:
             log.info("media sweep: %d expired files removed", removed)
-        pruned = await svc.jobs.prune()
-        if pruned:
-            log.info("video jobs: %d failed or expired jobs removed", pruned)
+        await svc.jobs.prune()                 # failed or expired media.ttl_hours ago
 
     async def _flush_log(self) -> None:
         while True:

@@ -118,9 +118,8 @@ class BaseHandler(tornado.web.RequestHandler):
                       tb: TracebackType | None) -> None:
         path = errors.echo(self.request.path, quote=False)     # a client's, cut
         if isinstance(value, ApiError):         # a message may quote the client: one line
-            log.info("%s %s -> %d %s: %s", self.request_id, path, value.status,
-                     value.code, value.message if value.message.isprintable()
-                     else repr(value.message))
+            log.info("%s %s -> %d %s: %s", self.request_id, path, value.status, value.code,
+                     value.message if value.message.isprintable() else repr(value.message))
         elif isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
             log.info("%s %s -> %d", self.request_id, path, value.status_code)
         else:

@@ -361,6 +361,8 @@ class VideoJobService:
         for name in gone:
             if name:
                 await media.remove(name)
+        if gone:
+            log.info("video jobs: %d failed or expired jobs removed", len(gone))
         return len(gone)
 
     async def content(self, job_id: str, key_hash: str | None) -> str:
