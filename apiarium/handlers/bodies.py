@@ -68,13 +68,15 @@ def sweep(services: Services, limit: float) -> int:
 
 
 def sweep_writes(services: Services, limit: float, seen: Stalls) -> int:
-    """Close the connections that have had a write waiting, and written nothing more, for
-    ``limit`` s (``seen``: what the last sweep saw, updated); how many were closed."""
+    """Close the connections that have had a write waiting with no progress (nothing more
+    written, the send queue not shrinking) for ``limit`` s; how many were closed.  ``seen``
+    is what the last sweep saw (updated); a closed stream is left to its own close."""
     now, cut, writing = time.monotonic(), 0, {}
     for handler in list(services.inflight):
         conn = handler.request.connection
         stream = getattr(conn, "stream", None)
-        if not (isinstance(handler, BaseHandler) and stream is not None and stream.writing()):
+        if not (isinstance(handler, BaseHandler) and stream is not None
+                and not stream.closed() and stream.writing()):
             continue
         mark = (handler.bytes_out, _unsent(stream.socket))
         was, since = seen.get(handler, (None, now))
