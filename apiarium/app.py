@@ -22,7 +22,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from . import __version__
+from . import __version__, errors
 from .accesslog import AccessLog
 from .catalog import Catalog
 from .config import Config, ConfigError, changed_at_start, load_config
@@ -57,8 +57,9 @@ log = logging.getLogger("apiarium")
 
 CHANGE_POLL_S = 0.5      # how often other processes' writes (the CLI's) are looked for
 PUSHED_POLL_S = 2.0      # ... while PostgreSQL's LISTEN tells at once (the fallback poll)
-HOUSEKEEPING_S = 2.0     # last-used times written; buckets and media pruned every minute
+HOUSEKEEPING_S = 2.0     # last-used times written (and, every PRUNE_S, the prune)
 TAKEOVER_S = 10.0        # how often expired video-job leases are looked for (lease: 60 s)
+PRUNE_S = 60.0           # how often buckets, media and dead video jobs are pruned
 USAGE_FLUSH_S = 2.0      # how often usage counted in memory is written
 METRICS_SAVE_S = 1.0     # with workers: how often a worker's metrics are shared
 RELOAD_SLOW_S = 0.1      # a reload of keys longer than this waits 3 times as long after it
@@ -127,8 +128,9 @@ def log_request(handler: BaseHandler) -> None:
     metrics.observe_request(endpoint, dialect, model, status, elapsed)
     rec = getattr(handler, "key_record", None)
     upstream = getattr(handler, "upstream_ms", None)
-    settings["access_log"].write(
-        f"{getattr(handler, 'request_id', '-')} {req.method} {req.path} {status} "
+    settings["access_log"].write(      # the method and path a client's: cut (errors.echo)
+        f"{getattr(handler, 'request_id', '-')} {errors.echo(req.method, quote=False)} "
+        f"{errors.echo(req.path, quote=False)} {status} "
         f"{1000.0 * elapsed:.1f}ms ip={getattr(handler, 'client_ip', '') or req.remote_ip} "
         f"key={rec.key_prefix if rec else '-'} model={model} "
         f"bytes={getattr(handler, 'bytes_out', 0)} "
@@ -320,7 +322,7 @@ class Gateway:
                 if time.monotonic() - last_takeover > TAKEOVER_S:
                     last_takeover = time.monotonic()
                     await svc.jobs.resume()            # video jobs of a process that died
-                if time.monotonic() - last_prune > 60:
+                if time.monotonic() - last_prune > PRUNE_S:
                     last_prune = time.monotonic()
                     await self._prune()
             except StorageUnavailable as exc:          # an outage: one line, not a traceback
@@ -329,7 +331,7 @@ class Gateway:
                 log.exception("housekeeping failed; will retry")
 
     async def _prune(self) -> None:
-        """Drop refilled buckets (they equal fresh ones) and expired media."""
+        """Drop refilled buckets (they equal fresh ones), expired media, dead video jobs."""
         svc = self.services
         s = svc.settings
         svc.limits.prune(lambda h: svc.keys.rpm_of(h, s.rpm), s)
@@ -340,6 +342,7 @@ class Gateway:
         removed = await svc.live.media.sweep()
         if removed:
             log.info("media sweep: %d expired files removed", removed)
+        await svc.jobs.prune()                 # failed or expired media.ttl_hours ago
 
     async def _flush_log(self) -> None:
         while True:

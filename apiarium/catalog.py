@@ -11,7 +11,7 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
-from .errors import InvalidRequest, NotFound
+from .errors import InvalidRequest, NotFound, echo
 from .modeltypes import MODEL_TYPES
 
 
@@ -138,9 +138,9 @@ class Catalog:
                                  "GET /v1/models lists them.", param="model", code="invalid_model")
         spec = self.models.get(alias)
         if spec is None:
-            shown = alias[:100] + ("…" if len(alias) > 100 else "")
-            raise NotFound(f"The model `{shown}` does not exist. GET /v1/models lists the "
-                           f"{len(self.models)} models this gateway serves.",
+            raise NotFound(f"The model `{echo(alias, quote=False)}` does not exist. GET "
+                           f"/v1/models lists the {len(self.models)} models this gateway "
+                           f"serves.",
                            param="model", code="model_not_found")
         return spec
 

@@ -51,6 +51,7 @@ SETTINGS_SCHEMA = Section({
         "workers": Num(1, 1, 256, integer=True),
         "header_timeout_s": Num(30, 0.1, 3600),
         "body_timeout_s": Num(120, 0.1, 86400),
+        "write_timeout_s": Num(60, 0.1, 86400),
     }),
     "database": Str("../data/apiarium.sqlite3"),
     "secret_file": Str(""),
@@ -65,9 +66,11 @@ SETTINGS_SCHEMA = Section({
                            "lookups_per_minute": Num(60, 1, 1_000_000, integer=True)}),
     "limits": Section({"max_images": Num(4, 1, 100, integer=True),
                        "max_chat_choices": Num(1, 1, 128, integer=True),
-                       "max_embedding_input_mb": Num(2, 0.001, 4096)}),
+                       "max_embedding_input_mb": Num(2, 0.001, 4096),
+                       "max_embedding_floats": Num(262_144, 1, 1_000_000_000, integer=True)}),
     "media": Section({"dir": Str("../data/media"), "ttl_hours": Num(24, 0.001, 100_000),
                       "max_gb": Num(5, 0.000001, 1_000_000),
+                      "max_prompt_bytes": Num(8192, 1, 100_000_000, integer=True),
                       "fetch_image_urls": Bool(True),
                       "fetch_allow_cidrs": ListOf(Str()),
                       "image_url_max_mb": Num(20, 0.001, 1024),
@@ -164,7 +167,9 @@ class Settings:
     fetch_connect_timeout_s: float = 10.0
     fetch_concurrency: int = 8
     max_embedding_input_bytes: int = 2 * 1024 * 1024   # an embeddings request's text, in all
+    max_embedding_floats: int = 262_144       # ... and its answer: inputs x dimensions
     media_max_bytes: int = 5 * 1024 ** 3      # the media folder's cap (oldest files go first)
+    max_prompt_bytes: int = 8192              # an image or video prompt, in bytes of UTF-8
     master_key_guesses_per_minute: int = 10   # failed non-key tokens per network (0: no limit)
     workers: int = 1                          # gateway processes (apiarium serve --workers)
     metrics_allow_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -175,6 +180,7 @@ class Settings:
     limiter_timeout_s: float = 0.25           # connect / answer, then it counts as down
     lookups_per_minute: int = 60              # per key: reads that reach no model
     public_requests_per_minute: int = 600     # per network (each process): what needs no key
+    write_timeout_s: float = 60.0             # a client that reads nothing this long is cut
 
 
 @dataclass(frozen=True)
@@ -303,6 +309,7 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
         block_proxy_headers=sec["block_proxy_headers"],
         blocklists=_blocklists(base, sec["blocklists"], ctx, problems),
         header_timeout_s=float(s["header_timeout_s"]), body_timeout_s=float(s["body_timeout_s"]),
+        write_timeout_s=float(s["write_timeout_s"]),
         key_requests_per_minute=sec["key_requests_per_minute"],
         new_keys_per_ipv6_64_per_day=sec["new_keys_per_ipv6_64_per_day"],
         new_keys_per_ipv6_48_per_day=sec["new_keys_per_ipv6_48_per_day"],
@@ -316,7 +323,9 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
         fetch_connect_timeout_s=float(media["fetch_connect_timeout_s"]),
         fetch_concurrency=media["fetch_concurrency"],
         max_embedding_input_bytes=int(d["limits"]["max_embedding_input_mb"] * 1024 * 1024),
+        max_embedding_floats=d["limits"]["max_embedding_floats"],
         media_max_bytes=int(media["max_gb"] * 1024 ** 3),
+        max_prompt_bytes=media["max_prompt_bytes"],
         master_key_guesses_per_minute=sec["master_key_guesses_per_minute"],
         metrics_allow_cidrs=_networks(d["metrics"]["allow_cidrs"], ctx, problems,
                                       ("metrics", "allow_cidrs")),

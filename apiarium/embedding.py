@@ -5,7 +5,10 @@ the token estimate used where an upstream gives no counts.
 The request (OpenAI ``POST /v1/embeddings``): ``input`` a string, a list of strings, one
 token array (a list of ints) or a list of token arrays; ``model``; ``dimensions``;
 ``encoding_format`` ``float`` (the default) or ``base64``; ``user``.  At most
-``MAX_INPUTS`` inputs (OpenAI's own limit, for every caller).
+``MAX_INPUTS`` inputs (OpenAI's own limit, for every caller).  ``floats`` is the size of the
+answer in numbers, inputs x dimensions, a request without ``dimensions`` counted at
+``DEFAULT_DIMENSIONS`` (the native size of the largest common models, text-embedding-3-large
+and gemini-embedding-001): ``services.costs`` caps it.
 
 Token estimate: an upstream that does not count (Gemini's Developer API returns no token
 counts for embeddings) is booked at one token per ``CHARS_PER_TOKEN`` (4) bytes of UTF-8
@@ -21,9 +24,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidRequest
+from .errors import InvalidRequest, echo
 
 MAX_INPUTS = 2048
+DEFAULT_DIMENSIONS = 3072
 MAX_TOKEN_ID = 2**31 - 1
 CHARS_PER_TOKEN = 4
 ENCODINGS = ("float", "base64")
@@ -51,6 +55,12 @@ class EmbeddingRequest:
                                  f"a string or a list of strings, not token arrays.",
                                  param="input")
         return tuple(t for t in self.inputs if isinstance(t, str))
+
+    @property
+    def floats(self) -> int:
+        """How many numbers the answer holds (``DEFAULT_DIMENSIONS`` a vector if the request
+        does not say)."""
+        return len(self.inputs) * (self.dimensions or DEFAULT_DIMENSIONS)
 
     def estimate(self) -> int:
         """Prompt tokens by the estimate above."""
@@ -113,12 +123,12 @@ def embedding_request(body: dict[str, Any], raw: bytes | None = None) -> Embeddi
     if isinstance(dims, float) and dims.is_integer():
         dims = int(dims)
     if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims < 1):
-        raise InvalidRequest(f"`dimensions` must be a positive whole number (got {dims!r}).",
+        raise InvalidRequest(f"`dimensions` must be a positive whole number (got {echo(dims)}).",
                              param="dimensions")
     fmt = body.get("encoding_format")
     fmt = "float" if fmt is None else fmt
     if fmt not in ENCODINGS:
-        raise InvalidRequest(f"`encoding_format` must be `float` or `base64` (got {fmt!r}).",
+        raise InvalidRequest(f"`encoding_format` must be `float` or `base64` (got {echo(fmt)}).",
                              param="encoding_format")
     user = body.get("user")
     if user is not None and not isinstance(user, str):

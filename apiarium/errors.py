@@ -28,13 +28,48 @@ raise.  ``ApiError.envelope()`` is the body every client sees:
         │                                                       server_shutting_down
         └── UpstreamTimeout           504 server_error          upstream_timeout
 
-Domain code raises these; only ``handlers/`` turns them into HTTP responses.
+Domain code raises these; only ``handlers/`` turns them into HTTP responses.  A value a
+client sent is quoted in a message (or a log line) through ``echo``: at most ``ECHO_CHARS``
+characters of it, so a 20 MB field is never answered or logged whole.
 """
 from __future__ import annotations
 
 import math
+import reprlib
 from http import HTTPStatus
 from typing import Any
+
+ECHO_CHARS = 200
+
+
+def _bounded_repr() -> reprlib.Repr:
+    shown = reprlib.Repr()
+    shown.maxstring = shown.maxother = shown.maxlong = ECHO_CHARS
+    shown.maxlevel, shown.maxdict, shown.maxlist, shown.maxtuple = 3, 8, 8, 8
+    shown.maxset = shown.maxfrozenset = shown.maxdeque = shown.maxarray = 8
+    return shown
+
+
+_SHOWN = _bounded_repr()          # configured once, never changed
+
+
+def echo(value: object, quote: bool = True) -> str:
+    """``value``, a client's, as a message or a log line quotes it: its ``repr()`` (with
+    ``quote``; a str as it is without), at most ``ECHO_CHARS`` characters of it, and when
+    cut, "…" and the length of a str.  A long str is cut before it is rendered, any other
+    value rendered by a bounded ``reprlib``, so quoting a huge value costs no more than a
+    short one."""
+    if isinstance(value, str):
+        head = value[:ECHO_CHARS]
+        text = repr(head) if quote else head
+        cut = len(value) > ECHO_CHARS
+    else:
+        text, cut = _SHOWN.repr(value), False
+    if len(text) > ECHO_CHARS:
+        text, cut = text[:ECHO_CHARS], True
+    if not cut:
+        return text
+    return f"{text}… ({len(value):,} characters)" if isinstance(value, str) else f"{text}…"
 
 
 class ApiError(Exception):
@@ -184,6 +219,7 @@ def for_status(exc: BaseException | None, status: int, method: str, path: str) -
     web framework raised on its own, for the bare ``status`` of ``method path``."""
     if isinstance(exc, ApiError):
         return exc
+    method, path = echo(method, quote=False), echo(path, quote=False)
     if status == 404:
         return NotFound(f"Unknown path {method} {path}. The API lives under /v1 (see GET "
                         f"/openapi.json).")
@@ -193,7 +229,9 @@ def for_status(exc: BaseException | None, status: int, method: str, path: str) -
         return BodyTooLarge("The request body is too large.")
     if 400 <= status < 500:
         reason = getattr(exc, "log_message", None)
-        if not reason:
+        if reason:
+            reason = echo(reason, quote=False)
+        else:
             try:
                 reason = HTTPStatus(status).phrase
             except ValueError:

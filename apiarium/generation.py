@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import InvalidRequest
+from .errors import InvalidRequest, echo
 from .media import extension_for
 
 RATIOS = ("1:1", "16:9", "9:16", "4:3", "3:4")
@@ -16,6 +16,7 @@ OPENAI_SIZES = ("1024x1024", "1792x1024", "1024x1792", "1536x1024", "1024x1536",
 VIDEO_DURATIONS = (4, 6, 8)
 VIDEO_RESOLUTIONS = ("720p", "1080p")
 VIDEO_RATIOS = ("16:9", "9:16")
+PROMPT_MAX_BYTES = 8192          # media.max_prompt_bytes's default
 
 
 @dataclass(frozen=True)
@@ -68,33 +69,45 @@ def nearest(ratio: float | None, choices: dict[str, float], default: str) -> str
     return min(choices, key=lambda c: abs(choices[c] - ratio))
 
 
-def _prompt(body: dict) -> str:
+def bounded_prompt(prompt: str, max_bytes: int, param: str = "prompt") -> str:
+    """``prompt`` if it is at most ``max_bytes`` of UTF-8, else a 400 naming ``param`` (a
+    video job keeps its prompt, and every list of the key's jobs answers it again)."""
+    if len(prompt) > max_bytes or len(prompt.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise InvalidRequest(f"The prompt (`{param}`) is {len(prompt):,} characters; this "
+                             f"gateway takes prompts of at most {max_bytes:,} bytes of UTF-8 "
+                             f"(media.max_prompt_bytes). Shorten it.", param=param,
+                             code="string_above_max_length")
+    return prompt
+
+
+def _prompt(body: dict, max_bytes: int) -> str:
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidRequest("`prompt` is required: a non-empty string describing what to make.",
                              param="prompt", code="missing_prompt" if prompt is None else
                              "invalid_prompt")
-    return prompt
+    return bounded_prompt(prompt, max_bytes)
 
 
-def image_request(body: dict, alias: str) -> ImageRequest:
+def image_request(body: dict, alias: str,
+                  max_prompt_bytes: int = PROMPT_MAX_BYTES) -> ImageRequest:
     n = body.get("n", 1)
     if n is None:
         n = 1
     if isinstance(n, float) and n.is_integer():
         n = int(n)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 10:
-        raise InvalidRequest(f"`n` must be a whole number from 1 to 10 (got {n!r}).", param="n")
+        raise InvalidRequest(f"`n` must be a whole number from 1 to 10 (got {echo(n)}).", param="n")
     size = body.get("size") or "auto"
     if size not in RATIOS and size not in OPENAI_SIZES:
-        raise InvalidRequest(f"`size` {size!r} is not supported; use a ratio "
+        raise InvalidRequest(f"`size` {echo(size)} is not supported; use a ratio "
                              f"({', '.join(RATIOS)}) or an OpenAI size "
                              f"({', '.join(OPENAI_SIZES)}).", param="size")
     fmt = body.get("response_format") or "url"
     if fmt not in ("url", "b64_json"):
-        raise InvalidRequest(f"`response_format` must be `url` or `b64_json` (got {fmt!r}).",
+        raise InvalidRequest(f"`response_format` must be `url` or `b64_json` (got {echo(fmt)}).",
                              param="response_format")
-    return ImageRequest(_prompt(body), n, size, fmt, alias.endswith("-pro"))
+    return ImageRequest(_prompt(body, max_prompt_bytes), n, size, fmt, alias.endswith("-pro"))
 
 
 # Per-model rules (reference §6.4), by the upstream id's prefix.
@@ -116,7 +129,8 @@ def _veo_rules(upstream: str, req: VideoRequest) -> None:
                                  "model (allowed: 720p).", param="resolution")
 
 
-def video_request(body: dict, upstream: str) -> VideoRequest:
+def video_request(body: dict, upstream: str,
+                  max_prompt_bytes: int = PROMPT_MAX_BYTES) -> VideoRequest:
     duration = body.get("duration_seconds", 8)
     if duration is None:
         duration = 8
@@ -127,16 +141,16 @@ def video_request(body: dict, upstream: str) -> VideoRequest:
     else:
         duration_i = -1
     if duration_i not in VIDEO_DURATIONS:
-        raise InvalidRequest(f"`duration_seconds` must be 4, 6 or 8 (got {duration!r}).",
+        raise InvalidRequest(f"`duration_seconds` must be 4, 6 or 8 (got {echo(duration)}).",
                              param="duration_seconds")
     resolution = body.get("resolution") or "720p"
     if resolution not in VIDEO_RESOLUTIONS:
-        raise InvalidRequest(f"`resolution` must be 720p or 1080p (got {resolution!r}).",
+        raise InvalidRequest(f"`resolution` must be 720p or 1080p (got {echo(resolution)}).",
                              param="resolution")
     field = "aspect_ratio" if body.get("aspect_ratio") is not None else "size"
     ratio = body.get(field) or "16:9"
     if ratio not in VIDEO_RATIOS:
-        raise InvalidRequest(f"`{field}` must be 16:9 or 9:16 (got {ratio!r}).", param=field)
+        raise InvalidRequest(f"`{field}` must be 16:9 or 9:16 (got {echo(ratio)}).", param=field)
     image_url = body.get("image_url")
     if image_url is not None:
         if isinstance(image_url, dict):          # {"url": ...} as in chat content parts
@@ -145,7 +159,8 @@ def video_request(body: dict, upstream: str) -> VideoRequest:
                                                           r"(;[^,;]*)*;base64,)", image_url):
             raise InvalidRequest("`image_url` must be an http(s) URL or a base64 data: URL "
                                  "of an image (data:image/png;base64,...).", param="image_url")
-    req = VideoRequest(_prompt(body), duration_i, resolution, ratio, image_url)
+    req = VideoRequest(_prompt(body, max_prompt_bytes), duration_i, resolution, ratio,
+                       image_url)
     _veo_rules(upstream, req)
     return req
 
@@ -159,7 +174,8 @@ JOB_SECONDS = ("4", "6", "8")
 JOB_DEFAULTS = {"seconds": "8", "size": "1280x720"}
 
 
-def job_request(fields: dict, upstream: str, image_url: str | None = None) -> VideoRequest:
+def job_request(fields: dict, upstream: str, image_url: str | None = None,
+                max_prompt_bytes: int = PROMPT_MAX_BYTES) -> VideoRequest:
     """A video job's request from its form or JSON fields (``input_reference`` already made
     an ``image_url`` by the caller): a 400 naming ``seconds`` or ``size`` for anything Veo
     cannot make."""
@@ -168,16 +184,17 @@ def job_request(fields: dict, upstream: str, image_url: str | None = None) -> Vi
     if isinstance(seconds, int) and not isinstance(seconds, bool):
         seconds = str(seconds)
     if seconds not in JOB_SECONDS:
-        raise InvalidRequest(f"`seconds` must be \"4\", \"6\" or \"8\" (got {seconds!r}); "
+        raise InvalidRequest(f"`seconds` must be \"4\", \"6\" or \"8\" (got {echo(seconds)}); "
                              f"the video models here make clips of those lengths.",
                              param="seconds", code="invalid_seconds")
     size = fields.get("size") or JOB_DEFAULTS["size"]
     if not isinstance(size, str) or size not in JOB_SIZES:
         raise InvalidRequest(f"`size` must be one of {', '.join(JOB_SIZES)} (got "
-                             f"{str(size)[:40]!r}): width x height, 16:9 or 9:16, 720p or "
+                             f"{echo(size)}): width x height, 16:9 or 9:16, 720p or "
                              f"1080p.", param="size", code="invalid_size")
     ratio, resolution = JOB_SIZES[size]
-    req = VideoRequest(_prompt(fields), int(seconds), resolution, ratio, image_url)
+    req = VideoRequest(_prompt(fields, max_prompt_bytes), int(seconds), resolution, ratio,
+                       image_url)
     try:
         _veo_rules(upstream, req)
     except InvalidRequest as err:

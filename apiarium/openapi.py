@@ -38,8 +38,8 @@ ERRORS = {
     400: (("Bad JSON, a missing or invalid field (`param` names it as sent), or a model of the "
            "wrong type for the endpoint."),
           ("invalid_json, invalid_request, invalid_model, missing_messages, invalid_messages, "
-           "missing_prompt, invalid_prompt, model_type_mismatch, content_policy_violation, "
-           "upstream_no_output")),
+           "missing_prompt, invalid_prompt, string_above_max_length, model_type_mismatch, "
+           "content_policy_violation, upstream_no_output")),
     401: ("No bearer token; an unknown or revoked key; a key used from another IP.",
           "missing_api_key, invalid_api_key, ip_mismatch"),
     403: ("VPN, proxy, blocklisted network, or an address the operator blocked.",

@@ -26,6 +26,9 @@ from tests.support import MASTER_KEY, Gateway, error_of, request
 DIMS = 256                       # the fakes' native embedding size
 OA, RENAMED, GEM = "text-embedding-3-small", "embed-renamed", "gemini-embedding-001"
 TEXTS = [f"note {i}: the bees of hive {i % 7} visit flower {i * 13 % 101}" for i in range(2049)]
+# the fakes answer vectors of 256 numbers, but a request without `dimensions` is counted at
+# 3,072 a vector against limits.max_embedding_floats: room for the 2,048 inputs sent here
+ROOM = {"max_embedding_floats": 2048 * 3072}
 
 
 def embedding_models(oa, gm, **extra) -> dict:
@@ -50,7 +53,7 @@ def _shared_gateway(tmp_path_factory, _fake_openai_server, _fake_gemini_server):
     """One gateway for the tests that change nothing in it (a process start is ~1 s)."""
     gw = Gateway(tmp_path_factory.mktemp("embeddings"),
                  embedding_models(_fake_openai_server, _fake_gemini_server),
-                 rate_limit={"rpm": 100_000}).start()
+                 rate_limit={"rpm": 100_000}, limits=ROOM).start()
     yield gw
     gw.stop()
 
@@ -113,8 +116,9 @@ def test_the_sdk_gets_one_vector_per_input_in_order(gw, fake_openai, fake_gemini
     if model == OA:
         sent = fake_openai.last().json
         assert sent["model"] == OA
-        # the SDK's default is base64 (it decodes the float32 itself); float when chosen
-        assert sent["encoding_format"] == (encoding or "base64")
+        # always asked as base64 (float32, a third of the bytes): relayed as it came to the
+        # SDK's default base64 (it decodes the float32 itself), decoded for a float client
+        assert sent["encoding_format"] == "base64"
         assert result.usage.prompt_tokens == sum(len(t.split()) for t in texts)
     else:
         calls = batch_calls(fake_gemini)
@@ -260,7 +264,8 @@ def test_the_size_cap_binds_free_keys_not_the_master_key(make_gateway, fake_open
 # ---------------------------------------------------------------------- limits and credits
 
 def test_a_free_key_is_rate_limited_and_charged(make_gateway, fake_openai, fake_gemini):
-    gw = make_gateway(embedding_models(fake_openai, fake_gemini), rate_limit={"rpm": 2})
+    gw = make_gateway(embedding_models(fake_openai, fake_gemini), rate_limit={"rpm": 2},
+                      limits=ROOM)
     key = gw.key_for()
     client = gw.sdk(key)
     first = client.embeddings.create(model=OA, input=["one two three four"] * 250)
@@ -296,7 +301,7 @@ def test_a_request_the_credits_left_cannot_cover_is_refused_before_it_is_sent(
     models = embedding_models(fake_openai, fake_gemini, models={
         "dear": {"provider": "google", "upstream": GEM, "type": "embedding",
                  "credits": {"per_1k_tokens": 100.0}}})
-    gw = make_gateway(models, rate_limit={"daily_credits": 5})
+    gw = make_gateway(models, rate_limit={"daily_credits": 5}, limits=ROOM)
     key = gw.key_for()
     status, _, raw = gw.post("/v1/embeddings", {"model": "dear", "input": TEXTS[:100]}, key=key)
     err = error_of(raw)

@@ -163,3 +163,17 @@ def test_errors_before_the_first_byte_of_a_stream_are_plain_http(gateway, fake_o
                                         key=MASTER_KEY)
     assert status == 502 and headers["content-type"].startswith("application/json")
     assert error_of(raw)["code"] == "upstream_error"
+
+
+def test_echo_quotes_at_most_200_characters_of_a_client_value():
+    from apiarium.errors import ECHO_CHARS, echo
+    assert ECHO_CHARS == 200
+    assert echo("short") == "'short'" and echo("short", quote=False) == "short"
+    cut = echo("z" * 10**6, quote=False)
+    assert cut == "z" * 200 + "… (1,000,000 characters)"
+    assert len(echo("z" * 10**6)) < 240
+    assert echo("\0" * 1000).count("\\x00") < 60                  # repr's escapes count too
+    shown = echo([7] * 10**6)
+    assert shown.startswith("[7, 7") and len(shown) < 60            # never rendered whole
+    assert len(echo({"k" * 10**6: ["v" * 10**6]})) <= 201
+    assert echo(None) == "None" and echo(3) == "3" and echo(True) == "True"

@@ -27,6 +27,9 @@ from tests.inprocess import InProcess, write_config
 
 DIMS = 256
 TEXTS = [f"passage {i} on the waggle dance" for i in range(1000)]
+# a request without `dimensions` is counted at 3,072 numbers a vector against
+# limits.max_embedding_floats: room for TEXTS
+ROOM = {"max_embedding_floats": 1000 * 3072}
 
 
 def models(oa, gm) -> dict:
@@ -81,7 +84,7 @@ def test_gemini_chunks_run_four_at_once_and_come_back_in_order(tmp_path, fake_op
         # they overlapped: not 10 rounds)
         assert took > 0.44, took
 
-    run(tmp_path, fake_openai, fake_gemini, scenario)
+    run(tmp_path, fake_openai, fake_gemini, scenario, limits=ROOM)
     calls = [r for r in fake_gemini.requests if r.path.endswith(":batchEmbedContents")]
     assert [len(c.json["requests"]) for c in calls] == [100] * 10
     assert fake_gemini.embed_peak == gemini_embed.CONCURRENT == 4
@@ -102,7 +105,7 @@ def test_a_failed_gemini_chunk_fails_the_request_and_stops_the_others(tmp_path, 
         assert svc.usage.spent_today("k1").requests == 0       # nothing made, nothing booked
         await asyncio.sleep(0.5)                     # long enough for more rounds, were any
 
-    run(tmp_path, fake_openai, fake_gemini, scenario)
+    run(tmp_path, fake_openai, fake_gemini, scenario, limits=ROOM)
     calls = [r for r in fake_gemini.requests if r.path.endswith(":batchEmbedContents")]
     # the first four; a fifth may have started on the failed one's slot; no more
     assert 4 <= len(calls) <= 5, len(calls)

@@ -2,7 +2,7 @@
 SQLite on a temporary file, PostgreSQL on a database of its own (skipped, saying why,
 without scripts/test-services).  Owner-scoped reads, cursor paging, the one-way move out of
 queued/in_progress that books a job once (also from two connections at once), delete,
-unfinished; the lease one process at a time holds (claim, renew, release, claimable)."""
+unfinished; the lease one process at a time holds (claim, renew, release, claimable); prune."""
 from __future__ import annotations
 
 import asyncio
@@ -129,4 +129,33 @@ def test_a_lease_is_won_by_one_renewed_by_its_owner_and_taken_once_expired(datab
         finally:
             for st in stores:
                 await st.close()
+    asyncio.run(go())
+
+
+def test_prune_deletes_the_jobs_failed_or_expired_before_the_cut_off(database):
+    """Failed before the cut-off (by ``completed_at``) and completed with content expired
+    before it (by ``expires_at``) go, with their media names; unfinished jobs, and those
+    failed or expiring later, stay."""
+    async def go():
+        st = await opened(database)
+        try:
+            repo = st.videos
+            for n in range(1, 7):
+                await repo.create(job(n))
+            await repo.finish("video_0001", status="failed", when=100, error_code="x")
+            await repo.finish("video_0002", status="failed", when=300, error_code="x")
+            await repo.finish("video_0003", status="completed", when=50, media="a.mp4",
+                              expires_at=150)
+            await repo.finish("video_0004", status="completed", when=100, media="b.mp4",
+                              expires_at=250)
+            await repo.started("video_0005", "google", "op", "veo-3", 10)
+            gone = await repo.prune(200)
+            assert sorted(gone, key=str) == sorted([None, "a.mp4"], key=str)
+            left = [j.id for j in await repo.page("alice", None, 10, newest_first=False)]
+            assert left == ["video_0002", "video_0004", "video_0005", "video_0006"]
+            assert await repo.prune(200) == []
+            assert sorted(await repo.prune(400), key=str) == sorted([None, "b.mp4"], key=str)
+            assert [j.id for j in await repo.unfinished()] == ["video_0005", "video_0006"]
+        finally:
+            await st.close()
     asyncio.run(go())

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, echo
 
 
 # ---------------------------------------------------------------------- small checks
@@ -96,9 +96,9 @@ def _user_part(block: dict, where: str) -> dict | None:
         return {"type": "text", "text": _document_text(block, where)}
     if kind in ("tool_use", "thinking", "redacted_thinking"):
         raise bad(f"{where}.type", f"`{kind}` blocks belong in assistant messages.")
-    raise bad(f"{where}.type", f"`{kind}` is not a block type this gateway translates for "
-                               f"this model: use text, image, document (plain text) or "
-                               f"tool_result.", code="unsupported_block")
+    raise bad(f"{where}.type", f"`{echo(kind, False)}` is not a block type this gateway "
+                               f"translates for this model: use text, image, document (plain "
+                               f"text) or tool_result.", code="unsupported_block")
 
 
 def _image_url(block: dict, where: str) -> str:
@@ -134,8 +134,9 @@ def _document_text(block: dict, where: str) -> str:
         body = inner if isinstance(inner, str) else _texts_of(inner, f"{where}.source.content")
     else:
         raise bad(f"{where}.source.type",
-                  f"`{kind}` documents (PDFs, Files API ids) only Anthropic models read: send "
-                  f"the document's text as a `text` source or a text block.",
+                  f"`{echo(kind, False)}` documents (PDFs, Files API ids) only Anthropic "
+                  f"models read: send the document's text as a `text` source or a text "
+                  f"block.",
                   code="unsupported_block")
     return f"{title}\n\n{body}" if isinstance(title, str) and title else body
 
@@ -199,8 +200,8 @@ def assistant_turn(content: str | list[Any], path: str, keep_reasoning: bool) ->
             if thought:
                 reasoning.append(thought)
         elif kind != "redacted_thinking":
-            raise bad(f"{where}.type", f"`{kind}` is not valid in an assistant message here: "
-                                       f"use text, tool_use or thinking.")
+            raise bad(f"{where}.type", f"`{echo(kind, False)}` is not valid in an assistant "
+                                       f"message here: use text, tool_use or thinking.")
     if not texts and not calls:
         return []
     message: dict = {"role": "assistant", "content": "\n\n".join(texts) if texts else None}

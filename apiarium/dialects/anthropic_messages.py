@@ -41,7 +41,7 @@ Every malformed field is a 400 whose ``param`` is its path, e.g. ``messages[2].c
 """
 from __future__ import annotations
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, echo
 from .anthropic_blocks import (
     as_blocks,
     as_int,
@@ -75,9 +75,9 @@ def check_portable(body: dict) -> None:
         kind = tool.get("type") if isinstance(tool, dict) else None
         if kind not in (None, "custom"):
             raise InvalidRequest(
-                f"`tools[{i}]` is Anthropic's server tool `{kind}`: only Anthropic's API runs "
-                f"it, and this model is served by another provider. Remove it, or declare a "
-                f"custom tool with a name and an input_schema.",
+                f"`tools[{i}]` is Anthropic's server tool `{echo(kind, False)}`: only "
+                f"Anthropic's API runs it, and this model is served by another provider. "
+                f"Remove it, or declare a custom tool with a name and an input_schema.",
                 param=f"tools[{i}]", code="unsupported_tool")
     if body.get("mcp_servers"):
         raise InvalidRequest("`mcp_servers` are run by Anthropic's API, and this model is "
@@ -90,8 +90,9 @@ def check_portable(body: dict) -> None:
             kind = block.get("type") if isinstance(block, dict) else None
             if isinstance(kind, str) and _server_block(kind):
                 raise InvalidRequest(
-                    f"`messages[{i}].content[{j}]` is a `{kind}` block, the trace of a tool "
-                    f"only Anthropic's API runs; this model is served by another provider.",
+                    f"`messages[{i}].content[{j}]` is a `{echo(kind, False)}` block, the "
+                    f"trace of a tool only Anthropic's API runs; this model is served by "
+                    f"another provider.",
                     param=f"messages[{i}].content[{j}].type", code="unsupported_block")
 
 
@@ -154,7 +155,7 @@ def _message(m: object, path: str, keep_reasoning: bool) -> list[dict]:
     m = as_object(m, path)
     role, content = m.get("role"), m.get("content")
     if role not in ("user", "assistant", "system"):
-        raise bad(f"{path}.role", f"must be `user` or `assistant` (got {role!r}).")
+        raise bad(f"{path}.role", f"must be `user` or `assistant` (got {echo(role)}).")
     if not isinstance(content, (str, list)):
         raise bad(f"{path}.content", "must be a string or a list of content blocks.")
     if role == "system":
@@ -210,7 +211,7 @@ def _tool_choice(choice: dict, names: set[str]) -> tuple[object, bool]:
     if kind == "tool":
         name = as_str(choice.get("name"), "tool_choice.name")
         if name not in names:
-            raise bad("tool_choice.name", f"names `{name}`, which is not in `tools`.")
+            raise bad("tool_choice.name", f"names `{echo(name, False)}`, which is not in `tools`.")
         return {"type": "function", "function": {"name": name}}, not off
     raise bad("tool_choice.type", "must be `auto`, `any`, `tool` or `none`.")
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, echo
 from ..providers.shapes import parse_data_url
 from .responses_compaction import CompactionSeal, compaction_item, expand_compactions
 from .responses_tools import (
@@ -116,7 +116,7 @@ def _parts(content: Any, where: str, *, media: bool) -> list[dict]:
         elif kind in ("input_image", "input_file", "input_audio"):
             raise bad(f"`{at}.type` {kind} is not supported in this position.", f"{at}.type")
         else:
-            raise bad(f"`{at}.type` {kind!r} is not a content part type this gateway "
+            raise bad(f"`{at}.type` {echo(kind)} is not a content part type this gateway "
                       f"knows (input_text, output_text, input_image, input_file).",
                       f"{at}.type")
     return out
@@ -240,7 +240,7 @@ class _History:
             raise bad(f"`{where}`: a compaction trigger is answered by the compaction path, "
                       f"not by a model.", where)
         elif isinstance(kind, str):
-            raise bad(f"`{where}.type` {kind!r} is not an input item this gateway can send "
+            raise bad(f"`{where}.type` {echo(kind)} is not an input item this gateway can send "
                       f"to this model.", f"{where}.type")
         else:
             raise bad(f"`{where}.type` is required.", f"{where}.type")

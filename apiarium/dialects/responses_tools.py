@@ -17,7 +17,7 @@ import hashlib
 from collections.abc import Collection, Iterable
 from typing import Any, NamedTuple
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, echo
 
 # Hosted tools dropped (not refused) by default: Codex CLI declares them on every request as
 # optional capabilities, and refusing them would fail every Codex turn on a chat upstream.
@@ -104,9 +104,9 @@ def check_portable(body: dict, *, native_ok: bool = False,
                 continue
             if not isinstance(kind, str):
                 raise bad(f"`{where}[{i}].type` must be a string.", f"{where}[{i}].type")
-            raise bad(f"`{where}[{i}]`: the hosted tool `{kind}` runs only on OpenAI's own "
-                      f"servers and this model is not served by them; remove it or declare "
-                      f"a function tool instead.", f"{where}[{i}]")
+            raise bad(f"`{where}[{i}]`: the hosted tool `{echo(kind, False)}` runs only on "
+                      f"OpenAI's own servers and this model is not served by them; remove it "
+                      f"or declare a function tool instead.", f"{where}[{i}]")
 
 
 
@@ -187,7 +187,7 @@ def tool_choice(choice: Any, refs: dict[str, ToolRef], tools: list[dict]) -> Any
     if kind in ("function", "custom"):
         name = flat_name(str_at(choice.get("name"), "tool_choice.name"), choice.get("namespace"))
         if name not in refs:
-            raise bad(f"`tool_choice.name` names `{name}`, which is not in `tools`.",
+            raise bad(f"`tool_choice.name` names `{echo(name, False)}`, which is not in `tools`.",
                       "tool_choice.name")
         return {"type": "function", "function": {"name": name}}
     if kind == "allowed_tools":

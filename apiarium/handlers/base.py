@@ -130,15 +130,15 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def log_exception(self, typ: type[BaseException] | None, value: BaseException | None,
                       tb: TracebackType | None) -> None:
+        path = errors.echo(self.request.path, quote=False)     # a client's, cut
         if isinstance(value, ApiError):         # a message may quote the client: one line
-            log.info("%s %s -> %d %s: %s", self.request_id, self.request.path, value.status,
-                     value.code, value.message if value.message.isprintable()
-                     else repr(value.message))
+            log.info("%s %s -> %d %s: %s", self.request_id, path, value.status, value.code,
+                     value.message if value.message.isprintable() else repr(value.message))
         elif isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
-            log.info("%s %s -> %d", self.request_id, self.request.path, value.status_code)
+            log.info("%s %s -> %d", self.request_id, path, value.status_code)
         else:
-            log.error("%s unexpected error on %s %s", self.request_id, self.request.method,
-                      self.request.path, exc_info=value)
+            log.error("%s unexpected error on %s %s", self.request_id,
+                      errors.echo(self.request.method, quote=False), path, exc_info=value)
 
     # ------------------------------------------------------------------ who is asking
     def resolve_visitor(self, check: bool = True) -> None:

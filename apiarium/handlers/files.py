@@ -11,8 +11,9 @@ from .base import BaseHandler
 
 class StoredFile(BaseHandler, tornado.web.StaticFileHandler):
     """A file of the media store: an invalid Range is ignored (RFC 9110), one outside the
-    file is a JSON 416; the name is the ETag (stored names are never reused); the answer is
-    cached privately and can never be sniffed or run as a document."""
+    file is a JSON 416 (positions bounded: ``byteranges``); the name is the ETag (stored
+    names are never reused); the answer is cached privately and can never be sniffed or
+    run as a document."""
 
     def initialize(self) -> None:  # type: ignore[override]  # the folder is the live one
         super().initialize()                 # BaseHandler's (ApiHandler's chains to it)
@@ -20,8 +21,12 @@ class StoredFile(BaseHandler, tornado.web.StaticFileHandler):
 
     async def send_stored(self, name: str, include_body: bool) -> None:
         spec = self.request.headers.get("Range", "")
-        if spec and not byteranges.usable(spec):
-            del self.request.headers["Range"]
+        if spec:
+            given = byteranges.bounded(spec)
+            if given is None:
+                del self.request.headers["Range"]
+            else:
+                self.request.headers["Range"] = given
         self.path_args = [name]
         await tornado.web.StaticFileHandler.get(self, name, include_body)
         if self.get_status() == 416 and not self._finished:

@@ -5,7 +5,7 @@ import os
 import time
 
 from .. import __version__
-from ..errors import NotFound
+from ..errors import NotFound, echo
 from ..services import status
 from .admission import FREE, ISSUANCE, METHODS, NO_BODY, Admission, admits, lookup, public
 from .base import ApiHandler, BaseHandler
@@ -88,5 +88,6 @@ class KeysMeHandler(BaseHandler):
 class NotFoundHandler(BaseHandler):
     def prepare(self) -> None:
         super().prepare()
-        raise NotFound(f"Unknown path {self.request.method} {self.request.path}. The API lives "
+        raise NotFound(f"Unknown path {echo(self.request.method, quote=False)} "
+                       f"{echo(self.request.path, quote=False)}. The API lives "
                        f"under /v1: see GET /openapi.json, or the homepage at /.")

@@ -19,7 +19,7 @@ class ImagesHandler(ApiHandler):
         body, _ = self.json_body()
         self.model_alias = str(body.get("model", ""))[:100]
         model = self.svc.catalog.resolve_for(body.get("model"), "/v1/images/generations")
-        req = image_request(body, model.alias)
+        req = image_request(body, model.alias, self.svc.settings.max_prompt_bytes)
         made = await self.guarded(self.svc.media.images(model, req, self.key_hash,
                                                         self.public_base()))
         if made is not None:
@@ -36,7 +36,7 @@ class VideosHandler(ApiHandler):
         body, _ = self.json_body()
         self.model_alias = str(body.get("model", ""))[:100]
         model = self.svc.catalog.resolve_for(body.get("model"), "/v1/videos/generations")
-        req = video_request(body, model.upstream)
+        req = video_request(body, model.upstream, self.svc.settings.max_prompt_bytes)
         made = await self.guarded(self.svc.media.video(model, req, self.key_hash,
                                                        self.public_base()))
         if made is not None:

@@ -26,7 +26,7 @@ from typing import Any
 import tornado.template
 
 from .. import __version__
-from ..errors import ApiError, Forbidden, NotFound
+from ..errors import ApiError, Forbidden, NotFound, echo
 from ..modeltypes import MODEL_TYPES, ModelType
 from ..services import status
 from ..services.keys import AddressBlocked
@@ -302,7 +302,7 @@ class StaticHandler(PageHandler):
     def serve(self, name: str, include_body: bool) -> None:
         asset = self.assets.files.get(name)
         if asset is None:
-            raise NotFound(f"No static file named `{name}`.")
+            raise NotFound(f"No static file named `{echo(name, False)}`.")
         packed = asset.gzipped is not None and accepts_gzip(
             self.request.headers.get("Accept-Encoding", ""))
         self.set_header("Content-Type", asset.content_type)

@@ -75,11 +75,12 @@ class VideoJobsHandler(_JobAnswer):
                 raise InvalidRequest("`input_reference` must be an image file (multipart), "
                                      "or an http(s) or data: URL of an image.",
                                      param="input_reference")
-        req = job_request(fields, model.upstream)    # seconds and size checked before a fetch
+        most = self.svc.settings.max_prompt_bytes
+        req = job_request(fields, model.upstream, None, most)   # checked before a fetch
         if image_url is None and isinstance(ref, str):
             image_url = await jobs.reference(model, ref)
         if image_url is not None:
-            req = job_request(fields, model.upstream, image_url)
+            req = job_request(fields, model.upstream, image_url, most)
         job = await jobs.submit(model, req, self.key_hash, str(fields.get("size") or "")
                                 or None)
         self.answer(job)

@@ -40,7 +40,7 @@ from typing import Any
 import orjson
 
 from ..catalog import ModelSpec
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, echo
 from . import shapes
 from .chat_fields import refuse_unsupported
 from .reasoning import anthropic_thinking
@@ -85,8 +85,8 @@ def to_anthropic(model: ModelSpec, body: dict, stream: bool,
                 result["content"] = text
             role, blocks = "user", [result]
         else:
-            raise InvalidRequest(f"messages[{i}].role `{role}` is not supported; use system, "
-                                 f"developer, user, assistant or tool.",
+            raise InvalidRequest(f"messages[{i}].role `{echo(role, False)}` is not supported; "
+                                 f"use system, developer, user, assistant or tool.",
                                  param=f"messages[{i}].role")
         if not blocks:
             continue
@@ -232,8 +232,9 @@ def _user_blocks(content: Any, param: str) -> list[dict]:
             url = image.get("url") if isinstance(image, dict) else image
             blocks.append({"type": "image", "source": _image_source(url, f"{param}[{j}]")})
         else:
-            raise InvalidRequest(f"`{param}[{j}]`: content parts of type `{kind}` are not "
-                                 f"supported for this model (use text or image_url).",
+            raise InvalidRequest(f"`{param}[{j}]`: content parts of type "
+                                 f"`{echo(kind, False)}` are not supported for this model "
+                                 f"(use text or image_url).",
                                  param=f"{param}[{j}]")
     return blocks
 

@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 
 from ..catalog import ModelSpec
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, echo
 from .chat_fields import refuse_unsupported
 from .reasoning import family, gemini_thinking
 from .shapes import assistant_tool_calls, client_signature, parse_data_url, text_of
@@ -71,8 +71,8 @@ def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
                                         f"{at}.image_url.url")
             parts.append({"inlineData": {"mimeType": mime, "data": data}})
         else:
-            raise InvalidRequest(f"`{at}` has a content part type ({kind!r}) that Gemini models "
-                                 f"on this gateway do not take; use text or image_url "
+            raise InvalidRequest(f"`{at}` has a content part type ({echo(kind)}) that Gemini "
+                                 f"models on this gateway do not take; use text or image_url "
                                  f"(a data: URL).", param=at)
     return parts
 
@@ -81,7 +81,7 @@ def _tool_response(m: dict, names: dict, where: str) -> dict:
     call_id = m.get("tool_call_id")
     name = names.get(call_id) or m.get("name")
     if not name:
-        raise InvalidRequest(f"`{where}.tool_call_id` ({call_id!r}) matches no tool call of an "
+        raise InvalidRequest(f"`{where}.tool_call_id` ({echo(call_id)}) matches no tool call of an "
                              f"earlier assistant message; Gemini needs the function's name.",
                              param=f"{where}.tool_call_id")
     text = text_of(m.get("content"))
@@ -138,7 +138,7 @@ def _contents(messages: list[dict], signing: _Signing) -> tuple[list[dict], list
         elif role in ("tool", "function"):
             turn, parts = "user", [_tool_response(m, names, where)]
         else:
-            raise InvalidRequest(f"`{where}.role` {role!r} is not one of system, developer, "
+            raise InvalidRequest(f"`{where}.role` {echo(role)} is not one of system, developer, "
                                  f"user, assistant, tool.", param=f"{where}.role")
         if not parts:
             continue

@@ -2,7 +2,8 @@
 
 The client's body is forwarded byte for byte when the alias is the upstream id; otherwise
 only ``model`` is rewritten (chat, and embeddings at ``{base_url}/embeddings``, token arrays
-included).  Stream frames are relayed one by one as they arrive; ``model``
+included; embeddings are always asked for as base64, and decoded for a client that wants
+floats).  Stream frames are relayed one by one as they arrive; ``model``
 inside a frame is swapped back to the alias with a byte replace, not a JSON re-encode.
 
 The Responses API (``/v1/responses``) is passed through to the upstream's own
@@ -176,12 +177,18 @@ class OpenAIProvider(Provider):
         return self.map_error(status, obj, None)
 
     async def embed(self, model: ModelSpec, req: EmbeddingRequest) -> dict[str, Any]:
-        """``embeddings``, passed through; the answer's ``model`` is the alias, its vectors
-        in the encoding asked for (a server that ignores ``encoding_format`` is made to
-        honour it) and its usage estimated if the server gave none."""
+        """``embeddings``, passed through, always asking for base64 (float32: a third of the
+        bytes of JSON floats, and relayed as it came to a client that asked for base64); the
+        answer's ``model`` is the alias, its vectors in the encoding asked for (decoded to
+        floats only for a client that wants floats; a server that ignores
+        ``encoding_format`` is made to honour it) and its usage estimated if the server gave
+        none."""
         self.require_configured()
+        body, raw = req.body, req.raw
+        if req.encoding_format != "base64":
+            body, raw = {**body, "encoding_format": "base64"}, None
         data = await self.call_json("POST", f"{self.spec.base_url}/embeddings",
-                                    data=self._payload(model, req.body, req.raw))
+                                    data=self._payload(model, body, raw))
         items = data.get("data")
         if not isinstance(items, list) or len(items) != len(req.inputs) or not all(
                 isinstance(i, dict) and isinstance(i.get("embedding"), (list, str))

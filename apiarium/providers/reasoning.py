@@ -30,7 +30,7 @@ import re
 from typing import Any
 
 from ..catalog import ModelSpec
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, echo
 
 THINKING = ("level", "budget", "none")
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
@@ -146,9 +146,10 @@ def _google_thinking(config: dict, param: str) -> dict:
     out: dict[str, Any] = {}
     for key, value in config.items():
         if key not in names:
-            raise InvalidRequest(f"`{param}.{key}` is not a thinking_config field (use "
+            shown = echo(key, False)
+            raise InvalidRequest(f"`{param}.{shown}` is not a thinking_config field (use "
                                  f"thinking_level or thinking_budget, and include_thoughts).",
-                                 param=f"{param}.{key}")
+                                 param=f"{param}.{shown}")
         out[names[key]] = value.upper() if names[key] == "thinkingLevel" and \
             isinstance(value, str) else value
     if "thinkingLevel" in out and "thinkingBudget" in out:

@@ -3,8 +3,9 @@
 * **Caps on a request's size**: ``n`` (images: ``limits.max_images``, chat:
   ``limits.max_chat_choices``), the output tokens asked for (``max_tokens`` /
   ``max_completion_tokens`` / ``max_output_tokens``, at most the model's
-  ``max_output_tokens``) and an embedding request's total input
-  (``limits.max_embedding_input_mb``).  Over a cap: 400 naming the field.
+  ``max_output_tokens``), an embedding request's total input
+  (``limits.max_embedding_input_mb``) and its answer's size, inputs x dimensions
+  (``limits.max_embedding_floats``).  Over a cap: 400 naming the field.
 * **The daily credit allowance** (``rate_limit.daily_credits``), reserved before the upstream
   call at the most the request can cost, and settled after (the ledger books the real cost,
   the reservation is released): requests in flight at once cannot overshoot it together.
@@ -16,6 +17,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from ..catalog import ModelSpec
+from ..embedding import DEFAULT_DIMENSIONS, EmbeddingRequest
 from ..errors import InvalidRequest, QuotaExceeded
 from ..usage import Tally, UsageLedger, price
 from ..usagejournal import Ahead
@@ -68,6 +70,22 @@ def check_embedding_size(size: int, limit: int) -> None:
         raise InvalidRequest(f"`input` holds {size:,} bytes of text; this gateway embeds at "
                              f"most {limit:,} bytes ({mb:g} MB) per request. Split it into "
                              f"several requests.", param="input")
+
+
+def check_embedding_floats(req: EmbeddingRequest, limit: int) -> None:
+    """An embedding request's answer (inputs x dimensions numbers) against the cap: its
+    vectors are held in memory, and as JSON floats take ~20 bytes a number."""
+    if req.floats <= limit:
+        return
+    dims = req.dimensions or DEFAULT_DIMENSIONS
+    given = "`dimensions`" if req.dimensions else "counted so when `dimensions` is not given"
+    fits = limit // dims
+    advice = (f"send at most {fits:,} inputs of {dims:,} dimensions per request, or ask for "
+              f"fewer `dimensions`" if fits else f"ask for at most {limit:,} `dimensions`")
+    raise InvalidRequest(f"`input` holds {len(req.inputs):,} inputs of {dims:,} numbers each "
+                         f"({given}), {req.floats:,} in all; this gateway answers at most "
+                         f"{limit:,} numbers per request (limits.max_embedding_floats): "
+                         f"{advice}.", param="input" if fits else "dimensions")
 
 
 def chat_estimate(model: ModelSpec, request_bytes: int, output_tokens: int) -> float:

@@ -2,11 +2,12 @@
 paid for and booked.
 
 The request is checked first (``embedding.embedding_request``: 400 naming the field; at most
-2,048 inputs), then a free key's caps (the inputs' total size, ``limits.max_embedding_input_mb``)
-and its daily credits: the estimated prompt tokens are held before anything is sent
+2,048 inputs), then a free key's caps (the inputs' total size, ``limits.max_embedding_input_mb``,
+and the answer's, inputs x dimensions, ``limits.max_embedding_floats``) and its daily
+credits: the estimated prompt tokens are held before anything is sent
 (``costs.CreditBook``) and the real count (the upstream's, or the estimate where it gives
 none) is booked when the answer is there.  The master key (``key_hash`` None) is bound by
-neither the size cap nor the credits.
+none of these caps, nor by the credits.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..catalog import ModelSpec
 from ..embedding import EmbeddingRequest, embedding_request
 from ..usage import Tally, UsageLedger, price
-from .costs import Books, check_embedding_size
+from .costs import Books, check_embedding_floats, check_embedding_size
 from .fallback import Breakers, first_success
 
 if TYPE_CHECKING:
@@ -45,7 +46,9 @@ class EmbeddingService:
         """The request in ``body``, checked against the API's rules and a free key's cap."""
         req = embedding_request(body, raw)
         if key_hash is not None:
-            check_embedding_size(req.size, self._live().config.settings.max_embedding_input_bytes)
+            settings = self._live().config.settings
+            check_embedding_size(req.size, settings.max_embedding_input_bytes)
+            check_embedding_floats(req, settings.max_embedding_floats)
         return req
 
     async def create(self, model: ModelSpec, body: dict[str, Any], raw: bytes | None,

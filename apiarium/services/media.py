@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .. import sse
 from ..catalog import ModelSpec
 from ..errors import InvalidRequest
-from ..generation import ImageRequest, Media, VideoRequest, image_request, video_request
+from ..generation import (
+    ImageRequest,
+    Media,
+    VideoRequest,
+    bounded_prompt,
+    image_request,
+    video_request,
+)
 from ..providers.shapes import Chunks, completion, flatten_prompt, usage, wants_usage
 from ..usage import Tally, UsageLedger, price
 from .costs import Books, check_images_n
@@ -112,14 +119,16 @@ class MediaService:
             raise InvalidRequest(f"`{model.alias}` makes media from the text of the user and "
                                  f"system messages, and they hold none.", param="messages",
                                  code="invalid_messages")
+        most = self._live().config.settings.max_prompt_bytes
+        bounded_prompt(prompt, most, "messages")
         fields = {**body, "prompt": prompt, "n": 1, "response_format": "url"}
         if model.type == "image":
-            image = image_request(fields, model.alias)
+            image = image_request(fields, model.alias, most)
 
             async def url() -> str:
                 return (await self.images(model, image, key_hash, base_url))[0][0]["url"]
         else:
-            video = video_request(fields, model.upstream)
+            video = video_request(fields, model.upstream, most)
 
             async def url() -> str:
                 return (await self.video(model, video, key_hash, base_url))[0]["url"]

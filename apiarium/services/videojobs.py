@@ -25,7 +25,9 @@ Life of a job (a row of ``storage.VideoJobRepository``, so it outlives the proce
   taken over within about ``lease_s``.  A job the gateway stopped before the upstream named
   an operation has nothing to poll: it is failed as ``video_interrupted`` once
   ``QUEUED_STALE_S`` old and unleased, and is not charged;
-* a completed job's content is gone once ``expires_at`` has passed (404 ``video_expired``).
+* a completed job's content is gone once ``expires_at`` has passed (404 ``video_expired``);
+* ``prune`` (the gateway's housekeeping, every minute): a job is deleted ``media.ttl_hours``
+  after it failed, or after its content expired, so what a key can list stays bounded.
 
 A job belongs to the key that made it: every read is by id *and* owner, so another key's job
 is the same 404 as an id that never existed.
@@ -350,6 +352,18 @@ class VideoJobService:
             raise not_found(job_id)
         if job.media:
             await self._live().media.remove(job.media)
+
+    async def prune(self) -> int:
+        """Delete the jobs that failed, or whose content expired, ``media.ttl_hours`` ago (and
+        any file they still have): how many went."""
+        media = self._live().media
+        gone = await (await self.repo()).prune(int(self.clock() - media.ttl_s))
+        for name in gone:
+            if name:
+                await media.remove(name)
+        if gone:
+            log.info("video jobs: %d failed or expired jobs removed", len(gone))
+        return len(gone)
 
     async def content(self, job_id: str, key_hash: str | None) -> str:
         """The media file name of the key's completed job (404 until then, and once

@@ -233,6 +233,10 @@ class VideoJobRepository(Protocol):
     async def unfinished(self) -> list[VideoJob]:
         """Every job still queued or in progress, oldest first."""
 
+    async def prune(self, before: int) -> list[str | None]:
+        """Delete the jobs that failed, or whose content expired, before ``before`` (epoch
+        seconds): the media file name of each (None for a job without one)."""
+
 
 class Storage(Protocol):
     """One engine's connection to one database, and its repositories."""

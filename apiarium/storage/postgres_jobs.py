@@ -8,7 +8,7 @@ from dataclasses import astuple
 from typing import TYPE_CHECKING, Any
 
 from . import VideoJob
-from .sqlite_jobs import COLUMNS, SELECT, UNFINISHED
+from .sqlite_jobs import COLUMNS, DEAD, SELECT, UNFINISHED
 
 FREE = "(lease_until IS NULL OR lease_until < $1 OR lease_owner = $2)"    # now, owner
 
@@ -99,3 +99,9 @@ class PostgresVideoJobs:
     async def unfinished(self) -> list[VideoJob]:
         return [job_of(r) for r in await self._s.fetch(
             f"{SELECT} WHERE {UNFINISHED} ORDER BY seq")]
+
+    async def prune(self, before: int) -> list[str | None]:
+        rows = await self._s.fetch(
+            f"DELETE FROM video_jobs WHERE {DEAD.format('$1', '$1')} RETURNING media",  # noqa: S608
+            before)
+        return [r["media"] for r in rows]

@@ -17,6 +17,8 @@ COLUMNS = ("id, owner, model, prompt, seconds, size, resolution, aspect_ratio, s
 SELECT = f"SELECT {COLUMNS} FROM video_jobs"  # noqa: S608  (a constant)
 UNFINISHED = "status IN ('queued', 'in_progress')"
 FREE = "(lease_until IS NULL OR lease_until < ? OR lease_owner = ?)"    # now, owner
+# failed, or its content expired, before the cut-off (given twice)
+DEAD = "(status = 'failed' AND completed_at < {0}) OR (status = 'completed' AND expires_at < {1})"
 
 
 def job_of(row: Any) -> VideoJob:
@@ -108,3 +110,10 @@ class SqliteVideoJobs:
     async def unfinished(self) -> list[VideoJob]:
         return [job_of(r) for r in await self._s.fetch(
             f"{SELECT} WHERE {UNFINISHED} ORDER BY seq")]
+
+    async def prune(self, before: int) -> list[str | None]:
+        async with self._s.write_lock:
+            rows = await self._s.fetch(
+                f"DELETE FROM video_jobs WHERE {DEAD.format('?', '?')} RETURNING media",  # noqa: S608
+                (before, before))
+        return [r[0] for r in rows]
