@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from .config import ConfigError, Settings, config_path, load_config
+from .config_limits import memory_workers
 
 if TYPE_CHECKING:                 # imported where used: check-config stays light
     from .services.keys import KeyService
@@ -88,6 +89,10 @@ def _serve(args: argparse.Namespace) -> int:
     count = settings.workers if args.workers is None else args.workers
     if count == 1:
         return serve_one(path, args.host, args.port)
+    why = memory_workers(count, settings.limiter_backend, settings.limiter_per_process)
+    if why:                              # server.workers is checked with the file
+        print(f"apiarium: --workers {count} ({path}): {why}", file=sys.stderr)
+        return 1
     return serve_workers(path, settings, args.host, args.port, count)
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import shutil
 import socket
@@ -37,6 +38,7 @@ from typing import Any, TypeVar
 
 from .app import Gateway, bind_sockets
 from .config import ConfigError, Settings
+from .config_limits import per_process_warning
 from .keysecret import KeyStoreError
 from .live import WorkerInfo
 from .services.keys import KeyService
@@ -45,6 +47,7 @@ from .supervisor import Supervisor
 from .usage import UsageLedger
 
 T = TypeVar("T")
+log = logging.getLogger("apiarium")
 # each worker listens on its own socket, the kernel spreading connections over them
 REUSE_PORT = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
@@ -129,6 +132,9 @@ def serve_workers(config_path: Path, settings: Settings, host: str | None,
                   port: int | None, count: int) -> int:
     """``count`` workers under a supervisor, until SIGTERM/SIGINT (0) or until they keep
     crashing (1); 1 if they cannot start (the reason on stderr)."""
+    accepted = per_process_warning(count, settings.limiter_backend, settings.limiter_per_process)
+    if accepted:
+        log.warning("%s", accepted)
     before = set(threading.enumerate())
     try:
         asyncio.run(_prepare(settings))
