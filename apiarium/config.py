@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import hosts
 from .catalog import Catalog, Credits, ModelSpec, ProviderSpec
-from .config_limits import endpoint_limits, limiter_backend, memory_workers
+from .config_limits import endpoint_limits, limiter_backend, per_process
 from .modeltypes import MODEL_TYPES
 from .providers import KindError, provider_class
 from .providers.base import Provider
@@ -57,11 +57,10 @@ SETTINGS_SCHEMA = Section({
     "catalog": Str("models.yaml"),
     "master_key": Str(""),
     "rate_limit": Section({"rpm": Num(4, 1, 1_000_000, integer=True),
-                           "daily_credits": Num(200, 0, 1e12),
+                           "daily_credits": Num(200, 0, 1e12), "per_process": Bool(False),
                            "endpoints": MapOf(Str()), "backend": Str("memory"),
                            "on_backend_down": Enum(("closed", "local"), "closed"),
                            "instances": Num(1, 1, 100_000, integer=True),
-                           "per_process": Bool(False),
                            "backend_timeout_ms": Num(250, 10, 10_000, integer=True)}),
     "limits": Section({"max_images": Num(4, 1, 100, integer=True),
                        "max_chat_choices": Num(1, 1, 128, integer=True),
@@ -276,11 +275,6 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
     if public and not re.match(r"^https?://[^/\s]+", public):
         problems.append(Problem(str(path), ctx.lines.get(("server", "public_url"), 0),
                                 f"server.public_url: {public!r} must start with http:// or https://"))
-    limits = d["rate_limit"]
-    why = memory_workers(s["workers"], limits["backend"].strip(), limits["per_process"])
-    if why:
-        problems.append(Problem(str(path), ctx.lines.get(("server", "workers"), 0),
-                                f"server.workers: {why}"))
     return Settings(
         path=path, host=s["host"], port=s["port"], public_url=public,
         allowed_hosts=_allowed_hosts(s["allowed_hosts"], ctx, problems),
@@ -298,7 +292,7 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
         limiter_on_down=d["rate_limit"]["on_backend_down"],
         limiter_instances=d["rate_limit"]["instances"],
         limiter_timeout_s=d["rate_limit"]["backend_timeout_ms"] / 1000,
-        limiter_per_process=d["rate_limit"]["per_process"],
+        limiter_per_process=per_process(s["workers"], d["rate_limit"], ctx, problems),
         max_images=d["limits"]["max_images"], max_chat_choices=d["limits"]["max_chat_choices"],
         media_dir=media_dir, media_ttl_hours=float(d["media"]["ttl_hours"]),
         block_proxy_headers=sec["block_proxy_headers"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from .yamlschema import Ctx, Problem
@@ -85,6 +86,17 @@ def memory_workers(workers: int, backend: str, per_process: bool) -> str | None:
             f"allowance. Set rate_limit.backend to a Redis the workers share (e.g. "
             f"redis://127.0.0.1:6379/0; README: Limits in Redis), or rate_limit.per_process: "
             f"true to accept limits x {workers}, or run one worker")
+
+
+def per_process(workers: int, rate_limit: Mapping[str, Any], ctx: Ctx,
+                problems: list[Problem]) -> bool:
+    """``rate_limit.per_process``; a problem at ``server.workers`` when it is needed and
+    false (``memory_workers``)."""
+    why = memory_workers(workers, str(rate_limit["backend"]).strip(), rate_limit["per_process"])
+    if why:
+        problems.append(Problem(str(ctx.file), ctx.lines.get(("server", "workers"), 0),
+                                f"server.workers: {why}"))
+    return bool(rate_limit["per_process"])
 
 
 def per_process_warning(workers: int, backend: str, per_process: bool) -> str | None:
