@@ -80,9 +80,9 @@ def test_migration_is_versioned_idempotent_and_safe_for_processes_opening_at_onc
                                           "WHERE indexname = 'keys_one_active_per_ip'")
         return found, versions, rows, tables, index
     found, versions, rows, tables, index = run(go())
-    assert found == [0, 3, 3, 3] and versions == {SCHEMA_VERSION}      # one made it
+    assert found == [0, 4, 4, 4] and versions == {SCHEMA_VERSION}      # one made it
     assert [r["version"] for r in rows] == [SCHEMA_VERSION]
-    assert [t["tablename"] for t in tables] == ["blocks", "key_changes", "keys",
+    assert [t["tablename"] for t in tables] == ["blocks", "key_changes", "key_secret", "keys",
                                                 "schema_version", "usage", "video_jobs"]
     assert "UNIQUE" in index[0]["indexdef"] and "WHERE (status = 'active'" in index[0]["indexdef"]
 
@@ -106,7 +106,7 @@ def test_a_version_2_database_gets_the_lease_columns_keeping_its_jobs(postgres_u
             await conn.close()
         st = await open_storage(postgres_url)
         try:
-            assert (st.found_version, await st.schema_version()) == (2, SCHEMA_VERSION) == (2, 3)
+            assert (st.found_version, await st.schema_version()) == (2, SCHEMA_VERSION) == (2, 4)
             assert [j.id for j in await st.videos.claimable("me", 5.0)] == ["video_old"]
             assert await st.videos.claim("video_old", "me", 5.0, 65.0)
         finally:

@@ -11,6 +11,8 @@ Schema versions (the one row of ``schema_version``; a database without that tabl
    with the upstream operation each render runs as (SQLite's version 3).
 3. ``video_jobs.lease_owner`` and ``lease_until``: the process that polls a job, and until
    when (epoch seconds) its claim holds unless renewed (SQLite's version 4).
+4. ``key_secret``: the fingerprint of the key secret the database was first used with
+   (``Storage.claim_secret``), one row (SQLite's version 5).
 
 ``migrate`` runs in one transaction, under an advisory lock, so processes that open a new
 database at the same moment take turns: the first creates it, the others find it done.  It
@@ -23,7 +25,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from . import StorageError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MIGRATION_LOCK = 0x61706961     # pg_advisory_lock's key: "apia"
 
 _V1 = """
@@ -117,7 +119,15 @@ _V3 = """
 ALTER TABLE video_jobs ADD COLUMN lease_owner text, ADD COLUMN lease_until double precision;
 """
 
-_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3}
+_V4 = """
+CREATE TABLE key_secret (
+    id          integer PRIMARY KEY CHECK (id = 1),
+    fingerprint text NOT NULL,
+    created     bigint NOT NULL
+);
+"""
+
+_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 
 SELECT_KEYS = ("SELECT id, key_hash, key_prefix, ip, generation, created, rpm, status, "
                "last_used FROM keys")
@@ -145,6 +155,10 @@ ADD_USAGE = (
     "images = usage.images + excluded.images, "
     "video_seconds = usage.video_seconds + excluded.video_seconds, "
     "credits = usage.credits + excluded.credits")
+# the key secret's fingerprint, unless one is recorded (of processes racing, one wins: the
+# others' inserts wait for it to commit, then do nothing; a next statement sees its row)
+CLAIM_FINGERPRINT = ("INSERT INTO key_secret (id, fingerprint, created) "
+                "VALUES (1, $1, extract(epoch FROM now())::bigint) ON CONFLICT (id) DO NOTHING")
 # the latest time wins: two processes may write the same key's in either order
 TOUCH = ("UPDATE keys SET last_used = GREATEST(keys.last_used, t.ts) "
          "FROM unnest($1::bigint[], $2::bigint[]) AS t(id, ts) WHERE keys.id = t.id")

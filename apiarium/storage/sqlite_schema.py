@@ -16,6 +16,9 @@ Schema versions (``PRAGMA user_version``; databases made before versions existed
 4. ``video_jobs.lease_owner`` and ``lease_until``: the process that polls a job, and until
    when (epoch seconds) its claim holds unless renewed (``VideoJobRepository.claim``).  No
    secret either: ``migrate`` and ``upgrade_keys`` take 2 or 3 on to 4 (``migrate_past_2``).
+5. ``key_secret``: the fingerprint of the key secret the database was first used with
+   (``Storage.claim_secret``), one row.  No secret needed to make the table: on to 5 the
+   same way.
 
 The database, its -wal and -shm files are created 0600 (SQLite gives the latter two the
 database's mode), in a folder created 0700; files made looser by older versions are
@@ -33,7 +36,7 @@ import aiosqlite
 
 from . import KeyRecord, StorageError
 
-SCHEMA_VERSION = 4        # the newest this code knows; ``migrate`` skips 2, see above
+SCHEMA_VERSION = 5        # the newest this code knows; ``migrate`` skips 2, see above
 
 _SCHEMA_V1 = [
     """CREATE TABLE IF NOT EXISTS keys (
@@ -148,10 +151,15 @@ VIDEO_JOBS = [
 VIDEO_LEASE = ["ALTER TABLE video_jobs ADD COLUMN lease_owner TEXT",
                "ALTER TABLE video_jobs ADD COLUMN lease_until REAL"]
 
+FINGERPRINT_TABLE = """CREATE TABLE IF NOT EXISTS key_secret (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        fingerprint TEXT NOT NULL,
+        created     INTEGER NOT NULL)"""
+
 
 async def migrate_past_2(db: aiosqlite.Connection) -> None:
-    """Version 2 → 3 → 4 (the caller holds the transaction): the ``video_jobs`` table, then
-    its lease columns.  Nothing to do below 2 or at 4."""
+    """Version 2 → 3 → 4 → 5 (the caller holds the transaction): the ``video_jobs`` table,
+    its lease columns, then ``key_secret``.  Nothing to do below 2 or at 5."""
     if await user_version(db) == 2:
         for statement in VIDEO_JOBS:
             await db.execute(statement)
@@ -160,6 +168,9 @@ async def migrate_past_2(db: aiosqlite.Connection) -> None:
         for statement in VIDEO_LEASE:
             await db.execute(statement)
         await db.execute("PRAGMA user_version = 4")
+    if await user_version(db) == 4:
+        await db.execute(FINGERPRINT_TABLE)
+        await db.execute("PRAGMA user_version = 5")
 
 
 _MIGRATIONS = {1: _migrate_to_1}
@@ -178,7 +189,7 @@ async def user_version(db: aiosqlite.Connection) -> int:
 
 
 async def migrate(db: aiosqlite.Connection) -> None:
-    """Bring the database to the last version that needs no key secret (1; 4 from 2), in one
+    """Bring the database to the last version that needs no key secret (1; 5 from 2), in one
     transaction that holds the write lock (another process opening it at the same moment
     waits, then finds the work done).  A version newer than this code knows is refused."""
     version = await user_version(db)
