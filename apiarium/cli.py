@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from . import hosts
 from .config import ConfigError, Settings, config_path, load_config
 from .config_limits import memory_workers
 
@@ -106,6 +107,10 @@ def _check(args: argparse.Namespace) -> int:
         return 1
     print(f"{path}: ok ({len(config.catalog)} models, "
           f"{len(config.catalog.providers)} providers)")
+    s = config.settings
+    rebinding = hosts.rebinding_warning(s.host, s.allowed_hosts)
+    if rebinding:
+        print(f"{path}: warning: {rebinding}")
     return 0
 
 

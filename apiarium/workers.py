@@ -36,6 +36,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import hosts
 from .app import Gateway, bind_sockets
 from .config import ConfigError, Settings
 from .config_limits import per_process_warning
@@ -144,6 +145,9 @@ def serve_workers(config_path: Path, settings: Settings, host: str | None,
     for thread in set(threading.enumerate()) - before:   # the database's helper threads:
         thread.join(5)                                   # ended before any fork
     host = host or settings.host
+    rebinding = hosts.rebinding_warning(host, settings.allowed_hosts)
+    if rebinding:
+        log.warning("%s", rebinding)
     try:
         sockets = bind_sockets(host, settings.port if port is None else port, REUSE_PORT)
         if REUSE_PORT:
