@@ -22,7 +22,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from . import __version__, errors
+from . import __version__, errors, hosts
 from .accesslog import AccessLog
 from .catalog import Catalog
 from .config import Config, ConfigError, changed_at_start, load_config
@@ -264,6 +264,8 @@ class Gateway:
                         "homepage and media URLs take their host name from each request's "
                         "Host header, which any client chooses; set server.public_url (or "
                         "server.allowed_hosts)", host or "*")
+        if rebinding := hosts.rebinding_warning(host, s.allowed_hosts):
+            log.warning("%s", rebinding)
         log.info("apiarium listening on http://%s:%d", shown, self.port)
 
     async def _watch_changes(self) -> None:

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from . import hosts
 from .config import ConfigError, Settings, config_path, load_config
+from .config_limits import memory_workers
 
 if TYPE_CHECKING:                 # imported where used: check-config stays light
     from .services.keys import KeyService
@@ -88,6 +90,10 @@ def _serve(args: argparse.Namespace) -> int:
     count = settings.workers if args.workers is None else args.workers
     if count == 1:
         return serve_one(path, args.host, args.port)
+    why = memory_workers(count, settings.limiter_backend, settings.limiter_per_process)
+    if why:                              # server.workers is checked with the file
+        print(f"apiarium: --workers {count} ({path}): {why}", file=sys.stderr)
+        return 1
     return serve_workers(path, settings, args.host, args.port, count)
 
 
@@ -101,6 +107,10 @@ def _check(args: argparse.Namespace) -> int:
         return 1
     print(f"{path}: ok ({len(config.catalog)} models, "
           f"{len(config.catalog.providers)} providers)")
+    s = config.settings
+    rebinding = hosts.rebinding_warning(s.host, s.allowed_hosts)
+    if rebinding:
+        print(f"{path}: warning: {rebinding}")
     return 0
 
 
@@ -121,9 +131,11 @@ def _settings(args: argparse.Namespace) -> Settings | None:
 def _migrate(args: argparse.Namespace) -> int:
     """Do to the configured database what the server's start does: create or upgrade its
     schema.  A SQLite database is opened with its key secret, as the server does (an old
-    one's keys are rehashed with it); PostgreSQL's needs none, and its secret file, which
-    every host must share, is left alone (not created)."""
-    from .keysecret import KeyStoreError
+    one's keys are rehashed with it, and the secret checked against the one the database
+    was first used with, or recorded as it).  PostgreSQL's needs none: its secret file,
+    which every host must share, is not created here, only checked (and recorded) if this
+    host has it."""
+    from .keysecret import KeyStoreError, check_recorded, load_secret
     from .services.keys import KeyService
     from .storage import StorageError, database_url, describe, open_storage
     settings = _settings(args)
@@ -131,8 +143,9 @@ def _migrate(args: argparse.Namespace) -> int:
         return 1
 
     async def main() -> int:
+        postgres = database_url(settings.database) is not None
         try:
-            if database_url(settings.database) is None:
+            if not postgres:
                 keys = await KeyService(settings.database, settings.secret_file).open()
                 storage: Storage = keys.storage
                 close = keys.close
@@ -141,6 +154,10 @@ def _migrate(args: argparse.Namespace) -> int:
                 close = storage.close
             try:
                 found, version = storage.found_version, await storage.schema_version()
+                if postgres and settings.secret_file.is_file():
+                    await check_recorded(load_secret(settings.secret_file),
+                                         storage.claim_secret, settings.secret_file,
+                                         describe(settings.database))
             finally:
                 await close()
         except (KeyStoreError, StorageError) as exc:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import hosts
 from .catalog import Catalog, Credits, ModelSpec, ProviderSpec
-from .config_limits import endpoint_limits, limiter_backend
+from .config_limits import endpoint_limits, limiter_backend, per_process
 from .modeltypes import MODEL_TYPES
 from .providers import KindError, provider_class
 from .providers.base import Provider
@@ -58,7 +58,7 @@ SETTINGS_SCHEMA = Section({
     "catalog": Str("models.yaml"),
     "master_key": Str(""),
     "rate_limit": Section({"rpm": Num(4, 1, 1_000_000, integer=True),
-                           "daily_credits": Num(200, 0, 1e12),
+                           "daily_credits": Num(200, 0, 1e12), "per_process": Bool(False),
                            "endpoints": MapOf(Str()), "backend": Str("memory"),
                            "on_backend_down": Enum(("closed", "local"), "closed"),
                            "instances": Num(1, 1, 100_000, integer=True),
@@ -181,6 +181,7 @@ class Settings:
     lookups_per_minute: int = 60              # per key: reads that reach no model
     public_requests_per_minute: int = 600     # per network (each process): what needs no key
     write_timeout_s: float = 60.0             # a client that reads nothing this long is cut
+    limiter_per_process: bool = False         # workers on memory: limits x N, accepted
 
 
 @dataclass(frozen=True)
@@ -304,6 +305,7 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
         limiter_timeout_s=d["rate_limit"]["backend_timeout_ms"] / 1000,
         lookups_per_minute=d["rate_limit"]["lookups_per_minute"],
         public_requests_per_minute=sec["public_requests_per_minute"],
+        limiter_per_process=per_process(s["workers"], d["rate_limit"], ctx, problems),
         max_images=d["limits"]["max_images"], max_chat_choices=d["limits"]["max_chat_choices"],
         media_dir=media_dir, media_ttl_hours=float(d["media"]["ttl_hours"]),
         block_proxy_headers=sec["block_proxy_headers"],

@@ -1,9 +1,11 @@
 """The ``rate_limit`` settings that need more than a type: the per-endpoint limits
-(``{videos: "2/hour", …}``) and the limiter backend (``memory``, or a Redis URL)."""
+(``{videos: "2/hour", …}``), the limiter backend (``memory``, or a Redis URL), and whether
+workers may count on ``memory`` (``per_process``)."""
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from .yamlschema import Ctx, Problem
@@ -71,3 +73,36 @@ def limiter_backend(value: str, ctx: Ctx, problems: list[Problem]) -> str:
         problems.append(Problem(str(ctx.file), ctx.lines.get(("rate_limit", "backend"), 0),
                                 f"rate_limit.backend: {why}"))
     return value
+
+
+def memory_workers(workers: int, backend: str, per_process: bool) -> str | None:
+    """Why ``workers`` processes may not count their limits on ``backend`` (None: they may):
+    on ``memory`` each would count its own buckets and daily credits, so a key would get
+    ``workers`` times its allowance, unless ``rate_limit.per_process`` accepts that."""
+    if workers <= 1 or backend != "memory" or per_process:
+        return None
+    return (f"{workers} workers with rate_limit.backend: memory would each count their own "
+            f"rate limits and daily credits, so a key would get {workers} times its "
+            f"allowance. Set rate_limit.backend to a Redis the workers share (e.g. "
+            f"redis://127.0.0.1:6379/0; README: Limits in Redis), or rate_limit.per_process: "
+            f"true to accept limits x {workers}, or run one worker")
+
+
+def per_process(workers: int, rate_limit: Mapping[str, Any], ctx: Ctx,
+                problems: list[Problem]) -> bool:
+    """``rate_limit.per_process``; a problem at ``server.workers`` when it is needed and
+    false (``memory_workers``)."""
+    why = memory_workers(workers, str(rate_limit["backend"]).strip(), rate_limit["per_process"])
+    if why:
+        problems.append(Problem(str(ctx.file), ctx.lines.get(("server", "workers"), 0),
+                                f"server.workers: {why}"))
+    return bool(rate_limit["per_process"])
+
+
+def per_process_warning(workers: int, backend: str, per_process: bool) -> str | None:
+    """What a start with ``rate_limit.per_process: true`` warns of (None: nothing)."""
+    if workers <= 1 or backend != "memory" or not per_process:
+        return None
+    return (f"rate_limit.per_process is true: each of the {workers} workers counts its own "
+            f"rate limits and daily credits, so a key gets up to {workers} times its "
+            f"allowance (rpm, rate_limit.endpoints, daily_credits)")

@@ -9,9 +9,16 @@ and media URLs then use the first name of the list instead.
 
 A name without a port matches that name on any port; ``name:port`` only that port.
 Names are compared in lower case, without a trailing dot.
+
+The homepage (and ``/v1/keys/me``) shows the visitor their key, so with ``allowed_hosts`` set
+it answers 421 under any other name too: a web page whose own name an attacker points at
+the gateway (DNS rebinding) cannot read it.  With ``allowed_hosts`` empty that is open to
+whoever can reach the gateway: ``rebinding_warning`` says so, when it listens beyond
+loopback.
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 
@@ -77,3 +84,24 @@ def check(host: str, names: tuple[str, ...], public: str) -> None:
     if not allowed(host, names):
         raise Misdirected(f"This gateway does not answer to the host name this request "
                           f"was sent to; use {public}.")
+
+
+def rebinding_warning(listen: str, names: tuple[str, ...]) -> str | None:
+    """What ``check-config`` and the start warn of when ``names`` (``server.allowed_hosts``)
+    is empty and ``listen`` (``server.host``) is not loopback; None otherwise."""
+    if names or _loopback(listen):
+        return None
+    return (f"server.allowed_hosts is empty and server.host ({listen or 'every address'}) is "
+            f"not loopback: the homepage shows each visitor their key under any Host name, "
+            f"so a web page that points its own name at this gateway (DNS rebinding) can read "
+            f"its visitors' keys. List the names clients use in server.allowed_hosts (e.g. "
+            f"[api.example.com])")
+
+
+def _loopback(listen: str) -> bool:
+    if listen.strip().lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(listen.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False

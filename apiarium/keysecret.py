@@ -3,17 +3,23 @@ HMAC-SHA256(secret, "ip|generation"); the secret file beside the database (mode 
 folder created 0700); and HMAC-SHA256(secret, key), all the database keeps of a key, so a
 copy of the database without the secret file reveals nothing that can be checked.  What else
 the gateway signs (its compaction items) is signed with a subkey of the secret, one per
-purpose, never with the secret itself."""
+purpose, never with the secret itself.
+
+The database also keeps the secret's ``fingerprint`` (HMAC-SHA256 of a fixed string), written
+by the first process that opens it: a process whose secret gives another one is refused,
+since it would revoke the keys the others issue, one IP at a time."""
 from __future__ import annotations
 
 import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 KEY_PREFIX = "api-"
+_FINGERPRINT = b"apiarium key secret fingerprint v1"
 
 
 class KeyStoreError(Exception):
@@ -39,6 +45,30 @@ def rehash_legacy(secret: bytes, ip: str, generation: int, stored: str) -> str |
     if hmac.compare_digest(hashlib.sha256(key.encode()).hexdigest(), stored):
         return hash_key(secret, key)
     return None
+
+
+def fingerprint(secret: bytes) -> str:
+    """What the database keeps to recognise the secret (it reveals nothing of it)."""
+    return hmac.digest(secret, _FINGERPRINT, "sha256").hex()
+
+
+async def check_recorded(secret: bytes, claim: Callable[[str], Awaitable[str]], path: Path,
+                         database: str) -> None:
+    """Record the secret's fingerprint if the database has none yet (``claim``:
+    ``Storage.claim_secret``); a KeyStoreError, with the fix, if it records another
+    secret's (``path``: this secret's file; ``database``: as messages name it)."""
+    mine = fingerprint(secret)
+    recorded = await claim(mine)
+    if hmac.compare_digest(recorded, mine):
+        return
+    raise KeyStoreError(
+        f"{path}: this key secret is not the one the database {database} was first used "
+        f"with (the database records the fingerprint {recorded[:8]}…, this secret's is "
+        f"{mine[:8]}…). With it, this process would revoke the keys the other processes "
+        f"issue, one IP at a time, so it does not start. Copy the secret file of the host "
+        f"that first used this database (its secret_file) to {path} (mode 0600, owned by "
+        f"the user the gateway runs as) and start again. To give up every key issued so "
+        f"far and use this secret instead, see the README (One secret file for all).")
 
 
 def looks_like_key(text: str) -> bool:
@@ -72,9 +102,9 @@ def load_secret(path: Path) -> bytes:
     if len(secret) < 16:
         raise KeyStoreError(
             f"{path}: the key secret is damaged (expected 64 hex digits). "
-            f"Restore it from a backup; or delete it to start over (keys already handed "
-            f"out keep working until their IP next visits / or /v1/keys/me, which then "
-            f"gives it a new key).")
+            f"Restore it from a backup, or copy it from another host on this database "
+            f"(the database remembers the secret it was first used with, and refuses "
+            f"another; README: One secret file for all).")
     return secret
 
 

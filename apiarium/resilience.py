@@ -1,5 +1,6 @@
-"""Staying up when upstreams fail: circuit breakers per provider, and which errors let a
-request move on to the model's next fallback.
+"""Staying up when upstreams fail: circuit breakers (one per provider and upstream model, see
+``services/fallback.py``), and which errors let a request move on to the model's next
+fallback.
 
 A breaker is closed while its provider works.  After ``failures`` consecutive failures, from
 at least ``min_callers`` different callers (API keys), it opens: the provider is skipped for
@@ -9,7 +10,8 @@ master key's, is trusted: each of its failures counts as another caller's.)  The
 half-open: one request is let through as a probe, never one from a caller whose request is among the
 failures that opened it; the probe's success closes the breaker, its failure opens it again.
 Only the provider's faults count (``counts_against``): a refused connection, a timeout, a 5xx,
-the operator's quota.  Pure state on an injected clock; no I/O.
+the operator's quota.  An upstream's "slow down" 429 (``slows_down``) is no fault: it
+opens nothing, and only cools the model it was for.  Pure state on an injected clock; no I/O.
 """
 from __future__ import annotations
 
@@ -82,13 +84,22 @@ def moves_on(err: ApiError) -> bool:
     return isinstance(err, (UpstreamError, UpstreamTimeout, ServiceUnavailable))
 
 
+def slows_down(err: ApiError) -> bool:
+    """Whether the failure is an upstream's rate limit ("slow down, retry in N s"), as
+    opposed to its "out of quota or credit" (``x-should-retry: false``), which is the
+    operator's account failing and counts like a 5xx."""
+    return (isinstance(err, RateLimited) and err.code == "upstream_rate_limited"
+            and err.headers.get("x-should-retry") != "false")
+
+
 def counts_against(err: ApiError) -> bool:
-    """Whether the failure counts toward opening the provider's breaker."""
-    return moves_on(err) and err.code != "provider_not_configured"
+    """Whether the failure counts toward opening the breaker."""
+    return moves_on(err) and err.code != "provider_not_configured" and not slows_down(err)
 
 
-def open_error(name: str, breaker: Breaker) -> Unserved:
+def open_error(provider: str, alias: str, breaker: Breaker) -> Unserved:
     wait = max(1, round(breaker.retry_in()))
-    return Unserved(f"The upstream provider `{name}` is failing and is skipped for {wait} "
-                    f"more s; retry then (this request was not counted against your key).",
-                    code="upstream_cooling_down", headers={"Retry-After": str(wait)})
+    return Unserved(f"The upstream provider `{provider}` is failing for `{alias}`, which is "
+                    f"skipped for {wait} more s; retry then (this request was not counted "
+                    f"against your key).", code="upstream_cooling_down",
+                    headers={"Retry-After": str(wait)})

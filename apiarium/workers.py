@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import shutil
 import socket
@@ -35,8 +36,10 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import hosts
 from .app import Gateway, bind_sockets
 from .config import ConfigError, Settings
+from .config_limits import per_process_warning
 from .keysecret import KeyStoreError
 from .live import WorkerInfo
 from .services.keys import KeyService
@@ -46,6 +49,7 @@ from .usage import UsageLedger
 from .usagejournal import journal_folder
 
 T = TypeVar("T")
+log = logging.getLogger("apiarium")
 # each worker listens on its own socket, the kernel spreading connections over them
 REUSE_PORT = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
@@ -130,6 +134,9 @@ def serve_workers(config_path: Path, settings: Settings, host: str | None,
                   port: int | None, count: int) -> int:
     """``count`` workers under a supervisor, until SIGTERM/SIGINT (0) or until they keep
     crashing (1); 1 if they cannot start (the reason on stderr)."""
+    accepted = per_process_warning(count, settings.limiter_backend, settings.limiter_per_process)
+    if accepted:
+        log.warning("%s", accepted)
     before = set(threading.enumerate())
     try:
         asyncio.run(_prepare(settings))
@@ -139,6 +146,9 @@ def serve_workers(config_path: Path, settings: Settings, host: str | None,
     for thread in set(threading.enumerate()) - before:   # the database's helper threads:
         thread.join(5)                                   # ended before any fork
     host = host or settings.host
+    rebinding = hosts.rebinding_warning(host, settings.allowed_hosts)
+    if rebinding:
+        log.warning("%s", rebinding)
     try:
         sockets = bind_sockets(host, settings.port if port is None else port, REUSE_PORT)
         if REUSE_PORT:

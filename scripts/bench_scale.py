@@ -94,6 +94,8 @@ class Scale:
         if "redis" in c.state:
             rate["backend"] = self.redis_url
             rate["instances"] = c.workers
+        else:                           # memory: each worker its own limits, knowingly
+            rate["per_process"] = True
         database = self.pg_url if "postgres" in c.state else str(d / "data" / "apiarium.sqlite3")
         extra: dict[str, Any] = {}
         if "postgres" in c.state:       # gateways sharing a database share its key secret

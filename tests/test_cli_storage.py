@@ -44,10 +44,10 @@ def test_migrate_a_sqlite_database(tmp_path, capsys):
     config = write_config(tmp_path / "conf", "data/apiarium.sqlite3")
     db = tmp_path / "conf" / "data" / "apiarium.sqlite3"
     assert cli(capsys, "migrate", "--config", str(config)) == \
-        (0, f"{db}: schema version 5 (was 0: migrated)\n", "")
+        (0, f"{db}: schema version 6 (was 0: migrated)\n", "")
     assert db.with_name("apiarium.sqlite3.secret").exists()      # as the server's start does
     assert cli(capsys, "migrate", "--config", str(config))[1] == \
-        f"{db}: schema version 5 (up to date)\n"
+        f"{db}: schema version 6 (up to date)\n"
 
 
 def test_migrate_a_postgresql_database(postgres_url, tmp_path, capsys):
@@ -55,7 +55,7 @@ def test_migrate_a_postgresql_database(postgres_url, tmp_path, capsys):
     config = write_config(tmp_path / "conf", postgres_url, secret)
     code, out, err = cli(capsys, "migrate", "--config", str(config))
     assert (code, err) == (0, "")
-    assert out == f"{describe(postgres_url)}: schema version 4 (was 0: migrated)\n"
+    assert out == f"{describe(postgres_url)}: schema version 5 (was 0: migrated)\n"
     assert urlsplit(postgres_url).password not in out
     assert not secret.exists()                      # the shared secret is not made up here
     assert cli(capsys, "migrate", "--config", str(config))[1].endswith("(up to date)\n")

@@ -1,7 +1,9 @@
 """Exposure (issue 13.6), Host header injection: with ``server.allowed_hosts`` a request
 naming another host gets 421 on the API paths, and no host a client names ever appears in a
 media URL or the homepage; listening on every address without ``public_url`` is warned
-about at start-up."""
+about at start-up.  DNS rebinding (issue 22, L5): with ``allowed_hosts`` set the homepage,
+which shows the visitor's key, answers 421 under another host too; an empty
+``allowed_hosts`` beyond loopback is warned about by check-config and at start-up."""
 from __future__ import annotations
 
 import json
@@ -77,13 +79,28 @@ def test_foreign_hosts_never_reach_media_urls_or_the_homepage(pinned, fake_opena
                           {"model": "gpt-image-1", "prompt": "x"})
     assert status == 200, raw
     assert json.loads(raw)["data"][0]["url"].startswith("http://api.example.com/media/")
-    # the homepage still renders for a foreign Host, with an allowed name in every link
-    status, _, page = send(gw, "GET", "/", EVIL, key=None)
-    assert status == 200
-    assert EVIL.encode() not in page
-    assert b'data-origin="http://api.example.com"' in page
+    # the homepage renders for an allowed name, with that name in every link
     status, _, page = send(gw, "GET", "/", f"localhost:{gw.port}", key=None)
-    assert f'data-origin="http://localhost:{gw.port}"'.encode() in page
+    assert status == 200 and f'data-origin="http://localhost:{gw.port}"'.encode() in page
+
+
+def test_the_homepage_shows_no_key_under_a_foreign_host(pinned):
+    """DNS rebinding (issue 22, L5): a page on evil.example whose name now points at the
+    gateway asks it for / from the visitor's browser; with allowed_hosts set, it gets a 421
+    page, never the visitor's key."""
+    gw = pinned
+    ip = "127.0.5.30"
+    for host in (EVIL, f"{EVIL}:{gw.port}", f"api.example.com.{EVIL}", "127.0.0.1"):
+        status, headers, page = send(gw, "GET", "/", host, key=None, ip=ip)
+        assert status == 421, (host, page[:300])
+        assert headers["content-type"].startswith("text/html")
+        assert b"misdirected_request" in page and b"data-key" not in page, host
+    status, _, page = send(gw, "GET", "/", "api.example.com", key=None, ip=ip)
+    assert status == 200, page[:300]
+    shown = page.split(b'data-key="')[1].split(b'"')[0].decode()
+    status, _, raw = send(gw, "GET", "/v1/keys/me", "api.example.com", key=None, ip=ip)
+    assert status == 200 and json.loads(raw)["key"] == shown
+    assert send(gw, "GET", "/v1/keys/me", EVIL, key=None, ip=ip)[0] == 421
 
 
 def test_public_url_wins_over_any_host(make_gateway, fake_openai):
@@ -104,11 +121,38 @@ def test_listening_everywhere_without_public_url_is_warned(make_gateway, fake_op
                       server={"host": EVERYWHERE})
     line = wait_for(lambda: [ln for ln in gw.log if "without server.public_url" in ln])
     assert line and "WARNING" in line[0] and "server.allowed_hosts" in line[0], gw.log
+    rebinding = [ln for ln in gw.log if "DNS rebinding" in ln]       # issue 22, L5
+    assert rebinding and "WARNING" in rebinding[0], gw.log
+    assert "server.allowed_hosts is empty and server.host (0.0.0.0)" in rebinding[0]
     pinned = make_gateway(openai_models(fake_openai), master_key=MASTER,
                           server={"host": EVERYWHERE, "allowed_hosts": ["api.example.com"]})
     assert not [ln for ln in pinned.log if "without server.public_url" in ln]
     local = make_gateway(openai_models(fake_openai), master_key=MASTER)
     assert not [ln for ln in local.log if "without server.public_url" in ln]
+    assert not [ln for ln in pinned.log + local.log if "DNS rebinding" in ln]
+
+
+@pytest.mark.parametrize(("server", "warned"), [
+    ({"host": EVERYWHERE}, True), ({"host": "192.0.2.10"}, True), ({"host": "::"}, True),
+    ({"host": "gateway.internal"}, True),
+    ({"host": EVERYWHERE, "public_url": "https://api.example.com"}, True),
+    ({"host": EVERYWHERE, "allowed_hosts": ["api.example.com"]}, False),
+    ({"host": "127.0.0.1"}, False), ({"host": "127.0.5.1"}, False), ({"host": "::1"}, False),
+    ({"host": "localhost"}, False)])
+def test_check_config_warns_of_an_open_homepage_beyond_loopback(tmp_path, capsys, server,
+                                                                warned):
+    from apiarium.cli import main
+    from tests.inprocess import write_config
+
+    path = write_config(tmp_path, {"providers": {}, "models": {}}, server=server)
+    assert main(["check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{path}: ok")
+    warnings = [ln for ln in out if ln.startswith(f"{path}: warning: ")]
+    assert bool(warnings) is warned, out
+    if warned:
+        assert "server.allowed_hosts is empty" in warnings[0]
+        assert "DNS rebinding" in warnings[0] and "api.example.com" in warnings[0]
 
 
 def test_host_matching_rules():

@@ -99,6 +99,63 @@ def test_errors_about_the_request_keep_their_message_scrubbed(gw, fake_openai, s
         assert kept in err["message"] and "[redacted]" in err["message"], err
 
 
+PROJECT, USER = "proj_Q7tXw2mB9cLk4Rz", "user-4fKq9ZmT2wXy7BnL1cVd8HsJ"
+DOCS = {"openai": "https://platform.openai.com/docs/guides/error-codes",
+        "anthropic": "https://docs.claude.com/en/api/errors",
+        "gemini": "https://ai.google.dev/gemini-api/docs/troubleshooting"}
+
+
+def test_account_ids_and_internal_urls_leave_an_upstream_400(make_gateway, fake_openai,
+                                                             fake_anthropic, fake_gemini):
+    """Issue 22, L6: OpenAI's org, project and user ids, the upstream's own (configured,
+    internal) base_url, any other URL that is not the vendor's public site, and the query of
+    one that is (a project number), never reach the client; the rest of the text does."""
+    models = catalog(fake_openai, providers={
+        "claude": {"kind": "anthropic", "base_url": fake_anthropic.base_url,
+                   "api_key": fake_anthropic.api_key, "breaker_failures": 0},
+        "google": {"kind": "gemini", "base_url": fake_gemini.base_url,
+                   "api_key": fake_gemini.api_key, "breaker_failures": 0}},
+        models={"claude-x": {"provider": "claude"}, "gem": {"provider": "google"}})
+    gw = make_gateway(models, master_key=MASTER)
+
+    def says(fake, kind: str) -> str:
+        return (f"temperature: 7 is above 2 (organization {ORG}, project {PROJECT}, user "
+                f"{USER}; from {fake.base_url}/chat/completions via "
+                f"http://10.20.0.7:8000/v1/models and https://gw.corp.internal/ops, see "
+                f"{DOCS[kind]}?project=5550123#limits).")
+    cases = [("gpt-5", fake_openai, "openai", lambda t: openai_error(t)),
+             ("claude-x", fake_anthropic, "anthropic",
+              lambda t: anthropic_error("invalid_request_error", t)),
+             ("gem", fake_gemini, "gemini", lambda t: google_error(400, "INVALID_ARGUMENT", t))]
+    for model, fake, kind, envelope in cases:
+        for stream in (False, True):
+            fake.fail_next(400, envelope(says(fake, kind)))
+            got, _, raw = post(gw, "/v1/chat/completions", {"model": model, "messages": MSG,
+                                                            "stream": stream})
+            message = error_of(raw)["message"]
+            assert got == 400, raw
+            assert_clean(raw, PROJECT, USER, "proj_", "user-4f", f":{fake.port}", "10.20.0.7",
+                         "corp.internal", "5550123", "#limits")
+            assert "temperature: 7 is above 2" in message, message
+            assert f"see {DOCS[kind]})" in message, message    # the vendor's docs stay
+            assert message.count("[redacted]") == 6, message
+
+
+def test_scrub_keeps_only_the_vendors_public_urls():
+    from apiarium.providers.openai import OpenAIProvider
+    public = OpenAIProvider.public_hosts
+    text = ("see https://api.openai.com/v1/models?x=1, https://platform.openai.com/docs. "
+            "Not http://api.openai.com/v1, https://api.openai.com:8443/v1, "
+            "https://me:pw@api.openai.com/v1, https://api.openai.com.evil.example/v1, "
+            "http://localhost:8000/v1 nor vllm://x; user-provided values and user_ids stay")
+    out = scrub(text, public_hosts=public)
+    assert out == ("see https://api.openai.com/v1/models, https://platform.openai.com/docs. "
+                   "Not [redacted], [redacted], [redacted], [redacted], [redacted] nor "
+                   "[redacted]; user-provided values and user_ids stay"), out
+    # a self-hosted upstream's texts: every URL is internal, its own base_url too
+    assert scrub("at https://api.openai.com/v1", public_hosts=()) == "at [redacted]"
+
+
 def test_other_dialects_and_providers_get_the_same_treatment(make_gateway, fake_openai,
                                                              fake_anthropic, fake_gemini):
     models = catalog(fake_openai, providers={

@@ -120,6 +120,11 @@ async def test_messages_errors_are_anthropics_envelope(app, http_client, base_ur
                     400, "invalid_request_error")
     assert fake_openai.requests == []
 
+    fake_openai.fail_next(503, {"error": {"message": "overloaded", "type": "server_error",
+                                          "param": None, "code": None}})
+    anthropic_error(await post(http_client, base_url, "/v1/messages", ask(), auth),
+                    529, "overloaded_error")
+    # (after it, gpt-5 cools for the 7 s the upstream asks)
     fake_openai.fail_next(429, {"error": {"message": "slow down", "type": "requests",
                                           "param": None, "code": "rate_limit_exceeded"}},
                           headers={"retry-after": "7"})
@@ -127,10 +132,6 @@ async def test_messages_errors_are_anthropics_envelope(app, http_client, base_ur
     anthropic_error(limited, 429, "rate_limit_error")
     assert limited.headers["retry-after"] == "7"
 
-    fake_openai.fail_next(503, {"error": {"message": "overloaded", "type": "server_error",
-                                          "param": None, "code": None}})
-    anthropic_error(await post(http_client, base_url, "/v1/messages", ask(), auth),
-                    529, "overloaded_error")
     # a provider without its key: the gateway's own 503, in Anthropic's words a 529 too
     anthropic_error(await post(http_client, base_url, "/v1/messages",
                                ask(model="nokey-model"), auth), 529, "overloaded_error")

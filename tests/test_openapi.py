@@ -234,8 +234,10 @@ def test_scripted_answers_conform(make_gateway, fake_openai):
         ("too large", None, "/v1/chat/completions", "POST",
          {"body": {**chat, "messages": [{"role": "user", "content": "x" * 20000}]}},
          master, 413),
+        # on a model of its own: the upstream's Retry-After cools that model for 7 s
         ("upstream 429", lambda: fake.fail_next(429, error, {"Retry-After": "7"}),
-         "/v1/chat/completions", "POST", {"body": chat}, master, 429),
+         "/v1/chat/completions", "POST", {"body": {**chat, "model": "gpt-renamed"}}, master,
+         429),
         ("upstream 422", lambda: fake.fail_next(422, error), "/v1/chat/completions", "POST",
          {"body": chat}, master, 422),
         ("upstream garbage", lambda: fake.garbage_next(), "/v1/chat/completions", "POST",

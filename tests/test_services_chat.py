@@ -110,7 +110,7 @@ def test_a_fallback_answers_under_the_alias_asked_and_is_booked_at_its_own_price
         booked = svc.usage.spent_today(MASTER)            # the master key's usage
         assert booked.requests == 1
         assert booked.credits == pytest.approx(served.credits.request)
-        assert svc.breakers.of(doomed.provider).streak == 1   # the refusal counted
+        assert svc.breakers.of(doomed).streak == 1   # the refusal counted
     run(tmp_path, fake_openai, scenario)
 
 
@@ -138,7 +138,7 @@ def test_a_failed_complete_releases_its_hold_and_books_nothing(tmp_path, fake_op
             await svc.chat.complete(m, chat_body(), None, "key-a")
         assert svc.credits.held("key-a") == 0
         assert svc.usage.spent_today("key-a").requests == 0
-        assert svc.breakers.of(m.provider).streak == 1
+        assert svc.breakers.of(m).streak == 1
     run(tmp_path, fake_openai, scenario)
 
 
@@ -273,7 +273,7 @@ async def die_mid_stream(svc: Services, fake, key: str) -> list[bytes]:
 def test_an_upstream_failure_mid_stream_is_booked_on_the_breaker(tmp_path, fake_openai):
     async def scenario(svc: Services) -> None:
         m = svc.catalog.resolve("gpt-5")
-        breaker = svc.breakers.of(m.provider)
+        breaker = svc.breakers.of(m)
         got = await die_mid_stream(svc, fake_openai, "key-a")
         assert len(got) == 3
         assert breaker.streak == 1 and breaker.callers == {"key-a"}
@@ -289,7 +289,7 @@ def test_streams_that_keep_dying_mid_way_open_the_circuit(tmp_path, fake_openai)
     and the next request is refused without calling the provider."""
     async def scenario(svc: Services) -> None:
         m = svc.catalog.resolve("gpt-5")
-        breaker = svc.breakers.of(m.provider)
+        breaker = svc.breakers.of(m)
         await die_mid_stream(svc, fake_openai, "key-a")
         await die_mid_stream(svc, fake_openai, "key-b")
         assert breaker.state == OPEN, (
@@ -314,6 +314,6 @@ def test_an_upstream_error_frame_mid_stream_is_booked_on_the_breaker(tmp_path, f
         stream = await svc.chat.stream(m, chat_body(stream=True), None, "key-a")
         with pytest.raises(UpstreamError):       # raised: the handler ends the client's
             await read_all(stream)               # stream with the gateway's error frame
-        breaker = svc.breakers.of(m.provider)
+        breaker = svc.breakers.of(m)
         assert breaker.streak == 1 and breaker.callers == {"key-a"}
     run(tmp_path, fake_openai, scenario)

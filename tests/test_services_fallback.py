@@ -4,6 +4,7 @@ call itself)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 import pytest
@@ -22,7 +23,7 @@ from apiarium.errors import (
     UpstreamTimeout,
 )
 from apiarium.resilience import CLOSED, HALF_OPEN, OPEN
-from apiarium.services.fallback import Breakers, first_success
+from apiarium.services.fallback import MAX_COOL_S, BreakerKey, Breakers, first_success
 
 FAILURES = 2            # a streak that opens a circuit (from two callers at least)
 COOLDOWN = 30.0
@@ -79,7 +80,8 @@ MOVING_ON = {
     "502 upstream error": lambda: UpstreamError("HTTP 500"),
     "504 timeout": lambda: UpstreamTimeout("silent"),
     "503 overloaded": lambda: ServiceUnavailable("overloaded"),
-    "upstream 429": upstream_429,
+    "upstream out of quota": lambda: RateLimited("out of credit", code="upstream_rate_limited",
+                                                 headers={"x-should-retry": "false"}),
 }
 
 STAYING = {
@@ -98,7 +100,7 @@ def test_the_model_itself_serves_when_it_answers():
     assert result == "answer from a"
     assert served is cat.models["main"]
     assert up.calls == [("main", "a", "up-main")]
-    assert breakers.of(cat.providers["a"]).state == CLOSED
+    assert breakers.of(cat.models["main"]).state == CLOSED
 
 
 @pytest.mark.parametrize("make_error", MOVING_ON.values(), ids=MOVING_ON.keys())
@@ -111,8 +113,8 @@ def test_a_provider_failure_moves_on_and_the_fallback_answers_as_asked(make_erro
     assert up.calls == [("main", "a", "up-main"), ("main", "b", "up-spare")]
     # ... and the caller learns which model served (x-apiarium-model names it)
     assert served is cat.models["spare"]
-    assert breakers.of(cat.providers["a"]).streak == 1          # booked against a
-    assert breakers.of(cat.providers["b"]).streak == 0
+    assert breakers.of(cat.models["main"]).streak == 1          # booked against a
+    assert breakers.of(cat.models["spare"]).streak == 0
 
 
 @pytest.mark.parametrize("make_error", STAYING.values(), ids=STAYING.keys())
@@ -124,12 +126,12 @@ def test_a_failure_about_the_request_is_raised_at_once(make_error):
         run(cat, breakers, "main", up, "k1")
     assert raised.value is err
     assert up.providers == ["a"]                   # no fallback tried
-    assert breakers.of(cat.providers["a"]).streak == 0
+    assert breakers.of(cat.models["main"]).streak == 0
 
 
 def test_a_request_error_does_not_count_and_an_answer_ends_a_streak():
     cat, breakers = catalog(), Breakers()
-    a = breakers.of(cat.providers["a"])
+    a = breakers.of(cat.models["main"])
     run(cat, breakers, "main", Upstreams(a=UpstreamError("down")), "k1")
     assert a.streak == 1
     with pytest.raises(InvalidRequest):
@@ -144,7 +146,7 @@ def test_an_unconfigured_provider_moves_on_without_counting_against_it():
         up = Upstreams(a=missing)
         assert run(cat, breakers, "main", up, caller)[0] == "answer from b"
         assert up.providers == ["a", "b"]
-    a = breakers.of(cat.providers["a"])
+    a = breakers.of(cat.models["main"])
     assert a.state == CLOSED and a.streak == 0
 
 
@@ -168,10 +170,12 @@ def test_a_model_without_fallbacks_raises_its_own_failure():
     assert raised.value is err and up.providers == ["a"]
 
 
-def open_a(cat: Catalog, breakers: Breakers, callers=("k1", "k2")) -> None:
+def open_a(cat: Catalog, breakers: Breakers, callers=("k1", "k2"), alias: str = "main") -> None:
+    """Open the breaker of ``alias``'s upstream model on provider a."""
     for caller in callers:
-        run(cat, breakers, "main", Upstreams(a=UpstreamError("down")), caller)
-    assert breakers.of(cat.providers["a"]).state == OPEN
+        with contextlib.suppress(UpstreamError):
+            run(cat, breakers, alias, Upstreams(a=UpstreamError("down")), caller)
+    assert breakers.of(cat.models[alias]).state == OPEN
 
 
 def test_an_open_circuit_is_skipped_without_a_call():
@@ -185,13 +189,13 @@ def test_an_open_circuit_is_skipped_without_a_call():
 
 def test_with_every_circuit_open_the_first_refusal_is_raised_with_retry_after():
     cat, breakers = catalog(), Breakers()
-    open_a(cat, breakers)
+    open_a(cat, breakers, alias="alone")
     up = Upstreams()
     with pytest.raises(ServiceUnavailable) as raised:
         run(cat, breakers, "alone", up, "k3")
     assert up.calls == []
     err = raised.value
-    assert err.status == 503 and "`a`" in err.message
+    assert err.status == 503 and "`a`" in err.message and "`alone`" in err.message
     assert err.headers["Retry-After"] == str(round(COOLDOWN))
 
 
@@ -207,7 +211,7 @@ def test_a_real_failure_after_a_skipped_circuit_is_what_is_raised():
 
 def test_one_caller_alone_cannot_open_a_circuit():
     cat, breakers = catalog(), Breakers()
-    a = breakers.of(cat.providers["a"])
+    a = breakers.of(cat.models["main"])
     for _ in range(10):
         up = Upstreams(a=UpstreamError("down"))
         run(cat, breakers, "main", up, "attacker")
@@ -230,14 +234,14 @@ def test_breaker_failures_0_never_opens():
         up = Upstreams(a=UpstreamError("down"))
         run(cat, breakers, "main", up, caller)
         assert up.providers == ["a", "b"]
-    assert breakers.of(cat.providers["a"]).state == CLOSED
+    assert breakers.of(cat.models["main"]).state == CLOSED
 
 
 def test_the_probe_is_never_a_caller_that_just_failed():
     cooldown = 0.15
     cat, breakers = catalog(cooldown=cooldown), Breakers()
     open_a(cat, breakers)                           # by k1 and k2
-    a = breakers.of(cat.providers["a"])
+    a = breakers.of(cat.models["main"])
 
     async def after_the_cooldown():
         await asyncio.sleep(cooldown + 0.05)
@@ -276,7 +280,7 @@ def test_a_failed_probe_opens_the_circuit_again():
     cooldown = 0.1
     cat, breakers = catalog(cooldown=cooldown), Breakers()
     open_a(cat, breakers)
-    a = breakers.of(cat.providers["a"])
+    a = breakers.of(cat.models["main"])
 
     async def probe_fails():
         await asyncio.sleep(cooldown + 0.05)
@@ -290,12 +294,114 @@ def test_a_failed_probe_opens_the_circuit_again():
     asyncio.run(probe_fails())
 
 
-def test_breakers_are_kept_per_provider_and_rebuilt_when_their_settings_change():
+def on(name: str, upstream: str = "up", failures: int = FAILURES,
+       cooldown: float = COOLDOWN) -> ModelSpec:
+    """A model on provider ``name`` (its breaker settings as given)."""
+    return ModelSpec(f"{name}-{upstream}", provider(name, failures, cooldown), upstream)
+
+
+def test_breakers_are_kept_per_provider_and_model_and_rebuilt_when_their_settings_change():
     breakers = Breakers()
-    a = breakers.of(provider("a"))
-    assert breakers.of(provider("a")) is a                  # a reload with the same settings
-    assert breakers.of(provider("b")) is not a
+    a = breakers.of(on("a"))
+    assert breakers.of(on("a")) is a                        # a reload with the same settings
+    assert breakers.of(on("b")) is not a
+    assert breakers.of(on("a", "other-model")) is not a     # one breaker per upstream model
+    assert BreakerKey.of(on("a")) == BreakerKey("a", "up")
     a.failure("k1")
-    changed = breakers.of(provider("a", failures=5))
+    changed = breakers.of(on("a", failures=5))
     assert changed is not a and changed.failures == 5 and changed.streak == 0
-    assert breakers.of(provider("a", failures=5, cooldown=9)).cooldown_s == 9
+    assert breakers.of(on("a", failures=5, cooldown=9)).cooldown_s == 9
+
+
+# ---------------------------------------------------------------------- per upstream model
+
+def test_a_run_of_failures_opens_the_breaker_of_that_model_only():
+    cat, breakers = catalog(), Breakers()
+    open_a(cat, breakers)                           # main's upstream model on a
+    up = Upstreams()
+    assert run(cat, breakers, "alone", up, "k3")[0] == "answer from a"
+    assert up.calls == [("alone", "a", "up-alone")]    # the same provider's other model
+    assert breakers.of(cat.models["alone"]).state == CLOSED
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_upstream_rate_limit_cools_only_its_model_and_opens_nothing():
+    clock = Clock()
+    cat, breakers = catalog(), Breakers(clock)
+    for caller in ("k1", "k2", None, "k3"):         # more than enough to open a breaker
+        up = Upstreams(a=upstream_429())            # retry in 3 s
+        assert run(cat, breakers, "main", up, caller)[0] == "answer from b"
+        clock.now += 0.5
+    main = breakers.of(cat.models["main"])
+    assert main.state == CLOSED and main.streak == 0
+    # cooling: main goes straight to its fallback, without calling a
+    up = Upstreams()
+    assert run(cat, breakers, "main", up, "k4")[0] == "answer from b"
+    assert up.providers == ["b"]
+    # ... and a's other model is not cooled
+    up = Upstreams()
+    assert run(cat, breakers, "alone", up, "k4")[0] == "answer from a"
+    assert up.calls == [("alone", "a", "up-alone")]
+    # 3 s after the last 429, a is asked again
+    clock.now += 2.6
+    up = Upstreams()
+    assert run(cat, breakers, "main", up, "k4")[0] == "answer from a"
+
+
+def test_a_cooling_model_without_fallbacks_answers_429_with_the_rest_of_the_wait():
+    clock = Clock()
+    cat, breakers = catalog(), Breakers(clock)
+    with pytest.raises(RateLimited):
+        run(cat, breakers, "alone", Upstreams(a=RateLimited(
+            "slow down", code="upstream_rate_limited", retry_after=20)), "k1")
+    clock.now += 5.5
+    up = Upstreams()
+    with pytest.raises(RateLimited) as raised:
+        run(cat, breakers, "alone", up, "k2")
+    assert up.calls == []
+    err = raised.value
+    assert (err.status, err.code) == (429, "upstream_rate_limited")
+    assert err.headers["Retry-After"] == "15" and "`a`" in err.message
+    assert "`alone`" in err.message and "retry in 15 s" in err.message
+
+
+def test_a_cool_down_is_bounded_and_needs_a_wait_from_the_upstream():
+    clock = Clock()
+    cat, breakers = catalog(), Breakers(clock)
+    alone = cat.models["alone"]
+    breakers.book(alone, RateLimited("no hint", code="upstream_rate_limited"), "k1")
+    assert breakers.cooling(alone) == 0             # no Retry-After: nothing to wait for
+    breakers.book(alone, RateLimited("a day", code="upstream_rate_limited",
+                                     retry_after=86400), "k1")
+    assert breakers.cooling(alone) == MAX_COOL_S
+    clock.now += MAX_COOL_S
+    assert breakers.cooling(alone) == 0
+
+
+def test_breaker_failures_0_never_cools_either():
+    cat, breakers = catalog(failures=0), Breakers(Clock())
+    for caller in ("k1", "k2"):
+        up = Upstreams(a=upstream_429())
+        run(cat, breakers, "main", up, caller)
+        assert up.providers == ["a", "b"]               # asked every time
+    assert breakers.cooling(cat.models["main"]) == 0
+
+
+def test_a_rate_limited_probe_closes_the_half_open_breaker():
+    """A 429 is an answer: the provider is up.  (Left half-open with its probe taken, the
+    breaker would refuse every request after it.)"""
+    clock = Clock()
+    cat, breakers = catalog(), Breakers(clock)
+    open_a(cat, breakers)
+    clock.now += COOLDOWN
+    main = breakers.of(cat.models["main"])
+    assert main.allow("k3") and main.state == HALF_OPEN
+    breakers.book(cat.models["main"], upstream_429(), "k3")
+    assert main.state == CLOSED

@@ -80,9 +80,9 @@ def test_migration_is_versioned_idempotent_and_safe_for_processes_opening_at_onc
                                           "WHERE indexname = 'keys_one_active_per_ip'")
         return found, versions, rows, tables, index
     found, versions, rows, tables, index = run(go())
-    assert found == [0, 4, 4, 4] and versions == {SCHEMA_VERSION}      # one made it
+    assert found == [0, 5, 5, 5] and versions == {SCHEMA_VERSION}      # one made it
     assert [r["version"] for r in rows] == [SCHEMA_VERSION]
-    assert [t["tablename"] for t in tables] == ["blocks", "key_changes", "keys",
+    assert [t["tablename"] for t in tables] == ["blocks", "key_changes", "key_secret", "keys",
                                                 "schema_version", "usage", "usage_journals",
                                                 "video_jobs"]
     assert "UNIQUE" in index[0]["indexdef"] and "WHERE (status = 'active'" in index[0]["indexdef"]

@@ -140,19 +140,22 @@ def columns(path: Path, table: str) -> list[str]:
         con.close()
 
 
-def test_a_version_2_database_gets_video_jobs_and_usage_journals_only_and_goes_to_5(tmp_path):
-    """Versions 3 (``video_jobs``), 4 (its leases) and 5 (``usage_journals``) need no key
+def test_a_version_2_database_gets_video_jobs_usage_journals_and_key_secret_and_goes_to_6(
+        tmp_path):
+    """Versions 3 (``video_jobs``), 4 (its leases), 5 (``usage_journals``) and 6
+    (``key_secret``) need no key
     secret: ``migrate`` takes 2 to 5."""
     db = tmp_path / "db.sqlite3"
     con = sqlite3.connect(db)
     con.execute("PRAGMA user_version = 2")
     con.close()
     on(db, schema.migrate)
-    assert objects(db)["table"] == {"video_jobs", "usage_journals"}
+    assert objects(db)["table"] == {"video_jobs", "usage_journals", "key_secret"}
     assert objects(db)["index"] == {"video_jobs_owner", "video_jobs_unfinished"}
     assert columns(db, "video_jobs")[-2:] == ["lease_owner", "lease_until"]
     assert columns(db, "usage_journals") == ["journal", "segment"]
-    assert scalar(db, "PRAGMA user_version") == 5 == schema.SCHEMA_VERSION
+    assert columns(db, "key_secret") == ["id", "fingerprint", "created"]
+    assert scalar(db, "PRAGMA user_version") == 6 == schema.SCHEMA_VERSION
 
 
 def test_a_version_3_database_gets_the_lease_columns_keeping_its_jobs(tmp_path):
@@ -167,12 +170,12 @@ def test_a_version_3_database_gets_the_lease_columns_keeping_its_jobs(tmp_path):
     con.commit()
     con.close()
     on(db, schema.migrate)
-    assert scalar(db, "PRAGMA user_version") == 5
+    assert scalar(db, "PRAGMA user_version") == 6
     assert scalar(db, "SELECT id || ':' || coalesce(lease_owner, 'free') FROM video_jobs") == \
         "video_old:free"
 
 
-def test_a_version_4_database_gets_usage_journals_keeping_its_rows(tmp_path):
+def test_a_version_4_database_gets_usage_journals_and_key_secret_keeping_its_rows(tmp_path):
     db = tmp_path / "db.sqlite3"
     first_release(db)
     con = sqlite3.connect(db)
@@ -180,15 +183,15 @@ def test_a_version_4_database_gets_usage_journals_keeping_its_rows(tmp_path):
     con.commit()
     con.close()
     on(db, schema.migrate)
-    assert scalar(db, "PRAGMA user_version") == 5
+    assert scalar(db, "PRAGMA user_version") == 6
     assert columns(db, "usage_journals") == ["journal", "segment"]
     assert scalar(db, "SELECT sum(credits) FROM usage") == 6.0
 
 
-def test_a_version_5_database_is_left_alone_and_a_newer_one_refused(tmp_path):
+def test_a_version_6_database_is_left_alone_and_a_newer_one_refused(tmp_path):
     db = tmp_path / "db.sqlite3"
     con = sqlite3.connect(db)
-    con.execute("PRAGMA user_version = 5")
+    con.execute("PRAGMA user_version = 6")
     con.close()
     on(db, schema.migrate)
     assert objects(db)["table"] == set()                # nothing was created

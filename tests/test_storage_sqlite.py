@@ -113,7 +113,7 @@ def test_upgrade_keys_rewrites_hashes_and_prefixes_and_moves_usage(tmp_path):
             await watcher.close()
     run(go())
     con = sqlite3.connect(db)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5  # jobs too
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6  # jobs too
     con.close()
 
 

@@ -85,6 +85,28 @@ def test_unit_stops_after_the_gateway_grace(unit):
     assert one(unit, "Service", "LimitNOFILE") == "65536"
 
 
+def size_of(value: str) -> int:
+    """A systemd memory size (``1536M``, ``2G``; 1024-based) in bytes."""
+    m = re.fullmatch(r"(\d+)([KMGT]?)", value)
+    assert m, f"not a size in bytes: {value!r}"
+    return int(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " ")
+
+
+def test_unit_bounds_its_memory(unit):
+    """Issue 22, item 12: a request that blows up the gateway's memory takes the service's
+    processes down one at a time, not the host: MemoryMax bounds them all, MemoryHigh makes the
+    kernel reclaim and slow them first, and an OOM kill of one worker leaves the others
+    serving (the supervisor replaces it)."""
+    high, top = size_of(one(unit, "Service", "MemoryHigh")), size_of(one(unit, "Service",
+                                                                          "MemoryMax"))
+    assert top >= 1024 ** 3, "room for 4 workers and a few 25 MB bodies in flight"
+    assert top // 2 <= high < top
+    assert one(unit, "Service", "OOMPolicy") == "continue"
+    readme = (REPO / "README.md").read_text()
+    sizing = [p for p in readme.split("\n\n") if "MemoryMax" in p]
+    assert sizing and "max_body_mb" in sizing[0] and "MemoryHigh" in sizing[0], sizing
+
+
 def test_unit_is_hardened(unit):
     expected = {
         "NoNewPrivileges": "yes", "ProtectSystem": "strict", "PrivateTmp": "yes",
@@ -168,9 +190,11 @@ def test_systemd_analyze_verify_catches_a_broken_unit(analyze, verifiable):
     """The check above is not vacuous: a typo in the unit is reported."""
     broken = verifiable.with_name("broken-apiarium.service")
     broken.write_text(verifiable.read_text().replace("Type=exec", "Type=exce")
-                      .replace("ProtectSystem=strict", "ProtectSystem=strikt"))
+                      .replace("ProtectSystem=strict", "ProtectSystem=strikt")
+                      .replace("MemoryMax=2G", "MemoryMax=2Q"))
     out = _verify(broken)
-    assert len(_about_the_unit(out.stderr)) >= 2, out.stderr
+    assert len(_about_the_unit(out.stderr)) >= 3, out.stderr
+    assert "Invalid memory limit '2Q'" in out.stderr
 
 
 def test_installed_unit_verifies_where_installed(analyze):

@@ -189,13 +189,15 @@ def keys_from_every_worker(gw, count: int, ips: list[str]) -> dict[str, set[str]
 
 
 IPS = [f"127.0.1.{n}" for n in range(1, 51)]
+# these workers count limits in memory, each its own (what they test is not the limits)
+PER_PROCESS = {"per_process": True}
 
 
 # --------------------------------------------------------------------------- SQLite
 
 def test_four_workers_reload_revoke_block_count_and_drain(make_gateway, fake_openai):
     models = openai_models(fake_openai)
-    gw = make_gateway(models, server={"workers": 4})
+    gw = make_gateway(models, server={"workers": 4}, rate_limit=PER_PROCESS)
     assert any("(4 workers)" in line for line in gw.log)
     workers = children(gw.proc.pid)
     assert len(workers) == 4
@@ -262,7 +264,8 @@ def test_four_workers_reload_revoke_block_count_and_drain(make_gateway, fake_ope
 
 def test_kill_9_mid_stream_replaces_the_worker_and_spares_the_others(make_gateway,
                                                                         fake_openai):
-    gw = make_gateway(openai_models(fake_openai), server={"workers": 3})
+    gw = make_gateway(openai_models(fake_openai), server={"workers": 3},
+                      rate_limit=PER_PROCESS)
     fake_openai.stream_events, fake_openai.stream_delay = 20, 0.1      # 2 s per stream
     fake_openai.reply_text = LONG
     conns = by_worker(gw, 3)
@@ -304,6 +307,7 @@ def test_kill_9_mid_stream_replaces_the_worker_and_spares_the_others(make_gatewa
 def test_workers_drain_and_exit_when_their_supervisor_is_killed(make_gateway, fake_openai,
                                                                tmp_path):
     gw = make_gateway(openai_models(fake_openai), server={"workers": 2},
+                      rate_limit=PER_PROCESS,
                       env={"TMPDIR": str(tmp_path)})          # its metrics folder: kept here
     workers = children(gw.proc.pid)
     assert len(workers) == 2
@@ -324,8 +328,9 @@ def test_workers_that_keep_crashing_make_the_supervisor_exit_1(make_gateway, fak
         "        raise RuntimeError('this provider cannot start')\n")
     models = openai_models(fake_openai)
     models["providers"]["up"]["kind"] = "crashkind:Crashing"
-    gw = make_gateway(models, start=False, env={"PYTHONPATH": os.pathsep.join(
-        [str(plugin), os.environ.get("PYTHONPATH", "")])})
+    gw = make_gateway(models, start=False, rate_limit=PER_PROCESS,
+                      env={"PYTHONPATH": os.pathsep.join([str(plugin),
+                                                          os.environ.get("PYTHONPATH", "")])})
     started = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "apiarium", "serve", "--workers", "4",
                           "--config", str(gw.config)], capture_output=True, text=True,
@@ -344,7 +349,8 @@ def test_workers_that_keep_crashing_make_the_supervisor_exit_1(make_gateway, fak
 
 def test_200_first_visits_from_50_ips_on_4_workers_give_one_key_each(make_gateway,
                                                                       fake_openai):
-    gw = make_gateway(openai_models(fake_openai), server={"workers": 4})
+    gw = make_gateway(openai_models(fake_openai), server={"workers": 4},
+                      rate_limit=PER_PROCESS)
     keys = first_visits([gw.port], IPS, per_ip=4)
     assert sorted(keys) == sorted(IPS)
     assert all(len(k) == 1 for k in keys.values()), keys       # one key per address
@@ -365,7 +371,8 @@ def test_two_gateways_of_two_workers_on_postgresql(make_gateway, fake_openai, po
                                                    tmp_path):
     secret = tmp_path / "shared" / "apiarium.secret"
     gws = [make_gateway(openai_models(fake_openai), database=postgres_url,
-                        secret_file=str(secret), server={"workers": 2}) for _ in range(2)]
+                        secret_file=str(secret), server={"workers": 2},
+                        rate_limit=PER_PROCESS) for _ in range(2)]
     keys = first_visits([gw.port for gw in gws], IPS, per_ip=4)
     assert sorted(keys) == sorted(IPS) and all(len(k) == 1 for k in keys.values()), keys
     for gw in gws:

@@ -141,16 +141,16 @@ class BaseHandler(tornado.web.RequestHandler):
                       errors.echo(self.request.method, quote=False), path, exc_info=value)
 
     # ------------------------------------------------------------------ who is asking
-    def resolve_visitor(self, check: bool = True) -> None:
-        """The client IP (through trusted proxies only); on /v1/ a 421 for a host not in
-        ``server.allowed_hosts``; with ``check`` the proxy, VPN and blocklist checks (403)."""
+    def resolve_visitor(self, check: bool = True, shows_key: bool = False) -> None:
+        """The client IP (through trusted proxies only); on /v1/ and where a key is shown
+        (``shows_key``) a 421 for a host not in ``server.allowed_hosts``; ``check``: 403s."""
         guard = self.svc.live.guard
         visitor = self._visitor = guard.visitor(self.request.remote_ip or "",
                                                 self.request.headers)
         self.client_ip = visitor.ip
         self.peer_trusted = visitor.peer_trusted
         names = self.svc.settings.allowed_hosts
-        if names and self.request.path.startswith("/v1/"):
+        if names and (shows_key or self.request.path.startswith("/v1/")):
             hosts.check(self.request_origin()[1], names, self.public_base())
         if check:
             guard.check(visitor, self.request.headers)
@@ -158,7 +158,7 @@ class BaseHandler(tornado.web.RequestHandler):
     async def issue_key(self) -> tuple[str, KeyRecord]:
         """The visitor's key, as ``/v1/keys/me`` and the homepage hand it out: proxy, VPN
         and blocklist checks (403), then the key service's visit and issuance limits."""
-        self.resolve_visitor()
+        self.resolve_visitor(shows_key=True)
         try:
             return await self.svc.keys.issue(self.client_ip, self.svc.settings)
         except RateLimited:

@@ -64,7 +64,7 @@ def anthropic_list(models: list[dict], limit: str) -> dict:
 class ModelHandler(ApiHandler):
     def get(self, alias: str) -> None:
         model = self.svc.catalog.resolve(alias)
-        until = status.cooling_until(self.svc.breakers, model.provider)
+        until = status.cooling_until(self.svc.breakers, model)
         self.write_json(status.model_object(model, until))
 
 

@@ -57,6 +57,8 @@ class AnthropicProvider(Provider):
 
     kind = "anthropic"
     owned_by = "anthropic"
+    public_hosts = frozenset({"api.anthropic.com", "docs.anthropic.com", "docs.claude.com",
+                              "console.anthropic.com", "support.anthropic.com"})
     protocol_headers: ClassVar[Mapping[str, str]] = {"anthropic-version": VERSION}
 
     def auth_headers(self) -> dict[str, str]:

@@ -103,6 +103,8 @@ class Provider:
     owned_by: ClassVar[str] = ""
     #: headers every call of this kind carries, whatever its ``auth``
     protocol_headers: ClassVar[Mapping[str, str]] = {}
+    #: the vendor's public sites: URLs on them stay in the upstream texts a client sees
+    public_hosts: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, spec: ProviderSpec, session: aiohttp.ClientSession,
                  metrics: Metrics | None = None, fetcher: ImageFetcher | None = None,
@@ -345,9 +347,9 @@ class Provider:
         → 429 ``upstream_rate_limited``, 503/529 → 503, 504 → 504, other 5xx → 502, other
         4xx passed through with their status.  Only a 4xx about the request itself (400, 404,
         413, 422) keeps the upstream's message, scrubbed of anything shaped like a key or an
-        organisation id (``redact``); every other answer gets the gateway's own words, since
-        upstreams write account names, org ids and key tails into those.  The upstream's
-        own message is logged (info) with the request id."""
+        account id and of URLs off ``public_hosts`` (``redact``); every other answer gets
+        the gateway's own words, since upstreams write account names, org ids and key tails
+        into those.  The upstream's own message is logged (info) with the request id."""
         name = self.spec.name
         said = self.error_message(data).strip().rstrip(".")
         key = self.spec.api_key
@@ -379,7 +381,8 @@ class Provider:
             return UpstreamError(f"The upstream provider `{name}` failed with HTTP {status}. "
                                  f"Try again later.")
         code = {404: "model_not_found", 413: "request_too_large"}.get(status)
-        detail = redact.scrub(said, self.spec.api_key) if status in _ABOUT_REQUEST else ""
+        detail = redact.scrub(said, self.spec.api_key, public_hosts=self.public_hosts) \
+            if status in _ABOUT_REQUEST else ""
         return UpstreamPassthrough(f"The upstream provider `{name}` rejected the request"
                                    f"{f': {detail}' if detail else f' (HTTP {status})'}.",
                                    status=status, code=code)

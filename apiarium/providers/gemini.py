@@ -89,6 +89,8 @@ class GeminiProvider(Provider):
 
     kind = "gemini"
     owned_by = "google"
+    public_hosts = frozenset({"generativelanguage.googleapis.com", "ai.google.dev",
+                              "cloud.google.com"})
 
     def auth_headers(self) -> dict[str, str]:
         return {"x-goog-api-key": self.spec.api_key}

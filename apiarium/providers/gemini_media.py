@@ -125,7 +125,7 @@ async def _finished(provider: GeminiProvider, op: dict[str, Any], req: VideoRequ
     error = op.get("error")
     if isinstance(error, dict):
         message = scrub(str(error.get("message") or "no reason given")[:500],
-                        provider.spec.api_key)
+                        provider.spec.api_key, public_hosts=provider.public_hosts)
         if _POLICY.search(message):
             raise InvalidRequest(f"The video was refused by the provider's safety filter: "
                                  f"{message}", code="content_policy_violation", param="prompt")
@@ -135,7 +135,7 @@ async def _finished(provider: GeminiProvider, op: dict[str, Any], req: VideoRequ
     samples = result.get("generatedSamples") or []
     if result.get("raiMediaFilteredCount") or not samples:
         reasons = scrub("; ".join(map(str, result.get("raiMediaFilteredReasons") or []))[:500],
-                        provider.spec.api_key)
+                        provider.spec.api_key, public_hosts=provider.public_hosts)
         if result.get("raiMediaFilteredCount"):
             raise InvalidRequest(f"The video was refused by the provider's safety filter"
                                  f"{': ' + reasons if reasons else ''}. Rephrase the prompt.",

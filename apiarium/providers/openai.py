@@ -53,6 +53,7 @@ class OpenAIProvider(Provider):
 
     kind = "openai"
     owned_by = "openai"
+    public_hosts = frozenset({"api.openai.com", "platform.openai.com", "help.openai.com"})
 
     def is_quota(self, status: int, data: Any) -> bool:
         err = data.get("error") if isinstance(data, dict) else None

@@ -215,7 +215,7 @@ def anthropic_tally(usage: object, so_far: Tally | None) -> Tally:
 
 class ChatStream:
     """The frames of one open chat stream, metered: the usage frame is read (and dropped
-    if the client did not ask for it), an upstream failure is booked on the provider's
+    if the client did not ask for it), an upstream failure is booked on the model's
     breaker, and ``aclose`` (always called, however the stream ends) books the usage."""
     __slots__ = (
         "_events",
@@ -254,10 +254,10 @@ class ChatStream:
                 try:
                     frame = await self._events.__anext__()
                 except StopAsyncIteration:     # the whole answer came: the provider works
-                    self._svc.breakers.book(self.served.provider, None, self._key_hash)
+                    self._svc.breakers.book(self.served, None, self._key_hash)
                     raise
                 except ApiError as err:
-                    self._svc.breakers.book(self.served.provider, err, self._key_hash)
+                    self._svc.breakers.book(self.served, err, self._key_hash)
                     raise
             if b'"usage":{' in frame or b'"usage": {' in frame:
                 chunk = orjson.loads(sse.parse(frame)[1] or b"{}")

@@ -36,7 +36,7 @@ from ..errors import Forbidden
 from ..keysecret import KEY_PREFIX, KeyStoreError
 from ..netguard import Blocklist, network_of, parse_network
 from ..ratelimit import TokenBuckets
-from ..storage import BlockRecord, KeyRecord, NewKey, Storage, open_storage, secret_beside
+from ..storage import BlockRecord, KeyRecord, NewKey, Storage, describe, open_storage, secret_beside
 from .limits import hourly_cap, network_cap, visits_refused
 
 if TYPE_CHECKING:
@@ -111,6 +111,8 @@ class KeyService:
         try:
             self._secret = keysecret.load_secret(self.secret_path)
             await storage.upgrade_keys(self._upgraded)
+            await keysecret.check_recorded(self._secret, storage.claim_secret,
+                                           self.secret_path, describe(self.database))
             self._storage = storage
             async with self._lock:
                 await self._reload()

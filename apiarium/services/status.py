@@ -10,8 +10,9 @@ ignore them):
 
 ``not_configured``: the model's provider has no base_url or key (the detail names the
 environment variable that would set it, else the models.yaml key); ``demo``: its provider
-is of kind ``demo`` (canned answers); ``cooling_down``: its provider's circuit breaker is
-open.  The status is the model's own provider's: a fallback may still answer for it.
+is of kind ``demo`` (canned answers); ``cooling_down``: its provider's circuit breaker for it
+is open, or the provider's rate limit cools it.  The status is the model's own provider's: a
+fallback may still answer for it.
 
 All but ``cooling_down`` change only with the catalog, so ``Live`` builds the list once;
 a request re-builds it only while some breaker is open (``models_body``).
@@ -25,40 +26,34 @@ from typing import Any
 
 import orjson
 
-from ..catalog import Catalog, ModelSpec, ProviderSpec
-from ..resilience import OPEN
-from .fallback import Breakers
+from ..catalog import Catalog, ModelSpec
+from .fallback import BreakerKey, Breakers
 
 READY, NOT_CONFIGURED, DEMO, COOLING_DOWN = "ready", "not_configured", "demo", "cooling_down"
 DEMO_DETAIL = "answers come from the built-in demo provider, not from a real model"
 
 
-def cooling_until(breakers: Breakers, provider: ProviderSpec) -> float | None:
-    """When (wall clock) the breaker in front of ``provider`` lets requests through again,
-    or None if it does now.  The one place that reads breaker state."""
-    breaker = breakers.of(provider)
-    if breaker.state != OPEN:
-        return None
-    wait = breaker.retry_in()
-    return time.time() + wait if wait > 0 else None
+def cooling_until(breakers: Breakers, model: ModelSpec) -> float | None:
+    """When (wall clock) ``model`` is tried again, or None if it is now."""
+    left = breakers.skipped().get(BreakerKey.of(model))
+    return time.time() + left if left else None
 
 
 def cooling(catalog: Catalog, breakers: Breakers) -> dict[str, float]:
-    """The models whose provider is cooling down now: alias -> ``cooling_until``.  One look
-    per provider (a handful), not per model: this runs on every ``GET /v1/models``."""
-    hot = {}
-    for spec in catalog.providers.values():
-        until = cooling_until(breakers, spec)
-        if until is not None:
-            hot[spec.name] = until
+    """The models skipped now (an open breaker or an upstream's rate-limit cool-down of their
+    provider and upstream model): alias -> when (wall clock) they are tried again.  The one
+    place that reads breaker state; it runs on every ``GET /v1/models``, and looks at the
+    models only while something is skipped."""
+    hot = breakers.skipped()
     if not hot:
         return {}
-    return {alias: hot[m.provider.name] for alias, m in catalog.models.items()
-            if m.provider.name in hot}
+    now = time.time()
+    return {alias: now + hot[key] for alias, m in catalog.models.items()
+            if (key := BreakerKey.of(m)) in hot}
 
 
 def status_fields(model: ModelSpec, until: float | None = None) -> dict[str, Any]:
-    """The three fields of one model; ``until``: its ``cooling_until``."""
+    """The three fields of one model; ``until``: when it is tried again (``cooling``)."""
     if model.provider.kind == "demo":
         return {"status": DEMO, "status_detail": DEMO_DETAIL, "available_at": None}
     hint = model.provider.setup_hint()
@@ -67,9 +62,9 @@ def status_fields(model: ModelSpec, until: float | None = None) -> dict[str, Any
     if until is not None:
         at = math.ceil(until)
         return {"status": COOLING_DOWN, "available_at": at,
-                "status_detail": f"its provider `{model.provider.name}` is failing and is "
-                                 f"skipped until {time.strftime('%H:%M:%S', time.gmtime(at))} "
-                                 f"UTC"}
+                "status_detail": f"its provider `{model.provider.name}` is failing (or rate "
+                                 f"limiting it) and it is skipped until "
+                                 f"{time.strftime('%H:%M:%S', time.gmtime(at))} UTC"}
     return {"status": READY, "status_detail": None, "available_at": None}
 
 

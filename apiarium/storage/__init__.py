@@ -270,6 +270,10 @@ class Storage(Protocol):
         key, and file the usage rows of each changed hash under the new one.  The number of
         keys changed (0: nothing to do, as for every database made since)."""
 
+    async def claim_secret(self, fingerprint: str) -> str:
+        """Record ``fingerprint`` as the key secret's unless the database has one already
+        (of processes claiming at once, one wins); the one recorded."""
+
     async def schema_version(self) -> int:
         """The schema version the database is at now."""
 

@@ -52,6 +52,7 @@ from . import (
 from .postgres_jobs import PostgresVideoJobs
 from .postgres_schema import (
     ADD_USAGE,
+    CLAIM_FINGERPRINT,
     INSERT_KEY,
     MARK_JOURNAL,
     SCHEMA_VERSION,
@@ -235,6 +236,11 @@ class PostgresStorage:
     async def schema_version(self) -> int:
         async with self.connection() as conn:
             return await version_of(conn)
+
+    async def claim_secret(self, fingerprint: str) -> str:
+        async with self.connection() as conn:
+            await conn.execute(CLAIM_FINGERPRINT, fingerprint)
+            return str(await conn.fetchval("SELECT fingerprint FROM key_secret WHERE id = 1"))
 
 
 class PostgresKeys:

@@ -14,6 +14,8 @@ Schema versions (the one row of ``schema_version``; a database without that tabl
 4. ``usage_journals``: per usage journal (``apiarium/usagejournal.py``), the last of its
    segments whose usage is in the ``usage`` rows, written in the same transaction as them
    (SQLite's version 5).
+5. ``key_secret``: the fingerprint of the key secret the database was first used with
+   (``Storage.claim_secret``), one row (SQLite's version 6).
 
 ``migrate`` runs in one transaction, under an advisory lock, so processes that open a new
 database at the same moment take turns: the first creates it, the others find it done.  It
@@ -26,7 +28,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from . import StorageError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MIGRATION_LOCK = 0x61706961     # pg_advisory_lock's key: "apia"
 
 _V1 = """
@@ -127,7 +129,15 @@ CREATE TABLE usage_journals (
 );
 """
 
-_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
+_V5 = """
+CREATE TABLE key_secret (
+    id          integer PRIMARY KEY CHECK (id = 1),
+    fingerprint text NOT NULL,
+    created     bigint NOT NULL
+);
+"""
+
+_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
 
 SELECT_KEYS = ("SELECT id, key_hash, key_prefix, ip, generation, created, rpm, status, "
                "last_used FROM keys")
@@ -158,6 +168,10 @@ ADD_USAGE = (
 MARK_JOURNAL = ("INSERT INTO usage_journals (journal, segment) VALUES ($1, $2) "
                 "ON CONFLICT (journal) DO UPDATE "
                 "SET segment = GREATEST(usage_journals.segment, excluded.segment)")
+# the key secret's fingerprint, unless one is recorded (of processes racing, one wins: the
+# others' inserts wait for it to commit, then do nothing; a next statement sees its row)
+CLAIM_FINGERPRINT = ("INSERT INTO key_secret (id, fingerprint, created) "
+                "VALUES (1, $1, extract(epoch FROM now())::bigint) ON CONFLICT (id) DO NOTHING")
 # the latest time wins: two processes may write the same key's in either order
 TOUCH = ("UPDATE keys SET last_used = GREATEST(keys.last_used, t.ts) "
          "FROM unnest($1::bigint[], $2::bigint[]) AS t(id, ts) WHERE keys.id = t.id")

@@ -104,11 +104,18 @@ class SqliteStorage:
     async def schema_version(self) -> int:
         return await user_version(self.db)
 
+    async def claim_secret(self, fingerprint: str) -> str:
+        async with self.write_lock:
+            await self.write("INSERT OR IGNORE INTO key_secret (id, fingerprint, created) "
+                             "VALUES (1, ?, CAST(strftime('%s', 'now') AS INTEGER))",
+                             (fingerprint,), counted=False)
+        return str(await value(self.db, "SELECT fingerprint FROM key_secret WHERE id = 1"))
+
     async def upgrade_keys(self, rewrite: Callable[[KeyRecord], KeyRecord]) -> int:
         """Version 1 → 2, once, in one transaction that holds the write lock: store
         ``rewrite(record)``'s ``key_hash`` and ``key_prefix`` for every key, and file the
-        usage rows of each changed hash under the new one; then on to 5 (``video_jobs``, its
-        leases, ``usage_journals``).
+        usage rows of each changed hash under the new one; then on to 6 (``video_jobs``, its
+        leases, ``usage_journals``, ``key_secret``).
         The number of keys changed."""
         db = self.db
         if await user_version(db) >= SCHEMA_VERSION:

@@ -20,6 +20,9 @@ Schema versions (``PRAGMA user_version``; databases made before versions existed
    segments whose usage is in the ``usage`` rows, written in the same transaction as them.
    No secret: ``migrate`` and ``upgrade_keys`` take 2, 3 or 4 on to 5; a new database gets
    the table with version 1 (a usage ledger may open it before the key service).
+6. ``key_secret``: the fingerprint of the key secret the database was first used with
+   (``Storage.claim_secret``), one row.  No secret needed to make the table: on to 6 the
+   same way.
 
 The database, its -wal and -shm files are created 0600 (SQLite gives the latter two the
 database's mode), in a folder created 0700; files made looser by older versions are
@@ -37,7 +40,7 @@ import aiosqlite
 
 from . import KeyRecord, StorageError
 
-SCHEMA_VERSION = 5        # the newest this code knows; ``migrate`` skips 2, see above
+SCHEMA_VERSION = 6        # the newest this code knows; ``migrate`` skips 2, see above
 
 USAGE_JOURNALS = """CREATE TABLE IF NOT EXISTS usage_journals (
         journal     TEXT PRIMARY KEY,
@@ -156,14 +159,20 @@ VIDEO_JOBS = [
 VIDEO_LEASE = ["ALTER TABLE video_jobs ADD COLUMN lease_owner TEXT",
                "ALTER TABLE video_jobs ADD COLUMN lease_until REAL"]
 
+FINGERPRINT_TABLE = """CREATE TABLE IF NOT EXISTS key_secret (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        fingerprint TEXT NOT NULL,
+        created     INTEGER NOT NULL)"""
+
 
 MARK_JOURNAL = ("INSERT INTO usage_journals (journal, segment) VALUES (?, ?) "
                 "ON CONFLICT (journal) DO UPDATE SET segment = max(segment, excluded.segment)")
 
 
 async def migrate_past_2(db: aiosqlite.Connection) -> None:
-    """Version 2 → 3 → 4 → 5 (the caller holds the transaction): the ``video_jobs`` table,
-    its lease columns, then ``usage_journals``.  Nothing to do below 2 or at 5."""
+    """Version 2 → 3 → 4 → 5 → 6 (the caller holds the transaction): the ``video_jobs`` table,
+    its lease columns, ``usage_journals``, then ``key_secret``.  Nothing to do below 2 or at
+    6."""
     if await user_version(db) == 2:
         for statement in VIDEO_JOBS:
             await db.execute(statement)
@@ -175,6 +184,9 @@ async def migrate_past_2(db: aiosqlite.Connection) -> None:
     if await user_version(db) == 4:
         await db.execute(USAGE_JOURNALS)
         await db.execute("PRAGMA user_version = 5")
+    if await user_version(db) == 5:
+        await db.execute(FINGERPRINT_TABLE)
+        await db.execute("PRAGMA user_version = 6")
 
 
 _MIGRATIONS = {1: _migrate_to_1}
@@ -193,7 +205,7 @@ async def user_version(db: aiosqlite.Connection) -> int:
 
 
 async def migrate(db: aiosqlite.Connection) -> None:
-    """Bring the database to the last version that needs no key secret (1; 5 from 2), in one
+    """Bring the database to the last version that needs no key secret (1; 6 from 2), in one
     transaction that holds the write lock (another process opening it at the same moment
     waits, then finds the work done).  A version newer than this code knows is refused."""
     version = await user_version(db)
@@ -208,7 +220,7 @@ async def migrate(db: aiosqlite.Connection) -> None:
         for target in range(await user_version(db) + 1, last + 1):
             await _MIGRATIONS[target](db)
             await db.execute(f"PRAGMA user_version = {target}")
-        await migrate_past_2(db)                 # keys rehashed: on to 5, which needs no secret
+        await migrate_past_2(db)                 # keys rehashed: on to 6, which needs no secret
         await db.execute("COMMIT")
     except BaseException:
         await db.execute("ROLLBACK")
