@@ -152,8 +152,8 @@ def test_the_status_of_each_kind_of_provider():
     assert demo["status"] == "demo" and "demo" in demo["status_detail"]
     cooling = status.status_fields(model(), until=1_900_000_000.2)
     assert cooling == {"status": "cooling_down", "available_at": 1_900_000_001,
-                       "status_detail": "its provider `p` is failing and is skipped until "
-                                        "17:46:41 UTC"}
+                       "status_detail": "its provider `p` is failing (or rate limiting it) "
+                                        "and it is skipped until 17:46:41 UTC"}
 
 
 def test_the_list_is_built_again_only_while_a_breaker_is_open():
@@ -162,16 +162,21 @@ def test_the_list_is_built_again_only_while_a_breaker_is_open():
     built = status.list_body(catalog)
     breakers = Breakers()
     assert status.models_body(catalog, built, breakers) is built     # no breaker open
-    breaker = breakers.of(catalog.providers["openai"])
+    breaker = breakers.of(catalog.models["gpt-5"])     # per (provider, upstream model)
     for _ in range(breaker.failures):
         breaker.failure(None)                                        # the operator's own
     before = time.time()
     data = json.loads(status.models_body(catalog, built, breakers))["data"]
     cooling = {m["id"]: m for m in data if m["status"] == "cooling_down"}
-    assert set(cooling) == {a for a, m in catalog.models.items() if m.provider.name == "openai"}
+    gpt5 = catalog.models["gpt-5"]
+    assert set(cooling) == {a for a, m in catalog.models.items()
+                            if (m.provider.name, m.upstream) == (gpt5.provider.name,
+                                                                 gpt5.upstream)}
     at = cooling["gpt-5"]["available_at"]
     assert before + breaker.cooldown_s - 1 <= at <= time.time() + breaker.cooldown_s + 1
-    assert {m["status"] for m in data if m["id"] not in cooling} == {"not_configured"}
+    # the provider's other models are served as before: one model's breaker is its own
+    assert {m["status"] for m in data if m["id"] not in cooling} == {"not_configured", "ready"}
+    assert next(m for m in data if m["id"] == "gpt-5-mini")["status"] == "ready"
     breaker.success()
     assert status.models_body(catalog, built, breakers) is built
 

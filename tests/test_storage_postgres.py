@@ -107,7 +107,7 @@ def test_a_version_2_database_gets_the_lease_columns_keeping_its_jobs(postgres_u
             await conn.close()
         st = await open_storage(postgres_url)
         try:
-            assert (st.found_version, await st.schema_version()) == (2, SCHEMA_VERSION) == (2, 4)
+            assert (st.found_version, await st.schema_version()) == (2, SCHEMA_VERSION) == (2, 5)
             assert [j.id for j in await st.videos.claimable("me", 5.0)] == ["video_old"]
             assert await st.videos.claim("video_old", "me", 5.0, 65.0)
         finally:

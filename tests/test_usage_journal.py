@@ -406,7 +406,7 @@ def test_kill_9_with_a_request_in_flight_books_its_whole_hold(make_gateway, fake
 def test_a_killed_workers_journal_is_booked_by_its_replacement(make_gateway, fake_openai,
                                                                 tmp_path):
     gw = make_gateway(openai_models(fake_openai), server={"workers": 2},
-                      rate_limit={"rpm": 100})
+                      rate_limit={"rpm": 100, "per_process": True})
     ip = "127.0.3.3"
     key = gw.key_for(ip)
     lock = sqlite3.connect(tmp_path / "gw0" / "data" / "apiarium.sqlite3", isolation_level=None)
