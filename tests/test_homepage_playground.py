@@ -181,8 +181,8 @@ def test_the_key_and_base_url_copy_buttons_and_the_nav_links(browser, gw):
 # --------------------------------------------------------------------------- the playground
 def test_a_chat_answer_streams_into_the_page(browser, gw, fake_openai, tmp_path):
     fake_openai.reply_text = REPLY
-    fake_openai.stream_events = 6
-    fake_openai.stream_delay = 0.15
+    fake_openai.stream_events = 8
+    fake_openai.stream_delay = 0.3        # far apart enough to arrive one by one under load
     with opened(browser, gw) as page:
         key = page.text_content("#api-key").strip()
         assert page.text_content("#usage-requests") == "0"
@@ -238,7 +238,7 @@ def test_an_image_appears_and_the_page_fits(browser, gw, width, tmp_path):
 def test_stop_ends_a_stream_and_what_came_stays(browser, gw, fake_openai):
     fake_openai.reply_text = REPLY
     fake_openai.stream_events = 12
-    fake_openai.stream_delay = 0.4
+    fake_openai.stream_delay = 0.5
     with opened(browser, gw) as page:
         send(page, "gpt-5", "Tell me slowly")
         assert wait_for(lambda: page.text_content("#pg-output"), timeout=10)
