@@ -178,12 +178,6 @@ SCHEMAS = {
     "Health": obj(["status"], {"status": {"const": "ok"}, "version": STR, "uptime_s": NUM,
                                "models": INT, "keys": INT, "backends": {"type": "object"},
                                "workers": obj(["count", "pid"], {"count": INT, "pid": INT})}),
-    "ApiKey": obj(["object", "key", "ip", "created", "rate_limit"], {
-        "object": {"const": "api_key"},
-        "key": {"type": "string", "pattern": "^api-[a-z0-9]{16}$"},
-        "ip": STR, "created": INT,
-        "rate_limit": obj(["rpm"], {"rpm": {"type": "integer", "minimum": 1}}),
-        "usage": {"type": "object", "description": "Today's (UTC) usage of this key."}}),
     "KeyUsage": obj(["object", "data", "credits"], {
         "object": {"const": "list"},
         "data": {"type": "array", "minItems": 1, "maxItems": 90, "items": obj(
@@ -200,6 +194,12 @@ SCHEMAS = {
         description="The key's usage on each UTC day of the range, oldest first (the last is "
                     "today), every day present; `credits`: its daily limit and what is left "
                     "today (both null when unlimited, and for the master key)."),
+    "ApiKey": obj(["object", "key", "ip", "created", "rate_limit"], {
+        "object": {"const": "api_key"},
+        "key": {"type": "string", "pattern": "^api-[a-z0-9]{16}$"},
+        "ip": STR, "created": INT,
+        "rate_limit": obj(["rpm"], {"rpm": {"type": "integer", "minimum": 1}}),
+        "usage": {"type": "object", "description": "Today's (UTC) usage of this key."}}),
     "Model": obj(["id", "object", "created", "owned_by", "type"], {
         "id": STR, "object": {"const": "model"}, "created": INT, "owned_by": STR,
         "type": {"type": "string", "enum": list(MODEL_TYPES)}}),
