@@ -39,6 +39,7 @@ from .handlers.info import (
 from .handlers.media import ImagesHandler, MediaFileHandler, VideosHandler
 from .handlers.openapi import OpenApiHandler
 from .handlers.ops import MetricsHandler
+from .handlers.usage import KeyUsageHandler
 from .live import Live, Services, WorkerInfo
 from .media import MediaStore
 from .metrics import Metrics
@@ -84,6 +85,7 @@ def routes() -> list:
         (r"/health", HealthHandler),
         (r"/v1/models", ModelsHandler),
         (r"/v1/models/(.+)", ModelHandler),
+        (r"/v1/keys/me/usage", KeyUsageHandler),
         (r"/v1/keys/me", KeysMeHandler),
         (r"/v1/images/generations", ImagesHandler),
         (r"/v1/videos/generations", VideosHandler),

@@ -178,6 +178,22 @@ SCHEMAS = {
     "Health": obj(["status"], {"status": {"const": "ok"}, "version": STR, "uptime_s": NUM,
                                "models": INT, "keys": INT, "backends": {"type": "object"},
                                "workers": obj(["count", "pid"], {"count": INT, "pid": INT})}),
+    "KeyUsage": obj(["object", "data", "credits"], {
+        "object": {"const": "list"},
+        "data": {"type": "array", "minItems": 1, "maxItems": 90, "items": obj(
+            ["date", "requests", "prompt_tokens", "completion_tokens", "images",
+             "video_seconds", "credits"], {
+                "date": {"type": "string", "format": "date"},
+                **{name: {"type": "integer", "minimum": 0} for name in (
+                    "requests", "prompt_tokens", "completion_tokens", "images",
+                    "video_seconds")},
+                "credits": {"type": "number", "minimum": 0}})},
+        "credits": obj(["daily_limit", "remaining"], {
+            "daily_limit": nullable({"type": "number", "exclusiveMinimum": 0}),
+            "remaining": nullable({"type": "number", "minimum": 0})})},
+        description="The key's usage on each UTC day of the range, oldest first (the last is "
+                    "today), every day present; `credits`: its daily limit and what is left "
+                    "today (both null when unlimited, and for the master key)."),
     "ApiKey": obj(["object", "key", "ip", "created", "rate_limit"], {
         "object": {"const": "api_key"},
         "key": {"type": "string", "pattern": "^api-[a-z0-9]{16}$"},
@@ -370,6 +386,18 @@ def _paths() -> dict:
             "keysMe", "keys", "The caller's IP's key (created on the first call)",
             {200: ok("The key, bound to the caller's IP.", {JSON: {"schema": ref("ApiKey")}})},
             errors=(403, 429))},
+        "/v1/keys/me/usage": {"get": operation(
+            "keyUsage", "keys", "The caller's key's usage per UTC day, and its credits left",
+            {200: ok("The last `days` days, oldest first.", {JSON: {"schema": ref("KeyUsage")}}),
+             503: {"description": "The database cannot be read right now (`code`: "
+                                  "storage_unavailable).",
+                   "headers": {"x-request-id": {"$ref": "#/components/headers/RequestId"}},
+                   "content": {JSON: {"schema": ref("Error")}}}},
+            auth=True, errors=(*AUTHED, 400),
+            params=[{"name": "days", "in": "query", "required": False,
+                     "description": "How many days, ending today (UTC): 1 to 90.",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 90,
+                                "default": 7}}])},
         "/v1/models": {"get": operation(
             "listModels", "models", "The catalog",
             {200: ok("Every model.", {JSON: {"schema": ref("ModelList")}})},

@@ -196,6 +196,24 @@ class UsageLedger:
         self.day()
         return self._today.get(key_hash) or Tally()
 
+    async def history(self, key_hash: str | None, first: str, last: str) -> dict[str, Tally]:
+        """One key's usage (None: the master key's) on each UTC day from ``first`` to
+        ``last`` (both included) that has any: the stored rows plus what this process
+        counted and has not written yet, each request once.  Read while no flush of this
+        process is under way, so a batch is either still pending here or committed, never
+        both nor neither.  Other processes' counts not yet written (a few seconds' worth:
+        they flush every 2 s) are not seen."""
+        key = key_hash or MASTER
+        async with self._flushing:
+            storage = self._storage
+            rows = [] if storage is None else await storage.usage.days(key, first, last)
+            found = {r.day: Tally(r.requests, r.prompt_tokens, r.completion_tokens, r.images,
+                                  r.video_seconds, r.credits) for r in rows}
+            for (k, day), pending in self._pending.items():   # after the read: all of it
+                if k == key and first <= day <= last:
+                    found.setdefault(day, Tally()).add(pending)
+        return found
+
     async def flush(self) -> int:
         """Write what was counted since the previous flush; the number of rows written.
         Callers that may be cancelled shield it: a write cut in half could be committed in

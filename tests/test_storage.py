@@ -136,6 +136,30 @@ def test_usage_rows_add_up(database):
     run(go())
 
 
+def test_one_keys_usage_over_a_range_of_days(database):
+    """``days``: one key's rows from the first day to the last, both included, oldest first;
+    other keys' rows and days outside the range are left out; no row for a day unused."""
+    async def go():
+        st = await open_storage(database)
+        try:
+            assert await st.usage.days("h1", "2030-01-01", "2030-01-31") == []
+            await st.usage.add([UsageRow("h1", "2030-01-03", 2, 30, 40, 1, 0, 1.5),
+                                UsageRow("h1", "2029-12-31", requests=9),
+                                UsageRow("h2", "2030-01-02", requests=5),
+                                UsageRow("h1", "2030-01-01", 1, 10, 20, 0, 8, 0.25),
+                                UsageRow("h1", "2030-01-04", requests=7)])
+            assert await st.usage.days("h1", "2030-01-01", "2030-01-03") == [
+                UsageRow("h1", "2030-01-01", 1, 10, 20, 0, 8, 0.25),
+                UsageRow("h1", "2030-01-03", 2, 30, 40, 1, 0, 1.5)]
+            assert await st.usage.days("h2", "2030-01-02", "2030-01-02") == [
+                UsageRow("h2", "2030-01-02", requests=5)]
+            assert await st.usage.days("h3", "2029-01-01", "2031-01-01") == []
+            assert await st.usage.days("h1", "2030-01-05", "2030-01-04") == []
+        finally:
+            await st.close()
+    run(go())
+
+
 def test_a_usage_journal_mark_is_written_with_its_rows(database):
     """``add`` with a journal name records its last segment in the same transaction (never
     going back); ``forget_journal`` drops it.  A mark may come without rows."""

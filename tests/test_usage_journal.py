@@ -340,6 +340,83 @@ def test_a_torn_line_is_skipped_and_counted(ledgers):
     ledgers.run(go)
 
 
+# ---------------------------------------------------------------------- history (the usage API)
+
+class Gated:
+    """A usage repository whose next ``add`` waits for ``go`` (a flush held mid-write)."""
+
+    def __init__(self, real) -> None:
+        self.real, self.entered, self.go = real, asyncio.Event(), asyncio.Event()
+
+    async def add(self, rows, journal: str = "", segment: int = 0) -> None:
+        self.entered.set()
+        await self.go.wait()
+        await self.real.add(rows, journal, segment)
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)
+
+
+def test_history_counts_each_request_once_before_during_and_after_a_flush(ledgers):
+    """``history`` (GET /v1/keys/me/usage): stored rows plus what is pending, never a batch
+    twice nor not at all, even while a flush is writing it; other keys and days apart."""
+    async def go():
+        ledger = await ledgers.open()
+        day = today()
+        spent = serve(ledger, "k1", 100, 10) + serve(ledger, "k1", 200, 20)
+        serve(ledger, "k2", 1, 1)
+        serve(ledger, None, 5, 5)                      # the master key's, filed as MASTER
+
+        def totals(found: dict[str, Tally]) -> tuple:
+            t = found[day]
+            return t.requests, t.prompt_tokens, t.completion_tokens, round(t.credits, 6)
+        want = (2, 300, 30, round(spent, 6))
+        assert totals(await ledger.history("k1", day, day)) == want        # all pending
+        await ledger.flush()
+        assert totals(await ledger.history("k1", day, day)) == want        # all stored
+        spent += serve(ledger, "k1", 10, 1)
+        want = (3, 310, 31, round(spent, 6))
+        assert totals(await ledger.history("k1", day, day)) == want        # both
+
+        gate = Gated(ledger._storage.usage)
+        ledger._storage.usage = gate
+        flushing = asyncio.create_task(ledger.flush())
+        await gate.entered.wait()                      # the batch is neither here nor there
+        reading = asyncio.create_task(ledger.history("k1", day, day))
+        spent += serve(ledger, "k1", 1, 1)             # counted during the flush
+        await asyncio.sleep(0)
+        assert not reading.done()                      # it waits for the write
+        gate.go.set()
+        await flushing
+        assert totals(await reading) == (4, 311, 32, round(spent, 6))
+
+        assert (await ledger.history(None, day, day))[day].requests == 1
+        assert (await ledger.history("k2", day, day))[day].requests == 1
+        assert await ledger.history("k3", day, day) == {}
+        await gate.real.add([UsageRow("k1", "2000-01-02", 7, 70, 7, 1, 8, 2.5),
+                             UsageRow("k1", "2000-01-05", requests=1)])
+        old = await ledger.history("k1", "2000-01-01", "2000-01-04")
+        assert list(old) == ["2000-01-02"]
+        assert Tally(7, 70, 7, 1, 8, 2.5) == old["2000-01-02"]
+        await ledger.close()
+    ledgers.run(go)
+
+
+def test_history_after_a_death_counts_what_the_journal_recovered_once(ledgers):
+    async def go():
+        ledger = await ledgers.open()
+        spent = serve(ledger, "k1", 100, 10)
+        await ledger.flush()
+        spent += serve(ledger, "k1", 50, 5)            # in the journal alone
+        ledgers.die(ledger)
+        again = await ledgers.open()
+        found = await again.history("k1", today(), today())
+        assert found[today()].requests == 2
+        assert found[today()].credits == pytest.approx(spent)
+        await again.close()
+    ledgers.run(go)
+
+
 # ---------------------------------------------------------------------- a real kill -9
 
 @pytest.mark.subprocess_gateway("kills the gateway with SIGKILL and starts it again")

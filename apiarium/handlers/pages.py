@@ -4,7 +4,9 @@ The page is rendered on the server from ``web/*.html`` (Tornado templates, every
 autoescaped), so it works with JavaScript off: the visitor's key, the base URL as they
 reached us, runnable examples and the catalog grouped by type.  ``web/app.js`` only adds
 the copy buttons and the live catalog refresh (GET /v1/models with the key in a header,
-never in a URL).
+never in a URL), and the two parts that need it: the playground (a chat answer streamed,
+an image drawn, on the public API with the visitor's key) and the usage panel (GET
+/v1/keys/me/usage, drawn as plain SVG).
 
 Static files are read once at start-up, gzipped once, and served with a content hash:
 ``/static/style.css?v=<hash>`` is cacheable for a year, any other URL revalidates by ETag.

@@ -145,6 +145,10 @@ class UsageRepository(Protocol):
     async def day(self, day: str) -> list[UsageRow]:
         """Every key's totals for one UTC day."""
 
+    async def days(self, key_hash: str, first: str, last: str) -> list[UsageRow]:
+        """One key's totals on each UTC day from ``first`` to ``last`` (``YYYY-MM-DD``, both
+        included), oldest first; a day without usage has no row."""
+
     async def add(self, rows: Sequence[UsageRow], journal: str = "", segment: int = 0) -> None:
         """Add each row to the stored totals of its (key, day), all or none; with a
         ``journal`` name, record in the same transaction that its segments up to

@@ -333,6 +333,11 @@ class PostgresUsage:
         rows = await self._s.fetch(SELECT_USAGE + " WHERE day = $1 ORDER BY key_hash", day)
         return [UsageRow(*row) for row in rows]
 
+    async def days(self, key_hash: str, first: str, last: str) -> list[UsageRow]:
+        rows = await self._s.fetch(SELECT_USAGE + " WHERE key_hash = $1 AND day >= $2 AND "
+                                   "day <= $3 ORDER BY day", key_hash, first, last)
+        return [UsageRow(*row) for row in rows]
+
     async def add(self, rows: Sequence[UsageRow], journal: str = "", segment: int = 0) -> None:
         if not journal:
             if rows:

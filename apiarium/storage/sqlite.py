@@ -257,6 +257,11 @@ class SqliteUsage:
         rows = await self._s.fetch(SELECT_USAGE + " WHERE day = ?", (day,))
         return [UsageRow(*row) for row in rows]
 
+    async def days(self, key_hash: str, first: str, last: str) -> list[UsageRow]:
+        rows = await self._s.fetch(SELECT_USAGE + " WHERE key_hash = ? AND day >= ? AND "
+                                   "day <= ? ORDER BY day", (key_hash, first, last))
+        return [UsageRow(*row) for row in rows]
+
     async def add(self, rows: Sequence[UsageRow], journal: str = "", segment: int = 0) -> None:
         if not rows and not journal:
             return
