@@ -31,6 +31,7 @@ import orjson
 
 from .. import sse
 from ..errors import ApiError, InvalidRequest
+from ..passthrough import refuse_stored
 from .responses_compaction import compaction_item, expand_compactions, is_compaction_trigger
 from .responses_input import check_stateless, compaction_of, to_chat
 from .responses_stream import (
@@ -137,16 +138,17 @@ def compact(body: dict) -> dict:
 # ---------------------------------------------------------------------- native passthrough
 def native_body(body: dict) -> dict:
     """The request as an OpenAI upstream gets it on its own ``/responses``: the stateful
-    fields refused (``check_stateless``), and what would reach this gateway's own OpenAI
-    account (``check_unowned``); the gateway's own compaction items expanded (only it can
-    read them; OpenAI's are kept), ``store`` false.  Hosted tools, ``include``,
-    ``reasoning`` and the rest pass as the client sent them."""
+    fields refused (``check_stateless``); the gateway's own compaction items expanded (only it
+    can read them; OpenAI's are kept), then what would reach this gateway's own OpenAI
+    account refused (``check_unowned``, on what was expanded too); ``store`` false.
+    ``include``, ``reasoning`` and the rest pass as the client sent them; hosted tools as
+    the model allows (``passthrough.native_responses``)."""
     check_stateless(body)
-    check_unowned(body)
     items = body.get("input")
     if isinstance(items, list) and any(isinstance(i, dict) and i.get("type") == "compaction"
                                        for i in items):
         body = {**body, "input": [x for _, x in expand_compactions(items, keep_foreign=True)]}
+    check_unowned(body)
     return {**body, "store": False}
 
 
@@ -199,8 +201,10 @@ def _data(frame: bytes | None) -> dict:
 
 def check_unowned(body: dict) -> None:
     """Refuse what names things stored in the gateway's OpenAI account, which a key holder
-    must not reach: item references, uploaded files (``file_id``), ``file_search`` (it
-    searches the account's vector stores) and an existing code-interpreter container."""
+    must not reach: item references, uploaded files (a ``file_id`` anywhere in an item's
+    content or output: message parts, tool outputs, computer screenshots) and an existing
+    code-interpreter container.  (``file_search``, which searches the account's vector
+    stores, is a hosted tool a model must allow.)"""
     items = body.get("input")
     for i, item in enumerate(items if isinstance(items, list) else []):
         if not isinstance(item, dict):
@@ -209,21 +213,10 @@ def check_unowned(body: dict) -> None:
             raise InvalidRequest(f"`input[{i}]`: item references need responses stored on "
                                  f"the server, and this gateway stores none; send the item "
                                  f"itself.", param=f"input[{i}]", code="unsupported_parameter")
-        content = item.get("content") if item.get("type") in (None, "message") else None
-        for j, part in enumerate(content if isinstance(content, list) else []):
-            if isinstance(part, dict) and part.get("file_id"):
-                raise InvalidRequest(
-                    f"`input[{i}].content[{j}].file_id`: uploaded files are not kept here; "
-                    f"send the file inline (`file_data`, or an image's `image_url`).",
-                    param=f"input[{i}].content[{j}].file_id")
+        refuse_stored(item, f"input[{i}]")
     tools = body.get("tools")
     for i, tool in enumerate(tools if isinstance(tools, list) else []):
         kind = tool.get("type") if isinstance(tool, dict) else None
-        if kind == "file_search":
-            raise InvalidRequest(f"`tools[{i}]`: `file_search` searches vector stores of this "
-                                 f"gateway's own OpenAI account, which are not yours to "
-                                 f"search; send the documents in `input` instead.",
-                                 param=f"tools[{i}]")
         box = tool.get("container") if kind == "code_interpreter" else {}
         if not isinstance(box, dict) or (box or {}).get("file_ids"):
             raise InvalidRequest(f"`tools[{i}].container`: only a new container without "

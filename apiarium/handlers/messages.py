@@ -5,7 +5,8 @@ Bearer``, IP binding, VPN 403, the token bucket, credits, usage, fallbacks, a di
 cancels the upstream), with every error in Anthropic's envelope.  The request is translated
 to the internal chat request and run by the chat service on whatever provider serves the
 model; the answer (or stream) is translated back.  The query string (``?beta=true``) and the
-``anthropic-version`` / ``anthropic-beta`` headers are accepted.
+``anthropic-version`` / ``anthropic-beta`` headers are accepted; on an Anthropic upstream the
+request passes as sent, but for what the model does not allow (``passthrough``).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from .. import passthrough
 from ..catalog import ModelSpec
 from ..dialects.anthropic_answer import count_tokens_estimate, error_body, error_headers, from_chat
 from ..dialects.anthropic_messages import to_chat
@@ -62,6 +64,9 @@ class MessagesHandler(MessagesBase):
         if stream not in (True, False, None):
             raise InvalidRequest("`stream` must be true or false.", param="stream")
         if self.svc.chat.native(model, "messages"):
+            beta = self.request.headers.get("anthropic-beta")
+            passthrough.check_messages(body, beta, model, self.svc.catalog.allowed(model))
+            body = passthrough.bound_messages(body, self.svc.settings.max_tool_calls)
             await self.passthrough(model, body, bool(stream))
             return
         chat_body = to_chat(body)
@@ -74,8 +79,9 @@ class MessagesHandler(MessagesBase):
 
 
     async def passthrough(self, model: ModelSpec, body: dict, stream: bool) -> None:
-        """An Anthropic upstream gets the request as the client sent it, beta flags and all
-        (the gateway's rules still apply: key, limits, credits, usage, fallbacks)."""
+        """An Anthropic upstream gets the request as the client sent it, beta flags and all,
+        once ``passthrough.check_messages`` found nothing the model does not allow (the
+        gateway's rules still apply: key, limits, credits, usage, fallbacks)."""
         beta = self.request.headers.get("anthropic-beta")
         if stream:
             async def open_stream() -> AsyncIterator[bytes]:
@@ -101,8 +107,9 @@ class CountTokensHandler(MessagesBase):
             to_chat({**body, "max_tokens": body.get("max_tokens") or 1})
             self.write_json({"input_tokens": count_tokens_estimate(body)})
             return
-        counted = await self.guarded(self.svc.chat.count_tokens(
-            model, body, self.request.headers.get("anthropic-beta")))
+        beta = self.request.headers.get("anthropic-beta")
+        passthrough.check_messages(body, beta, model, self.svc.catalog.allowed(model))
+        counted = await self.guarded(self.svc.chat.count_tokens(model, body, beta))
         if counted is not None:
             self.write_json({"input_tokens": counted})
 

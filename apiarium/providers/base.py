@@ -102,6 +102,8 @@ class Provider:
     owned_by: ClassVar[str] = ""
     #: headers every call of this kind carries, whatever its ``auth``
     protocol_headers: ClassVar[Mapping[str, str]] = {}
+    #: what a prompt-cache write costs by default, x the input price (``Credits``)
+    cache_write_factor: ClassVar[float] = 1.0
 
     def __init__(self, spec: ProviderSpec, session: aiohttp.ClientSession,
                  metrics: Metrics | None = None, fetcher: ImageFetcher | None = None,

@@ -29,6 +29,11 @@ class Limiter(Protocol):
         """The ``x-ratelimit-*`` headers of an admitted request (or an awaitable of them),
         or raise the 429 (or 503 when a shared backend cannot answer and fails closed)."""
 
+    def take(self, rec: KeyRecord, endpoint: str, s: Settings) -> Awaitable[None] | None:
+        """Take one request from the key's ``endpoint`` bucket alone (a request of another
+        endpoint that does that endpoint's work too: a Responses request that may generate
+        images takes from ``images``), or raise its 429; an awaitable with a shared backend."""
+
     def prune(self, rpm_of: Callable[[str], int], s: Settings) -> None:
         """Drop what this process holds that equals nothing held (refilled buckets)."""
 
@@ -101,6 +106,13 @@ class RequestLimits:
         decision = self.buckets.take(rec.key_hash, rpm)
         if not decision.allowed:
             raise rpm_refused(self.metrics, decision)
+        self.take(rec, endpoint, s)
+        if s.daily_credits and self.usage.spent_today(rec.key_hash).credits >= s.daily_credits:
+            raise credits_refused(self.metrics, s.daily_credits)
+        return decision.headers()
+
+    def take(self, rec: KeyRecord, endpoint: str, s: Settings) -> None:
+        """One request from the key's ``endpoint`` bucket (if the endpoint has a limit)."""
         limit = s.endpoint_limits.get(endpoint)
         if limit is not None:
             count, period = limit
@@ -110,9 +122,6 @@ class RequestLimits:
             taken = buckets.take(rec.key_hash, count, period)
             if not taken.allowed:
                 raise endpoint_refused(self.metrics, endpoint, period, taken)
-        if s.daily_credits and self.usage.spent_today(rec.key_hash).credits >= s.daily_credits:
-            raise credits_refused(self.metrics, s.daily_credits)
-        return decision.headers()
 
     def prune(self, rpm_of: Callable[[str], int], s: Settings) -> None:
         share = self.share
