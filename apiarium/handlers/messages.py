@@ -5,8 +5,9 @@ Bearer``, IP binding, VPN 403, the token bucket, credits, usage, fallbacks, a di
 cancels the upstream), with every error in Anthropic's envelope.  The request is translated
 to the internal chat request and run by the chat service on whatever provider serves the
 model; the answer (or stream) is translated back.  The query string (``?beta=true``) and the
-``anthropic-version`` / ``anthropic-beta`` headers are accepted; on an Anthropic upstream the
-request passes as sent, but for what the model does not allow (``passthrough``).
+``anthropic-version`` / ``anthropic-beta`` headers are accepted, checked first against what
+the model allows (``passthrough``: fields, flags, server tools, file ids, cache TTLs); on an
+Anthropic upstream the request then passes as sent.
 """
 from __future__ import annotations
 
@@ -63,9 +64,9 @@ class MessagesHandler(MessagesBase):
         stream = body.get("stream", False)
         if stream not in (True, False, None):
             raise InvalidRequest("`stream` must be true or false.", param="stream")
+        passthrough.check_messages(body, self.request.headers.get("anthropic-beta"), model,
+                                   self.svc.catalog.allowed(model))
         if self.svc.chat.native(model, "messages"):
-            beta = self.request.headers.get("anthropic-beta")
-            passthrough.check_messages(body, beta, model, self.svc.catalog.allowed(model))
             body = passthrough.bound_messages(body, self.svc.settings.max_tool_calls)
             await self.passthrough(model, body, bool(stream))
             return
@@ -103,12 +104,12 @@ class CountTokensHandler(MessagesBase):
     async def post(self) -> None:
         body = self.messages_body()
         model = self.svc.catalog.resolve_for(body.get("model"), "/v1/messages")
+        beta = self.request.headers.get("anthropic-beta")
+        passthrough.check_messages(body, beta, model, self.svc.catalog.allowed(model))
         if not self.svc.chat.native(model, "messages"):        # the same checks as a request
             to_chat({**body, "max_tokens": body.get("max_tokens") or 1})
             self.write_json({"input_tokens": count_tokens_estimate(body)})
             return
-        beta = self.request.headers.get("anthropic-beta")
-        passthrough.check_messages(body, beta, model, self.svc.catalog.allowed(model))
         counted = await self.guarded(self.svc.chat.count_tokens(model, body, beta))
         if counted is not None:
             self.write_json({"input_tokens": counted})

@@ -87,6 +87,7 @@ class ResponsesHandler(ApiHandler):
                     await taken
             await self.passthrough(model, native, stream)
             return
+        responses.check_unowned(body)          # file ids name the same path on either way
         chat_body = responses.to_chat(body)
         events = ResponsesStream(body)
         if stream:
