@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from apiarium.config import ConfigError, load_config
+from apiarium.config_pricing import ANTHROPIC_LONG_CONTEXT
+from apiarium.passthrough import family
 from apiarium.usage import Tally, price
 from tests.inprocess import write_config
 from tests.support import MASTER_KEY
@@ -445,6 +447,29 @@ def test_catalog_mistakes_are_file_line_errors(tmp_path, model, line, wanted):
     assert problems[0].file == str(catalog_file) and problems[0].line > 0
     assert line.split(".")[-1] in text[problems[0].line - 1] or \
         line.split(".")[-1] in text[problems[0].line - 2]        # the key, or its item
+
+
+@pytest.mark.parametrize("kind, fam", [
+    ("web_search_20250305", "web_search"), ("web_search_preview_2025_03_11",
+                                            "web_search_preview"),
+    ("code_execution_20250825", "code_execution"), ("mcp_toolset", "mcp"),
+    ("image_generation", "image_generation")])
+def test_a_tool_is_allowed_by_its_family(kind, fam):
+    assert family(kind) == fam
+
+
+def test_allowing_the_1m_context_prices_long_prompts_as_anthropic_does(tmp_path):
+    path = write_config(tmp_path, {
+        "providers": {"an": {"kind": "anthropic", "base_url": "http://127.0.0.1:9",
+                             "api_key": "k"}},
+        "models": {"c": {"provider": "an", "allow": {"anthropic_beta": ["context-1m"]},
+                         "credits": {"input": 0.3, "output": 1.5}}}})
+    model = load_config(path).catalog.models["c"]
+    assert dict(model.credits.long_context) == ANTHROPIC_LONG_CONTEXT
+    short = Tally(requests=1, prompt_tokens=150_000, completion_tokens=1000)
+    long = Tally(requests=1, prompt_tokens=300_000, completion_tokens=1000)
+    assert price(model, short) == pytest.approx((150_000 * 0.3 + 1000 * 1.5) / 1000)
+    assert price(model, long) == pytest.approx((300_000 * 0.3 * 2 + 1000 * 1.5 * 1.5) / 1000)
 
 
 REPO = Path(__file__).resolve().parents[1]
