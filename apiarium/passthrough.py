@@ -37,7 +37,7 @@ and fetch) when the client asked for more (``bound_responses``, ``bound_messages
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from .catalog import Allow, ModelSpec
@@ -56,11 +56,12 @@ HOSTED_TOOLS = RESPONSES_TOOLS | MESSAGES_TOOLS
 # Tiers that cost more (or less) than the standard price: they need leave and a multiplier.
 PREMIUM_TIERS = frozenset({"flex", "scale", "priority", "fast", "ultrafast"})
 # anthropic-beta flags that change only the format of what is already priced or allowed
-# (Claude Code sends the first ones on every request); a name stands for name-<date>.
-HARMLESS_BETAS = ("claude-code", "interleaved-thinking", "fine-grained-tool-streaming",
-                  "token-efficient-tools", "token-counting", "prompt-caching",
-                  "thinking-token-count", "context-management", "mid-conversation-system",
-                  "effort", "output-128k", "structured-outputs", "extended-cache-ttl")
+# (Claude Code sends the first seven on every request), by name: without the date.
+HARMLESS_BETAS = frozenset({
+    "claude-code", "interleaved-thinking", "thinking-token-count", "context-management",
+    "prompt-caching-scope", "mid-conversation-system", "effort", "prompt-caching",
+    "fine-grained-tool-streaming", "token-efficient-tools", "token-counting", "output-128k",
+    "structured-outputs", "extended-cache-ttl"})
 # Messages fields that carry nothing beyond the conversation and how to answer it.
 PLAIN_MESSAGES_FIELDS = frozenset({
     "model", "messages", "system", "max_tokens", "metadata", "stop_sequences", "stream",
@@ -71,6 +72,7 @@ IMAGE_TOOL = "image_generation"           # the hosted tool that counts against 
 MAX_DEPTH = 32                            # content nested deeper is a 400 (refuse_stored)
 
 _DATE = re.compile(r"_(\d{8}|\d{4}_\d{2}_\d{2})$")
+_BETA_DATE = re.compile(r"-\d{4}-?\d{2}-?\d{2}$")
 _FAMILY = {"mcp_toolset": "mcp"}
 # Responses output items made by a hosted tool -> its family
 _CALL_ITEMS = {"web_search_call": "web_search", "file_search_call": "file_search",
@@ -97,41 +99,59 @@ def _leave(alias: str, key: str) -> str:
 
 
 # ---------------------------------------------------------------------- stored objects
-def _content(value: Any, path: str) -> Iterator[tuple[dict, str]]:
-    """(object, path) of every object of client content: ``value`` at ``path`` and the
-    ``content``, ``source`` and ``output`` inside it, however deep (at most ``MAX_DEPTH``).
-    Tool inputs, annotations and citations are not read: they are the model's words."""
-    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
+# A path into the request, built as the scan goes and spelled out only for an error: the root's
+# name, then (parent, key or index) pairs.
+Where = tuple[Any, "str | int"]
+
+
+def _spelled(where: Where | None) -> str:
+    parts = []
+    while where is not None:
+        where, step = where
+        parts.append(f"[{step}]" if isinstance(step, int) else f".{step}")
+    return "".join(reversed(parts)).lstrip(".")
+
+
+def _scan(value: Any, root: str, ttl_of: str | None = None) -> None:
+    """400 at the first file named in client content: ``value`` (at ``root``) and the
+    ``content``, ``source`` and ``output`` inside it, however deep (at most ``MAX_DEPTH``):
+    a ``file_id``, or an Anthropic ``source`` of type ``file``.  With ``ttl_of`` (a model's
+    alias), also at a ``cache_control`` whose TTL is not 5 minutes.  Tool inputs, annotations
+    and citations are not read: they are the model's words, not content sent."""
+    stack: list[tuple[Any, Where, int]] = [(value, (None, root), 0)]
     while stack:
         node, where, depth = stack.pop()
         if depth > MAX_DEPTH:
-            raise InvalidRequest(f"`{where}` nests content more than {MAX_DEPTH} levels deep; "
-                                 f"this gateway reads at most {MAX_DEPTH}.", param=where)
-        if isinstance(node, list):
-            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(node))
-        elif isinstance(node, dict):
-            yield node, where
-            for key in ("content", "source", "output"):
-                inner = node.get(key)
-                if isinstance(inner, (dict, list)):
-                    stack.append((inner, f"{where}.{key}", depth + 1))
+            at = _spelled(where)
+            raise InvalidRequest(f"`{at}` nests content more than {MAX_DEPTH} levels deep; "
+                                 f"this gateway reads at most {MAX_DEPTH}.", param=at)
+        if type(node) is list:
+            stack.extend([(v, (where, i), depth + 1) for i, v in enumerate(node)])
+            continue
+        if type(node) is not dict:
+            continue
+        if node.get("file_id"):
+            _stored(_spelled((where, "file_id")))
+        if where[1] == "source" and node.get("type") == "file":
+            _stored(_spelled((where, "type")))
+        if ttl_of is not None and "cache_control" in node:
+            _ttl(node, _spelled(where) + ".", ttl_of)
+        for key in ("content", "source", "output"):
+            inner = node.get(key)
+            if type(inner) is list or type(inner) is dict:
+                stack.append((inner, (where, key), depth + 1))
 
 
-def _stored(node: dict, where: str) -> None:
-    """400 if ``node`` names a file: a ``file_id``, or an Anthropic ``source`` of type
-    ``file``."""
-    if node.get("file_id") or (where.endswith(".source") and node.get("type") == "file"):
-        at = f"{where}.file_id" if node.get("file_id") else f"{where}.type"
-        raise InvalidRequest(
-            f"`{at}`: files uploaded to the provider are not reachable through this gateway "
-            f"(they belong to its account); send the file inline (base64 data, text, or a "
-            f"URL).", param=at, code="unsupported_parameter")
+def _stored(at: str) -> None:
+    raise InvalidRequest(
+        f"`{at}`: files uploaded to the provider are not reachable through this gateway "
+        f"(they belong to its account); send the file inline (base64 data, text, or a URL).",
+        param=at, code="unsupported_parameter")
 
 
 def refuse_stored(value: Any, path: str) -> None:
     """400 at the first file id in the client content ``value`` (at ``path``)."""
-    for node, where in _content(value, path):
-        _stored(node, where)
+    _scan(value, path)
 
 
 # ---------------------------------------------------------------------- tiers
@@ -234,7 +254,9 @@ def count_responses_item(item: Any, counts: dict[str, int]) -> None:
 
 # ---------------------------------------------------------------------- Messages
 def harmless_beta(flag: str) -> bool:
-    return any(flag == name or flag.startswith(name + "-") for name in HARMLESS_BETAS)
+    """Whether ``flag`` (``name-2025-05-14`` or ``name-20250219``) is one of
+    ``HARMLESS_BETAS``."""
+    return _BETA_DATE.sub("", flag) in HARMLESS_BETAS
 
 
 def check_messages(body: dict, beta: str | None, model: ModelSpec, allow: Allow) -> None:
@@ -272,16 +294,14 @@ def check_messages(body: dict, beta: str | None, model: ModelSpec, allow: Allow)
                 f"account); remove it or declare a custom tool with a name and an "
                 f"input_schema. {_leave(alias, 'tools').capitalize()}.",
                 param=f"tools[{i}]", code="unsupported_tool")
-    long_ttl = CACHE_TTL in allow.fields
+    ttl_of = None if CACHE_TTL in allow.fields else alias
     for key in ("system", "messages"):
-        for node, where in _content(body.get(key), key):
-            _stored(node, where)
-            if not long_ttl:
-                _ttl(node, where + ".", alias)
-    if not long_ttl:
+        _scan(body.get(key), key, ttl_of)
+    if ttl_of is not None:
         _ttl(body, "", alias)
         for i, tool in enumerate(tools if isinstance(tools, list) else ()):
-            _ttl(tool, f"tools[{i}].", alias)
+            if isinstance(tool, dict) and "cache_control" in tool:
+                _ttl(tool, f"tools[{i}].", alias)
 
 
 def _ttl(obj: Any, where: str, alias: str) -> None:
