@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .catalog import Allow, Credits, ProviderSpec
-from .passthrough import HOSTED_TOOLS, PREMIUM_TIERS
+from .passthrough import CLIENT_TOOLS, HOSTED_TOOLS, PREMIUM_TIERS, SERVER_TOOLS
 from .providers import KindError, provider_class
 from .yamlschema import Ctx, ListOf, MapOf, Num, Problem, Section, Str
 
@@ -37,9 +37,10 @@ CREDITS = Section({
 
 
 def model_allow(path: Path, alias: str, m: dict, ctx: Ctx, problems: list[Problem]) -> Allow:
-    """``allow`` checked against ``credits``: each hosted tool a family the gateway meters
-    and priced (``credits.tools``, 0 allowed), each premium tier priced
-    (``credits.service_tier``), nothing priced that is not allowed."""
+    """``allow`` checked against ``credits``: each hosted tool one the gateway knows, and
+    priced (``credits.tools``, 0 allowed) if its vendor runs it (a tool the client runs costs
+    its tokens alone: no price), each premium tier priced (``credits.service_tier``), nothing
+    priced that is not allowed."""
     def problem(where: tuple, message: str) -> None:
         line = ctx.lines.get(("models", alias, *where), 0) or ctx.lines.get(("models", alias), 0)
         problems.append(Problem(str(path), line, f"models.{alias}.{'.'.join(map(str, where[:2]))}"
@@ -47,9 +48,9 @@ def model_allow(path: Path, alias: str, m: dict, ctx: Ctx, problems: list[Proble
     given, prices = m["allow"], m["credits"]
     for i, tool in enumerate(given["tools"]):
         if tool not in HOSTED_TOOLS:
-            problem(("allow", "tools", i), f"{tool!r} is not a hosted tool this gateway meters "
+            problem(("allow", "tools", i), f"{tool!r} is not a hosted tool this gateway knows "
                                            f"(known: {', '.join(sorted(HOSTED_TOOLS))})")
-        elif tool not in prices["tools"]:
+        elif tool in SERVER_TOOLS and tool not in prices["tools"]:
             problem(("allow", "tools", i), f"{tool!r} has no price: add credits.tools.{tool} "
                                            f"(credits per call; 0 if its calls cost nothing)")
     for i, tier in enumerate(given["service_tiers"]):
@@ -63,7 +64,10 @@ def model_allow(path: Path, alias: str, m: dict, ctx: Ctx, problems: list[Proble
                     f"{tier!r} has no price: add credits.service_tier.{tier} (what it "
                     f"multiplies the token price by, e.g. 2)")
     for name in prices["tools"]:
-        if name not in given["tools"]:
+        if name in CLIENT_TOOLS:
+            problem(("credits", "tools", name), f"{name!r} runs on the client: its calls cost "
+                                                f"only their tokens (remove this price)")
+        elif name not in given["tools"]:
             problem(("credits", "tools", name), f"{name!r} is priced but not allowed: add it "
                                                 f"to allow.tools, or remove its price")
     for name in prices["service_tier"]:

@@ -45,14 +45,15 @@ from .dialects.responses_tools import SKIPPED_HOSTED_TOOLS, _tool_lists
 from .errors import InvalidRequest
 
 # Hosted tools, by family (a tool's type without its date: web_search_20250305 → web_search).
-RESPONSES_TOOLS = frozenset({"web_search", "web_search_preview", "file_search",
-                             "code_interpreter", "image_generation", "mcp",
-                             "computer_use_preview", "local_shell", "shell", "apply_patch",
-                             "tool_search"})
-MESSAGES_TOOLS = frozenset({"web_search", "web_fetch", "code_execution", "bash", "text_editor",
-                            "computer", "memory", "tool_search_tool_regex",
-                            "tool_search_tool_bm25", "mcp"})
-HOSTED_TOOLS = RESPONSES_TOOLS | MESSAGES_TOOLS
+# Those the vendor runs cost per call (allowed, they need a price: credits.tools) ...
+SERVER_TOOLS = frozenset({
+    "web_search", "web_search_preview", "file_search", "code_interpreter", "image_generation",
+    "mcp", "tool_search", "programmatic_tool_calling",                     # Responses
+    "web_fetch", "code_execution", "tool_search_tool_regex", "tool_search_tool_bm25"})
+# ... those the client runs (the vendor only defines them) cost their tokens alone.
+CLIENT_TOOLS = frozenset({"computer", "computer_use_preview", "local_shell", "shell",
+                          "apply_patch", "bash", "text_editor", "memory"})
+HOSTED_TOOLS = SERVER_TOOLS | CLIENT_TOOLS
 # Tiers that cost more (or less) than the standard price: they need leave and a multiplier.
 PREMIUM_TIERS = frozenset({"flex", "scale", "priority", "fast", "ultrafast"})
 # anthropic-beta flags that change only the format of what is already priced or allowed
@@ -74,13 +75,12 @@ MAX_DEPTH = 32                            # content nested deeper is a 400 (refu
 _DATE = re.compile(r"_(\d{8}|\d{4}_\d{2}_\d{2})$")
 _BETA_DATE = re.compile(r"-\d{4}-?\d{2}-?\d{2}$")
 _FAMILY = {"mcp_toolset": "mcp"}
-# Responses output items made by a hosted tool -> its family
+# Responses output items made by a server tool's call -> its family
 _CALL_ITEMS = {"web_search_call": "web_search", "file_search_call": "file_search",
                "code_interpreter_call": "code_interpreter",
                "image_generation_call": "image_generation", "mcp_call": "mcp",
-               "computer_call": "computer_use_preview", "local_shell_call": "local_shell",
-               "shell_call": "shell", "apply_patch_call": "apply_patch",
-               "tool_search_call": "tool_search"}
+               "tool_search_call": "tool_search",
+               "programmatic_tool_calling": "programmatic_tool_calling"}
 # Anthropic server_tool_use names that are not their tool's family
 _SERVER_NAMES = {"bash_code_execution": "code_execution",
                  "text_editor_code_execution": "code_execution"}
@@ -245,7 +245,7 @@ def makes_images(body: dict) -> bool:
 
 
 def count_responses_item(item: Any, counts: dict[str, int]) -> None:
-    """Count ``item`` (a Responses output item) if a hosted tool made it."""
+    """Count ``item`` (a Responses output item) if a server tool's call made it."""
     if isinstance(item, dict):
         fam = _CALL_ITEMS.get(item.get("type"))       # type: ignore[arg-type]
         if fam is not None and item.get("execution") != "client":

@@ -430,6 +430,8 @@ def test_the_hold_covers_the_allowed_tools_worst_case(make_gateway, fake_openai,
     ({"allow": {"service_tiers": ["priority"]}}, "allow.service_tiers", "has no price"),
     ({"allow": {"service_tiers": ["turbo"]}}, "allow.service_tiers", "not a tier"),
     ({"credits": {"tools": {"web_search": 1}}}, "credits.tools", "priced but not allowed"),
+    ({"allow": {"tools": ["bash"]}, "credits": {"tools": {"bash": 1}}}, "credits.tools",
+     "runs on the client"),
     ({"allow": {"anthropic_beta": ["files-api, skills"]}}, "allow.anthropic_beta",
      "one name"),
 ])
