@@ -11,11 +11,13 @@ allows it (``models.<alias>.allow``, ``catalog.Allow``; with fallbacks, every mo
 chain must), for issued keys and the master key alike:
 
     Responses, chat   service_tier          flex, scale, priority, fast, … not allowed
-    Responses         tools[i]              a hosted tool not allowed (web_search,
+    Responses         tools[i]              a hosted tool not allowed, natively
+                                            (``native_responses``; web_search,
                                             web_search_preview and a hosted tool_search are
-                                            left out of the request instead: Codex CLI
-                                            declares them on every turn)
-    Messages          tools[i]              a server tool not allowed
+                                            left out instead: Codex CLI declares them on every
+                                            turn); translated, every hosted tool (the
+                                            translation's own check)
+    Messages          tools[i]              a vendor-defined tool not allowed
                       <field>               a top-level field that is neither plain
                                             (``PLAIN_MESSAGES_FIELDS``) nor allowed (``fields``:
                                             mcp_servers, container, inference_geo, …)
@@ -27,12 +29,13 @@ chain must), for issued keys and the master key alike:
     both              ….file_id             never: the files of the gateway's account are not
                                             the key holder's (``refuse_stored``)
 
-Translated requests need none of this: the translation refuses hosted tools, MCP servers and
-files, and drops the rest.  An allowed hosted tool costs ``credits.tools[<family>]`` per call,
+Messages requests are checked whatever serves the model (``check_messages``; a translated
+one would lose what it asks for anyway), Responses ones natively (the translation refuses
+hosted tools itself).  An allowed server tool costs ``credits.tools[<family>]`` per call,
 counted from what the upstream reports (``count_responses_item``, ``count_anthropic``); the
 credit hold reserves ``limits.max_tool_calls`` calls (``hosted_estimate``), which is sent
-upstream as ``max_tool_calls`` (Responses) or each tool's ``max_uses`` (Anthropic's web search
-and fetch) when the client asked for more (``bound_responses``, ``bound_messages``).
+upstream as ``max_tool_calls`` (Responses, ``native_responses``) or each tool's ``max_uses``
+(Anthropic's web search and fetch, ``bound_messages``) when the client asked for more.
 """
 from __future__ import annotations
 
@@ -206,8 +209,8 @@ def native_responses(body: dict, model: ModelSpec, allow: Allow, max_calls: int,
         else:
             raise InvalidRequest(
                 f"`{where}[{i}]`: the hosted tool `{fam}` is not available for `{model.alias}` "
-                f"on this gateway (it runs in, and is billed to, the gateway's own account); "
-                f"remove it or declare a function tool instead. "
+                f"on this gateway (hosted tools act for, and are billed to, the gateway's own "
+                f"account); remove it or declare a function tool instead. "
                 f"{_leave(model.alias, 'tools').capitalize()}.",
                 param=f"{where}[{i}]", code="unsupported_tool")
     if drop:
@@ -289,9 +292,9 @@ def check_messages(body: dict, beta: str | None, model: ModelSpec, allow: Allow)
         kind = tool.get("type") if isinstance(tool, dict) else None
         if isinstance(kind, str) and kind != "custom" and family(kind) not in allow.tools:
             raise InvalidRequest(
-                f"`tools[{i}]` is Anthropic's server tool `{kind[:60]}`, which is not available "
-                f"for `{alias}` on this gateway (it runs in, and is billed to, the gateway's "
-                f"account); remove it or declare a custom tool with a name and an "
+                f"`tools[{i}]` is Anthropic's tool `{kind[:60]}`, which is not available for "
+                f"`{alias}` on this gateway (Anthropic's tools act for, and are billed to, the "
+                f"gateway's account); remove it or declare a custom tool with a name and an "
                 f"input_schema. {_leave(alias, 'tools').capitalize()}.",
                 param=f"tools[{i}]", code="unsupported_tool")
     ttl_of = None if CACHE_TTL in allow.fields else alias
