@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import hosts
-from .catalog import Catalog, Credits, ModelSpec, ProviderSpec
+from .catalog import Catalog, ModelSpec, ProviderSpec
 from .config_limits import endpoint_limits, limiter_backend, per_process
+from .config_pricing import ALLOW, CREDITS, model_allow, model_credits
 from .modeltypes import MODEL_TYPES
 from .providers import KindError, provider_class
 from .providers.base import Provider
@@ -66,6 +67,7 @@ SETTINGS_SCHEMA = Section({
                            "lookups_per_minute": Num(60, 1, 1_000_000, integer=True)}),
     "limits": Section({"max_images": Num(4, 1, 100, integer=True),
                        "max_chat_choices": Num(1, 1, 128, integer=True),
+                       "max_tool_calls": Num(8, 1, 1000, integer=True),
                        "max_embedding_input_mb": Num(2, 0.001, 4096),
                        "max_embedding_floats": Num(262_144, 1, 1_000_000_000, integer=True)}),
     "media": Section({"dir": Str("../data/media"), "ttl_hours": Num(24, 0.001, 100_000),
@@ -112,17 +114,8 @@ CATALOG_SCHEMA = Section({
         "thinking": Enum(THINKING, ""),
         "cache": Enum(("auto", "off"), ""),
         "completions": Enum(("chat", "native"), "chat"),
-        "credits": Section({
-            "request": Num(None, 0, 1e9),
-            "per_1k_tokens": Num(None, 0, 1e9),
-            "input": Num(None, 0, 1e9),
-            "cached_input": Num(None, 0, 1e9),
-            "cache_write": Num(None, 0, 1e9),
-            "output": Num(None, 0, 1e9),
-            "image": Num(None, 0, 1e9),
-            "video_second": Num(None, 0, 1e9),
-            "resolution": MapOf(Num(None, 0, 1e6)),
-        }),
+        "allow": ALLOW,                # config_pricing: what passes, and what it costs
+        "credits": CREDITS,
     }, required=("provider",))),
 })
 
@@ -182,6 +175,7 @@ class Settings:
     public_requests_per_minute: int = 600     # per network (each process): what needs no key
     write_timeout_s: float = 60.0             # a client that reads nothing this long is cut
     limiter_per_process: bool = False         # workers on memory: limits x N, accepted
+    max_tool_calls: int = 8                   # hosted tool calls a request may make (held for)
 
 
 @dataclass(frozen=True)
@@ -307,6 +301,7 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
         public_requests_per_minute=sec["public_requests_per_minute"],
         limiter_per_process=per_process(s["workers"], d["rate_limit"], ctx, problems),
         max_images=d["limits"]["max_images"], max_chat_choices=d["limits"]["max_chat_choices"],
+        max_tool_calls=d["limits"]["max_tool_calls"],
         media_dir=media_dir, media_ttl_hours=float(d["media"]["ttl_hours"]),
         block_proxy_headers=sec["block_proxy_headers"],
         blocklists=_blocklists(base, sec["blocklists"], ctx, problems),
@@ -422,13 +417,14 @@ def _build_catalog(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> Ca
             continue
         _check_serves(path, alias, m["type"], provider, ctx, problems)
         _check_controls(path, alias, m, provider, ctx, problems)
+        allow = model_allow(path, alias, m, ctx, problems)
         models[alias] = ModelSpec(alias=alias, provider=provider, upstream=m["upstream"] or alias,
                                   type=m["type"], created=created,
-                                  credits=Credits.for_model(alias, m["type"], m["credits"]),
+                                  credits=model_credits(alias, m, provider, allow),
                                   fallbacks=tuple(m["fallbacks"]),
                                   max_output_tokens=m["max_output_tokens"],
                                   thinking=m["thinking"], cache=m["cache"],
-                                  completions=m["completions"])
+                                  completions=m["completions"], allow=allow)
     for alias, m in models.items():
         for i, other in enumerate(m.fallbacks):
             target = models.get(other)

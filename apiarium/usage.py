@@ -10,15 +10,21 @@ hold), then reads today's rows, so a daily credit limit holds across restarts.
 
 Prices come from the model's ``credits`` in models.yaml (``catalog.Credits``):
 ``request`` per request; per 1k tokens ``input`` (uncached prompt tokens), ``cached_input``
-(read from the provider's cache), ``cache_write`` (written to it) and ``output`` (completion
-tokens, reasoning included), each ``per_1k_tokens`` when not given; ``image`` per image,
-``video_second`` per second of video, times ``resolution[<res>]`` (default 1).
+(read from the provider's cache), ``cache_write`` (written to it; ``cache_write_1h`` for
+Anthropic's 1-hour TTL) and ``output`` (completion tokens, reasoning included), each
+``per_1k_tokens`` when not given; the token price times the premium tier's multiplier
+(``service_tier``, as the upstream reported it) and, past ``long_context.above_tokens`` of
+prompt, the long-context multipliers; ``tools[<family>]`` per hosted tool call; ``image``
+per image, ``video_second`` per second of video, times ``resolution[<res>]`` (default 1).
 
 A Tally's ``prompt_tokens`` counts every input token (cached and cache-written ones too, as
 OpenAI's ``prompt_tokens`` does) and ``completion_tokens`` every output token; the stored
-usage rows keep those two.  ``cached_tokens``, ``cache_write_tokens`` and ``reasoning_tokens``
-say how many of them were which; they are counted in memory (GET /v1/keys/me shows them) and
-not stored, so after a restart they count from then on.
+usage rows keep those two.  ``cached_tokens``, ``cache_write_tokens`` (``cache_write_1h_tokens``
+of them with the 1-hour TTL) and ``reasoning_tokens`` say how many of them were which, and
+``tool_calls`` counts hosted tool calls; they are counted in memory (GET /v1/keys/me shows
+them) and not stored, so after a restart they count from then on.  ``hosted`` (calls per
+tool family) and ``tier`` (the service tier the upstream reported) describe one request, for
+its price; they are not added up.
 """
 from __future__ import annotations
 
@@ -66,6 +72,10 @@ class Tally:
     cached_tokens: int = 0         # of prompt_tokens: read from the provider's prompt cache
     cache_write_tokens: int = 0    # of prompt_tokens: written to it
     reasoning_tokens: int = 0      # of completion_tokens: thinking
+    tool_calls: int = 0            # hosted tool calls (web searches, generated images, …)
+    cache_write_1h_tokens: int = 0  # of cache_write_tokens: with the 1-hour TTL
+    hosted: dict[str, int] | None = None    # one request's: tool family -> calls
+    tier: str = ""                 # one request's: the service tier the upstream reported
 
     @classmethod
     def of(cls, used: TokenUsage, requests: int = 1) -> Tally:
@@ -84,22 +94,37 @@ class Tally:
         self.cached_tokens += other.cached_tokens
         self.cache_write_tokens += other.cache_write_tokens
         self.reasoning_tokens += other.reasoning_tokens
+        self.tool_calls += other.tool_calls
+        self.cache_write_1h_tokens += other.cache_write_1h_tokens
 
     def as_dict(self) -> dict[str, int | float]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _ONE_REQUEST}
         d["credits"] = round(d["credits"], 4)
         return d
+
+
+_ONE_REQUEST = frozenset({"hosted", "tier"})
 
 
 def price(model: ModelSpec, tally: Tally, resolution: str | None = None) -> float:
     """What ``tally`` costs in credits on ``model`` (video at ``resolution``)."""
     c = model.credits
     cost = c.request * tally.requests
-    cached = min(tally.cached_tokens, tally.prompt_tokens)
-    written = min(tally.cache_write_tokens, tally.prompt_tokens - cached)
-    cost += (c.input_rate * (tally.prompt_tokens - cached - written)
-             + c.cached_input_rate * cached + c.cache_write_rate * written
-             + c.output_rate * tally.completion_tokens) / 1000
+    prompt = tally.prompt_tokens
+    cached = min(tally.cached_tokens, prompt)
+    written = min(tally.cache_write_tokens, prompt - cached)
+    hour = min(tally.cache_write_1h_tokens, written)
+    reading = (c.input_rate * (prompt - cached - written) + c.cached_input_rate * cached
+               + c.cache_write_rate * (written - hour) + c.cache_write_1h_rate * hour)
+    writing = c.output_rate * tally.completion_tokens
+    long = c.long_context
+    if long and prompt > long.get("above_tokens", prompt):
+        reading *= long.get("input", 1.0)
+        writing *= long.get("output", 1.0)
+    tokens = (reading + writing) / 1000
+    cost += tokens * c.tier_factor(tally.tier) if tally.tier else tokens
+    if tally.hosted:
+        cost += sum(c.tool_rate(family) * calls for family, calls in tally.hosted.items())
     cost += c.image * tally.images
     cost += c.video_second * tally.video_seconds * c.resolution.get(resolution or "", 1.0)
     return cost

@@ -151,7 +151,10 @@ def agent_gateway(make_gateway, fake_anthropic, fake_gemini, fake_openai):
         },
         "models": {
             "claude-sonnet": {"provider": "claude", "upstream": "claude-sonnet-4-5"},
-            "gpt": {"provider": "oa", "upstream": "gpt-5"},
+            # Codex declares web_search on every turn: allowed (and priced) here, it reaches
+            # OpenAI; on a model that does not allow it, it is left out (issue 22)
+            "gpt": {"provider": "oa", "upstream": "gpt-5", "allow": {"tools": ["web_search"]},
+                    "credits": {"tools": {"web_search": 1}}},
             "gem": {"provider": "google", "upstream": "gemini-2.5-flash"},
         },
     }, rate_limit={"rpm": 1000, "daily_credits": 0})

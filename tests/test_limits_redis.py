@@ -151,6 +151,23 @@ def test_daily_credits_are_checked_in_the_same_script(tmp_path):
 
 
 @needs_redis
+def test_take_shares_the_endpoint_bucket_admit_takes_from(tmp_path):
+    """A Responses request with an image_generation tool takes from the key's images bucket
+    alone (issue 22): the bucket /v1/images/generations is admitted from; rpm is untouched."""
+    s, rec = settings(tmp_path, rpm=3, endpoints={"images": "2/hour"}), key("take")
+
+    async def test(lim, backend):
+        await lim.take(rec, "images", s)
+        head = await lim.admit(rec, "images", s)
+        assert head["x-ratelimit-remaining-requests"] == "2"       # only admit took from rpm
+        with pytest.raises(RateLimited) as exc:
+            await lim.take(rec, "images", s)
+        assert "2 images requests per hour" in exc.value.message
+        await lim.take(rec, "chat", s)                             # no chat limit: nothing
+    run(test)
+
+
+@needs_redis
 def test_a_dead_redis_url_fails_closed_fast_and_counts_it(tmp_path):
     s = settings(tmp_path, rpm=4)
     dead = f"redis://127.0.0.1:{free_port()}/0"

@@ -25,6 +25,9 @@ HOSTED = [{"type": "web_search"}, {"type": "code_interpreter", "container": {"ty
 @pytest.fixture
 def gw(make_gateway, fake_openai, fake_anthropic, fake_gemini):
     models = kinds_models(fake_openai, fake_anthropic, fake_gemini)
+    models["models"]["gpt"].update(          # the hosted tools of HOSTED pass (issue 22)
+        allow={"tools": [t["type"] for t in HOSTED]},
+        credits={"tools": {"web_search": 1, "code_interpreter": 3}})
     models["providers"]["oa2"] = {"kind": "openai", "base_url": fake_openai.base_url,
                                   "api_key": fake_openai.api_key}
     models["providers"]["vllm"] = {"kind": "openai", "base_url": fake_openai.base_url,

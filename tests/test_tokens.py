@@ -76,13 +76,14 @@ def test_odd_counts_are_clamped(usage, expected):
 
 
 def test_the_services_tally_from_either_shape():
-    t = tally_of(SAME[0][1])
+    t = tally_of({"usage": SAME[0][1]})
     assert (t.prompt_tokens, t.completion_tokens, t.cached_tokens, t.cache_write_tokens,
             t.reasoning_tokens) == (100, 30, 60, 10, 12)
-    streamed = anthropic_tally({"input_tokens": 30, "cache_read_input_tokens": 60,
-                                "cache_creation_input_tokens": 10, "output_tokens": 1}, None)
-    streamed = anthropic_tally({"output_tokens": 30,
-                                "output_tokens_details": {"thinking_tokens": 12}}, streamed)
+    streamed = anthropic_tally({"type": "message_start", "message": {"usage": {
+        "input_tokens": 30, "cache_read_input_tokens": 60, "cache_creation_input_tokens": 10,
+        "output_tokens": 1}}}, None)
+    streamed = anthropic_tally({"type": "message_delta", "usage": {
+        "output_tokens": 30, "output_tokens_details": {"thinking_tokens": 12}}}, streamed)
     assert streamed == Tally(requests=1, prompt_tokens=100, completion_tokens=30,
                              cached_tokens=60, cache_write_tokens=10, reasoning_tokens=12)
 
@@ -94,7 +95,7 @@ def model(**prices: float) -> ModelSpec:
 
 
 def test_credits_are_priced_per_kind_of_token():
-    tally = tally_of(SAME[0][1])
+    tally = tally_of({"usage": SAME[0][1]})
     priced = model(input=1.0, cached_input=0.1, cache_write=1.25, output=4.0)
     assert price(priced, tally) == pytest.approx((30 * 1 + 60 * 0.1 + 10 * 1.25 + 30 * 4) / 1000)
     flat = model(per_1k_tokens=2.0)              # the older key: every token alike
@@ -122,7 +123,8 @@ def gw(make_gateway, fake_openai, fake_anthropic, fake_gemini):
                        "api_key": fake_gemini.api_key}},
         "models": {"gpt": {"provider": "oa", "upstream": "gpt-5", "credits": PRICES},
                    "sonnet": {"provider": "claude", "upstream": "claude-sonnet-4-5",
-                              "cache": "auto", "credits": PRICES},
+                              "cache": "auto", "credits": PRICES,
+                              "allow": {"fields": ["cache_control.ttl"]}},   # the 1h TTL
                    "plain": {"provider": "claude", "upstream": "claude-sonnet-4-5"},
                    "g25": {"provider": "google", "upstream": "gemini-2.5-flash",
                            "credits": PRICES}}},

@@ -34,6 +34,7 @@ import orjson
 
 from .. import sse
 from ..errors import ApiError, InvalidRequest
+from ..passthrough import refuse_stored
 from .responses_compaction import (
     SEAL_PURPOSE,
     CompactionSeal,
@@ -151,8 +152,9 @@ def native_body(body: dict, seal: CompactionSeal) -> dict:
     fields refused (``check_stateless``); the gateway's own compaction items expanded (only it
     can read them, with ``seal``, the requesting key's; OpenAI's are kept); then what would
     reach this gateway's own OpenAI account refused (``check_unowned``), in the items the
-    client sent and in those its compactions held alike; ``store`` false.  Hosted tools,
-    ``include``, ``reasoning`` and the rest pass as the client sent them."""
+    client sent and in those its compactions held alike; ``store`` false.  ``include``,
+    ``reasoning`` and the rest pass as the client sent them; hosted tools as the model
+    allows (``passthrough.native_responses``)."""
     check_stateless(body)
     items = body.get("input")
     if isinstance(items, list) and any(isinstance(i, dict) and i.get("type") == "compaction"
@@ -214,10 +216,11 @@ def _data(frame: bytes | None) -> dict:
 
 def check_unowned(body: dict, items: list[tuple[str, Any]] | None = None) -> None:
     """Refuse what names things stored in the gateway's OpenAI account, which a key holder
-    must not reach: item references, uploaded files (``file_id``), ``file_search`` (it
-    searches the account's vector stores) and an existing code-interpreter container.
-    ``items`` are the (path, item) of the input to check, if not the body's own ``input``
-    (its compactions expanded)."""
+    must not reach: item references, uploaded files (a ``file_id`` anywhere in an item's
+    content or output: message parts, tool outputs, computer screenshots) and an existing
+    code-interpreter container.  (``file_search``, which searches the account's vector
+    stores, is a hosted tool a model must allow.)  ``items`` are the (path, item) of the
+    input to check, if not the body's own ``input`` (its compactions expanded)."""
     if items is None:
         value = body.get("input")
         items = [(f"input[{i}]", x) for i, x in enumerate(value if isinstance(value, list)
@@ -229,21 +232,10 @@ def check_unowned(body: dict, items: list[tuple[str, Any]] | None = None) -> Non
             raise InvalidRequest(f"`{where}`: item references need responses stored on "
                                  f"the server, and this gateway stores none; send the item "
                                  f"itself.", param=where, code="unsupported_parameter")
-        content = item.get("content") if item.get("type") in (None, "message") else None
-        for j, part in enumerate(content if isinstance(content, list) else []):
-            if isinstance(part, dict) and part.get("file_id"):
-                raise InvalidRequest(
-                    f"`{where}.content[{j}].file_id`: uploaded files are not kept here; "
-                    f"send the file inline (`file_data`, or an image's `image_url`).",
-                    param=f"{where}.content[{j}].file_id")
+        refuse_stored(item, where)
     tools = body.get("tools")
     for i, tool in enumerate(tools if isinstance(tools, list) else []):
         kind = tool.get("type") if isinstance(tool, dict) else None
-        if kind == "file_search":
-            raise InvalidRequest(f"`tools[{i}]`: `file_search` searches vector stores of this "
-                                 f"gateway's own OpenAI account, which are not yours to "
-                                 f"search; send the documents in `input` instead.",
-                                 param=f"tools[{i}]")
         box = tool.get("container") if kind == "code_interpreter" else {}
         if not isinstance(box, dict) or (box or {}).get("file_ids"):
             raise InvalidRequest(f"`tools[{i}].container`: only a new container without "

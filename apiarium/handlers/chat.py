@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from .. import legacy
+from .. import legacy, passthrough
 from ..catalog import ModelSpec
 from ..errors import InvalidRequest
 from .admission import CHAT_CALL, admits, request
@@ -47,6 +47,8 @@ class ChatHandler(ApiHandler):
         model = self.svc.catalog.resolve_for(body.get("model"), "/v1/chat/completions")
         check_messages(body)
         stream = check_stream(body)
+        if "service_tier" in body:
+            passthrough.check_tier(body, model, self.svc.catalog.allowed(model))
         if model.type != "chat":
             await self.media_chat(model, body, stream)
         elif stream:

@@ -5,7 +5,9 @@ Bearer``, IP binding, VPN 403, the token bucket, credits, usage, fallbacks, a di
 cancels the upstream), with every error in Anthropic's envelope.  The request is translated
 to the internal chat request and run by the chat service on whatever provider serves the
 model; the answer (or stream) is translated back.  The query string (``?beta=true``) and the
-``anthropic-version`` / ``anthropic-beta`` headers are accepted.
+``anthropic-version`` / ``anthropic-beta`` headers are accepted, checked first against what
+the model allows (``passthrough``: fields, flags, server tools, file ids, cache TTLs); on an
+Anthropic upstream the request then passes as sent.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from .. import passthrough
 from ..catalog import ModelSpec
 from ..dialects.anthropic_answer import count_tokens_estimate, error_body, error_headers, from_chat
 from ..dialects.anthropic_messages import to_chat
@@ -62,7 +65,10 @@ class MessagesHandler(MessagesBase):
         stream = body.get("stream", False)
         if stream not in (True, False, None):
             raise InvalidRequest("`stream` must be true or false.", param="stream")
+        passthrough.check_messages(body, self.request.headers.get("anthropic-beta"), model,
+                                   self.svc.catalog.allowed(model))
         if self.svc.chat.native(model, "messages"):
+            body = passthrough.bound_messages(body, self.svc.settings.max_tool_calls)
             await self.passthrough(model, body, bool(stream))
             return
         chat_body = to_chat(body)
@@ -75,8 +81,9 @@ class MessagesHandler(MessagesBase):
 
 
     async def passthrough(self, model: ModelSpec, body: dict, stream: bool) -> None:
-        """An Anthropic upstream gets the request as the client sent it, beta flags and all
-        (the gateway's rules still apply: key, limits, credits, usage, fallbacks)."""
+        """An Anthropic upstream gets the request as the client sent it, beta flags and all,
+        once ``passthrough.check_messages`` found nothing the model does not allow (the
+        gateway's rules still apply: key, limits, credits, usage, fallbacks)."""
         beta = self.request.headers.get("anthropic-beta")
         if stream:
             async def open_stream() -> AsyncIterator[bytes]:
@@ -100,12 +107,13 @@ class CountTokensHandler(MessagesBase):
     async def post(self) -> None:
         body = self.messages_body()
         model = self.svc.catalog.resolve_for(body.get("model"), "/v1/messages")
+        beta = self.request.headers.get("anthropic-beta")
+        passthrough.check_messages(body, beta, model, self.svc.catalog.allowed(model))
         if not self.svc.chat.native(model, "messages"):        # the same checks as a request
             to_chat({**body, "max_tokens": body.get("max_tokens") or 1})
             self.write_json({"input_tokens": count_tokens_estimate(body)})
             return
-        counted = await self.guarded(self.svc.chat.count_tokens(
-            model, body, self.request.headers.get("anthropic-beta")))
+        counted = await self.guarded(self.svc.chat.count_tokens(model, body, beta))
         if counted is not None:
             self.write_json({"input_tokens": counted})
 

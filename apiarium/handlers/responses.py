@@ -1,20 +1,23 @@
 """The OpenAI Responses dialect: POST /v1/responses and POST /v1/responses/compact, stateless.
 
 On a model served (with each of its fallbacks) by an OpenAI provider the request is passed
-through to the upstream's own ``/responses`` (``ChatService.responses*``; hosted tools and
-all, ``store`` false); on any other it is translated to the internal chat request and run by
-the chat service.  The answer is a ``Response``, the stream the Responses events with
-``event:`` lines, always ending with ``response.completed``, ``.incomplete`` or ``.failed``
-(also when the upstream fails mid-stream or the gateway shuts down).  Errors
-before a stream starts are OpenAI's envelope with their status, as the real API answers.
-Codex's compaction (a ``compaction_trigger`` input, or ``/responses/compact``) is answered
-by the gateway itself: one compaction item that later requests carry back, signed for the key
-that asked (``seal_for``), and opened only for that key.
+through to the upstream's own ``/responses`` (``ChatService.responses*``; ``store`` false;
+hosted tools and premium tiers as the model allows, ``passthrough``: an image_generation
+tool also takes from the key's ``images`` bucket); on any other it is translated to the
+internal chat request and run by the chat service.  The answer is a ``Response``, the
+stream the Responses events with ``event:`` lines, always ending with
+``response.completed``, ``.incomplete`` or ``.failed`` (also when the upstream fails
+mid-stream or the gateway shuts down).  Errors before a stream starts are OpenAI's envelope
+with their status, as the real API answers.  Codex's compaction (a ``compaction_trigger``
+input, or ``/responses/compact``) is answered by the gateway itself: one compaction item
+that later requests carry back, signed for the key that asked (``seal_for``) and
+opened only for that key.
 """
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from .. import passthrough
 from ..catalog import ModelSpec
 from ..dialects import responses
 from ..dialects.responses import ResponsesStream
@@ -81,9 +84,19 @@ class ResponsesHandler(ApiHandler):
             else:
                 self.write_json(done)
             return
+        allow = self.svc.catalog.allowed(model)
+        passthrough.check_tier(body, model, allow)
         if self.svc.chat.native(model, "responses"):
-            await self.passthrough(model, responses.native_body(body, seal_for(self)), stream)
+            s = self.svc.settings
+            native = passthrough.native_responses(responses.native_body(body, seal_for(self)),
+                                                  model, allow, s.max_tool_calls, s.max_images)
+            if self.key_record is not None and passthrough.makes_images(native):
+                taken = self.svc.limits.take(self.key_record, "images", s)
+                if taken is not None:          # a shared limiter answers asynchronously
+                    await taken
+            await self.passthrough(model, native, stream)
             return
+        responses.check_unowned(body)          # file ids name the same path on either way
         chat_body = responses.to_chat(body, seal=seal_for(self))
         events = ResponsesStream(body)
         if stream:

@@ -60,6 +60,7 @@ class AnthropicProvider(Provider):
     public_hosts = frozenset({"api.anthropic.com", "docs.anthropic.com", "docs.claude.com",
                               "console.anthropic.com", "support.anthropic.com"})
     protocol_headers: ClassVar[Mapping[str, str]] = {"anthropic-version": VERSION}
+    cache_write_factor: ClassVar[float] = 1.25     # a 5-minute cache write: 1.25x input
 
     def auth_headers(self) -> dict[str, str]:
         return {"x-api-key": self.spec.api_key}

@@ -105,6 +105,8 @@ class Provider:
     protocol_headers: ClassVar[Mapping[str, str]] = {}
     #: the vendor's public sites: URLs on them stay in the upstream texts a client sees
     public_hosts: ClassVar[frozenset[str]] = frozenset()
+    #: what a prompt-cache write costs by default, x the input price (``Credits``)
+    cache_write_factor: ClassVar[float] = 1.0
 
     def __init__(self, spec: ProviderSpec, session: aiohttp.ClientSession,
                  metrics: Metrics | None = None, fetcher: ImageFetcher | None = None,

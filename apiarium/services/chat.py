@@ -16,6 +16,7 @@ import orjson
 from .. import sse
 from ..catalog import ModelSpec
 from ..errors import ApiError, UpstreamError
+from ..passthrough import count_anthropic, count_responses_item, hosted_estimate
 from ..providers.base import EventStream as Frames  # SSE frames, closed however they end
 from ..providers.shapes import wants_usage
 from ..tokens import TokenUsage
@@ -27,13 +28,20 @@ if TYPE_CHECKING:
     from ..live import Live
 
 
-UsageReader = Callable[[object, "Tally | None"], "Tally"]
+# reads one request's usage from what carries it (an answer, or one stream event), on top of
+# what earlier events of the same stream gave
+UsageReader = Callable[[dict, "Tally | None"], "Tally"]
 
 
-def tally_of(usage: object, so_far: Tally | None = None) -> Tally:
-    """One request's usage from an OpenAI chat ``usage`` object (missing counts are 0; cached,
-    cache-written and reasoning tokens from its details, see ``tokens``)."""
-    return Tally.of(TokenUsage.from_openai(usage))
+def tally_of(answer: dict, so_far: Tally | None = None) -> Tally:
+    """One request's usage from an OpenAI chat answer or chunk: its ``usage`` (missing counts
+    are 0; cached, cache-written and reasoning tokens from its details, see ``tokens``) and
+    the ``service_tier`` that served it."""
+    t = Tally.of(TokenUsage.from_openai(answer.get("usage")))
+    tier = answer.get("service_tier")
+    if type(tier) is str:
+        t.tier = tier
+    return t
 
 
 class ChatService:
@@ -52,8 +60,10 @@ class ChatService:
             return Hold(self.credits, None, 0.0)
         s = self._live().config.settings
         bound = chat_output_bound(body, model, s.max_chat_choices)
-        return self.usage.ahead(await self.credits.take(
-            key_hash, chat_estimate(model, size, bound), s.daily_credits), model)
+        amount = chat_estimate(model, size, bound)
+        amount += hosted_estimate(model, body, amount, s.max_tool_calls)
+        return self.usage.ahead(await self.credits.take(key_hash, amount, s.daily_credits),
+                                model)
 
     async def complete(self, model: ModelSpec, body: dict, raw: bytes | None,
                        key_hash: str | None) -> tuple[dict, ModelSpec]:
@@ -99,7 +109,8 @@ class ChatService:
         live = self._live()
         return await self._stream(
             model, body, _size(body, None), key_hash, True, anthropic_tally,
-            lambda m: live.providers[m.provider.name].messages_stream(m, body, beta))  # type: ignore[attr-defined]
+            lambda m: live.providers[m.provider.name].messages_stream(m, body, beta),  # type: ignore[attr-defined]
+            SERVER_TOOL_CALL if model.credits.tools else None)
 
     async def responses(self, model: ModelSpec, body: dict,
                         key_hash: str | None) -> tuple[dict, ModelSpec]:
@@ -155,15 +166,15 @@ class ChatService:
         try:
             answer, served = await first_success(self._live().config.catalog, self.breakers,
                                                  model, call, key_hash)
-            self.usage.record(key_hash, served, read_usage(answer.get("usage"), None),
-                              hold=hold)
+            self.usage.record(key_hash, served, read_usage(answer, None), hold=hold)
         finally:
             hold.release()
         return answer, served
 
     async def _stream(self, model: ModelSpec, body: dict, size: int, key_hash: str | None,
                       wanted: bool, read_usage: UsageReader,
-                      open_events: Callable[[ModelSpec], Frames]) -> ChatStream:
+                      open_events: Callable[[ModelSpec], Frames],
+                      marker: bytes | None = None) -> ChatStream:
         hold = await self.hold(model, body, size, key_hash)
 
         async def start(m: ModelSpec) -> tuple[bytes, Frames]:
@@ -186,31 +197,72 @@ class ChatService:
             hold.release()
             raise
         return ChatStream(self, served, first, events, wanted, key_hash,
-                          size // CHARS_PER_TOKEN, hold, read_usage)
+                          size // CHARS_PER_TOKEN, hold, read_usage, marker)
+
+
+# in the Anthropic events that start a server (or MCP) tool call: read only when the model
+# prices tool calls
+SERVER_TOOL_CALL = b'_tool_use"'
 
 
 def _size(body: dict, raw: bytes | None) -> int:
     return len(raw) if raw is not None else len(orjson.dumps(body))
 
 
-def responses_tally(usage: object, so_far: Tally | None) -> Tally:
-    """Usage from a Responses ``usage`` (the whole answer's, or the terminal event's)."""
-    return Tally.of(TokenUsage.from_responses(usage))
+def responses_tally(obj: dict, so_far: Tally | None) -> Tally:
+    """Usage from a ``Response`` (a whole answer, or a stream's terminal event's
+    ``response``): its ``usage``, the ``service_tier`` that served it and the hosted tool
+    calls among its ``output``."""
+    response = obj.get("response") if "response" in obj else obj
+    if not isinstance(response, dict):
+        return so_far or Tally(requests=1)
+    t = Tally.of(TokenUsage.from_responses(response.get("usage")))
+    hosted: dict[str, int] = {}
+    for item in response.get("output") or ():
+        count_responses_item(item, hosted)
+    _calls(t, hosted)
+    tier = response.get("service_tier")
+    if type(tier) is str:
+        t.tier = tier
+    return t
 
 
-def anthropic_tally(usage: object, so_far: Tally | None) -> Tally:
-    """Usage from Anthropic's ``usage`` (``message_start`` brings the input, ``message_delta``
-    the output, both possibly again later: the latest of each counts): cached and
-    cache-written input tokens count as input, and are told apart (``tokens``)."""
+def anthropic_tally(obj: dict, so_far: Tally | None) -> Tally:
+    """Usage from an Anthropic ``Message``, or one stream event (``message_start`` brings the
+    input, ``message_delta`` the output, both possibly again later: the latest of each counts):
+    cached and cache-written input tokens count as input, and are told apart (``tokens``; the
+    1-hour writes from ``cache_creation``); the tier (``service_tier``, ``speed``) and the
+    server tool calls (``passthrough.count_anthropic``) as reported."""
     t = so_far or Tally(requests=1)
-    u = usage if isinstance(usage, dict) else {}
+    u = obj.get("usage")
+    if not isinstance(u, dict):
+        message = obj.get("message")
+        u = message.get("usage") if isinstance(message, dict) else None
+    u = u if isinstance(u, dict) else {}
     used = TokenUsage.from_anthropic(u)
     if "input_tokens" in u:
         t.prompt_tokens, t.cached_tokens = used.prompt, used.cache_read
         t.cache_write_tokens = used.cache_write
+        created = u.get("cache_creation")
+        hour = created.get("ephemeral_1h_input_tokens") if isinstance(created, dict) else 0
+        t.cache_write_1h_tokens = min(max(hour, 0), used.cache_write) \
+            if type(hour) is int else 0
     if "output_tokens" in u:
         t.completion_tokens, t.reasoning_tokens = used.output, used.reasoning
+    tier = "fast" if u.get("speed") == "fast" else u.get("service_tier")
+    if type(tier) is str:
+        t.tier = tier
+    if "server_tool_use" in u or "content" in obj or "content_block" in obj:
+        hosted = t.hosted or {}
+        count_anthropic(obj, hosted)
+        _calls(t, hosted)
     return t
+
+
+def _calls(t: Tally, hosted: dict[str, int]) -> None:
+    """``hosted`` as the tally's tool calls (per family, and in all)."""
+    if hosted:
+        t.hosted, t.tool_calls = hosted, sum(hosted.values())
 
 
 class ChatStream:
@@ -222,6 +274,7 @@ class ChatStream:
         "_first",
         "_hold",
         "_key_hash",
+        "_marker",
         "_prompt",
         "_read_usage",
         "_relayed",
@@ -233,7 +286,8 @@ class ChatStream:
 
     def __init__(self, svc: ChatService, served: ModelSpec, first: bytes,
                  events: Frames, wanted: bool, key_hash: str | None,
-                 prompt_estimate: int, hold: Hold, read_usage: UsageReader = tally_of):
+                 prompt_estimate: int, hold: Hold, read_usage: UsageReader = tally_of,
+                 marker: bytes | None = None):
         self._svc, self.served = svc, served
         self._first: bytes | None = first
         self._events = events
@@ -242,6 +296,7 @@ class ChatStream:
         self._tally: Tally | None = None        # the upstream's own counts, once they come
         self._hold: Hold | None = hold          # None once the usage is booked
         self._read_usage = read_usage
+        self._marker = marker               # frames holding it are read too (tool calls)
 
     def __aiter__(self) -> ChatStream:
         return self
@@ -259,11 +314,10 @@ class ChatStream:
                 except ApiError as err:
                     self._svc.breakers.book(self.served, err, self._key_hash)
                     raise
-            if b'"usage":{' in frame or b'"usage": {' in frame:
+            if b'"usage":{' in frame or b'"usage": {' in frame or (
+                    self._marker is not None and self._marker in frame):
                 chunk = orjson.loads(sse.parse(frame)[1] or b"{}")
-                usage = (chunk.get("usage") or (chunk.get("message") or {}).get("usage")
-                         or (chunk.get("response") or {}).get("usage"))
-                self._tally = self._read_usage(usage, self._tally)
+                self._tally = self._read_usage(chunk, self._tally)
                 if not self._wanted and not chunk.get("choices"):
                     continue
             self._relayed += 1

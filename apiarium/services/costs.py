@@ -9,6 +9,8 @@
 * **The daily credit allowance** (``rate_limit.daily_credits``), reserved before the upstream
   call at the most the request can cost, and settled after (the ledger books the real cost,
   the reservation is released): requests in flight at once cannot overshoot it together.
+  The most includes a premium tier's multiplier and ``limits.max_tool_calls`` calls of the
+  hosted tools a request declares (``passthrough.hosted_estimate``).
 
 The master key bypasses all of these (its ``key_hash`` is None).
 """
@@ -19,6 +21,7 @@ from typing import Protocol
 from ..catalog import ModelSpec
 from ..embedding import DEFAULT_DIMENSIONS, EmbeddingRequest
 from ..errors import InvalidRequest, QuotaExceeded
+from ..passthrough import CACHE_TTL
 from ..usage import Tally, UsageLedger, price
 from ..usagejournal import Ahead
 
@@ -89,13 +92,17 @@ def check_embedding_floats(req: EmbeddingRequest, limit: int) -> None:
 
 
 def chat_estimate(model: ModelSpec, request_bytes: int, output_tokens: int) -> float:
-    """The most a chat request may cost: its whole body as prompt (at the dearer of the
-    uncached and cache-writing prices), every output token."""
+    """The most a chat request may cost at the standard tier, without hosted tools: its whole
+    body as prompt (at the dearest of the uncached and cache-writing prices, the 1-hour
+    cache's where the model allows it), every output token."""
     prompt = request_bytes // CHARS_PER_TOKEN
     c = model.credits
     written = prompt if c.cache_write_rate > c.input_rate else 0
+    hour = prompt if (CACHE_TTL in model.allow.fields and c.cache_write_1h_rate
+                      > max(c.input_rate, c.cache_write_rate)) else 0
     return price(model, Tally(requests=1, prompt_tokens=prompt, completion_tokens=output_tokens,
-                              cache_write_tokens=written))
+                              cache_write_tokens=max(written, hour),
+                              cache_write_1h_tokens=hour))
 
 
 class Books(Protocol):

@@ -37,6 +37,11 @@ class Limiter(Protocol):
         """Let one lookup of ``rec`` through (``rate_limit.lookups_per_minute``), or raise
         the 429; a shared backend hands back an awaitable."""
 
+    def take(self, rec: KeyRecord, endpoint: str, s: Settings) -> Awaitable[None] | None:
+        """Take one request from the key's ``endpoint`` bucket alone (a request of another
+        endpoint that does that endpoint's work too: a Responses request that may generate
+        images takes from ``images``), or raise its 429; an awaitable with a shared backend."""
+
     def prune(self, rpm_of: Callable[[str], int], s: Settings) -> None:
         """Drop what this process holds that equals nothing held (refilled buckets)."""
 
@@ -125,6 +130,17 @@ class RequestLimits:
         decision = self.buckets.take(rec.key_hash, rpm)
         if not decision.allowed:
             raise rpm_refused(self.metrics, decision)
+        self.take(rec, endpoint, s)
+        headers = decision.headers()
+        if s.daily_credits:
+            spent = self.usage.spent_today(rec.key_hash).credits
+            if spent >= s.daily_credits:
+                raise credits_refused(self.metrics, s.daily_credits)
+            credits_headers(headers, s.daily_credits, spent)
+        return headers
+
+    def take(self, rec: KeyRecord, endpoint: str, s: Settings) -> None:
+        """One request from the key's ``endpoint`` bucket (if the endpoint has a limit)."""
         limit = s.endpoint_limits.get(endpoint)
         if limit is not None:
             count, period = limit
@@ -134,13 +150,6 @@ class RequestLimits:
             taken = buckets.take(rec.key_hash, count, period)
             if not taken.allowed:
                 raise endpoint_refused(self.metrics, endpoint, period, taken)
-        headers = decision.headers()
-        if s.daily_credits:
-            spent = self.usage.spent_today(rec.key_hash).credits
-            if spent >= s.daily_credits:
-                raise credits_refused(self.metrics, s.daily_credits)
-            credits_headers(headers, s.daily_credits, spent)
-        return headers
 
     def refund(self, rec: KeyRecord, endpoint: str, s: Settings) -> None:
         rpm = rec.rpm or s.rpm

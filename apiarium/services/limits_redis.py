@@ -123,6 +123,22 @@ return 0
 """
 
 
+# KEYS: one endpoint bucket; ARGV: its limit and period (ms)
+# -> {0: taken, 1: refused; wait until a request is allowed (ms), until it is full (ms)}
+TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local limit, period = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
+if tat < now then tat = now end
+local new_tat = tat + period / limit
+local wait = new_tat - period - now
+if wait > 0 then return {1, math.ceil(wait), math.ceil(tat - now)} end
+redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now))
+return {0, 0, 0}
+"""
+
+
 class BackendDown(Exception):
     """Redis did not answer (or the circuit is open): decide without it."""
 
@@ -213,6 +229,7 @@ class RedisLimits:
         self._script = backend.script(ADMIT)
         self._refund = backend.script(REFUND)
         self._refunds: set[asyncio.Task] = set()      # held until done (not collected)
+        self._take = backend.script(TAKE)
         self.local = RequestLimits(usage, metrics)
 
     async def admit(self, rec: KeyRecord, endpoint: str, s: Settings) -> dict[str, str]:
@@ -264,27 +281,43 @@ class RedisLimits:
             refused, _, wait_ms, full_ms = (await self.backend.run(
                 self._script, keys, (per_minute, 0, 1000, 0, 0)))[:4]
         except BackendDown:
-            if s.limiter_on_down != "local":
-                self.metrics.limiter_fallback.labels(s.limiter_on_down).inc()
-                raise LimiterUnavailable(self.backend.retry_in()) from None
-            self.metrics.limiter_fallback.labels("local").inc()
-            if self.local.share != s.limiter_instances:
-                self.local = RequestLimits(self.usage, self.metrics, s.limiter_instances)
-            self.local.lookup(rec, s)
+            self._local(s).lookup(rec, s)
             return
         if refused:
             raise lookups_refused(self.metrics, Decision(False, per_minute, 0, wait_ms / 1000,
                                                          full_ms / 1000))
 
+    async def take(self, rec: KeyRecord, endpoint: str, s: Settings) -> None:
+        """One request from the key's ``endpoint`` bucket alone (the bucket ``admit`` takes
+        from), or its 429."""
+        limit = s.endpoint_limits.get(endpoint)
+        if limit is None:
+            return
+        count, period = limit
+        try:
+            refused, wait_ms, full_ms = await self.backend.run(
+                self._take, (bucket_key(rec.key_hash, f"ep:{endpoint}"),),
+                (count, int(period * 1000)))
+        except BackendDown:
+            self._local(s).take(rec, endpoint, s)
+            return
+        if refused:
+            raise endpoint_refused(self.metrics, endpoint, period,
+                                   Decision(False, count, 0, wait_ms / 1000, full_ms / 1000))
+
     def fallback(self, rec: KeyRecord, endpoint: str, s: Settings) -> dict[str, str]:
         """Redis is down: 503 (``closed``), or this process's share of each limit."""
+        return self._local(s).admit(rec, endpoint, s)
+
+    def _local(self, s: Settings) -> RequestLimits:
+        """The limits while Redis is down: a 503 (``closed``), or this process's share."""
         mode = s.limiter_on_down
         self.metrics.limiter_fallback.labels(mode).inc()
         if mode != "local":
             raise LimiterUnavailable(self.backend.retry_in())
         if self.local.share != s.limiter_instances:
             self.local = RequestLimits(self.usage, self.metrics, s.limiter_instances)
-        return self.local.admit(rec, endpoint, s)
+        return self.local
 
     def prune(self, rpm_of: Callable[[str], int], s: Settings) -> None:
         self.local.prune(rpm_of, s)

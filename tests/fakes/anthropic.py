@@ -6,6 +6,10 @@ prefix up to each is remembered, and usage splits the prompt into ``input_tokens
 ``cache_read_input_tokens`` and ``cache_creation_input_tokens`` as Anthropic does.  With
 ``thinking`` enabled the answer starts with a thinking block (``thought_text``, signed with a
 signature remembered in ``signatures``; a thinking block sent back must carry one of them).
+``server_tools`` (``{"web_search": 2}``, by ``server_tool_use`` name) makes the answer start
+with that many server tool calls, reported in ``usage.server_tool_use`` too (web search and
+fetch); ``usage.service_tier`` is ``usage_tier``, ``usage.speed`` ``fast`` when asked; the part
+of a cache write up to a 1-hour breakpoint is ``cache_creation.ephemeral_1h_input_tokens``.
 Stream events are built as the SDK's ``Raw*Event`` models."""
 from __future__ import annotations
 
@@ -68,6 +72,8 @@ class FakeAnthropic(FakeUpstream):
         self.thought_text = "Considering the request carefully."
         self.signatures: set[str] = set()     # thinking signatures given out (kept by reset)
         self.cache: set[str] = set()          # prefixes cached (emptied by reset)
+        self.server_tools: dict[str, int] = {}   # server tool calls per answer, by name
+        self.usage_tier = "standard"          # the tier usage reports
 
     def reset(self) -> FakeAnthropic:
         super().reset()
@@ -170,15 +176,28 @@ class FakeAnthropic(FakeUpstream):
         headers = {"request-id": "req_fake" + secrets.token_hex(8)}
         uncached, read, written = anthropic_checks.cache_usage(body, prompt, self.cache)
         usage_in = {"input_tokens": uncached, "cache_creation_input_tokens": written,
-                    "cache_read_input_tokens": read}
+                    "cache_read_input_tokens": read, "service_tier": self.usage_tier}
+        if written:
+            hour = min(written, max(0, anthropic_checks.hour_cached(body) - read))
+            usage_in["cache_creation"] = {"ephemeral_5m_input_tokens": written - hour,
+                                          "ephemeral_1h_input_tokens": hour}
+        if body.get("speed") == "fast":
+            usage_in["speed"] = "fast"
         usage_out: dict = {"output_tokens": completion}
+        names = [name for name, count in self.server_tools.items() for _ in range(count)]
+        calls = [{"type": "server_tool_use", "id": f"srvtoolu_fake{n:02d}", "name": name,
+                  "input": {"query": "bees"}} for n, name in enumerate(names)]
+        if calls:
+            usage_out["server_tool_use"] = {
+                f"{name}_requests": self.server_tools.get(name, 0)
+                for name in ("web_search", "web_fetch")}
         if thinking:
             usage_out["output_tokens_details"] = {"thinking_tokens": thought}
             signature = base64.b64encode(secrets.token_bytes(24)).decode()
             self.signatures.add(signature)
         tool_id = "toolu_fake01"
         if not body.get("stream"):
-            content = [{"type": "text", "text": text}]
+            content = [*calls, {"type": "text", "text": text}]
             if thinking:
                 content.insert(0, {"type": "thinking", "thinking": self.thought_text,
                                    "signature": signature})
@@ -199,7 +218,7 @@ class FakeAnthropic(FakeUpstream):
                                                                   exclude_unset=True)
             return sse_event(name, obj)
 
-        first = 1 if thinking else 0
+        first = (1 if thinking else 0) + len(calls)        # the text block's index
         pieces = [text] if tool else split_pieces(text, self.stream_events)
         deltas = [ev("content_block_delta", index=first, delta={"type": "text_delta", "text": p})
                   for p in pieces]
@@ -218,6 +237,12 @@ class FakeAnthropic(FakeUpstream):
                 ev("content_block_delta", index=0,
                    delta={"type": "signature_delta", "signature": signature}),
                 ev("content_block_stop", index=0)]
+        for n, call in enumerate(calls, 1 if thinking else 0):
+            frames += [ev("content_block_start", index=n, content_block={**call, "input": {}}),
+                       ev("content_block_delta", index=n, delta={
+                           "type": "input_json_delta",
+                           "partial_json": orjson.dumps(call["input"]).decode()}),
+                       ev("content_block_stop", index=n)]
         frames += [ev("content_block_start", index=first,
                       content_block={"type": "text", "text": ""}),
                    *deltas, ev("content_block_stop", index=first)]

@@ -209,6 +209,28 @@ def cache_usage(body: dict, prompt: int, cache: set[str]) -> tuple[int, int, int
     return prompt - last, read, last - read
 
 
+def hour_cached(body: dict) -> int:
+    """The words up to the last breakpoint whose ``cache_control`` asks for the 1-hour TTL
+    (Anthropic wants those before the 5-minute ones: they cache the start of the prefix)."""
+    marked = [p for p in breakpoints(body) if _control(body, p).get("ttl") == "1h"]
+    return max((_prefix(body, p)[1] for p in marked), default=0)
+
+
+def _control(body: dict, point: tuple) -> dict:
+    """The ``cache_control`` of the block at ``point`` (the top-level one for the last block
+    when that block has none of its own)."""
+    try:
+        if point[0] == "messages":
+            block = body["messages"][point[1]]["content"][point[2]]
+        else:
+            block = body[point[0]][point[1]]
+    except (KeyError, IndexError, TypeError):
+        block = None
+    control = block.get("cache_control") if isinstance(block, dict) else None
+    control = control or body.get("cache_control")
+    return control if isinstance(control, dict) else {}
+
+
 def rule_problem(body: dict, signatures: set[str]) -> str | None:
     """What Anthropic refuses beyond the types (see the module docstring)."""
     count = len(breakpoints(body))

@@ -145,7 +145,8 @@ class FakeUpstream:
     # the knobs tests turn; ``reset`` puts back the values they had when the fake started
     KNOBS = ("stream_events", "stream_delay", "reply_text", "reply_tool_call",
              "veo_polls_until_done", "sources", "image_in_words", "embedding_dims",
-             "embed_delay", "embed_peak", "cached_tokens", "thought_text")
+             "embed_delay", "embed_peak", "cached_tokens", "thought_text", "hosted_calls",
+             "server_tools", "usage_tier")
 
     def reset(self) -> FakeUpstream:
         """Forget requests and scripts, and restore every knob: a clean fake for the next

@@ -23,6 +23,7 @@ from .base import (
     sse_event,
     words,
 )
+from .openai_responses import served_tier
 
 DONE = b"data: [DONE]\n\n"
 SERVER_ERROR = "The server had an error while processing your request."
@@ -64,6 +65,9 @@ class FakeOpenAI(FakeUpstream):
         self.models = ["gpt-5", "gpt-4o-mini", "gpt-3.5-turbo-instruct", "gpt-image-1"]
         self.embedding_dims = 256     # the native size of every embedding model here
         self.cached_tokens = 0
+        # hosted tool calls a Responses answer makes before its message, by item type
+        # (``web_search_call``, ``image_generation_call``, ``code_interpreter_call``)
+        self.hosted_calls: list[str] = []
 
     @property
     def base_url(self) -> str:
@@ -139,6 +143,7 @@ class FakeOpenAI(FakeUpstream):
         if tool:
             call = {"id": "call_fake01", "type": "function",
                     "function": {"name": tool["name"], "arguments": tool["arguments"]}}
+        tier = served_tier(body)                  # OpenAI names the tier that served it
         if not body.get("stream"):
             message = {"role": "assistant", "content": None if tool else text, "refusal": None}
             if call:
@@ -147,13 +152,13 @@ class FakeOpenAI(FakeUpstream):
                 "id": cid, "object": "chat.completion", "created": created, "model": model,
                 "choices": [{"index": 0, "message": message, "logprobs": None,
                              "finish_reason": "tool_calls" if tool else "stop"}],
-                "usage": usage, "system_fingerprint": "fp_fake"})
+                "usage": usage, "system_fingerprint": "fp_fake", **tier})
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         def chunk(delta, finish=None, choices=True):
             c = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                  "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                              "finish_reason": finish}] if choices else []}
+                              "finish_reason": finish}] if choices else [], **tier}
             if include_usage:
                 c["usage"] = None if choices else usage
             return sse_data(c)

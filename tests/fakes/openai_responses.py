@@ -10,7 +10,10 @@ answer is built as the SDK's ``Response`` and each stream event as its
 ``ResponseStreamEvent``, validated.
 
 Text: ``answer_for`` the last user text (``echo: …``); a tool call when the request declares
-tools and ``tool_call_next`` / ``reply_tool_call`` says so.  Usage: input tokens = words of
+tools and ``tool_call_next`` / ``reply_tool_call`` says so; before it, one output item for each
+of ``hosted_calls`` (``web_search_call``, ``image_generation_call``, ``code_interpreter_call``:
+what a hosted tool leaves in the output).  ``service_tier`` is answered as the tier that served
+the request (``default`` for ``auto``).  Usage: input tokens = words of
 the instructions and every input text (function outputs included), ``cached_tokens`` of them
 from the prompt cache; output tokens = words of the answer, plus ``REASONING_TOKENS`` when
 the request asks for reasoning (counted in ``output_tokens_details.reasoning_tokens``)."""
@@ -86,6 +89,29 @@ def _last_user_text(items: Any) -> str:
     return ""
 
 
+def served_tier(body: dict) -> dict:
+    """The ``service_tier`` field of the answer: the tier asked for (``default`` for
+    ``auto``, and ``priority`` for ``fast``, as OpenAI reports them); none if none was."""
+    tier = body.get("service_tier")
+    if not isinstance(tier, str):
+        return {}
+    return {"service_tier": {"auto": "default", "fast": "priority"}.get(tier, tier)}
+
+
+# what each hosted tool's call leaves in the output (``n``: its place among the calls)
+HOSTED_ITEMS = {
+    "web_search_call": lambda n: {"type": "web_search_call", "id": f"ws_fake{n:02d}",
+                                  "status": "completed",
+                                  "action": {"type": "search", "query": "bees"}},
+    "image_generation_call": lambda n: {"type": "image_generation_call", "id": f"ig_fake{n:02d}",
+                                        "status": "completed", "result": "aGl2ZQ=="},
+    "code_interpreter_call": lambda n: {"type": "code_interpreter_call",
+                                        "id": f"ci_fake{n:02d}", "status": "completed",
+                                        "code": "print(6 * 7)", "container_id": "cntr_fake",
+                                        "outputs": [{"type": "logs", "logs": "42"}]},
+}
+
+
 def _usage(prompt: int, output: int, cached: int, reasoning: int) -> dict:
     return {"input_tokens": prompt,
             "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
@@ -115,6 +141,8 @@ async def responses(fake, request: web.Request) -> web.StreamResponse:
         item = {"type": "message", "id": "msg_fake01", "role": "assistant",
                 "status": "completed",
                 "content": [{"type": "output_text", "text": text, "annotations": []}]}
+    hosted = [HOSTED_ITEMS[kind](n) for n, kind in enumerate(fake.hosted_calls, 1)]
+    at = len(hosted)                          # the output index of the answer's own item
 
     def response(status: str, output: list, used: dict | None) -> dict:
         obj = {"id": rid, "object": "response", "created_at": created, "status": status,
@@ -122,22 +150,28 @@ async def responses(fake, request: web.Request) -> web.StreamResponse:
                "incomplete_details": None, "instructions": body.get("instructions"),
                "metadata": {}, "parallel_tool_calls": True, "temperature": 1.0, "top_p": 1.0,
                "tool_choice": body.get("tool_choice") or "auto",
-               "tools": body.get("tools") or [], "store": False, "usage": used}
+               "tools": body.get("tools") or [], "store": False, "usage": used,
+               **served_tier(body)}
         return Response.model_validate(obj).model_dump(mode="json", exclude_unset=True)
 
     if not body.get("stream"):
-        return fake.json_response(response("completed", [item], usage))
+        return fake.json_response(response("completed", [*hosted, item], usage))
     seq = iter(range(1_000_000))
 
     def ev(kind: str, **fields) -> bytes:
         obj = _EVENT.validate_python({"type": kind, "sequence_number": next(seq), **fields})
         return sse_event(kind, obj.model_dump(mode="json", exclude_unset=True))
 
-    where = {"item_id": item["id"], "output_index": 0}
+    where = {"item_id": item["id"], "output_index": at}
     frames = [ev("response.created", response=response("in_progress", [], None)),
               ev("response.in_progress", response=response("in_progress", [], None))]
+    for n, call in enumerate(hosted):
+        frames.append(ev("response.output_item.added", output_index=n,
+                         item={**call, "status": "in_progress", **(
+                             {"result": None} if "result" in call else {})}))
+        frames.append(ev("response.output_item.done", output_index=n, item=call))
     if tool:
-        frames.append(ev("response.output_item.added", output_index=0,
+        frames.append(ev("response.output_item.added", output_index=at,
                          item={**item, "arguments": "", "status": "in_progress"}))
         frames += [ev("response.function_call_arguments.delta", **where, delta=piece)
                    for piece in split_pieces(tool["arguments"], 3)]
@@ -145,7 +179,7 @@ async def responses(fake, request: web.Request) -> web.StreamResponse:
                          name=tool["name"], arguments=tool["arguments"]))
     else:
         part = {"type": "output_text", "text": "", "annotations": []}
-        frames.append(ev("response.output_item.added", output_index=0,
+        frames.append(ev("response.output_item.added", output_index=at,
                          item={**item, "status": "in_progress", "content": []}))
         frames.append(ev("response.content_part.added", **where, content_index=0, part=part))
         frames += [ev("response.output_text.delta", **where, content_index=0, delta=piece,
@@ -154,6 +188,7 @@ async def responses(fake, request: web.Request) -> web.StreamResponse:
                          logprobs=[]))
         frames.append(ev("response.content_part.done", **where, content_index=0,
                          part={**part, "text": text}))
-    frames.append(ev("response.output_item.done", output_index=0, item=item))
-    frames.append(ev("response.completed", response=response("completed", [item], usage)))
+    frames.append(ev("response.output_item.done", output_index=at, item=item))
+    frames.append(ev("response.completed", response=response("completed", [*hosted, item],
+                                                              usage)))
     return await fake.stream(request, frames)
