@@ -79,6 +79,8 @@ def make_gateway(request, tmp_path):
     In-process, unless the test is marked ``subprocess_gateway``, or ``process=True``, or
     ``env=`` is given (environment variables are a process's)."""
     started: list = []
+    # a fixture torn down before this one (a test's PostgreSQL database) stops these first
+    request.node.stash[GATEWAYS] = started
     marked = request.node.get_closest_marker("subprocess_gateway") is not None
 
     def make(models: dict, env: dict | None = None, start: bool = True,
@@ -90,11 +92,20 @@ def make_gateway(request, tmp_path):
         started.append(gw)
         return gw.start() if start else gw
     yield make
+    stop_all(started)
+
+
+GATEWAYS = pytest.StashKey[list]()
+
+
+def stop_all(gateways: list) -> None:
+    """Stop each gateway still running (the others all the same if one fails to)."""
     errors = []
-    for gw in started:
+    while gateways:
+        gw = gateways.pop()
         try:
             gw.stop()
-        except Exception as exc:           # stop the others all the same
+        except Exception as exc:
             errors.append(exc)
     if errors:
         raise errors[0]
@@ -124,14 +135,16 @@ def _postgres_admin(url: str, sql: str) -> None:
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """The URL of a new, empty database on the test PostgreSQL, dropped after the test."""
+def postgres_url(request) -> Iterator[str]:
+    """The URL of a new, empty database on the test PostgreSQL, dropped after the test (and
+    after the test's gateways stopped, whichever fixture was asked for first)."""
     base = os.environ.get("APIARIUM_TEST_POSTGRES_URL")
     if not base:
         pytest.skip(NO_POSTGRES)
     name = f"t_{secrets.token_hex(6)}"
     _postgres_admin(base, f"CREATE DATABASE {name}")
     yield urlsplit(base)._replace(path=f"/{name}").geturl()
+    stop_all(request.node.stash.get(GATEWAYS, []))
     # the cluster is thrown away at the end anyway: a drop that a backend still holds up
     # (FORCE may not end another role's process, e.g. autovacuum's) is tried again, then left
     for attempt in range(5):

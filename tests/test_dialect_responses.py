@@ -264,7 +264,7 @@ def _item(**fields) -> list:
     (base(input=[{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]),
      "input[0].content[0].file_id"),
     (base(input=[{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]),
-     "input[0].content[0]"),
+     "input[0].content[0].file_id"),
     (base(input=[{"role": "system", "content": [{"type": "input_image", "image_url": PNG}]}]),
      "input[0].content[0].type"),
     (base(input=_item(type="function_call", name="sh", arguments="{}")), "input[1].call_id"),
@@ -764,7 +764,7 @@ def test_what_a_compaction_holds_is_checked_like_direct_input():
     assert _refusal([_signed({"items": [{"type": "item_reference", "id": "msg_1"}]})]
                     ).param == "input[0]"
     assert _refusal([_signed({"items": [{"role": "user", "content": [
-        {"type": "input_file", "file_id": "file-1"}]}]})]).param == "input[0].content[0]"
+        {"type": "input_file", "file_id": "file-1"}]}]})]).param == "input[0].content[0].file_id"
     nest = _signed({"items": [_signed({"items": [{"role": "user", "content": "hi"}]})]})
     assert _refusal([nest]).code == "invalid_encrypted_content"
     for held in ({"items": "no"}, ["a"], {"items": [3]}):

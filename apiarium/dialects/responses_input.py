@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 
 from ..errors import InvalidRequest, echo
+from ..passthrough import refuse_stored
 from ..providers.shapes import parse_data_url
 from .responses_compaction import CompactionSeal, compaction_item, expand_compactions
 from .responses_tools import (
@@ -270,6 +271,7 @@ def history(body: dict, seal: CompactionSeal | None = None) -> list[dict]:
         built.push({"role": "system",
                     "content": str_at(body["instructions"], "instructions", empty=True)})
     for where, item in input_items(body, seal):
+        refuse_stored(item, where)         # a file id, direct or held in a compaction
         built.item(item, where)
     messages = built.finish()
     if not any(m["role"] != "system" for m in messages):
