@@ -18,6 +18,7 @@ from tests.conftest import openai_models
 from tests.support import error_of, request, wait_for
 
 CHAT = {"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}
+USAGE_FAILED = "WARNING apiarium: writing usage: postgresql://apiarium@"
 
 
 def keys_me(gw, ip: str):
@@ -72,6 +73,8 @@ def test_two_gateways_share_postgresql_and_ride_out_its_outage(
             assert json.loads(keys_me(gw, "127.0.0.4")[2])["key"] == other
         for gw in gws:               # /health says so: a refresh failed, after the listening
             assert wait_for(lambda gw=gw: database_state(gw) == "down", timeout=3)
+        # and the usage of those chats could not be written (a flush every 2 s)
+        assert wait_for(lambda: [ln for ln in one.log if USAGE_FAILED in ln], timeout=10)
     finally:
         postgres_ctl("start")
     status, _, body = wait_for(lambda: (r := keys_me(one, "127.0.0.3"))[0] == 200 and r,
@@ -91,4 +94,4 @@ def test_two_gateways_share_postgresql_and_ride_out_its_outage(
         assert password not in log
     log = "\n".join(one.log)
     assert "storage_unavailable" in log and "Traceback" not in log
-    assert "WARNING apiarium: writing usage: postgresql://apiarium@" in log
+    assert USAGE_FAILED in log
