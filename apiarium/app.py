@@ -424,14 +424,16 @@ class Gateway:
                 while svc.inflight and time.monotonic() < deadline:
                     await asyncio.sleep(0.02)
             await self.server.close_all_connections()
+        # the background loops end before the stores they use close (housekeeping would
+        # open the video jobs' store again after jobs.close())
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         renders = list(svc.media.background)   # renders whose clients left, past the grace
         for task in renders:
             task.cancel()
         await asyncio.gather(*renders, return_exceptions=True)
         await svc.jobs.close()                 # unfinished jobs resume at the next start
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
         if self.fetcher is not None:

@@ -865,9 +865,6 @@ class Bench:
     def litellm(self, exe: Path) -> None:
         d = self.tmp / "litellm"
         d.mkdir(exist_ok=True)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         cfg = d / "config.yaml"
         cfg.write_text(json.dumps({
             "model_list": [{"model_name": "bench", "litellm_params": {
@@ -879,11 +876,12 @@ class Bench:
         env.update(LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_TELEMETRY="False",
                    HOME=str(d))
         env.pop("DATABASE_URL", None)
-        srv = Server("LiteLLM", [str(exe), "--config", str(cfg), "--host", "127.0.0.1",
-                                 "--port", str(port), "--num_workers", "1"],
-                     SERVER_CORE, d / "litellm.log", r"Uvicorn running on (http://\S+)", env)
+        srv: Server | None = None
         try:
-            self.start(srv)
+            srv, port = self.start_on_a_free_port(lambda port: Server(
+                "LiteLLM", [str(exe), "--config", str(cfg), "--host", "127.0.0.1",
+                            "--port", str(port), "--num_workers", "1"],
+                SERVER_CORE, d / "litellm.log", r"Uvicorn running on (http://\S+)", env))
             srv.url = f"http://127.0.0.1:{port}"
             w = run_wrk(self.tmp, srv.url, [chat_body("bench")], LITELLM_KEY, 1, 2)
             if w["requests"] == 0 or w["errors"] >= w["requests"]:
@@ -898,6 +896,25 @@ class Bench:
             self.notes.append(f"LiteLLM: could not be measured: {str(exc)[:300]}")
         finally:
             self.stop(srv)
+
+    def start_on_a_free_port(self, make: Callable[[int], Server],
+                             tries: int = 5) -> tuple[Server, int]:
+        """Start ``make(port)``, a server that must be told its port (it cannot take 0 and
+        say which it got) on a port free a moment before; when the server finds it taken
+        meanwhile, on another."""
+        for attempt in range(tries):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            srv = make(port)
+            srv.log_path.unlink(missing_ok=True)         # this try's log only
+            try:
+                return self.start(srv), port
+            except RuntimeError as exc:
+                self.stop(srv)
+                if attempt == tries - 1 or "address already in use" not in str(exc).lower():
+                    raise
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ profile
     def profile(self) -> None:

@@ -33,12 +33,19 @@ def send(gw, method: str, path: str, host: str, body=None, key: str | None = MAS
 @pytest.fixture
 def pinned(make_gateway, fake_openai):
     """A gateway that answers to api.example.com (any port) and localhost:<its port>."""
-    with socket.socket() as probe:                 # a free port, to name in the config
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return make_gateway(openai_models(fake_openai), master_key=MASTER,
-                        server={"allowed_hosts": ["API.example.com", f"localhost:{port}"],
-                                "port": port})
+    for _ in range(20):
+        with socket.socket() as probe:             # a free port, to name in the config
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        gw = make_gateway(openai_models(fake_openai), master_key=MASTER, start=False,
+                          server={"allowed_hosts": ["API.example.com", f"localhost:{port}"],
+                                  "port": port})
+        try:
+            return gw.start()
+        except RuntimeError as exc:                # taken meanwhile: another port
+            if "Address already in use" not in str(exc):
+                raise
+    raise RuntimeError("no free port for the pinned gateway in 20 tries")
 
 
 def test_a_foreign_host_gets_421_on_the_api(pinned):

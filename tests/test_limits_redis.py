@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import math
 import os
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -109,17 +111,33 @@ def test_an_endpoint_bucket_frees_exactly_when_it_says(tmp_path):
     s, rec = settings(tmp_path, rpm=1000, endpoints={"chat": "4/second"}), key("ep")
 
     async def test(lim, backend):
+        async def redis_ms() -> float:                        # the clock the script reads
+            sec, usec = await backend.client.time()
+            return sec * 1000 + usec / 1000
+
         for _ in range(4):
             await lim.admit(rec, "chat", s)
+        before = await redis_ms()
         with pytest.raises(RateLimited) as exc:
             await lim.admit(rec, "chat", s)
+        after = await redis_ms()
         wait_ms = int(exc.value.headers["retry-after-ms"])
         assert 0 < wait_ms <= 250 and "4 chat requests per second" in exc.value.message
-        await asyncio.sleep((wait_ms - 30) / 1000)            # not yet
-        with pytest.raises(RateLimited):
-            await lim.admit(rec, "chat", s)
-        await asyncio.sleep(0.06)                              # now it is back
-        assert await lim.admit(rec, "chat", s)
+        # due at the refusal's time (between before and after) plus the wait (rounded up to
+        # a whole ms): each try is judged by when Redis ran it, bracketed the same way, so a
+        # late wake-up (a busy machine) cannot make a right answer look wrong
+        earliest, latest = before + wait_ms - 1, after + wait_ms
+        await asyncio.sleep((wait_ms - 30) / 1000)            # shortly before it is due
+        while True:
+            sent = await redis_ms()
+            try:
+                await lim.admit(rec, "chat", s)
+            except RateLimited:
+                assert sent < latest, (sent, latest)          # refused only before it is due
+                await asyncio.sleep(0.01)
+                continue
+            assert await redis_ms() >= earliest               # admitted only once it is due
+            break
     run(test)
 
 
@@ -170,9 +188,8 @@ def test_take_shares_the_endpoint_bucket_admit_takes_from(tmp_path):
 @needs_redis
 def test_a_dead_redis_url_fails_closed_fast_and_counts_it(tmp_path):
     s = settings(tmp_path, rpm=4)
-    dead = f"redis://127.0.0.1:{free_port()}/0"
 
-    async def go():
+    async def go(dead: str):
         backend = RedisBackend(dead, Metrics())
         lim = RedisLimits(backend, UsageLedger("unused.sqlite3"), backend.metrics)
         started = time.monotonic()
@@ -185,7 +202,8 @@ def test_a_dead_redis_url_fails_closed_fast_and_counts_it(tmp_path):
         assert backend.metrics.limiter_fallback.labels("closed").value == 20
         assert backend.state == "down"
         await backend.close()
-    asyncio.run(go())
+    with refused_port() as port:
+        asyncio.run(go(f"redis://127.0.0.1:{port}/0"))
 
 
 def test_backend_urls_are_checked(tmp_path):
@@ -206,10 +224,13 @@ def test_backend_urls_are_checked(tmp_path):
 
 # --------------------------------------------------------------------------- gateways
 
-def free_port() -> int:
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses every connection while the block runs: bound, never
+    listening (a port found free and let go could be someone's by the time it is dialled)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        yield sock.getsockname()[1]
 
 
 def gateways(make_gateway, fake_openai, tmp_path: Path, n: int, database: str | None = None,
@@ -288,22 +309,48 @@ def test_an_endpoint_limit_is_shared_too(make_gateway, fake_openai, tmp_path):
 
 # --------------------------------------------------------------------------- outages
 
+def _port_free_now() -> int:
+    """A port free at this moment (only for a server that cannot take a bound socket and
+    says when the port was taken meanwhile)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 class OwnRedis:
-    """A redis-server of the test's own on a fixed port: killed and started again."""
+    """A redis-server of the test's own, killed and started again on the port of its first
+    start (``url``).  redis-server cannot be handed a bound socket, so the first start takes
+    a port that was free and tries another when redis-server finds it taken; a start again
+    must have that port, and waits for it while another program holds it."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.port, self.dir, self.proc = free_port(), tmp_path, None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.port, self.dir, self.proc = 0, tmp_path, None
 
-    def start(self, *extra: str) -> OwnRedis:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir), *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in self.proc.stdout:                     # the event: it says it is ready
-            if "Ready to accept connections" in line:
-                return self
-        raise RuntimeError("redis-server did not start")
+    @property
+    def url(self) -> str:
+        assert self.port, "start() first"
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, *extra: str, timeout: float = 20.0) -> OwnRedis:
+        deadline = time.monotonic() + timeout
+        while True:
+            port = self.port or _port_free_now()
+            proc = subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(self.dir), *extra],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            said = []
+            for line in proc.stdout:                      # the event: it says it is ready
+                if "Ready to accept connections" in line:
+                    self.proc, self.port = proc, port
+                    return self
+                said.append(line)
+            proc.wait(timeout=10)
+            proc.stdout.close()
+            if "Address already in use" not in "".join(said) or time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start:\n" + "".join(said))
+            if self.port:                                 # its port, held by someone else
+                time.sleep(0.1)
 
     def kill(self) -> None:
         if self.proc is not None:

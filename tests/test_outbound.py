@@ -13,6 +13,7 @@ import base64
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import gc
 import ipaddress
 import json
@@ -21,6 +22,7 @@ import socket
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -61,13 +63,43 @@ def _gzip_bomb() -> bytes:
     return b"".join([*(comp.compress(zeros) for _ in range(300)), comp.flush()])
 
 
-class Site:
-    """An aiohttp server in its own thread on ``host`` (port 0, or the one given) that counts
-    the connections it accepts and records the requests it gets."""
+class _Counted(asyncio.Protocol):
+    """One connection's server protocol (aiohttp's, which takes no new attributes), and the
+    bytes it received and its end counted on the site."""
 
-    def __init__(self, host: str, port: int = 0):
-        self.host, self.port = host, port
-        self.connections = 0
+    def __init__(self, site: Site, inner: asyncio.Protocol):
+        self.site, self.inner = site, inner
+
+    def connection_made(self, transport):
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.site.received += len(data)
+        self.inner.data_received(data)
+
+    def eof_received(self):
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc) -> None:
+        self.inner.connection_lost(exc)
+        self.site.ended += 1
+
+
+class Site:
+    """An aiohttp server in its own thread on ``host`` (port 0, or the listening socket
+    given) that counts the connections it accepts, the bytes they bring and the ones that
+    ended, and records the requests it gets."""
+
+    def __init__(self, host: str, sock: socket.socket | None = None):
+        self.host, self.sock = host, sock
+        self.port = sock.getsockname()[1] if sock is not None else 0
+        self.connections = self.ended = self.received = 0
         self.requests: list[tuple[str, dict]] = []
         self.active = self.max_active = 0
         self.sent = 0                       # body bytes written by /huge
@@ -115,8 +147,11 @@ class Site:
 
         def counted():
             self.connections += 1
-            return server()
-        self._server = await self.loop.create_server(counted, self.host, self.port)
+            return _Counted(self, server())
+        if self.sock is not None:
+            self._server = await self.loop.create_server(counted, sock=self.sock)
+        else:
+            self._server = await self.loop.create_server(counted, self.host, 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
     def stop(self) -> None:
@@ -132,6 +167,7 @@ class Site:
 
     def reset(self) -> Site:
         self.connections, self.requests, self.sent = 0, [], 0
+        self.ended = self.received = 0
         self.active = self.max_active = 0
         return self
 
@@ -206,10 +242,42 @@ class Site:
         return await self._image(request)
 
 
+def same_port(hosts: tuple[str, ...], attempts: int = 50) -> list[socket.socket]:
+    """A socket bound on each of ``hosts``, all on one port: the first host's free port, which
+    the others bind at once (where one of them has it taken, by a listener or by a client's
+    source port, another port is tried).  Bound, not yet listening: the site listens."""
+    def bound(host: str, port: int) -> socket.socket:
+        sock = socket.socket()
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as asyncio's own
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    for _ in range(attempts):
+        socks = [bound(hosts[0], 0)]
+        port = socks[0].getsockname()[1]
+        try:
+            socks += [bound(host, port) for host in hosts[1:]]
+        except OSError as exc:
+            for sock in socks:
+                sock.close()
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            continue
+        return socks
+    raise RuntimeError(f"no port free on all of {hosts} in {attempts} tries")
+
+
 @pytest.fixture(scope="module")
 def _sites():
-    internal = Site("127.0.0.1").start()
-    public = Site("127.0.0.2", internal.port).start()   # same port: rebinding lands inside
+    # the same port on both: a name that rebinds from the public address to the internal
+    # one lands on the internal server
+    on_1, on_2 = same_port(("127.0.0.1", "127.0.0.2"))
+    internal = Site("127.0.0.1", on_1).start()
+    public = Site("127.0.0.2", on_2).start()
     internal6 = Site("::1").start() if HAS_V6 else None
     yield internal, public, internal6
     for site in (internal, public, internal6):
@@ -232,10 +300,13 @@ def internal6(_sites) -> Site | None:
     return _sites[2].reset() if _sites[2] is not None else None
 
 
-def closed_port() -> int:
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A port on 127.0.0.2 that refuses connections: bound for the test and never listening
+    (a port closed again could be someone's by the time it is dialled)."""
     with socket.socket() as s:
         s.bind(("127.0.0.2", 0))
-        return s.getsockname()[1]
+        yield s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------- client side
@@ -413,8 +484,9 @@ def test_each_connection_is_checked_below_the_url_checks(internal, monkeypatch):
     monkeypatch.setattr(outbound._GuardedConnector, "_socket_for", any_socket)
     err, connects = refusal(internal.url("/cat.png"))
     assert err.message == FIXED_20MB and connects == ["127.0.0.1"]
-    time.sleep(0.2)
-    assert internal.connections == 1 and internal.requests == []
+    # the server saw the connection end (after whatever it carried): with not a byte on it
+    assert wait_for(lambda: internal.ended == 1)
+    assert internal.connections == 1 and internal.received == 0 and internal.requests == []
 
 
 def test_redirects_are_followed_three_times_at_most(public):
@@ -509,14 +581,15 @@ def test_an_endless_body_is_cut_at_the_limit(public, capsys):
 
 # ---------------------------------------------------------------------------- the message
 
-def test_every_failure_says_the_same_and_the_log_says_why(internal, public, caplog):
+def test_every_failure_says_the_same_and_the_log_says_why(internal, public, closed_port,
+                                                          caplog):
     caplog.set_level(logging.INFO, logger="apiarium.outbound")
     dns = FakeDNS({"internal.example": [["10.0.0.7"]]})
     failures = {
         "internal address": internal.url("/cat.png"),
         "internal name": "http://internal.example/x.png",
         "unknown name": "http://no-such-host.example/x.png",
-        "nothing listening": f"http://127.0.0.2:{closed_port()}/x.png",
+        "nothing listening": f"http://127.0.0.2:{closed_port}/x.png",
         "404": public.url("/missing.png"),
         "not an image": public.url("/page"),
         "compressed": public.url("/gzip"),

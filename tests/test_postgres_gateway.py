@@ -18,6 +18,7 @@ from tests.conftest import openai_models
 from tests.support import error_of, request, wait_for
 
 CHAT = {"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}
+USAGE_FAILED = "WARNING apiarium: writing usage: postgresql://apiarium@"
 
 
 def keys_me(gw, ip: str):
@@ -28,7 +29,6 @@ def database_state(gw) -> str:
     return json.loads(gw.get("/health")[2])["backends"]["database"]["state"]
 
 
-@pytest.mark.subprocess_gateway("several gateway processes share one PostgreSQL database")
 def revoke_reaches_all(gws: list, key: str, ip: str) -> None:
     """``apiarium keys revoke KEY`` (the CLI, on the first gateway's configuration and so on
     the shared database): every gateway refuses the key within 2 s (told at once by
@@ -44,6 +44,7 @@ def revoke_reaches_all(gws: list, key: str, ip: str) -> None:
     assert time.monotonic() - revoked < 2.0
 
 
+@pytest.mark.subprocess_gateway("several gateway processes share one PostgreSQL database")
 def test_two_gateways_share_postgresql_and_ride_out_its_outage(
         make_gateway, fake_openai, postgres_url, postgres_ctl, tmp_path):
     secret = tmp_path / "shared" / "apiarium.secret"
@@ -70,9 +71,10 @@ def test_two_gateways_share_postgresql_and_ride_out_its_outage(
             status, _, _ = gw.post("/v1/chat/completions", CHAT, key=other, ip="127.0.0.4")
             assert status == 200
             assert json.loads(keys_me(gw, "127.0.0.4")[2])["key"] == other
-        for gw in gws:                                        # /health says so
+        for gw in gws:               # /health says so: a refresh failed, after the listening
             assert wait_for(lambda gw=gw: database_state(gw) == "down", timeout=3)
-        time.sleep(0.6)                          # refreshes (every 0.5 s) fail meanwhile
+        # and the usage of those chats could not be written (a flush every 2 s)
+        assert wait_for(lambda: [ln for ln in one.log if USAGE_FAILED in ln], timeout=10)
     finally:
         postgres_ctl("start")
     status, _, body = wait_for(lambda: (r := keys_me(one, "127.0.0.3"))[0] == 200 and r,
@@ -92,4 +94,4 @@ def test_two_gateways_share_postgresql_and_ride_out_its_outage(
         assert password not in log
     log = "\n".join(one.log)
     assert "storage_unavailable" in log and "Traceback" not in log
-    assert "WARNING apiarium: writing usage: postgresql://apiarium@" in log
+    assert USAGE_FAILED in log

@@ -176,17 +176,15 @@ def test_an_answer_that_is_not_json_is_502():
 # ---------------------------------------------------------------------- transport
 
 def test_a_refused_port_is_502_unreachable():
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()                                   # nothing listens there now
-
     async def main(session: aiohttp.ClientSession) -> ApiError:
         provider = make("openai", f"http://127.0.0.1:{port}", session)
         with pytest.raises(ApiError) as exc:
             await provider.call_json("GET", provider.spec.base_url + "/models")
         return exc.value
-    err = run(main)
+    with socket.socket() as sock:                  # bound, never listening: refuses
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        err = run(main)
     assert isinstance(err, UpstreamError) and err.code == "upstream_unreachable"
     assert "Cannot connect to the upstream provider `up`" in err.message
 

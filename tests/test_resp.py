@@ -12,7 +12,7 @@ import time
 import pytest
 
 from apiarium.resp import ReplyError, RespClient, Script, Unreachable, pack, parse
-from tests.test_limits_redis import REDIS_URL, OwnRedis, free_port, needs_redis
+from tests.test_limits_redis import REDIS_URL, OwnRedis, needs_redis, refused_port
 
 REPLY = b"*4\r\n:1\r\n$3\r\nabc\r\n$-1\r\n*2\r\n+OK\r\n-ERR bad\r\n"
 
@@ -98,13 +98,14 @@ def test_a_server_that_speaks_no_resp_fails_the_call_and_drops_the_connection():
 
 
 def test_nobody_listening_is_unreachable_at_once():
-    async def go():
-        client = RespClient(f"redis://127.0.0.1:{free_port()}/0", 0.25)
+    async def go(port: int):
+        client = RespClient(f"redis://127.0.0.1:{port}/0", 0.25)
         started = time.monotonic()
         with pytest.raises(Unreachable) as exc:
             await client.call(b"PING")
         assert time.monotonic() - started < 0.5 and "cannot connect" in str(exc.value)
-    asyncio.run(go())
+    with refused_port() as port:
+        asyncio.run(go(port))
 
 
 @pytest.mark.skipif(not shutil.which("redis-server"), reason="redis-server is not installed")

@@ -90,9 +90,21 @@ def test_gemini_chunks_run_four_at_once_and_come_back_in_order(tmp_path, fake_op
     assert fake_gemini.embed_peak == gemini_embed.CONCURRENT == 4
 
 
+async def until(check: Callable[[], object], timeout: float = 10.0) -> None:
+    """Wait on the loop, a tick at a time, until ``check()`` is true."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def batch_calls(gm) -> list:
+    return [r for r in gm.requests if r.path.endswith(":batchEmbedContents")]
+
+
 def test_a_failed_gemini_chunk_fails_the_request_and_stops_the_others(tmp_path, fake_openai,
                                                                        fake_gemini):
-    fake_gemini.embed_delay = 0.3
+    fake_gemini.embed_delay = 1.5
     fake_gemini.overloaded_next(path_contains=":batchEmbedContents")
 
     async def scenario(svc: Services) -> None:
@@ -100,15 +112,16 @@ def test_a_failed_gemini_chunk_fails_the_request_and_stops_the_others(tmp_path, 
         started = loop.time()
         with pytest.raises(ServiceUnavailable):
             await create(svc, "gem-embed", input=TEXTS)
-        assert loop.time() - started < 0.25          # not waiting for the chunks under way
+        assert loop.time() - started < 1.0           # not waiting for the chunks under way
         assert svc.credits.held("k1") == 0
         assert svc.usage.spent_today("k1").requests == 0       # nothing made, nothing booked
-        await asyncio.sleep(0.5)                     # long enough for more rounds, were any
+        # every chunk's task was cancelled and awaited before the error was raised: none
+        # can call now.  The fake's handlers sleep on; they end before the next test
+        await until(lambda: fake_gemini._embed_now == 0)
 
     run(tmp_path, fake_openai, fake_gemini, scenario, limits=ROOM)
-    calls = [r for r in fake_gemini.requests if r.path.endswith(":batchEmbedContents")]
     # the first four; a fifth may have started on the failed one's slot; no more
-    assert 4 <= len(calls) <= 5, len(calls)
+    assert 4 <= len(batch_calls(fake_gemini)) <= 5, len(batch_calls(fake_gemini))
 
 
 def test_gemini_answers_that_do_not_fit_are_a_502(tmp_path, fake_openai, fake_gemini):
@@ -209,12 +222,12 @@ def test_openai_answers_that_do_not_fit_are_a_502(tmp_path, fake_openai, fake_ge
 
 def test_the_service_holds_credits_while_it_works_and_books_after(tmp_path, fake_openai,
                                                                   fake_gemini):
-    fake_gemini.embed_delay = 0.2
+    fake_gemini.embed_delay = 1.0                    # the call under way while we look
 
     async def scenario(svc: Services) -> None:
         texts = TEXTS[:10]
         work = asyncio.ensure_future(create(svc, "gem-embed", input=texts))
-        await asyncio.sleep(0.1)
+        await until(lambda: batch_calls(fake_gemini))   # held before the call was made
         estimate = sum(estimate_tokens(t) for t in texts)
         assert svc.credits.held("k1") == pytest.approx(2.0 * estimate / 1000)
         await work

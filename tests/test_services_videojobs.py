@@ -197,6 +197,14 @@ async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
+async def hold_next_poll(fake: FakeGemini, op: str) -> None:
+    """The next poll of ``op`` is recorded, then held unanswered: the one gateway polling it
+    waits on it, with no request on the way.  Stopped then, it leaves no poll behind (one it
+    had sent when its task was cancelled could be recorded late, among the next poller's)."""
+    fake.hang_next(30, path_contains=f"/operations/{op}")
+    await until(lambda: not fake.scripted())
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def shared_database(request, tmp_path) -> dict:
     """The settings of gateways sharing one database (PostgreSQL: and one key secret)."""
@@ -224,7 +232,8 @@ def test_two_gateways_on_one_database_poll_a_job_once_and_take_over_a_dead_ones(
             repo = await s.services.jobs.repo()
             while (stored := await repo.get(job.id)).operation is None:
                 await asyncio.sleep(0.01)
-        op = stored.operation.rsplit("/", 1)[-1]
+            op = stored.operation.rsplit("/", 1)[-1]
+            await hold_next_poll(fake_gemini, op)
         mark = len(fake_gemini.requests)
         async with InProcess(configs["a"]) as a, InProcess(configs["b"]) as b:
             gateways = {"a": a.services, "b": b.services}
@@ -236,6 +245,7 @@ def test_two_gateways_on_one_database_poll_a_job_once_and_take_over_a_dead_ones(
             assert set(pollers(fake_gemini, op, mark)) == {winner}     # one poller only
             assert not gateways[other].jobs.tasks
 
+            await hold_next_poll(fake_gemini, op)
             task = gateways[winner].jobs.tasks[job.id]                 # kill -9, as it were:
             task.cancel()                                              # no release
             await asyncio.gather(task, return_exceptions=True)

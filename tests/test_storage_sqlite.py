@@ -164,6 +164,31 @@ def test_not_a_database(tmp_path):
         run(open_storage(db))
 
 
+# --------------------------------------------------------------------------- cancelled reads
+
+def test_a_read_cancelled_mid_call_leaves_the_connection_free_to_write(tmp_path):
+    """The gateway's stop, on its own connections: the key-change poll is cancelled while its
+    read is on the connection's thread, the usage ledger writes on its connection, then the
+    key service writes the last-used times on the first.  A cursor the cancel left open held
+    a read snapshot, and that write failed at once with "database is locked"."""
+    async def go():
+        keys = await open_storage(tmp_path / "db.sqlite3")
+        usage = await open_storage(tmp_path / "db.sqlite3")
+        try:
+            poll = asyncio.ensure_future(keys.changed_elsewhere())
+            await asyncio.sleep(0)                  # its first read is on the thread's queue
+            poll.cancel()
+            await asyncio.gather(poll, return_exceptions=True)
+            assert poll.cancelled()
+            await usage.usage.add([UsageRow("h1", "2030-01-02", 1, 2, 3, 0, 0, 0.5)])
+            await keys.keys.touch({1: 1_900_000_000})      # raised OperationalError before
+            return await keys.usage.day("2030-01-02")
+        finally:
+            await usage.close()
+            await keys.close()
+    assert run(go()) == [UsageRow("h1", "2030-01-02", 1, 2, 3, 0, 0, 0.5)]
+
+
 # --------------------------------------------------------------------------- the factory
 
 def test_engine_is_picked_from_the_setting(tmp_path):

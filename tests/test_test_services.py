@@ -48,28 +48,32 @@ def refused(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def leftovers() -> set[Path]:
-    """Clusters put in /tmp when $TMPDIR is closed to the postgres user (pytest's folders)."""
-    return set(Path("/tmp").glob("apiarium-services-pg.*"))     # noqa: S108 (its fallback)
+def cluster_of(pgctl: str) -> Path:
+    """The PostgreSQL folder of one run, from the ``pgctl`` it writes: in its temporary
+    folder, or in /tmp when $TMPDIR is closed to the postgres user (pytest's folders), where
+    other runs (another suite on the machine) put theirs too."""
+    return Path(re.search(r'-D "?([^"\s]+)/data', pgctl).group(1))
 
 
 @needs_servers
 def test_the_command_gets_both_servers_and_its_status_is_kept(tmp_path):
-    env, before = {**os.environ, "TMPDIR": str(tmp_path)}, leftovers()
-    out = subprocess.run([str(SCRIPT), "sh", "-c", f'"{sys.executable}" -c "$0"; exit 3', PROBE],
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    command = f'"{sys.executable}" -c "$0"; cat "$APIARIUM_TEST_POSTGRES_CTL"; exit 3'
+    out = subprocess.run([str(SCRIPT), "sh", "-c", command, PROBE],
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 3, out.stderr
     ports = [int(p) for p in re.search(r"probed (\d+) (\d+)", out.stdout).groups()]
+    cluster = cluster_of(out.stdout)
     assert re.search(r"PostgreSQL \d+\.\d+ on 127\.0\.0\.1:\d+ \(initdb and start: [\d.]+ s\)",
                      out.stderr)
     assert re.search(r"Redis on 127\.0\.0\.1:\d+ \(start: [\d.]+ s\)", out.stderr)
-    assert list(tmp_path.iterdir()) == [] and leftovers() <= before    # the folders are gone
+    assert list(tmp_path.iterdir()) == [] and not cluster.exists()     # the folders are gone
     assert all(refused(p) for p in ports)                  # and both servers with them
 
 
 @needs_servers
 def test_a_killed_run_cleans_up_too(tmp_path):
-    env, before = {**os.environ, "TMPDIR": str(tmp_path)}, leftovers()
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
     proc = subprocess.Popen([str(SCRIPT), "sleep", "60"], env=env, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
@@ -80,13 +84,15 @@ def test_a_killed_run_cleans_up_too(tmp_path):
                 break
         ports = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", "".join(lines))]
         assert len(ports) == 2, lines
+        cluster = cluster_of(next(tmp_path.glob("apiarium-services.*/pgctl")).read_text())
+        assert (cluster / "data").is_dir()
         os.killpg(proc.pid, signal.SIGTERM)                # as a CI timeout would
         assert proc.wait(60) == 143
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert list(tmp_path.iterdir()) == [] and leftovers() <= before
+    assert list(tmp_path.iterdir()) == [] and not cluster.exists()
     assert all(refused(p) for p in ports)
 
 

@@ -21,6 +21,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -140,8 +141,10 @@ def requests_counted(conn: http.client.HTTPConnection, endpoint: str) -> float:
                if s.name == "apiarium_requests_total" and s.labels["endpoint"] == endpoint)
 
 
-def stream_on(conn: http.client.HTTPConnection) -> list[bytes]:
-    """A streamed chat on this connection: the ``data:`` payloads it got before it ended."""
+def stream_on(conn: http.client.HTTPConnection,
+              begun: threading.Event | None = None) -> list[bytes]:
+    """A streamed chat on this connection: the ``data:`` payloads it got before it ended
+    (``begun`` is set at the first)."""
     frames: list[bytes] = []
     try:
         conn.request("POST", "/v1/chat/completions",
@@ -152,6 +155,8 @@ def stream_on(conn: http.client.HTTPConnection) -> list[bytes]:
         for line in resp:
             if line.startswith(b"data: "):
                 frames.append(line[6:].strip())
+                if begun is not None:
+                    begun.set()
     except (OSError, http.client.HTTPException):
         pass                                  # the worker died under it
     return frames
@@ -271,10 +276,11 @@ def test_kill_9_mid_stream_replaces_the_worker_and_spares_the_others(make_gatewa
     conns = by_worker(gw, 3)
     victim = next(iter(conns))
     before = requests_counted(conns[victim], "health")
+    begun = {pid: threading.Event() for pid in conns}
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        streams = {pid: pool.submit(stream_on, conn) for pid, conn in conns.items()}
-        assert wait_for(lambda: len(fake_openai.requests) == 3, timeout=5)
-        time.sleep(0.3)                                  # each stream has begun relaying
+        streams = {pid: pool.submit(stream_on, conn, begun[pid]) for pid, conn in conns.items()}
+        assert wait_for(lambda: all(e.is_set() for e in begun.values()), timeout=10)
+        assert len(fake_openai.requests) == 3            # each stream has begun relaying
         os.kill(victim, signal.SIGKILL)
         results = {pid: s.result(timeout=20) for pid, s in streams.items()}
     for pid, frames in results.items():

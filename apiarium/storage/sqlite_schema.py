@@ -193,10 +193,14 @@ _MIGRATIONS = {1: _migrate_to_1}
 
 
 async def value(db: aiosqlite.Connection, sql: str) -> Any:
-    """The first column of the first row of a query."""
-    async with db.execute(sql) as cur:
-        row = await cur.fetchone()
-    return row[0] if row is not None else None
+    """The first column of the first row of a query.  Read to the end in one call on the
+    connection's thread: a cursor left open (its caller cancelled between execute and
+    fetch, as a shutdown cancels the key-change poll) would hold its read snapshot, and the
+    connection's next write, once another connection has written, fails at once with
+    "database is locked"."""
+    for row in await db.execute_fetchall(sql):
+        return row[0]
+    return None
 
 
 async def user_version(db: aiosqlite.Connection) -> int:

@@ -257,6 +257,11 @@ class FakeUpstream:
         """Next matching request: send nothing for ``seconds``, then answer normally."""
         self._push(path_contains, kind="hang", seconds=seconds)
 
+    def scripted(self) -> int:
+        """How many scripted behaviours still wait for their request."""
+        with self._lock:
+            return len(self._script)
+
     def garbage_next(self, status: int = 200, path_contains: str | None = None) -> None:
         """Next matching request gets ``b"<html>not json"`` as text/html."""
         self._push(path_contains, kind="garbage", status=status)
