@@ -32,8 +32,6 @@ ROOM = {"max_embedding_floats": 2048 * 3072}
 
 
 def embedding_models(oa, gm, **extra) -> dict:
-    # 2,048 inputs checked by the fake with the SDK's types take over the usual 1.5 s on a
-    # loaded machine: the timeouts here are for a dead upstream, not for the fake's speed
     return openai_models(oa, providers={
         # the fake builds and checks 2,048 vectors for one call: more than conftest's 1.5 s
         # on a busy machine
