@@ -32,6 +32,7 @@ class ProviderSpec:
     breaker_cooldown_s: float = 30.0   # how long an open circuit skips the provider
     auth: str = "key"                  # "none": no credential is sent, no api_key needed
     responses: bool = True             # openai kind: /v1/responses goes to its own /responses
+    frame_delay_ms: float = 20.0       # demo kind: the pause between two stream frames
     owned_by: str = ""
 
     @property
