@@ -70,9 +70,10 @@ def run_loop(coro: Coroutine[Any, Any, T]) -> T:
 
 def serve_one(config_path: Path, host: str | None, port: int | None,
               sockets: list[socket.socket] | None = None, worker: WorkerInfo | None = None,
-              on_ready: Callable[[], None] | None = None) -> int:
-    """One gateway until SIGTERM/SIGINT: 0; 1 if it cannot start (the reason on stderr)."""
-    gateway = Gateway(config_path, worker)
+              on_ready: Callable[[], None] | None = None, demo: bool = False) -> int:
+    """One gateway until SIGTERM/SIGINT: 0; 1 if it cannot start (the reason on stderr).
+    ``demo``: ``apiarium serve --demo`` (``Gateway.load``)."""
+    gateway = Gateway(config_path, worker, demo)
 
     async def main() -> int:
         try:
@@ -126,9 +127,10 @@ async def _prepare(s: Settings) -> None:
 
 
 def serve_workers(config_path: Path, settings: Settings, host: str | None,
-                  port: int | None, count: int) -> int:
+                  port: int | None, count: int, demo: bool = False) -> int:
     """``count`` workers under a supervisor, until SIGTERM/SIGINT (0) or until they keep
-    crashing (1); 1 if they cannot start (the reason on stderr)."""
+    crashing (1); 1 if they cannot start (the reason on stderr).  ``demo``: each worker
+    (a replacement too) runs in demo mode."""
     before = set(threading.enumerate())
     try:
         asyncio.run(_prepare(settings))
@@ -162,7 +164,7 @@ def serve_workers(config_path: Path, settings: Settings, host: str | None,
             for sock in sockets:             # the supervisor's, which gets no connections
                 sock.close()
         return serve_one(config_path, host, None, own, WorkerInfo(slot, count, metrics_dir),
-                         ready)
+                         ready, demo)
 
     supervisor = Supervisor(count, start, settings.shutdown_grace_s,
                             f"http://{shown}:{bound}", metrics_dir, sockets)
