@@ -459,12 +459,17 @@ class Gateway:
         if svc.shared is not None:
             await svc.shared.close()
 
-    async def run_until_signalled(self) -> None:
+    async def run_until_signalled(self, reload_first: bool = False) -> None:
+        """Until SIGTERM or SIGINT (then ``stop``); SIGHUP reloads.  ``reload_first``: a
+        SIGHUP came while the gateway was starting (``workers.serve_one`` holds it until
+        now), so reload at once."""
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        if reload_first:
+            self.reload()
         await stopping.wait()
         log.info("shutting down: waiting up to %gs for requests in flight",
                  self.services.settings.shutdown_grace_s)

@@ -27,6 +27,7 @@ import asyncio
 import gc
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -76,6 +77,11 @@ def serve_one(config_path: Path, host: str | None, port: int | None,
     gateway = Gateway(config_path, worker, demo)
 
     async def main() -> int:
+        # a SIGHUP between reading the configuration and serving (a reload sent as soon as
+        # the "listening" line shows) would otherwise end the process, or be ignored in a
+        # worker: it is held, and reloads once the gateway serves
+        held = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, held.set)
         try:
             await gateway.start(host, port, sockets)
             tune_gc()
@@ -91,7 +97,7 @@ def serve_one(config_path: Path, host: str | None, port: int | None,
             return 1
         if on_ready is not None:
             on_ready()
-        await gateway.run_until_signalled()
+        await gateway.run_until_signalled(reload_first=held.is_set())
         return 0
     return run_loop(main())
 
