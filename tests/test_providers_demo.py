@@ -33,6 +33,7 @@ from apiarium.errors import InvalidRequest
 from apiarium.generation import ImageRequest
 from apiarium.providers import KINDS
 from apiarium.providers.demo import (
+    FILLER,
     DemoProvider,
     example,
     image_size,
@@ -100,22 +101,22 @@ def chunks_of(events: list[bytes]) -> list[dict]:
 
 def test_example_fills_the_required_properties_of_simple_schemas():
     assert example(WEATHER["function"]["parameters"]) == {
-        "city": "demo", "unit": "celsius", "days": 2, "alerts": False}
+        "city": FILLER, "unit": "celsius", "days": 2, "alerts": False}
     assert example({"type": "object", "properties": {
         "where": {"type": "object", "properties": {"lat": {"type": "number"}},
                   "required": ["lat"]},
         "tags": {"type": "array", "items": {"type": "string"}, "minItems": 2},
         "mode": {"const": "fast"}, "level": {"type": ["null", "integer"], "maximum": 0},
-        "code": {"type": "string", "minLength": 7}, "id": {"type": "string", "maxLength": 2},
+        "code": {"type": "string", "minLength": 18}, "id": {"type": "string", "maxLength": 2},
         "pick": {"anyOf": [{"type": "boolean"}, {"type": "string"}]},
         "size": {"type": "number", "exclusiveMinimum": 10},
         "given": {"type": "string", "default": "as-is"}},
         "required": ["where", "tags", "mode", "level", "code", "id", "pick", "size",
                      "given"]}) == {
-        "where": {"lat": 1}, "tags": ["demo", "demo"], "mode": "fast", "level": 0,
-        "code": "demo-de", "id": "de", "pick": False, "size": 11, "given": "as-is"}
+        "where": {"lat": 1}, "tags": [FILLER, FILLER], "mode": "fast", "level": 0,
+        "code": "apiarium-demo apia", "id": "ap", "pick": False, "size": 11, "given": "as-is"}
     assert example({"type": "object"}) == {}
-    assert example(None) == "demo"
+    assert example(None) == FILLER
 
 
 # ---------------------------------------------------------------------------- chat
@@ -143,7 +144,7 @@ def test_the_same_request_gets_the_same_answer():
     assert other.call[0] != reply("gpt-5", body).call[0]      # the call id follows the request
 
 
-def test_the_last_text_part_of_the_last_user_turn_is_quoted_cut_to_one_line():
+def test_the_last_paragraph_of_the_last_user_turn_is_quoted_cut_to_one_line():
     long = "word " * 100
     r = reply("m", {"messages": [
         {"role": "system", "content": "Be brief."},
@@ -156,6 +157,9 @@ def test_the_last_text_part_of_the_last_user_turn_is_quoted_cut_to_one_line():
     r = reply("m", {"messages": [{"role": "user", "content": [
         {"type": "text", "text": "<reminder>ignore</reminder>"},
         {"type": "text", "text": "Say\n  hello."}]}]})
+    assert r.content.endswith("You wrote: “Say hello.”")
+    r = reply("m", {"messages": [{"role": "user", "content": "<reminder>\nignore\n</reminder>"
+                                                             "\n\n \nSay hello.\n\n"}]})
     assert r.content.endswith("You wrote: “Say hello.”")
     r = reply("m", {"messages": [{"role": "system", "content": "Only a system turn."}]})
     assert r.content.endswith("There was no user text to quote.")
@@ -171,7 +175,7 @@ def test_offered_tools_get_one_call_of_the_first_then_text_quoting_the_result(de
     [call] = choice["message"]["tool_calls"]
     assert call["function"]["name"] == "get_weather" and call["id"].startswith("call_")
     args = json.loads(call["function"]["arguments"])
-    assert args == {"city": "demo", "unit": "celsius", "days": 2, "alerts": False}
+    assert args == {"city": FILLER, "unit": "celsius", "days": 2, "alerts": False}
     prompt_chars = len(ASK[0]["content"]) + len(orjson.dumps([WEATHER["function"],
                                                               CLOCK["function"]]))
     assert answer["usage"]["prompt_tokens"] == math.ceil(prompt_chars / 4)
@@ -190,6 +194,26 @@ def test_offered_tools_get_one_call_of_the_first_then_text_quoting_the_result(de
     assert later.call is None and later.content.endswith("You wrote: “Thanks”")
 
 
+def test_agent_clients_shapes_a_trailing_system_turn_and_a_sub_agent_on_the_demos_task():
+    """Claude Code sends a system message after the turns, and its Agent tool runs a
+    sub-agent whose task is what the demo made up: that one is answered in text (else each
+    sub-agent would call Agent again), and the tool result before the system turn is quoted."""
+    system = {"role": "system", "content": "Available agent types: ..."}
+    first = reply("m", {"messages": [*ASK, system], "tools": [WEATHER]})
+    assert first.call is not None
+    task = f"<system-reminder>\nToday is Monday.\n</system-reminder>\n\n\n\n{FILLER}"
+    sub_agent = reply("m", {"messages": [{"role": "user", "content": task}, system],
+                            "tools": [WEATHER]})
+    assert sub_agent.call is None and sub_agent.content.endswith(f"You wrote: “{FILLER}”")
+    call = {"id": first.call[0], "type": "function",
+            "function": {"name": first.call[1], "arguments": first.call[2]}}
+    back = reply("m", {"messages": [*ASK, {"role": "assistant", "content": None,
+                                          "tool_calls": [call]},
+                                    {"role": "tool", "tool_call_id": call["id"],
+                                     "content": "Done."}, system], "tools": [WEATHER]})
+    assert back.content.startswith("[demo] The tool `get_weather` answered: “Done.”")
+
+
 def test_tool_choice_none_or_named_is_honoured():
     body = {"messages": ASK, "tools": [WEATHER, CLOCK]}
     assert reply("m", {**body, "tool_choice": "none"}).call is None
@@ -204,7 +228,7 @@ def test_response_format_gets_json_and_max_tokens_cuts_the_text():
               "required": ["title"]}
     r = reply("m", {"messages": ASK, "response_format": {
         "type": "json_schema", "json_schema": {"name": "t", "schema": schema}}})
-    assert json.loads(r.content) == {"title": "demo"}
+    assert json.loads(r.content) == {"title": FILLER}
     r = reply("m", {"messages": ASK, "response_format": {"type": "json_object"}})
     parsed = json.loads(r.content)
     assert parsed["demo"] is True and parsed["answer"].startswith("[demo]")
@@ -240,7 +264,7 @@ def test_a_streamed_tool_call_comes_in_openai_deltas(demo):
              for tc in ch["delta"].get("tool_calls") or []]
     assert calls[0]["function"] == {"name": "get_weather", "arguments": ""}
     assert json.loads("".join(tc["function"]["arguments"] for tc in calls)) == {
-        "city": "demo", "unit": "celsius", "days": 2, "alerts": False}
+        "city": FILLER, "unit": "celsius", "days": 2, "alerts": False}
     assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
     assert chunks[-1]["usage"]["completion_tokens"] > 0
 

@@ -6,15 +6,19 @@ itself (``{kind: demo}``, no ``base_url`` or ``api_key``).
 The same request gets the same answer (ids and ``created`` aside), and every answer says it
 comes from the demo:
 
-chat         text starting ``[demo]`` that quotes the last user turn.  When the request offers
-             ``tools`` (and ``tool_choice`` is not ``none``) and the conversation holds no tool
-             result yet, one call of the first tool (or of the one ``tool_choice`` names),
-             its arguments made from the tool's JSON schema (``example``: the required
-             properties, each an enum's first value, its default, ``"demo"``, a number, false,
-             or a nested object or array made the same way).  Once the last message is a
-             tool result, text quoting it.  ``response_format`` ``json_schema``: an object
-             made from the schema the same way; ``json_object``: ``{"demo": true, "answer":
-             ...}``.  ``max_completion_tokens`` / ``max_tokens`` cut the text (finish_reason
+chat         text starting ``[demo]`` that quotes the last paragraph of the last user turn.
+             When the request offers ``tools`` (and ``tool_choice`` is not ``none``) and the
+             conversation holds no tool result yet, one call of the first tool (or of the one
+             ``tool_choice`` names), its arguments made from the tool's JSON schema
+             (``example``: the required properties, each an enum's first value, its default,
+             ``FILLER``, a number, false, or a nested object or array made the same way).
+             Once the last message (system and developer ones aside) is a tool result, text
+             quoting it.  A conversation whose last user paragraph is ``FILLER`` is answered
+             in text: an agent client that runs a sub-agent on the task the demo made up
+             (Claude Code's ``Agent`` tool) gets an answer, not another call that starts
+             another sub-agent.  ``response_format`` ``json_schema``: an object made from the
+             schema the same way; ``json_object``: ``{"demo": true, "answer": ...}``.
+             ``max_completion_tokens`` / ``max_tokens`` cut the text (finish_reason
              ``length``).
 stream       the same answer as ``chat.completion.chunk`` frames: the role, then a word a
              frame (a tool call: its name, then its arguments in two halves), the finish
@@ -64,6 +68,7 @@ from .shapes import usage as usage_object
 
 CHARS_PER_TOKEN = 4
 QUOTE_CHARS = 160                      # the most of a user turn or tool result an answer quotes
+FILLER = "apiarium-demo"               # the string in the tool arguments the demo makes up
 DIMENSIONS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072,
               "text-embedding-ada-002": 1536, "gemini-embedding-001": 3072}
 DEFAULT_DIMENSIONS = 1536
@@ -72,6 +77,7 @@ THREAD_FLOATS = 200_000                # embeddings beyond this many numbers are
 IMAGE_SIDE = 1024                      # the long side of an image asked for by ratio (or auto)
 _WORD = re.compile(r"\s*\S+\s*|\s+")
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
+_PARAGRAPH = re.compile(r"\n\s*\n")
 
 
 def tokens(chars: int) -> int:
@@ -89,9 +95,9 @@ def example(schema: Any, depth: int = 0) -> Any:
     """A value that satisfies a simple JSON schema: its ``const``, an enum's first value, its
     ``default``, the first choice of ``anyOf`` / ``oneOf`` / ``allOf``, else by ``type``: an
     object of its required properties, an array of ``minItems`` items, the ``minimum`` (or 1)
-    of a number, false, or the string ``demo`` (stretched to ``minLength``)."""
+    of a number, false, or ``FILLER`` (stretched to ``minLength``, cut to ``maxLength``)."""
     if not isinstance(schema, dict) or depth > 16:
-        return "demo"
+        return FILLER
     if "const" in schema:
         return schema["const"]
     enum = schema.get("enum")
@@ -123,9 +129,9 @@ def example(schema: Any, depth: int = 0) -> Any:
     if kind == "null":
         return None
     least = schema.get("minLength")
-    text = "demo"
+    text = FILLER
     if isinstance(least, int) and least > len(text):
-        text = ("demo-" * (least // 5 + 1))[:least]
+        text = (f"{FILLER} " * (least // len(FILLER) + 1))[:least]
     most = schema.get("maxLength")
     return text[:most] if isinstance(most, int) and most >= 0 else text
 
@@ -192,11 +198,13 @@ def _prompt_chars(messages: list, functions: list[dict]) -> int:
 
 
 def _last_text(content: Any) -> str:
-    """The last text part of a message's content (a Claude Code turn puts reminders first)."""
+    """The last paragraph of a message's text (a Claude Code turn puts reminders first)."""
     if isinstance(content, list):
         texts = [text_of([p]) for p in content]
-        return next((t for t in reversed(texts) if t.strip()), "")
-    return text_of(content)
+        text = next((t for t in reversed(texts) if t.strip()), "")
+    else:
+        text = text_of(content)
+    return next((p for p in reversed(_PARAGRAPH.split(text)) if p.strip()), "")
 
 
 def _tool_name(messages: list, call_id: Any) -> str:
@@ -209,15 +217,20 @@ def _tool_name(messages: list, call_id: Any) -> str:
     return ""
 
 
+def _last(messages: list, roles: tuple[str, ...]) -> dict:
+    """The last message of one of ``roles`` ({} if none)."""
+    return next((m for m in reversed(messages) if isinstance(m, dict)
+                 and m.get("role") in roles), {})
+
+
 def _text(alias: str, messages: list) -> str:
-    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    last = _last(messages, ("user", "assistant", "tool"))    # instructions come after turns
     if last.get("role") == "tool":
         name = _tool_name(messages, last.get("tool_call_id"))
         said = quote(text_of(last.get("content")))
         return (f"[demo] The tool {f'`{name}` ' if name else ''}answered: “{said}”. "
                 f"(Apiarium's demo provider, standing in for `{alias}`: no model was asked.)")
-    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    said = quote(_last_text(users[-1].get("content"))) if users else ""
+    said = quote(_last_text(_last(messages, ("user",)).get("content")))
     heard = f"You wrote: “{said}”" if said else "There was no user text to quote."
     return (f"[demo] This answer comes from Apiarium's demo provider, standing in for "
             f"`{alias}`: no model was asked. {heard}")
@@ -252,7 +265,8 @@ def reply(alias: str, body: dict) -> Reply:
     functions = _functions(body)
     prompt = max(1, tokens(_prompt_chars(messages, functions)))
     called = any(isinstance(m, dict) and m.get("role") == "tool" for m in messages)
-    tool = None if called else _chosen(functions, body.get("tool_choice"))
+    ours = _last_text(_last(messages, ("user",)).get("content")).strip() == FILLER
+    tool = None if called or ours else _chosen(functions, body.get("tool_choice"))
     if tool is not None:
         arguments = orjson.dumps(example(tool.get("parameters") or {"type": "object"}))
         if not arguments.startswith(b"{"):
