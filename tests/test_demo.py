@@ -84,12 +84,12 @@ def test_the_log_says_in_one_line_which_models_are_demo(demo):
     assert line.endswith(f"; {len(videos)} left as they were (the demo makes no video): "
                          f"{', '.join(videos)}")
     assert not demo.lines("no provider has a key")
-    # /v1/models: each demo model's provider is a demo one (owned_by names it)
+    # /v1/models: the demo models are owned by the gateway's demo
     ip = "127.0.9.20"
     status, _, raw = demo.get("/v1/models", demo.key_for(ip), ip)
     owners = {m["id"]: m["owned_by"] for m in json.loads(raw)["data"]}
-    assert status == 200 and owners["gpt-5"] == "openai-demo"
-    assert owners["claude-sonnet-4.5"] == "anthropic-demo" and owners["veo-3"] == "google"
+    assert status == 200 and owners["gpt-5"] == owners["claude-sonnet-4.5"] == "apiarium-demo"
+    assert owners["veo-3"] == "google"
 
 
 def test_the_openai_sdk_gets_chat_and_a_stream(demo):

@@ -395,7 +395,7 @@ def test_with_demo_puts_a_demo_provider_in_front_of_each_model_without_a_key():
     # one stand-in per provider; the original stays where a model still uses it
     assert sorted(cat.providers) == ["google", "google-demo", "keyed", "openai-demo", "play"]
     assert cat.models["gpt-5"].upstream == "gpt-5" and cat.models["pic"].type == "image"
-    assert cat.listing()[1]["owned_by"] == "openai-demo"
+    assert cat.listing()[1]["owned_by"] == "apiarium-demo"
     assert with_demo(cat)[1] == []                        # applying it again changes nothing
 
 

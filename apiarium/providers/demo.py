@@ -354,6 +354,7 @@ class DemoProvider(Provider):
     """Answers made here (module docstring); nothing is sent anywhere."""
 
     kind = "demo"
+    owned_by = "apiarium-demo"
     native_dialects: ClassVar[frozenset[str]] = frozenset({"completions"})
 
     def auth_headers(self) -> dict[str, str]:
@@ -436,9 +437,10 @@ def _free_name(name: str, taken: Sequence[str]) -> str:
 def with_demo(catalog: Catalog) -> tuple[Catalog, list[str], list[str]]:
     """``apiarium serve --demo``: ``catalog`` with a ``demo`` provider in front of every model
     whose provider has no key (is not ``configured``), one per such provider, named
-    ``<provider>-demo``; a model of a type the demo cannot serve (video) is left as it was, and
-    so is every model whose provider has a key.  Returns (the catalog, the aliases now served
-    by the demo, those left unconfigured)."""
+    ``<provider>-demo`` (its models are ``owned_by`` ``apiarium-demo``); a model of a type
+    the demo cannot serve (video) is left as it was, and so is every model whose provider has
+    a key.  Returns (the catalog, the aliases now served by the demo, those left
+    unconfigured)."""
     stand_ins: dict[str, ProviderSpec] = {}
     models: dict[str, ModelSpec] = {}
     demo: list[str] = []
@@ -457,7 +459,8 @@ def with_demo(catalog: Catalog) -> tuple[Catalog, list[str], list[str]]:
             taken = [*catalog.providers, *(s.name for s in stand_ins.values())]
             spec = stand_ins[p.name] = ProviderSpec(name=_free_name(p.name, taken),
                                                    kind=DemoProvider.kind, base_url="",
-                                                   api_key="", auth="none")
+                                                   api_key="", auth="none",
+                                                   owned_by=DemoProvider.owned_by)
         models[alias] = dataclasses.replace(m, provider=spec)
         demo.append(alias)
     used = {m.provider.name for m in models.values()}
