@@ -37,7 +37,10 @@ class ProviderSpec:
 
     @property
     def configured(self) -> bool:
-        return bool(self.base_url and (self.api_key or self.auth == "none"))
+        """Whether it can answer: a ``base_url`` and a key (or ``auth: none``); the ``demo``
+        kind calls nothing, so it always can."""
+        return self.kind == "demo" or bool(self.base_url and (self.api_key or
+                                                             self.auth == "none"))
 
 
 @dataclass(frozen=True)

@@ -397,6 +397,7 @@ def test_with_demo_puts_a_demo_provider_in_front_of_each_model_without_a_key():
     assert cat.models["gpt-5"].upstream == "gpt-5" and cat.models["pic"].type == "image"
     assert cat.listing()[1]["owned_by"] == "apiarium-demo"
     assert with_demo(cat)[1] == []                        # applying it again changes nothing
+    assert all(p.configured for p in cat.providers.values() if p.kind == "demo")
 
 
 def test_without_a_key_the_note_names_the_variables_models_yaml_reads(tmp_path):

@@ -447,7 +447,7 @@ def with_demo(catalog: Catalog) -> tuple[Catalog, list[str], list[str]]:
     left: list[str] = []
     for alias, m in catalog.models.items():
         p = m.provider
-        if p.configured or p.kind == DemoProvider.kind:
+        if p.configured:                        # a key, or a demo already
             models[alias] = m
             continue
         if not _serves(m.type):
