@@ -3,7 +3,10 @@
 The only module that knows every other one.  ``Gateway`` owns the lifecycle:
 ``start`` (config, key store, one aiohttp session, listening sockets, background tasks),
 ``reload`` (SIGHUP: both YAML files; a bad edit keeps the old configuration), and
-``stop`` (stop accepting, let in-flight requests finish within the grace, close).
+``stop`` (stop accepting, let in-flight requests finish within the grace, close).  Both
+``start`` and ``reload`` read the configuration through ``load``, which in demo mode
+(``apiarium serve --demo``) puts the demo provider in front of every model whose provider
+has no key, so a reload keeps the mode.
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ from .metrics import Metrics
 from .netguard import Blocklist, NetGuard
 from .outbound import FetchPolicy, ImageFetcher
 from .providers import build as build_providers
+from .providers.demo import demo_note, keyless_note, with_demo
 from .providers.signatures import Signatures
 from .services.keys import KeyService
 from .services.limits_redis import RedisBackend, where
@@ -182,9 +186,11 @@ def make_live(config: Config, session: aiohttp.ClientSession,
 
 
 class Gateway:
-    def __init__(self, config_path: str | Path, worker: WorkerInfo | None = None):
+    def __init__(self, config_path: str | Path, worker: WorkerInfo | None = None,
+                 demo: bool = False):
         self.config_path = Path(config_path)
         self.worker = worker                # None: the one process (no --workers)
+        self.demo = demo                    # apiarium serve --demo
         self._services: Services | None = None
         self.server: tornado.httpserver.HTTPServer | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -207,10 +213,26 @@ class Gateway:
             raise RuntimeError("the gateway has not been started")
         return self._session
 
+    def load(self) -> Config:
+        """Both YAML files (a ``ConfigError`` if they have problems); in demo mode, the
+        catalog with the demo provider in front of every model whose provider has no key.
+        Logs (in one worker of several) which models are demo, or, without demo mode and
+        without any provider key, how to get real answers or a demo."""
+        config = load_config(self.config_path)
+        if self.demo:
+            catalog, served, left = with_demo(config.catalog)
+            config = Config(config.settings, catalog)
+            note: str | None = demo_note(served, left)
+        else:
+            note = keyless_note(config.catalog, config.settings.catalog_path)
+        if note and (self.worker is None or self.worker.slot == 0):
+            log.log(logging.INFO if self.demo else logging.WARNING, "%s", note)
+        return config
+
     async def start(self, host: str | None = None, port: int | None = None,
                     sockets: list[socket.socket] | None = None) -> None:
         """Serve on ``sockets`` (a worker: the supervisor's), or bind ``host``:``port``."""
-        config = load_config(self.config_path)        # raises ConfigError: nothing started
+        config = self.load()                          # raises ConfigError: nothing started
         s = config.settings
         keys = await KeyService(s.database, s.secret_file).open()
         usage = await UsageLedger(s.database, journal_folder(s.database, s.media_dir)).open()
@@ -368,7 +390,7 @@ class Gateway:
         """Re-read both YAML files.  On any error the running configuration stays."""
         svc = self.services
         try:
-            config = load_config(self.config_path)
+            config = self.load()
             live = make_live(config, self.session, svc.metrics, self.fetcher, svc.live.media,
                              self.signatures)
         except ConfigError as exc:
@@ -447,12 +469,17 @@ class Gateway:
         if svc.shared is not None:
             await svc.shared.close()
 
-    async def run_until_signalled(self) -> None:
+    async def run_until_signalled(self, reload_first: bool = False) -> None:
+        """Until SIGTERM or SIGINT (then ``stop``); SIGHUP reloads.  ``reload_first``: a
+        SIGHUP came while the gateway was starting (``workers.serve_one`` holds it until
+        now), so reload at once."""
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        if reload_first:
+            self.reload()
         await stopping.wait()
         log.info("shutting down: waiting up to %gs for requests in flight",
                  self.services.settings.shutdown_grace_s)

@@ -32,6 +32,7 @@ class ProviderSpec:
     breaker_cooldown_s: float = 30.0   # how long an open circuit skips the provider
     auth: str = "key"                  # "none": no credential is sent, no api_key needed
     responses: bool = True             # openai kind: /v1/responses goes to its own /responses
+    frame_delay_ms: float = 20.0       # demo kind: the pause between two stream frames
     owned_by: str = ""
     # the environment variables models.yaml filled base_url and api_key from (none: written
     # there as they are): what an operator sets to change them
@@ -40,7 +41,10 @@ class ProviderSpec:
 
     @property
     def configured(self) -> bool:
-        return bool(self.base_url and (self.api_key or self.auth == "none"))
+        """Whether it can answer: a ``base_url`` and a key (or ``auth: none``); the ``demo``
+        kind calls nothing, so it always can."""
+        return self.kind == "demo" or bool(self.base_url and (self.api_key or
+                                                             self.auth == "none"))
 
     def setting(self, key: str) -> str:
         """Where ``key`` (``base_url`` or ``api_key``) is set: its environment variable

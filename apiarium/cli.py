@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, metavar="N",
                        help="N worker processes sharing the port, under a supervisor "
                             "(default: server.workers, 1: no supervisor)")
+    serve.add_argument("--demo", action="store_true",
+                       help="answer for every model whose provider has no key with the demo "
+                            "provider (made-up answers, no network, no key needed); kept "
+                            "across reloads")
 
     sub.add_parser("check-config", parents=[common], help="validate both YAML files")
     sub.add_parser("migrate", parents=[common],
@@ -80,7 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
         print("apiarium: --workers must be from 1 to 256", file=sys.stderr)
         return 2
     if args.workers == 1:
-        return serve_one(path, args.host, args.port)
+        return serve_one(path, args.host, args.port, demo=args.demo)
     try:
         settings = load_config(path).settings
     except ConfigError as exc:
@@ -89,12 +93,12 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     count = settings.workers if args.workers is None else args.workers
     if count == 1:
-        return serve_one(path, args.host, args.port)
+        return serve_one(path, args.host, args.port, demo=args.demo)
     why = memory_workers(count, settings.limiter_backend, settings.limiter_per_process)
     if why:                              # server.workers is checked with the file
         print(f"apiarium: --workers {count} ({path}): {why}", file=sys.stderr)
         return 1
-    return serve_workers(path, settings, args.host, args.port, count)
+    return serve_workers(path, settings, args.host, args.port, count, args.demo)
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -104,6 +104,7 @@ CATALOG_SCHEMA = Section({
         "breaker_failures": Num(3, 0, 1000, integer=True),
         "breaker_cooldown_s": Num(30, 0, 86400),
         "responses": Bool(True),       # openai kind: the upstream has its own /responses
+        "frame_delay_ms": Num(20, 0, 10_000),   # demo kind: the pause between stream frames
     }, required=("kind",))),
     "models": MapOf(Section({
         "provider": Str(),
@@ -356,6 +357,7 @@ def _provider_spec(path: Path, name: str, p: dict, ctx: Ctx,
         headers=dict(p["headers"]), poll_interval_s=float(p["poll_interval_s"]),
         breaker_failures=p["breaker_failures"], responses=p["responses"],
         breaker_cooldown_s=float(p["breaker_cooldown_s"]), owned_by=owned_by,
+        frame_delay_ms=float(p["frame_delay_ms"]),
         base_url_vars=ctx.variables.get(("providers", name, "base_url"), ()),
         api_key_vars=ctx.variables.get(("providers", name, "api_key"), ()))
 

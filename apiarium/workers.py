@@ -28,6 +28,7 @@ import gc
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -75,11 +76,17 @@ def run_loop(coro: Coroutine[Any, Any, T]) -> T:
 
 def serve_one(config_path: Path, host: str | None, port: int | None,
               sockets: list[socket.socket] | None = None, worker: WorkerInfo | None = None,
-              on_ready: Callable[[], None] | None = None) -> int:
-    """One gateway until SIGTERM/SIGINT: 0; 1 if it cannot start (the reason on stderr)."""
-    gateway = Gateway(config_path, worker)
+              on_ready: Callable[[], None] | None = None, demo: bool = False) -> int:
+    """One gateway until SIGTERM/SIGINT: 0; 1 if it cannot start (the reason on stderr).
+    ``demo``: ``apiarium serve --demo`` (``Gateway.load``)."""
+    gateway = Gateway(config_path, worker, demo)
 
     async def main() -> int:
+        # a SIGHUP between reading the configuration and serving (a reload sent as soon as
+        # the "listening" line shows) would otherwise end the process, or be ignored in a
+        # worker: it is held, and reloads once the gateway serves
+        held = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, held.set)
         try:
             await gateway.start(host, port, sockets)
             tune_gc()
@@ -95,7 +102,7 @@ def serve_one(config_path: Path, host: str | None, port: int | None,
             return 1
         if on_ready is not None:
             on_ready()
-        await gateway.run_until_signalled()
+        await gateway.run_until_signalled(reload_first=held.is_set())
         return 0
     return run_loop(main())
 
@@ -131,9 +138,10 @@ async def _prepare(s: Settings) -> None:
 
 
 def serve_workers(config_path: Path, settings: Settings, host: str | None,
-                  port: int | None, count: int) -> int:
+                  port: int | None, count: int, demo: bool = False) -> int:
     """``count`` workers under a supervisor, until SIGTERM/SIGINT (0) or until they keep
-    crashing (1); 1 if they cannot start (the reason on stderr)."""
+    crashing (1); 1 if they cannot start (the reason on stderr).  ``demo``: each worker
+    (a replacement too) runs in demo mode."""
     accepted = per_process_warning(count, settings.limiter_backend, settings.limiter_per_process)
     if accepted:
         log.warning("%s", accepted)
@@ -173,7 +181,7 @@ def serve_workers(config_path: Path, settings: Settings, host: str | None,
             for sock in sockets:             # the supervisor's, which gets no connections
                 sock.close()
         return serve_one(config_path, host, None, own, WorkerInfo(slot, count, metrics_dir),
-                         ready)
+                         ready, demo)
 
     supervisor = Supervisor(count, start, settings.shutdown_grace_s,
                             f"http://{shown}:{bound}", metrics_dir, sockets)

@@ -121,7 +121,9 @@ class _GatewayBase:
 
 class Gateway(_GatewayBase):
     """One gateway process (``python -m apiarium serve``) on its own config folder under
-    ``tmp``; ``log`` is its stdout and stderr, line by line."""
+    ``tmp``; ``log`` is its stdout and stderr, line by line; ``args``: more of ``serve``'s
+    arguments (``--demo``, ``--workers N``)."""
+    args: tuple[str, ...] = ()
 
     def __init__(self, tmp: Path, models: dict, env: dict | None = None, **settings):
         super().__init__(tmp, models, **settings)
@@ -133,7 +135,8 @@ class Gateway(_GatewayBase):
     def start(self, timeout: float = 20.0) -> Gateway:
         self.log = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "apiarium", "serve", "--config", str(self.config)],
+            [sys.executable, "-m", "apiarium", "serve", "--config", str(self.config),
+             *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env)
         ready = threading.Event()
 

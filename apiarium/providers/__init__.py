@@ -19,13 +19,15 @@ from ..metrics import Metrics
 from ..outbound import ImageFetcher
 from .anthropic import AnthropicProvider
 from .base import Provider
+from .demo import DemoProvider
 from .gemini import GeminiProvider
 from .openai import OpenAIProvider
 from .rag import RagProvider
 from .signatures import Signatures
 
 KINDS: Mapping[str, type[Provider]] = MappingProxyType({
-    cls.kind: cls for cls in (OpenAIProvider, AnthropicProvider, GeminiProvider, RagProvider)})
+    cls.kind: cls for cls in (OpenAIProvider, AnthropicProvider, GeminiProvider, RagProvider,
+                              DemoProvider)})
 
 
 class KindError(ValueError):
