@@ -240,7 +240,12 @@ def test_sighup_keeps_demo_mode(tmp_path):
 
 
 def test_workers_serve_and_reload_in_demo_mode(tmp_path):
-    gw = Shipped(tmp_path, "--demo", "--workers", "2").start()
+    gw = Shipped(tmp_path, "--demo", "--workers", "2")
+    # two workers on the shipped memory limits: the operator accepts limits x 2
+    text = gw.config.read_text()
+    assert "  per_process: false" in text
+    gw.config.write_text(text.replace("  per_process: false", "  per_process: true", 1))
+    gw.start()
     try:
         assert gw.lines("(2 workers)")
         assert len(gw.lines(DEMO_LINE)) == 1               # said once, by worker 0

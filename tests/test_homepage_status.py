@@ -81,6 +81,10 @@ def test_with_no_keys_every_tile_says_not_configured_and_names_its_variable(
                            ".getPropertyValue('--ok').trim()")
         assert dot and dot != "rgba(0, 0, 0, 0)" and ok and dot != ok
         assert page.evaluate("document.documentElement.scrollWidth") <= width
+        # the playground's model list says the same of each model it offers
+        labels = page.evaluate("Array.from(document.querySelectorAll('#pg-model option'))"
+                               ".map(o => o.textContent)")
+        assert labels and all(label.endswith(" (not configured)") for label in labels), labels
         page.screenshot(path=str(OUT / f"homepage-status-{width}.png"), full_page=True)
         assert not page.problems, page.problems
     finally:
