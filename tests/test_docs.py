@@ -12,7 +12,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from apiarium.config import CATALOG_SCHEMA, SETTINGS_SCHEMA
+from apiarium.config import CATALOG_SCHEMA, READ_AT_START, SETTINGS_SCHEMA
 from apiarium.config_pricing import ALLOW, CREDITS
 from apiarium.services.keys import KeyService
 from apiarium.storage import secret_beside
@@ -79,6 +79,15 @@ def test_every_model_setting_is_in_the_models_section():
     words = set(re.findall(r"\w+", text))
     missing = sorted((set(CREDITS.fields) | set(ALLOW.fields)) - words)
     assert not missing, f"docs/configuration.md, Models: credits/allow keys {missing} missing"
+
+
+def test_the_settings_read_only_at_start_are_named_where_signals_are():
+    """A reload does not apply them: docs/operations.md lists each (``server.host``, then the
+    same section's ``.port`` …)."""
+    text = section(OPERATIONS, "Signals")
+    missing = [name for name in READ_AT_START.values()
+               if f"`{name}`" not in text and f"`.{name.rpartition('.')[2]}`" not in text]
+    assert not missing, f"docs/operations.md, Signals: {missing} not named"
 
 
 def slug(heading: str) -> str:
