@@ -206,10 +206,15 @@ def _print_rows(recs: Iterable[KeyRecord], default_rpm: int, as_json: bool = Fal
             print(orjson.dumps(_row(rec, default_rpm)).decode())
         return
     print(f"{'KEY':<12} {'IP':<40} {'CREATED':<16} {'LAST USED':<16} {'RPM':>6}  STATUS")
+    starred = False
     for rec in recs:
         rpm = f"{rec.rpm}" if rec.rpm else f"{default_rpm}*"
+        starred = starred or not rec.rpm
         print(f"{rec.key_prefix + '…':<12} {rec.ip:<40} {_when(rec.created):<16} "
               f"{_when(rec.last_used):<16} {rpm:>6}  {rec.status}")
+    if starred:
+        print(f"* the configured default, rate_limit.rpm ({default_rpm}): the key has no rpm "
+              f"of its own (apiarium keys set-rpm KEY N gives it one)")
 
 
 async def _one_active(store: KeyService, target: str) -> KeyRecord | None:

@@ -84,8 +84,8 @@ def memory_workers(workers: int, backend: str, per_process: bool) -> str | None:
     return (f"{workers} workers with rate_limit.backend: memory would each count their own "
             f"rate limits and daily credits, so a key would get {workers} times its "
             f"allowance. Set rate_limit.backend to a Redis the workers share (e.g. "
-            f"redis://127.0.0.1:6379/0; README: Limits in Redis), or rate_limit.per_process: "
-            f"true to accept limits x {workers}, or run one worker")
+            f"redis://127.0.0.1:6379/0; docs/scaling.md: Limits in Redis), or "
+            f"rate_limit.per_process: true to accept limits x {workers}, or run one worker")
 
 
 def per_process(workers: int, rate_limit: Mapping[str, Any], ctx: Ctx,

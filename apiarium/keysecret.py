@@ -68,7 +68,7 @@ async def check_recorded(secret: bytes, claim: Callable[[str], Awaitable[str]], 
         f"issue, one IP at a time, so it does not start. Copy the secret file of the host "
         f"that first used this database (its secret_file) to {path} (mode 0600, owned by "
         f"the user the gateway runs as) and start again. To give up every key issued so "
-        f"far and use this secret instead, see the README (One secret file for all).")
+        f"far and use this secret instead, see docs/scaling.md (One secret file for all).")
 
 
 def looks_like_key(text: str) -> bool:
@@ -104,7 +104,7 @@ def load_secret(path: Path) -> bytes:
             f"{path}: the key secret is damaged (expected 64 hex digits). "
             f"Restore it from a backup, or copy it from another host on this database "
             f"(the database remembers the secret it was first used with, and refuses "
-            f"another; README: One secret file for all).")
+            f"another; docs/scaling.md: One secret file for all).")
     return secret
 
 

@@ -15,7 +15,7 @@ named ``<pid>-<random>``:
 Records are orjson objects, one a line, each appended by one ``os.write`` to a descriptor
 opened ``O_APPEND``.  A write is in the kernel's page cache when it returns, which outlives the
 process; nothing is synced to the disk (nothing on the request path waits on it), so a power
-cut or a kernel crash may lose the last seconds (the README says so):
+cut or a kernel crash may lose the last seconds (docs/operations.md says so):
 
 * ``{"h": id, "k": key, "d": day, "m": model, "c": credits}``: a request's credit hold,
   written before its upstream call (``UsageLedger.ahead``);

@@ -18,7 +18,7 @@ balance there) the workers inherit and share the supervisor's listening sockets.
 
 Each worker is a whole gateway (``app.Gateway``), with its own event loop, upstream session,
 key index, limits and usage counts; ``supervisor.Supervisor`` keeps them running.  What
-the workers share is the database: keys, blocks and usage (the README's Scaling section says
+the workers share is the database: keys, blocks and usage (docs/scaling.md says
 what is per process).
 """
 from __future__ import annotations

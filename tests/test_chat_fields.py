@@ -1,4 +1,4 @@
-"""Every OpenAI chat field, per kind (issue 15, item 6): the README's table is
+"""Every OpenAI chat field, per kind (issue 15, item 6): the table of docs/api.md is
 ``chat_fields.FIELDS``, and the translators do what it says: a field marked 400 is refused
 naming it, one marked ignored changes nothing sent, any other changes what is sent.  Gemini's
 safety settings, JSON schema, seed, stop, logprobs and candidate count through the fake."""
@@ -19,7 +19,7 @@ from apiarium.providers.gemini_request import to_gemini
 from apiarium.providers.openai import OpenAIProvider
 from tests.support import MASTER_KEY
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+API_DOC = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "parameters": {"type": "object",
                                           "properties": {"city": {"type": "string"}}}}}
@@ -70,10 +70,10 @@ def with_field(base: dict, field: str, value: object) -> dict:
     return body
 
 
-def readme_table() -> dict[str, dict[str, str]]:
-    start = README.index("| field | openai | anthropic | gemini | rag |")
+def docs_table() -> dict[str, dict[str, str]]:
+    start = API_DOC.index("| field | openai | anthropic | gemini | rag |")
     rows = {}
-    for line in README[start:].splitlines()[2:]:
+    for line in API_DOC[start:].splitlines()[2:]:
         if not line.startswith("|"):
             break
         cells = [c.strip() for c in line.strip("|").split(" | ")]
@@ -81,8 +81,8 @@ def readme_table() -> dict[str, dict[str, str]]:
     return rows
 
 
-def test_the_readme_table_is_the_codes_table():
-    assert readme_table() == {f: dict(row) for f, row in FIELDS.items()}
+def test_the_docs_table_is_the_codes_table():
+    assert docs_table() == {f: dict(row) for f, row in FIELDS.items()}
 
 
 def test_every_field_has_a_sample_and_every_sample_a_field():

@@ -77,9 +77,11 @@ def cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def rows(out: str) -> list[tuple[str, ...]]:
-    """The table's rows (the header dropped), each split into its columns."""
+    """The table's rows (the header and the footer dropped), each split into its columns."""
     lines = out.splitlines()
     assert lines[0].split() == ["KEY", "IP", "CREATED", "LAST", "USED", "RPM", "STATUS"]
+    if lines[-1].startswith("* "):
+        lines.pop()
     return [ROW.match(line).groups() for line in lines[1:]]
 
 
@@ -142,6 +144,10 @@ def test_keys_list_shows_every_active_key_with_the_default_rpm(db, capsys):
     assert all(r[3] == "-" for r in got)                          # never used yet
     # only the stored prefix is shown: a whole key never reaches the terminal
     assert all(key not in out for key in db.keys.values())
+    # the footer says what the star means
+    assert out.splitlines()[-1] == (
+        "* the configured default, rate_limit.rpm (4): the key has no rpm of its own "
+        "(apiarium keys set-rpm KEY N gives it one)")
 
 
 def test_keys_list_json_and_config_given_first(db, capsys):
@@ -229,6 +235,9 @@ def test_keys_set_rpm_and_back_to_the_default(db, capsys):
     assert code == 0 and out == f"{key[:6]}…: 30 requests per minute\n"
     _, out, _ = cli(capsys, "keys", "list", "--config", str(db.config))
     assert [(r[1], r[4]) for r in rows(out)] == [(IP_A, "4*"), (IP_B, "30")]
+    assert out.splitlines()[-1].startswith("* the configured default")
+    code, out, _ = cli(capsys, "keys", "show", key, "--config", str(db.config))
+    assert code == 0 and "*" not in out          # no star in the table, no footer
     _, out, _ = cli(capsys, "keys", "list", "--json", "--config", str(db.config))
     assert [(x["rpm"], x["rpm_is_default"]) for x in map(json.loads, out.splitlines())] == [
         (4, True), (30, False)]

@@ -1,6 +1,6 @@
 """Every field of an OpenAI chat request, and what each kind of upstream does with it.
 
-``FIELDS`` is the table the README prints (tests/test_chat_fields.py holds the two equal, and
+``FIELDS`` is the table docs/api.md prints (tests/test_chat_fields.py holds the two equal, and
 holds the translators to it).  A value starting ``400`` means the kind refuses the field when
 it is set (not null, false, 0 or empty) with a 400 naming it: ``refuse_unsupported`` does that
 for the translating kinds before anything else; ``ignored`` means it is not sent; anything
