@@ -71,7 +71,8 @@ class MediaService:
         if key_hash is not None:
             check_images_n(req.n, live.config.settings.max_images)
         hold = await self.credits.take(key_hash, price(model, tally),
-                                    live.config.settings.daily_credits)
+                                    live.config.settings.daily_credits,
+                                    live.config.settings.max_concurrent_requests)
         try:
             made, served = await first_success(
                 live.config.catalog, self.breakers, model,
