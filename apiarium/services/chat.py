@@ -6,11 +6,13 @@ frames ending with ``data: [DONE]``).  Usage is booked whatever happens: a finis
 with the upstream's counts, a stream cut short (client gone, upstream failed, shutdown)
 with what was relayed until then (the upstream's counts if they came, else an estimate).
 
-A client that leaves before its answer (a whole answer, or a stream before its first frame)
-does not cancel the upstream call: it runs on (``services.detached``), a stream is read to
-its end, and the usage the upstream reports is booked, or the whole hold if it reports none
-(``costs.Charge``).  A free key's request without an output limit gets the one its credits
-were held for (``hold``), so the hold bounds what the upstream can bill.
+A key's client that leaves before its answer (a whole answer, or a stream before its first
+frame) does not cancel the upstream call: it runs on (``services.detached``), a stream is
+read to its end, and the usage the upstream reports is booked, or the whole hold if it
+reports none (``costs.Charge``).  The master key's call ends with its client, as before: its
+bill is the operator's own and bound by nothing, and it spares every such request a task.
+A free key's request without an output limit gets the one its credits were held for
+(``hold``), so the hold bounds what the upstream can bill.
 """
 from __future__ import annotations
 
@@ -203,6 +205,8 @@ class ChatService:
                 first_success(catalog, self.breakers, model, call, key_hash))
             charge.book(served, read_usage(answer.get("usage"), None))
             return answer, served
+        if key_hash is None:
+            return await answer()
         return await self.detached.run(answer(), charge.leave)
 
     async def _stream(self, model: ModelSpec, charge: Charge, size: int, wanted: bool,
@@ -232,6 +236,8 @@ class ChatService:
             """The client left before the first frame: the stream is read to its end."""
             charge.leave()
             task.add_done_callback(self._drain)
+        if key_hash is None:
+            return await opened()
         return await self.detached.run(opened(), left)
 
     def _drain(self, task: asyncio.Task[ChatStream]) -> None:

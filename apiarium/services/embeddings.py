@@ -5,10 +5,10 @@ The request is checked first (``embedding.embedding_request``: 400 naming the fi
 2,048 inputs), then a free key's caps (the inputs' total size, ``limits.max_embedding_input_mb``)
 and its daily credits: the estimated prompt tokens are held before anything is sent
 (``costs.CreditBook``) and the real count (the upstream's, or the estimate where it gives
-none) is booked when the answer is there.  A client that leaves first does not cancel the
-upstream calls: they run on and are booked the same (``services.detached``; the whole hold
-if they then fail).  The master key (``key_hash`` None) is bound by neither the size cap nor
-the credits.
+none) is booked when the answer is there.  A key's client that leaves first does not cancel
+the upstream calls: they run on and are booked the same (``services.detached``; the whole
+hold if they then fail).  The master key (``key_hash`` None) is bound by neither the size cap
+nor the credits, and its calls end with its client.
 """
 from __future__ import annotations
 
@@ -69,4 +69,6 @@ class EmbeddingService:
                 lambda m: live.providers[m.provider.name].embed(m, req), key_hash))
             charge.book(served, Tally(requests=1, prompt_tokens=prompt_tokens(answer, req)))
             return answer, served
+        if key_hash is None:
+            return await embedded()
         return await self.detached.run(embedded(), charge.leave)
