@@ -88,13 +88,14 @@ def test_n_is_capped_and_multiplies_the_bound():
 
 def test_legacy_best_of_counts_like_n_and_a_default_yields_to_a_smaller_cap():
     m = model(cap=200)
-    assert output_limit({"best_of": 3, "n": 2, "max_tokens": 50}, m, 3) == (50, 3)
+    assert output_limit({"best_of": 3, "n": 2, "max_tokens": 50}, m, 3) == (50, 3, True)
     with pytest.raises(InvalidRequest) as raised:
         output_limit({"best_of": 4}, m, 3)
     assert raised.value.param == "best_of"
-    assert output_limit({}, model(), 1, LEGACY_OUTPUT_TOKENS) == (LEGACY_OUTPUT_TOKENS, 1)
-    assert output_limit({}, model(cap=10), 1, LEGACY_OUTPUT_TOKENS) == (10, 1)
-    assert output_limit({}, m, 1) == (200, 1)
+    assert output_limit({}, model(), 1, LEGACY_OUTPUT_TOKENS) == \
+        (LEGACY_OUTPUT_TOKENS, 1, False)
+    assert output_limit({}, model(cap=10), 1, LEGACY_OUTPUT_TOKENS) == (10, 1, False)
+    assert output_limit({"max_tokens": None}, m, 1) == (200, 1, False)
 
 
 def test_the_upstream_limit_counts_an_anthropic_thinking_budget():

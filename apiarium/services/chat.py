@@ -32,7 +32,6 @@ from ..usage import Tally, UsageLedger, price
 from .costs import (
     CHARS_PER_TOKEN,
     LEGACY_OUTPUT_TOKENS,
-    OUTPUT_FIELDS,
     Books,
     Charge,
     Hold,
@@ -76,8 +75,8 @@ class ChatService:
         if key_hash is None:
             return Charge(self.usage, Hold(self.credits, None, 0.0), None, model, None), body
         s = self._live().config.settings
-        limit, copies = output_limit(body, model, s.max_chat_choices, default)
-        if all(body.get(name) is None for name in OUTPUT_FIELDS):
+        limit, copies, asked = output_limit(body, model, s.max_chat_choices, default)
+        if not asked:
             body = {**body, field: limit}
         worst = chat_worst(model, size, upstream_limit(model, body, limit) * copies)
         hold = await self.credits.take(key_hash, price(model, worst), s.daily_credits,
@@ -201,8 +200,12 @@ class ChatService:
         catalog, key_hash = self._live().config.catalog, charge.key_hash
 
         async def answer() -> tuple[dict, ModelSpec]:
-            answer, served = await charge.paid(
-                first_success(catalog, self.breakers, model, call, key_hash))
+            try:
+                answer, served = await first_success(catalog, self.breakers, model, call,
+                                                     key_hash)
+            except BaseException as exc:
+                charge.failed(exc)
+                raise
             charge.book(served, read_usage(answer.get("usage"), None))
             return answer, served
         if key_hash is None:
@@ -227,8 +230,12 @@ class ChatService:
             return first, events
 
         async def opened() -> ChatStream:
-            (first, events), served = await charge.paid(first_success(
-                catalog, self.breakers, model, start, key_hash, book_success=False))
+            try:
+                (first, events), served = await first_success(
+                    catalog, self.breakers, model, start, key_hash, book_success=False)
+            except BaseException as exc:
+                charge.failed(exc)
+                raise
             return ChatStream(self, served, first, events, wanted, key_hash,
                               size // CHARS_PER_TOKEN, charge, read_usage)
 

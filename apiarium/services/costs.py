@@ -20,15 +20,12 @@ The master key bypasses all of these (its ``key_hash`` is None).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from ..catalog import ModelSpec
 from ..errors import InvalidRequest, QuotaExceeded, RateLimited
 from ..providers.reasoning import anthropic_thinking
 from ..usage import Tally, UsageLedger, price
-
-T = TypeVar("T")
 
 CHARS_PER_TOKEN = 4
 OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
@@ -47,11 +44,12 @@ def _int_field(body: dict, name: str) -> int | None:
 
 
 def output_limit(body: dict, model: ModelSpec, max_choices: int,
-                 default: int | None = None) -> tuple[int, int]:
+                 default: int | None = None) -> tuple[int, int, bool]:
     """Check a request's ``n`` (legacy ``best_of`` too) and output-token fields against the
-    caps: (the most output tokens one answer may hold, how many answers the upstream makes).
-    Without a field: the model's ``max_output_tokens``, else ``default`` (else
-    ``DEFAULT_OUTPUT_TOKENS``); a ``default`` below the model's cap wins over it."""
+    caps: (the most output tokens one answer may hold, how many answers the upstream makes,
+    whether the request set that limit itself).  Without a field: the model's
+    ``max_output_tokens``, else ``default`` (else ``DEFAULT_OUTPUT_TOKENS``); a ``default``
+    below the model's cap wins over it."""
     copies = 1
     for name in ("n", "best_of"):
         value = _int_field(body, name)
@@ -70,15 +68,16 @@ def output_limit(body: dict, model: ModelSpec, max_choices: int,
                                  f"{cap} tokens on this gateway.", param=name)
         asked = value if asked is None else max(asked, value)
     if asked is None:
-        asked = min(cap, default) if cap and default else cap or default or \
+        limit = min(cap, default) if cap and default else cap or default or \
             DEFAULT_OUTPUT_TOKENS
-    return asked, copies
+        return limit, copies, False
+    return asked, copies, True
 
 
 def chat_output_bound(body: dict, model: ModelSpec, max_choices: int) -> int:
     """Check a chat body's ``n`` and output-token fields against the caps; the most output
     tokens the answer may hold (for the credit reservation)."""
-    per_answer, copies = output_limit(body, model, max_choices)
+    per_answer, copies, _ = output_limit(body, model, max_choices)
     return per_answer * copies
 
 
@@ -182,16 +181,9 @@ class Charge:
         """The client left: from now on a failure books the whole hold."""
         self.left = True
 
-    async def paid(self, work: Awaitable[T]) -> T:
-        """``work``'s result; if it fails or is cancelled, the charge is ``unpaid``."""
-        try:
-            return await work
-        except asyncio.CancelledError:
-            self.unpaid(cut=True)
-            raise
-        except BaseException:
-            self.unpaid()
-            raise
+    def failed(self, exc: BaseException) -> None:
+        """The call raised ``exc``: ``unpaid``, cut short if it was cancelled."""
+        self.unpaid(cut=isinstance(exc, asyncio.CancelledError))
 
 
 def too_many(in_flight: int, at_once: int) -> RateLimited:

@@ -24,7 +24,7 @@ class Detached:
 
     def start(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """``work`` as a task of its own, kept until it ends."""
-        task = asyncio.ensure_future(work)
+        task = asyncio.get_running_loop().create_task(work)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task

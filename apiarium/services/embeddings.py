@@ -64,9 +64,13 @@ class EmbeddingService:
         charge = Charge(self.usage, hold, key_hash, model, worst if key_hash else None)
 
         async def embedded() -> tuple[dict[str, Any], ModelSpec]:
-            answer, served = await charge.paid(first_success(
-                live.config.catalog, self.breakers, model,
-                lambda m: live.providers[m.provider.name].embed(m, req), key_hash))
+            try:
+                answer, served = await first_success(
+                    live.config.catalog, self.breakers, model,
+                    lambda m: live.providers[m.provider.name].embed(m, req), key_hash)
+            except BaseException as exc:
+                charge.failed(exc)
+                raise
             charge.book(served, Tally(requests=1, prompt_tokens=prompt_tokens(answer, req)))
             return answer, served
         if key_hash is None:
