@@ -259,8 +259,13 @@ def test_a_detached_call_is_kept_until_it_ends_and_close_cancels_the_rest():
             await waiter
         assert len(told) == 1 and not told[0].done() and detached.tasks == {told[0]}
         assert await detached.run(asyncio.sleep(0, "soon"), told.append) == "soon"
+
+        async def failing() -> None:
+            raise ValueError("upstream broke")
+        with pytest.raises(ValueError):              # a caller still there gets the error
+            await detached.run(failing(), told.append)
         await detached.close()                       # shutdown, after its grace
-        assert told[0].cancelled() and not detached.tasks
+        assert told[0].cancelled() and not detached.tasks and len(told) == 1
     asyncio.run(main())
 
 
