@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from functools import partial
 from typing import Any, TypeVar
 
 log = logging.getLogger("apiarium")
@@ -35,14 +34,11 @@ class Detached:
         """``work``'s result.  If the caller is cancelled first (its client left, or the
         shutdown grace ended), ``work`` runs on and ``left(task)`` is told."""
         task = self.start(work)
-        # what the caller awaits: cancelling it leaves the task be (``asyncio.shield``'s
-        # idea, without its checks and second callback: 1% of a key's request)
-        waiter: asyncio.Future[T] = task.get_loop().create_future()
-        task.add_done_callback(partial(_hand_on, waiter))
         try:
-            return await waiter
+            return await asyncio.shield(task)
         except asyncio.CancelledError:
             left(task)
+            task.add_done_callback(_log_failure)
             raise
 
     async def close(self) -> None:
@@ -55,14 +51,6 @@ class Detached:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _hand_on(waiter: asyncio.Future[T], task: asyncio.Task[T]) -> None:
-    """The task's outcome to the caller waiting on it; logged if the caller has left."""
-    if waiter.cancelled():
-        if not task.cancelled() and task.exception() is not None:
-            log.info("an upstream call whose client had left failed: %s", task.exception())
-    elif task.cancelled():
-        waiter.cancel()
-    elif (exc := task.exception()) is not None:
-        waiter.set_exception(exc)
-    else:
-        waiter.set_result(task.result())
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.info("an upstream call whose client had left failed: %s", task.exception())
