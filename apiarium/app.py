@@ -434,8 +434,8 @@ class Gateway:
         svc.stopping = True
         if self.server is not None:
             self.server.stop()
-            deadline = time.monotonic() + grace
-            while svc.inflight and time.monotonic() < deadline:
+            deadline = time.monotonic() + grace     # upstream calls whose client left too
+            while (svc.inflight or svc.detached.tasks) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             if svc.inflight:
                 log.warning("grace over: ending %d requests still in flight", len(svc.inflight))
@@ -455,6 +455,7 @@ class Gateway:
         for task in renders:
             task.cancel()
         await asyncio.gather(*renders, return_exceptions=True)
+        await svc.detached.close()             # each books its whole hold
         await svc.jobs.close()                 # unfinished jobs resume at the next start
         if self._session is not None:
             await self._session.close()

@@ -68,6 +68,7 @@ SETTINGS_SCHEMA = Section({
     "limits": Section({"max_images": Num(4, 1, 100, integer=True),
                        "max_chat_choices": Num(1, 1, 128, integer=True),
                        "max_tool_calls": Num(8, 1, 1000, integer=True),
+                       "max_concurrent_requests": Num(4, 0, 1_000_000, integer=True),
                        "max_embedding_input_mb": Num(2, 0.001, 4096),
                        "max_embedding_floats": Num(262_144, 1, 1_000_000_000, integer=True)}),
     "media": Section({"dir": Str("../data/media"), "ttl_hours": Num(24, 0.001, 100_000),
@@ -162,6 +163,7 @@ class Settings:
     fetch_concurrency: int = 8
     max_embedding_input_bytes: int = 2 * 1024 * 1024   # an embeddings request's text, in all
     max_embedding_floats: int = 262_144       # ... and its answer: inputs x dimensions
+    max_concurrent_requests: int = 4          # credit holds per key in flight (0: no cap)
     media_max_bytes: int = 5 * 1024 ** 3      # the media folder's cap (oldest files go first)
     max_prompt_bytes: int = 8192              # an image or video prompt, in bytes of UTF-8
     master_key_guesses_per_minute: int = 10   # failed non-key tokens per network (0: no limit)
@@ -291,7 +293,7 @@ def _build_settings(path: Path, d: dict, ctx: Ctx, problems: list[Problem]) -> S
         database=database, catalog_path=_resolve(base, d["catalog"]),
         secret_file=_secret_file(base, d["secret_file"], database, media_dir),
         master_key=_secret(d["master_key"], "master_key", MIN_MASTER_KEY, ctx, problems),
-        rpm=d["rate_limit"]["rpm"],
+        rpm=d["rate_limit"]["rpm"], max_concurrent_requests=d["limits"]["max_concurrent_requests"],
         daily_credits=float(d["rate_limit"]["daily_credits"]),
         endpoint_limits=endpoint_limits(d["rate_limit"]["endpoints"], ctx, problems),
         limiter_backend=limiter_backend(d["rate_limit"]["backend"], ctx, problems),

@@ -22,6 +22,7 @@ from .services import status
 from .services.chat import ChatService
 from .services.costs import CreditBook
 from .services.credits_redis import RedisCredits
+from .services.detached import Detached
 from .services.embeddings import EmbeddingService
 from .services.fallback import Breakers
 from .services.keys import KeyService
@@ -86,6 +87,7 @@ class Services:
     media: MediaService = field(init=False)
     jobs: VideoJobService = field(init=False)
     embeddings: EmbeddingService = field(init=False)
+    detached: Detached = field(default_factory=Detached)   # calls whose client left
 
     def __post_init__(self) -> None:
         self.limits = (RequestLimits(self.usage, self.metrics) if self.shared is None
@@ -97,12 +99,13 @@ class Services:
             self.keys.shared_caps, self.keys.shared_visits = issuance, issuance.visit
         self.guesses = FailedGuesses(self.metrics.rate_limited.labels("failed_auth"))
         self.public = PublicRequests(self.metrics.rate_limited.labels("public"))
-        self.chat = ChatService(lambda: self.live, self.breakers, self.usage, self.credits)
+        self.chat = ChatService(lambda: self.live, self.breakers, self.usage, self.credits,
+                                self.detached)
         self.jobs = VideoJobService(lambda: self.live, self.breakers, self.usage, self.credits)
         self.media = MediaService(lambda: self.live, self.breakers, self.usage, self.credits,
                                   self.jobs)
         self.embeddings = EmbeddingService(lambda: self.live, self.breakers, self.usage,
-                                           self.credits)
+                                           self.credits, self.detached)
 
     @property
     def settings(self) -> Settings:

@@ -51,13 +51,14 @@ ERRORS = {
     421: ("The request names a host not in `server.allowed_hosts` (when it is set).",
           "misdirected_request"),
     429: (("Over the key's rate limit (with `Retry-After` and `x-ratelimit-*`), over its daily "
-           "credits, the upstream's own rate limit or quota; on /v1/keys/me, too many key "
+           "credits or its requests in flight (`limits.max_concurrent_requests`), the "
+           "upstream's own rate limit or quota; on /v1/keys/me, too many key "
            "requests from the caller's network; too many wrong tokens from the caller's "
            "network (whatever it sends, until `Retry-After`); on a route that needs no key, "
            "too many requests from the caller's network "
            "(`security.public_requests_per_minute`)."),
-          ("rate_limit_exceeded, insufficient_quota, upstream_rate_limited, "
-           "too_many_failed_attempts")),
+          ("rate_limit_exceeded, insufficient_quota, too_many_concurrent_requests, "
+           "upstream_rate_limited, too_many_failed_attempts")),
     502: (("The upstream cannot be reached, answered garbage or a 5xx, refused the gateway's "
            "own provider key, or made a file of a type the gateway does not serve."),
           "upstream_unreachable, upstream_error, upstream_bad_media"),

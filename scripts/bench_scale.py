@@ -105,7 +105,10 @@ class Scale:
                        "workers": c.workers},
             "database": database, "catalog": "models.yaml",
             "master_key": "bench-master-key-0123456789abcdef",
-            "rate_limit": rate, "media": {"dir": str(d / "data" / "media")}}, indent=1))
+            "rate_limit": rate, "media": {"dir": str(d / "data" / "media")},
+            # one key at every connection: its holds (--credits) are counted, never refused
+            "limits": {"max_concurrent_requests": 1_000_000 if self.a.credits else 0}},
+            indent=1))
         (d / "models.yaml").write_text(json.dumps({
             "providers": {"mock": {"kind": "openai", "base_url": self.b.mock.url + "/v1",
                                    "api_key": "sk-bench-upstream", "connect_timeout_s": 120}},

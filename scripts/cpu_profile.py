@@ -57,6 +57,8 @@ def gateway_config(tmp: Path, mock_url: str) -> Path:
         "server": {"host": "127.0.0.1", "port": 0, "shutdown_grace_s": 2},
         "database": str(d / "data" / "apiarium.sqlite3"), "catalog": "models.yaml",
         "master_key": MASTER, "rate_limit": {"rpm": 1_000_000},
+        # --key issued: one key at C connections, its holds counted but never refused
+        "limits": {"max_concurrent_requests": 1_000_000},
         "media": {"dir": str(d / "data" / "media")}}, indent=1))
     (d / "models.yaml").write_text(json.dumps({
         "providers": {"mock": {"kind": "openai", "base_url": mock_url + "/v1",

@@ -62,6 +62,7 @@ class InProcess:
 
     async def close(self) -> None:
         if self._services is not None:
+            await self._services.detached.close()
             await self._services.jobs.close()
             await self._services.usage.close()
             await self._services.keys.close()

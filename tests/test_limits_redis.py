@@ -542,6 +542,33 @@ def test_far_from_the_limit_an_ended_hold_rides_on_the_next_reservation():
 
 
 @needs_redis
+def test_holds_in_flight_are_capped_in_the_same_script():
+    key_hash = f"cap-{time.time_ns()}"
+
+    async def test(book, backend):
+        held = bucket_key(key_hash, "held")
+        # no daily limit, a cap of 2: eight at once get exactly two holds
+        holds = await asyncio.gather(*(book.take(key_hash, 0.0, 0, 2) for _ in range(8)),
+                                     return_exceptions=True)
+        taken = [h for h in holds if not isinstance(h, BaseException)]
+        assert len(taken) == 2 and await backend.client.hlen(held) == 2
+        refused = [h for h in holds if isinstance(h, BaseException)]
+        assert all(isinstance(h, RateLimited) and h.code == "too_many_concurrent_requests"
+                   and "2 requests in flight" in h.message for h in refused)
+        taken[0].release()              # at the cap: the ended hold is dropped at once
+        await book.flush()
+        assert await backend.client.hlen(held) == 1
+        again = await book.take(key_hash, 0.0, 0, 2)
+        with pytest.raises(QuotaExceeded):                  # the credits are checked first
+            await book.take(key_hash, 5.0, 1, 2)
+        for hold in (taken[1], again):
+            hold.release()
+        await book.flush()
+        assert await backend.client.hlen(held) == 0
+    credits_run(test)
+
+
+@needs_redis
 def test_8_concurrent_requests_over_two_gateways_with_3_credits_left(make_gateway,
                                                                      fake_openai, tmp_path):
     models = openai_models(fake_openai, models={

@@ -12,15 +12,18 @@ import time
 import pytest
 
 from apiarium.catalog import Credits, ModelSpec, ProviderSpec
-from apiarium.errors import InvalidRequest, QuotaExceeded
+from apiarium.errors import InvalidRequest, QuotaExceeded, RateLimited
 from apiarium.services.costs import (
     CHARS_PER_TOKEN,
     DEFAULT_OUTPUT_TOKENS,
+    LEGACY_OUTPUT_TOKENS,
     OUTPUT_FIELDS,
     CreditBook,
     chat_estimate,
     chat_output_bound,
     check_images_n,
+    output_limit,
+    upstream_limit,
 )
 from apiarium.usage import Tally, UsageLedger
 from tests.inprocess import InProcess, write_config
@@ -81,6 +84,27 @@ def test_n_is_capped_and_multiplies_the_bound():
     with pytest.raises(InvalidRequest) as raised:
         chat_output_bound({"n": 4, "max_tokens": 50}, m, 3)
     assert raised.value.param == "n" and "3" in raised.value.message
+
+
+def test_legacy_best_of_counts_like_n_and_a_default_yields_to_a_smaller_cap():
+    m = model(cap=200)
+    assert output_limit({"best_of": 3, "n": 2, "max_tokens": 50}, m, 3) == (50, 3, True)
+    with pytest.raises(InvalidRequest) as raised:
+        output_limit({"best_of": 4}, m, 3)
+    assert raised.value.param == "best_of"
+    assert output_limit({}, model(), 1, LEGACY_OUTPUT_TOKENS) == \
+        (LEGACY_OUTPUT_TOKENS, 1, False)
+    assert output_limit({}, model(cap=10), 1, LEGACY_OUTPUT_TOKENS) == (10, 1, False)
+    assert output_limit({"max_tokens": None}, m, 1) == (200, 1, False)
+
+
+def test_the_upstream_limit_counts_an_anthropic_thinking_budget():
+    claude = ModelSpec("c", ProviderSpec("a", "anthropic", "http://a.invalid", "k"),
+                       "claude-sonnet-4-5")
+    thinking = {"reasoning_effort": "high"}
+    assert upstream_limit(claude, thinking, 4096) == 24576 + 4096     # raised above it
+    assert upstream_limit(claude, {}, 4096) == 4096
+    assert upstream_limit(model(), thinking, 4096) == 4096          # OpenAI: inside the limit
 
 
 def test_check_images_n():
@@ -163,6 +187,27 @@ def test_the_master_key_and_limit_0_bypass_the_book(ledger):
     master.release()
 
 
+def test_holds_in_flight_are_capped_per_key_and_each_release_frees_a_place(ledger):
+    book = CreditBook(ledger)
+    first = book.reserve("k", 0.0, 0, at_once=2)        # counted with no daily limit too
+    second = book.reserve("k", 1.0, 10, at_once=2)
+    assert book.in_flight("k") == 2
+    with pytest.raises(RateLimited) as raised:
+        book.reserve("k", 1.0, 10, at_once=2)
+    err = raised.value
+    assert err.status == 429 and err.code == "too_many_concurrent_requests"
+    assert "2 requests in flight" in err.message and err.headers["Retry-After"] == "1"
+    book.reserve("other", 1.0, 10, at_once=2).release()    # per key
+    first.release()
+    first.release()                                      # a second release frees nothing
+    assert book.in_flight("k") == 1 and book.held("k") == pytest.approx(1.0)
+    third = book.reserve("k", 1.0, 10, at_once=2)
+    second.release()
+    third.release()
+    assert book.in_flight("k") == 0 and book.held("k") == 0
+    assert book.reserve("k", 1.0, 10).amount == 1.0      # 0: no cap
+
+
 # ---------------------------------------------------------------------- the acceptance case
 
 LIMIT = 10.0
@@ -185,7 +230,8 @@ def priced_models(fake) -> dict:
 @pytest.fixture
 def app(io_loop, tmp_path, fake_openai):
     env = InProcess(write_config(tmp_path, priced_models(fake_openai),
-                                 rate_limit={"rpm": 100, "daily_credits": LIMIT}))
+                                 rate_limit={"rpm": 100, "daily_credits": LIMIT},
+                                 limits={"max_concurrent_requests": 0}))   # credits alone
     io_loop.run_sync(env.open)
     yield env.app()
     io_loop.run_sync(env.close)

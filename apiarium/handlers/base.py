@@ -367,7 +367,7 @@ class ApiHandler(BaseHandler):
 
     def _watch(self) -> None:
         """From now on a disconnect (or the end of the shutdown grace) cancels this
-        handler's task: an upstream request is closed, a video no longer polled."""
+        handler's task: a stream is closed, a call not yet answered runs on (services.detached)."""
         self._work = asyncio.current_task()
         if not self._started:                      # TTFB counts from the first upstream call
             self._started = time.perf_counter()

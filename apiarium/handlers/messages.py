@@ -2,7 +2,7 @@
 
 Same gateway rules as every endpoint (the key from ``x-api-key`` or ``Authorization:
 Bearer``, IP binding, VPN 403, the token bucket, credits, usage, fallbacks, a disconnect
-cancels the upstream), with every error in Anthropic's envelope.  The request is translated
+books what the upstream did), with every error in Anthropic's envelope.  The request is translated
 to the internal chat request and run by the chat service on whatever provider serves the
 model; the answer (or stream) is translated back.  The query string (``?beta=true``) and the
 ``anthropic-version`` / ``anthropic-beta`` headers are accepted, checked first against what

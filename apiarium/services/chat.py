@@ -5,9 +5,18 @@ and every provider answers it (a ``chat.completion`` dict, or ``chat.completion.
 frames ending with ``data: [DONE]``).  Usage is booked whatever happens: a finished answer
 with the upstream's counts, a stream cut short (client gone, upstream failed, shutdown)
 with what was relayed until then (the upstream's counts if they came, else an estimate).
+
+A key's client that leaves before its answer (a whole answer, or a stream before its first
+frame) does not cancel the upstream call: it runs on (``services.detached``), a stream is
+read to its end, and the usage the upstream reports is booked, or the whole hold if it
+reports none (``costs.Charge``).  The master key's call ends with its client, as before: its
+bill is the operator's own and bound by nothing, and it spares every such request a task.
+A free key's request without an output limit gets the one its credits were held for
+(``hold``), so the hold bounds what the upstream can bill.
 """
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -20,8 +29,18 @@ from ..passthrough import count_anthropic, count_responses_item, hosted_estimate
 from ..providers.base import EventStream as Frames  # SSE frames, closed however they end
 from ..providers.shapes import wants_usage
 from ..tokens import TokenUsage
-from ..usage import Tally, UsageLedger
-from .costs import CHARS_PER_TOKEN, Books, Hold, chat_estimate, chat_output_bound
+from ..usage import Tally, UsageLedger, price
+from .costs import (
+    CHARS_PER_TOKEN,
+    LEGACY_OUTPUT_TOKENS,
+    Books,
+    Charge,
+    Hold,
+    chat_worst,
+    output_limit,
+    upstream_limit,
+)
+from .detached import Detached
 from .fallback import Breakers, first_success
 
 if TYPE_CHECKING:
@@ -46,31 +65,43 @@ def tally_of(answer: dict, so_far: Tally | None = None) -> Tally:
 
 class ChatService:
     def __init__(self, live: Callable[[], Live], breakers: Breakers, usage: UsageLedger,
-                 book: Books):
+                 book: Books, detached: Detached | None = None):
         self._live = live
         self.breakers = breakers
         self.usage = usage
         self.credits = book
+        self.detached = detached or Detached()
 
-    async def hold(self, model: ModelSpec, body: dict, size: int,
-                   key_hash: str | None) -> Hold:
+    async def hold(self, model: ModelSpec, body: dict, size: int, key_hash: str | None,
+                   field: str = "max_completion_tokens",
+                   default: int | None = None) -> tuple[Charge, dict]:
         """Check the request's caps and set aside the most it can cost (``size``: its bytes;
-        a free key's: the master key, ``key_hash`` None, is bound by neither)."""
+        the master key, ``key_hash`` None, is bound by neither): its charge, and the body
+        to send.  A body without an output limit gets, as ``field``, the one reserved (the
+        model's ``max_output_tokens``, else ``default``, else 4,096 tokens), so that the
+        upstream cannot answer past the hold; the master key's body is left as it is."""
         if key_hash is None:
-            return Hold(self.credits, None, 0.0)
+            return Charge(self.usage, Hold(self.credits, None, 0.0), None, model, None), body
         s = self._live().config.settings
-        bound = chat_output_bound(body, model, s.max_chat_choices)
-        amount = chat_estimate(model, size, bound)
+        limit, copies, asked = output_limit(body, model, s.max_chat_choices, default)
+        if not asked:
+            body = {**body, field: limit}
+        worst = chat_worst(model, size, upstream_limit(model, body, limit) * copies)
+        amount = price(model, worst)
         amount += hosted_estimate(model, body, amount, s.max_tool_calls)
-        return self.usage.ahead(await self.credits.take(key_hash, amount, s.daily_credits),
-                                model)
+        hold = self.usage.ahead(await self.credits.take(
+            key_hash, amount, s.daily_credits, s.max_concurrent_requests), model)
+        return Charge(self.usage, hold, key_hash, model, worst), body
 
     async def complete(self, model: ModelSpec, body: dict, raw: bytes | None,
                        key_hash: str | None) -> tuple[dict, ModelSpec]:
         """A whole answer: (the ``chat.completion``, the model that served it)."""
         live = self._live()
-        return await self._whole(model, body, _size(body, raw), key_hash, tally_of,
-                                 lambda m: live.providers[m.provider.name].chat(m, body, raw))
+        charge, sent = await self.hold(model, body, _size(body, raw), key_hash)
+        if sent is not body:
+            raw = None
+        return await self._whole(model, charge, tally_of,
+                                 lambda m: live.providers[m.provider.name].chat(m, sent, raw))
 
     async def stream(self, model: ModelSpec, body: dict, raw: bytes | None,
                      key_hash: str | None) -> ChatStream:
@@ -83,9 +114,12 @@ class ChatService:
             body = {**body, "stream_options": {**(body.get("stream_options") or {}),
                                                "include_usage": True}}
             raw = None
+        charge, sent = await self.hold(model, body, size, key_hash)
+        if sent is not body:
+            raw = None
         return await self._stream(
-            model, body, size, key_hash, wanted, tally_of,
-            lambda m: live.providers[m.provider.name].chat_stream(m, body, raw))
+            model, charge, size, wanted, tally_of,
+            lambda m: live.providers[m.provider.name].chat_stream(m, sent, raw))
 
     # ------------------------------------------------------------------ native dialects
     def native(self, model: ModelSpec, dialect: str) -> bool:
@@ -99,44 +133,54 @@ class ChatService:
                        beta: str | None) -> tuple[dict, ModelSpec]:
         """An Anthropic Messages request passed through (see ``native``): the ``Message``."""
         live = self._live()
+        charge, sent = await self.hold(model, body, _size(body, None), key_hash, "max_tokens")
         return await self._whole(
-            model, body, _size(body, None), key_hash, anthropic_tally,
-            lambda m: live.providers[m.provider.name].messages(m, body, beta))  # type: ignore[attr-defined]
+            model, charge, anthropic_tally,
+            lambda m: live.providers[m.provider.name].messages(m, sent, beta))  # type: ignore[attr-defined]
 
     async def messages_stream(self, model: ModelSpec, body: dict, key_hash: str | None,
                               beta: str | None) -> ChatStream:
         """A streamed Messages request passed through: Anthropic's own events."""
         live = self._live()
+        size = _size(body, None)
+        charge, sent = await self.hold(model, body, size, key_hash, "max_tokens")
         return await self._stream(
-            model, body, _size(body, None), key_hash, True, anthropic_tally,
-            lambda m: live.providers[m.provider.name].messages_stream(m, body, beta),  # type: ignore[attr-defined]
+            model, charge, size, True, anthropic_tally,
+            lambda m: live.providers[m.provider.name].messages_stream(m, sent, beta),  # type: ignore[attr-defined]
             SERVER_TOOL_CALL if model.credits.tools else None)
 
     async def responses(self, model: ModelSpec, body: dict,
                         key_hash: str | None) -> tuple[dict, ModelSpec]:
         """An OpenAI Responses request passed through (see ``native``): the ``Response``."""
         live = self._live()
+        charge, sent = await self.hold(model, body, _size(body, None), key_hash,
+                                       "max_output_tokens")
         return await self._whole(
-            model, body, _size(body, None), key_hash, responses_tally,
-            lambda m: live.providers[m.provider.name].responses(m, body))  # type: ignore[attr-defined]
+            model, charge, responses_tally,
+            lambda m: live.providers[m.provider.name].responses(m, sent))  # type: ignore[attr-defined]
 
     async def responses_stream(self, model: ModelSpec, body: dict,
                                key_hash: str | None) -> ChatStream:
         """A streamed Responses request passed through: the upstream's own events, metered
         from the terminal event's ``response.usage``."""
         live = self._live()
+        size = _size(body, None)
+        charge, sent = await self.hold(model, body, size, key_hash, "max_output_tokens")
         return await self._stream(
-            model, body, _size(body, None), key_hash, True, responses_tally,
-            lambda m: live.providers[m.provider.name].responses_stream(m, body))  # type: ignore[attr-defined]
+            model, charge, size, True, responses_tally,
+            lambda m: live.providers[m.provider.name].responses_stream(m, sent))  # type: ignore[attr-defined]
 
     async def completions(self, model: ModelSpec, body: dict,
                           key_hash: str | None) -> tuple[dict, ModelSpec]:
         """A legacy completions request on the upstream's own ``/completions`` (a model with
-        ``completions: native``; its fallbacks are too): the ``text_completion``."""
+        ``completions: native``; its fallbacks are too): the ``text_completion``.  Without
+        ``max_tokens``, a free key's gets the legacy API's own default, 16."""
         live = self._live()
+        charge, sent = await self.hold(model, body, _size(body, None), key_hash, "max_tokens",
+                                       LEGACY_OUTPUT_TOKENS)
         return await self._whole(
-            model, body, _size(body, None), key_hash, tally_of,
-            lambda m: live.providers[m.provider.name].completions(m, body))  # type: ignore[attr-defined]
+            model, charge, tally_of,
+            lambda m: live.providers[m.provider.name].completions(m, sent))  # type: ignore[attr-defined]
 
     async def completions_stream(self, model: ModelSpec, body: dict,
                                  key_hash: str | None) -> ChatStream:
@@ -146,9 +190,12 @@ class ChatService:
         if not wanted:
             body = {**body, "stream_options": {**(body.get("stream_options") or {}),
                                                "include_usage": True}}
+        size = _size(body, None)
+        charge, sent = await self.hold(model, body, size, key_hash, "max_tokens",
+                                       LEGACY_OUTPUT_TOKENS)
         return await self._stream(
-            model, body, _size(body, None), key_hash, wanted, tally_of,
-            lambda m: live.providers[m.provider.name].completions_stream(m, body))  # type: ignore[attr-defined]
+            model, charge, size, wanted, tally_of,
+            lambda m: live.providers[m.provider.name].completions_stream(m, sent))  # type: ignore[attr-defined]
 
     async def count_tokens(self, model: ModelSpec, body: dict, beta: str | None) -> int | None:
         """The upstream's own count of a Messages request's input tokens, where the model's
@@ -159,23 +206,28 @@ class ChatService:
         return await provider.count_tokens(model, body, beta)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ the two shapes of call
-    async def _whole(self, model: ModelSpec, body: dict, size: int, key_hash: str | None,
-                     read_usage: UsageReader,
+    async def _whole(self, model: ModelSpec, charge: Charge, read_usage: UsageReader,
                      call: Callable[[ModelSpec], Awaitable[dict]]) -> tuple[dict, ModelSpec]:
-        hold = await self.hold(model, body, size, key_hash)
-        try:
-            answer, served = await first_success(self._live().config.catalog, self.breakers,
-                                                 model, call, key_hash)
-            self.usage.record(key_hash, served, read_usage(answer, None), hold=hold)
-        finally:
-            hold.release()
-        return answer, served
+        catalog, key_hash = self._live().config.catalog, charge.key_hash
 
-    async def _stream(self, model: ModelSpec, body: dict, size: int, key_hash: str | None,
-                      wanted: bool, read_usage: UsageReader,
+        async def answer() -> tuple[dict, ModelSpec]:
+            try:
+                answer, served = await first_success(catalog, self.breakers, model, call,
+                                                     key_hash)
+            except BaseException as exc:
+                charge.failed(exc)
+                raise
+            charge.book(served, read_usage(answer, None))
+            return answer, served
+        if key_hash is None:
+            return await answer()
+        return await self.detached.run(answer(), charge.leave)
+
+    async def _stream(self, model: ModelSpec, charge: Charge, size: int, wanted: bool,
+                      read_usage: UsageReader,
                       open_events: Callable[[ModelSpec], Frames],
                       marker: bytes | None = None) -> ChatStream:
-        hold = await self.hold(model, body, size, key_hash)
+        catalog, key_hash = self._live().config.catalog, charge.key_hash
 
         async def start(m: ModelSpec) -> tuple[bytes, Frames]:
             events = open_events(m)
@@ -189,15 +241,27 @@ class ChatService:
                 raise
             return first, events
 
-        try:
-            (first, events), served = await first_success(self._live().config.catalog,
-                                                          self.breakers, model, start,
-                                                          key_hash, book_success=False)
-        except BaseException:
-            hold.release()
-            raise
-        return ChatStream(self, served, first, events, wanted, key_hash,
-                          size // CHARS_PER_TOKEN, hold, read_usage, marker)
+        async def opened() -> ChatStream:
+            try:
+                (first, events), served = await first_success(
+                    catalog, self.breakers, model, start, key_hash, book_success=False)
+            except BaseException as exc:
+                charge.failed(exc)
+                raise
+            return ChatStream(self, served, first, events, wanted, key_hash,
+                              size // CHARS_PER_TOKEN, charge, read_usage, marker)
+
+        def left(task: asyncio.Task[ChatStream]) -> None:
+            """The client left before the first frame: the stream is read to its end."""
+            charge.leave()
+            task.add_done_callback(self._drain)
+        if key_hash is None:
+            return await opened()
+        return await self.detached.run(opened(), left)
+
+    def _drain(self, task: asyncio.Task[ChatStream]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self.detached.start(task.result().drain())
 
 
 # in the Anthropic events that start a server (or MCP) tool call: read only when the model
@@ -270,9 +334,9 @@ class ChatStream:
     if the client did not ask for it), an upstream failure is booked on the model's
     breaker, and ``aclose`` (always called, however the stream ends) books the usage."""
     __slots__ = (
+        "_charge",
         "_events",
         "_first",
-        "_hold",
         "_key_hash",
         "_marker",
         "_prompt",
@@ -286,7 +350,7 @@ class ChatStream:
 
     def __init__(self, svc: ChatService, served: ModelSpec, first: bytes,
                  events: Frames, wanted: bool, key_hash: str | None,
-                 prompt_estimate: int, hold: Hold, read_usage: UsageReader = tally_of,
+                 prompt_estimate: int, charge: Charge, read_usage: UsageReader = tally_of,
                  marker: bytes | None = None):
         self._svc, self.served = svc, served
         self._first: bytes | None = first
@@ -294,7 +358,7 @@ class ChatStream:
         self._wanted, self._key_hash, self._prompt = wanted, key_hash, prompt_estimate
         self._relayed = 0                       # content frames handed on (~1 token each)
         self._tally: Tally | None = None        # the upstream's own counts, once they come
-        self._hold: Hold | None = hold          # None once the usage is booked
+        self._charge = charge                   # settled once the usage is booked
         self._read_usage = read_usage
         self._marker = marker               # frames holding it are read too (tool calls)
 
@@ -324,14 +388,29 @@ class ChatStream:
             return frame
 
     async def aclose(self) -> None:
-        """Book the usage (once) and close the upstream stream."""
-        if self._hold is not None:
-            tally = self._tally or Tally(requests=1, prompt_tokens=self._prompt,
-                                         completion_tokens=self._relayed)
-            self._svc.usage.record(self._key_hash, self.served, tally, hold=self._hold)
-            self._hold.release()
-            self._hold = None
+        """Book the usage (once) and close the upstream stream: the upstream's counts, else
+        (a stream cut short) an estimate of what was relayed; the whole hold instead when
+        the client left before the first frame (``drain``) and no counts came."""
+        charge = self._charge
+        if self._tally is not None:
+            charge.book(self.served, self._tally)
+        elif charge.left:
+            charge.unpaid()
+        else:
+            charge.book(self.served, Tally(requests=1, prompt_tokens=self._prompt,
+                                           completion_tokens=self._relayed))
         await self._events.aclose()
+
+    async def drain(self) -> None:
+        """Read the stream to its end for nobody (its client left before the first frame;
+        the upstream bills the whole answer), then book it and close it."""
+        try:
+            async for _ in self:
+                pass
+        except ApiError:              # booked on the breaker; no counts: the whole hold
+            pass
+        finally:
+            await self.aclose()
 
     async def through(self, translate: Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]]
                       ) -> AsyncIterator[bytes]:

@@ -12,16 +12,19 @@ Per key, two Redis keys (beside its buckets, ``limits_redis``):
 * ``apiarium:{<key hash>}:held``: a hash of the holds in flight, ``id -> amount:expiry``.  A
   hold whose process died expires after ``HOLD_TTL_S``.
 
-``RESERVE`` adds a hold only if spent + held + amount stays within the daily limit: eight
-requests at once from one key with three credits left get exactly three holds, whichever
-gateways they reach.  While Redis is down, ``rate_limit.on_backend_down`` decides as for
-the buckets: 503, or this process's own book at limit / ``rate_limit.instances``.
+``RESERVE`` adds a hold only if spent + held + amount stays within the daily limit, and the
+key has fewer than ``limits.max_concurrent_requests`` holds in flight (counted in the same
+script): eight requests at once from one key with three credits left get exactly three
+holds, whichever gateways they reach.  While Redis is down, ``rate_limit.on_backend_down``
+decides as for the buckets: 503, or this process's own book at limit /
+``rate_limit.instances``.
 """
 from __future__ import annotations
 
 import asyncio
 import itertools
 import logging
+import math
 import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -29,7 +32,7 @@ from typing import TYPE_CHECKING
 from ..errors import LimiterUnavailable
 from ..metrics import Metrics
 from ..usage import UsageLedger
-from .costs import CreditBook, Hold, refused
+from .costs import CreditBook, Hold, refused, too_many
 from .limits_redis import SPENT_TTL_S, BackendDown, RedisBackend, bucket_key, spent_key
 
 if TYPE_CHECKING:
@@ -53,13 +56,15 @@ for i = FIRST_DROP, #ARGV do redis.call('HDEL', KEYS[2], ARGV[i]) end
 """
 SETTLE = SETTLED.replace("FIRST_DROP", "4") + "return 1"
 
-# ARGV 4-7: the amount, the daily limit, the new hold's id and its TTL (s).
-# -> {1 held | 0 refused, spent, held (with this one)}
-RESERVE = SETTLED.replace("FIRST_DROP", "8") + """
+# ARGV 4-8: the amount, the daily limit (0: none), the new hold's id, its TTL (s), the most
+# holds the key may have at once (0: no cap).
+# -> {1 held | 0 refused (credits) | 2 refused (holds in flight), spent, held, holds in
+# flight (with this one when held)}
+RESERVE = SETTLED.replace("FIRST_DROP", "9") + """
 local now = tonumber(redis.call('TIME')[1])
-local amount, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
+local amount, limit, cap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[8])
 local spent = tonumber(redis.call('GET', KEYS[1]))
-local held = 0
+local held, count = 0, 0
 local holds = redis.call('HGETALL', KEYS[2])
 for i = 1, #holds, 2 do
   local v = holds[i + 1]
@@ -68,14 +73,18 @@ for i = 1, #holds, 2 do
     redis.call('HDEL', KEYS[2], holds[i])
   else
     held = held + tonumber(string.sub(v, 1, sep - 1))
+    count = count + 1
   end
 end
-if spent + held + amount > limit + 1e-9 then
-  return {0, tostring(spent), tostring(held)}
+if limit > 0 and spent + held + amount > limit + 1e-9 then
+  return {0, tostring(spent), tostring(held), count}
+end
+if cap > 0 and count >= cap then
+  return {2, tostring(spent), tostring(held), count}
 end
 redis.call('HSET', KEYS[2], ARGV[6], ARGV[4] .. ':' .. (now + tonumber(ARGV[7])))
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[7]))
-return {1, tostring(spent), tostring(held + amount)}
+return {1, tostring(spent), tostring(held + amount), count + 1}
 """
 
 
@@ -108,24 +117,29 @@ class RedisCredits:
         if ended:
             self._ended.setdefault(key_hash, []).extend(ended)
 
-    async def take(self, key_hash: str | None, amount: float, limit: float) -> Hold:
-        if key_hash is None or limit <= 0:
+    async def take(self, key_hash: str | None, amount: float, limit: float,
+                   at_once: int = 0) -> Hold:
+        if key_hash is None or (limit <= 0 and at_once <= 0):
             return Hold(self, None, 0.0)
         ident = next(self._ids)
         keys = (spent_key(key_hash, self.usage.day()), bucket_key(key_hash, "held"))
         delta, ended = self._pending(key_hash)
         seed = repr(self.usage.spent_today(key_hash).credits)
         try:
-            ok, spent, held = await self.backend.run(self._reserve, keys, (
-                repr(delta), seed, SPENT_TTL_S, repr(amount), repr(limit), ident, HOLD_TTL_S,
-                *ended))
+            ok, spent, held, count = await self.backend.run(self._reserve, keys, (
+                repr(delta), seed, SPENT_TTL_S, repr(amount), repr(max(limit, 0.0)), ident,
+                HOLD_TTL_S, max(at_once, 0), *ended))
         except BackendDown:
             self._keep(key_hash, delta, ended)
-            return self._fallback(key_hash, amount, limit)
+            return self._fallback(key_hash, amount, limit, at_once)
         left = limit - float(spent) - float(held)
-        if not ok:
+        if ok == 0:
             raise refused(amount, left, limit)
-        if left < limit / 4:          # near the limit: each hold is dropped as it ends
+        if ok == 2:
+            self._near.add(key_hash)
+            raise too_many(int(count), at_once)
+        # near a limit: each hold is dropped as it ends (no stale hold refuses a request)
+        if (limit > 0 and left < limit / 4) or (at_once > 0 and int(count) + 1 >= at_once):
             self._near.add(key_hash)
         else:
             self._near.discard(key_hash)
@@ -141,13 +155,14 @@ class RedisCredits:
             return local
         return max(local, float(shared)) if shared is not None else local
 
-    def _fallback(self, key_hash: str, amount: float, limit: float) -> Hold:
+    def _fallback(self, key_hash: str, amount: float, limit: float, at_once: int) -> Hold:
         s = self._settings()        # counted in the metrics once, by the request's admit
         if s.limiter_on_down != "local":
             raise LimiterUnavailable(self.backend.retry_in())
-        local = self.local.reserve(key_hash, amount, limit / s.limiter_instances)
-        return Hold(self, key_hash, local.amount, f"local:{id(local)}") if local.amount \
-            else local
+        local = self.local.reserve(key_hash, amount, limit / s.limiter_instances,
+                                   math.ceil(at_once / s.limiter_instances))
+        return Hold(self, key_hash, local.amount, f"local:{id(local)}") \
+            if local.key_hash is not None else local
 
     def release(self, key_hash: str, amount: float, ident: str = "") -> None:
         """The request ended (its usage is booked).  Its hold is dropped, and what was

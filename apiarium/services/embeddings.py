@@ -6,8 +6,10 @@ The request is checked first (``embedding.embedding_request``: 400 naming the fi
 and the answer's, inputs x dimensions, ``limits.max_embedding_floats``) and its daily
 credits: the estimated prompt tokens are held before anything is sent
 (``costs.CreditBook``) and the real count (the upstream's, or the estimate where it gives
-none) is booked when the answer is there.  The master key (``key_hash`` None) is bound by
-none of these caps, nor by the credits.
+none) is booked when the answer is there.  A key's client that leaves first does not cancel
+the upstream calls: they run on and are booked the same (``services.detached``; the whole
+hold if they then fail).  The master key (``key_hash`` None) is bound by neither the size cap
+nor the credits, and its calls end with its client.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from ..catalog import ModelSpec
 from ..embedding import EmbeddingRequest, embedding_request
 from ..usage import Tally, UsageLedger, price
-from .costs import Books, check_embedding_floats, check_embedding_size
+from .costs import Books, Charge, check_embedding_floats, check_embedding_size
+from .detached import Detached
 from .fallback import Breakers, first_success
 
 if TYPE_CHECKING:
@@ -35,11 +38,12 @@ def prompt_tokens(answer: dict[str, Any], req: EmbeddingRequest) -> int:
 
 class EmbeddingService:
     def __init__(self, live: Callable[[], Live], breakers: Breakers, usage: UsageLedger,
-                 book: Books):
+                 book: Books, detached: Detached | None = None):
         self._live = live
         self.breakers = breakers
         self.usage = usage
         self.credits = book
+        self.detached = detached or Detached()
 
     def request(self, body: dict[str, Any], raw: bytes | None,
                 key_hash: str | None) -> EmbeddingRequest:
@@ -55,17 +59,23 @@ class EmbeddingService:
                      key_hash: str | None) -> tuple[dict[str, Any], ModelSpec]:
         """(the OpenAI ``list`` answer, the model that served it)."""
         live = self._live()
+        s = live.config.settings
         req = self.request(body, raw, key_hash)
+        worst = Tally(requests=1, prompt_tokens=req.estimate())
         hold = self.usage.ahead(await self.credits.take(
-            key_hash, price(model, Tally(requests=1, prompt_tokens=req.estimate())),
-            live.config.settings.daily_credits), model)
-        try:
-            answer, served = await first_success(
-                live.config.catalog, self.breakers, model,
-                lambda m: live.providers[m.provider.name].embed(m, req), key_hash)
-            self.usage.record(key_hash, served,
-                              Tally(requests=1, prompt_tokens=prompt_tokens(answer, req)),
-                              hold=hold)
-        finally:
-            hold.release()
-        return answer, served
+            key_hash, price(model, worst), s.daily_credits, s.max_concurrent_requests), model)
+        charge = Charge(self.usage, hold, key_hash, model, worst if key_hash else None)
+
+        async def embedded() -> tuple[dict[str, Any], ModelSpec]:
+            try:
+                answer, served = await first_success(
+                    live.config.catalog, self.breakers, model,
+                    lambda m: live.providers[m.provider.name].embed(m, req), key_hash)
+            except BaseException as exc:
+                charge.failed(exc)
+                raise
+            charge.book(served, Tally(requests=1, prompt_tokens=prompt_tokens(answer, req)))
+            return answer, served
+        if key_hash is None:
+            return await embedded()
+        return await self.detached.run(embedded(), charge.leave)

@@ -78,7 +78,8 @@ class MediaService:
         if key_hash is not None:
             check_images_n(req.n, live.config.settings.max_images)
         hold = self.usage.ahead(await self.credits.take(
-            key_hash, price(model, tally), live.config.settings.daily_credits), model)
+            key_hash, price(model, tally), live.config.settings.daily_credits,
+            live.config.settings.max_concurrent_requests), model)
         try:
             made, served = await first_success(
                 live.config.catalog, self.breakers, model,

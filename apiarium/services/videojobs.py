@@ -155,7 +155,8 @@ class VideoJobService:
             live.providers[model.provider.name].require_configured()
         hold = await self.credits.take(
             key_hash, price(model, Tally(requests=1, video_seconds=req.duration_seconds),
-                            req.resolution), live.config.settings.daily_credits)
+                            req.resolution), live.config.settings.daily_credits,
+            live.config.settings.max_concurrent_requests)
         job = VideoJob(id="video_" + secrets.token_urlsafe(24), owner=key_hash or MASTER,
                        model=model.alias, prompt=req.prompt, seconds=req.duration_seconds,
                        size=size or _size_of(req), resolution=req.resolution,

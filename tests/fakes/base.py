@@ -15,6 +15,9 @@ Conventions shared by all fakes (tests rely on them):
   (system included, tool results included, media and tool-call arguments not);
   completion tokens = words in the answer text plus words in the tool-call
   arguments string when a tool call is answered.
+* Output limits: with ``obey_output_limit`` set, an OpenAI chat answer stops after as many
+  words as the request's ``max_completion_tokens`` (else ``max_tokens``) allows, with
+  ``finish_reason: length``, as the vendors' models stop; unset, the limit is not looked at.
 * Streaming "events" are SSE frames of any kind (role chunk, ping, [DONE] ...):
   ``die_mid_stream_next(k)`` sends the first ``k`` frames, then aborts.
 * Embeddings: ``embedding_vector(text, dims)``, numbers drawn from a generator seeded with
@@ -122,6 +125,7 @@ class FakeUpstream:
         self.disconnects: list[float] = []
         self.stream_events = 5
         self.stream_delay = 0.0
+        self.obey_output_limit = False
         self.reply_text: str | None = None
         self.reply_tool_call: dict | None = None
         self._lock = threading.Lock()
@@ -143,7 +147,7 @@ class FakeUpstream:
         raise NotImplementedError
 
     # the knobs tests turn; ``reset`` puts back the values they had when the fake started
-    KNOBS = ("stream_events", "stream_delay", "reply_text", "reply_tool_call",
+    KNOBS = ("stream_events", "stream_delay", "obey_output_limit", "reply_text", "reply_tool_call",
              "veo_polls_until_done", "sources", "image_in_words", "embedding_dims",
              "embed_delay", "embed_peak", "cached_tokens", "thought_text", "hosted_calls",
              "server_tools", "usage_tier")
@@ -290,6 +294,13 @@ class FakeUpstream:
     # ---- plumbing for subclasses -----------------------------------------
     def answer_for(self, last_user_text: str) -> str:
         return self.reply_text if self.reply_text is not None else f"echo: {last_user_text}"
+
+    def within_limit(self, text: str, limit: object) -> tuple[str, bool]:
+        """``text`` cut to ``limit`` words when ``obey_output_limit`` says so: (the text,
+        whether it was cut)."""
+        if not self.obey_output_limit or not isinstance(limit, int) or words(text) <= limit:
+            return text, False
+        return " ".join(text.split()[:limit]), True
 
     @staticmethod
     def json_response(obj, status: int = 200, headers: dict | None = None) -> web.Response:

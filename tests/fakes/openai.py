@@ -131,9 +131,11 @@ class FakeOpenAI(FakeUpstream):
         prompt = sum(words(_text_of(m.get("content"))) for m in msgs)
         last_user = next((_text_of(m.get("content")) for m in reversed(msgs)
                           if m.get("role") == "user"), "")
-        text = self.answer_for(last_user)
+        text, cut = self.within_limit(self.answer_for(last_user),
+                                      body.get("max_completion_tokens") or body.get("max_tokens"))
         tool = self.tool_for(request, body)
         completion = words(tool["arguments"]) if tool else words(text)
+        finish = "tool_calls" if tool else "length" if cut else "stop"
         usage = self._usage(prompt, completion)
         if self.cached_tokens:
             usage["prompt_tokens_details"] = {"cached_tokens": min(prompt, self.cached_tokens)}
@@ -151,7 +153,7 @@ class FakeOpenAI(FakeUpstream):
             return self.json_response({
                 "id": cid, "object": "chat.completion", "created": created, "model": model,
                 "choices": [{"index": 0, "message": message, "logprobs": None,
-                             "finish_reason": "tool_calls" if tool else "stop"}],
+                             "finish_reason": finish}],
                 "usage": usage, "system_fingerprint": "fp_fake", **tier})
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
@@ -172,7 +174,7 @@ class FakeOpenAI(FakeUpstream):
         else:
             frames = [chunk({"role": "assistant", "content": ""})]
             frames += [chunk({"content": p}) for p in split_pieces(text, self.stream_events)]
-            frames.append(chunk({}, "stop"))
+            frames.append(chunk({}, finish))
         if include_usage:
             frames.append(chunk(None, choices=False))
         frames.append(DONE)
