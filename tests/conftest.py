@@ -111,6 +111,13 @@ def stop_all(gateways: list) -> None:
         raise errors[0]
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium through playwright, one per test module (``tests.browser``)."""
+    from tests.browser import launch
+    yield from launch()
+
+
 @pytest.fixture
 def gateway(make_gateway, fake_openai) -> Gateway:
     return make_gateway(openai_models(fake_openai))

@@ -11,44 +11,22 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from apiarium.modeltypes import MODEL_TYPES
+from tests.browser import OUT
 from tests.conftest import openai_models
 from tests.support import MASTER_KEY, request, wait_for
 
-CHROMIUM = Path("/usr/bin/chromium")
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:                                     # pragma: no cover
-    pytest.skip("playwright is not installed (pip install playwright): the homepage tests "
-                "drive a real browser", allow_module_level=True)
-if not CHROMIUM.exists():                               # pragma: no cover
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium): the homepage tests drive "
-                f"a real browser", allow_module_level=True)
-
-OUT = Path(__file__).resolve().parent.parent / "test-output"
 KEY = re.compile(r"^api-[a-z0-9]{16}$")
 HOSTILE = "<img src=x onerror=alert(1)>"
 HOSTILE_HOST = "<script>alert(1)</script>"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 TILES_JS = """() => Object.fromEntries(Array.from(document.querySelectorAll('ul.tiles')).map(
     ul => [ul.dataset.type, Array.from(ul.querySelectorAll('.tile')).map(
         t => [t.dataset.model, t.querySelector('.tile-id').textContent])]))"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    OUT.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @contextlib.contextmanager

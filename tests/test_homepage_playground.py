@@ -13,25 +13,12 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import openai_models
 from tests.support import MASTER_KEY, wait_for
 
-CHROMIUM = Path("/usr/bin/chromium")
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:                                     # pragma: no cover
-    pytest.skip("playwright is not installed (pip install playwright): the homepage tests "
-                "drive a real browser", allow_module_level=True)
-if not CHROMIUM.exists():                               # pragma: no cover
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium): the homepage tests drive "
-                f"a real browser", allow_module_level=True)
-
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 SIZES = {390: 844, 1280: 800}
 REPLY = "Bees dance to tell the hive where the flowers are, and how far."
 # every change of the answer's text, as the page made it
@@ -51,14 +38,6 @@ LABELS_INSIDE = """() => { const s = document.querySelector('.tab-list').getBoun
     }).map(t => t.textContent); }"""
 CHART = """() => Array.from(document.querySelectorAll('#usage-chart rect.bar')).map(
     r => [r.dataset.date, Number(r.dataset.requests)])"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -9,39 +9,17 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.browser import OUT
 from tests.conftest import openai_models
 from tests.support import MASTER_KEY
 from tests.test_model_status import NEEDS, SHIPPED_MODELS, provider_of, shipped_variables
 
-CHROMIUM = Path("/usr/bin/chromium")
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:                                     # pragma: no cover
-    pytest.skip("playwright is not installed (pip install playwright): the homepage tests "
-                "drive a real browser", allow_module_level=True)
-if not CHROMIUM.exists():                               # pragma: no cover
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium): the homepage tests drive "
-                f"a real browser", allow_module_level=True)
-
-OUT = Path(__file__).resolve().parent.parent / "test-output"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 TILES_JS = """() => Object.fromEntries(Array.from(document.querySelectorAll('#catalog .tile')).map(
     t => [t.dataset.model, [t.dataset.status, t.querySelector('.tile-status').textContent]]))"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    OUT.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def open_live(browser, gw, **options):
