@@ -72,6 +72,26 @@ def openai_models(fake: FakeOpenAI, **extra) -> dict:
     }
 
 
+def with_claude(fake: FakeOpenAI, fake_anthropic: FakeAnthropic) -> dict:
+    """``openai_models`` and a model ``sonnet`` on an Anthropic provider ``claude``."""
+    return openai_models(fake, providers={
+        "claude": {"kind": "anthropic", "base_url": fake_anthropic.base_url,
+                   "api_key": fake_anthropic.api_key}},
+        models={"sonnet": {"provider": "claude", "upstream": "claude-sonnet-4-5"}})
+
+
+def kinds_providers(fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic,
+                    fake_gemini: FakeGemini) -> dict:
+    """One provider of each kind on its fake: ``oa`` (openai), ``an`` (anthropic), ``go``
+    (gemini)."""
+    return {"oa": {"kind": "openai", "base_url": fake_openai.base_url,
+                   "api_key": fake_openai.api_key, "timeout_s": 10},
+            "an": {"kind": "anthropic", "base_url": fake_anthropic.base_url,
+                   "api_key": fake_anthropic.api_key, "timeout_s": 10},
+            "go": {"kind": "gemini", "base_url": fake_gemini.base_url,
+                   "api_key": fake_gemini.api_key, "timeout_s": 10}}
+
+
 @pytest.fixture
 def make_gateway(request, tmp_path):
     """make_gateway(models, **settings) -> a started gateway, stopped after the test.

@@ -13,7 +13,7 @@ import tornado.web
 from apiarium import app
 from apiarium.handlers import admission
 from apiarium.handlers.base import ApiHandler, BaseHandler
-from tests.conftest import openai_models
+from tests.conftest import openai_models, with_claude
 from tests.support import MASTER_KEY, error_of, request, wait_for
 from tests.test_exposure_compaction import bomb, slowest_health_with_bombs
 
@@ -92,10 +92,7 @@ def test_an_admission_must_say_what_it_bounds():
 # ---------------------------------------------------------------------- against a gateway
 @pytest.fixture
 def gw(make_gateway, fake_openai, fake_anthropic):
-    models = openai_models(fake_openai, providers={
-        "claude": {"kind": "anthropic", "base_url": fake_anthropic.base_url,
-                   "api_key": fake_anthropic.api_key}},
-        models={"sonnet": {"provider": "claude", "upstream": "claude-sonnet-4-5"}})
+    models = with_claude(fake_openai, fake_anthropic)
     return make_gateway(models, rate_limit={"rpm": 4, "lookups_per_minute": 3},
                         security={"public_requests_per_minute": 5})
 

@@ -13,6 +13,7 @@ from anthropic.types import Message, RawMessageStreamEvent
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from tests.conftest import kinds_providers
 from tests.support import httpx  # the httpx the SDKs are built on
 
 KINDS = ("gpt", "claude", "gem")               # openai, anthropic, gemini kinds
@@ -27,14 +28,7 @@ RAW_EVENTS = ("message_start", "content_block_start", "content_block_delta",
 def kinds_models(fake_openai, fake_anthropic, fake_gemini) -> dict:
     """One model of each kind: ``gpt`` (openai), ``claude`` (anthropic), ``gem`` (gemini)."""
     return {
-        "providers": {
-            "oa": {"kind": "openai", "base_url": fake_openai.base_url,
-                   "api_key": fake_openai.api_key, "timeout_s": 10},
-            "an": {"kind": "anthropic", "base_url": fake_anthropic.base_url,
-                   "api_key": fake_anthropic.api_key, "timeout_s": 10},
-            "go": {"kind": "gemini", "base_url": fake_gemini.base_url,
-                   "api_key": fake_gemini.api_key, "timeout_s": 10},
-        },
+        "providers": kinds_providers(fake_openai, fake_anthropic, fake_gemini),
         "models": {
             "gpt": {"provider": "oa", "upstream": "gpt-5"},
             "claude": {"provider": "an", "upstream": "claude-sonnet-4-5"},

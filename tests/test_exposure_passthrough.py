@@ -18,6 +18,7 @@ from apiarium.config import ConfigError, load_config
 from apiarium.config_pricing import ANTHROPIC_LONG_CONTEXT
 from apiarium.passthrough import family
 from apiarium.usage import Tally, price
+from tests.conftest import kinds_providers
 from tests.inprocess import write_config
 from tests.support import MASTER_KEY
 
@@ -33,14 +34,7 @@ CLAUDE_CODE_BETAS = ("claude-code-20250219,interleaved-thinking-2025-05-14,"
 
 def catalog(fake_openai, fake_anthropic, fake_gemini) -> dict:
     return {
-        "providers": {
-            "oa": {"kind": "openai", "base_url": fake_openai.base_url,
-                   "api_key": fake_openai.api_key, "timeout_s": 10},
-            "an": {"kind": "anthropic", "base_url": fake_anthropic.base_url,
-                   "api_key": fake_anthropic.api_key, "timeout_s": 10},
-            "go": {"kind": "gemini", "base_url": fake_gemini.base_url,
-                   "api_key": fake_gemini.api_key, "timeout_s": 10},
-        },
+        "providers": kinds_providers(fake_openai, fake_anthropic, fake_gemini),
         "models": {
             "gpt": {"provider": "oa", "upstream": "gpt-5", "credits": PRICE},
             "gpt-tools": {

@@ -8,16 +8,13 @@ import json
 import anthropic
 import pytest
 
-from tests.conftest import openai_models
+from tests.conftest import with_claude
 from tests.support import httpx  # the httpx the SDKs are built on
 
 
 @pytest.fixture
 def gw(make_gateway, fake_openai, fake_anthropic):
-    models = openai_models(fake_openai, providers={
-        "claude": {"kind": "anthropic", "base_url": fake_anthropic.base_url,
-                   "api_key": fake_anthropic.api_key}},
-        models={"sonnet": {"provider": "claude", "upstream": "claude-sonnet-4-5"}})
+    models = with_claude(fake_openai, fake_anthropic)
     return make_gateway(models, rate_limit={"rpm": 100})
 
 
