@@ -320,7 +320,8 @@ def test_workers_drain_and_exit_when_their_supervisor_is_killed(make_gateway, fa
     os.kill(gw.proc.pid, signal.SIGKILL)
     gw.proc.wait(5)
     assert wait_for(lambda: not any(alive(pid) for pid in workers), timeout=10)
-    assert wait_for(lambda: sum("apiarium: stopped" in ln for ln in gw.log) == 2)  # drained
+    assert wait_for(lambda: sum("apiarium: stopped" in ln for ln in gw.log) == 2), \
+        "\n".join(gw.log)                                                          # drained
 
 
 def test_workers_that_keep_crashing_make_the_supervisor_exit_1(make_gateway, fake_openai,
