@@ -470,12 +470,14 @@ class Gateway:
         if svc.shared is not None:
             await svc.shared.close()
 
-    async def run_until_signalled(self, reload_first: bool = False) -> None:
+    async def run_until_signalled(self, reload_first: bool = False,
+                                  stopping: asyncio.Event | None = None) -> None:
         """Until SIGTERM or SIGINT (then ``stop``); SIGHUP reloads.  ``reload_first``: a
         SIGHUP came while the gateway was starting (``workers.serve_one`` holds it until
-        now), so reload at once."""
+        now), so reload at once; ``stopping``: set by a SIGTERM or SIGINT held the same way
+        (it stops at once)."""
         loop = asyncio.get_running_loop()
-        stopping = asyncio.Event()
+        stopping = stopping or asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)

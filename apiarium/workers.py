@@ -86,7 +86,13 @@ def serve_one(config_path: Path, host: str | None, port: int | None,
         # the "listening" line shows) would otherwise end the process, or be ignored in a
         # worker: it is held, and reloads once the gateway serves
         held = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, held.set)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, held.set)
+        # ... and a SIGTERM (a worker's supervisor killed as it started: PR_SET_PDEATHSIG)
+        # would end it on the spot, without draining or writing its usage: held too
+        stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
         try:
             await gateway.start(host, port, sockets)
             tune_gc()
@@ -102,7 +108,7 @@ def serve_one(config_path: Path, host: str | None, port: int | None,
             return 1
         if on_ready is not None:
             on_ready()
-        await gateway.run_until_signalled(reload_first=held.is_set())
+        await gateway.run_until_signalled(reload_first=held.is_set(), stopping=stopping)
         return 0
     return run_loop(main())
 

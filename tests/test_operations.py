@@ -6,6 +6,8 @@ import json
 import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
 
 import aiohttp
@@ -267,3 +269,24 @@ def test_a_reload_says_which_changes_wait_for_a_restart(make_gateway, fake_opena
     assert named == {"server.port", "server.body_timeout_s", "rate_limit.backend_timeout_ms"}
     assert gw.app.services.settings.rpm == 9                    # applied by the reload
     assert gw.get("/health")[0] == 200                           # still on its old port
+
+
+@pytest.mark.subprocess_gateway("sends SIGTERM to the process while it starts")
+def test_a_sigterm_while_starting_is_held_then_drains(make_gateway, fake_openai):
+    """A SIGTERM that comes while the gateway starts (a worker whose supervisor is killed
+    just then gets one from PR_SET_PDEATHSIG) stops it once it serves, cleanly: it used
+    to end the process on the spot, without its drain, its usage or its log line."""
+    gw = make_gateway(openai_models(fake_openai), start=False)
+    proc = subprocess.Popen([sys.executable, "-m", "apiarium", "serve", "--demo", "--config",
+                             str(gw.config)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=gw.env)
+    seen = []
+    assert proc.stdout is not None
+    for line in proc.stdout:      # the demo line is written by Gateway.start, before it serves
+        seen.append(line)
+        if "demo mode:" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    out = "".join(seen) + proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, out
+    assert "apiarium: stopped" in out
