@@ -346,13 +346,15 @@ def test_an_upstream_refusal_is_passed_on(make_gateway, fake_gemini, fake_openai
 def test_a_client_that_leaves_stops_the_gemini_calls(gw, fake_gemini):
     """1,000 inputs are 10 calls, 4 at a time; the client hangs up during the first round:
     the calls under way are cancelled and no further one is made."""
-    fake_gemini.embed_delay = 1.5         # the first round outlasts the hang-up, under load too
+    fake_gemini.embed_delay = 4.0         # the first round outlasts the hang-up, under load too
+                                          # (1.5 s: once in five loaded runs the test thread
+                                          # saw the 4 calls only after a fifth had started)
     body = json.dumps({"model": GEM, "input": TEXTS[:1000]}).encode()
     sock = socket.create_connection(("127.0.0.1", gw.port))
     sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
                  + MASTER_KEY.encode() + b"\r\nContent-Type: application/json\r\n"
                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-    assert wait_for(lambda: len(batch_calls(fake_gemini)) == 4, timeout=10)
+    assert wait_for(lambda: len(batch_calls(fake_gemini)) >= 4, timeout=10)
     sock.close()                          # hang up during the first round
     # the gateway has ended the request (its access-log line): it makes no call after that
     assert wait_for(lambda: [ln for ln in gw.log if "POST /v1/embeddings 499 " in ln],
@@ -360,4 +362,4 @@ def test_a_client_that_leaves_stops_the_gemini_calls(gw, fake_gemini):
     assert len(batch_calls(fake_gemini)) == 4
     assert fake_gemini.embed_peak == 4
     # the fake's handlers sleep on after the hang-up: let them end before the next test
-    assert wait_for(lambda: fake_gemini._embed_now == 0, timeout=10)
+    assert wait_for(lambda: fake_gemini._embed_now == 0, timeout=15)
