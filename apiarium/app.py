@@ -224,7 +224,7 @@ class Gateway:
             config = Config(config.settings, catalog)
             note: str | None = demo_note(served, left)
         else:
-            note = keyless_note(config.catalog, config.settings.catalog_path)
+            note = keyless_note(config.catalog)
         if note and (self.worker is None or self.worker.slot == 0):
             log.log(logging.INFO if self.demo else logging.WARNING, "%s", note)
         return config

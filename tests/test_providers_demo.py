@@ -400,35 +400,28 @@ def test_with_demo_puts_a_demo_provider_in_front_of_each_model_without_a_key():
     assert all(p.configured for p in cat.providers.values() if p.kind == "demo")
 
 
-def test_without_a_key_the_note_names_the_variables_models_yaml_reads(tmp_path):
-    path = tmp_path / "models.yaml"
-    path.write_text(textwrap.dedent("""\
-        providers:
-          openai: {kind: openai, base_url: "${OPENAI_BASE_URL:-https://api.openai.com/v1}",
-                   api_key: "${OPENAI_API_KEY:-}"}
-          hub: {kind: rag, base_url: "${HUB_URL:-}", api_key: "${HUB_KEY:-}"}
-          plain: {kind: openai, base_url: "https://example.invalid/v1"}
-        models: {}
-        """))
+def test_without_a_key_the_note_names_the_variables_models_yaml_reads():
+    # what the loader records of `base_url: "${OPENAI_BASE_URL:-…}"`, `api_key: "${…}"`
     specs = {p.name: p for p in (
-        ProviderSpec("openai", "openai", "https://api.openai.com/v1", ""),
-        ProviderSpec("hub", "rag", "", ""),
+        ProviderSpec("openai", "openai", "https://api.openai.com/v1", "",
+                     base_url_vars=("OPENAI_BASE_URL",), api_key_vars=("OPENAI_API_KEY",)),
+        ProviderSpec("hub", "rag", "", "", base_url_vars=("HUB_URL",),
+                     api_key_vars=("HUB_KEY",)),
         ProviderSpec("plain", "openai", "https://example.invalid/v1", ""))}
-    note = keyless_note(Catalog(specs, {}), path)
+    note = keyless_note(Catalog(specs, {}))
     assert note == ("no provider has a key, so every model answers 503 "
                     "provider_not_configured: for real answers set OPENAI_API_KEY (openai), "
                     "HUB_URL and HUB_KEY (hub), providers.plain.api_key (plain) and restart; "
                     "for demo answers start with `scripts/serve --demo` (apiarium serve --demo)")
     keyed = {**specs, "x": ProviderSpec("x", "openai", "http://127.0.0.1:9/v1", "sk-x")}
-    assert keyless_note(Catalog(keyed, {}), path) is None
-    assert keyless_note(Catalog({"play": ProviderSpec("play", "demo", "", "")}, {}),
-                        path) is None
+    assert keyless_note(Catalog(keyed, {})) is None
+    assert keyless_note(Catalog({"play": ProviderSpec("play", "demo", "", "")}, {})) is None
 
 
 def test_the_shipped_catalog_names_every_providers_variable():
     repo = Path(__file__).resolve().parents[1]
     config = load_config(repo / "config" / "apiarium.yaml", env={})
-    note = keyless_note(config.catalog, config.settings.catalog_path)
+    note = keyless_note(config.catalog)
     for needed in ("OPENAI_API_KEY (openai)", "ANTHROPIC_API_KEY (anthropic)",
                    "GEMINI_API_KEY (google)", "GEMINI_HUB_URL and GEMINI_HUB_KEY (hub)",
                    "`scripts/serve --demo`"):

@@ -50,11 +50,9 @@ import textwrap
 from array import array
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import orjson
-import yaml
 
 from .. import embedding, legacy, sse
 from ..catalog import Catalog, ModelSpec, ProviderSpec
@@ -482,29 +480,23 @@ def demo_note(served: Sequence[str], left: Sequence[str]) -> str:
     return note
 
 
-_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 
 
-def keyless_note(catalog: Catalog, catalog_path: Path) -> str | None:
+def keyless_note(catalog: Catalog) -> str | None:
     """The one log line of a gateway none of whose providers has a key (None if one has):
     which environment variables would give real answers (those models.yaml reads for each
-    provider's missing ``base_url`` / ``api_key``), or how to start a demo."""
+    provider's missing ``base_url`` / ``api_key``, as the loader recorded them), or how to
+    start a demo."""
     providers = [p for p in catalog.providers.values() if p.kind != DemoProvider.kind]
     if not providers or any(p.configured for p in providers):
         return None
-    try:                           # the file as written: the ${VAR}s, not their values
-        raw = yaml.safe_load(catalog_path.read_text(encoding="utf-8"))
-        written = raw.get("providers") or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
-        written = {}
     needs = []
     for p in providers:
-        entry = written.get(p.name) if isinstance(written, dict) else None
-        entry = entry if isinstance(entry, dict) else {}
         fields = [f for f, missing in (("base_url", not p.base_url),
                                        ("api_key", not p.api_key and p.auth != "none"))
                   if missing]
-        names = [v for f in fields for v in _VARIABLE.findall(str(entry.get(f) or ""))]
+        names = [v for f in fields
+                 for v in (p.base_url_vars if f == "base_url" else p.api_key_vars)]
         where = (" and ".join(dict.fromkeys(names)) if names else
                  " and ".join(f"providers.{p.name}.{f}" for f in fields))
         needs.append(f"{where} ({p.name})")
